@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# scripts/test.sh - install what is missing, then run the whole test suite.
+#
+#   scripts/test.sh                 # deps (when missing) + python3 -m pytest -q
+#   scripts/test.sh -k nullfs -x    # extra arguments go to pytest
+#   scripts/test.sh --deps-only     # only install what is missing (used by the other scripts)
+#   ZRAMFS_NO_INSTALL=1 scripts/test.sh   # never install anything, just run pytest
+#
+# It is the README's test command and what CI (.ci/run) runs. It exits with pytest's exit code.
+# Installing needs root (apt-get, modprobe, pip); without root it only reports what is missing.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+PY="${PYTHON:-python3}"
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+
+# Debian package names (bookworm; trixie renamed libfuse2 -> libfuse2t64).
+APT_PKGS=(fuse3 fio e2fsprogs util-linux procps kmod nbdkit libnbd-bin)
+
+apt_candidate() {  # prints the first of the given names that apt can install
+    local p
+    for p in "$@"; do
+        if apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+            echo "$p"; return 0
+        fi
+    done
+    return 1
+}
+
+system_missing() {  # prints a reason for each system prerequisite that is absent
+    local c
+    for c in fio mkfs.ext4 losetup mkswap swapon fusermount3 modprobe nbdkit nbdfuse; do
+        command -v "$c" >/dev/null 2>&1 || echo "command $c"
+    done
+    ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2' || echo "libfuse.so.2"
+    ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || echo "libfuse3.so.3"
+}
+
+install_system() {
+    local missing
+    missing="$(system_missing)"
+    [ -z "$missing" ] && return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        log "missing (not installing: needs root and apt-get): $(echo $missing)"
+        return 0
+    fi
+    log "installing system packages (missing: $(echo $missing))"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    local pkgs=("${APT_PKGS[@]}") libfuse2
+    if libfuse2="$(apt_candidate libfuse2t64 libfuse2)"; then pkgs+=("$libfuse2"); fi
+    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+}
+
+ensure_fuse_device() {
+    [ "$(id -u)" = 0 ] || return 0
+    if [ ! -e /dev/fuse ]; then
+        modprobe fuse 2>/dev/null || true
+    fi
+    if [ ! -e /dev/fuse ]; then      # containers: the module is in the host kernel, the node is not
+        mknod -m 0666 /dev/fuse c 10 229 2>/dev/null || true
+    fi
+}
+
+python_missing() {  # prints what the Python side lacks ("" when the project is installed from this checkout)
+    (cd / && "$PY" - "$REPO" <<'PY') 2>/dev/null || echo "python"
+import importlib.util as u, importlib.metadata as md, json, os, sys
+repo = os.path.realpath(sys.argv[1])
+missing = [m for m in ("lz4", "zstandard", "pytest", "hypothesis") if u.find_spec(m) is None]
+if u.find_spec("mfusepy") is None and u.find_spec("fuse") is None:   # either FUSE binding
+    missing.append("fusepy")
+try:  # the project itself, installed editable from *this* checkout
+    url = json.loads(md.distribution("zramfs").read_text("direct_url.json") or "{}").get("url", "")
+    if os.path.realpath(url.removeprefix("file://")) != repo:
+        missing.append("zramfs(installed from %s)" % (url or "elsewhere"))
+except md.PackageNotFoundError:
+    missing.append("zramfs")
+print(" ".join(missing))
+PY
+}
+
+install_python() {
+    local missing
+    missing="$(cd "$REPO" && python_missing)"
+    [ -z "$missing" ] && return 0
+    log "installing the project (pip install -e '.[test]'; missing: $missing)"
+    local extra=()
+    # Debian's own python3 refuses pip installs (PEP 668) unless told otherwise
+    if "$PY" -c 'import sys,sysconfig,os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"),"EXTERNALLY-MANAGED")) else 1)'; then
+        extra+=(--break-system-packages)
+    fi
+    "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore "${extra[@]}" -e "$REPO[test]"
+}
+
+install_deps() {
+    if [ -n "${ZRAMFS_NO_INSTALL:-}" ]; then return 0; fi
+    install_system
+    ensure_fuse_device
+    install_python
+}
+
+if [ "${1:-}" = "--deps-only" ]; then
+    install_deps
+    exit 0
+fi
+
+install_deps
+
+# In CI the FUSE tests must run, not skip: check the prerequisites up front and tell the tests
+# (tests that honour ZRAMFS_REQUIRE_FUSE=1 fail instead of skipping when FUSE is unusable).
+if [ "${CI:-}" = "true" ]; then
+    export ZRAMFS_REQUIRE_FUSE=1
+    problems=()
+    [ -c /dev/fuse ] || problems+=("/dev/fuse missing")
+    command -v fusermount3 >/dev/null 2>&1 || command -v fusermount >/dev/null 2>&1 || problems+=("no fusermount")
+    "$PY" -c 'import importlib; import sys
+for m in ("mfusepy", "fuse"):
+    try:
+        importlib.import_module(m); sys.exit(0)
+    except (ImportError, OSError):
+        pass
+sys.exit(1)' || problems+=("no usable FUSE binding (mfusepy/fusepy + libfuse)")
+    if [ "${#problems[@]}" -gt 0 ]; then
+        log "FUSE is not usable in CI: ${problems[*]}"
+        exit 1
+    fi
+fi
+
+log "$("$PY" --version 2>&1); running: $PY -m pytest -q $*"
+set +e
+"$PY" -m pytest -q "$@"
+rc=$?
+set -e
+exit "$rc"
