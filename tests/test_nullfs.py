@@ -1,0 +1,158 @@
+"""scripts/nullfs.py: the uncompressed FUSE image used as the benchmark ceiling.
+
+The mount tests need /dev/fuse and root; they skip without them, except when ZRAMFS_REQUIRE_FUSE=1
+(set by scripts/test.sh in CI), where a missing FUSE is a failure. Every mount is unmounted.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "nullfs.py"
+SIZE = 8 << 20
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("nullfs_script", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_parse_size():
+    ns = _load_script()
+    assert ns.parse_size("4096") == 4096
+    assert ns.parse_size("1") == 4096            # page-aligned like zram's disksize
+    assert ns.parse_size("64K") == 64 << 10
+    assert ns.parse_size("512m") == 512 << 20
+    assert ns.parse_size("1G") == 1 << 30
+    assert ns.parse_size("1GiB") == 1 << 30
+    for bad in ("", "x", "1Q", "-1", "0"):
+        with pytest.raises(Exception):
+            ns.parse_size(bad)
+
+
+def _fuse_problem() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    if os.geteuid() != 0:
+        return "not root"
+    if not (shutil.which("fusermount3") or shutil.which("fusermount") or shutil.which("umount")):
+        return "no fusermount/umount"
+    return None
+
+
+@pytest.fixture
+def need_fuse():
+    problem = _fuse_problem()
+    if problem:
+        if os.environ.get("ZRAMFS_REQUIRE_FUSE") == "1":
+            pytest.fail(f"FUSE required (ZRAMFS_REQUIRE_FUSE=1) but unusable: {problem}")
+        pytest.skip(problem)
+
+
+def _mounted(mnt: Path) -> bool:
+    target = os.fsencode(str(mnt))
+    with open("/proc/mounts", "rb") as f:
+        return any(line.split()[1] == target for line in f if len(line.split()) > 2)
+
+
+def _unmount(mnt: Path) -> None:
+    for cmd in (["fusermount3", "-u", str(mnt)], ["fusermount", "-u", str(mnt)],
+                ["umount", str(mnt)], ["umount", "-l", str(mnt)]):
+        if not _mounted(mnt):
+            return
+        if shutil.which(cmd[0]):
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+
+
+@pytest.fixture
+def nullfs_mount(tmp_path, need_fuse):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = tmp_path / "nullfs.log"
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), str(mnt), "--size", str(SIZE),
+                                 "--foreground"], stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (_mounted(mnt) and (mnt / "dev" / "zram0").exists()):
+            if proc.poll() is not None:
+                pytest.fail(f"nullfs exited {proc.returncode}: {log.read_text(errors='replace')}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"nullfs did not mount in 30 s: {log.read_text(errors='replace')}")
+            time.sleep(0.05)
+        yield mnt
+    finally:
+        _unmount(mnt)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        assert not _mounted(mnt), "nullfs left mounted"
+
+
+
+@pytest.mark.fuse
+def test_tree_and_size(nullfs_mount):
+    mnt = nullfs_mount
+    assert sorted(os.listdir(mnt)) == ["dev"]
+    assert os.listdir(mnt / "dev") == ["zram0"]
+    assert os.stat(mnt / "dev" / "zram0").st_size == SIZE
+
+
+@pytest.mark.fuse
+def test_pwrite_pread_round_trip(nullfs_mount):
+    path = nullfs_mount / "dev" / "zram0"
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert os.pread(fd, 4096, 0) == bytes(4096)           # a fresh image reads zeros
+        data = os.urandom(300_000)                              # > max_write: split requests
+        assert os.pwrite(fd, data, 12_345) == len(data)         # unaligned offset
+        assert os.pread(fd, len(data), 12_345) == data
+        assert os.pread(fd, 10, 12_340) == bytes(5) + data[:5]
+        last = b"end!" * 1024
+        assert os.pwrite(fd, last, SIZE - 4096) == 4096        # the last block
+        assert os.pread(fd, 8192, SIZE - 4096) == last          # short read at the end
+        with pytest.raises(OSError) as exc:
+            os.pwrite(fd, b"x", SIZE)                           # past the end
+        assert exc.value.errno in (errno.ENOSPC, errno.EFBIG)
+    finally:
+        os.close(fd)
+    # a second open sees the same bytes (the image lives in the daemon, not a page cache)
+    with open(path, "rb") as f:
+        f.seek(12_345)
+        assert f.read(len(data)) == data
+
+
+@pytest.mark.fuse
+def test_o_direct_and_punch_hole(nullfs_mount):
+    path = nullfs_mount / "dev" / "zram0"
+    fd = os.open(path, os.O_RDWR | os.O_DIRECT)                # direct_io: O_DIRECT must work
+    try:
+        import mmap
+        buf = mmap.mmap(-1, 8192)                               # page-aligned buffer
+        buf.write(b"\xab" * 8192)
+        assert os.pwritev(fd, [buf], 0) == 8192
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+        # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, what a loop device sends for discard
+        if libc.fallocate(fd, 0x03, 4096, 4096) != 0:
+            pytest.fail(f"fallocate: {os.strerror(ctypes.get_errno())}")
+        got = os.pread(fd, 8192, 0)
+        assert got == b"\xab" * 4096 + bytes(4096)
+    finally:
+        os.close(fd)
