@@ -154,11 +154,23 @@ def make_operations(mod, size: int):
             if offset < 0 or length <= 0 or offset + length > self.size:
                 raise FuseOSError(errno.EINVAL if offset < 0 or length <= 0 else errno.ENOSPC)
             if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
-                self.image[offset:offset + length] = bytes(length)
+                self._zero(offset, offset + length)
                 return 0
             if mode & ~FALLOC_FL_KEEP_SIZE:
                 raise FuseOSError(errno.EOPNOTSUPP)
             return 0  # plain preallocation inside the image: nothing to do
+
+        def _zero(self, start: int, end: int) -> None:
+            """Zero [start, end): whole pages are dropped (MADV_DONTNEED: they read back as zeros
+            and stop costing memory, as a discard does on zram), the partial edges are written."""
+            first = (start + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+            last = end // mmap.PAGESIZE * mmap.PAGESIZE
+            if first >= last:
+                self.image[start:end] = bytes(end - start)
+                return
+            self.image[start:first] = bytes(first - start)
+            self.image.madvise(mmap.MADV_DONTNEED, first, last - first)
+            self.image[last:end] = bytes(end - last)
 
         def flush(self, path, fh):
             return 0

@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# scripts/fs_demo.sh - a filesystem on a zramfs device: losetup -> mkfs.ext4 -> mount -> copy files
+# -> verify them (sha256sum, after dropping caches) -> mm_stat -> tear down.
+#
+#   scripts/fs_demo.sh [MNT]
+#
+#   MNT            an existing zramfs mount (uses MNT/dev/zram0; left mounted afterwards).
+#                  Without it the script mounts its own in a temporary directory and unmounts it.
+#   SIZE=512M      size of the device it mounts (and the disksize it sets on an uninitialised MNT)
+#   ALGORITHM=lz4  compression algorithm of the device it mounts
+#   BACKEND=zramfs zramfs | nullfs (scripts/nullfs.py: same FUSE image, no compression; a baseline)
+#   SRC="/usr/lib/python3 /usr/share/doc"   directories copied onto the filesystem
+#   LOOP_DIO=off   losetup --direct-io=on|off
+#
+# Needs root (losetup, mount). Cleans up on any failure: filesystem, loop device, its own mount.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SIZE="${SIZE:-512M}"
+ALGORITHM="${ALGORITHM:-lz4}"
+BACKEND="${BACKEND:-zramfs}"
+SRC="${SRC:-/usr/lib/python3 /usr/share/doc}"
+LOOP_DIO="${LOOP_DIO:-off}"
+
+log() { printf '[fs_demo] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---- device mount helpers (same in demo.sh, fs_demo.sh, swap_experiment.sh) ----------------------
+MNT=""; OWN_MNT=0
+zramfs_cli() {
+    if command -v zramfs >/dev/null 2>&1; then zramfs "$@"
+    else PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 -m zramfs.cli "$@"; fi
+}
+zramfs_mount_available() { [ -f "$REPO/zramfs/cli.py" ] && [ -f "$REPO/zramfs/fs.py" ]; }
+is_mounted() { [ -n "$1" ] && mountpoint -q "$1" 2>/dev/null; }
+mount_device() {  # [MNT] -> sets MNT (and OWN_MNT=1 when this script mounted it)
+    if [ -n "${1:-}" ]; then
+        MNT="$(realpath "$1")"
+        [ -e "$MNT/dev/zram0" ] || die "$MNT/dev/zram0 does not exist: is $MNT a zramfs mount?"
+        local ds="$MNT/sys/block/zram0/disksize"
+        if [ -r "$ds" ] && [ "$(cat "$ds")" = 0 ]; then
+            log "initialising $MNT/dev/zram0: disksize=$SIZE"
+            echo "$SIZE" > "$ds"
+        fi
+        return 0
+    fi
+    MNT="$(mktemp -d /tmp/zramfs-mnt.XXXXXX)"; OWN_MNT=1
+    case "$BACKEND" in
+        zramfs)
+            zramfs_mount_available || die "zramfs mount is not there yet (zramfs/cli.py, zramfs/fs.py pending); try BACKEND=nullfs"
+            log "zramfs mount $MNT --size $SIZE --algorithm $ALGORITHM"
+            zramfs_cli mount "$MNT" --size "$SIZE" --algorithm "$ALGORITHM" ;;
+        nullfs)
+            log "nullfs.py $MNT --size $SIZE (no compression: the FUSE baseline)"
+            python3 "$REPO/scripts/nullfs.py" "$MNT" --size "$SIZE" --mlock ;;
+        *) die "BACKEND must be zramfs or nullfs, not $BACKEND" ;;
+    esac
+    local i
+    for i in $(seq 300); do
+        is_mounted "$MNT" && [ -e "$MNT/dev/zram0" ] && return 0
+        sleep 0.1
+    done
+    die "$BACKEND did not mount $MNT in 30 s"
+}
+unmount_device() {
+    [ "$OWN_MNT" = 1 ] || return 0
+    if is_mounted "$MNT"; then
+        if [ "$BACKEND" = zramfs ]; then zramfs_cli umount "$MNT" || true; fi
+        is_mounted "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || fusermount -u "$MNT" 2>/dev/null || umount "$MNT" 2>/dev/null || true; }
+        local i; for i in $(seq 50); do is_mounted "$MNT" || break; sleep 0.1; done
+        is_mounted "$MNT" && { log "lazy unmount of $MNT"; umount -l "$MNT" || true; }
+    fi
+    rmdir "$MNT" 2>/dev/null || true
+    OWN_MNT=0
+}
+show_stats() {  # labelled mm_stat (+ zramfs status) of MNT/dev/zram0
+    local f="$MNT/sys/block/zram0/mm_stat"
+    if [ -r "$f" ]; then
+        echo "mm_stat: $(cat "$f")"
+        awk '{ printf "  orig_data_size  %12d\n  compr_data_size %12d\n  mem_used_total  %12d\n  mem_limit       %12d\n  mem_used_max    %12d\n  same_pages      %12d\n  pages_compacted %12d\n  huge_pages      %12d\n", $1,$2,$3,$4,$5,$6,$7,$8;
+               if ($3 > 0) printf "  ratio orig/mem_used_total %.2f   orig/compr %.2f\n", $1/$3, ($2 > 0 ? $1/$2 : 0) }' "$f"
+    else
+        echo "mm_stat: none ($BACKEND serves no zram attributes)"
+    fi
+    if [ "$BACKEND" = zramfs ] && [ -f "$REPO/zramfs/cli.py" ]; then zramfs_cli status "$MNT" || true; fi
+}
+# ---------------------------------------------------------------------------------------------------
+
+[ "$(id -u)" = 0 ] || die "needs root (losetup, mount)"
+for c in losetup mkfs.ext4 mount umount sha256sum mountpoint; do
+    command -v "$c" >/dev/null 2>&1 || die "missing $c (scripts/test.sh --deps-only installs it)"
+done
+
+LOOP=""; FSDIR=""; WORK=""
+cleanup() {
+    local rc=$?
+    set +e
+    if [ -n "$FSDIR" ]; then
+        if is_mounted "$FSDIR"; then umount "$FSDIR" || umount -l "$FSDIR"; fi
+        rmdir "$FSDIR" 2>/dev/null
+    fi
+    [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null
+    unmount_device
+    [ -n "$WORK" ] && rm -rf "$WORK"
+    [ "$rc" = 0 ] || log "failed (exit $rc); cleaned up"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mount_device "${1:-}"
+DEV="$MNT/dev/zram0"
+WORK="$(mktemp -d /tmp/fs_demo.XXXXXX)"
+FSDIR="$WORK/fs"; mkdir "$FSDIR"
+
+LOOP="$(losetup --find --show --direct-io="$LOOP_DIO" "$DEV")"
+log "$DEV on $LOOP ($(blockdev --getsize64 "$LOOP") bytes, direct-io=$LOOP_DIO)"
+
+t0=$(date +%s.%N)
+mkfs.ext4 -q -F -L zramfs-demo "$LOOP"
+mount -t ext4 "$LOOP" "$FSDIR"
+t1=$(date +%s.%N)
+log "mkfs.ext4 + mount: $(awk "BEGIN{printf \"%.2f\", $t1-$t0}") s"
+
+# what to copy: existing directories from SRC, checksummed at the source
+srcs=()
+for s in $SRC; do [ -d "$s" ] && srcs+=("$s"); done
+[ "${#srcs[@]}" -gt 0 ] || die "none of SRC=($SRC) exists"
+(cd / && find "${srcs[@]}" -type f -print0 | xargs -0 -r sha256sum) > "$WORK/sums"
+nfiles=$(wc -l < "$WORK/sums")
+bytes=$(cd / && find "${srcs[@]}" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
+log "copying $nfiles files, $((bytes / 1048576)) MiB from: ${srcs[*]}"
+
+t0=$(date +%s.%N)
+mkdir "$FSDIR/data"
+tar -C / -cf - "${srcs[@]#/}" | tar -C "$FSDIR/data" -xf -
+sync
+t1=$(date +%s.%N)
+awk -v b="$bytes" -v t="$(awk "BEGIN{print $t1-$t0}")" 'BEGIN{printf "[fs_demo] copy + sync: %.1f s, %.1f MiB/s\n", t, (t > 0 ? b/1048576/t : 0)}' >&2
+df -h "$FSDIR" | sed 's/^/  /'
+show_stats
+
+# read everything back from the device, not from the page cache: remount and drop caches
+umount "$FSDIR"
+blockdev --flushbufs "$LOOP" 2>/dev/null || true
+echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+mount -t ext4 "$LOOP" "$FSDIR"
+t0=$(date +%s.%N)
+if (cd "$FSDIR/data" && sed 's|  /|  |' "$WORK/sums" | sha256sum -c --quiet --strict); then
+    t1=$(date +%s.%N)
+    log "verified: all $nfiles files match their sha256 ($(awk "BEGIN{printf \"%.1f\", $t1-$t0}") s to read back)"
+else
+    die "sha256 mismatch after reading back from $DEV"
+fi
+
+# delete the copy and trim: discards reach the device as fallocate(PUNCH_HOLE) and free its blocks
+rm -rf "$FSDIR/data"
+sync
+if fstrim -v "$FSDIR" 2>/dev/null; then log "after rm + fstrim:"; else log "after rm (fstrim not supported):"; fi
+show_stats
+
+umount "$FSDIR"
+losetup -d "$LOOP"; LOOP=""
+log "done"
