@@ -1,0 +1,398 @@
+"""The ``zramfs`` command: ``mount`` | ``umount`` | ``status``.
+
+Owns the command line and the process life cycle of a mount:
+- ``zramfs mount MNT``: builds the devices (one Registry, so one simulated RAM), configures them
+  through the same attribute stores a script would use (comp_algorithm → disksize → mem_limit),
+  and serves the tree.  By default it daemonises like a mount helper: the parent returns only
+  when the kernel has completed the FUSE handshake (the child reports readiness from the
+  ``init`` callback through a pipe), exits 0, or prints the child's error and exits 1.
+  Threads (FUSE workers, the compaction daemon) start only in the child, after the fork.
+  SIGINT/SIGTERM make libfuse unmount and the process exit cleanly.
+- ``zramfs umount MNT``: refuses while a loop device is backed by a file of the mount (the
+  unmount would fail with EBUSY anyway; the message says which loop to detach); recognises a
+  stale mount (daemon killed: ENOTCONN) and removes it.
+- ``zramfs status [MNT] [--json]``: a zramctl-like table read from the mounted files only.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+FSTYPE = "fuse.zramfs"
+READY = b"READY\n"
+STATUS_COLUMNS = ("NAME", "DISKSIZE", "DATA", "COMPR", "ALGORITHM", "STREAMS", "ZERO-PAGES",
+                  "TOTAL", "MEM-LIMIT", "MEM-USED", "MIGRATED")
+
+
+# ---- helpers shared by the subcommands ---------------------------------------------------------
+def parse_size(text: str) -> int:
+    """``memparse``-like: 1G, 512M, 64k, 4096, 1.5G (binary multiples)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    for i, suffix in enumerate("KMGTPE", start=1):
+        if t.endswith(suffix):
+            mult, t = 1024 ** i, t[:-1]
+            break
+    try:
+        value = float(t) if "." in t else int(t, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad size: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"bad size: {text!r}")
+    return int(value * mult)
+
+
+def human(n: int) -> str:
+    """util-linux ``size_to_human_string(SIZE_SUFFIX_1LETTER)``: 0B, 4K, 1.5M, 2G."""
+    if n < 1024:
+        return f"{n}B"
+    value = float(n)
+    for suffix in "KMGTPE":
+        value /= 1024
+        if value < 1024 or suffix == "E":
+            text = f"{value:.1f}".rstrip("0").rstrip(".")
+            return f"{text}{suffix}"
+    raise AssertionError("unreachable")
+
+
+def zramfs_mounts() -> list[str]:
+    """Mount points of zramfs mounts, from /proc/self/mounts."""
+    found = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] == FSTYPE:
+                found.append(parts[1].encode().decode("unicode_escape"))
+    return found
+
+
+def attached_loops(mnt: str) -> list[tuple[str, str]]:
+    """(loop device, backing file) for every loop device backed by a file under ``mnt``."""
+    prefix = os.path.realpath(mnt).rstrip("/") + "/"
+    loops = []
+    for sysdir in sorted(Path("/sys/block").glob("loop*")):
+        backing = sysdir / "loop" / "backing_file"
+        try:
+            path = backing.read_text().strip()
+        except OSError:
+            continue
+        if path.removesuffix(" (deleted)").startswith(prefix):
+            loops.append((f"/dev/{sysdir.name}", path))
+    return loops
+
+
+def _is_stale(mnt: str) -> bool:
+    try:
+        os.stat(mnt)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+# ---- mount -------------------------------------------------------------------------------------
+def build_mount(args: argparse.Namespace):
+    """Create the registry, configure the devices, and return (tree, ops, daemon)."""
+    from zramfs import attrs
+    from zramfs.daemon import CompactionDaemon, CompactionPolicy, ModuleParameter
+    from zramfs.device import Registry
+    from zramfs.fs import ZramFS
+    from zramfs.tree import Tree
+
+    registry = Registry(chain_size=args.chain_size, chain_rule=args.chain_rule,
+                        num_devices=args.devices)
+    for dev in [registry.devices[i] for i in sorted(registry.devices)]:
+        # The order a script uses: algorithm before disksize, mem_limit any time.
+        if args.algorithm:
+            attrs.store(dev, "comp_algorithm", args.algorithm)
+        if args.size:
+            attrs.store(dev, "disksize", str(args.size))
+        if args.mem_limit:
+            attrs.store(dev, "mem_limit", str(args.mem_limit))
+
+    policy = CompactionPolicy(enabled=not args.no_compact,
+                              threshold_pages=args.compact_threshold,
+                              interval_ms=args.compact_interval)
+    daemon = CompactionDaemon(registry, policy)
+    static = (
+        ModuleParameter("num_devices", 0o444, lambda: str(args.devices)),
+        ModuleParameter("chain_size", 0o444, lambda: str(args.chain_size)),
+        ModuleParameter("chain_rule", 0o444, lambda: args.chain_rule),
+    )
+    tree = Tree(registry, [*static, *daemon.parameters()])
+    return tree, daemon, ZramFS, registry
+
+
+def _serve(args: argparse.Namespace, on_ready) -> int:
+    from zramfs import fs
+
+    tree, daemon, ops_cls, registry = build_mount(args)
+
+    def ready() -> None:
+        daemon.start()
+        on_ready()
+
+    ops = ops_cls(tree, image_cache=args.image_cache, on_init=ready, on_destroy=daemon.stop)
+    try:
+        fs.serve(ops, args.mountpoint, allow_other=args.allow_other)
+    finally:
+        daemon.stop()
+    return 0
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    mnt = os.path.abspath(args.mountpoint)
+    args.mountpoint = mnt
+    if not os.path.isdir(mnt):
+        print(f"zramfs: mount point {mnt} is not a directory", file=sys.stderr)
+        return 1
+    if mnt in zramfs_mounts():
+        print(f"zramfs: {mnt} is already a zramfs mount", file=sys.stderr)
+        return 1
+    try:
+        import zramfs.fs  # noqa: F401  - fail here, in the caller's terminal, if FUSE is missing
+    except ImportError as exc:
+        print(f"zramfs: {exc}", file=sys.stderr)
+        return 1
+    if args.foreground:
+        try:
+            return _serve(args, lambda: None)
+        except (OSError, RuntimeError, ValueError) as exc:
+            print(f"zramfs: mount failed: {exc}", file=sys.stderr)
+            return 1
+
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(wfd)
+        return _wait_ready(rfd, pid, mnt, args.ready_timeout)
+    # Child: detach from the terminal session, serve, and say when ready.
+    os.close(rfd)
+    os.setsid()
+    os.chdir("/")
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    state = {"fd": wfd}
+
+    def report_ready() -> None:
+        fd = state.pop("fd", None)
+        if fd is None:
+            return
+        os.write(fd, READY)
+        os.close(fd)
+        _detach_stdio(args.log)
+
+    code = 1
+    try:
+        code = _serve(args, report_ready)
+    except BaseException as exc:  # report everything, including libfuse's RuntimeError
+        fd = state.pop("fd", None)
+        if fd is not None:
+            os.write(fd, f"mount failed: {exc}\n".encode())
+            os.close(fd)
+    os._exit(code)
+
+
+def _detach_stdio(log_path: str | None) -> None:
+    target = os.open(log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null_in = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_in, 0)
+    os.dup2(target, 1)
+    os.dup2(target, 2)
+    os.close(null_in)
+    os.close(target)
+
+
+def _wait_ready(rfd: int, pid: int, mnt: str, timeout: float) -> int:
+    chunks = []
+    deadline = time.monotonic() + timeout
+    import select
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([rfd], [], [], 0.2)
+        if not ready:
+            continue
+        data = os.read(rfd, 4096)
+        if not data:
+            break
+        chunks.append(data)
+        if b"".join(chunks).startswith(READY):
+            os.close(rfd)
+            return 0
+    os.close(rfd)
+    message = b"".join(chunks).decode(errors="replace").strip()
+    if not message:
+        # No word from the child: it died (libfuse printed why on stderr) or timed out.
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == 0:
+            message = f"not ready after {timeout:.0f}s (pid {pid} left running)"
+        else:
+            message = f"mount helper exited with status {os.waitstatus_to_exitcode(status)}"
+    print(f"zramfs: {mnt}: {message}", file=sys.stderr)
+    return 1
+
+
+# ---- umount ------------------------------------------------------------------------------------
+def cmd_umount(args: argparse.Namespace) -> int:
+    mnt = os.path.abspath(args.mountpoint)
+    if mnt not in zramfs_mounts():
+        print(f"zramfs: {mnt} is not a zramfs mount", file=sys.stderr)
+        return 1
+    loops = attached_loops(mnt)
+    if loops:
+        listing = ", ".join(f"{dev} ({path})" for dev, path in loops)
+        print(f"zramfs: {mnt} is busy: loop device(s) still attached: {listing}; "
+              "unmount/swapoff them and run `losetup -d` first", file=sys.stderr)
+        return 1
+    stale = _is_stale(mnt)
+    if stale:
+        print(f"zramfs: {mnt}: stale mount (its daemon is gone: transport endpoint not "
+              "connected); removing it", file=sys.stderr)
+    last_error = "no fusermount/umount found"
+    for cmd in (["fusermount", "-u", mnt], ["umount", mnt]):
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            continue
+        if res.returncode == 0:
+            break
+        last_error = res.stderr.strip()
+    else:
+        if stale:  # a stale mount that is still referenced: detach it lazily
+            res = subprocess.run(["umount", "-l", mnt], capture_output=True, text=True)
+            if res.returncode == 0:
+                return 0
+        print(f"zramfs: cannot unmount {mnt}: {last_error}", file=sys.stderr)
+        return 1
+    # fusermount returns once the kernel detached the mount; the daemon exits right after.
+    return 0
+
+
+# ---- status ------------------------------------------------------------------------------------
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def device_rows(mnt: str, *, include_all: bool = False) -> list[dict[str, Any]]:
+    base = Path(mnt)
+    rows = []
+    try:
+        names = sorted((p.name for p in (base / "sys/block").iterdir()),
+                       key=lambda n: int(n.removeprefix("zram")))
+    except OSError:
+        return rows
+    for name in names:
+        sysdir = base / "sys/block" / name
+        disksize = int((_read(sysdir / "disksize") or "0").strip() or 0)
+        if disksize == 0 and not include_all:
+            continue  # zramctl lists only initialised devices
+        mm = (_read(sysdir / "mm_stat") or "").split()
+        mm_vals = [int(x) for x in mm] + [0] * (9 - len(mm))
+        algo_text = _read(sysdir / "comp_algorithm") or ""
+        if "[" in algo_text:
+            algo = algo_text[algo_text.rindex("[") + 1:algo_text.rindex("]")]
+        else:
+            algo = algo_text.strip()
+        streams = (_read(sysdir / "max_comp_streams") or "").strip()
+        rows.append({
+            "name": str(base / "dev" / name), "disksize": disksize, "data": mm_vals[0],
+            "compr": mm_vals[1], "algorithm": algo, "streams": streams,
+            "zero-pages": mm_vals[5], "total": mm_vals[2], "mem-limit": mm_vals[3],
+            "mem-used": mm_vals[4], "migrated": mm_vals[6],
+        })
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], *, raw_bytes: bool = False) -> str:
+    def cell(key: str, value: Any) -> str:
+        if key in ("name", "algorithm", "streams", "zero-pages") or raw_bytes:
+            return str(value)
+        return human(int(value))
+
+    table = [list(STATUS_COLUMNS)]
+    for row in rows:
+        table.append([cell(c.lower(), row[c.lower()]) for c in STATUS_COLUMNS])
+    widths = [max(len(r[i]) for r in table) for i in range(len(STATUS_COLUMNS))]
+    lines = []
+    for r in table:
+        # NAME and ALGORITHM left-aligned, numbers right-aligned, like zramctl.
+        cells = [v.ljust(w) if i in (0, 4) else v.rjust(w)
+                 for i, (v, w) in enumerate(zip(r, widths))]
+        lines.append(" ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    mounts = [os.path.abspath(args.mountpoint)] if args.mountpoint else zramfs_mounts()
+    if args.mountpoint and mounts[0] not in zramfs_mounts():
+        print(f"zramfs: {mounts[0]} is not a zramfs mount", file=sys.stderr)
+        return 1
+    result = {m: device_rows(m, include_all=args.all) for m in mounts}
+    if args.json:
+        print(json.dumps({"mounts": [{"mountpoint": m, "devices": rows}
+                                     for m, rows in result.items()]}, indent=2))
+        return 0
+    rows = [row for m in mounts for row in result[m]]
+    if rows:
+        sys.stdout.write(format_table(rows, raw_bytes=args.bytes))
+    return 0
+
+
+# ---- argument parsing --------------------------------------------------------------------------
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zramfs", description="zram in user space, over FUSE")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mount a zramfs tree on MNT")
+    m.add_argument("mountpoint", metavar="MNT")
+    m.add_argument("--size", type=parse_size, default=0,
+                   help="initialise every device with this disksize (default: uninitialised)")
+    m.add_argument("--algorithm", default=None, help="comp_algorithm to set before disksize")
+    m.add_argument("--devices", type=int, default=1, help="devices created at mount (num_devices)")
+    m.add_argument("--mem-limit", type=parse_size, default=0, help="mem_limit of every device")
+    m.add_argument("--chain-size", type=int, choices=(4, 8), default=4,
+                   help="zsmalloc max pages per zspage (4 = Linux 5.17, 8 = current)")
+    m.add_argument("--chain-rule", choices=("max-used", "min-waste"), default="max-used")
+    m.add_argument("--compact-interval", type=int, default=1000, metavar="MS",
+                   help="background compaction: minimum ms between scans")
+    m.add_argument("--compact-threshold", type=int, default=64, metavar="PAGES",
+                   help="background compaction: freeable pages that trigger a compaction")
+    m.add_argument("--no-compact", action="store_true", help="start with compaction disabled")
+    m.add_argument("--image-cache", action="store_true",
+                   help="serve dev/zram* through the page cache instead of direct_io "
+                        "(allows shared writable mmap; hides the device's real cost)")
+    m.add_argument("--foreground", "-f", action="store_true", help="do not daemonise")
+    m.add_argument("--allow-other", action="store_true",
+                   help="let other users in (adds default_permissions)")
+    m.add_argument("--log", default=None, help="daemon stderr goes here (default /dev/null)")
+    m.add_argument("--ready-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+    m.set_defaults(func=cmd_mount)
+
+    u = sub.add_parser("umount", help="unmount a zramfs tree")
+    u.add_argument("mountpoint", metavar="MNT")
+    u.set_defaults(func=cmd_umount)
+
+    s = sub.add_parser("status", help="zramctl-like table of the devices")
+    s.add_argument("mountpoint", metavar="MNT", nargs="?")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--all", action="store_true", help="include uninitialised devices")
+    s.add_argument("--bytes", "-b", action="store_true", help="sizes in bytes")
+    s.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

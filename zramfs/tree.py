@@ -1,0 +1,307 @@
+"""The mirrored kernel tree of one mount: path → node, listing, file contents (DESIGN §5).
+
+Owns the shape of the tree and what each non-image file reads and writes:
+
+```
+/dev/zram<N>                                image (data path: zramfs.device via zramfs.fs)
+/sys/block/zram<N>/<attr>                   zramfs.attrs.DEVICE_ATTRS (+ block-layer `size`)
+/sys/class/zram-control/hot_add             0400: reading creates a device, prints its id
+/sys/class/zram-control/hot_remove          0200: write an id
+/sys/kernel/debug/zsmalloc/zram<N>/classes  0444: the pool's class table (initialised devices)
+/sys/module/zramfs/parameters/<name>        emulator knobs (zramfs.daemon.ModuleParameter)
+/proc/sys/vm/compact_memory                 0200: write 1 → memory compaction
+/proc/vmstat                                0444: migration/compaction counters
+/proc/lock_stat                             0600: lock statistics; writing 0 clears them
+```
+
+The tree is fixed: nothing can be created, removed or renamed; devices come and go only
+through hot_add / hot_remove (and `num_devices` at mount).  Permission rules follow sysfs with
+``KERNFS_ROOT_EXTRA_OPEN_PERM_CHECK`` and procfs sysctls: even root cannot open a 0200 file for
+reading or a 0444 file for writing (EACCES).  Errors are OSErrors carrying the kernel errno;
+zram logic (parsing, validation, formats) stays in zramfs.attrs / zramfs.device.
+"""
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import re
+import stat as statmod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+from zramfs.daemon import ModuleParameter, parse_uint
+
+if TYPE_CHECKING:
+    from zramfs.device import Registry, ZramDevice
+
+PAGE_SIZE = 4096
+SECTOR_SHIFT = 9
+
+
+class Kind(enum.Enum):
+    DIR = "dir"
+    IMAGE = "image"
+    ATTR = "attr"                  # a zram device attribute (zramfs.attrs)
+    BLOCK_SIZE = "block_size"      # generic block-layer `size` (sectors), when attrs lacks it
+    HOT_ADD = "hot_add"
+    HOT_REMOVE = "hot_remove"
+    CLASSES = "classes"
+    PARAM = "param"
+    COMPACT_MEMORY = "compact_memory"
+    VMSTAT = "vmstat"
+    LOCK_STAT = "lock_stat"
+
+
+@dataclass(frozen=True)
+class Node:
+    kind: Kind
+    mode: int                      # permission bits only (0o755, 0o444, ...)
+    path: str
+    dev_id: int | None = None
+    name: str = ""                 # attribute / parameter name
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is Kind.DIR
+
+    @property
+    def st_mode(self) -> int:
+        return (statmod.S_IFDIR if self.is_dir else statmod.S_IFREG) | self.mode
+
+
+def _enoent(path: str) -> OSError:
+    return OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+
+
+_DEV_RE = re.compile(r"zram(0|[1-9][0-9]*)\Z")
+
+# Fixed directories and the children that do not depend on devices.
+_FIXED_DIRS: dict[str, tuple[str, ...]] = {
+    "/": ("dev", "sys", "proc"),
+    "/dev": (),
+    "/sys": ("block", "class", "kernel", "module"),
+    "/sys/block": (),
+    "/sys/class": ("zram-control",),
+    "/sys/class/zram-control": ("hot_add", "hot_remove"),
+    "/sys/kernel": ("debug",),
+    "/sys/kernel/debug": ("zsmalloc",),
+    "/sys/kernel/debug/zsmalloc": (),
+    "/sys/module": ("zramfs",),
+    "/sys/module/zramfs": ("parameters",),
+    "/sys/module/zramfs/parameters": (),
+    "/proc": ("sys", "vmstat", "lock_stat"),
+    "/proc/sys": ("vm",),
+    "/proc/sys/vm": ("compact_memory",),
+}
+
+_FIXED_FILES: dict[str, tuple[Kind, int]] = {
+    "/sys/class/zram-control/hot_add": (Kind.HOT_ADD, 0o400),
+    "/sys/class/zram-control/hot_remove": (Kind.HOT_REMOVE, 0o200),
+    "/proc/sys/vm/compact_memory": (Kind.COMPACT_MEMORY, 0o200),
+    "/proc/vmstat": (Kind.VMSTAT, 0o444),
+    "/proc/lock_stat": (Kind.LOCK_STAT, 0o600),
+}
+
+
+class Tree:
+    """Resolve paths of one mount and produce/consume the contents of its control files."""
+
+    def __init__(self, registry: "Registry", parameters: Iterable[ModuleParameter] = ()) -> None:
+        # Imported here so that importing zramfs.tree (e.g. for the CLI's status) does not
+        # need the whole device stack.
+        from zramfs import attrs
+
+        self.registry = registry
+        self._attrs = attrs
+        self.parameters: dict[str, ModuleParameter] = {p.name: p for p in parameters}
+
+    # ---- devices ---------------------------------------------------------------------------
+    def _device_ids(self) -> list[int]:
+        return sorted(self.registry.devices)
+
+    def device(self, dev_id: int) -> "ZramDevice":
+        try:
+            return self.registry.devices[dev_id]
+        except KeyError:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), f"zram{dev_id}") from None
+
+    def _dev_from_name(self, name: str, path: str) -> int:
+        m = _DEV_RE.match(name)
+        if not m or int(m.group(1)) not in self.registry.devices:
+            raise _enoent(path)
+        return int(m.group(1))
+
+    def _attr_table(self) -> Mapping[str, object]:
+        return self._attrs.DEVICE_ATTRS
+
+    def _device_files(self) -> list[str]:
+        names = list(self._attr_table())
+        if "size" not in names:
+            names.append("size")
+        return names
+
+    # ---- lookup ----------------------------------------------------------------------------
+    @staticmethod
+    def normalise(path: str) -> str:
+        if not path.startswith("/"):
+            path = "/" + path
+        path = re.sub("/+", "/", path)
+        return path.rstrip("/") or "/"
+
+    def lookup(self, path: str) -> Node:
+        path = self.normalise(path)
+        if path in _FIXED_DIRS:
+            return Node(Kind.DIR, 0o755, path)
+        fixed = _FIXED_FILES.get(path)
+        if fixed is not None:
+            return Node(fixed[0], fixed[1], path)
+        parent, _, name = path.rpartition("/")
+        parent = parent or "/"
+        if parent == "/dev":
+            return Node(Kind.IMAGE, 0o660, path, self._dev_from_name(name, path))
+        if parent == "/sys/block":
+            return Node(Kind.DIR, 0o755, path, self._dev_from_name(name, path))
+        if parent == "/sys/kernel/debug/zsmalloc":
+            dev_id = self._dev_from_name(name, path)
+            if not self._initialised(dev_id):      # the pool (and its debugfs dir) exists only
+                raise _enoent(path)                # while the device is initialised
+            return Node(Kind.DIR, 0o755, path, dev_id)
+        if parent == "/sys/module/zramfs/parameters":
+            param = self.parameters.get(name)
+            if param is None:
+                raise _enoent(path)
+            return Node(Kind.PARAM, param.mode, path, name=name)
+        grand, _, dev_name = parent.rpartition("/")
+        if grand == "/sys/block":
+            dev_id = self._dev_from_name(dev_name, path)
+            attr = self._attr_table().get(name)
+            if attr is not None:
+                return Node(Kind.ATTR, int(getattr(attr, "mode")), path, dev_id, name)
+            if name == "size":
+                return Node(Kind.BLOCK_SIZE, 0o444, path, dev_id, name)
+            raise _enoent(path)
+        if grand == "/sys/kernel/debug/zsmalloc" and name == "classes":
+            dev_id = self._dev_from_name(dev_name, path)
+            if not self._initialised(dev_id):
+                raise _enoent(path)
+            return Node(Kind.CLASSES, 0o444, path, dev_id, name)
+        # A path through a file ("/proc/vmstat/x") is ENOTDIR, as the VFS says.
+        if parent != "/" and not self.lookup(parent).is_dir:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        raise _enoent(path)
+
+    def _initialised(self, dev_id: int) -> bool:
+        dev = self.registry.devices.get(dev_id)
+        return dev is not None and getattr(dev, "pool", None) is not None and dev.disksize > 0
+
+    def listdir(self, path: str) -> list[str]:
+        node = self.lookup(path)
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        p = node.path
+        if p == "/dev" or p == "/sys/block":
+            return [f"zram{i}" for i in self._device_ids()]
+        if p == "/sys/kernel/debug/zsmalloc":
+            return [f"zram{i}" for i in self._device_ids() if self._initialised(i)]
+        if p == "/sys/module/zramfs/parameters":
+            return list(self.parameters)
+        if p.startswith("/sys/block/zram"):
+            return self._device_files()
+        if p.startswith("/sys/kernel/debug/zsmalloc/zram"):
+            return ["classes"]
+        return list(_FIXED_DIRS[p])
+
+    # ---- permissions -----------------------------------------------------------------------
+    @staticmethod
+    def check_open(node: Node, *, read: bool, write: bool) -> None:
+        """sysfs/procfs open rule: the owner bits must allow the access, even for root."""
+        if node.is_dir:
+            if write:
+                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), node.path)
+            return
+        if (read and not node.mode & 0o400) or (write and not node.mode & 0o200):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), node.path)
+
+    # ---- control-file contents -------------------------------------------------------------
+    def read_file(self, node: Node) -> bytes:
+        """Generate the whole content of a non-image file, fresh (called per read at offset 0)."""
+        k = node.kind
+        if k is Kind.ATTR:
+            assert node.dev_id is not None
+            return self._attrs.show(self.device(node.dev_id), node.name).encode()
+        if k is Kind.BLOCK_SIZE:
+            assert node.dev_id is not None
+            return f"{self.device(node.dev_id).disksize >> SECTOR_SHIFT}\n".encode()
+        if k is Kind.HOT_ADD:
+            return f"{self.registry.hot_add()}\n".encode()
+        if k is Kind.CLASSES:
+            assert node.dev_id is not None
+            pool = getattr(self.device(node.dev_id), "pool", None)
+            if pool is None:
+                raise _enoent(node.path)
+            return pool.classes_table().encode()
+        if k is Kind.PARAM:
+            return (self.parameters[node.name].get() + "\n").encode()
+        if k is Kind.VMSTAT:
+            return self.registry.memory.vmstat_text().encode()
+        if k is Kind.LOCK_STAT:
+            from allocator.locks import lock_stat_text
+            return lock_stat_text().encode()
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), node.path)
+
+    def write_file(self, node: Node, data: bytes) -> int:
+        """One write(2) to a control file, as sysfs does (the whole buffer, each call)."""
+        k = node.kind
+        text = data.decode("utf-8", "surrogateescape")
+        if k is Kind.ATTR:
+            assert node.dev_id is not None
+            self._attrs.store(self.device(node.dev_id), node.name, text)
+        elif k is Kind.HOT_REMOVE:
+            dev_id = _kstrtoint(text)
+            if dev_id < 0:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), node.path)
+            self.registry.hot_remove(dev_id)
+        elif k is Kind.PARAM:
+            param = self.parameters[node.name]
+            if param.set is None:
+                raise OSError(errno.EACCES, os.strerror(errno.EACCES), node.path)
+            param.set(text)
+        elif k is Kind.COMPACT_MEMORY:
+            # Since 5.x the sysctl accepts only 1 (compaction_proc_handler: EINVAL otherwise).
+            if parse_uint(text) != 1:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), node.path)
+            self.registry.memory.compact()
+        elif k is Kind.LOCK_STAT:
+            # lock_stat_write(): only a leading '0' clears; any other byte is accepted and ignored.
+            if data[:1] == b"0":
+                from allocator.locks import lock_stat_reset
+                lock_stat_reset()
+        else:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), node.path)
+        return len(data)
+
+    # ---- image metadata --------------------------------------------------------------------
+    def image_size(self, dev_id: int) -> int:
+        return int(self.device(dev_id).disksize)
+
+    def image_bytes_used(self, dev_id: int) -> int:
+        """Memory the device really uses (its pool's pages), for st_blocks."""
+        pool = getattr(self.device(dev_id), "pool", None)
+        if pool is None:
+            return 0
+        try:
+            return int(pool.total_pages) * PAGE_SIZE
+        except Exception:      # pool being torn down by a concurrent reset
+            return 0
+
+
+def _kstrtoint(text: str) -> int:
+    """``kstrtoint(buf, 10, …)``: decimal, optional sign, one trailing newline; else EINVAL."""
+    word = text[:-1] if text.endswith("\n") else text
+    if not re.fullmatch(r"[+-]?[0-9]+", word):
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    value = int(word, 10)
+    if not -(1 << 31) <= value < (1 << 31):
+        raise OSError(errno.ERANGE, os.strerror(errno.ERANGE))
+    return value
