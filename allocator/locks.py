@@ -1,0 +1,752 @@
+"""Locks for the zsmalloc port: lock classes, Mutex, a qrwlock-like RWLock, lockdep, lock_stat.
+
+This module owns every lock primitive the allocator uses and the two debugging facilities the
+kernel builds around its locks:
+
+* **Lock classes** (``LockClass``): like lockdep's ``struct lock_class_key``, every lock belongs
+  to a class, and a class has a *rank*, its position in the documented zsmalloc order
+  (outermost first)::
+
+      page lock (10) -> pool->migrate_lock (20, rw) -> class->lock (30)
+                     -> zspage->lock (40, rw) -> zs_map_area.lock (50)
+
+* **Mutex** (``spin_lock``/``mutex`` stand-in) and **RWLock** (``rwlock_t``/qrwlock stand-in:
+  a queued writer blocks *new* readers, ``is_contended()`` is ``rwlock_is_contended``).
+  The uncontended paths touch one ``threading.Lock`` and one C-level counter; condition
+  variables, timestamps and statistics exist only on the slow path (a thread has to wait).
+
+* **lockdep** (``set_lockdep(True)``, off by default): a per-thread stack of held locks. A
+  blocking acquisition of a lock whose class ranks *lower* than a held lock's class raises
+  ``LockOrderViolation`` before blocking. Same-class nesting is allowed (several page locks of
+  one zspage, ``write_lock_nested`` of src+dst zspages), trylocks are never checked (the kernel
+  allows trylock inversions: free_zspage trylocks pages under class->lock). Unranked classes
+  are checked the way real lockdep does it: every blocking acquisition records the dependency
+  ``held class -> new class`` and a cycle in that graph is an inversion. Re-acquiring a lock
+  instance the thread already holds (including a recursive read of a writer-preferring rwlock,
+  which deadlocks as soon as a writer queues) is reported too.
+
+* **lock_stat** (``lock_stat_text()``/``lock_stat_reset()``): per class, and for rw classes
+  separately per read/write side (``&pool->migrate_lock-R`` / ``-W`` as in
+  /proc/lock_stat): acquisitions (always counted, with an atomic C counter), contentions and
+  wait times (counted only when a thread actually waited) and the call sites that contended.
+  Hold times are not measured (that would put clock reads on the fast path).
+
+``allocator.memory`` implements page locks (a PG_locked bit per frame) on top of the hooks
+``lockdep_before/lockdep_acquired/lockdep_released`` and ``LockClass.stat``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+from collections import Counter
+from enum import IntEnum
+from time import perf_counter_ns
+from typing import Any, Iterator
+
+__all__ = [
+    "LockClass",
+    "LockMode",
+    "LockStat",
+    "LockOrderViolation",
+    "Mutex",
+    "RWLock",
+    "PAGE_LOCK",
+    "MIGRATE_LOCK",
+    "CLASS_LOCK",
+    "ZSPAGE_LOCK",
+    "MAP_AREA_LOCK",
+    "MAP_BUFFER_LOCK",
+    "LOCK_ORDER",
+    "set_lockdep",
+    "lockdep_enabled",
+    "held_locks",
+    "lock_classes",
+    "lock_stat_text",
+    "lock_stat_reset",
+]
+
+
+class LockOrderViolation(AssertionError):
+    """lockdep found an acquisition that can deadlock (order inversion, recursion, bad release)."""
+
+
+class LockMode(IntEnum):
+    """Which side of a lock an acquisition took (a Mutex or page lock is always WRITE)."""
+
+    READ = 0
+    WRITE = 1
+
+
+_READ = LockMode.READ
+_WRITE = LockMode.WRITE
+
+
+def _count_value(counter: "itertools.count[int]") -> int:
+    # itertools.count has no public getter; its repr is "count(N)" where N is the next value.
+    return int(repr(counter)[6:-1])
+
+
+class LockStat:
+    """lock_stat counters of one side (read or write) of one lock class.
+
+    ``acquisitions`` is an ``itertools.count`` bumped with ``next()``: a single C call, so it is
+    atomic under the GIL and costs ~30 ns on the fast path. Everything else is updated only on
+    the slow path, under a private leaf lock.
+    """
+
+    __slots__ = ("_acq", "_acq_base", "contentions", "wait_total_ns", "wait_min_ns", "wait_max_ns",
+                 "points", "_lock")
+
+    def __init__(self) -> None:
+        self._acq = itertools.count()
+        self._acq_base = 0
+        self.contentions = 0
+        self.wait_total_ns = 0
+        self.wait_min_ns = 0
+        self.wait_max_ns = 0
+        self.points: Counter[str] = Counter()   # contending call sites (kernel: "contention points")
+        self._lock = threading.Lock()
+
+    @property
+    def acquisitions(self) -> int:
+        return _count_value(self._acq) - self._acq_base
+
+    def contended(self, wait_ns: int, point: str | None = None) -> None:
+        """Record one acquisition that had to wait ``wait_ns`` nanoseconds."""
+        with self._lock:
+            self.contentions += 1
+            self.wait_total_ns += wait_ns
+            if wait_ns > self.wait_max_ns:
+                self.wait_max_ns = wait_ns
+            if self.contentions == 1 or wait_ns < self.wait_min_ns:
+                self.wait_min_ns = wait_ns
+            if point is not None:
+                self.points[point] += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self._acq_base = _count_value(self._acq)
+            self.contentions = 0
+            self.wait_total_ns = 0
+            self.wait_min_ns = 0
+            self.wait_max_ns = 0
+            self.points.clear()
+
+
+class LockClass:
+    """A kind of lock (lockdep's lock class): a name, a rank in the lock order, lock_stat counters.
+
+    Classes are registered by name; constructing a class whose name exists returns the existing
+    one (the rank must agree). ``rank=None`` means "not in the documented order": such a class
+    is only checked through the lockdep dependency graph. ``rw`` marks classes of rwlocks, whose
+    lock_stat is shown as separate -R and -W lines.
+    """
+
+    __slots__ = ("name", "rank", "rw", "read", "write", "__weakref__")
+
+    _registry: dict[str, "LockClass"] = {}
+    _registry_lock = threading.Lock()
+
+    name: str
+    rank: int | None
+    rw: bool
+    read: LockStat
+    write: LockStat
+
+    def __new__(cls, name: str, rank: int | None = None, *, rw: bool = False) -> "LockClass":
+        with cls._registry_lock:
+            existing = cls._registry.get(name)
+            if existing is not None:
+                if existing.rank != rank:
+                    raise ValueError(f"lock class {name!r} already registered with rank {existing.rank}")
+                existing.rw = existing.rw or rw
+                return existing
+            self = object.__new__(cls)
+            self.name = name
+            self.rank = rank
+            self.rw = rw
+            self.read = LockStat()
+            self.write = LockStat()
+            cls._registry[name] = self
+            return self
+
+    def __init__(self, name: str, rank: int | None = None, *, rw: bool = False) -> None:
+        pass  # all work is done in __new__ (registry lookup)
+
+    def __repr__(self) -> str:
+        return f"LockClass({self.name!r}, rank={self.rank}{', rw' if self.rw else ''})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LockClass, (self.name, self.rank), None)
+
+    def stat(self, mode: LockMode) -> LockStat:
+        return self.write if mode else self.read
+
+    # Totals over both sides: the INTERFACES.md attribute names.
+    @property
+    def acquisitions(self) -> int:
+        return self.read.acquisitions + self.write.acquisitions
+
+    @property
+    def contentions(self) -> int:
+        return self.read.contentions + self.write.contentions
+
+    @property
+    def wait_total_ns(self) -> int:
+        return self.read.wait_total_ns + self.write.wait_total_ns
+
+    @property
+    def wait_max_ns(self) -> int:
+        return max(self.read.wait_max_ns, self.write.wait_max_ns)
+
+    @property
+    def wait_min_ns(self) -> int:
+        mins = [s.wait_min_ns for s in (self.read, self.write) if s.contentions]
+        return min(mins) if mins else 0
+
+    def reset(self) -> None:
+        self.read.reset()
+        self.write.reset()
+
+
+# The documented zsmalloc 5.17 order, outermost first (mm/zsmalloc.c header comment).
+PAGE_LOCK = LockClass("PG_locked", 10)
+MIGRATE_LOCK = LockClass("&pool->migrate_lock", 20, rw=True)
+CLASS_LOCK = LockClass("&class->lock", 30)
+ZSPAGE_LOCK = LockClass("&zspage->lock", 40, rw=True)
+MAP_AREA_LOCK = LockClass("zs_map_area.lock", 50)
+MAP_BUFFER_LOCK = MAP_AREA_LOCK
+LOCK_ORDER: tuple[LockClass, ...] = (PAGE_LOCK, MIGRATE_LOCK, CLASS_LOCK, ZSPAGE_LOCK, MAP_AREA_LOCK)
+
+_DEFAULT_MUTEX = LockClass("mutex")
+_DEFAULT_RWLOCK = LockClass("rwlock", rw=True)
+
+
+def lock_classes() -> list[LockClass]:
+    """All registered lock classes, ranked ones in order first, then by name."""
+    with LockClass._registry_lock:
+        classes = list(LockClass._registry.values())
+    return sorted(classes, key=lambda c: (c.rank is None, c.rank or 0, c.name))
+
+
+# ------------------------------------------------------------------------------------------
+# lockdep
+# ------------------------------------------------------------------------------------------
+
+# Read on every acquire/release: a module global is the cheapest check CPython has.
+_lockdep = False
+
+
+class _Held:
+    """One entry of a thread's held-lock stack."""
+
+    __slots__ = ("key", "cls", "mode", "trylock")
+
+    def __init__(self, key: object, cls: LockClass, mode: LockMode, trylock: bool) -> None:
+        self.key = key
+        self.cls = cls
+        self.mode = mode
+        self.trylock = trylock
+
+    def __repr__(self) -> str:
+        side = "R" if self.mode == _READ else "W"
+        how = " (trylock)" if self.trylock else ""
+        return f"{self.cls.name}-{side} {_describe(self.key)}{how}"
+
+
+def _describe(key: object) -> str:
+    if isinstance(key, tuple):
+        return "pfn %d" % key[1] if len(key) == 2 else repr(key)
+    return "%s@%#x" % (type(key).__name__, id(key))
+
+
+_tls = threading.local()
+_all_held: dict[int, list[_Held]] = {}           # thread ident -> its held stack (lockdep on)
+_graph: dict[LockClass, set[LockClass]] = {}     # class dependency edges (held -> acquired)
+_graph_lock = threading.Lock()
+
+
+def _held() -> list[_Held]:
+    try:
+        return _tls.held
+    except AttributeError:
+        held: list[_Held] = []
+        _tls.held = held
+        _all_held[threading.get_ident()] = held
+        return held
+
+
+def set_lockdep(enabled: bool) -> None:
+    """Turn lockdep on or off. Switching clears the held-lock stacks and the dependency graph
+    (locks taken while it was off are unknown to it)."""
+    global _lockdep
+    with _graph_lock:
+        _graph.clear()
+    for held in list(_all_held.values()):
+        held.clear()
+    _lockdep = bool(enabled)
+
+
+def lockdep_enabled() -> bool:
+    return _lockdep
+
+
+def held_locks() -> list[str]:
+    """The current thread's held locks, outermost first (lockdep on; empty otherwise)."""
+    return [repr(h) for h in _held()]
+
+
+def _reaches(src: LockClass, dst: LockClass) -> bool:
+    """Is there a dependency path src -> ... -> dst in the class graph? (caller holds _graph_lock)"""
+    seen = {src}
+    todo = [src]
+    while todo:
+        c = todo.pop()
+        for n in _graph.get(c, ()):
+            if n is dst:
+                return True
+            if n not in seen:
+                seen.add(n)
+                todo.append(n)
+    return False
+
+
+def lockdep_before(key: object, cls: LockClass, mode: LockMode, trylock: bool = False) -> None:
+    """Check an acquisition of ``key`` (class ``cls``) before blocking on it. lockdep on only."""
+    held = _held()
+    if not held:
+        return
+    for h in held:
+        if h.key is key or (h.key == key and type(h.key) is tuple):
+            if trylock:
+                return  # a trylock of a held lock just fails; no deadlock
+            what = "recursive read" if mode == _READ and h.mode == _READ else "recursive"
+            raise LockOrderViolation(
+                f"{what} acquisition of {cls.name} {_describe(key)} already held by this thread"
+                f" (would deadlock); held: {held!r}")
+    if trylock:
+        return
+    rank = cls.rank
+    if rank is not None:
+        for h in held:
+            r = h.cls.rank
+            if r is not None and r > rank:
+                raise LockOrderViolation(
+                    f"lock order inversion: acquiring {cls.name} (rank {rank}) while holding "
+                    f"{h.cls.name} (rank {r}); held: {held!r}")
+    # Dependency graph: held class -> cls. A new edge closing a cycle is an inversion.
+    with _graph_lock:
+        for h in held:
+            hc = h.cls
+            if hc is cls:
+                continue  # same-class nesting is allowed (write_lock_nested, lock_zspage)
+            succ = _graph.get(hc)
+            if succ is not None and cls in succ:
+                continue
+            if _reaches(cls, hc):
+                raise LockOrderViolation(
+                    f"lock order inversion: {cls.name} is acquired before {hc.name} elsewhere, "
+                    f"now after it; held: {held!r}")
+            _graph.setdefault(hc, set()).add(cls)
+
+
+def lockdep_acquired(key: object, cls: LockClass, mode: LockMode, trylock: bool = False) -> None:
+    _held().append(_Held(key, cls, mode, trylock))
+
+
+def lockdep_released(key: object, strict: bool = False) -> None:
+    """Drop ``key`` from the releasing thread's held stack (any position: zsmalloc releases
+    migrate_lock while keeping the inner lock). A lock released by another thread than the
+    one that took it (legal for page locks) is removed from the taker's stack. ``strict``
+    (Mutex) makes releasing a lock this thread does not hold a violation."""
+    held = _held()
+    for i in range(len(held) - 1, -1, -1):
+        k = held[i].key
+        if k is key or (type(k) is tuple and k == key):
+            del held[i]
+            return
+    if strict:
+        raise LockOrderViolation(f"release of {_describe(key)} which this thread does not hold")
+    for other in list(_all_held.values()):
+        for i in range(len(other) - 1, -1, -1):
+            k = other[i].key
+            if k is key or (type(k) is tuple and k == key):
+                del other[i]
+                return
+
+
+_THIS_FILE = __file__
+
+
+def contention_point() -> str:
+    """The caller outside the lock modules that is contending (slow path only)."""
+    f = sys._getframe(2)
+    while f is not None and (f.f_code.co_filename == _THIS_FILE
+                             or f.f_code.co_filename.endswith("allocator/memory.py")):
+        f = f.f_back
+    if f is None:
+        return "?"
+    return f"{f.f_code.co_name}+{f.f_lineno}"
+
+
+# ------------------------------------------------------------------------------------------
+# Mutex
+# ------------------------------------------------------------------------------------------
+
+
+class Mutex:
+    """A non-recursive lock of a given class (class->lock is a spinlock in the kernel; here it
+    is a ``threading.Lock`` with lock_stat and lockdep around it)."""
+
+    __slots__ = ("_lock", "_cls", "_stat", "_owner", "__weakref__")
+
+    def __init__(self, lock_class: LockClass | None = None) -> None:
+        cls = lock_class if lock_class is not None else _DEFAULT_MUTEX
+        self._lock = threading.Lock()
+        self._cls = cls
+        self._stat = cls.write
+        self._owner = 0
+
+    @property
+    def lock_class(self) -> LockClass:
+        return self._cls
+
+    def acquire(self) -> None:
+        if _lockdep:
+            lockdep_before(self, self._cls, _WRITE)
+        if not self._lock.acquire(False):
+            self._acquire_slow()
+        next(self._stat._acq)
+        if _lockdep:
+            self._owner = threading.get_ident()
+            lockdep_acquired(self, self._cls, _WRITE)
+
+    def _acquire_slow(self) -> None:
+        t0 = perf_counter_ns()
+        self._lock.acquire()
+        self._stat.contended(perf_counter_ns() - t0, contention_point())
+
+    def trylock(self) -> bool:
+        if not self._lock.acquire(False):
+            return False
+        next(self._stat._acq)
+        if _lockdep:
+            self._owner = threading.get_ident()
+            lockdep_acquired(self, self._cls, _WRITE, True)
+        return True
+
+    def release(self) -> None:
+        if _lockdep:
+            owner = self._owner
+            if owner and owner != threading.get_ident():
+                raise LockOrderViolation(f"{self._cls.name} released by a thread that does not own it")
+            self._owner = 0
+            lockdep_released(self, strict=bool(owner))
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def __enter__(self) -> "Mutex":
+        if _lockdep:
+            lockdep_before(self, self._cls, _WRITE)
+        if not self._lock.acquire(False):
+            self._acquire_slow()
+        next(self._stat._acq)
+        if _lockdep:
+            self._owner = threading.get_ident()
+            lockdep_acquired(self, self._cls, _WRITE)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if _lockdep:
+            self.release()
+        else:
+            self._lock.release()
+
+    def __repr__(self) -> str:
+        return f"<Mutex {self._cls.name} {'locked' if self._lock.locked() else 'unlocked'}>"
+
+
+# ------------------------------------------------------------------------------------------
+# RWLock
+# ------------------------------------------------------------------------------------------
+
+
+class _ReadGuard:
+    __slots__ = ("_l",)
+
+    def __init__(self, lock: "RWLock") -> None:
+        self._l = lock
+
+    def __enter__(self) -> "RWLock":
+        self._l.read_lock()
+        return self._l
+
+    def __exit__(self, *exc: object) -> None:
+        self._l.read_unlock()
+
+
+class _WriteGuard:
+    __slots__ = ("_l",)
+
+    def __init__(self, lock: "RWLock") -> None:
+        self._l = lock
+
+    def __enter__(self) -> "RWLock":
+        self._l.write_lock()
+        return self._l
+
+    def __exit__(self, *exc: object) -> None:
+        self._l.write_unlock()
+
+
+class RWLock:
+    """A writer-preferring reader/writer lock modelled on the kernel's qrwlock.
+
+    State lives in plain ints guarded by one ``threading.Lock`` (``_lock``), held only for a few
+    bytecodes. A reader gets in at once unless a writer holds the lock **or is queued** (qrwlock
+    makes new readers wait behind a waiting writer); a writer gets in when nobody holds it
+    (barging like the qrwlock cmpxchg fast path). Threads that must wait sleep on condition
+    variables created lazily on the first contention, count themselves in ``_waiters``
+    (``is_contended()``, like ``rwlock_is_contended`` = someone is on the wait queue) and record
+    lock_stat. The lock has no owner: a read lock may be released by any thread (kernel rwlocks
+    do not track readers either), but lockdep tracks the acquiring thread.
+    """
+
+    __slots__ = ("_lock", "_cls", "_readers", "_writer", "_waiters", "_wwait", "_rcond", "_wcond",
+                 "_rg", "_wg", "__weakref__")
+
+    def __init__(self, lock_class: LockClass | None = None) -> None:
+        cls = lock_class if lock_class is not None else _DEFAULT_RWLOCK
+        cls.rw = True
+        self._lock = threading.Lock()
+        self._cls = cls
+        self._readers = 0          # active readers
+        self._writer = False       # a writer holds the lock
+        self._waiters = 0          # threads sleeping in read_lock/write_lock (is_contended)
+        self._wwait = 0            # of which writers (they block new readers)
+        self._rcond: threading.Condition | None = None
+        self._wcond: threading.Condition | None = None
+        self._rg: _ReadGuard | None = None
+        self._wg: _WriteGuard | None = None
+
+    @property
+    def lock_class(self) -> LockClass:
+        return self._cls
+
+    # -- read side -------------------------------------------------------------------------
+
+    def read_lock(self) -> None:
+        if _lockdep:
+            lockdep_before(self, self._cls, _READ)
+        lk = self._lock
+        lk.acquire()
+        if self._writer or self._wwait:
+            self._read_wait()
+        self._readers += 1
+        lk.release()
+        next(self._cls.read._acq)
+        if _lockdep:
+            lockdep_acquired(self, self._cls, _READ)
+
+    def _read_wait(self) -> None:
+        # Called and returns with self._lock held (released if the wait is interrupted).
+        cond = self._rcond
+        if cond is None:
+            cond = self._rcond = threading.Condition(self._lock)
+        self._waiters += 1
+        t0 = perf_counter_ns()
+        try:
+            while self._writer or self._wwait:
+                cond.wait()
+        except BaseException:
+            self._waiters -= 1
+            self._lock.release()
+            raise
+        self._waiters -= 1
+        self._cls.read.contended(perf_counter_ns() - t0, contention_point())
+
+    def try_read_lock(self) -> bool:
+        lk = self._lock
+        lk.acquire()
+        if self._writer or self._wwait:
+            lk.release()
+            return False
+        self._readers += 1
+        lk.release()
+        next(self._cls.read._acq)
+        if _lockdep:
+            lockdep_acquired(self, self._cls, _READ, True)
+        return True
+
+    def read_unlock(self) -> None:
+        lk = self._lock
+        lk.acquire()
+        r = self._readers - 1
+        if r < 0:
+            lk.release()
+            raise RuntimeError(f"read_unlock of {self._cls.name} without readers")
+        self._readers = r
+        if r == 0 and self._wwait:
+            self._wcond.notify()  # type: ignore[union-attr]
+        lk.release()
+        if _lockdep:
+            lockdep_released(self)
+
+    # -- write side ------------------------------------------------------------------------
+
+    def write_lock(self) -> None:
+        if _lockdep:
+            lockdep_before(self, self._cls, _WRITE)
+        lk = self._lock
+        lk.acquire()
+        if self._writer or self._readers:
+            self._write_wait()
+        self._writer = True
+        lk.release()
+        next(self._cls.write._acq)
+        if _lockdep:
+            lockdep_acquired(self, self._cls, _WRITE)
+
+    # write_lock_nested(lock, SINGLE_DEPTH_NESTING) is only a lockdep annotation in the kernel;
+    # our lockdep already allows same-class nesting.
+    write_lock_nested = write_lock
+
+    def _write_wait(self) -> None:
+        # Called and returns with self._lock held (released if the wait is interrupted).
+        cond = self._wcond
+        if cond is None:
+            cond = self._wcond = threading.Condition(self._lock)
+        self._waiters += 1
+        self._wwait += 1
+        t0 = perf_counter_ns()
+        try:
+            while self._writer or self._readers:
+                cond.wait()
+        except BaseException:
+            self._waiters -= 1
+            self._wwait -= 1
+            # Readers we were holding back (qrwlock writer preference) may go on now.
+            if not self._wwait and not self._writer and self._rcond is not None:
+                self._rcond.notify_all()
+            self._lock.release()
+            raise
+        self._waiters -= 1
+        self._wwait -= 1
+        self._cls.write.contended(perf_counter_ns() - t0, contention_point())
+
+    def try_write_lock(self) -> bool:
+        lk = self._lock
+        lk.acquire()
+        if self._writer or self._readers or self._wwait:
+            lk.release()
+            return False
+        self._writer = True
+        lk.release()
+        next(self._cls.write._acq)
+        if _lockdep:
+            lockdep_acquired(self, self._cls, _WRITE, True)
+        return True
+
+    def write_unlock(self) -> None:
+        lk = self._lock
+        lk.acquire()
+        if not self._writer:
+            lk.release()
+            raise RuntimeError(f"write_unlock of {self._cls.name} not write-locked")
+        self._writer = False
+        if self._waiters:
+            if self._wwait:
+                self._wcond.notify()  # type: ignore[union-attr]
+            else:
+                self._rcond.notify_all()  # type: ignore[union-attr]
+        lk.release()
+        if _lockdep:
+            lockdep_released(self)
+
+    # -- queries and context managers --------------------------------------------------------
+
+    def is_contended(self) -> bool:
+        """rwlock_is_contended(): some thread is queued waiting for this lock."""
+        return self._waiters > 0
+
+    def is_locked(self) -> bool:
+        return self._writer or self._readers > 0
+
+    def is_write_locked(self) -> bool:
+        return self._writer
+
+    @property
+    def readers(self) -> int:
+        return self._readers
+
+    def read(self) -> _ReadGuard:
+        g = self._rg
+        if g is None:
+            g = self._rg = _ReadGuard(self)
+        return g
+
+    def write(self) -> _WriteGuard:
+        g = self._wg
+        if g is None:
+            g = self._wg = _WriteGuard(self)
+        return g
+
+    def __repr__(self) -> str:
+        state = "W" if self._writer else f"R{self._readers}" if self._readers else "unlocked"
+        return f"<RWLock {self._cls.name} {state} waiters={self._waiters}>"
+
+
+# ------------------------------------------------------------------------------------------
+# lock_stat rendering
+# ------------------------------------------------------------------------------------------
+
+
+def _us(ns: int) -> str:
+    return f"{ns / 1000:.2f}"
+
+
+def _stat_rows() -> Iterator[tuple[str, LockStat]]:
+    for cls in lock_classes():
+        if cls.rw:
+            yield cls.name + "-W", cls.write
+            yield cls.name + "-R", cls.read
+        else:
+            yield cls.name, cls.write
+
+
+def lock_stat_text() -> str:
+    """The MNT/proc/lock_stat file, laid out like the kernel's /proc/lock_stat (version 0.4):
+    times in microseconds; hold times and bounce counts are not tracked and not shown. Under each
+    contended class, up to four contention points (the callers that had to wait) are listed."""
+    cols = ("class name", "contentions", "waittime-min", "waittime-max", "waittime-total",
+            "waittime-avg", "acquisitions")
+    header = f"{cols[0]:>40} " + " ".join(f"{c:>14}" for c in cols[1:])
+    rule = "-" * len(header)
+    out = ["lock_stat version 0.4", rule, header, rule]
+    for name, st in _stat_rows():
+        acq = st.acquisitions
+        con = st.contentions
+        if not acq and not con:
+            continue
+        avg = st.wait_total_ns // con if con else 0
+        out.append("")
+        out.append(f"{name + ':':>40} {con:>14} {_us(st.wait_min_ns):>14} {_us(st.wait_max_ns):>14} "
+                   f"{_us(st.wait_total_ns):>14} {_us(avg):>14} {acq:>14}")
+        if con:
+            with st._lock:
+                points = st.points.most_common(4)
+            out.append(f"{'':>40} " + "-" * 14)
+            for where, n in points:
+                out.append(f"{name:>40} {n:>14}          [{where}]")
+    out.append("")
+    return "\n".join(out) + "\n"
+
+
+def lock_stat_reset() -> None:
+    """Like ``echo 0 > /proc/lock_stat``: zero every class's counters."""
+    for cls in lock_classes():
+        cls.reset()

@@ -1,0 +1,675 @@
+"""Simulated physical memory: page frames, the free-frame allocator, struct page fields, page
+locks, the movable-page registry, page migration and memory compaction, /proc/vmstat counters.
+
+This module owns everything "below" zsmalloc that the kernel's mm core would provide:
+
+* **Frames** live in one anonymous ``mmap`` arena (``MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE``),
+  addressed by PFN; untouched frames cost no RAM. ``free_page`` does ``madvise(MADV_DONTNEED)``
+  on the frame, so the process RSS follows the number of frames in use and a reallocated frame
+  reads as zeros (guaranteed for private anonymous memory; with a ``page_size`` that is not a
+  multiple of the host page size the frame is zero-filled instead). The pool must still not
+  rely on fresh frames being zeroed: the kernel's alloc_page without __GFP_ZERO does not either.
+* **Allocation** hands out the *lowest* free PFN (like a buddy allocator under pressure would
+  not, but like the design asks so compaction has a meaning): a min-heap of freed PFNs below the
+  high-water mark plus a bump pointer; freeing the top frame lowers the high-water mark over any
+  free frames below it. One internal leaf lock (never held while calling out) protects it.
+* **struct page fields** as compact per-frame arrays indexed by PFN, grown in place in chunks as
+  the high-water mark rises (never replaced, so ``mem.index`` stays the same object): ``private``
+  (page->private, the owning zspage), ``index`` (page->index: next PFN in the chain, -1 none, or
+  a huge object's handle|1), ``page_type`` (first_obj_offset), ``flags`` (PG_* bits).
+* **Page locks**: a PG_locked byte per frame plus a small hashed table of wait queues (the
+  kernel's page_waitqueue()); one thread may hold any number of page locks; lockdep/lock_stat
+  see them as the ``PG_locked`` class (rank 10, outermost).
+* **Movable pages and migration** (mm/migrate.c + mm/compaction.c in miniature): frames
+  registered with ``set_movable(pfn, ops)`` can be moved with ``migrate_pfn`` or by ``compact()``,
+  whose two scanners meet in the middle: the migrate scanner walks down from the top over movable
+  frames, the free scanner walks up from the bottom over free frames, and every movable frame
+  found above a free one is migrated into it, so the high-water mark drops.
+* **vmstat**: pgmigrate_* and compact_* event counters plus gauges, as /proc/vmstat lines.
+
+Races the kernel solves with page refcounts are solved the same way: a migrator pins a frame
+(``get_page_unless_zero``) before it trylocks it, and ``free_page`` of a pinned frame is completed
+by the last unpin (``put_page``), so a frame is never reused while a migrator still looks at it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import mmap
+import threading
+from dataclasses import dataclass
+from array import array
+from enum import IntEnum, IntFlag
+from time import perf_counter_ns
+from typing import Iterator, Protocol, runtime_checkable
+
+from . import locks as _locks
+from .locks import PAGE_LOCK, LockMode
+
+__all__ = [
+    "PhysicalMemory",
+    "MovableOps",
+    "OutOfMemory",
+    "CompactResult",
+    "MigrateStatus",
+    "PG",
+    "PG_PRIVATE",
+    "PG_MOVABLE",
+    "PG_ISOLATED",
+    "INDEX_NONE",
+]
+
+
+class OutOfMemory(MemoryError):
+    """No free page frame (the arena's max_pages are all in use)."""
+
+
+class PG(IntFlag):
+    """Bits of ``PhysicalMemory.flags`` (the struct page flags zsmalloc uses)."""
+
+    PRIVATE = 0x01    # PG_private: first page of a zspage
+    MOVABLE = 0x02    # __SetPageMovable: registered with movable ops (set_movable)
+    ISOLATED = 0x04   # PG_isolated: taken off by a migrator (between isolate and migrate/putback)
+
+
+# Plain ints for hot paths (IntFlag arithmetic is slow).
+PG_PRIVATE = 0x01
+PG_MOVABLE = 0x02
+PG_ISOLATED = 0x04
+INDEX_NONE = -1
+
+_WRITE = LockMode.WRITE
+
+# Frame states (internal ``_state`` bytearray). ABOVE: at or above the bump pointer.
+_ABOVE = 0
+_USED = 1
+_FREE = 2       # free, below the high-water mark, in the free heap
+_ZOMBIE = 3     # freed by its owner while a migrator still pins it; freed by the last unpin
+_FREE_B = bytes([_FREE])
+_ONE_B = b"\x01"
+
+_NR_WAITQ = 64  # hashed page wait queues (kernel: PAGE_WAIT_TABLE_SIZE = 256)
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # Linux value; the mmap module omits it
+
+
+@runtime_checkable
+class MovableOps(Protocol):
+    """The movable page callbacks (kernel: address_space_operations of zsmalloc's inode)."""
+
+    def isolate_page(self, pfn: int) -> bool: ...
+
+    def migrate_page(self, old_pfn: int, new_pfn: int) -> bool: ...
+
+    def putback_page(self, pfn: int) -> None: ...
+
+
+class MigrateStatus(IntEnum):
+    """Outcome of one migration attempt (``PhysicalMemory.migrate_pfn_status``)."""
+
+    SUCCESS = 0
+    NOT_MOVABLE = 1     # free, unowned, not registered movable, or already isolated
+    BUSY = 2            # page lock held by someone else (trylock failed)
+    ISOLATE_FAILED = 3  # ops.isolate_page said no
+    NO_TARGET = 4       # no free frame (or none below it when one was required)
+    FAILED = 5          # ops.migrate_page said no; put back
+
+
+@dataclass
+class CompactResult:
+    """What one ``compact()`` run did."""
+
+    migrated: int = 0
+    failed: int = 0             # isolated but migrate_page failed (pgmigrate_fail)
+    skipped: int = 0            # movable frames not migrated: busy, isolated elsewhere, refused
+    migrate_scanned: int = 0
+    free_scanned: int = 0
+    isolated: int = 0
+    high_water_before: int = 0
+    high_water_after: int = 0
+    success: bool = False       # scanners met and nothing failed or was skipped
+
+
+class _WaitQueue:
+    __slots__ = ("lock", "cond", "waiters")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.waiters = 0
+
+
+class _PageGuard:
+    __slots__ = ("_mem", "_pfn")
+
+    def __init__(self, mem: "PhysicalMemory", pfn: int) -> None:
+        self._mem = mem
+        self._pfn = pfn
+
+    def __enter__(self) -> int:
+        self._mem.lock_page(self._pfn)
+        return self._pfn
+
+    def __exit__(self, *exc: object) -> None:
+        self._mem.unlock_page(self._pfn)
+
+
+# vmstat: gauges first, then events, in /proc/vmstat order.
+_VM_EVENTS = (
+    "pgalloc_normal",
+    "pgfree",
+    "pgmigrate_success",
+    "pgmigrate_fail",
+    "compact_migrate_scanned",
+    "compact_free_scanned",
+    "compact_isolated",
+    "compact_stall",
+    "compact_fail",
+    "compact_success",
+)
+
+
+class PhysicalMemory:
+    """Simulated RAM shared by any number of pools. Thread-safe."""
+
+    def __init__(self, max_pages: int = 1 << 22, page_size: int = 4096) -> None:
+        if max_pages <= 0:
+            raise ValueError("max_pages must be positive")
+        if page_size <= 0 or page_size & (page_size - 1):
+            raise ValueError("page_size must be a power of two")
+        self.max_pages = max_pages
+        self.page_size = page_size
+        self._mm = mmap.mmap(
+            -1,
+            max_pages * page_size,
+            flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE,
+            prot=mmap.PROT_READ | mmap.PROT_WRITE,
+        )
+        self._mv = memoryview(self._mm)
+        # MADV_DONTNEED works on host pages; smaller simulated pages are zero-filled instead.
+        self._madvise = page_size % mmap.PAGESIZE == 0
+        self._zero = bytes(page_size)
+
+        # Free-frame allocator (leaf lock; never held while calling out of this module).
+        self._lock = threading.Lock()
+        self._top = 0                   # bump pointer == high-water mark
+        self._heap: list[int] = []      # free PFNs below _top (may hold stale entries)
+        self._nr_free_below = 0         # frames in state _FREE
+        self._nr_used = 0
+        self._refs: dict[int, int] = {}  # migrator pins (extra page refcounts)
+        self._cap = 0                   # length of the per-frame arrays
+
+        # struct page fields, public (zsmalloc reads and writes them directly).
+        self.private: list[object | None] = []
+        self.index = array("q")
+        self.page_type = array("i")
+        self.flags = bytearray()
+        # Internal per-frame state.
+        self._state = bytearray()
+        self._pglocked = bytearray()
+        self._movable = bytearray()     # 1 when registered movable (scanned with rfind)
+        self._mops: list[MovableOps | None] = []
+        self._flags_lock = threading.Lock()
+
+        self._waitq = [_WaitQueue() for _ in range(_NR_WAITQ)]
+        self._compact_lock = threading.Lock()
+        self._vm: dict[str, int] = dict.fromkeys(_VM_EVENTS, 0)
+        self._vm["nr_zspages"] = 0
+        self._grow(min(max_pages, 1024))
+
+    # ------------------------------------------------------------------ arrays
+
+    def _grow(self, need: int) -> None:
+        """Extend the per-frame arrays in place to cover PFNs < need (caller holds _lock or is
+        __init__). In-place extension keeps every reference to the arrays valid."""
+        cap = self._cap
+        if need <= cap:
+            return
+        new = min(self.max_pages, max(need, cap * 2, 4096))
+        n = new - cap
+        self.private.extend([None] * n)
+        self.index.extend(array("q", [INDEX_NONE]) * n)
+        self.page_type.extend(array("i", [0]) * n)
+        self.flags.extend(bytes(n))
+        self._state.extend(bytes(n))
+        self._pglocked.extend(bytes(n))
+        self._movable.extend(bytes(n))
+        self._mops.extend([None] * n)
+        self._cap = new
+
+    # ------------------------------------------------------------------ allocator
+
+    @property
+    def nr_used(self) -> int:
+        return self._nr_used
+
+    @property
+    def nr_free(self) -> int:
+        return self.max_pages - self._nr_used
+
+    @property
+    def high_water(self) -> int:
+        """Highest used PFN + 1 (frames pinned by a migrator after their free count as used)."""
+        return self._top
+
+    def alloc_page(self) -> int:
+        """Allocate the lowest free frame. Raises OutOfMemory when every frame is in use."""
+        with self._lock:
+            state = self._state
+            heap = self._heap
+            top = self._top
+            while heap:
+                pfn = heapq.heappop(heap)
+                if pfn < top and state[pfn] == _FREE:
+                    self._nr_free_below -= 1
+                    break
+            else:
+                pfn = top
+                if pfn >= self.max_pages:
+                    raise OutOfMemory(f"all {self.max_pages} page frames are in use")
+                self._top = pfn + 1
+                if pfn >= self._cap:
+                    self._grow(pfn + 1)
+            state[pfn] = _USED
+            self._nr_used += 1
+            self._vm["pgalloc_normal"] += 1
+            return pfn
+
+    def free_page(self, pfn: int) -> None:
+        """Free a frame: reset its struct page fields, drop its contents (MADV_DONTNEED) and make
+        it allocatable again. The frame must not be page-locked (kernel: bad_page)."""
+        with self._lock:
+            if not 0 <= pfn < self._top or self._state[pfn] != _USED:
+                raise ValueError(f"free_page: pfn {pfn} is not an allocated frame")
+            if self._pglocked[pfn] and pfn not in self._refs:
+                raise ValueError(f"free_page: pfn {pfn} is still page-locked")
+            self._reset_page(pfn)
+            if pfn in self._refs:
+                # A migrator holds a reference: the last put_page completes the free.
+                self._state[pfn] = _ZOMBIE
+                return
+            self._release(pfn)
+
+    def _reset_page(self, pfn: int) -> None:
+        # Kernel reset_page + free_pages_prepare: every struct page field back to its initial value.
+        self.private[pfn] = None
+        self.index[pfn] = INDEX_NONE
+        self.page_type[pfn] = 0
+        self.flags[pfn] = 0
+        self._mops[pfn] = None
+        self._movable[pfn] = 0
+
+    def _release(self, pfn: int) -> None:
+        """Return a frame to the free pool (caller holds _lock)."""
+        if self._madvise:
+            ps = self.page_size
+            self._mm.madvise(mmap.MADV_DONTNEED, pfn * ps, ps)
+        else:
+            ps = self.page_size
+            self._mv[pfn * ps:(pfn + 1) * ps] = self._zero
+        self._nr_used -= 1
+        self._vm["pgfree"] += 1
+        state = self._state
+        if pfn == self._top - 1:
+            # Lower the high-water mark over the free frames right below the top; their heap
+            # entries go stale (state no longer _FREE) and are skipped when popped.
+            state[pfn] = _ABOVE
+            top = pfn
+            while top and state[top - 1] == _FREE:
+                top -= 1
+                state[top] = _ABOVE
+                self._nr_free_below -= 1
+            self._top = top
+        else:
+            state[pfn] = _FREE
+            heapq.heappush(self._heap, pfn)
+            self._nr_free_below += 1
+        heap = self._heap
+        if len(heap) > 2 * self._nr_free_below + 1024:
+            top = self._top
+            heap[:] = sorted({p for p in heap if p < top and state[p] == _FREE})
+
+    def _claim(self, pfn: int) -> bool:
+        """Allocate a specific free frame (compaction's free scanner isolating a free page)."""
+        with self._lock:
+            if pfn >= self._top or self._state[pfn] != _FREE:
+                return False
+            self._state[pfn] = _USED
+            self._nr_free_below -= 1
+            self._nr_used += 1
+            self._vm["pgalloc_normal"] += 1
+            return True
+
+    def _lowest_free_below(self, limit: int) -> int:
+        """Claim the lowest free frame below ``limit``; -1 if none."""
+        pos = 0
+        state = self._state
+        while True:
+            pfn = state.find(_FREE_B, pos, min(limit, self._top))
+            if pfn < 0:
+                return -1
+            if self._claim(pfn):
+                return pfn
+            pos = pfn + 1
+
+    def is_free(self, pfn: int) -> bool:
+        return not (0 <= pfn < self._top) or self._state[pfn] == _FREE
+
+    def view(self, pfn: int) -> memoryview:
+        """A writable memoryview of the frame's page_size bytes."""
+        if _locks._lockdep and (not 0 <= pfn < self._top or self._state[pfn] != _USED):
+            raise ValueError(f"view of unallocated frame {pfn}")
+        ps = self.page_size
+        off = pfn * ps
+        if not 0 <= pfn < self.max_pages:
+            raise IndexError(f"pfn {pfn} out of range")
+        return self._mv[off:off + ps]
+
+    # -------------------------------------------------------------- page flags
+
+    def set_page_flag(self, pfn: int, bit: int) -> None:
+        """Atomic SetPageXxx (flags may be updated concurrently by the memory layer)."""
+        with self._flags_lock:
+            self.flags[pfn] |= bit
+
+    def clear_page_flag(self, pfn: int, bit: int) -> None:
+        with self._flags_lock:
+            self.flags[pfn] &= ~bit & 0xFF
+
+    def test_page_flag(self, pfn: int, bit: int) -> bool:
+        return bool(self.flags[pfn] & bit)
+
+    # -------------------------------------------------------------- page locks
+
+    def lock_page(self, pfn: int) -> None:
+        """Sleeping lock_page(): wait until PG_locked is clear, then set it."""
+        if _locks._lockdep:
+            _locks.lockdep_before((id(self), pfn), PAGE_LOCK, _WRITE)
+        wq = self._waitq[pfn & (_NR_WAITQ - 1)]
+        locked = self._pglocked
+        wq.lock.acquire()
+        if locked[pfn]:
+            wq.waiters += 1
+            t0 = perf_counter_ns()
+            try:
+                while locked[pfn]:
+                    wq.cond.wait()
+            finally:
+                wq.waiters -= 1
+            locked[pfn] = 1
+            wq.lock.release()
+            PAGE_LOCK.write.contended(perf_counter_ns() - t0, _locks.contention_point())
+        else:
+            locked[pfn] = 1
+            wq.lock.release()
+        next(PAGE_LOCK.write._acq)
+        if _locks._lockdep:
+            _locks.lockdep_acquired((id(self), pfn), PAGE_LOCK, _WRITE)
+
+    def trylock_page(self, pfn: int) -> bool:
+        wq = self._waitq[pfn & (_NR_WAITQ - 1)]
+        locked = self._pglocked
+        with wq.lock:
+            if locked[pfn]:
+                return False
+            locked[pfn] = 1
+        next(PAGE_LOCK.write._acq)
+        if _locks._lockdep:
+            _locks.lockdep_acquired((id(self), pfn), PAGE_LOCK, _WRITE, True)
+        return True
+
+    def unlock_page(self, pfn: int) -> None:
+        wq = self._waitq[pfn & (_NR_WAITQ - 1)]
+        locked = self._pglocked
+        with wq.lock:
+            if not locked[pfn]:
+                raise RuntimeError(f"unlock_page: pfn {pfn} is not locked")
+            locked[pfn] = 0
+            if wq.waiters:
+                # The wait queue is shared by several frames: wake all, each rechecks its bit.
+                wq.cond.notify_all()
+        if _locks._lockdep:
+            _locks.lockdep_released((id(self), pfn))
+
+    def page_is_locked(self, pfn: int) -> bool:
+        return bool(self._pglocked[pfn])
+
+    def page_locked(self, pfn: int) -> _PageGuard:
+        """``with mem.page_locked(pfn):`` lock_page ... unlock_page."""
+        return _PageGuard(self, pfn)
+
+    # -------------------------------------------------------------- movable pages
+
+    def set_movable(self, pfn: int, ops: MovableOps) -> None:
+        """__SetPageMovable: the frame may be migrated through ``ops``."""
+        self._mops[pfn] = ops
+        self.set_page_flag(pfn, PG_MOVABLE)
+        self._movable[pfn] = 1
+
+    def clear_movable(self, pfn: int) -> None:
+        """__ClearPageMovable."""
+        self._movable[pfn] = 0
+        self._mops[pfn] = None
+        self.clear_page_flag(pfn, PG_MOVABLE)
+
+    def is_movable(self, pfn: int) -> bool:
+        return 0 <= pfn < self._top and bool(self._movable[pfn])
+
+    def _pin(self, pfn: int) -> bool:
+        """get_page_unless_zero() for a movable, allocated frame."""
+        with self._lock:
+            if not 0 <= pfn < self._top or self._state[pfn] != _USED or not self._movable[pfn]:
+                return False
+            self._refs[pfn] = self._refs.get(pfn, 0) + 1
+            return True
+
+    def _unpin(self, pfn: int) -> None:
+        """put_page(): the last reference of a frame its owner freed completes the free."""
+        with self._lock:
+            n = self._refs[pfn] - 1
+            if n:
+                self._refs[pfn] = n
+                return
+            del self._refs[pfn]
+            if self._state[pfn] == _ZOMBIE:
+                self._state[pfn] = _USED
+                self._release(pfn)
+
+    def migrate_pfn(self, pfn: int, *, lower_only: bool = False) -> bool:
+        """Migrate one movable frame to the lowest free frame (one below ``pfn`` when
+        ``lower_only``). False when the frame is not movable, busy, or the move failed."""
+        return self.migrate_pfn_status(pfn, lower_only=lower_only) is MigrateStatus.SUCCESS
+
+    def migrate_pfn_status(self, pfn: int, *, lower_only: bool = False) -> MigrateStatus:
+        if not self._pin(pfn):
+            return MigrateStatus.NOT_MOVABLE
+        try:
+            return self._migrate_pinned(pfn, -1, lower_only)
+        finally:
+            self._unpin(pfn)
+
+    def _migrate_pinned(self, pfn: int, target: int, lower_only: bool) -> MigrateStatus:
+        """The migration protocol (mm/migrate.c, move_to_new_folio for movable non-LRU pages).
+
+        ``target`` is a frame already claimed by compaction's free scanner, or -1 to allocate
+        one. On return the target is either the page's new home or freed again.
+        """
+        if not self.trylock_page(pfn):
+            self._drop_target(target)
+            return MigrateStatus.BUSY
+        try:
+            ops = self._mops[pfn]
+            if ops is None or self.flags[pfn] & PG_ISOLATED:
+                self._drop_target(target)
+                return MigrateStatus.NOT_MOVABLE
+            # isolate_movable_page: the owner takes the page off its lists.
+            if not ops.isolate_page(pfn):
+                self._drop_target(target)
+                return MigrateStatus.ISOLATE_FAILED
+            self.set_page_flag(pfn, PG_ISOLATED)
+            with self._lock:
+                self._vm["compact_isolated"] += 1
+            if target < 0:
+                try:
+                    target = self._lowest_free_below(pfn) if lower_only else self.alloc_page()
+                except OutOfMemory:
+                    target = -1
+            if target < 0:
+                self._putback(pfn, ops)
+                return MigrateStatus.NO_TARGET
+            # move_to_new_folio: both pages locked while the owner copies and relinks.
+            if not self.trylock_page(target):   # a fresh frame nobody else can hold
+                raise AssertionError(f"freshly allocated frame {target} is locked")
+            ok = False
+            try:
+                ok = bool(ops.migrate_page(pfn, target))
+            finally:
+                if ok:
+                    self.clear_page_flag(pfn, PG_ISOLATED)
+                    self.unlock_page(target)
+                else:
+                    self._putback(pfn, ops)
+                    self.unlock_page(target)
+                    self.free_page(target)
+                    with self._lock:
+                        self._vm["pgmigrate_fail"] += 1
+            if not ok:
+                return MigrateStatus.FAILED
+        finally:
+            self.unlock_page(pfn)
+        # Success: the owner dropped the old frame (clear_movable); it goes back to the free pool
+        # (deferred to our unpin by the refcount, as the kernel's final put_page).
+        with self._lock:
+            self._vm["pgmigrate_success"] += 1
+        self._free_migrated(pfn)
+        return MigrateStatus.SUCCESS
+
+    def _free_migrated(self, pfn: int) -> None:
+        with self._lock:
+            if self._state[pfn] != _USED:
+                return   # the owner freed it itself (then it is a zombie until our unpin)
+            self._reset_page(pfn)
+            self._state[pfn] = _ZOMBIE   # completed by the caller's _unpin
+
+    def _putback(self, pfn: int, ops: MovableOps) -> None:
+        # putback_movable_page: under the page lock, the owner takes the page back.
+        try:
+            ops.putback_page(pfn)
+        finally:
+            self.clear_page_flag(pfn, PG_ISOLATED)
+
+    def _drop_target(self, target: int) -> None:
+        if target >= 0:
+            self.free_page(target)
+
+    # -------------------------------------------------------------- compaction
+
+    def compact(self, *, direct: bool = False) -> CompactResult:
+        """Memory compaction (``echo 1 > /proc/sys/vm/compact_memory``): migrate movable frames
+        from the top of the arena into free frames at the bottom until the scanners meet.
+
+        The migrate scanner walks PFNs downward from the high-water mark looking for movable
+        frames, the free scanner walks upward from PFN 0 looking for free frames; each movable
+        frame found above a free frame is migrated into it. ``direct=True`` counts the run as an
+        allocation stall (compact_stall), as direct compaction does. compact_success /
+        compact_fail count runs that did / did not reach the point where the scanners meet with
+        every movable frame above it moved.
+        """
+        res = CompactResult()
+        with self._compact_lock:
+            res.high_water_before = self._top
+            free_pos = 0                 # free scanner: next PFN to examine (upward)
+            mig_pos = self._top          # migrate scanner: exclusive bound (downward)
+            movable = self._movable
+            state = self._state
+            while True:
+                cand = movable.rfind(_ONE_B, free_pos, mig_pos)
+                if cand < 0:
+                    res.migrate_scanned += max(0, mig_pos - free_pos)
+                    break
+                res.migrate_scanned += mig_pos - cand
+                mig_pos = cand
+                tgt = state.find(_FREE_B, free_pos, cand)
+                if tgt < 0:
+                    res.free_scanned += cand - free_pos
+                    break                # the scanners met
+                res.free_scanned += tgt - free_pos + 1
+                free_pos = tgt
+                if not self._claim(tgt):
+                    mig_pos = cand + 1   # lost the frame to an allocation: rescan both
+                    continue
+                if not self._pin(cand):
+                    self.free_page(tgt)
+                    continue             # freed or no longer movable under us
+                try:
+                    status = self._migrate_pinned(cand, tgt, True)
+                finally:
+                    self._unpin(cand)
+                if status is MigrateStatus.SUCCESS:
+                    res.migrated += 1
+                    res.isolated += 1
+                    free_pos = tgt + 1
+                elif status is MigrateStatus.FAILED:
+                    res.failed += 1
+                    res.isolated += 1
+                else:
+                    res.skipped += 1
+            res.high_water_after = self._top
+            res.success = not res.failed and not res.skipped
+            with self._lock:
+                vm = self._vm
+                vm["compact_migrate_scanned"] += res.migrate_scanned
+                vm["compact_free_scanned"] += res.free_scanned
+                if direct:
+                    vm["compact_stall"] += 1
+                vm["compact_success" if res.success else "compact_fail"] += 1
+        return res
+
+    # -------------------------------------------------------------- vmstat
+
+    def mod_vmstat(self, name: str, delta: int = 1) -> None:
+        """mod_node_page_state / count_vm_events: adjust a vmstat item (e.g. pools keep
+        ``nr_zspages`` here as zsmalloc keeps NR_ZSPAGES)."""
+        with self._lock:
+            self._vm[name] = self._vm.get(name, 0) + delta
+
+    def vmstat(self) -> dict[str, int]:
+        with self._lock:
+            out = {
+                "nr_free_pages": self.max_pages - self._nr_used,
+                "nr_used_pages": self._nr_used,
+                "nr_high_water_pfn": self._top,
+                "nr_isolated_movable": sum(1 for p in self._refs if self.flags[p] & PG_ISOLATED),
+            }
+            out["nr_zspages"] = self._vm["nr_zspages"]
+            for k, v in self._vm.items():
+                if k not in out:
+                    out[k] = v
+            return out
+
+    def vmstat_text(self) -> str:
+        """The MNT/proc/vmstat file: "name value" lines."""
+        return "".join(f"{k} {v}\n" for k, v in self.vmstat().items())
+
+    def vmstat_reset(self) -> None:
+        with self._lock:
+            for k in _VM_EVENTS:
+                self._vm[k] = 0
+
+    # -------------------------------------------------------------- misc
+
+    def used_pfns(self) -> Iterator[int]:
+        """PFNs currently allocated (a snapshot walk; for tests and debugging)."""
+        state = self._state
+        for pfn in range(self._top):
+            if state[pfn] == _USED:
+                yield pfn
+
+    def close(self) -> None:
+        """Unmap the arena (fails with BufferError while views of frames are alive)."""
+        self._mv.release()
+        self._mm.close()
+
+    def __repr__(self) -> str:
+        return (f"<PhysicalMemory {self._nr_used}/{self.max_pages} frames used, "
+                f"high_water={self._top}, page_size={self.page_size}>")
+
