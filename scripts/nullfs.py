@@ -11,10 +11,13 @@ difference is what zram's work costs, not what FUSE and Python cost. The image i
 mmap (zero-filled, pages materialise on first write, like a bytearray that costs nothing until
 used); reads copy a slice out, writes copy the request in: the least any fusepy-style device can do.
 
-Options mirrored from zramfs's FUSE layer: the binding (mfusepy preferred, fusepy fallback, as
-zramfs does), multithreaded loop, direct_io (no page-cache copy, O_DIRECT works), big_writes on
-libfuse 2, max_read/max_write of 128 KiB, getxattr unregistered (the kernel stops asking for
-security.capability before every write), fallocate PUNCH_HOLE/ZERO_RANGE zeroing (loop discards).
+Options mirrored from zramfs's FUSE layer (zramfs/fs.py, `mount_options` and `ZramFS.open`;
+tests/test_nullfs.py checks they stay equal): the binding (mfusepy preferred, fusepy fallback),
+multithreaded loop, raw_fi with direct_io set per open (no page-cache copy, O_DIRECT works;
+--image-cache turns it off, as zramfs's), max_read/max_write of 128 KiB (+ big_writes on
+libfuse 2), attr/entry/negative timeouts 0, getxattr & co. unregistered (the kernel stops
+asking for security.capability before every write), fallocate PUNCH_HOLE/ZERO_RANGE zeroing
+(what a loop device sends for discards; fusepy 3.0.1 has no fallocate: EOPNOTSUPP there).
 """
 from __future__ import annotations
 
@@ -70,7 +73,7 @@ def fuse_major(mod) -> int:
     return int(getattr(mod, "fuse_version_major", 2))  # fusepy only speaks libfuse 2
 
 
-def make_operations(mod, size: int):
+def make_operations(mod, size: int, image_cache: bool = False):
     FuseOSError = mod.FuseOSError
 
     class NullFS(mod.Operations):
@@ -120,10 +123,13 @@ def make_operations(mod, size: int):
             if path != "/dev/zram0":
                 raise FuseOSError(errno.EISDIR if path in ("/", "/dev") else errno.ENOENT)
 
-        def open(self, path, flags):
+        def open(self, path, fi):  # raw_fi: fi is the fuse_file_info
             self._check(path)
             with self._count_lock:
                 self.open_count += 1
+            fi.direct_io = 0 if image_cache else 1
+            fi.keep_cache = 0
+            fi.fh = 0
             return 0
 
         def release(self, path, fh):
@@ -202,20 +208,19 @@ def make_operations(mod, size: int):
     return NullFS()
 
 
-def mount_options(mod, foreground: bool, debug: bool = False) -> dict:
+def mount_options(mod, fsname: str = "nullfs") -> dict:
+    """The FUSE(...) keyword options, as zramfs.fs.mount_options() (fsname/subtype aside)."""
     opts = dict(
-        foreground=foreground,
-        nothreads=False,          # multithreaded loop (fuse_loop_mt)
-        direct_io=True,           # no page cache; O_DIRECT opens work (fio direct=1)
-        max_read=MAX_IO,
-        max_write=MAX_IO,
-        fsname="nullfs",
+        fsname=fsname,
         subtype="nullfs",
+        max_write=MAX_IO,
+        max_read=MAX_IO,
+        attr_timeout=0,
+        entry_timeout=0,
+        negative_timeout=0,
     )
     if fuse_major(mod) == 2:
         opts["big_writes"] = True  # libfuse 3 always has it and rejects the option
-    if debug:
-        opts["debug"] = True
     return opts
 
 
@@ -235,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--foreground", "-f", action="store_true", help="do not daemonize")
     ap.add_argument("--mlock", action="store_true", help="mlockall() the daemon (for swap)")
     ap.add_argument("--binding", choices=["mfusepy", "fusepy"], help="default: mfusepy, else fusepy")
+    ap.add_argument("--image-cache", action="store_true",
+                    help="serve the image through the page cache (no direct_io), as zramfs's")
     ap.add_argument("--debug", action="store_true", help="libfuse debug output (implies -f)")
     args = ap.parse_args(argv)
 
@@ -242,14 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(mnt):
         ap.error(f"{mnt}: not a directory")
     mod, name = load_binding(args.binding)
-    ops = make_operations(mod, args.size)
+    ops = make_operations(mod, args.size, image_cache=args.image_cache)
     if args.mlock:
         mlockall()
-    opts = mount_options(mod, args.foreground or args.debug, args.debug)
+    opts = mount_options(mod)
+    if args.debug:
+        opts["debug"] = True
     if args.foreground:
         print(f"nullfs: {mnt}/dev/zram0, {args.size} bytes, {name} on libfuse {fuse_major(mod)}",
               file=sys.stderr, flush=True)
-    mod.FUSE(ops, mnt, **opts)
+    # multithreaded loop (nothreads=False), direct_io per open through raw_fi, as zramfs
+    mod.FUSE(ops, mnt, raw_fi=True, foreground=args.foreground or args.debug, nothreads=False,
+             **opts)
     return 0
 
 

@@ -156,3 +156,22 @@ def test_o_direct_and_punch_hole(nullfs_mount):
         assert got == b"\xab" * 4096 + bytes(4096)
     finally:
         os.close(fd)
+
+
+def test_options_mirror_zramfs():
+    """nullfs is a fair baseline only while it mounts exactly as zramfs does."""
+    try:
+        from zramfs import fs as zfs
+    except Exception as exc:  # the FUSE layer or a binding is missing: nothing to compare
+        pytest.skip(f"zramfs.fs not importable: {exc}")
+    ns = _load_script()
+    mod, name = ns.load_binding()
+    assert name == zfs.BINDING
+    ours = ns.mount_options(mod)
+    theirs = zfs.mount_options()
+    for key in ("fsname", "subtype"):
+        ours.pop(key), theirs.pop(key)
+    assert ours == theirs
+    assert ns.MAX_IO == zfs.MAX_IO
+    ops = ns.make_operations(mod, 4096)
+    assert getattr(zfs.ZramFS, "getxattr", None) is None and ops.getxattr is None
