@@ -220,8 +220,14 @@ MAP_AREA_LOCK = LockClass("zs_map_area.lock", 50)
 MAP_BUFFER_LOCK = MAP_AREA_LOCK
 LOCK_ORDER: tuple[LockClass, ...] = (PAGE_LOCK, MIGRATE_LOCK, CLASS_LOCK, ZSPAGE_LOCK, MAP_AREA_LOCK)
 
-_DEFAULT_MUTEX = LockClass("mutex")
-_DEFAULT_RWLOCK = LockClass("rwlock", rw=True)
+
+
+def _site_class(rw: bool) -> LockClass:
+    """Default class of a lock created without one: one class per creation site, as lockdep keys
+    a lock by the static key of its init call site (so unrelated locks never share a class)."""
+    f = sys._getframe(2)
+    name = "%s:%d" % (f.f_code.co_filename.rsplit("/", 1)[-1], f.f_lineno)
+    return LockClass(("rwlock@" if rw else "mutex@") + name, rw=rw)
 
 
 def lock_classes() -> list[LockClass]:
@@ -403,7 +409,7 @@ class Mutex:
     __slots__ = ("_lock", "_cls", "_stat", "_owner", "__weakref__")
 
     def __init__(self, lock_class: LockClass | None = None) -> None:
-        cls = lock_class if lock_class is not None else _DEFAULT_MUTEX
+        cls = lock_class if lock_class is not None else _site_class(False)
         self._lock = threading.Lock()
         self._cls = cls
         self._stat = cls.write
@@ -460,7 +466,7 @@ class Mutex:
             lockdep_acquired(self, self._cls, _WRITE)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, t: object, v: object, tb: object) -> None:
         if _lockdep:
             self.release()
         else:
@@ -520,7 +526,7 @@ class RWLock:
                  "_rg", "_wg", "__weakref__")
 
     def __init__(self, lock_class: LockClass | None = None) -> None:
-        cls = lock_class if lock_class is not None else _DEFAULT_RWLOCK
+        cls = lock_class if lock_class is not None else _site_class(True)
         cls.rw = True
         self._lock = threading.Lock()
         self._cls = cls

@@ -1,0 +1,481 @@
+"""Tests of allocator.locks: Mutex, the writer-preferring RWLock, lockdep and lock_stat."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from allocator import locks
+from allocator.locks import (
+    CLASS_LOCK,
+    LOCK_ORDER,
+    MAP_AREA_LOCK,
+    MIGRATE_LOCK,
+    PAGE_LOCK,
+    ZSPAGE_LOCK,
+    LockClass,
+    LockOrderViolation,
+    Mutex,
+    RWLock,
+    lock_stat_reset,
+    lock_stat_text,
+    set_lockdep,
+)
+
+_uniq = itertools.count()
+
+
+def fresh_class(rank: int | None = None, rw: bool = False) -> LockClass:
+    """A lock class of its own, so counters are not shared with other tests."""
+    return LockClass(f"test.{next(_uniq)}", rank, rw=rw)
+
+
+@pytest.fixture
+def lockdep() -> Iterator[None]:
+    set_lockdep(True)
+    try:
+        yield
+    finally:
+        set_lockdep(False)
+
+
+def run_threads(targets: list[Callable[[], None]], timeout: float = 10.0) -> None:
+    """Start threads, join them with a watchdog; fail (instead of hanging) if one is stuck and
+    re-raise the first exception a thread raised."""
+    errors: list[BaseException] = []
+
+    def wrap(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 - reported to the main thread
+                errors.append(e)
+        return run
+
+    threads = [threading.Thread(target=wrap(t), daemon=True) for t in targets]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t for t in threads if t.is_alive()]
+    assert not stuck, f"watchdog: {len(stuck)} thread(s) still running after {timeout}s (deadlock?)"
+    if errors:
+        raise errors[0]
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.001)
+
+
+# ---------------------------------------------------------------------------- classes
+
+
+def test_documented_order() -> None:
+    assert [c.rank for c in LOCK_ORDER] == [10, 20, 30, 40, 50]
+    assert LOCK_ORDER == (PAGE_LOCK, MIGRATE_LOCK, CLASS_LOCK, ZSPAGE_LOCK, MAP_AREA_LOCK)
+    assert MIGRATE_LOCK.rw and ZSPAGE_LOCK.rw and not CLASS_LOCK.rw
+
+
+def test_lock_class_registry() -> None:
+    a = LockClass("test.registry", 7)
+    assert LockClass("test.registry", 7) is a
+    with pytest.raises(ValueError):
+        LockClass("test.registry", 8)
+    assert a in locks.lock_classes()
+
+
+def test_default_class_per_creation_site() -> None:
+    def make() -> Mutex:
+        return Mutex()
+
+    assert make().lock_class is make().lock_class
+    assert Mutex().lock_class is not make().lock_class
+
+
+# ---------------------------------------------------------------------------- Mutex
+
+
+def test_mutex_basics() -> None:
+    m = Mutex(fresh_class())
+    assert not m.locked()
+    m.acquire()
+    assert m.locked()
+    assert not m.trylock()
+    m.release()
+    assert m.trylock()
+    m.release()
+    with m:
+        assert m.locked()
+    assert not m.locked()
+
+
+def test_mutex_excludes() -> None:
+    m = Mutex(fresh_class())
+    counter = [0]
+
+    def work() -> None:
+        for _ in range(2000):
+            with m:
+                v = counter[0]
+                counter[0] = v + 1
+
+    run_threads([work] * 4)
+    assert counter[0] == 8000
+
+
+def test_mutex_release_by_other_thread_is_caught(lockdep: None) -> None:
+    m = Mutex(fresh_class())
+    m.acquire()
+    err: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            m.release()
+        except LockOrderViolation as e:
+            err.append(e)
+
+    run_threads([other])
+    assert err and m.locked()
+    m.release()
+
+
+def test_mutex_release_unheld(lockdep: None) -> None:
+    m = Mutex(fresh_class())
+    with pytest.raises((LockOrderViolation, RuntimeError)):
+        m.release()
+
+
+# ---------------------------------------------------------------------------- RWLock
+
+
+def test_rwlock_shared_readers_exclusive_writer() -> None:
+    rw = RWLock(fresh_class(rw=True))
+    rw.read_lock()
+    rw.read_lock()          # another reader (same thread is fine with lockdep off)
+    assert rw.readers == 2 and rw.is_locked()
+    assert not rw.try_write_lock()
+    assert rw.try_read_lock()
+    for _ in range(3):
+        rw.read_unlock()
+    assert rw.try_write_lock()
+    assert rw.is_write_locked()
+    assert not rw.try_read_lock() and not rw.try_write_lock()
+    rw.write_unlock()
+    with rw.write():
+        assert rw.is_write_locked()
+    with rw.read():
+        assert rw.readers == 1
+    assert not rw.is_locked()
+
+
+def test_rwlock_unlock_errors() -> None:
+    rw = RWLock(fresh_class(rw=True))
+    with pytest.raises(RuntimeError):
+        rw.read_unlock()
+    with pytest.raises(RuntimeError):
+        rw.write_unlock()
+
+
+def test_rwlock_writer_preference_and_is_contended() -> None:
+    """A queued writer blocks new readers (qrwlock) and makes the lock contended."""
+    rw = RWLock(fresh_class(rw=True))
+    order: list[str] = []
+    rw.read_lock()                      # the main thread is an active reader
+    assert not rw.is_contended()
+
+    def writer() -> None:
+        rw.write_lock()
+        order.append("writer")
+        time.sleep(0.02)
+        rw.write_unlock()
+
+    def late_reader() -> None:
+        rw.read_lock()
+        order.append("reader")
+        rw.read_unlock()
+
+    w = threading.Thread(target=writer, daemon=True)
+    w.start()
+    wait_until(rw.is_contended)          # the writer is queued behind our read lock
+    assert not rw.try_read_lock(), "a new reader must not pass a queued writer"
+    r = threading.Thread(target=late_reader, daemon=True)
+    r.start()
+    wait_until(lambda: rw._waiters == 2)
+    assert order == []
+    rw.read_unlock()                     # the writer goes first, then the queued reader
+    w.join(5)
+    r.join(5)
+    assert not w.is_alive() and not r.is_alive()
+    assert order == ["writer", "reader"]
+    assert not rw.is_contended() and not rw.is_locked()
+
+
+def test_rwlock_waiting_readers_all_woken() -> None:
+    rw = RWLock(fresh_class(rw=True))
+    rw.write_lock()
+    inside = threading.Barrier(5, timeout=5)
+
+    def reader() -> None:
+        with rw.read():
+            inside.wait()               # all four readers hold the lock at the same time
+
+    ts = [threading.Thread(target=reader, daemon=True) for _ in range(4)]
+    for t in ts:
+        t.start()
+    wait_until(lambda: rw._waiters == 4)
+    assert rw.is_contended()
+    rw.write_unlock()
+    inside.wait()
+    for t in ts:
+        t.join(5)
+    assert not any(t.is_alive() for t in ts)
+
+
+def test_rwlock_stress() -> None:
+    """Many threads, random read/write/try mixes: readers never overlap a writer, writers never
+    overlap anyone; finishes under a watchdog (no lost wake-up)."""
+    rw = RWLock(fresh_class(rw=True))
+    state = {"readers": 0, "writers": 0, "writes": 0}
+    guard = threading.Lock()
+    bad: list[str] = []
+
+    def check() -> None:
+        if state["writers"] > 1 or (state["writers"] and state["readers"]):
+            bad.append(f"overlap {state}")
+
+    def worker(seed: int) -> None:
+        rnd = random.Random(seed)
+        end = time.monotonic() + 0.6
+        while time.monotonic() < end:
+            op = rnd.random()
+            if op < 0.25 or (op < 0.3 and rw.try_write_lock()):
+                if op < 0.25:
+                    rw.write_lock()
+                with guard:
+                    state["writers"] += 1
+                    check()
+                if rnd.random() < 0.2:
+                    time.sleep(0)
+                with guard:
+                    state["writers"] -= 1
+                    state["writes"] += 1
+                rw.write_unlock()
+            else:
+                if op < 0.35:
+                    if not rw.try_read_lock():
+                        continue
+                else:
+                    rw.read_lock()
+                with guard:
+                    state["readers"] += 1
+                    check()
+                if rnd.random() < 0.2:
+                    time.sleep(0)
+                with guard:
+                    state["readers"] -= 1
+                rw.read_unlock()
+
+    run_threads([lambda s=s: worker(s) for s in range(8)], timeout=10)
+    assert not bad, bad[:3]
+    assert state["writes"] > 0
+    assert not rw.is_locked() and not rw.is_contended()
+
+
+# ---------------------------------------------------------------------------- lockdep
+
+
+def test_lockdep_off_by_default() -> None:
+    assert not locks.lockdep_enabled()
+    cl = Mutex(CLASS_LOCK)
+    ml = RWLock(MIGRATE_LOCK)
+    with cl:
+        with ml.read():         # an inversion, but nobody is checking
+            pass
+
+
+def test_lockdep_catches_inversion_before_blocking(lockdep: None) -> None:
+    cl = Mutex(CLASS_LOCK)
+    ml = RWLock(MIGRATE_LOCK)
+    with ml.read():
+        with cl:                # documented order: fine
+            pass
+    with cl:
+        with pytest.raises(LockOrderViolation, match="inversion"):
+            ml.read_lock()
+        assert not ml.is_locked(), "the violation must be raised before taking the lock"
+        with pytest.raises(LockOrderViolation):
+            ml.write_lock()
+    assert not cl.locked()
+    assert locks.held_locks() == []
+
+
+def test_lockdep_allows_same_class_nesting(lockdep: None) -> None:
+    src, dst = RWLock(ZSPAGE_LOCK), RWLock(ZSPAGE_LOCK)
+    ml = RWLock(MIGRATE_LOCK)
+    cl = Mutex(CLASS_LOCK)
+    with ml.write(), cl:        # __zs_compact: migrate_lock -> class->lock -> src -> dst
+        src.write_lock()
+        dst.write_lock_nested()
+        assert len(locks.held_locks()) == 4
+        dst.write_unlock()
+        src.write_unlock()
+
+
+def test_lockdep_allows_trylock_inversion(lockdep: None) -> None:
+    cl = Mutex(CLASS_LOCK)
+    page = Mutex(PAGE_LOCK)     # stands in for a page lock taken by free_zspage
+    with cl:
+        assert page.trylock()   # trylock against the order: allowed
+        page.release()
+    # ... but holding the trylocked lower-rank lock does not excuse a later blocking inversion
+    with cl:
+        assert page.trylock()
+        with pytest.raises(LockOrderViolation):
+            RWLock(MIGRATE_LOCK).read_lock()
+        page.release()
+
+
+def test_lockdep_release_out_of_order(lockdep: None) -> None:
+    """zs_map_object: read(migrate_lock) -> read(zspage->lock) -> read_unlock(migrate_lock)."""
+    ml, zl = RWLock(MIGRATE_LOCK), RWLock(ZSPAGE_LOCK)
+    ml.read_lock()
+    zl.read_lock()
+    ml.read_unlock()
+    assert len(locks.held_locks()) == 1 and "zspage" in locks.held_locks()[0]
+    # A nested map of another zspage (migrate_lock after zspage->lock) is an inversion.
+    with pytest.raises(LockOrderViolation):
+        ml.read_lock()
+    zl.read_unlock()
+    assert locks.held_locks() == []
+
+
+def test_lockdep_recursion(lockdep: None) -> None:
+    m = Mutex(fresh_class())
+    with m:
+        with pytest.raises(LockOrderViolation, match="recursive"):
+            m.acquire()
+        assert not m.trylock()   # a trylock just fails
+    rw = RWLock(fresh_class(rw=True))
+    with rw.read():
+        with pytest.raises(LockOrderViolation, match="recursive read"):
+            rw.read_lock()
+        with pytest.raises(LockOrderViolation):
+            rw.write_lock()
+
+
+def test_lockdep_graph_for_unranked_classes(lockdep: None) -> None:
+    a, b = Mutex(fresh_class()), Mutex(fresh_class())
+    with a, b:
+        pass
+    with b:
+        with pytest.raises(LockOrderViolation, match="inversion"):
+            a.acquire()
+    # lockdep state is per thread: another thread learns from the same graph
+    err: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            with b:
+                a.acquire()
+        except LockOrderViolation as e:
+            err.append(e)
+
+    run_threads([other])
+    assert err
+
+
+def test_lockdep_per_thread_stacks(lockdep: None) -> None:
+    cl = Mutex(CLASS_LOCK)
+    ml = RWLock(MIGRATE_LOCK)
+    with cl:
+        # another thread holds nothing: migrate_lock is fine there
+        run_threads([lambda: (ml.read_lock(), ml.read_unlock())])
+
+
+# ---------------------------------------------------------------------------- lock_stat
+
+
+def test_lock_stat_uncontended_counts_only_acquisitions() -> None:
+    c = fresh_class()
+    m = Mutex(c)
+    for _ in range(10):
+        with m:
+            pass
+    assert m.trylock()
+    m.release()
+    assert c.acquisitions == 11
+    assert c.contentions == 0 and c.wait_total_ns == 0 and c.wait_max_ns == 0
+
+
+def test_lock_stat_counts_contention_when_waiting() -> None:
+    c = fresh_class()
+    m = Mutex(c)
+    m.acquire()
+    t = threading.Thread(target=lambda: (m.acquire(), m.release()), daemon=True)
+    t.start()
+    time.sleep(0.05)
+    m.release()
+    t.join(5)
+    assert c.acquisitions == 2
+    assert c.contentions == 1
+    assert c.wait_total_ns >= 20_000_000 and c.wait_max_ns == c.wait_total_ns == c.wait_min_ns
+    text = lock_stat_text()
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith(c.name + ":"))
+    fields = line.split()
+    assert fields[1] == "1" and fields[-1] == "2"
+    assert "<lambda>" in text   # the contention point is the caller that waited
+
+
+def test_lock_stat_rw_sides() -> None:
+    c = fresh_class(rw=True)
+    rw = RWLock(c)
+    rw.write_lock()
+    t = threading.Thread(target=lambda: (rw.read_lock(), rw.read_unlock()), daemon=True)
+    t.start()
+    wait_until(rw.is_contended)
+    rw.write_unlock()
+    t.join(5)
+    with rw.read():
+        pass
+    assert c.write.acquisitions == 1 and c.write.contentions == 0
+    assert c.read.acquisitions == 2 and c.read.contentions == 1
+    text = lock_stat_text()
+    assert f"{c.name}-W:" in text and f"{c.name}-R:" in text
+    assert text.startswith("lock_stat version 0.4\n")
+    assert "waittime-max" in text and "acquisitions" in text
+
+
+def test_lock_stat_reset() -> None:
+    c = fresh_class()
+    m = Mutex(c)
+    with m:
+        pass
+    c.write.contended(1000, "here")
+    lock_stat_reset()
+    assert c.acquisitions == 0 and c.contentions == 0 and c.wait_max_ns == 0
+    with m:
+        pass
+    assert c.acquisitions == 1
+
+
+def test_uncontended_cost_is_small() -> None:
+    """A loose guard against a slow fast path (the report has the real numbers)."""
+    rw = RWLock(fresh_class(rw=True))
+    n = 20000
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            rw.read_lock()
+            rw.read_unlock()
+        best = min(best, (time.perf_counter() - t0) / n)
+    assert best < 10e-6, f"read_lock+read_unlock took {best * 1e6:.2f} us"
