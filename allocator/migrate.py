@@ -1,0 +1,138 @@
+"""Page migration callbacks of the zsmalloc port: zs_page_isolate / zs_page_migrate /
+zs_page_putback (Linux 5.17 after "replace per zpage lock with pool->migrate_lock").
+
+The Pool registers itself with PhysicalMemory.set_movable for every frame it owns, so it is
+the MovableOps the memory layer calls (Pool.isolate_page/migrate_page/putback_page delegate
+here).  The memory layer holds the old frame's page lock (and the new one's) around these
+calls, exactly as the kernel's migration core does.
+
+Locking of zs_page_migrate (reference §3.15 / §4):
+    write(pool.migrate_lock) -> class.lock -> write(zspage.lock)
+released as migrate_lock, class.lock, (isolated--), zspage.lock.
+Migration never fails in 5.17 (MIGRATE_SYNC_NO_COPY is the only -EINVAL, and the memory
+layer never asks for it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .memory import INDEX_NONE, PG_PRIVATE
+from .sizeclass import ISOLATED_BITS, OBJ_ALLOCATED_TAG, OBJ_TAG_BITS
+
+if TYPE_CHECKING:
+    from .pool import Pool
+    from .zspage import Zspage
+
+_ISOLATED_MAX = (1 << ISOLATED_BITS) - 1
+
+
+def _get_zspage(pool: "Pool", pfn: int) -> "Zspage":
+    zspage = pool._private[pfn]
+    if zspage is None or zspage.magic != 0x58:
+        raise AssertionError(f"pfn {pfn}: not a zsmalloc page ({zspage!r})")
+    return zspage
+
+
+def zs_page_isolate(pool: "Pool", pfn: int) -> bool:
+    """zs_page_isolate: always succeeds; counts the isolation under the zspage write lock.
+
+    It checks neither inuse nor list membership, so pages of an EMPTY zspage waiting for the
+    deferred free can be isolated too (that is the race E19 is about)."""
+    zspage = _get_zspage(pool, pfn)
+    lock = zspage.lock
+    lock.write_lock()
+    try:
+        # isolated is a 3-bit field in struct zspage
+        assert zspage.isolated < _ISOLATED_MAX, "zspage->isolated overflow"
+        zspage.isolated += 1
+    finally:
+        lock.write_unlock()
+    return True
+
+
+def _dec_zspage_isolation(zspage: "Zspage") -> None:
+    assert zspage.isolated > 0, "dec_zspage_isolation with isolated == 0"
+    zspage.isolated -= 1
+
+
+def zs_page_putback(pool: "Pool", pfn: int) -> None:
+    """zs_page_putback: undo the isolation count; no list moves, no deferred free."""
+    zspage = _get_zspage(pool, pfn)
+    lock = zspage.lock
+    lock.write_lock()
+    try:
+        _dec_zspage_isolation(zspage)
+    finally:
+        lock.write_unlock()
+
+
+def zs_page_migrate(pool: "Pool", old: int, new: int) -> bool:
+    """zs_page_migrate: move frame `old` of a zspage to frame `new`.
+
+    Copies the whole frame (links, headers and phantom included), rewrites the handle cell of
+    every allocated object that *starts* in the frame (an object that starts in the previous
+    subpage keeps its obj, which names that page), rebuilds the chain with the new frame
+    (first_page changes when subpage 0 moved), carries first_obj_offset and, for a huge
+    zspage, the handle kept in page->index.  Handle values never change."""
+    mem = pool.memory
+    ml = pool.migrate_lock
+    ml.write_lock()
+    zspage = _get_zspage(pool, old)
+    cls = pool.size_class[zspage.class_idx]
+    cls.lock.acquire()
+    zspage.lock.write_lock()
+    try:
+        ps = pool.page_size
+        shift = pool.page_shift
+        arena = pool._arena
+        ob = old << shift
+        nb = new << shift
+        arena[nb:nb + ps] = arena[ob:ob + ps]
+
+        offset = pool._page_type[old]
+        size = cls.size
+        cells = pool._cells
+        words = pool._words
+        oib = pool.obj_index_bits
+        mask = pool.obj_index_mask
+        wbase = old << (shift - 3)
+        addr = offset
+        while addr < ps:
+            # obj_allocated(): the huge handle lives in page->index, others in the header
+            if zspage.huge:
+                assert old == zspage.first_page
+                word = pool._index[old]
+            else:
+                word = words[wbase + (addr >> 3)]
+            if word & OBJ_ALLOCATED_TAG:
+                hidx = (word & ~OBJ_ALLOCATED_TAG) >> 3
+                old_obj = cells[hidx]
+                obj_idx = (old_obj >> OBJ_TAG_BITS) & mask
+                cells[hidx] = ((new << oib) | obj_idx) << OBJ_TAG_BITS
+            addr += size
+
+        _replace_sub_page(pool, cls, zspage, new, old)
+    finally:
+        ml.write_unlock()
+        cls.lock.release()
+        _dec_zspage_isolation(zspage)
+        zspage.lock.write_unlock()
+    # After every lock is dropped: reset_page(page) on the old frame; the memory layer frees
+    # it (the kernel's put_page).  NR_ZSPAGES does not change (one zone here).
+    mem.clear_movable(old)
+    if mem.flags[old] & PG_PRIVATE:
+        mem.clear_page_flag(old, PG_PRIVATE)
+    pool._private[old] = None
+    pool._index[old] = INDEX_NONE
+    return True
+
+
+def _replace_sub_page(pool: "Pool", cls, zspage: "Zspage", new: int, old: int) -> None:
+    """replace_sub_page: rebuild the chain with `new` in place of `old`."""
+    pages = [new if p == old else p for p in zspage.pages]
+    pool._create_page_chain(cls, zspage, pages)
+    pool._page_type[new] = pool._page_type[old]
+    if zspage.huge:
+        pool._index[new] = pool._index[old]
+    pool.memory.set_movable(new, pool)

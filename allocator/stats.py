@@ -1,0 +1,133 @@
+"""Statistics of the zsmalloc port: the debugfs `classes` file (zs_stats_size_show, reference
+§3.18) byte for byte, and `check_invariants`, the E11/E12/E24 consistency walk over a quiescent
+pool used by the tests.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .compact import zs_can_compact
+from .sizeclass import (CLASS_ALMOST_EMPTY, CLASS_ALMOST_FULL, NR_ZS_FULLNESS, OBJ_ALLOCATED,
+                        OBJ_ALLOCATED_TAG, OBJ_TAG_BITS, OBJ_USED, ZS_EMPTY, ZSPAGE_MAGIC,
+                        get_fullness_group)
+from .zspage import OBJ_END_MARKER
+
+if TYPE_CHECKING:
+    from .pool import Pool
+
+_HEADER = (" %5s %5s %11s %12s %13s %10s %10s %16s %8s\n"
+           % ("class", "size", "almost_full", "almost_empty", "obj_allocated", "obj_used",
+              "pages_used", "pages_per_zspage", "freeable"))
+
+
+def classes_table(pool: "Pool") -> str:
+    """zs_stats_size_show: one row per canonical class, a blank line, the totals."""
+    out = [_HEADER]
+    tot_af = tot_ae = tot_objs = tot_used = tot_pages = tot_freeable = 0
+    for cls in pool.classes:
+        with cls.lock:
+            almost_full = cls.stats[CLASS_ALMOST_FULL]
+            almost_empty = cls.stats[CLASS_ALMOST_EMPTY]
+            obj_allocated = cls.stats[OBJ_ALLOCATED]
+            obj_used = cls.stats[OBJ_USED]
+            freeable = zs_can_compact(cls)
+        objs_per_zspage = cls.objs_per_zspage
+        pages_used = obj_allocated // objs_per_zspage * cls.pages_per_zspage
+        out.append(" %5u %5u %11u %12u %13u %10u %10u %16d %8u\n" % (
+            cls.index, cls.size, almost_full, almost_empty, obj_allocated, obj_used,
+            pages_used, cls.pages_per_zspage, freeable))
+        tot_af += almost_full
+        tot_ae += almost_empty
+        tot_objs += obj_allocated
+        tot_used += obj_used
+        tot_pages += pages_used
+        tot_freeable += freeable
+    out.append("\n")
+    out.append(" %5s %5s %11u %12u %13u %10u %10u %16s %8u\n" % (
+        "Total", "", tot_af, tot_ae, tot_objs, tot_used, tot_pages, "", tot_freeable))
+    return "".join(out)
+
+
+def check_invariants(pool: "Pool") -> None:
+    """Walk every class, list and live zspage of a quiescent pool and check:
+
+    * E11: each listed zspage is on the list its `fullness` names and that equals
+      get_fullness_group(inuse); insert order is not checked (it is history-dependent);
+    * E12: stats[CLASS_*] == list lengths (+ zspages the async worker freed, whose
+      CLASS_EMPTY count 5.17 leaks), OBJ_ALLOCATED == live zspages * N, OBJ_USED == Σ inuse,
+      Σ pages == pages_allocated, inuse == allocated headers, freelist length;
+    * E24: every allocated header is handle|1 and that handle's cell points back to the
+      object; every live handle cell decodes to such an object.
+    """
+    zspages = pool.zspages()
+    live_by_class: dict[int, list] = {}
+    for z in zspages:
+        assert z.magic == ZSPAGE_MAGIC, f"bad magic {z!r}"
+        live_by_class.setdefault(z.class_idx, []).append(z)
+    total_pages = 0
+    seen_handles: set[int] = set()
+    cells = pool._cells
+    for cls in pool.classes:
+        listed = []
+        for fg in range(NR_ZS_FULLNESS):
+            n = 0
+            for z in cls.fullness_list[fg]:
+                assert z.fullness == fg, f"class {cls.index}: {z!r} on list {fg}"
+                assert z.class_idx == cls.index, f"class {cls.index}: foreign zspage {z!r}"
+                assert get_fullness_group(z.inuse, cls.objs_per_zspage) == fg, (
+                    f"class {cls.index}: {z!r} on the wrong list {fg}")
+                listed.append(z)
+                n += 1
+            expect = n + (cls.deferred_freed if fg == ZS_EMPTY else 0)
+            assert cls.stats[fg] == expect, (
+                f"class {cls.index}: stats[{fg}]={cls.stats[fg]} but {n} listed "
+                f"(+{cls.deferred_freed} deferred)")
+        live = live_by_class.get(cls.index, [])
+        assert {id(z) for z in listed} <= {id(z) for z in live}, "listed zspage not live"
+        assert len(listed) == len(live), (
+            f"class {cls.index}: {len(live)} live zspages but {len(listed)} listed "
+            "(pool not quiescent?)")
+        assert cls.stats[OBJ_ALLOCATED] == len(live) * cls.objs_per_zspage, (
+            f"class {cls.index}: OBJ_ALLOCATED {cls.stats[OBJ_ALLOCATED]} != "
+            f"{len(live)} zspages * {cls.objs_per_zspage}")
+        used = 0
+        for z in live:
+            assert len(z.pages) == cls.pages_per_zspage, z
+            assert z.first_page == z.pages[0], z
+            assert z.isolated == 0, f"{z!r} still isolated"
+            total_pages += len(z.pages)
+            # chain in page->index and page->private
+            for k, pfn in enumerate(z.pages):
+                assert pool._private[pfn] is z, f"pfn {pfn}: private is not {z!r}"
+                if not z.huge:
+                    nxt = pool._index[pfn]
+                    want = z.pages[k + 1] if k + 1 < len(z.pages) else -1
+                    assert nxt == want, f"pfn {pfn}: index {nxt} != next page {want}"
+            allocated = 0
+            for idx, pfn, off, word in pool.zspage_objects(z):
+                if idx >= cls.objs_per_zspage:       # the phantom is never allocated (E8)
+                    assert not word & OBJ_ALLOCATED_TAG, f"phantom allocated in {z!r}"
+                    continue
+                if word & OBJ_ALLOCATED_TAG:
+                    allocated += 1
+                    handle = word & ~OBJ_ALLOCATED_TAG
+                    assert handle not in seen_handles, f"handle {handle:#x} twice"
+                    seen_handles.add(handle)
+                    obj = cells[handle >> 3]
+                    want = ((pfn << pool.obj_index_bits) | idx) << OBJ_TAG_BITS
+                    assert obj == want, (
+                        f"handle {handle:#x}: cell {obj:#x} != object at pfn {pfn} idx {idx}")
+            assert allocated == z.inuse, f"{z!r}: {allocated} allocated headers"
+            if z.inuse < cls.objs_per_zspage and not z.huge:
+                fl = pool.freelist(z)
+                assert len(set(fl)) == len(fl), f"{z!r}: freelist repeats: {fl}"
+            used += z.inuse
+        assert cls.stats[OBJ_USED] == used, (
+            f"class {cls.index}: OBJ_USED {cls.stats[OBJ_USED]} != Σ inuse {used}")
+    assert total_pages == pool.pages_allocated, (
+        f"Σ pages {total_pages} != pages_allocated {pool.pages_allocated}")
+    live_cells = sum(1 for i in range(1, len(cells)) if cells[i] >= 0)
+    assert live_cells == len(seen_handles), (
+        f"{live_cells} live handle cells but {len(seen_handles)} allocated headers")
+    assert OBJ_END_MARKER & 1 == 0

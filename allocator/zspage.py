@@ -1,0 +1,167 @@
+"""struct zspage, the fullness lists, and the object encoding of the zsmalloc port (5.17).
+
+This module owns:
+
+* `Zspage`: the kernel's struct zspage (huge/fullness/class/isolated/magic bitfield, inuse,
+  freeobj, first_page, the zspage rwlock) plus an intrusive doubly linked list node, so a
+  zspage can sit on exactly one of its class's four fullness lists with O(1) insert/remove,
+  like `struct list_head list`.  It also caches the chain of PFNs (`pages`); the
+  authoritative chain is in the per-frame `index` array (page->index), and both are
+  rewritten together by `create_page_chain`.
+* `ListHead` and the list_add/list_del_init helpers used by insert_zspage/remove_zspage.
+* The handle/obj encoding: ``obj = ((pfn << OBJ_INDEX_BITS) | obj_idx) << OBJ_TAG_BITS``
+  (location_to_obj / obj_to_location), and the in-object words: a free slot's first word is
+  ``next_idx << OBJ_TAG_BITS`` (end of list ``-1UL << OBJ_TAG_BITS``), an allocated
+  non-huge object's first word is ``handle | OBJ_ALLOCATED_TAG``.
+* `init_zspage`: the freelist layout of a fresh zspage, including the per-frame
+  first_obj_offset (page->page_type) and the "phantom" tail object (reference §3.5, E8).
+
+Everything that touches page contents works on the arena viewed as 64-bit words
+(`words[byte_address >> 3]`): every header/link word is 8-byte aligned (ZS_ALIGN).
+"""
+
+from __future__ import annotations
+
+from .sizeclass import OBJ_TAG_BITS, ZSPAGE_MAGIC, ZS_EMPTY
+
+U64_MASK = (1 << 64) - 1
+# -1UL << OBJ_TAG_BITS: the freelist end marker stored in the last free slot.
+OBJ_END_MARKER = (U64_MASK << OBJ_TAG_BITS) & U64_MASK
+# struct zspage's freeobj is an unsigned int: reading the end marker truncates to this.
+FREEOBJ_MASK = 0xFFFFFFFF
+
+
+class ListHead:
+    """A `struct list_head` sentinel for one fullness list."""
+
+    __slots__ = ("prev", "next")
+
+    def __init__(self) -> None:
+        self.prev = self
+        self.next = self
+
+    def empty(self) -> bool:
+        return self.next is self
+
+    def first(self):
+        """The first entry or None (list_first_entry_or_null)."""
+        n = self.next
+        return None if n is self else n
+
+    def __iter__(self):
+        node = self.next
+        while node is not self:
+            nxt = node.next
+            yield node
+            node = nxt
+
+    def __len__(self) -> int:
+        n = 0
+        node = self.next
+        while node is not self:
+            n += 1
+            node = node.next
+        return n
+
+
+class Zspage:
+    """struct zspage.  Fields mirror the kernel; `pages` caches the PFN chain."""
+
+    __slots__ = ("huge", "fullness", "class_idx", "isolated", "magic", "inuse", "freeobj",
+                 "first_page", "pages", "lock", "prev", "next")
+
+    def __init__(self, lock) -> None:
+        # cache_alloc_zspage uses kmem_cache_zalloc: every field starts at 0.  In particular
+        # class and fullness stay 0 until zs_malloc calls set_zspage_mapping (E20).
+        self.huge = False
+        self.fullness = ZS_EMPTY
+        self.class_idx = 0
+        self.isolated = 0
+        self.magic = ZSPAGE_MAGIC
+        self.inuse = 0
+        self.freeobj = 0
+        self.first_page = -1
+        self.pages: list[int] = []
+        self.lock = lock                # the zspage rwlock (migrate_read/write_lock)
+        # INIT_LIST_HEAD(&zspage->list): not on any list
+        self.prev = self
+        self.next = self
+
+    def on_list(self) -> bool:
+        return self.next is not self
+
+    def __repr__(self) -> str:
+        return (f"<Zspage class={self.class_idx} fg={self.fullness} inuse={self.inuse} "
+                f"freeobj={self.freeobj} pages={self.pages} huge={self.huge} "
+                f"isolated={self.isolated}>")
+
+
+def list_add(entry: Zspage, head) -> None:
+    """list_add(entry, head): insert `entry` right after `head` (a ListHead or a Zspage)."""
+    nxt = head.next
+    entry.prev = head
+    entry.next = nxt
+    nxt.prev = entry
+    head.next = entry
+
+
+def list_del_init(entry: Zspage) -> None:
+    prev = entry.prev
+    nxt = entry.next
+    prev.next = nxt
+    nxt.prev = prev
+    entry.prev = entry
+    entry.next = entry
+
+
+def location_to_obj(pfn: int, obj_idx: int, obj_index_bits: int) -> int:
+    obj = pfn << obj_index_bits
+    obj |= obj_idx & ((1 << obj_index_bits) - 1)
+    return obj << OBJ_TAG_BITS
+
+
+def obj_to_location(obj: int, obj_index_bits: int) -> tuple[int, int]:
+    obj >>= OBJ_TAG_BITS
+    return obj >> obj_index_bits, obj & ((1 << obj_index_bits) - 1)
+
+
+def first_obj_offsets(size: int, pages: int, page_size: int) -> list[int]:
+    """first_obj_offset of each subpage (what init_zspage stores in page->page_type)."""
+    out = []
+    for k in range(pages):
+        start = k * page_size
+        out.append(-(-start // size) * size - start)
+    return out
+
+
+def init_zspage(words, page_type, size: int, pages: list[int], page_shift: int) -> None:
+    """init_zspage: link every object slot into the freelist 0 -> 1 -> 2 ... in address order.
+
+    Mirrors the kernel loop exactly: for each subpage, record where the first object that
+    starts in it lies, link every object that starts in the page to the next index, and let
+    the last object that starts in the page link to the next index if there is a next page
+    (that object may run into it) or carry the end marker otherwise.  One more "object" may
+    start in the last page than fits: the phantom, which receives the end marker (E8).  That happens whenever the zspage
+    has tail waste (sizes and waste are multiples of 16, so the phantom's header word fits).
+    """
+    page_size = 1 << page_shift
+    freeobj = 1
+    off = 0
+    wshift = page_shift - 3
+    n = len(pages)
+    for k, pfn in enumerate(pages):
+        page_type[pfn] = off
+        base = pfn << wshift
+        link = off
+        off += size
+        while off < page_size:
+            words[base + (link >> 3)] = freeobj << OBJ_TAG_BITS
+            freeobj += 1
+            link = off
+            off += size
+        if k + 1 < n:
+            words[base + (link >> 3)] = freeobj << OBJ_TAG_BITS
+            freeobj += 1
+        else:
+            words[base + (link >> 3)] = OBJ_END_MARKER
+        off %= page_size
