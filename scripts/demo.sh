@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# scripts/demo.sh - the main job on a fresh machine: install what is missing, mount a zramfs
+# device, run a workload on MNT/dev/zram0, show what zram would show (mm_stat, io_stat,
+# `zramfs status`), unmount. Run as root from a checkout:
+#
+#   scripts/demo.sh
+#
+#   SIZE=1G          disksize of the device
+#   ALGORITHM=lz4    comp_algorithm
+#   IO_SIZE=256M     how much of the device the workload touches
+#   RUNTIME=20       seconds cap per fio job
+#   BACKEND=zramfs   zramfs | nullfs (scripts/nullfs.py: the same FUSE image without compression)
+#   NO_INSTALL=1     do not install anything
+#
+# Workload: fio when installed (scripts/fio/compressible.fio, then verify-crc32c.fio), else a
+# Python writer of mixed pages (same-filled, text, half random, random) that reads them back.
+# If `zramfs mount` cannot run yet (a layer it needs is missing), it says why and runs the
+# allocator demo (scripts/demo_allocator.py) instead. Cleans up (unmounts) on any failure.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SIZE="${SIZE:-1G}"
+ALGORITHM="${ALGORITHM:-lz4}"
+IO_SIZE="${IO_SIZE:-256M}"
+RUNTIME="${RUNTIME:-20}"
+BACKEND="${BACKEND:-zramfs}"
+
+log() { printf '[demo] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---- device mount helpers (same in demo.sh, fs_demo.sh, swap_experiment.sh) ----------------------
+MNT=""; OWN_MNT=0
+zramfs_cli() {
+    if command -v zramfs >/dev/null 2>&1; then zramfs "$@"
+    else PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 -m zramfs.cli "$@"; fi
+}
+zramfs_mount_available() { [ -f "$REPO/zramfs/cli.py" ] && [ -f "$REPO/zramfs/fs.py" ]; }
+is_mounted() { [ -n "$1" ] && mountpoint -q "$1" 2>/dev/null; }
+unmount_device() {
+    [ "$OWN_MNT" = 1 ] || return 0
+    if is_mounted "$MNT"; then
+        if [ "$BACKEND" = zramfs ]; then zramfs_cli umount "$MNT" || true; fi
+        is_mounted "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || fusermount -u "$MNT" 2>/dev/null || umount "$MNT" 2>/dev/null || true; }
+        local i; for i in $(seq 50); do is_mounted "$MNT" || break; sleep 0.1; done
+        is_mounted "$MNT" && { log "lazy unmount of $MNT"; umount -l "$MNT" || true; }
+    fi
+    rmdir "$MNT" 2>/dev/null || true
+    OWN_MNT=0
+}
+show_stats() {  # labelled mm_stat (+ zramfs status) of MNT/dev/zram0
+    local f="$MNT/sys/block/zram0/mm_stat"
+    if [ -r "$f" ]; then
+        echo "mm_stat: $(cat "$f")"
+        awk '{ printf "  orig_data_size  %12d\n  compr_data_size %12d\n  mem_used_total  %12d\n  mem_limit       %12d\n  mem_used_max    %12d\n  same_pages      %12d\n  pages_compacted %12d\n  huge_pages      %12d\n", $1,$2,$3,$4,$5,$6,$7,$8;
+               if ($3 > 0) printf "  ratio orig/mem_used_total %.2f   orig/compr %.2f\n", $1/$3, ($2 > 0 ? $1/$2 : 0) }' "$f"
+    else
+        echo "mm_stat: none ($BACKEND serves no zram attributes)"
+    fi
+    if [ "$BACKEND" = zramfs ] && [ -f "$REPO/zramfs/cli.py" ]; then zramfs_cli status "$MNT" || true; fi
+}
+# ---------------------------------------------------------------------------------------------------
+
+allocator_demo() {  # the fallback while the mounted device is not there
+    if [ -f "$REPO/scripts/demo_allocator.py" ]; then
+        log "running the allocator demo instead: python3 scripts/demo_allocator.py"
+        cd "$REPO" && exec python3 scripts/demo_allocator.py
+    fi
+    die "neither zramfs mount nor scripts/demo_allocator.py can run yet"
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    unmount_device
+    [ "$rc" = 0 ] || log "failed (exit $rc); cleaned up"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# 1. dependencies (system packages, /dev/fuse, the project itself)
+if [ -z "${NO_INSTALL:-}" ]; then
+    bash "$REPO/scripts/test.sh" --deps-only
+fi
+
+# 2. mount
+[ "$(id -u)" = 0 ] || log "not root: the mount may fail (FUSE needs /dev/fuse access)"
+if [ "$BACKEND" = zramfs ] && ! zramfs_mount_available; then
+    log "zramfs mount is not in this checkout yet (zramfs/cli.py + zramfs/fs.py)"
+    allocator_demo
+fi
+MNT="$(mktemp -d /tmp/zramfs-demo.XXXXXX)"; OWN_MNT=1
+case "$BACKEND" in
+    zramfs)
+        log "zramfs mount $MNT --size $SIZE --algorithm $ALGORITHM"
+        if ! zramfs_cli mount "$MNT" --size "$SIZE" --algorithm "$ALGORITHM"; then
+            log "zramfs mount failed (see above)"
+            unmount_device
+            allocator_demo
+        fi ;;
+    nullfs)
+        log "nullfs.py $MNT --size $SIZE"
+        python3 "$REPO/scripts/nullfs.py" "$MNT" --size "$SIZE" ;;
+    *) die "BACKEND must be zramfs or nullfs" ;;
+esac
+for i in $(seq 300); do is_mounted "$MNT" && [ -e "$MNT/dev/zram0" ] && break; sleep 0.1; done
+is_mounted "$MNT" || die "$MNT did not mount"
+DEV="$MNT/dev/zram0"
+log "mounted: $DEV ($(stat -c %s "$DEV") bytes)"
+if [ -d "$MNT/sys/block/zram0" ]; then
+    echo "comp_algorithm: $(cat "$MNT/sys/block/zram0/comp_algorithm")"
+fi
+
+# 3. workload
+if command -v fio >/dev/null 2>&1; then
+    run_fio() {  # JOBFILE IO_SIZE: prints the summary lines, fails when fio fails
+        local out
+        if ! out="$(FILENAME="$DEV" SIZE="$2" RUNTIME="$RUNTIME" fio "$REPO/scripts/fio/$1" 2>&1)"; then
+            echo "$out"; die "fio $1 failed"
+        fi
+        echo "$out" | grep -E '^[a-z0-9-]+: \(groupid|^ +(READ|WRITE):' || true
+    }
+    log "fio scripts/fio/compressible.fio (SIZE=$IO_SIZE, RUNTIME=$RUNTIME s cap per job)"
+    run_fio compressible.fio "$IO_SIZE"
+    show_stats
+    log "fio scripts/fio/verify-crc32c.fio (crc32c on every block, verify_fatal)"
+    run_fio verify-crc32c.fio 64M
+    log "fio verify: OK"
+else
+    log "fio not installed: Python writer of mixed pages ($IO_SIZE)"
+    python3 - "$DEV" "$(numfmt --from=iec "${IO_SIZE%B}")" <<'PY'
+import os, random, sys, time
+dev, nbytes = sys.argv[1], int(sys.argv[2])
+P, CH = 4096, 32                      # 4 KiB pages, written 128 KiB at a time
+def page(i):
+    k = i % 4
+    if k == 0: return bytes([i % 251]) * P                       # same-filled
+    if k == 1: return (b"page %10d zram demo text " % i * 200)[:P]  # compressible
+    r = random.Random(i)
+    return r.randbytes(P // 2) + bytes(P // 2) if k == 2 else r.randbytes(P)
+n = nbytes // P
+fd = os.open(dev, os.O_RDWR)
+t = time.monotonic()
+for i in range(0, n, CH):
+    os.pwrite(fd, b"".join(page(j) for j in range(i, min(n, i + CH))), i * P)
+w = time.monotonic() - t; t = time.monotonic()
+bad = sum(os.pread(fd, P, i * P) != page(i) for i in range(n))
+r = time.monotonic() - t
+os.close(fd)
+print(f"wrote {n} pages in {w:.1f} s ({nbytes / w / 2**20:.1f} MiB/s), read back in {r:.1f} s: {bad} bad")
+sys.exit(1 if bad else 0)
+PY
+fi
+
+# 4. what zram would show
+show_stats
+[ -r "$MNT/sys/block/zram0/io_stat" ] && echo "io_stat: $(cat "$MNT/sys/block/zram0/io_stat")"
+if [ -w "$MNT/sys/block/zram0/compact" ]; then
+    echo 1 > "$MNT/sys/block/zram0/compact" && log "after compact:" && show_stats
+fi
+
+# 5. unmount (the trap does it; done here to report it)
+unmount_device
+log "unmounted; done"
