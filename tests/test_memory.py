@@ -1,0 +1,637 @@
+"""Tests of allocator.memory without the pool: a fake MovableOps owner stands in for zsmalloc."""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from allocator import locks
+from allocator.locks import CLASS_LOCK, PAGE_LOCK, LockClass, LockOrderViolation, Mutex, set_lockdep
+from allocator.memory import (
+    INDEX_NONE,
+    PG_ISOLATED,
+    PG_MOVABLE,
+    PG_PRIVATE,
+    MigrateStatus,
+    MovableOps,
+    OutOfMemory,
+    PhysicalMemory,
+)
+
+# The fake owner's lock sits where zsmalloc's locks are: inside the page lock.
+OWNER_LOCK = LockClass("test.owner_lock", 25)
+
+
+@pytest.fixture
+def lockdep() -> Iterator[None]:
+    set_lockdep(True)
+    try:
+        yield
+    finally:
+        set_lockdep(False)
+
+
+class FakeOwner:
+    """A movable-page owner in the zsmalloc mould: objects -> frames, each frame stamped with its
+    object id; migrate copies the frame and relinks; free trylocks the page (as free_zspage)."""
+
+    def __init__(self, mem: PhysicalMemory, *, fail_migrate: bool = False,
+                 refuse_isolate: bool = False) -> None:
+        self.mem = mem
+        self.lock = Mutex(OWNER_LOCK)
+        self.where: dict[int, int] = {}   # object id -> pfn
+        self.calls: list[tuple] = []
+        self.fail_migrate = fail_migrate
+        self.refuse_isolate = refuse_isolate
+        self.isolated: set[int] = set()
+
+    # -- owner side
+    def alloc(self, obj: int) -> int:
+        pfn = self.mem.alloc_page()
+        v = self.mem.view(pfn)
+        v[:8] = obj.to_bytes(8, "little")
+        v[-1] = obj & 0xFF
+        with self.lock:
+            self.mem.private[pfn] = self
+            self.mem.index[pfn] = obj
+            self.mem.page_type[pfn] = 123
+            self.mem.set_page_flag(pfn, PG_PRIVATE)
+            self.where[obj] = pfn
+            assert self.mem.trylock_page(pfn)
+            self.mem.set_movable(pfn, self)
+            self.mem.unlock_page(pfn)
+        return pfn
+
+    def try_free(self, obj: int) -> bool:
+        with self.lock:
+            pfn = self.where[obj]
+            if not self.mem.trylock_page(pfn):   # free_zspage cannot sleep on a page lock
+                return False
+            del self.where[obj]
+            self.mem.clear_movable(pfn)
+            self.mem.unlock_page(pfn)
+            self.mem.free_page(pfn)
+            return True
+
+    def check(self, obj: int) -> None:
+        with self.lock:
+            pfn = self.where[obj]
+            v = self.mem.view(pfn)
+            assert int.from_bytes(v[:8], "little") == obj and v[-1] == obj & 0xFF, (obj, pfn)
+            assert self.mem.private[pfn] is self and self.mem.index[pfn] == obj
+
+    # -- MovableOps
+    def isolate_page(self, pfn: int) -> bool:
+        assert self.mem.page_is_locked(pfn)
+        self.calls.append(("isolate", pfn))
+        if self.refuse_isolate:
+            return False
+        with self.lock:
+            self.isolated.add(pfn)
+        return True
+
+    def migrate_page(self, old_pfn: int, new_pfn: int) -> bool:
+        assert self.mem.page_is_locked(old_pfn) and self.mem.page_is_locked(new_pfn)
+        assert self.mem.flags[old_pfn] & PG_ISOLATED
+        self.calls.append(("migrate", old_pfn, new_pfn))
+        if self.fail_migrate:
+            return False
+        with self.lock:
+            m = self.mem
+            m.view(new_pfn)[:] = m.view(old_pfn)
+            obj = m.index[old_pfn]
+            m.private[new_pfn] = self
+            m.index[new_pfn] = obj
+            m.page_type[new_pfn] = m.page_type[old_pfn]
+            m.set_page_flag(new_pfn, PG_PRIVATE)
+            m.set_movable(new_pfn, self)
+            m.clear_movable(old_pfn)
+            self.where[obj] = new_pfn
+            self.isolated.discard(old_pfn)
+        return True
+
+    def putback_page(self, pfn: int) -> None:
+        assert self.mem.page_is_locked(pfn)
+        self.calls.append(("putback", pfn))
+        with self.lock:
+            self.isolated.discard(pfn)
+
+
+def run_threads(targets: list[Callable[[], None]], timeout: float = 15.0) -> None:
+    errors: list[BaseException] = []
+
+    def wrap(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+        return run
+
+    threads = [threading.Thread(target=wrap(t), daemon=True) for t in targets]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), f"watchdog: threads stuck after {timeout}s"
+    if errors:
+        raise errors[0]
+
+
+def test_fake_owner_is_movable_ops() -> None:
+    assert isinstance(FakeOwner(PhysicalMemory(max_pages=4)), MovableOps)
+
+
+# ---------------------------------------------------------------------------- frame allocator
+
+
+def test_lowest_pfn_first_and_reuse() -> None:
+    mem = PhysicalMemory(max_pages=64)
+    assert [mem.alloc_page() for _ in range(8)] == list(range(8))
+    assert mem.nr_used == 8 and mem.high_water == 8
+    for p in (5, 2, 6):
+        mem.free_page(p)
+    assert mem.nr_used == 5 and mem.high_water == 8
+    assert [mem.alloc_page() for _ in range(4)] == [2, 5, 6, 8]
+
+
+def test_high_water_drops_over_free_frames() -> None:
+    mem = PhysicalMemory(max_pages=64)
+    for _ in range(10):
+        mem.alloc_page()
+    for p in (3, 8, 7, 6):
+        mem.free_page(p)
+    assert mem.high_water == 10
+    mem.free_page(9)
+    assert mem.high_water == 6          # 9 freed, and 8, 7, 6 were already free
+    assert mem.alloc_page() == 3
+    assert [mem.alloc_page() for _ in range(3)] == [6, 7, 8]
+    assert mem.high_water == 9
+
+
+def test_out_of_memory() -> None:
+    mem = PhysicalMemory(max_pages=4)
+    for _ in range(4):
+        mem.alloc_page()
+    with pytest.raises(OutOfMemory):
+        mem.alloc_page()
+    assert isinstance(OutOfMemory(), MemoryError)
+    mem.free_page(1)
+    assert mem.alloc_page() == 1
+
+
+def test_bad_frees() -> None:
+    mem = PhysicalMemory(max_pages=8)
+    p = mem.alloc_page()
+    mem.free_page(p)
+    with pytest.raises(ValueError):
+        mem.free_page(p)            # double free
+    with pytest.raises(ValueError):
+        mem.free_page(5)            # never allocated
+    q = mem.alloc_page()
+    mem.lock_page(q)
+    with pytest.raises(ValueError):
+        mem.free_page(q)            # freeing a locked page (kernel: bad_page)
+    mem.unlock_page(q)
+    mem.free_page(q)
+
+
+def test_random_alloc_free_matches_model() -> None:
+    rnd = random.Random(1)
+    mem = PhysicalMemory(max_pages=300)
+    used: set[int] = set()
+    for _ in range(5000):
+        if used and (rnd.random() < 0.5 or len(used) == 300):
+            p = rnd.choice(sorted(used))
+            mem.free_page(p)
+            used.remove(p)
+        else:
+            expect = min(set(range(300)) - used)
+            assert mem.alloc_page() == expect
+            used.add(expect)
+        assert mem.nr_used == len(used)
+        assert mem.high_water == (max(used) + 1 if used else 0)
+    assert len(mem._heap) <= 2 * 300 + 1024
+
+
+def test_free_drops_contents() -> None:
+    mem = PhysicalMemory(max_pages=16)
+    p = mem.alloc_page()
+    v = mem.view(p)
+    assert len(v) == 4096 and not v.readonly
+    v[:] = b"\xab" * 4096
+    mem.alloc_page()                    # keep p below the top so it is reused from the heap
+    mem.free_page(p)
+    assert mem.alloc_page() == p
+    assert bytes(mem.view(p)) == bytes(4096)
+
+
+def test_small_page_size_zero_filled() -> None:
+    mem = PhysicalMemory(max_pages=16, page_size=512)
+    p = mem.alloc_page()
+    mem.view(p)[:] = b"\x01" * 512
+    mem.free_page(p)
+    assert mem.alloc_page() == p and bytes(mem.view(p)) == bytes(512)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def test_rss_follows_frames_in_use() -> None:
+    mem = PhysicalMemory(max_pages=1 << 22)   # 16 GiB of address space, nothing touched yet
+    n = 8192                                   # 32 MiB
+    pfns = [mem.alloc_page() for _ in range(n)]
+    before = _rss_bytes()
+    for p in pfns:
+        mem.view(p)[::1024] = b"\x5a" * 4
+    touched = _rss_bytes()
+    assert touched - before > n * 4096 * 3 // 4
+    for p in pfns:
+        mem.free_page(p)
+    after = _rss_bytes()
+    assert touched - after > n * 4096 * 3 // 4
+    assert mem.high_water == 0 and mem.nr_used == 0
+
+
+def test_metadata_arrays_grow_in_place_and_reset_on_free() -> None:
+    mem = PhysicalMemory(max_pages=20000)
+    arrays = (mem.private, mem.index, mem.page_type, mem.flags)
+    pfns = [mem.alloc_page() for _ in range(10000)]
+    assert all(a is b for a, b in zip(arrays, (mem.private, mem.index, mem.page_type, mem.flags)))
+    assert all(len(a) >= 10000 for a in arrays)
+    p = pfns[9999]
+    assert mem.private[p] is None and mem.index[p] == INDEX_NONE and mem.page_type[p] == 0
+    owner = FakeOwner(mem)
+    mem.private[p] = owner
+    mem.index[p] = 77
+    mem.page_type[p] = 96
+    mem.set_page_flag(p, PG_PRIVATE)
+    mem.set_movable(p, owner)
+    assert mem.flags[p] == PG_PRIVATE | PG_MOVABLE and mem.is_movable(p)
+    mem.free_page(p)
+    assert mem.private[p] is None and mem.index[p] == INDEX_NONE
+    assert mem.page_type[p] == 0 and mem.flags[p] == 0 and not mem.is_movable(p)
+
+
+def test_view_of_free_frame_rejected_under_lockdep(lockdep: None) -> None:
+    mem = PhysicalMemory(max_pages=8)
+    with pytest.raises(ValueError):
+        mem.view(3)
+
+
+# ---------------------------------------------------------------------------- page locks
+
+
+def test_page_lock_basics() -> None:
+    mem = PhysicalMemory(max_pages=8)
+    pfns = [mem.alloc_page() for _ in range(4)]
+    for p in pfns:                       # one thread locks every frame of a zspage
+        mem.lock_page(p)
+    assert all(mem.page_is_locked(p) for p in pfns)
+    assert not mem.trylock_page(pfns[2])
+    for p in pfns:
+        mem.unlock_page(p)
+    assert mem.trylock_page(pfns[2])
+    mem.unlock_page(pfns[2])
+    with pytest.raises(RuntimeError):
+        mem.unlock_page(pfns[2])
+    with mem.page_locked(pfns[1]) as p:
+        assert p == pfns[1] and mem.page_is_locked(p)
+    assert not mem.page_is_locked(pfns[1])
+
+
+def test_page_lock_blocks_and_wakes() -> None:
+    mem = PhysicalMemory(max_pages=200)
+    pfns = [mem.alloc_page() for _ in range(130)]
+    a, b = pfns[1], pfns[65]             # same hashed wait queue
+    mem.lock_page(a)
+    mem.lock_page(b)
+    got: list[int] = []
+
+    def waiter(p: int) -> None:
+        mem.lock_page(p)
+        got.append(p)
+        mem.unlock_page(p)
+
+    ts = [threading.Thread(target=waiter, args=(p,), daemon=True) for p in (a, b)]
+    for t in ts:
+        t.start()
+    time.sleep(0.05)
+    assert got == []
+    mem.unlock_page(b)
+    ts[1].join(5)
+    assert got == [b]
+    mem.unlock_page(a)
+    ts[0].join(5)
+    assert got == [b, a]
+
+
+def test_page_lock_mutual_exclusion() -> None:
+    mem = PhysicalMemory(max_pages=16)
+    pfns = [mem.alloc_page() for _ in range(3)]
+    counters = dict.fromkeys(pfns, 0)
+
+    def work(seed: int) -> None:
+        rnd = random.Random(seed)
+        for _ in range(1500):
+            p = rnd.choice(pfns)
+            with mem.page_locked(p):
+                v = counters[p]
+                if rnd.random() < 0.1:
+                    time.sleep(0)
+                counters[p] = v + 1
+
+    run_threads([lambda s=s: work(s) for s in range(4)])
+    assert sum(counters.values()) == 6000
+
+
+def test_page_lock_lockdep(lockdep: None) -> None:
+    mem = PhysicalMemory(max_pages=8)
+    p, q = mem.alloc_page(), mem.alloc_page()
+    cl = Mutex(CLASS_LOCK)
+    with mem.page_locked(p), mem.page_locked(q):      # same class nests
+        with cl:
+            pass
+    with cl:
+        assert mem.trylock_page(p)                    # free_zspage: trylock under class->lock
+        mem.unlock_page(p)
+        with pytest.raises(LockOrderViolation):
+            mem.lock_page(p)                          # a sleeping lock_page there would invert
+        assert not mem.page_is_locked(p)
+    with mem.page_locked(p):
+        with pytest.raises(LockOrderViolation, match="recursive"):
+            mem.lock_page(p)
+    assert locks.held_locks() == []
+
+
+def test_page_lock_released_by_other_thread(lockdep: None) -> None:
+    mem = PhysicalMemory(max_pages=8)
+    p = mem.alloc_page()
+    mem.lock_page(p)
+    run_threads([lambda: mem.unlock_page(p)])
+    assert locks.held_locks() == []
+    mem.lock_page(p)
+    mem.unlock_page(p)
+
+
+def test_page_lock_stat() -> None:
+    mem = PhysicalMemory(max_pages=8)
+    p = mem.alloc_page()
+    before_acq, before_con = PAGE_LOCK.acquisitions, PAGE_LOCK.contentions
+    mem.lock_page(p)
+    mem.unlock_page(p)
+    assert PAGE_LOCK.acquisitions - before_acq == 1 and PAGE_LOCK.contentions == before_con
+    mem.lock_page(p)
+    t = threading.Thread(target=lambda: (mem.lock_page(p), mem.unlock_page(p)), daemon=True)
+    t.start()
+    time.sleep(0.02)
+    mem.unlock_page(p)
+    t.join(5)
+    assert PAGE_LOCK.contentions == before_con + 1
+
+
+# ---------------------------------------------------------------------------- migration
+
+
+def test_migrate_success_protocol() -> None:
+    mem = PhysicalMemory(max_pages=32)
+    owner = FakeOwner(mem)
+    for obj in range(6):
+        owner.alloc(obj)
+    assert owner.try_free(1) and owner.try_free(2)
+    src = owner.where[4]
+    assert mem.migrate_pfn(src)
+    new = owner.where[4]
+    assert new == 1                                   # the lowest free frame
+    assert owner.calls == [("isolate", src), ("migrate", src, 1)]
+    owner.check(4)
+    assert mem.is_free(src) and mem.private[src] is None and mem.flags[src] == 0
+    assert mem.flags[new] == PG_PRIVATE | PG_MOVABLE
+    assert not mem.page_is_locked(src) and not mem.page_is_locked(new)
+    vm = mem.vmstat()
+    assert vm["pgmigrate_success"] == 1 and vm["pgmigrate_fail"] == 0 and vm["compact_isolated"] == 1
+    assert mem.nr_used == 4
+
+
+def test_migrate_failure_puts_back_and_frees_target() -> None:
+    mem = PhysicalMemory(max_pages=32)
+    owner = FakeOwner(mem, fail_migrate=True)
+    for obj in range(4):
+        owner.alloc(obj)
+    owner.try_free(0)
+    src = owner.where[3]
+    used = mem.nr_used
+    assert mem.migrate_pfn_status(src) is MigrateStatus.FAILED
+    assert owner.calls == [("isolate", src), ("migrate", src, 0), ("putback", src)]
+    assert owner.where[3] == src and mem.is_movable(src) and not mem.flags[src] & PG_ISOLATED
+    assert mem.is_free(0) and mem.nr_used == used
+    assert not mem.page_is_locked(src) and not owner.isolated
+    owner.check(3)
+    vm = mem.vmstat()
+    assert vm["pgmigrate_fail"] == 1 and vm["pgmigrate_success"] == 0
+
+
+def test_migrate_refusals() -> None:
+    mem = PhysicalMemory(max_pages=8)
+    owner = FakeOwner(mem, refuse_isolate=True)
+    p = owner.alloc(1)
+    plain = mem.alloc_page()                          # allocated but not movable
+    assert mem.migrate_pfn_status(p) is MigrateStatus.ISOLATE_FAILED
+    assert owner.calls == [("isolate", p)]
+    assert mem.migrate_pfn_status(plain) is MigrateStatus.NOT_MOVABLE
+    assert mem.migrate_pfn_status(6) is MigrateStatus.NOT_MOVABLE       # free frame
+    assert mem.migrate_pfn_status(10**6) is MigrateStatus.NOT_MOVABLE   # beyond the arena
+    assert not mem.migrate_pfn(-1)
+    owner.refuse_isolate = False
+    mem.lock_page(p)
+    assert mem.migrate_pfn_status(p) is MigrateStatus.BUSY              # trylock failed
+    mem.unlock_page(p)
+    assert mem.migrate_pfn_status(p, lower_only=True) is MigrateStatus.NO_TARGET
+    assert owner.calls[-2:] == [("isolate", p), ("putback", p)]
+    assert mem.nr_used == 2 and mem.vmstat()["pgmigrate_fail"] == 0
+    assert mem.migrate_pfn(p)                          # to the lowest free frame: 2, above it
+    assert owner.where[1] == 2
+
+
+def test_owner_free_during_migration_is_deferred() -> None:
+    """A frame freed by its owner while a migrator pins it is reused only after the migrator
+    lets go (put_page), never handed out under the migrator's feet."""
+    mem = PhysicalMemory(max_pages=8)
+    owner = FakeOwner(mem)
+    p = owner.alloc(1)
+    mem.alloc_page()                                  # keep p below the top
+
+    class Freeing(FakeOwner):
+        def isolate_page(self, pfn: int) -> bool:
+            # the owner's own free path runs concurrently and gets the frame freed
+            self.mem.clear_movable(pfn)
+            self.mem.free_page(pfn)
+            assert self.mem.alloc_page() != pfn       # not reusable yet
+            return False
+
+    f = Freeing(mem)
+    mem.set_movable(p, f)
+    assert mem.migrate_pfn_status(p) is MigrateStatus.ISOLATE_FAILED
+    assert mem.is_free(p) and mem.alloc_page() == p
+
+
+def test_migrate_under_lockdep(lockdep: None) -> None:
+    mem = PhysicalMemory(max_pages=16)
+    owner = FakeOwner(mem)
+    for obj in range(4):
+        owner.alloc(obj)
+    owner.try_free(0)
+    assert mem.migrate_pfn(owner.where[3])
+    assert mem.compact().success
+    assert locks.held_locks() == []
+
+
+# ---------------------------------------------------------------------------- compaction
+
+
+def test_compact_moves_high_frames_down() -> None:
+    mem = PhysicalMemory(max_pages=128)
+    owner = FakeOwner(mem)
+    for obj in range(40):
+        owner.alloc(obj)
+    unmovable = mem.alloc_page()                      # pfn 40: a frame compaction cannot move
+    for obj in range(40):
+        if obj % 3:
+            assert owner.try_free(obj)
+    survivors = sorted(owner.where)
+    before = mem.high_water
+    assert before == 41
+    res = mem.compact()
+    assert res.success and res.failed == 0
+    assert res.high_water_before == 41 and res.high_water_after == mem.high_water == 41
+    assert res.migrated > 0
+    # everything movable now sits in the lowest frames
+    assert sorted(owner.where.values()) == list(range(len(survivors)))
+    for obj in survivors:
+        owner.check(obj)
+    mem.free_page(unmovable)
+    assert mem.high_water == len(survivors)
+    vm = mem.vmstat()
+    assert vm["pgmigrate_success"] == res.migrated == vm["compact_isolated"]
+    assert vm["compact_success"] == 1 and vm["compact_fail"] == 0 and vm["compact_stall"] == 0
+    assert vm["compact_migrate_scanned"] == res.migrate_scanned > 0
+    assert vm["compact_free_scanned"] == res.free_scanned > 0
+    again = mem.compact(direct=True)
+    assert again.migrated == 0 and again.success
+    assert mem.vmstat()["compact_stall"] == 1
+
+
+def test_compact_counts_failures() -> None:
+    mem = PhysicalMemory(max_pages=32)
+    owner = FakeOwner(mem, fail_migrate=True)
+    for obj in range(6):
+        owner.alloc(obj)
+    owner.try_free(0)
+    owner.try_free(1)
+    res = mem.compact()
+    assert not res.success and res.failed >= 1 and res.migrated == 0
+    assert mem.high_water == 6 and mem.nr_used == 4
+    vm = mem.vmstat()
+    assert vm["compact_fail"] == 1 and vm["pgmigrate_fail"] == res.failed
+    for obj in range(2, 6):
+        owner.check(obj)
+
+
+def test_compact_empty_and_full() -> None:
+    mem = PhysicalMemory(max_pages=8)
+    assert mem.compact().migrated == 0
+    owner = FakeOwner(mem)
+    for obj in range(8):
+        owner.alloc(obj)
+    res = mem.compact()                               # nothing free below: the scanners meet
+    assert res.migrated == 0 and res.success
+
+
+def test_vmstat_text_format() -> None:
+    mem = PhysicalMemory(max_pages=8)
+    mem.mod_vmstat("nr_zspages", 3)
+    text = mem.vmstat_text()
+    lines = text.splitlines()
+    assert all(re.fullmatch(r"[a-z_]+ -?\d+", ln) for ln in lines)
+    names = [ln.split()[0] for ln in lines]
+    for n in ("nr_free_pages", "nr_zspages", "pgmigrate_success", "pgmigrate_fail",
+              "compact_migrate_scanned", "compact_free_scanned", "compact_isolated",
+              "compact_stall", "compact_fail", "compact_success"):
+        assert n in names
+    assert "nr_free_pages 8\n" in text and "nr_zspages 3\n" in text
+    mem.vmstat_reset()
+
+
+# ---------------------------------------------------------------------------- stress
+
+
+def test_concurrent_owners_migrator_compactor(lockdep: None) -> None:
+    """Owners allocate/check/free while a migrator moves random frames and a compactor runs:
+    data and metadata stay consistent, nothing deadlocks, no frame is lost or reused twice."""
+    mem = PhysicalMemory(max_pages=600)
+    owners = [FakeOwner(mem) for _ in range(3)]
+    stop = threading.Event()
+    ids = iter(range(10**9))
+    id_lock = threading.Lock()
+
+    def owner_work(o: FakeOwner, seed: int) -> None:
+        rnd = random.Random(seed)
+        mine: list[int] = []
+        end = time.monotonic() + 1.2
+        while time.monotonic() < end:
+            r = rnd.random()
+            if r < 0.45 and len(mine) < 150:
+                with id_lock:
+                    obj = next(ids)
+                try:
+                    o.alloc(obj)
+                    mine.append(obj)
+                except OutOfMemory:
+                    pass
+            elif r < 0.85 and mine:
+                obj = mine[rnd.randrange(len(mine))]
+                if o.try_free(obj):
+                    mine.remove(obj)
+            elif mine:
+                o.check(mine[rnd.randrange(len(mine))])
+        for obj in mine:
+            while not o.try_free(obj):
+                time.sleep(0.0005)
+
+    def migrator() -> None:
+        rnd = random.Random(99)
+        while not stop.is_set():
+            hw = mem.high_water
+            if hw:
+                mem.migrate_pfn(rnd.randrange(hw), lower_only=rnd.random() < 0.5)
+            else:
+                time.sleep(0.001)
+
+    def compactor() -> None:
+        while not stop.is_set():
+            mem.compact()
+            time.sleep(0.005)
+
+    bg = [threading.Thread(target=f, daemon=True) for f in (migrator, compactor)]
+    for t in bg:
+        t.start()
+    try:
+        run_threads([lambda o=o, s=s: owner_work(o, s) for s, o in enumerate(owners)], timeout=20)
+    finally:
+        stop.set()
+        for t in bg:
+            t.join(10)
+    assert not any(t.is_alive() for t in bg)
+    assert mem.nr_used == 0 and mem.high_water == 0
+    assert not mem._refs
+    vm = mem.vmstat()
+    assert vm["pgmigrate_success"] > 0
+    assert vm["pgalloc_normal"] == vm["pgfree"]
