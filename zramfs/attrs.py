@@ -1,0 +1,536 @@
+"""zram's sysfs attributes: parse, validate and format, with the kernel's errnos.
+
+Owns the text side of `/sys/block/zram<N>/*` and `/sys/class/zram-control/*`
+(zram.md §1–§2): the kernel's parsing helpers (memparse, kstrto*, kstrtobool,
+sysfs_streq, next_arg), one `Attr` per file with the kernel's name, mode and order,
+and the exact output formats of mm_stat, io_stat, bd_stat, debug_stat and the block
+layer's `stat`.  The device (`zramfs.device`) does the work; a store here first parses
+the whole input, so bad input raises `ZramError` before anything changes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from . import codecs
+from .device import (RECOMP_HUGE, RECOMP_IDLE, U64, WB_HUGE, WB_IDLE, WB_INCOMPRESSIBLE,
+                     ZRAM_MAX_COMPS, CompParams, Registry, ZramDevice)
+from .errors import DeviceBusy, InvalidInput, NameTooLong, NoSuchDevice, OutOfRange
+from .slots import (FLUSH_IOS, PAGE_SHIFT, READ_IOS, READ_NS, READ_SECTORS, WRITE_IOS, WRITE_NS,
+                    WRITE_SECTORS)
+
+RO = 0o444
+WO = 0o200
+RW = 0o644
+
+ZRAM_MAX_ALGO_NAME_SZ = 128
+
+
+# ---------------------------------------------------------------------------- kernel parsers
+def _strip_newline(text: str) -> str:
+    return text[:-1] if text.endswith("\n") else text
+
+
+def sysfs_streq(a: str, b: str) -> bool:
+    """Compare ignoring one trailing newline on either side."""
+    return _strip_newline(a) == _strip_newline(b)
+
+
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _fixup_radix(s: str, base: int) -> tuple[str, int]:
+    """_parse_integer_fixup_radix(): base 0 detects 0x / 0 prefixes; base 16 skips 0x."""
+    if base == 0:
+        if s.startswith("0"):
+            base = 16 if s[1:2].lower() == "x" and s[2:3] and s[2:3].lower() in "0123456789abcdef" else 8
+        else:
+            base = 10
+    if base == 16 and s[:2].lower() == "0x":
+        s = s[2:]
+    return s, base
+
+
+def _parse_digits(s: str, base: int) -> tuple[int, int]:
+    """_parse_integer(): value of the leading digits and how many characters they used."""
+    value = 0
+    n = 0
+    for ch in s:
+        d = _DIGITS.find(ch.lower())
+        if d < 0 or d >= base:
+            break
+        value = value * base + d
+        n += 1
+    return value, n
+
+
+def kstrtoull(text: str, base: int = 10, *, limit: int = U64) -> int:
+    """kstrtoull(): the whole string (one trailing newline allowed) or EINVAL; ERANGE on overflow."""
+    s = text
+    if s.startswith("+"):
+        s = s[1:]
+    s, base = _fixup_radix(s, base)
+    value, n = _parse_digits(s, base)
+    if n == 0:
+        raise InvalidInput(f"not a number: {text!r}")
+    rest = s[n:]
+    if rest and rest != "\n":
+        raise InvalidInput(f"not a number: {text!r}")
+    if value > limit:
+        raise OutOfRange(f"{text.strip()!r} out of range")
+    return value
+
+
+def kstrtoll(text: str, base: int = 10, *, lo: int = -(1 << 63), hi: int = (1 << 63) - 1) -> int:
+    """kstrtoll(): optional sign, then as kstrtoull, range-checked."""
+    if text.startswith("-"):
+        value = -kstrtoull(text[1:], base, limit=-lo)
+    else:
+        value = kstrtoull(text, base, limit=hi)
+    if not lo <= value <= hi:
+        raise OutOfRange(f"{text.strip()!r} out of range")
+    return value
+
+
+def kstrtoint(text: str, base: int = 10) -> int:
+    return kstrtoll(text, base, lo=-(1 << 31), hi=(1 << 31) - 1)
+
+
+def kstrtouint(text: str, base: int = 10) -> int:
+    return kstrtoull(text, base, limit=(1 << 32) - 1)
+
+
+def kstrtou16(text: str, base: int = 10) -> int:
+    return kstrtoull(text, base, limit=0xFFFF)
+
+
+def kstrtobool(text: str) -> bool:
+    """kstrtobool(): y/Y/1/on → True, n/N/0/off → False, anything else EINVAL."""
+    c0 = text[:1]
+    if c0 in ("y", "Y", "1"):
+        return True
+    if c0 in ("n", "N", "0"):
+        return False
+    if c0 in ("o", "O"):
+        c1 = text[1:2]
+        if c1 in ("n", "N"):
+            return True
+        if c1 in ("f", "F"):
+            return False
+    raise InvalidInput(f"not a boolean: {text!r}")
+
+
+_MEMPARSE_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+
+
+def memparse(text: str) -> tuple[int, int]:
+    """memparse(): (value, characters consumed); K M G T P E in either case, u64 wrap."""
+    s, base = _fixup_radix(text, 0)
+    skipped = len(text) - len(s)
+    value, n = _parse_digits(s, base)
+    if n == 0:
+        # simple_strtoull on "0x" without hex digits parsed the leading "0" in base 8
+        return 0, (1 if text.startswith("0") else 0)
+    value &= U64
+    consumed = skipped + n
+    suffix = text[consumed:consumed + 1].lower()
+    if suffix in _MEMPARSE_SHIFT:
+        value = (value << _MEMPARSE_SHIFT[suffix]) & U64
+        consumed += 1
+    return value, consumed
+
+
+def next_args(text: str) -> list[tuple[str, str | None]]:
+    """next_arg() over a whole buffer: `key=value` pairs (double quotes allowed), `key` alone."""
+    out: list[tuple[str, str | None]] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return out
+        start = i
+        in_quote = False
+        while i < n and (in_quote or not text[i].isspace()):
+            if text[i] == '"':
+                in_quote = not in_quote
+            i += 1
+        token = text[start:i]
+        if "=" in token:
+            key, _, val = token.partition("=")
+            if len(val) >= 2 and val.startswith('"') and val.endswith('"'):
+                val = val[1:-1]
+            out.append((key.replace('"', ""), val))
+        else:
+            out.append((token.replace('"', ""), None))
+
+
+def _require_value(key: str, val: str | None) -> str:
+    if not val:  # "if (!val || !*val) return -EINVAL;"
+        raise InvalidInput(f"{key}: missing value")
+    return val
+
+
+# ---------------------------------------------------------------------------- formats
+def algorithm_list(selected: str | None) -> str:
+    """zcomp_available_show(): every backend, the selected one bracketed, then a newline."""
+    return "".join(f"[{name}] " if name == selected else f"{name} " for name in codecs.AVAILABLE) + "\n"
+
+
+def format_mm_stat(dev: ZramDevice) -> str:
+    s = dev.stats()
+    return ("%8d %8d %8d %8d %8d %8d %8d %8d %8d\n" % (
+        s.pages_stored << PAGE_SHIFT, s.compr_data_size, s.mem_used_pages << PAGE_SHIFT,
+        s.limit_pages << PAGE_SHIFT, s.max_used_pages << PAGE_SHIFT, s.same_pages,
+        s.pages_compacted, s.huge_pages, s.huge_pages_since))
+
+
+def format_io_stat(dev: ZramDevice) -> str:
+    s = dev.stats()
+    # the invalid_io column is a literal, unpadded 0 since valid_io_request() went away
+    return "%8d %8d 0 %8d\n" % (s.failed_reads, s.failed_writes, s.notify_free)
+
+
+def format_bd_stat(dev: ZramDevice) -> str:
+    s = dev.stats()
+    return "%8d %8d %8d\n" % (s.bd_count, s.bd_reads, s.bd_writes)  # FOUR_K(): 1:1 on 4 KiB pages
+
+
+def format_debug_stat(dev: ZramDevice) -> str:
+    s = dev.stats()
+    return "version: %d\n0 %8d\n" % (1, s.miss_free)  # writestall is gone: literal 0
+
+
+def format_block_stat(dev: ZramDevice) -> str:
+    """part_stat_show(): 17 fields.  Discards are not accounted by zram (handled before
+    accounting); merges never happen; I/O is synchronous, so nothing is in flight when the
+    file is read and io_ticks equals the time spent in requests."""
+    c = dev.stats().counters
+    rd_ms = c[READ_NS] // 1_000_000
+    wr_ms = c[WRITE_NS] // 1_000_000
+    fields = (c[READ_IOS], 0, c[READ_SECTORS], rd_ms, c[WRITE_IOS], 0, c[WRITE_SECTORS], wr_ms,
+              0, rd_ms + wr_ms, rd_ms + wr_ms, 0, 0, 0, 0, c[FLUSH_IOS], 0)
+    return " ".join("%8d" % v for v in fields) + "\n"
+
+
+# ---------------------------------------------------------------------------- stores
+def _disksize_store(dev: ZramDevice, text: str) -> None:
+    value, _ = memparse(text)
+    if not value:
+        raise InvalidInput(f"disksize: {text!r}")
+    dev.set_disksize(value)
+
+
+def _reset_store(dev: ZramDevice, text: str) -> None:
+    if not kstrtou16(text, 10):
+        raise InvalidInput("reset: write a positive value")
+    dev.reset()
+
+
+def _compact_store(dev: ZramDevice, text: str) -> None:
+    dev.compact()
+
+
+def _mem_limit_store(dev: ZramDevice, text: str) -> None:
+    value, consumed = memparse(text)
+    if consumed == 0:
+        raise InvalidInput(f"mem_limit: {text!r}")
+    dev.set_mem_limit(value)
+
+
+def _mem_used_max_store(dev: ZramDevice, text: str) -> None:
+    try:
+        value = kstrtoull(text, 10)
+    except (InvalidInput, OutOfRange):
+        raise InvalidInput(f"mem_used_max: {text!r}") from None
+    if value != 0:
+        raise InvalidInput("mem_used_max: only 0 resets the peak")
+    dev.reset_mem_used_max()
+
+
+def _idle_store(dev: ZramDevice, text: str) -> None:
+    if sysfs_streq(text, "all"):
+        age = None
+    else:
+        try:
+            age = kstrtouint(text, 0)
+        except (InvalidInput, OutOfRange):
+            raise InvalidInput(f"idle: {text!r}") from None
+    dev.mark_idle(age)
+
+
+def _max_comp_streams_show(dev: ZramDevice) -> str:
+    return "%d\n" % (os.cpu_count() or 1)  # num_online_cpus(): one stream per CPU
+
+
+def _max_comp_streams_store(dev: ZramDevice, text: str) -> None:
+    return None  # 4.7 … 6.14: "writing to max_comp_stream will not take any effect"
+
+
+def _parse_algorithm_name(text: str) -> str:
+    if len(text) >= ZRAM_MAX_ALGO_NAME_SZ:
+        raise NameTooLong(f"algorithm name of {len(text)} bytes")
+    name = _strip_newline(text)
+    if name not in codecs.AVAILABLE:
+        raise InvalidInput(f"unknown compression algorithm {name!r}")
+    return name
+
+
+def _comp_algorithm_store(dev: ZramDevice, text: str) -> None:
+    dev.set_comp_algorithm(_parse_algorithm_name(text), 0)
+
+
+def _recomp_algorithm_show(dev: ZramDevice) -> str:
+    return "".join(f"#{prio}: " + algorithm_list(dev.comp_algs[prio])
+                   for prio in range(1, ZRAM_MAX_COMPS) if dev.comp_algs[prio] is not None)
+
+
+def _recomp_algorithm_store(dev: ZramDevice, text: str) -> None:
+    algo = None
+    prio = 1
+    for key, val in next_args(text):
+        val = _require_value(key, val)
+        if key == "algo":
+            algo = val
+        elif key == "priority":
+            prio = kstrtoint(val, 10)
+    if algo is None:
+        raise InvalidInput("recomp_algorithm: algo= is required")
+    if not 1 <= prio < ZRAM_MAX_COMPS:
+        raise InvalidInput(f"recomp_algorithm: priority {prio} not in 1..{ZRAM_MAX_COMPS - 1}")
+    dev.set_comp_algorithm(_parse_algorithm_name(algo), prio)
+
+
+def _algorithm_params_store(dev: ZramDevice, text: str) -> None:
+    if dev.initialized:
+        # 241f9005b1c8 "zram: do not permit params change after init": checked first
+        raise DeviceBusy("Can't change algorithm params for initialized device")
+    prio = 0
+    params = CompParams()
+    dict_path = None
+    for key, val in next_args(text):
+        val = _require_value(key, val)
+        if key == "priority":
+            prio = kstrtoint(val, 10)
+        elif key == "algo":
+            found = dev.find_priority(val)
+            if found is None:
+                raise InvalidInput(f"algorithm_params: {val!r} is not configured")
+            prio = found
+        elif key == "level":
+            params.level = kstrtoint(val, 10)
+        elif key == "dict":
+            dict_path = val
+        elif key == "deflate.winbits":
+            params.winbits = kstrtoint(val, 10)
+        # unknown keys are ignored, like the kernel's loop without an else branch
+    if not 0 <= prio < ZRAM_MAX_COMPS:
+        raise InvalidInput(f"algorithm_params: priority {prio} out of range")
+    if dict_path is not None:
+        try:
+            with open(dict_path, "rb") as fh:
+                params.dictionary = fh.read()
+        except OSError:
+            raise InvalidInput(f"algorithm_params: cannot read dictionary {dict_path!r}") from None
+    dev.set_algorithm_params(prio, params)
+
+
+def _backing_dev_show(dev: ZramDevice) -> str:
+    return (dev.backing.path if dev.backing is not None else "none") + "\n"
+
+
+def _backing_dev_store(dev: ZramDevice, text: str) -> None:
+    dev.set_backing_dev(_strip_newline(text))
+
+
+_WB_MODES = {"idle": WB_IDLE, "huge": WB_HUGE, "huge_idle": WB_IDLE | WB_HUGE,
+             "incompressible": WB_INCOMPRESSIBLE}
+
+
+def _wb_mode(word: str) -> int:
+    try:
+        return _WB_MODES[word]
+    except KeyError:
+        raise InvalidInput(f"writeback: unknown mode {word!r}") from None
+
+
+def parse_writeback(dev: ZramDevice, text: str) -> list[tuple[int, int, int]]:
+    """writeback_store's argument loop: a list of (mode, lo, hi) scans (zram.md §2.12)."""
+    nr_pages = dev.nr_pages
+    mode, lo, hi = 0, 0, nr_pages
+    scans: list[tuple[int, int, int]] = []
+    for key, val in next_args(text):
+        if val is None:   # legacy valueless mode word: scan and stop parsing
+            scans.append((_wb_mode(key), lo, hi))
+            break
+        if key == "type":
+            scans.append((_wb_mode(_require_value(key, val)), lo, hi))
+            break
+        if key == "page_index":
+            try:
+                index = kstrtoull(_require_value(key, val), 10)
+            except OutOfRange:
+                raise OutOfRange(f"page_index {val} out of range") from None
+            if index >= nr_pages:
+                raise OutOfRange(f"page_index {index} >= {nr_pages}")
+            lo, hi = index, index + 1
+            scans.append((mode, lo, hi))
+        elif key == "page_indexes":
+            a, dash, b = _require_value(key, val).partition("-")
+            if not dash:
+                raise InvalidInput(f"page_indexes {val!r}: expected A-B")
+            first, last = kstrtoull(a, 10), kstrtoull(b, 10)
+            if first >= nr_pages or last >= nr_pages or first > last:
+                raise OutOfRange(f"page_indexes {val!r} out of range")
+            lo, hi = first, last + 1
+            scans.append((mode, lo, hi))
+    return scans
+
+
+def _writeback_store(dev: ZramDevice, text: str) -> None:
+    if not dev.initialized:
+        raise InvalidInput(f"{dev.name} is not initialized")
+    if dev.backing is None:
+        raise NoSuchDevice(f"{dev.name} has no backing device")
+    scans = parse_writeback(dev, text)
+    if scans:
+        dev.writeback(scans)
+
+
+def _writeback_limit_store(dev: ZramDevice, text: str) -> None:
+    try:
+        value = kstrtoull(text, 10)
+    except (InvalidInput, OutOfRange):
+        raise InvalidInput(f"writeback_limit: {text!r}") from None
+    dev.set_writeback_limit(value)
+
+
+def _writeback_limit_enable_store(dev: ZramDevice, text: str) -> None:
+    try:
+        value = kstrtoull(text, 10)
+    except (InvalidInput, OutOfRange):
+        raise InvalidInput(f"writeback_limit_enable: {text!r}") from None
+    dev.set_writeback_limit_enable(value != 0)
+
+
+def _writeback_batch_size_store(dev: ZramDevice, text: str) -> None:
+    dev.set_writeback_batch_size(kstrtouint(text, 10))
+
+
+def _compressed_writeback_store(dev: ZramDevice, text: str) -> None:
+    dev.set_compressed_writeback(kstrtobool(text))
+
+
+_RECOMP_TYPES = {"idle": RECOMP_IDLE, "huge": RECOMP_HUGE, "huge_idle": RECOMP_IDLE | RECOMP_HUGE}
+
+
+def _recompress_store(dev: ZramDevice, text: str) -> None:
+    mode, threshold, max_pages, algo, prio = 0, 0, U64, None, None
+    for key, val in next_args(text):
+        val = _require_value(key, val)
+        if key == "type":
+            mode = _RECOMP_TYPES.get(val, 0)  # an unrecognised type means "no filter"
+        elif key == "max_pages":
+            max_pages = kstrtoull(val, 10)
+        elif key == "threshold":
+            threshold = kstrtouint(val, 10)
+        elif key == "algo":
+            algo = val
+        elif key == "priority":
+            prio = kstrtoint(val, 10)
+            if prio < 0:
+                raise InvalidInput(f"recompress: priority {prio}")
+    if not dev.initialized:
+        raise InvalidInput(f"{dev.name} is not initialized")
+    dev.recompress(mode=mode, threshold=threshold, max_pages=max_pages, algo=algo, prio=prio)
+
+
+# ---------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Attr:
+    name: str
+    mode: int
+    show: Callable[[ZramDevice], str] | None
+    store: Callable[[ZramDevice, str], None] | None
+
+
+def _attrs(*items: Attr) -> dict[str, Attr]:
+    return {a.name: a for a in items}
+
+
+#: sys/block/zram<N>/ in the order of zram_disk_attrs[] (max_comp_streams where 6.12 had
+#: it), then the block layer's generic `size` and `stat`.
+DEVICE_ATTRS: dict[str, Attr] = _attrs(
+    Attr("disksize", RW, lambda d: "%d\n" % d.disksize, _disksize_store),
+    Attr("initstate", RO, lambda d: "%d\n" % int(d.initialized), None),
+    Attr("reset", WO, None, _reset_store),
+    Attr("compact", WO, None, _compact_store),
+    Attr("mem_limit", WO, None, _mem_limit_store),
+    Attr("mem_used_max", WO, None, _mem_used_max_store),
+    Attr("idle", WO, None, _idle_store),
+    Attr("max_comp_streams", RW, _max_comp_streams_show, _max_comp_streams_store),
+    Attr("comp_algorithm", RW, lambda d: algorithm_list(d.comp_algs[0]), _comp_algorithm_store),
+    Attr("bd_stat", RO, format_bd_stat, None),
+    Attr("backing_dev", RW, _backing_dev_show, _backing_dev_store),
+    Attr("writeback", WO, None, _writeback_store),
+    Attr("writeback_limit", RW, lambda d: "%d\n" % d.bd_wb_limit, _writeback_limit_store),
+    Attr("writeback_limit_enable", RW, lambda d: "%d\n" % int(d.wb_limit_enable),
+         _writeback_limit_enable_store),
+    Attr("writeback_batch_size", RW, lambda d: "%d\n" % d.wb_batch_size, _writeback_batch_size_store),
+    Attr("compressed_writeback", RW, lambda d: "%d\n" % int(d.compressed_writeback),
+         _compressed_writeback_store),
+    Attr("io_stat", RO, format_io_stat, None),
+    Attr("mm_stat", RO, format_mm_stat, None),
+    Attr("debug_stat", RO, format_debug_stat, None),
+    Attr("recomp_algorithm", RW, _recomp_algorithm_show, _recomp_algorithm_store),
+    Attr("recompress", WO, None, _recompress_store),
+    Attr("algorithm_params", WO, None, _algorithm_params_store),
+    Attr("size", RO, lambda d: "%d\n" % (d.disksize >> 9), None),
+    Attr("stat", RO, format_block_stat, None),
+)
+
+
+def _lookup(name: str) -> Attr:
+    try:
+        return DEVICE_ATTRS[name]
+    except KeyError:
+        raise InvalidInput(f"no attribute {name!r}") from None
+
+
+def show(dev: ZramDevice, name: str) -> str:
+    """Read attribute `name` (EINVAL-free: write-only attributes raise PermissionError)."""
+    attr = _lookup(name)
+    if attr.show is None:
+        raise PermissionError(f"{name} is write-only")
+    return attr.show(dev)
+
+
+def store(dev: ZramDevice, name: str, text: str | bytes) -> None:
+    """Write attribute `name`; ZramError with the kernel's errno on bad input or state."""
+    attr = _lookup(name)
+    if attr.store is None:
+        raise PermissionError(f"{name} is read-only")
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text).decode("utf-8", "surrogateescape")
+    attr.store(dev, text)
+
+
+# ---------------------------------------------------------------------------- zram-control
+def hot_add_show(registry: Registry) -> str:
+    """Reading hot_add creates a device: "%d\\n" of its id."""
+    return "%d\n" % registry.hot_add()
+
+
+def hot_remove_store(registry: Registry, text: str | bytes) -> None:
+    """Writing an id removes it: kstrtoint errors as is, EINVAL < 0, ENODEV, EBUSY."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text).decode("utf-8", "surrogateescape")
+    registry.hot_remove(kstrtoint(text, 10))
+
+
+CONTROL_ATTRS: dict[str, int] = {"hot_add": 0o400, "hot_remove": WO}
+
+__all__ = ["Attr", "DEVICE_ATTRS", "CONTROL_ATTRS", "show", "store", "hot_add_show", "hot_remove_store",
+           "memparse", "kstrtoull", "kstrtoll", "kstrtoint", "kstrtouint", "kstrtou16", "kstrtobool",
+           "sysfs_streq", "next_args", "algorithm_list", "RO", "WO", "RW"]

@@ -1,0 +1,213 @@
+"""Compression backends for zram pages: one interface, several implementations.
+
+Owns the equivalent of the kernel's zcomp layer (drivers/block/zram/zcomp.c and the
+backend_*.c files of the custom-backend era, 6.12+): a backend compresses one 4 KiB page
+into a buffer that may be larger than the page (the kernel hands compress() a
+2 * PAGE_SIZE destination), and decompresses an object back into exactly one page.
+
+Shaped like CPython's Lib/selectors.py: an abstract base (`Codec`) with the contract,
+one concrete class per library, a table of the backends that really work here, and a
+module-level choice of the default.  The kernel keeps one stream per CPU; Python has
+threads, so stateful library contexts (zstd's ZSTD_CCtx/ZSTD_DCtx wrappers, deflate's
+primed dictionary stream) live in a `threading.local` inside each codec object — a codec
+can be shared by every thread of a device.
+
+Parameters follow `algorithm_params` (zram.md §2.7): `level` (per-backend meaning, as in
+the kernel: lz4 acceleration, lz4hc/zstd/deflate compression level), `dictionary` (raw
+bytes; zstd uses it as an auto-detected dictionary, lz4/lz4hc as a preset history like
+LZ4_loadDict, deflate as a zdict) and deflate's `winbits`.
+"""
+from __future__ import annotations
+
+import threading
+import zlib
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import lz4.block
+import zstandard
+
+from .errors import CodecError, InvalidInput
+
+PAGE_SIZE = 4096
+
+
+class Codec(ABC):
+    """One compression algorithm with fixed parameters, safe to share between threads."""
+
+    name: ClassVar[str]
+    #: level used when algorithm_params gives none (the kernel backend's default)
+    default_level: ClassVar[int | None] = None
+
+    def __init__(self, *, level: int | None = None, dictionary: bytes | None = None) -> None:
+        self.level: int | None = self.default_level if level is None else level
+        self.dictionary: bytes | None = dictionary or None
+        self._local = threading.local()
+
+    @abstractmethod
+    def compress(self, page: bytes) -> bytes:
+        """Compress one page; the result may be longer than the input (incompressible)."""
+
+    @abstractmethod
+    def decompress(self, data: bytes, out_len: int = PAGE_SIZE) -> bytes:
+        """Decompress into exactly `out_len` bytes, or raise CodecError."""
+
+    def __repr__(self) -> str:
+        extra = f", dict={len(self.dictionary)}B" if self.dictionary else ""
+        return f"<{type(self).__name__} {self.name} level={self.level}{extra}>"
+
+
+class Lz4Codec(Codec):
+    """LZ4 block format, no size header (the page size is known), like backend_lz4.c."""
+
+    name = "lz4"
+    default_level = 1  # LZ4_ACCELERATION_DEFAULT; the kernel passes level as acceleration
+
+    def __init__(self, *, level: int | None = None, dictionary: bytes | None = None) -> None:
+        super().__init__(level=level, dictionary=dictionary)
+        kwargs: dict[str, object] = {"store_size": False}
+        if self.level is not None and self.level > 1:
+            kwargs.update(mode="fast", acceleration=self.level)
+        if self.dictionary:
+            kwargs["dict"] = self.dictionary
+        self._ckw = kwargs
+        self._dkw: dict[str, object] = {"dict": self.dictionary} if self.dictionary else {}
+
+    def compress(self, page: bytes) -> bytes:
+        return lz4.block.compress(page, **self._ckw)
+
+    def decompress(self, data: bytes, out_len: int = PAGE_SIZE) -> bytes:
+        try:
+            out = lz4.block.decompress(data, uncompressed_size=out_len, **self._dkw)
+        except lz4.block.LZ4BlockError as exc:
+            raise CodecError(f"{self.name}: {exc}") from None
+        if len(out) != out_len:
+            raise CodecError(f"{self.name}: decompressed {len(out)} bytes, expected {out_len}")
+        return out
+
+
+class Lz4hcCodec(Lz4Codec):
+    """LZ4 high-compression mode; level is the HC level (LZ4HC_DEFAULT_CLEVEL = 9)."""
+
+    name = "lz4hc"
+    default_level = 9
+
+    def __init__(self, *, level: int | None = None, dictionary: bytes | None = None) -> None:
+        Codec.__init__(self, level=level, dictionary=dictionary)
+        kwargs: dict[str, object] = {"store_size": False, "mode": "high_compression",
+                                     "compression": self.level}
+        if self.dictionary:
+            kwargs["dict"] = self.dictionary
+        self._ckw = kwargs
+        self._dkw = {"dict": self.dictionary} if self.dictionary else {}
+
+
+class ZstdCodec(Codec):
+    """Zstandard with one reused compressor and decompressor per thread.
+
+    Frame parameters are those of the kernel's zstd_get_params(): content size written,
+    no checksum, dictionary id written when a dictionary is used.
+    """
+
+    name = "zstd"
+    default_level = 3  # ZSTD_CLEVEL_DEFAULT
+
+    def __init__(self, *, level: int | None = None, dictionary: bytes | None = None) -> None:
+        super().__init__(level=level, dictionary=dictionary)
+        self._dict = zstandard.ZstdCompressionDict(self.dictionary) if self.dictionary else None
+        if self._dict is not None:
+            try:  # a dictionary the library refuses must fail at setup, not on the data path
+                self._dict.precompute_compress(level=self.level)
+            except zstandard.ZstdError as exc:
+                raise InvalidInput(f"zstd dictionary rejected: {exc}") from None
+
+    def _ctx(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+        local = self._local
+        try:
+            return local.cctx, local.dctx
+        except AttributeError:
+            local.cctx = zstandard.ZstdCompressor(level=self.level, dict_data=self._dict,
+                                                  write_checksum=False, write_content_size=True)
+            local.dctx = zstandard.ZstdDecompressor(dict_data=self._dict)
+            return local.cctx, local.dctx
+
+    def compress(self, page: bytes) -> bytes:
+        return self._ctx()[0].compress(page)
+
+    def decompress(self, data: bytes, out_len: int = PAGE_SIZE) -> bytes:
+        try:
+            out = self._ctx()[1].decompress(data, max_output_size=out_len)
+        except zstandard.ZstdError as exc:
+            raise CodecError(f"{self.name}: {exc}") from None
+        if len(out) != out_len:
+            raise CodecError(f"{self.name}: decompressed {len(out)} bytes, expected {out_len}")
+        return out
+
+
+class DeflateCodec(Codec):
+    """Raw deflate (no zlib header), window 2**winbits, like backend_deflate.c.
+
+    The kernel defaults are level Z_DEFAULT_COMPRESSION and winbits 11 (DEFLATE_DEF_WINBITS)
+    with memLevel MAX_MEM_LEVEL.
+    """
+
+    name = "deflate"
+    default_level = zlib.Z_DEFAULT_COMPRESSION
+    DEFAULT_WINBITS = 11
+
+    def __init__(self, *, level: int | None = None, dictionary: bytes | None = None,
+                 winbits: int | None = None) -> None:
+        super().__init__(level=level, dictionary=dictionary)
+        self.winbits = self.DEFAULT_WINBITS if winbits is None else winbits
+        if not 9 <= self.winbits <= 15:
+            raise InvalidInput(f"deflate.winbits={self.winbits} out of 9..15")
+        if not -1 <= self.level <= 9:
+            raise InvalidInput(f"deflate level {self.level} out of -1..9")
+
+    def _new_compressor(self):
+        if self.dictionary:
+            return zlib.compressobj(self.level, zlib.DEFLATED, -self.winbits, 9, zdict=self.dictionary)
+        return zlib.compressobj(self.level, zlib.DEFLATED, -self.winbits, 9)
+
+    def compress(self, page: bytes) -> bytes:
+        c = self._new_compressor()
+        return c.compress(page) + c.flush()
+
+    def decompress(self, data: bytes, out_len: int = PAGE_SIZE) -> bytes:
+        try:
+            if self.dictionary:
+                d = zlib.decompressobj(-self.winbits, zdict=self.dictionary)
+            else:
+                d = zlib.decompressobj(-self.winbits)
+            out = d.decompress(data, out_len)
+        except zlib.error as exc:
+            raise CodecError(f"{self.name}: {exc}") from None
+        if len(out) != out_len or not d.eof:
+            raise CodecError(f"{self.name}: decompressed {len(out)} bytes, expected {out_len}")
+        return out
+
+
+#: The backends that work here, in the order of the kernel's backends[] array (zcomp.c,
+#: 6.12+).  lzo, lzo-rle and 842 are not listed: no working implementation is available
+#: to this process, and comp_algorithm must only offer what can really be selected.
+BACKENDS: dict[str, type[Codec]] = {cls.name: cls for cls in (Lz4Codec, Lz4hcCodec, ZstdCodec, DeflateCodec)}
+AVAILABLE: tuple[str, ...] = tuple(BACKENDS)
+
+#: The kernel's CONFIG_ZRAM_DEF_COMP is lzo-rle; lz4 is the closest algorithm we have.
+DEFAULT_ALGORITHM = "lz4"
+
+
+def get_codec(name: str, *, level: int | None = None, dictionary: bytes | None = None,
+              winbits: int | None = None) -> Codec:
+    """Create the backend `name` with the given parameters (InvalidInput if unknown)."""
+    try:
+        cls = BACKENDS[name]
+    except KeyError:
+        raise InvalidInput(f"unknown compression algorithm {name!r}") from None
+    if cls is DeflateCodec:
+        return DeflateCodec(level=level, dictionary=dictionary, winbits=winbits)
+    return cls(level=level, dictionary=dictionary)
+
+
+__all__ = ["Codec", "Lz4Codec", "Lz4hcCodec", "ZstdCodec", "DeflateCodec", "BACKENDS", "AVAILABLE",
+           "DEFAULT_ALGORITHM", "PAGE_SIZE", "get_codec"]

@@ -1,0 +1,131 @@
+"""The zram slot table: per 4 KiB block a handle, a size-and-flags word and an access time.
+
+Owns `struct zram_table_entry` (zram.md §3.1) for a whole device.  The three columns
+live in one anonymous `mmap`, so a device costs only virtual address space until blocks
+are written: an untouched page of the table is never faulted in, which is why a 100 GB
+device (LTP zram02) can be initialised for free.  Per touched slot the cost is 16 bytes:
+
+    handle   u64   zsmalloc handle, or the fill word (SAME), or the backing block (WB)
+    flags    u32   object size in the low ZRAM_FLAG_SHIFT bits, flag bits above
+    ac_time  u32   seconds of the device clock at the last access (0 = never)
+
+Two views cover the same memory: `memoryview.cast` views give plain Python ints for the
+per-block hot path (cheaper than numpy scalars), numpy views give vectorised scans for
+`idle`, writeback, recompression and statistics.
+
+Also owns the striped slot locks.  The kernel has one lock bit per entry
+(ZRAM_ENTRY_LOCK); a lock object per slot would cost far more than the slot itself, so
+slot i is guarded by stripe `i & STRIPE_MASK`.  Each stripe also carries the device
+counters that change under it (see `Stripe`), so statistics are exact without a global
+lock on the data path.
+"""
+from __future__ import annotations
+
+import mmap
+import threading
+
+import numpy as np
+
+from .errors import NoMemory
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+# Layout of the flags word, as in zram_drv.h of current kernels: the object size takes
+# the low ZRAM_FLAG_SHIFT = PAGE_SHIFT + 1 bits (a size of exactly PAGE_SIZE must fit),
+# the flags follow in the kernel's order.
+ZRAM_FLAG_SHIFT = PAGE_SHIFT + 1
+SIZE_MASK = (1 << ZRAM_FLAG_SHIFT) - 1
+ZRAM_SAME = 1 << (ZRAM_FLAG_SHIFT + 0)          # page filled with one repeated word
+ZRAM_ENTRY_LOCK = 1 << (ZRAM_FLAG_SHIFT + 1)    # kernel's lock bit; unused here (stripes)
+ZRAM_WB = 1 << (ZRAM_FLAG_SHIFT + 2)            # stored on the backing device
+ZRAM_PP_SLOT = 1 << (ZRAM_FLAG_SHIFT + 3)       # selected for post-processing
+ZRAM_HUGE = 1 << (ZRAM_FLAG_SHIFT + 4)          # stored uncompressed
+ZRAM_IDLE = 1 << (ZRAM_FLAG_SHIFT + 5)          # not accessed since the last idle marking
+ZRAM_INCOMPRESSIBLE = 1 << (ZRAM_FLAG_SHIFT + 6)  # no algorithm could recompress it
+ZRAM_COMP_PRIORITY_SHIFT = ZRAM_FLAG_SHIFT + 7  # two bits: priority of the compressor used
+ZRAM_COMP_PRIORITY_MASK = 0x3 << ZRAM_COMP_PRIORITY_SHIFT
+
+#: what slot_free() clears besides the size and the SAME/WB/HUGE bits
+ACCESS_CLEARED = ZRAM_IDLE | ZRAM_PP_SLOT
+
+SLOT_BYTES = 8 + 4 + 4
+
+NR_STRIPES = 1024
+STRIPE_MASK = NR_STRIPES - 1
+
+# Counter indices in Stripe.counters (all 64-bit counters of struct zram_stats that the
+# data path touches, plus the block-layer accounting of part_stat).
+PAGES_STORED = 0
+COMPR_DATA_SIZE = 1
+SAME_PAGES = 2
+HUGE_PAGES = 3
+HUGE_PAGES_SINCE = 4
+NOTIFY_FREE = 5
+FAILED_READS = 6
+FAILED_WRITES = 7
+MISS_FREE = 8
+BD_COUNT = 9
+BD_READS = 10
+BD_WRITES = 11
+READ_IOS = 12
+READ_SECTORS = 13
+READ_NS = 14
+WRITE_IOS = 15
+WRITE_SECTORS = 16
+WRITE_NS = 17
+DISCARD_IOS = 18
+DISCARD_SECTORS = 19
+FLUSH_IOS = 20
+GENERATION = 21   # bumped on every slot update in the stripe (read-modify-write check)
+MAX_USED = 22     # highest pool page count this stripe saw (max over stripes = mem_used_max)
+NR_COUNTERS = 23
+
+
+class Stripe:
+    """One slot lock and the counters updated while holding it."""
+
+    __slots__ = ("lock", "counters")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counters = [0] * NR_COUNTERS
+
+
+class SlotTable:
+    """The slot columns of one initialised device."""
+
+    def __init__(self, nr_pages: int) -> None:
+        self.nr_pages = nr_pages
+        nbytes = max(nr_pages, 1) * SLOT_BYTES
+        try:
+            self._mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                                 | getattr(mmap, "MAP_NORESERVE", 0))
+        except (OSError, OverflowError, ValueError, MemoryError):
+            raise NoMemory(f"cannot reserve a slot table for {nr_pages} pages") from None
+        n = max(nr_pages, 1)
+        mv = memoryview(self._mm)
+        self.handle = mv[: 8 * n].cast("Q")
+        self.flags = mv[8 * n: 12 * n].cast("I")
+        self.ac_time = mv[12 * n: 16 * n].cast("I")
+        self.np_handle = np.frombuffer(self._mm, dtype=np.uint64, count=n, offset=0)
+        self.np_flags = np.frombuffer(self._mm, dtype=np.uint32, count=n, offset=8 * n)
+        self.np_ac_time = np.frombuffer(self._mm, dtype=np.uint32, count=n, offset=12 * n)
+
+    def allocated_mask(self) -> np.ndarray:
+        """slot_allocated(): a size, or SAME, or WB (zram.md §3.1)."""
+        f = self.np_flags
+        return ((f & (SIZE_MASK | ZRAM_SAME | ZRAM_WB)) != 0)
+
+    def release(self) -> None:
+        """Drop the table's memory now instead of waiting for the garbage collector."""
+        # Returning the pages is what matters for RSS; the mapping itself goes away when
+        # the last view is collected (closing it while numpy views exist is not allowed).
+        try:
+            self._mm.madvise(mmap.MADV_DONTNEED)
+        except (AttributeError, OSError, ValueError):
+            pass
+
+
+def new_stripes() -> list[Stripe]:
+    return [Stripe() for _ in range(NR_STRIPES)]
