@@ -234,7 +234,7 @@ class Tree:
             assert node.dev_id is not None
             return f"{self.device(node.dev_id).disksize >> SECTOR_SHIFT}\n".encode()
         if k is Kind.HOT_ADD:
-            return f"{self.registry.hot_add()}\n".encode()
+            return self._attrs.hot_add_show(self.registry).encode()
         if k is Kind.CLASSES:
             assert node.dev_id is not None
             pool = getattr(self.device(node.dev_id), "pool", None)
@@ -258,10 +258,7 @@ class Tree:
             assert node.dev_id is not None
             self._attrs.store(self.device(node.dev_id), node.name, text)
         elif k is Kind.HOT_REMOVE:
-            dev_id = _kstrtoint(text)
-            if dev_id < 0:
-                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), node.path)
-            self.registry.hot_remove(dev_id)
+            self._attrs.hot_remove_store(self.registry, text)
         elif k is Kind.PARAM:
             param = self.parameters[node.name]
             if param.set is None:
@@ -295,13 +292,3 @@ class Tree:
         except Exception:      # pool being torn down by a concurrent reset
             return 0
 
-
-def _kstrtoint(text: str) -> int:
-    """``kstrtoint(buf, 10, …)``: decimal, optional sign, one trailing newline; else EINVAL."""
-    word = text[:-1] if text.endswith("\n") else text
-    if not re.fullmatch(r"[+-]?[0-9]+", word):
-        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-    value = int(word, 10)
-    if not -(1 << 31) <= value < (1 << 31):
-        raise OSError(errno.ERANGE, os.strerror(errno.ERANGE))
-    return value

@@ -1,0 +1,249 @@
+"""Helpers for the real-mount tests (tests/test_mount_*.py): mount zramfs in a temp dir and
+ALWAYS clean up — filesystems mounted from loop devices over the image, swaps on them, the
+loop devices themselves, the FUSE mount, and the daemon process — even when a test fails.
+
+Tests need root and /dev/fuse; without them they skip with a message, except when
+``ZRAMFS_REQUIRE_FUSE=1`` (CI), where a missing FUSE is a failure.
+
+Fixtures exported (import them into the test module): ``zmount`` — a factory
+``zmount(*cli_args) -> Mount`` whose mounts are torn down at the end of the test.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CMD_TIMEOUT = 60
+
+
+def fuse_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (loop devices, mounts)"
+    if not os.path.exists("/dev/fuse"):
+        return "needs /dev/fuse"
+    try:
+        import zramfs.fs  # noqa: F401
+    except ImportError as exc:
+        return f"no FUSE binding: {exc}"
+    return None
+
+
+def require_fuse() -> None:
+    reason = fuse_unavailable()
+    if reason is None:
+        return
+    if os.environ.get("ZRAMFS_REQUIRE_FUSE") == "1":
+        pytest.fail(f"FUSE required (ZRAMFS_REQUIRE_FUSE=1) but unavailable: {reason}")
+    pytest.skip(reason)
+
+
+def run(*cmd: str, timeout: float = CMD_TIMEOUT, check: bool = True,
+        input: str | None = None) -> subprocess.CompletedProcess:
+    """Run a command with a timeout; on failure raise with its output."""
+    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, input=input)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def zramfs_cli(*args: str, timeout: float = CMD_TIMEOUT, check: bool = True):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-m", "zramfs", *args], capture_output=True, text=True,
+                         timeout=timeout, env=env, cwd=str(REPO))
+    if check and res.returncode != 0:
+        raise AssertionError(f"zramfs {' '.join(args)} -> {res.returncode}\n{res.stdout}\n"
+                             f"{res.stderr}")
+    return res
+
+
+def is_mounted(path: Path | str) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == target for line in f if len(line.split()) > 2)
+
+
+def loops_under(mnt: Path | str) -> list[str]:
+    """Loop devices whose backing file lies under ``mnt``."""
+    prefix = os.path.realpath(mnt).rstrip("/") + "/"
+    found = []
+    for d in sorted(Path("/sys/block").glob("loop*")):
+        try:
+            backing = (d / "loop" / "backing_file").read_text().strip()
+        except OSError:
+            continue
+        if backing.removesuffix(" (deleted)").startswith(prefix):
+            found.append(f"/dev/{d.name}")
+    return found
+
+
+def teardown_users(mnt: Path | str) -> list[str]:
+    """Undo everything stacked on the images under ``mnt``; returns what it had to do."""
+    done: list[str] = []
+    loops = loops_under(mnt)
+    for loop in loops:
+        # Filesystems mounted from the loop device (innermost first: reverse mount order).
+        with open("/proc/self/mounts") as f:
+            targets = [ln.split()[1] for ln in f if ln.split()[0] == loop]
+        for target in reversed(targets):
+            r = run("umount", target, check=False)
+            if r.returncode != 0:
+                run("umount", "-l", target, check=False)
+            done.append(f"umount {target}")
+        with open("/proc/swaps") as f:
+            swaps = [ln.split()[0] for ln in f.readlines()[1:]]
+        if loop in swaps:
+            run("swapoff", loop, check=False, timeout=120)
+            done.append(f"swapoff {loop}")
+        run("losetup", "-d", loop, check=False)
+        done.append(f"losetup -d {loop}")
+    return done
+
+
+@dataclass
+class Mount:
+    path: Path
+    proc: subprocess.Popen
+    log: Path
+    args: tuple[str, ...] = ()
+    _closed: bool = field(default=False, repr=False)
+
+    # -- paths ------------------------------------------------------------------------------
+    def image(self, dev: int = 0) -> Path:
+        return self.path / "dev" / f"zram{dev}"
+
+    def sysfs(self, dev: int = 0) -> Path:
+        return self.path / "sys" / "block" / f"zram{dev}"
+
+    def attr_path(self, name: str, dev: int = 0) -> Path:
+        return self.sysfs(dev) / name
+
+    def param_path(self, name: str) -> Path:
+        return self.path / "sys/module/zramfs/parameters" / name
+
+    # -- attribute I/O as a script does it: one open, one read/write ------------------------
+    def read_attr(self, name: str, dev: int = 0) -> str:
+        return self.attr_path(name, dev).read_text()
+
+    def write_attr(self, name: str, value: str | int, dev: int = 0) -> None:
+        write_file(self.attr_path(name, dev), str(value))
+
+    def mm_stat(self, dev: int = 0) -> list[int]:
+        return [int(x) for x in self.read_attr("mm_stat", dev).split()]
+
+    def set_param(self, name: str, value: str | int) -> None:
+        write_file(self.param_path(name), str(value))
+
+    def param(self, name: str) -> str:
+        return self.param_path(name).read_text().strip()
+
+    def losetup(self, dev: int = 0, *extra: str) -> str:
+        return run("losetup", *extra, "-f", "--show", str(self.image(dev))).stdout.strip()
+
+    # -- teardown ---------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            teardown_users(self.path)
+        finally:
+            for attempt in range(20):
+                if not is_mounted(self.path):
+                    break
+                r = run("fusermount", "-u", str(self.path), check=False, timeout=30)
+                if r.returncode != 0 and attempt >= 5:
+                    run("umount", "-l", str(self.path), check=False, timeout=30)
+                time.sleep(0.2)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+            if is_mounted(self.path):   # the daemon died without unmounting
+                run("umount", "-l", str(self.path), check=False)
+
+
+def write_file(path: Path | str, text: str) -> None:
+    """One open + one write(2), like `echo -n text > path`; raises the OSError the kernel gave."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def expect_errno(code: int, fn, *args) -> None:
+    with pytest.raises(OSError) as info:
+        fn(*args)
+    assert info.value.errno == code, (
+        f"expected {errno.errorcode[code]}, got {errno.errorcode.get(info.value.errno)}: "
+        f"{info.value}")
+
+
+def start_mount(base: Path, *args: str, timeout: float = 30.0) -> Mount:
+    """Mount in the foreground (a child process we own) and wait until the tree answers."""
+    require_fuse()
+    mnt = base / "mnt"
+    mnt.mkdir(exist_ok=True)
+    log = base / "zramfs.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "zramfs", "mount", str(mnt), "--foreground",
+                             *args], stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+                            cwd=str(REPO), env=env)
+    m = Mount(mnt, proc, log, tuple(args))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            m.close()
+            raise AssertionError(f"zramfs mount exited {proc.returncode}:\n{log.read_text()}")
+        if is_mounted(mnt) and (mnt / "sys" / "block").is_dir():
+            return m
+        time.sleep(0.05)
+    m.close()
+    raise AssertionError(f"zramfs mount not ready after {timeout}s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def zmount(tmp_path: Path) -> Iterator:
+    """Factory fixture: ``m = zmount("--size", "16M")``; every mount is torn down afterwards."""
+    mounts: list[Mount] = []
+
+    def factory(*args: str) -> Mount:
+        sub = tmp_path / f"m{len(mounts)}"
+        sub.mkdir()
+        m = start_mount(sub, *args)
+        mounts.append(m)
+        return m
+
+    try:
+        yield factory
+    finally:
+        errors = []
+        for m in reversed(mounts):
+            try:
+                m.close()
+            except Exception as exc:  # keep tearing down the others
+                errors.append(exc)
+        leftovers = [str(m.path) for m in mounts if is_mounted(m.path)]
+        assert not leftovers, f"mounts left behind: {leftovers}"
+        if errors:
+            raise errors[0]
+
+
+@contextlib.contextmanager
+def opened(path: Path | str, flags: int = os.O_RDWR) -> Iterator[int]:
+    fd = os.open(path, flags)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
