@@ -13,6 +13,9 @@
 #   BACKEND=zramfs zramfs | nullfs (scripts/nullfs.py: same FUSE image, no compression; a baseline)
 #   LIMIT=64M      the cgroup's memory limit (memory.max / memory.limit_in_bytes)
 #   ALLOC=192M     what the process allocates (must exceed LIMIT, and fit in LIMIT + the swap)
+#   DISCARD=pages  swapon --discard=once|pages|both|none: with "pages" freed swap slots are
+#                  discarded (fallocate PUNCH_HOLE on the image), which frees them in the pool as
+#                  kernel zram's swap_slot_free_notify does; "none" leaves stale data stored
 #
 # cgroups: v2 (memory.max + memory.swap.max) when the memory controller is on the unified
 # hierarchy, else v1 (memory.limit_in_bytes, memory.swappiness=100), else systemd-run --scope.
@@ -29,6 +32,7 @@ ALGORITHM="${ALGORITHM:-lz4}"
 BACKEND="${BACKEND:-zramfs}"
 LIMIT="${LIMIT:-64M}"
 ALLOC="${ALLOC:-192M}"
+DISCARD="${DISCARD:-pages}"
 
 log() { printf '[swap_experiment] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -218,8 +222,10 @@ DEV="$MNT/dev/zram0"
 LOOP="$(losetup --find --show "$DEV")"
 log "$DEV on $LOOP ($(blockdev --getsize64 "$LOOP") bytes)"
 mkswap -L zramfs-swap "$LOOP" >/dev/null
-swapon -p 32767 "$LOOP"; SWAP_ON=1
-log "swapon $LOOP (priority 32767)"
+swap_opts=(-p 32767)
+[ "$DISCARD" = none ] || swap_opts+=("--discard=$DISCARD")
+swapon "${swap_opts[@]}" "$LOOP"; SWAP_ON=1
+log "swapon ${swap_opts[*]} $LOOP"
 sed 's/^/  /' /proc/swaps
 show_stats
 
