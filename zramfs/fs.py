@@ -286,8 +286,12 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
         return 0
 
     def fsync(self, path: str, datasync: int, fh: Any) -> int:
-        # Data lives in the pool as soon as write() returns: there is nothing to flush.
-        self._handle(fh)
+        # Data lives in the pool as soon as write() returns; the device only counts the flush
+        # (the block layer's flush ios in `stat`), as zram does for REQ_PREFLUSH.
+        handle = self._handle(fh)
+        flush = getattr(handle.device, "flush", None)
+        if flush is not None:
+            flush()
         return 0
 
     # ---- data ----------------------------------------------------------------------------
@@ -351,8 +355,10 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
         if length == 0:
             return 0
         try:
-            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
-                # File semantics for both: whole blocks freed, partial edges read back zeros.
+            if mode & FALLOC_FL_ZERO_RANGE:
+                # File semantics: whole blocks freed, partial edges read back zeros.
+                getattr(dev, "zero_range", dev.punch_hole)(offset, length)
+            elif mode & FALLOC_FL_PUNCH_HOLE:
                 dev.punch_hole(offset, length)
             # mode 0 (preallocate) inside the image: every block is already addressable.
         except OSError as exc:

@@ -1,0 +1,200 @@
+"""Block-device users of the image through a loop device (the project's primary usage):
+mkfs.ext4 + mount + files + remount + verify + fsck, discard reaching the device, an
+LTP/kselftest zram01-style fill with the mm_stat compression-ratio check, zram02-style swap on a
+huge sparse device with a tiny mem_limit, and fio verify with the compaction daemon aggressive.
+
+The loop device sits on a file served by another process (the zramfs daemon), with the image
+opened FOPEN_DIRECT_IO; this works on current kernels (see zramfs/fs.py).  Everything is
+unmounted / swapped off / detached by the fixture even when a test fails; every command has
+a timeout so a hang fails the test instead of blocking the run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mountutil import run, zmount  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.fuse
+
+MiB = 1 << 20
+
+
+def need(*commands: str) -> None:
+    missing = [c for c in commands if shutil.which(c) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+
+
+def text_block(rng: random.Random, n: int) -> bytes:
+    words = [b"compressed", b"memory", b"page", b"swap", b"zram", b"ext4", b"inode", b"\n"]
+    out = bytearray()
+    while len(out) < n:
+        out += rng.choice(words) + b" "
+    return bytes(out[:n])
+
+
+def make_files(root: Path, rng: random.Random) -> dict[str, str]:
+    """A mix of compressible, incompressible and zero files; returns name → sha256."""
+    sums = {}
+    for i in range(12):
+        kind = i % 3
+        n = rng.randrange(1, 400_000)
+        data = (text_block(rng, n) if kind == 0 else rng.randbytes(n) if kind == 1 else bytes(n))
+        (root / f"f{i}").write_bytes(data)
+        sums[f"f{i}"] = hashlib.sha256(data).hexdigest()
+    return sums
+
+
+def check_files(root: Path, sums: dict[str, str]) -> None:
+    for name, digest in sums.items():
+        assert hashlib.sha256((root / name).read_bytes()).hexdigest() == digest, name
+
+
+@pytest.mark.parametrize("loop_dio", ["off", "on"])
+def test_ext4_on_loop_fsck_clean(zmount, tmp_path, loop_dio):
+    need("losetup", "mkfs.ext4", "fsck.ext4")
+    m = zmount("--size", "64M", "--algorithm", "lz4")
+    loop = m.losetup(0, f"--direct-io={loop_dio}")
+    run("mkfs.ext4", "-q", "-F", loop, timeout=120)
+    fsdir = tmp_path / "fs"
+    fsdir.mkdir()
+    run("mount", loop, str(fsdir))
+    rng = random.Random(loop_dio)
+    try:
+        sums = make_files(fsdir, rng)
+        run("sync", timeout=60)
+        # Drop the page cache of the loop device so the re-read really goes to zramfs.
+        run("umount", str(fsdir))
+        run("blockdev", "--flushbufs", loop, check=False)
+        run("mount", loop, str(fsdir))
+        check_files(fsdir, sums)
+        before = m.mm_stat()[0]
+        for name in list(sums)[:6]:
+            (fsdir / name).unlink()
+        run("sync")
+        run("fstrim", str(fsdir), timeout=60, check=False)       # discard → punch hole
+    finally:
+        run("umount", str(fsdir))
+    if shutil.which("fstrim"):
+        assert m.mm_stat()[0] < before, "discard did not reach the device"
+    res = run("fsck.ext4", "-fn", loop, timeout=120, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_fill_fs_compression_ratio(zmount, tmp_path):
+    """zram01's check: fill a filesystem until ENOSPC (zeros, plus 1 KiB of random data at the
+    start of every page as the 2023 kselftest variant does), then
+    100 * written / mem_used_total must be >= 100."""
+    need("losetup", "mkfs.ext4")
+    m = zmount("--size", "24M", "--mem-limit", "24M", "--algorithm", "lz4")
+    loop = m.losetup()
+    run("mkfs.ext4", "-q", "-F", loop, timeout=120)
+    fsdir = tmp_path / "fs"
+    fsdir.mkdir()
+    run("mount", loop, str(fsdir))
+    written = 0
+    rng = random.Random(5)
+    try:
+        page = bytearray(4096)
+        with open(fsdir / "file", "wb", buffering=0) as f:
+            while True:
+                page[:1024] = rng.randbytes(1024)
+                try:
+                    f.write(bytes(page) * 16)
+                except OSError:
+                    break
+                written += len(page) * 16
+        run("sync", timeout=60)
+    finally:
+        run("umount", str(fsdir))
+    assert written > 8 * MiB
+    mem_used_total = m.mm_stat()[2]
+    assert mem_used_total > 0
+    ratio = 100 * written // mem_used_total
+    assert ratio >= 100, f"compression ratio {ratio / 100:.2f}:1"
+
+
+def test_swap_on_sparse_device(zmount):
+    """zram02's check: a huge device with a 1 MiB mem_limit can be made swap and activated
+    (mkswap writes only the header page)."""
+    need("losetup", "mkswap", "swapon", "swapoff")
+    m = zmount("--size", "8G", "--mem-limit", "1M")
+    loop = m.losetup()
+    run("mkswap", loop)
+    run("swapon", loop)
+    try:
+        swaps = Path("/proc/swaps").read_text()
+        assert loop in swaps
+    finally:
+        run("swapoff", loop, timeout=120)
+    mm = m.mm_stat()
+    assert 0 < mm[0] <= 64 * 1024          # only the header was stored
+    assert mm[3] == 1 * MiB                  # mem_limit
+
+
+def _fio(m, *extra: str, size: str = "24M", runtime_s: int = 0):
+    need("fio")
+    args = ["fio", "--name=verify", f"--filename={m.image()}", f"--size={size}",
+            "--ioengine=psync", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
+            "--fallocate=none", "--output-format=json", "--buffer_compress_percentage=50",
+            "--refill_buffers", "--randrepeat=0", *extra]
+    if runtime_s:
+        args += [f"--runtime={runtime_s}", "--time_based"]
+    res = run(*args, timeout=600, check=False)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    report = json.loads(res.stdout[res.stdout.index("{"):])
+    return report["jobs"][0]
+
+
+def test_fio_verify_with_aggressive_compaction(zmount):
+    m = zmount("--size", "32M", "--compact-interval", "10", "--compact-threshold", "1")
+    job = _fio(m, "--rw=randwrite", "--bs=4k", "--direct=1")
+    assert job["error"] == 0 and job["write"]["io_bytes"] == 24 * MiB
+    assert job["read"]["io_bytes"] == 24 * MiB                     # the verify pass
+    # Overwrite with other sizes and compressibility: objects move between classes, leaving
+    # sparse zspages for the daemon, which compacts while fio writes and verifies.
+    job = _fio(m, "--rw=randwrite", "--bsrange=4k-64k", "--direct=1",
+               "--buffer_compress_percentage=20", size="16M")
+    assert job["error"] == 0 and job["read"]["io_bytes"] == 16 * MiB
+    runs = int(m.param("compact_runs"))
+    freed = int(m.param("compact_pages_freed"))
+    assert runs > 0, "the daemon never compacted"
+    # What the daemon freed is what mm_stat reports as pages_compacted (nothing else compacts).
+    assert m.mm_stat()[6] == freed
+
+
+@pytest.mark.soak
+def test_fio_verify_soak(zmount):
+    m = zmount("--size", "256M", "--compact-interval", "10", "--compact-threshold", "1",
+               "--algorithm", "zstd")
+    for rw in ("write", "randwrite", "randrw"):
+        job = _fio(m, f"--rw={rw}", "--bsrange=512-128k", "--direct=1", "--numjobs=1",
+                   size="200M")
+        assert job["error"] == 0
+
+
+@pytest.mark.soak
+def test_whole_device_through_loop_verify_every_byte(zmount):
+    need("losetup")
+    size = 128 * MiB
+    m = zmount("--size", str(size))
+    loop = m.losetup()
+    rng = random.Random(9)
+    digests = []
+    with open(loop, "r+b", buffering=0) as f:
+        for off in range(0, size, MiB):
+            block = text_block(rng, MiB // 2) + rng.randbytes(MiB // 2)
+            f.write(block)
+            digests.append(hashlib.sha256(block).digest())
+        os.fsync(f.fileno())
+    run("blockdev", "--flushbufs", loop, check=False)
+    with open(loop, "rb", buffering=0) as f:
+        for i in range(size // MiB):
+            assert hashlib.sha256(f.read(MiB)).digest() == digests[i], i
