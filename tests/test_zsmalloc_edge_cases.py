@@ -1,0 +1,769 @@
+"""One test (or more) per edge case / invariant E1–E24 of the zsmalloc 5.17 reference (§6).
+
+Internal state is read through the small accessor layer in `alloc_invariants` (handle cell,
+obj decoding, zspage of a handle, the class structs) and checked against independent oracles
+(the §7.1 class table written out, the 3N/4 rule, first_obj_offset arithmetic), and by reading
+the simulated frames directly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from allocator import MapMode, Pool
+from allocator.locks import LockOrderViolation, set_lockdep
+from allocator.memory import PhysicalMemory
+
+import alloc_invariants as ai
+from alloc_invariants import (HANDLE_SIZE, PAGE_SIZE, REF_BY_INDEX, REF_BY_SIZE,
+                              REF_HUGE_CLASS_SIZE, ZS_ALMOST_EMPTY, ZS_ALMOST_FULL, ZS_EMPTY,
+                              ZS_FULL, check_classes_table, check_pool_invariants,
+                              ref_class_for_alloc, ref_first_obj_offsets, ref_fullness)
+
+END_MARKER = ((1 << 64) - 1) << 1 & ((1 << 64) - 1)
+
+
+@pytest.fixture
+def mem() -> PhysicalMemory:
+    return PhysicalMemory(max_pages=1 << 14)
+
+
+@pytest.fixture
+def pool(mem: PhysicalMemory):
+    set_lockdep(True)
+    p = Pool("edge", memory=mem)
+    yield p
+    set_lockdep(False)
+
+
+def fill(n: int, seed: int = 0) -> bytes:
+    return bytes(((seed * 97 + i * 13) & 0xFF) | 0x80 for i in range(n))
+
+
+def row(pool: Pool, size: int) -> ai.ClassRow:
+    """The debugfs row of the canonical class that has object size `size`."""
+    t = check_classes_table(pool)
+    return t.rows[REF_BY_SIZE[size].index]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizing and classes
+
+def test_e1_size_limits(pool: Pool) -> None:
+    with pytest.raises(ValueError):
+        pool.malloc(0)
+    with pytest.raises(ValueError):
+        pool.malloc(PAGE_SIZE + 1)
+    assert pool.total_pages == 0, "a rejected malloc must not allocate a zspage"
+    h = pool.malloc(PAGE_SIZE)  # 4096 + 8 is clamped to the last slot: the huge class
+    assert h != 0
+    assert row(pool, 4096).obj_used == 1
+    assert pool.total_pages == 1
+    pool.free(0)  # zs_free(0) is a no-op
+    assert row(pool, 4096).obj_used == 1
+    pool.free(h)
+    assert pool.total_pages == 0
+    check_pool_invariants(pool, {})
+
+
+@pytest.mark.parametrize("size,cls", [(1, 32), (24, 32), (25, 48), (40, 48), (41, 64),
+                                      (648, 672), (649, 672), (664, 672), (665, 704),
+                                      (3256, 3264), (3257, 4096), (4096, 4096)])
+def test_e2_class_boundaries(pool: Pool, size: int, cls: int) -> None:
+    assert ref_class_for_alloc(size).size == cls  # the oracle agrees with the reference text
+    h = pool.malloc(size)
+    assert row(pool, cls).obj_used == 1
+    assert check_classes_table(pool).total[3] == 1
+    z = ai.zspage_of(pool, h)
+    assert ai.class_of(pool, z).size == cls
+    pool.free(h)
+
+
+def test_e2_every_size_maps_to_reference_class(pool: Pool) -> None:
+    live = {}
+    for size in range(1, PAGE_SIZE + 1, 3):
+        live[pool.malloc(size)] = size
+    check_pool_invariants(pool, live)  # obj_used per class == count of sizes mapping to it
+    for h, size in live.items():
+        assert ai.class_of(pool, ai.zspage_of(pool, h)).size == ref_class_for_alloc(size).size
+    for h in live:
+        pool.free(h)
+
+
+def test_e2_huge_class_size(pool: Pool) -> None:
+    assert pool.huge_class_size == REF_HUGE_CLASS_SIZE == 3257
+
+
+def test_e3_sixty_nine_classes_and_global_huge_size(mem: PhysicalMemory) -> None:
+    p1 = Pool("a", memory=mem)
+    p2 = Pool("b", memory=mem)
+    t = check_classes_table(p1)
+    assert len(t.rows) == 69
+    for idx, r in t.rows.items():
+        ref = REF_BY_INDEX[idx]
+        c = ai.class_by_index(p1, idx)
+        assert (c.size, c.pages_per_zspage, c.objs_per_zspage) == (ref.size, ref.pages, ref.objs)
+    # Alias slots resolve to the next canonical class above them.
+    assert ai.class_by_slot(p1, 39) is ai.class_by_index(p1, 40)
+    assert ai.class_by_slot(p1, 203) is ai.class_by_index(p1, 254)
+    assert p1.huge_class_size == p2.huge_class_size == 3257
+
+
+@pytest.mark.parametrize("size,objs", [(3256, 5), (1016, 4), (1352, 3), (2040, 2), (4096, 1),
+                                       (100, 73)])
+def test_e4_fullness_three_quarters(pool: Pool, size: int, objs: int) -> None:
+    cls = ref_class_for_alloc(size)
+    assert cls.objs == objs
+    hs = []
+    for inuse in range(1, objs + 1):
+        hs.append(pool.malloc(size))
+        z = ai.zspage_of(pool, hs[0])
+        assert z.inuse == inuse
+        want = ref_fullness(inuse, objs)
+        assert z.fullness == want, f"N={objs} inuse={inuse}: fullness {z.fullness} != {want}"
+        r = row(pool, cls.size)
+        assert (r.almost_empty, r.almost_full) == (int(want == ZS_ALMOST_EMPTY),
+                                                   int(want == ZS_ALMOST_FULL))
+        if objs <= 4:
+            assert want != ZS_ALMOST_FULL
+    for h in reversed(hs[1:]):
+        pool.free(h)
+        z = ai.zspage_of(pool, hs[0])
+        assert z.fullness == ref_fullness(z.inuse, objs)
+    check_pool_invariants(pool, {hs[0]: size})
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout and encoding
+
+def _fresh_class48(pool: Pool, n: int) -> list[int]:
+    """n objects of size 40 (class 48, 3 pages, 256 objects) in a fresh pool: indices 0..n-1."""
+    return [pool.malloc(40) for _ in range(n)]
+
+
+def test_e5_spanning_objects_class48(pool: Pool, mem: PhysicalMemory) -> None:
+    hs = _fresh_class48(pool, 256)
+    z = ai.zspage_of(pool, hs[0])
+    pages = ai.zspage_pfns(pool, z)
+    assert len(pages) == 3
+    assert [mem.page_type[p] for p in pages] == ref_first_obj_offsets(48, 3) == [0, 32, 16]
+    spanning = []
+    for i, h in enumerate(hs):
+        pfn, idx = ai.location(pool, h)
+        assert idx == i, "a fresh zspage hands out indices in address order (E10)"
+        start = i * 48
+        assert pfn == pages[start // PAGE_SIZE], "obj encodes the subpage the object starts in"
+        if start % PAGE_SIZE + 48 > PAGE_SIZE:
+            spanning.append(i)
+    assert spanning == [85, 170]
+    # Map/unmap of both spanning objects and their neighbours round-trips.
+    for i in (84, 85, 86, 169, 170, 171):
+        data = fill(40, i)
+        with pool.map_object(hs[i], MapMode.WO) as buf:
+            buf[:40] = data
+    for i in (84, 85, 86, 169, 170, 171):
+        with pool.map_object(hs[i], MapMode.RO) as buf:
+            assert bytes(buf[:40]) == fill(40, i)
+        # The bytes really are in the frames, split across the page boundary for 85 and 170.
+        assert ai.read_object_bytes(pool, hs[i], 48)[HANDLE_SIZE:] == fill(40, i)
+    check_pool_invariants(pool, {h: 40 for h in hs})
+
+
+def test_e5_migrating_a_subpage_rewrites_only_objects_starting_in_it(pool: Pool,
+                                                                      mem: PhysicalMemory) -> None:
+    filler = [mem.alloc_page() for _ in range(8)]  # keep low PFNs busy, then free them
+    hs = _fresh_class48(pool, 256)
+    for i, h in enumerate(hs):
+        pool.write_object(h, fill(40, i))
+    for p in filler:
+        mem.free_page(p)
+    z = ai.zspage_of(pool, hs[0])
+    pages = ai.zspage_pfns(pool, z)
+    before = {h: ai.obj_of(pool, h) for h in hs}
+    old = pages[1]
+    assert mem.migrate_pfn(old) is True
+    new_pages = ai.zspage_pfns(pool, z)
+    assert new_pages[0] == pages[0] and new_pages[2] == pages[2] and new_pages[1] != old
+    assert new_pages[1] < old
+    assert mem.page_type[new_pages[1]] == 32, "first_obj_offset preserved (E18)"
+    for i, h in enumerate(hs):
+        starts_in = (i * 48) // PAGE_SIZE
+        if starts_in == 1:
+            assert ai.location(pool, h) == (new_pages[1], i)
+        else:
+            assert ai.obj_of(pool, h) == before[h], f"object {i} starts in page {starts_in}: untouched"
+        assert pool.read_object(h, 40) == fill(40, i)
+    check_pool_invariants(pool, {h: 40 for h in hs})
+
+
+def _spanning_pair(pool: Pool) -> tuple[list[int], int, int]:
+    hs = _fresh_class48(pool, 171)
+    return hs, hs[85], hs[170]
+
+
+def test_e6_map_modes_spanning(pool: Pool, mem: PhysicalMemory) -> None:
+    hs, a, b = _spanning_pair(pool)
+    pool.write_object(a, fill(40, 1))
+    pool.write_object(b, fill(40, 2))
+    hdr_a = ai.header_word(pool, a)
+    # RW copies in and writes back.
+    with pool.map_object(a, MapMode.RW) as buf:
+        assert bytes(buf[:40]) == fill(40, 1)
+        buf[:40] = fill(40, 3)
+    assert pool.read_object(a, 40) == fill(40, 3)
+    assert ai.header_word(pool, a) == hdr_a == a | 1, "the header is never changed by an unmap"
+    # RO discards writes to the copy.
+    with pool.map_object(a, MapMode.RO) as buf:
+        assert bytes(buf[:40]) == fill(40, 3)
+        try:
+            buf[:40] = fill(40, 4)
+        except TypeError:
+            pass  # a read-only view is an acceptable way to discard the write
+    assert pool.read_object(a, 40) == fill(40, 3)
+    # WO does not copy in: the per-thread buffer still holds the last spanning object mapped
+    # (object a, content 3) when b is mapped; and WO does copy back.
+    with pool.map_object(a, MapMode.RO) as buf:
+        pass
+    with pool.map_object(b, MapMode.WO) as buf:
+        assert bytes(buf[:40]) == fill(40, 3), "WO must not copy the object in (stale buffer)"
+        buf[:40] = fill(40, 5)
+    assert pool.read_object(b, 40) == fill(40, 5)
+    assert ai.header_word(pool, b) == b | 1
+    check_pool_invariants(pool, {h: 40 for h in hs})
+
+
+def test_e6_in_page_mapping_is_direct(pool: Pool) -> None:
+    h = pool.malloc(100)
+    pool.write_object(h, fill(100, 1))
+    with pool.map_object(h, MapMode.RO) as buf:
+        assert len(buf) >= 100
+        # Direct mapping: the mode is ignored, a write through an RO mapping lands at once.
+        buf[:4] = b"WXYZ"
+        assert ai.read_object_bytes(pool, h, 112)[HANDLE_SIZE:HANDLE_SIZE + 4] == b"WXYZ"
+    assert pool.read_object(h, 4) == b"WXYZ"
+    # The returned view starts right after the 8-byte header.
+    assert ai.header_word(pool, h) == h | 1
+    with pool.map_object(h, MapMode.WO) as buf:
+        assert bytes(buf[:4]) == b"WXYZ", "in-page WO is a direct mapping: current bytes visible"
+
+
+def test_e7_huge_class(pool: Pool, mem: PhysicalMemory) -> None:
+    filler = [mem.alloc_page() for _ in range(4)]
+    h = pool.malloc(3257)
+    z = ai.zspage_of(pool, h)
+    assert z.huge
+    pfn, idx = ai.location(pool, h)
+    assert idx == 0
+    assert ai.zspage_pfns(pool, z) == [pfn]
+    assert mem.index[pfn] == h | 1, "huge handle|1 lives in page->index"
+    data = fill(3257, 9)
+    with pool.map_object(h, MapMode.WO) as buf:
+        assert len(buf) >= 3257
+        buf[:3257] = data
+    # No header: user data starts at the page start.
+    assert bytes(mem.view(pfn)[:3257]) == data
+    r = row(pool, 4096)
+    assert (r.almost_empty, r.almost_full, r.obj_allocated, r.obj_used) == (0, 0, 1, 1)
+    for p in filler:
+        mem.free_page(p)
+    assert mem.migrate_pfn(pfn) is True
+    new, idx2 = ai.location(pool, h)
+    assert new != pfn and new < pfn and idx2 == 0
+    assert mem.index[new] == h | 1, "migration copies page->index (the huge handle)"
+    assert pool.read_object(h, 3257) == data
+    check_pool_invariants(pool, {h: 3257})
+    pool.free(h)
+    assert pool.total_pages == 0
+    assert mem.private[new] is None
+
+
+def test_e8_phantom_tail(pool: Pool, mem: PhysicalMemory) -> None:
+    # class 80: 1 page, 51 objects, waste 16: a phantom object 51 at offset 4080.
+    hs = [pool.malloc(72) for _ in range(51)]
+    z = ai.zspage_of(pool, hs[0])
+    (pfn,) = ai.zspage_pfns(pool, z)
+    assert z.fullness == ZS_FULL
+    assert ai.word(mem, pfn, 4080) == END_MARKER, "the phantom carries the end marker"
+    assert all(ai.zspage_of(pool, h) is z for h in hs)
+    h52 = pool.malloc(72)
+    assert ai.zspage_of(pool, h52) is not z, "a FULL zspage is never allocated from"
+    # Free everything but one, check the freelist walk ends at the phantom index 51.
+    for h in hs[1:]:
+        pool.free(h)
+    chain = ai.freelist(pool, z)
+    assert chain[-1] == 51, f"the freelist must end on the phantom: {chain[-5:]}"
+    assert len(chain) == 51 - z.inuse + 1
+    check_pool_invariants(pool, {hs[0]: 72, h52: 72})
+
+
+def test_e8_phantom_in_fresh_freelist_class1360_and_3264(pool: Pool) -> None:
+    for size, objs in ((1352, 3), (3256, 5)):
+        h = pool.malloc(size)
+        z = ai.zspage_of(pool, h)
+        chain = ai.freelist(pool, z)
+        assert chain == list(range(1, objs + 1)), f"class {size + 8}: {chain}"
+        pool.free(h)
+
+
+def test_e9_zspage_wide_index(pool: Pool) -> None:
+    hs = _fresh_class48(pool, 200)
+    z = ai.zspage_of(pool, hs[0])
+    pages = ai.zspage_pfns(pool, z)
+    for i in (0, 84, 85, 86, 170, 171, 199):
+        pfn, idx = ai.location(pool, hs[i])
+        assert idx == i
+        assert pfn == pages[i * 48 // PAGE_SIZE]
+        assert (48 * idx) % PAGE_SIZE == (i * 48) - PAGE_SIZE * (i * 48 // PAGE_SIZE)
+
+
+def test_e10_lifo_freelist(pool: Pool) -> None:
+    hs = [pool.malloc(100) for _ in range(6)]
+    locs = [ai.location(pool, h) for h in hs]
+    assert [i for _, i in locs] == list(range(6)), "fresh zspage: indices 0,1,2,... in order"
+    pool.free(hs[1])  # A
+    pool.free(hs[4])  # B
+    x = pool.malloc(100)
+    y = pool.malloc(100)
+    assert ai.location(pool, x) == locs[4], "LIFO: B's slot first"
+    assert ai.location(pool, y) == locs[1], "then A's"
+
+
+# ---------------------------------------------------------------------------------------------
+# Lists, stats and accounting
+
+def test_e11_equal_inuse_goes_to_head_and_find_get_zspage_takes_head(pool: Pool) -> None:
+    # class 2048 (N=2): three zspages, then one object freed in each.
+    size = 2040
+    hs = [pool.malloc(size) for _ in range(6)]
+    zs = [ai.zspage_of(pool, hs[i]) for i in (0, 2, 4)]
+    assert len({id(z) for z in zs}) == 3
+    cls = ai.class_of(pool, zs[0])
+    assert ai.fullness_list(cls, ZS_FULL) == [zs[2], zs[1], zs[0]]
+    pool.free(hs[1])
+    pool.free(hs[3])
+    pool.free(hs[5])   # all ALMOST_EMPTY (N=2: 1 <= 3*2//4 = 1); no ALMOST_FULL possible
+    assert ai.fullness_list(cls, ZS_ALMOST_EMPTY) == [zs[2], zs[1], zs[0]], (
+        "inuse not lower than the head's: each zspage goes to the head")
+    h = pool.malloc(size)
+    assert ai.zspage_of(pool, h) is zs[2], "find_get_zspage takes the list head"
+    check_pool_invariants(pool, {x: size for x in (hs[0], hs[2], hs[4], h)})
+
+
+def test_e11_lower_inuse_goes_second(pool: Pool) -> None:
+    """White-box: insert_zspage puts a zspage with lower inuse than the head second.
+
+    Through the public API a zspage only enters a list with an inuse the head cannot beat
+    (single-threaded), so the rule is exercised on the pool's insert/remove helpers."""
+    groups = [[pool.malloc(100) for _ in range(73)] for _ in range(3)]
+    zs = [ai.zspage_of(pool, g[0]) for g in groups]
+    for g, keep in zip(groups, (10, 5, 20)):
+        for h in g[keep:]:
+            pool.free(h)
+    cls = ai.class_of(pool, zs[0])
+    assert ai.fullness_list(cls, ZS_ALMOST_EMPTY) == [zs[2], zs[1], zs[0]]
+    with ai.class_lock(cls):
+        for z in zs:
+            ai.remove_zspage(pool, cls, z, ZS_ALMOST_EMPTY)
+        assert ai.class_stats(cls)[ZS_ALMOST_EMPTY] == 0
+        ai.insert_zspage(pool, cls, zs[0], ZS_ALMOST_EMPTY)   # [z0(10)]
+        ai.insert_zspage(pool, cls, zs[1], ZS_ALMOST_EMPTY)   # 5 < 10: second
+        ai.insert_zspage(pool, cls, zs[2], ZS_ALMOST_EMPTY)   # 20 >= 10: head
+    assert ai.fullness_list(cls, ZS_ALMOST_EMPTY) == [zs[2], zs[0], zs[1]]
+    assert ai.class_stats(cls)[ZS_ALMOST_EMPTY] == 3
+    h = pool.malloc(100)
+    assert ai.zspage_of(pool, h) is zs[2]
+    live = {x: 100 for g, k in zip(groups, (10, 5, 20)) for x in g[:k]}
+    check_pool_invariants(pool, {**live, h: 100})
+
+
+def test_e11_almost_full_preferred_then_empty(pool: Pool, mem: PhysicalMemory) -> None:
+    a = [pool.malloc(100) for _ in range(73)]
+    b = [pool.malloc(100) for _ in range(73)]
+    za, zb = ai.zspage_of(pool, a[0]), ai.zspage_of(pool, b[0])
+    for h in a[60:]:
+        pool.free(h)   # za: 60 > 54 -> ALMOST_FULL
+    for h in b[5:]:
+        pool.free(h)   # zb: 5 -> ALMOST_EMPTY, and it is the head of its list
+    assert za.fullness == ZS_ALMOST_FULL and zb.fullness == ZS_ALMOST_EMPTY
+    assert ai.zspage_of(pool, pool.malloc(100)) is za
+    # An EMPTY zspage left on the list (deferred free, E13) is used after the ALMOST_* ones.
+    c = [pool.malloc(2040) for _ in range(2)]
+    zc = ai.zspage_of(pool, c[0])
+    (p0,) = ai.zspage_pfns(pool, zc)
+    mem.lock_page(p0)
+    try:
+        pool.free(c[0])
+        pool.free(c[1])
+        assert zc.fullness == ZS_EMPTY and zc in ai.fullness_list(ai.class_of(pool, zc), ZS_EMPTY)
+        d = pool.malloc(2040)
+        assert ai.zspage_of(pool, d) is zc, "find_get_zspage falls back to the EMPTY list"
+    finally:
+        mem.unlock_page(p0)
+    pool.free(d)
+    ai.flush_deferred(pool)
+
+
+def test_e12_invariants_after_mixed_workload(pool: Pool) -> None:
+    import random
+    rnd = random.Random(12)
+    live: dict[int, int] = {}
+    for step in range(3000):
+        if live and rnd.random() < 0.45:
+            h = rnd.choice(list(live))
+            del live[h]
+            pool.free(h)
+        else:
+            s = rnd.choice([rnd.randint(1, 4096), 40, 100, 1000, 3000])
+            live[pool.malloc(s)] = s
+    check_pool_invariants(pool, live)
+    pool.compact()
+    check_pool_invariants(pool, live)
+
+
+def test_e12_checker_detects_corruption(pool: Pool, mem: PhysicalMemory) -> None:
+    """The invariant checker must be able to fail: break one header and one stat."""
+    hs = [pool.malloc(100) for _ in range(3)]
+    live = {h: 100 for h in hs}
+    check_pool_invariants(pool, live)
+    pfn, idx = ai.location(pool, hs[1])
+    off = idx * 112 % PAGE_SIZE
+    saved = ai.word(mem, pfn, off)
+    ai.set_word(mem, pfn, off, 0)  # header lost: the object looks free
+    with pytest.raises(AssertionError):
+        check_pool_invariants(pool, live)
+    ai.set_word(mem, pfn, off, saved)
+    check_pool_invariants(pool, live)
+    with pytest.raises(AssertionError):
+        check_pool_invariants(pool, {**live, hs[0] + 8 * 1000: 100})
+
+
+def test_e13_deferred_free(pool: Pool, mem: PhysicalMemory) -> None:
+    hs = [pool.malloc(2040) for _ in range(2)]
+    z = ai.zspage_of(pool, hs[0])
+    cls = ai.class_of(pool, z)
+    (pfn,) = ai.zspage_pfns(pool, z)
+    stats0 = list(ai.class_stats(cls))
+    mem.lock_page(pfn)
+    try:
+        pool.free(hs[0])
+        pool.free(hs[1])  # trylock_zspage fails: stays on the EMPTY list, work scheduled
+        assert z.fullness == ZS_EMPTY
+        assert ai.fullness_list(cls, ZS_EMPTY) == [z]
+        assert pool.total_pages == 1, "deferred: pages_allocated unchanged"
+        st = ai.class_stats(cls)
+        assert st[ZS_EMPTY] == 1 and st[4] == 2 and st[5] == 0
+    finally:
+        mem.unlock_page(pfn)
+    ai.flush_deferred(pool)
+    st = ai.class_stats(cls)
+    assert pool.total_pages == 0
+    assert st[4] == stats0[4] - 2, "OBJ_ALLOCATED drops when the worker frees it"
+    assert st[ZS_EMPTY] == 1, "5.17 leaks the CLASS_EMPTY count on the async path (E13)"
+    assert ai.fullness_list(cls, ZS_EMPTY) == []
+    assert mem.private[pfn] is None
+
+
+def test_e14_pages_compacted_counts_deferred_frees(pool: Pool, mem: PhysicalMemory) -> None:
+    # class 112 (N=73): two ALMOST_EMPTY zspages; compaction drains the head source into the
+    # other one. Lock every page of both so whichever is drained is freed deferred.
+    a = [pool.malloc(100) for _ in range(73)]
+    b = [pool.malloc(100) for _ in range(73)]
+    for h in a[5:]:
+        pool.free(h)
+    for h in b[6:]:
+        pool.free(h)
+    keep = a[:5] + b[:6]
+    for i, h in enumerate(keep):
+        pool.write_object(h, fill(100, i))
+    za, zb = ai.zspage_of(pool, a[0]), ai.zspage_of(pool, b[0])
+    pfns = ai.zspage_pfns(pool, za) + ai.zspage_pfns(pool, zb)
+    assert pool.freeable_pages() == 2   # one zspage of 2 pages (class 112: 2 pages, 73 objs)
+    total = pool.total_pages
+    pc = pool.stats.pages_compacted
+    for p in pfns:
+        mem.lock_page(p)
+    try:
+        freed = pool.compact()
+    finally:
+        for p in pfns:
+            mem.unlock_page(p)
+    assert freed == 2, "a deferred free of the drained source still counts (E14)"
+    assert pool.stats.pages_compacted == pc + 2
+    assert pool.total_pages == total, "the free was deferred"
+    ai.flush_deferred(pool)
+    assert pool.total_pages == total - 2
+    for i, h in enumerate(keep):
+        assert pool.read_object(h, 100) == fill(100, i)
+    assert pool.freeable_pages() == 0
+    check_pool_invariants(pool, {h: 100 for h in keep})
+
+
+def test_e14_shrinker_count(pool: Pool) -> None:
+    hs = [pool.malloc(100) for _ in range(73 * 4)]
+    for i, h in enumerate(hs):
+        if i % 73 >= 3:
+            pool.free(h)
+    # 4 zspages of 2 pages, 12 used of 292: (292 - 12) // 73 * 2 = 6 pages
+    assert pool.freeable_pages() == 6
+    assert check_classes_table(pool).total[5] == 6
+    assert pool.compact() == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Compaction
+
+def test_e15_source_and_destination_order(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # class 112, N=73, almost-empty limit 54. zs1: 60 (ALMOST_FULL), zs2: 3, zs3: 2.
+    groups = [[pool.malloc(100) for _ in range(73)] for _ in range(3)]
+    zs = [ai.zspage_of(pool, g[0]) for g in groups]
+    keep_n = (60, 3, 2)
+    keep: list[int] = []
+    for g, n in zip(groups, keep_n):
+        for h in g[n:]:
+            pool.free(h)
+        keep += g[:n]
+    for i, h in enumerate(keep):
+        pool.write_object(h, fill(100, i))
+    handles_before = {h: ai.zspage_of(pool, h) for h in keep}
+    assert [z.fullness for z in zs] == [ZS_ALMOST_FULL, ZS_ALMOST_EMPTY, ZS_ALMOST_EMPTY]
+    assert ai.fullness_list(ai.class_of(pool, zs[0]), ZS_ALMOST_EMPTY) == [zs[2], zs[1]]
+    moved: list[tuple[int, int]] = []
+    ai.trace_object_moves(pool, monkeypatch, moved)
+    freed = pool.compact()
+    # Source order: ALMOST_EMPTY head (zs3) then zs2; destination: ALMOST_FULL zs1 for both.
+    # Then zs1 itself is isolated as a source but zs_can_compact is 0: nothing else moves.
+    assert freed == 2 * 2
+    src_order = [z for z, _ in moved]
+    assert src_order == [id(zs[2])] * 2 + [id(zs[1])] * 3, "sources: AE head first, then next"
+    assert {d for _, d in moved} == {id(zs[0])}, "destination: the ALMOST_FULL zspage"
+    for h in keep:
+        assert ai.zspage_of(pool, h) is zs[0]
+    assert zs[0].inuse == 65
+    for i, h in enumerate(keep):
+        assert pool.read_object(h, 100) == fill(100, i), "handles stay valid, bytes unchanged"
+    assert set(handles_before) == set(keep)
+    check_pool_invariants(pool, {h: 100 for h in keep})
+
+
+def test_e15_full_and_empty_never_used(pool: Pool) -> None:
+    full = [pool.malloc(100) for _ in range(73)]
+    part = [pool.malloc(100) for _ in range(73)]
+    for h in part[2:]:
+        pool.free(h)
+    assert pool.compact() == 0, "one ALMOST_EMPTY zspage and one FULL: nothing to do"
+    assert ai.zspage_of(pool, full[0]).inuse == 73
+    assert ai.zspage_of(pool, part[0]).inuse == 2
+
+
+def test_e16_stops_when_nothing_compactable(pool: Pool) -> None:
+    # Two zspages with 40 + 40 = 80 > 73 used: (146 - 80) // 73 == 0 -> nothing moves.
+    a = [pool.malloc(100) for _ in range(73)]
+    b = [pool.malloc(100) for _ in range(73)]
+    for h in a[40:] + b[40:]:
+        pool.free(h)
+    locs = {h: ai.obj_of(pool, h) for h in a[:40] + b[:40]}
+    assert pool.freeable_pages() == 0
+    assert pool.compact() == 0
+    assert {h: ai.obj_of(pool, h) for h in locs} == locs, "no object may move"
+
+
+def test_e16_largest_class_first(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    for size in (100, 1000, 3000):
+        hs = [pool.malloc(size) for _ in range(ref_class_for_alloc(size).objs * 2)]
+        for i, h in enumerate(hs):
+            if i % 3:
+                pool.free(h)
+    order: list[int] = []
+    ai.trace_class_compaction(pool, monkeypatch, order)
+    pool.compact()
+    sizes = [s for s in order]
+    assert sizes == sorted(sizes, reverse=True) and len(sizes) >= 3, sizes
+
+
+# ---------------------------------------------------------------------------------------------
+# Migration
+
+def test_e18_isolate_putback_and_migrate(pool: Pool, mem: PhysicalMemory) -> None:
+    filler = [mem.alloc_page() for _ in range(6)]
+    hs = _fresh_class48(pool, 256)
+    for i, h in enumerate(hs):
+        pool.write_object(h, fill(40, i))
+    z = ai.zspage_of(pool, hs[0])
+    pages = ai.zspage_pfns(pool, z)
+    contents = [bytes(mem.view(p)) for p in pages]
+    total = pool.total_pages
+    # isolate always succeeds and bumps isolated; putback drops it.
+    assert pool.isolate_page(pages[0]) is True
+    assert z.isolated == 1
+    pool.putback_page(pages[0])
+    assert z.isolated == 0
+    for p in filler:
+        mem.free_page(p)
+    # Moving page 0 changes first_page; contents are copied verbatim.
+    assert mem.migrate_pfn(pages[0]) is True
+    new = ai.zspage_pfns(pool, z)
+    assert new[0] != pages[0] and new[1:] == pages[1:]
+    assert ai.first_page(z) == new[0]
+    assert bytes(mem.view(new[0])) == contents[0], "migration copies the page verbatim"
+    assert z.isolated == 0
+    assert pool.total_pages == total
+    assert mem.private[pages[0]] is None
+    for i, h in enumerate(hs):
+        assert pool.read_object(h, 40) == fill(40, i)
+    check_pool_invariants(pool, {h: 40 for h in hs})
+
+
+def test_e18_migrate_empty_zspage_waiting_for_deferred_free_e19(pool: Pool,
+                                                                mem: PhysicalMemory) -> None:
+    """E19: an EMPTY zspage waiting for the async free can have a page migrated; the async
+    free must then free the *new* page (the fixed lock_zspage, or an equivalent)."""
+    filler = [mem.alloc_page() for _ in range(4)]
+    hs = _fresh_class48(pool, 3)
+    z = ai.zspage_of(pool, hs[0])
+    pages = ai.zspage_pfns(pool, z)
+    mem.lock_page(pages[2])
+    for h in hs:
+        pool.free(h)
+    assert pool.total_pages == 3
+    mem.unlock_page(pages[2])
+    for p in filler:
+        mem.free_page(p)
+    used_before = mem.nr_used
+    assert mem.migrate_pfn(pages[1]) is True
+    assert mem.nr_used == used_before
+    ai.flush_deferred(pool)
+    assert pool.total_pages == 0
+    assert mem.nr_used == 0, "every frame of the deferred zspage, old or migrated, is freed"
+
+
+# ---------------------------------------------------------------------------------------------
+# E19 / E20
+
+def test_e20_fresh_zspage_first_object_at_offset_zero(pool: Pool) -> None:
+    for size in (100, 1000, 3000, 40):
+        h = pool.malloc(size)
+        z = ai.zspage_of(pool, h)
+        pfn, idx = ai.location(pool, h)
+        assert (pfn, idx) == (ai.first_page(z), 0)
+        assert ai.header_word(pool, h) == h | 1
+        assert ai.class_of(pool, z).size == ref_class_for_alloc(size).size
+        assert z.class_idx == ref_class_for_alloc(size).index, "set_zspage_mapping after obj_malloc"
+
+
+# ---------------------------------------------------------------------------------------------
+# Locking and concurrency
+
+def test_e21_lock_order_violation_detected(pool: Pool) -> None:
+    h = pool.malloc(100)
+    cls = ai.class_of(pool, ai.zspage_of(pool, h))
+    mlock = ai.migrate_lock(pool)
+    # Legal order: migrate_lock -> class.lock.
+    mlock.read_lock()
+    ai.class_lock(cls).acquire()
+    ai.class_lock(cls).release()
+    mlock.read_unlock()
+    # Inversion: class.lock -> migrate_lock must be refused by lockdep.
+    ai.class_lock(cls).acquire()
+    try:
+        with pytest.raises(LockOrderViolation):
+            mlock.read_lock()
+    finally:
+        ai.class_lock(cls).release()
+    # And the pool still works (no lock left held by the refused acquisition).
+    pool.free(h)
+    check_pool_invariants(pool, {})
+
+
+def test_e21_free_zspage_only_trylocks_page_locks(pool: Pool, mem: PhysicalMemory) -> None:
+    """Holding a page lock in another thread must not block zs_free (it defers instead)."""
+    h = pool.malloc(2040)
+    (pfn,) = ai.zspage_pfns(pool, ai.zspage_of(pool, h))
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        mem.lock_page(pfn)
+        held.set()
+        release.wait(10)
+        mem.unlock_page(pfn)
+
+    t = threading.Thread(target=holder, daemon=True)
+    t.start()
+    assert held.wait(5)
+    done = threading.Event()
+    threading.Thread(target=lambda: (pool.free(h), done.set()), daemon=True).start()
+    try:
+        assert done.wait(5), "zs_free blocked on a page lock (must trylock and defer)"
+    finally:
+        release.set()
+        t.join(5)
+    ai.flush_deferred(pool)
+    assert pool.total_pages == 0
+
+
+def test_e22_per_thread_map_buffers(pool: Pool) -> None:
+    hs, a, b = _spanning_pair(pool)
+    pool.write_object(a, fill(40, 1))
+    pool.write_object(b, fill(40, 2))
+    mapped = threading.Event()
+    go = threading.Event()
+    seen: list[bytes] = []
+
+    def other() -> None:
+        with pool.map_object(a, MapMode.RO) as buf:
+            mapped.set()
+            go.wait(5)
+            seen.append(bytes(buf[:40]))
+
+    t = threading.Thread(target=other, daemon=True)
+    t.start()
+    assert mapped.wait(5)
+    with pool.map_object(b, MapMode.RW) as buf:   # a second mapping on another "CPU"
+        assert bytes(buf[:40]) == fill(40, 2)
+        buf[:40] = fill(40, 3)
+    go.set()
+    t.join(5)
+    assert seen == [fill(40, 1)], "another thread's spanning map must not clobber this buffer"
+    assert pool.read_object(b, 40) == fill(40, 3)
+
+
+def test_e23_destroy_with_live_objects(mem: PhysicalMemory, capsys: pytest.CaptureFixture,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    pool = Pool("leaky", memory=mem)
+    a = [pool.malloc(100) for _ in range(73)]       # class 112: one FULL zspage
+    b = [pool.malloc(100) for _ in range(2)]        # ... and one ALMOST_EMPTY
+    c = pool.malloc(3000)                           # class 3072: ALMOST_EMPTY
+    total = pool.total_pages
+    caplog.set_level("DEBUG")
+    pool.destroy()
+    out = capsys.readouterr()
+    text = out.out + out.err + caplog.text
+    lines = sorted(l[l.index("Freeing"):] for l in text.splitlines() if "Freeing non-empty" in l)
+    assert lines == sorted([
+        "Freeing non-empty class with size 112b, fullness group 1",
+        "Freeing non-empty class with size 112b, fullness group 3",
+        "Freeing non-empty class with size 3072b, fullness group 1",
+    ]), text
+    assert pool.total_pages == total, "pages_allocated is not reset (the pages leak)"
+    del a, b, c
+
+
+def test_e24_handle_cell_and_header_tags(pool: Pool, mem: PhysicalMemory) -> None:
+    hs = [pool.malloc(100) for _ in range(10)] + [pool.malloc(40) for _ in range(100)]
+    for h in hs[::2]:
+        pool.free(h)
+    live = hs[1::2]
+    for h in live:
+        obj = ai.obj_of(pool, h)
+        assert obj & 1 == 0, "*handle always has the tag bit clear"
+        assert ai.header_word(pool, h) == h | 1
+        assert h & 1 == 0, "handles are aligned: bit 0 is free for the tag"
+    for z in {id(ai.zspage_of(pool, h)): ai.zspage_of(pool, h) for h in live}.values():
+        assert ai.free_slots(pool, z), "the scenario leaves free slots in every zspage"
+        for idx in ai.free_slots(pool, z):
+            w = ai.slot_word(pool, z, idx)
+            assert w & 1 == 0, f"free slot {idx}: first word {w:#x} must have bit 0 clear"
+    check_pool_invariants(pool, {h: (100 if i < 5 else 40) for i, h in enumerate(live)})
