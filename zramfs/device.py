@@ -293,8 +293,7 @@ class ZramDevice:
         self.pool = None
         self.disksize = 0
         if meta is not None:
-            meta.pool.destroy()
-            meta.table.release()
+            self._meta_free(meta)
         self.comp_algs = [codecs.DEFAULT_ALGORITHM, None, None, None]
         self.comp_params = [CompParams() for _ in range(ZRAM_MAX_COMPS)]
         for s in self._stripes:
@@ -303,6 +302,20 @@ class ZramDevice:
         if self.backing is not None:
             self.backing.close()
             self.backing = None
+
+    def _meta_free(self, meta: _Meta) -> None:
+        """zram_meta_free(): free every slot, then destroy the pool.
+
+        zs_destroy_pool() does not free live objects (5.17 reports and leaks them), and
+        the frames belong to the registry's shared PhysicalMemory, so every stored object
+        must go back first.
+        """
+        t = meta.table
+        with self._all_stripes():
+            for index in np.flatnonzero(t.allocated_mask()).tolist():
+                self._slot_free(meta, index, self._stripes[index & STRIPE_MASK].counters)
+        meta.pool.destroy()
+        t.release()
 
     # ------------------------------------------------------------------ configuration
     def set_comp_algorithm(self, name: str, prio: int = ZRAM_PRIMARY_COMP) -> None:

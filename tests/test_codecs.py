@@ -1,0 +1,168 @@
+"""zramfs.codecs: every backend round-trips pages, honours levels and dictionaries, keeps
+per-thread contexts, and reports corrupt input as CodecError (EIO)."""
+from __future__ import annotations
+
+import errno
+import random
+import threading
+import zlib
+
+import pytest
+import zstandard
+
+from zramfs import codecs
+from zramfs.errors import CodecError, ZramError
+
+from zram_data import PAGE, corpus, half_page, random_page, same_page, text_page
+
+ALGS = codecs.AVAILABLE
+
+
+def test_available_lists_only_real_backends_in_kernel_order():
+    assert ALGS == ("lz4", "lz4hc", "zstd", "deflate")
+    assert codecs.DEFAULT_ALGORITHM in ALGS
+    for name in ALGS:
+        assert codecs.get_codec(name).name == name
+
+
+@pytest.mark.parametrize("name", ALGS)
+def test_roundtrip_mixed_pages(name):
+    rng = random.Random(1)
+    c = codecs.get_codec(name)
+    for page in [text_page(rng) for _ in range(20)] + [random_page(rng), half_page(rng),
+                                                       same_page(0), same_page(0xdeadbeef)]:
+        data = c.compress(page)
+        assert isinstance(data, bytes)
+        assert c.decompress(data) == page
+
+
+@pytest.mark.parametrize("name", ALGS)
+def test_text_compresses_random_does_not(name):
+    rng = random.Random(2)
+    c = codecs.get_codec(name)
+    assert len(c.compress(text_page(rng))) < PAGE * 0.7
+    # incompressible input may come out larger than the page (the kernel gives 2*PAGE_SIZE)
+    assert len(c.compress(random_page(rng))) >= PAGE - 64
+
+
+def test_default_levels_match_kernel_backends():
+    assert codecs.get_codec("lz4").level == 1          # LZ4_ACCELERATION_DEFAULT
+    assert codecs.get_codec("lz4hc").level == 9        # LZ4HC_DEFAULT_CLEVEL
+    assert codecs.get_codec("zstd").level == 3         # ZSTD_CLEVEL_DEFAULT
+    assert codecs.get_codec("deflate").level == zlib.Z_DEFAULT_COMPRESSION
+    assert codecs.get_codec("deflate").winbits == 11   # DEFLATE_DEF_WINBITS
+
+
+def test_levels_change_output():
+    rng = random.Random(3)
+    pages = [text_page(rng) for _ in range(30)]
+
+    def total(name, level):
+        c = codecs.get_codec(name, level=level)
+        out = [c.compress(p) for p in pages]
+        assert [c.decompress(o) for o in out] == pages
+        return sum(map(len, out))
+
+    assert total("zstd", 19) < total("zstd", 1)
+    assert total("lz4", 32) > total("lz4", 1)          # acceleration trades ratio for speed
+    assert total("lz4hc", 12) <= total("lz4hc", 3)
+    assert total("deflate", 9) <= total("deflate", 1)
+
+
+def test_deflate_is_raw_with_window_bits():
+    page = text_page(random.Random(4))
+    c = codecs.get_codec("deflate", winbits=15)
+    data = c.compress(page)
+    assert zlib.decompress(data, -15) == page          # raw stream, no zlib header
+    with pytest.raises(ZramError) as ei:
+        codecs.get_codec("deflate", winbits=20)
+    assert ei.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("name", ALGS)
+def test_dictionary_improves_ratio_and_is_required(name):
+    rng = random.Random(5)
+    text = corpus()
+    samples = [text_page(rng) for _ in range(300)]
+    if name == "zstd":
+        dictionary = zstandard.train_dictionary(16384, samples).as_bytes()
+    else:
+        dictionary = text[: 32768]
+    plain = codecs.get_codec(name)
+    with_dict = codecs.get_codec(name, dictionary=dictionary)
+    pages = [text_page(rng) for _ in range(40)]
+    plain_total = sum(len(plain.compress(p)) for p in pages)
+    dict_out = [with_dict.compress(p) for p in pages]
+    assert [with_dict.decompress(d) for d in dict_out] == pages
+    assert sum(map(len, dict_out)) < plain_total
+    # the same objects cannot be decoded without the dictionary
+    failures = 0
+    for d, p in zip(dict_out, pages):
+        try:
+            failures += plain.decompress(d) != p
+        except CodecError:
+            failures += 1
+    assert failures > 0
+
+
+@pytest.mark.parametrize("name", ALGS)
+def test_corrupt_and_short_input_is_codec_error(name):
+    rng = random.Random(6)
+    c = codecs.get_codec(name)
+    page = text_page(rng)
+    data = c.compress(page)
+    for bad in (data[: len(data) // 2], b"\xff" * 40, b""):
+        with pytest.raises(CodecError) as ei:
+            out = c.decompress(bad)
+            # some truncations decode "successfully" to fewer bytes: that is an error too
+            assert len(out) == PAGE
+            raise AssertionError("decoded corrupt input")
+        assert ei.value.errno == errno.EIO
+    # a valid object of a shorter page is not a full page
+    short = c.compress(page[:100])
+    with pytest.raises(CodecError):
+        c.decompress(short)
+
+
+def test_unknown_algorithm_is_einval():
+    for name in ("lzo-rle-x", "", "LZ4", "842"):
+        with pytest.raises(ZramError) as ei:
+            codecs.get_codec(name)
+        assert ei.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("name", ALGS)
+def test_one_codec_shared_by_threads(name):
+    """Per-thread contexts: concurrent use of one codec object never mixes streams."""
+    c = codecs.get_codec(name, level=None)
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(150):
+                p = text_page(rng) if rng.random() < 0.8 else random_page(rng)
+                if c.decompress(c.compress(p)) != p:
+                    raise AssertionError("round trip mismatch")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+
+
+def test_zstd_contexts_are_per_thread_and_reused():
+    c = codecs.get_codec("zstd")
+    page = text_page(random.Random(7))
+    c.compress(page)
+    mine = c._ctx()
+    assert c._ctx()[0] is mine[0]           # reused on this thread
+    other = []
+    t = threading.Thread(target=lambda: other.append(c._ctx()))
+    t.start()
+    t.join()
+    assert other[0][0] is not mine[0]       # another thread has its own
