@@ -16,6 +16,7 @@ Owns the command line and the process life cycle of a mount:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -137,6 +138,8 @@ def _serve(args: argparse.Namespace, on_ready) -> int:
 
     def ready() -> None:
         daemon.start()
+        if args.pidfile:
+            Path(args.pidfile).write_text(f"{os.getpid()}\n")
         on_ready()
 
     ops = ops_cls(tree, image_cache=args.image_cache, on_init=ready, on_destroy=daemon.stop)
@@ -144,12 +147,18 @@ def _serve(args: argparse.Namespace, on_ready) -> int:
         fs.serve(ops, args.mountpoint, allow_other=args.allow_other)
     finally:
         daemon.stop()
+        if args.pidfile:
+            with contextlib.suppress(OSError):
+                os.unlink(args.pidfile)
     return 0
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
     mnt = os.path.abspath(args.mountpoint)
     args.mountpoint = mnt
+    # The daemon chdirs to / : make every path it keeps absolute.
+    args.pidfile = os.path.abspath(args.pidfile) if args.pidfile else None
+    args.log = os.path.abspath(args.log) if args.log else None
     if not os.path.isdir(mnt):
         print(f"zramfs: mount point {mnt} is not a directory", file=sys.stderr)
         return 1
@@ -373,6 +382,7 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument("--allow-other", action="store_true",
                    help="let other users in (adds default_permissions)")
     m.add_argument("--log", default=None, help="daemon stderr goes here (default /dev/null)")
+    m.add_argument("--pidfile", default=None, help="write the serving process's pid here")
     m.add_argument("--ready-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     m.set_defaults(func=cmd_mount)
 
