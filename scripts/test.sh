@@ -22,7 +22,8 @@ APT_PKGS=(fuse3 fio e2fsprogs util-linux procps kmod nbdkit libnbd-bin)
 apt_candidate() {  # prints the first of the given names that apt can install
     local p
     for p in "$@"; do
-        if apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+        # no `| grep -q` under pipefail: grep's early exit can SIGPIPE the writer
+        if apt-cache policy "$p" 2>/dev/null | grep 'Candidate: [0-9]' >/dev/null; then
             echo "$p"; return 0
         fi
     done
@@ -34,8 +35,9 @@ system_missing() {  # prints a reason for each system prerequisite that is absen
     for c in fio mkfs.ext4 losetup mkswap swapon fusermount3 modprobe nbdkit nbdfuse; do
         command -v "$c" >/dev/null 2>&1 || echo "command $c"
     done
-    ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2' || echo "libfuse.so.2"
-    ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || echo "libfuse3.so.3"
+    local libs; libs="$(ldconfig -p 2>/dev/null || true)"
+    grep -q 'libfuse\.so\.2' <<<"$libs" || echo "libfuse.so.2"
+    grep -q 'libfuse3\.so\.3' <<<"$libs" || echo "libfuse3.so.3"
 }
 
 install_system() {
