@@ -5,6 +5,7 @@
 #   scripts/test.sh -k nullfs -x    # extra arguments go to pytest
 #   scripts/test.sh --deps-only     # only install what is missing (used by the other scripts)
 #   ZRAMFS_NO_INSTALL=1 scripts/test.sh   # never install anything, just run pytest
+#   ZRAMFS_TEST_TIMEOUT=3600              # seconds before the whole pytest run is stopped
 #
 # It is the README's test command and what CI (.ci/run) runs. It exits with pytest's exit code.
 # Installing needs root (apt-get, modprobe, pip); without root it only reports what is missing.
@@ -130,9 +131,14 @@ sys.exit(1)' || problems+=("no usable FUSE binding (mfusepy/fusepy + libfuse)")
     fi
 fi
 
-log "$("$PY" --version 2>&1); running: $PY -m pytest -q $*"
+# A hung FUSE request must not eat CI's 90 minutes silently: cap the whole run (default 60 min).
+limit="${ZRAMFS_TEST_TIMEOUT:-3600}"
+log "$("$PY" --version 2>&1); running: $PY -m pytest -q $* (time limit ${limit}s)"
 set +e
-"$PY" -m pytest -q "$@"
+timeout --kill-after=30 "$limit" "$PY" -m pytest -q "$@"
 rc=$?
 set -e
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    log "pytest did not finish in ${limit}s (exit $rc); FUSE mounts now: $(grep -c ' fuse' /proc/mounts || true)"
+fi
 exit "$rc"
