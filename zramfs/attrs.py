@@ -157,13 +157,15 @@ def next_args(text: str) -> list[tuple[str, str | None]]:
                 in_quote = not in_quote
             i += 1
         token = text[start:i]
+        if token.startswith('"'):   # a quoted whole argument: "key=value with spaces"
+            token = token[1:-1] if len(token) > 1 and token.endswith('"') else token[1:]
         if "=" in token:
             key, _, val = token.partition("=")
-            if len(val) >= 2 and val.startswith('"') and val.endswith('"'):
-                val = val[1:-1]
-            out.append((key.replace('"', ""), val))
+            if val.startswith('"'):
+                val = val[1:-1] if len(val) > 1 and val.endswith('"') else val[1:]
+            out.append((key, val))
         else:
-            out.append((token.replace('"', ""), None))
+            out.append((token, None))
 
 
 def _require_value(key: str, val: str | None) -> str:
