@@ -18,7 +18,9 @@ FUSE choices (see `mount_options`):
   for shared writable mmap, e.g. LTP zram03).
 - ``getxattr``/``setxattr``/``listxattr``/``removexattr`` are left unregistered: libfuse answers
   ENOSYS, the kernel sets ``no_getxattr`` and stops sending a GETXATTR before every WRITE.
-- ``max_write``/``max_read`` 128 KiB (+ ``big_writes`` on libfuse 2, where it exists).
+- ``max_write``/``max_read`` 128 KiB (+ ``big_writes`` on libfuse 2, where it exists; on
+  libfuse 3 ``max_write`` goes into the connection info at init).  libfuse 2 is what mfusepy
+  loads by default; ``FUSE_LIBRARY_NAME=fuse3`` selects libfuse 3, which works too.
 - ``attr_timeout=0``/``entry_timeout=0``/``negative_timeout=0``: disksize and hot_add change
   sizes and directory contents behind the kernel's back, so nothing may be cached.
 - multithreaded loop: lz4/zstd release the GIL, and a loop device or fio issue parallel I/O.
@@ -116,8 +118,16 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def init(self, path: str) -> None:
+        """fusepy's hook (mfusepy calls init_with_config instead)."""
         if self._on_init is not None:
             self._on_init()
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """mfusepy's hook: libfuse 3 takes max_write here (it is no mount option there)."""
+        if conn is not None and FUSE_MAJOR >= 3:
+            conn.max_write = MAX_IO
+            conn.max_read = MAX_IO      # must equal the max_read mount option (3.14 checks)
+        self.init("/")
 
     def destroy(self, path: str) -> None:
         if self._on_destroy is not None:
@@ -371,14 +381,16 @@ def mount_options(*, allow_other: bool = False, fsname: str = "zramfs") -> dict[
     opts: dict[str, Any] = {
         "fsname": fsname,
         "subtype": "zramfs",
-        "max_write": MAX_IO,
         "max_read": MAX_IO,
         "attr_timeout": 0,
         "entry_timeout": 0,
         "negative_timeout": 0,
     }
     if FUSE_MAJOR == 2:
-        opts["big_writes"] = True          # removed (always on) in libfuse 3, rejected by 3.15+
+        # libfuse 3 rejects both as mount options: big_writes is always on there, and
+        # max_write is set in init_with_config.
+        opts["big_writes"] = True
+        opts["max_write"] = MAX_IO
     if allow_other:
         opts["allow_other"] = True
         opts["default_permissions"] = True  # then the kernel enforces the modes per user
