@@ -208,3 +208,84 @@ def test_whole_device_same_filled_then_verify(zmount):
     assert mm[2] <= 4 * PAGE                  # mem_used_total: only the last page's zspage
     m.write_attr("reset", "1")
     assert m.mm_stat()[0] == 0
+
+
+def test_mmap_shared_needs_image_cache(zmount):
+    """With direct_io (the default) the kernel refuses shared mappings of the image (ENODEV);
+    private read-only ones work.  --image-cache serves the image through the page cache, so
+    LTP zram03's MAP_SHARED fill + verify works there."""
+    size = 4 * MiB
+    m = zmount("--size", str(size))
+    with opened(m.image()) as fd:
+        expect_errno(errno.ENODEV, mmap.mmap, fd, size, mmap.MAP_SHARED,
+                     mmap.PROT_READ | mmap.PROT_WRITE)
+        os.pwrite(fd, b"q" * PAGE, 0)
+        ro = mmap.mmap(fd, size, mmap.MAP_PRIVATE, mmap.PROT_READ)
+        assert ro[:PAGE] == b"q" * PAGE
+        ro.close()
+
+    m = zmount("--size", str(size), "--image-cache")
+    with opened(m.image()) as fd:
+        mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        mm[:] = b"a" * size
+        mm[size - 1:size] = b"\0"
+        mm.flush()
+        mm.close()
+    with opened(m.image(), os.O_RDONLY) as fd:
+        ro = mmap.mmap(fd, size, mmap.MAP_PRIVATE, mmap.PROT_READ)
+        assert ro[:size - 1] == b"a" * (size - 1) and ro[size - 1] == 0
+        ro.close()
+    assert m.mm_stat()[5] == size // PAGE - 1          # same_pages
+
+
+def test_parallel_io_with_compaction(zmount):
+    """Writers on disjoint regions, readers, the daemon at full speed, and explicit compact /
+    compact_memory writes at the same time: every byte reads back."""
+    import threading
+
+    size = 8 * MiB
+    m = zmount("--size", str(size), "--compact-interval", "0", "--compact-threshold", "1")
+    nthreads = 4
+    region = size // nthreads
+    errors: list[BaseException] = []
+    models = [bytearray(region) for _ in range(nthreads)]
+    stop = threading.Event()
+
+    def writer(i: int) -> None:
+        rng = random.Random(100 + i)
+        base = i * region
+        try:
+            with opened(m.image()) as fd:
+                for _ in range(150):
+                    off = rng.randrange(region - 1)
+                    n = rng.randrange(1, min(region - off, 40000) + 1)
+                    data = (rng.randbytes(n) if rng.random() < 0.3 else text_bytes(rng, n))
+                    os.pwrite(fd, data, base + off)
+                    models[i][off:off + n] = data
+                    roff = rng.randrange(region - 100)
+                    assert os.pread(fd, 100, base + roff) == bytes(models[i][roff:roff + 100])
+        except BaseException as exc:
+            errors.append(exc)
+
+    def compactor() -> None:
+        try:
+            while not stop.is_set():
+                m.write_attr("compact", "1")
+                with open(m.path / "proc/sys/vm/compact_memory", "w") as f:
+                    f.write("1")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(nthreads)]
+    comp = threading.Thread(target=compactor)
+    comp.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    stop.set()
+    comp.join(30)
+    assert not errors, errors[0]
+    with opened(m.image(), os.O_RDONLY) as fd:
+        for i in range(nthreads):
+            assert os.pread(fd, region, i * region) == bytes(models[i]), i

@@ -232,7 +232,13 @@ def _wait_ready(rfd: int, pid: int, mnt: str, timeout: float) -> int:
         chunks.append(data)
         if b"".join(chunks).startswith(READY):
             os.close(rfd)
-            return 0
+            # init ran; make sure libfuse did not give up right after it (it validates some
+            # init results only then) and that the tree answers.
+            if mnt in zramfs_mounts() and os.path.isdir(os.path.join(mnt, "sys", "block")):
+                return 0
+            print(f"zramfs: {mnt}: the daemon exited right after the FUSE handshake",
+                  file=sys.stderr)
+            return 1
     os.close(rfd)
     message = b"".join(chunks).decode(errors="replace").strip()
     if not message:
