@@ -583,6 +583,57 @@ def test_e16_largest_class_first(pool: Pool, monkeypatch: pytest.MonkeyPatch) ->
     assert sizes == sorted(sizes, reverse=True) and len(sizes) >= 3, sizes
 
 
+# E16, contention: a queued migrate_lock waiter ends compaction of the class after the
+# current destination fills up; see test_compaction_contention.py
+# (test_compaction_gives_way_to_a_queued_reader), which arranges it deterministically.
+
+
+def test_e17_compactor_waits_for_mapped_source(pool: Pool) -> None:
+    """E17: with an object of the source mapped, compaction blocks holding migrate_lock;
+    zs_free on another class blocks, zs_malloc on another class proceeds; all finish after
+    the unmap. (More in test_compaction_contention.py.)"""
+    a = [pool.malloc(100) for _ in range(73)]
+    s = [pool.malloc(100) for _ in range(73)]
+    for h in a[60:] + s[5:]:
+        pool.free(h)
+    other = pool.malloc(3000)
+    zs = ai.zspage_of(pool, s[0])
+    mapped, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with pool.map_object(s[0], MapMode.RO):
+            mapped.set()
+            release.wait(20)
+
+    def bg(fn) -> tuple[threading.Thread, list]:
+        out: list = []
+        t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+        t.start()
+        return t, out
+
+    th = threading.Thread(target=holder, daemon=True)
+    th.start()
+    assert mapped.wait(10)
+    tc, freed = bg(pool.compact)
+    deadline = time.monotonic() + 10
+    while not zs.lock.is_contended():
+        assert time.monotonic() < deadline, "compaction never blocked on the mapped source"
+        time.sleep(0.001)
+    assert ai.migrate_lock(pool).is_write_locked()
+    tf, _ = bg(lambda: pool.free(other))
+    tm, got = bg(lambda: pool.malloc(1000))
+    tm.join(5)
+    assert not tm.is_alive() and got and got[0], "zs_malloc of another class must proceed"
+    time.sleep(0.05)
+    assert tf.is_alive(), "zs_free must wait for migrate_lock"
+    release.set()
+    for t in (th, tc, tf):
+        t.join(10)
+        assert not t.is_alive()
+    assert freed == [2], "after the unmap the source is drained and freed"
+    check_pool_invariants(pool, {**{h: 100 for h in a[:60] + s[:5]}, got[0]: 1000})
+
+
 # ---------------------------------------------------------------------------------------------
 # Migration
 
@@ -616,7 +667,7 @@ def test_e18_isolate_putback_and_migrate(pool: Pool, mem: PhysicalMemory) -> Non
     check_pool_invariants(pool, {h: 40 for h in hs})
 
 
-def test_e18_migrate_empty_zspage_waiting_for_deferred_free_e19(pool: Pool,
+def test_e19_migrate_empty_zspage_waiting_for_deferred_free(pool: Pool,
                                                                 mem: PhysicalMemory) -> None:
     """E19: an EMPTY zspage waiting for the async free can have a page migrated; the async
     free must then free the *new* page (the fixed lock_zspage, or an equivalent)."""
@@ -639,8 +690,46 @@ def test_e18_migrate_empty_zspage_waiting_for_deferred_free_e19(pool: Pool,
     assert mem.nr_used == 0, "every frame of the deferred zspage, old or migrated, is freed"
 
 
+def test_e19_async_free_races_with_migration(pool: Pool, mem: PhysicalMemory,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """E19, threaded: the async worker locks the pages of a deferred EMPTY zspage while a
+    migrator moves those very pages. With the fixed lock_zspage every frame is freed once."""
+    base = mem.nr_used
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    targets: list[int] = []
+
+    def migrator() -> None:
+        try:
+            while not stop.is_set():
+                for p in list(targets):
+                    mem.migrate_pfn(p)
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    t = threading.Thread(target=migrator, daemon=True)
+    t.start()
+    try:
+        for _ in range(150):
+            hs = _fresh_class48(pool, 4)
+            pages = ai.zspage_pfns(pool, ai.zspage_of(pool, hs[0]))
+            targets[:] = pages
+            mem.lock_page(pages[2])
+            for h in hs:
+                pool.free(h)
+            mem.unlock_page(pages[2])   # the worker and the migrator now race
+            ai.flush_deferred(pool)
+            assert pool.total_pages == 0
+    finally:
+        stop.set()
+        t.join(10)
+    assert not errors, errors
+    assert "async_free_zspage failed" not in caplog.text
+    assert mem.nr_used == base, "a frame leaked or was freed twice"
+
+
 # ---------------------------------------------------------------------------------------------
-# E19 / E20
+# E20
 
 def test_e20_fresh_zspage_first_object_at_offset_zero(pool: Pool) -> None:
     for size in (100, 1000, 3000, 40):
