@@ -95,6 +95,12 @@ def make_operations(mod, size: int, image_cache: bool = False):
             self.times = {"st_atime": now, "st_mtime": now, "st_ctime": now}
             self.uid, self.gid = os.getuid(), os.getgid()
 
+        def init_with_config(self, conn, config):
+            """mfusepy on libfuse 3: max_write is no mount option there, it is set here."""
+            if conn is not None and fuse_major(mod) >= 3:
+                conn.max_write = MAX_IO
+                conn.max_read = MAX_IO  # must equal the max_read mount option (3.14 checks)
+
         # --- tree -------------------------------------------------------------------------
         def getattr(self, path, fh=None):
             if path in ("/", "/dev"):
@@ -213,14 +219,16 @@ def mount_options(mod, fsname: str = "nullfs") -> dict:
     opts = dict(
         fsname=fsname,
         subtype="nullfs",
-        max_write=MAX_IO,
         max_read=MAX_IO,
         attr_timeout=0,
         entry_timeout=0,
         negative_timeout=0,
     )
     if fuse_major(mod) == 2:
-        opts["big_writes"] = True  # libfuse 3 always has it and rejects the option
+        # libfuse 3 rejects both as mount options: big_writes is always on there, and max_write
+        # goes into the connection info in init_with_config (see NullFS)
+        opts["big_writes"] = True
+        opts["max_write"] = MAX_IO
     return opts
 
 
