@@ -163,3 +163,13 @@ def test_mount_errors_are_reported(daemonised, tmp_path):
     d.mount("--size", "4M")
     res = zramfs_cli("mount", str(d.mnt), check=False)
     assert res.returncode == 1 and "already" in res.stderr
+
+
+def test_allow_other_adds_default_permissions(daemonised):
+    d = daemonised
+    d.mount("--size", "1M", "--allow-other")
+    opts = [ln.split()[3] for ln in open("/proc/self/mounts") if ln.split()[1] == str(d.mnt)]
+    assert opts and "allow_other" in opts[0] and "default_permissions" in opts[0]
+    pid = d.pid
+    zramfs_cli("umount", str(d.mnt))
+    assert d.wait_gone(pid)

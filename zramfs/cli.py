@@ -328,7 +328,8 @@ def device_rows(mnt: str, *, include_all: bool = False) -> list[dict[str, Any]]:
 
 def format_table(rows: list[dict[str, Any]], *, raw_bytes: bool = False) -> str:
     def cell(key: str, value: Any) -> str:
-        if key in ("name", "algorithm", "streams", "zero-pages") or raw_bytes:
+        # Counts stay counts (zramctl prints MIGRATED like a size; a page count is clearer).
+        if key in ("name", "algorithm", "streams", "zero-pages", "migrated") or raw_bytes:
             return str(value)
         return human(int(value))
 

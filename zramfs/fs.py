@@ -192,7 +192,11 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
                 "f_bavail": free, "f_namemax": 255}
 
     def access(self, path: str, amode: int) -> int:
-        self._node(path)
+        # What access(2) gives root on sysfs: read/write pass (DAC override; open() applies
+        # the sysfs rule), execute needs an x bit, which only directories have.
+        node = self._node(path)
+        if amode & os.X_OK and not node.is_dir:
+            raise FuseOSError(errno.EACCES)
         return 0
 
     # The tree is fixed: answer what a sysfs/procfs user would see.
