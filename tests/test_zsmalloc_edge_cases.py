@@ -856,3 +856,170 @@ def test_e24_handle_cell_and_header_tags(pool: Pool, mem: PhysicalMemory) -> Non
             w = ai.slot_word(pool, z, idx)
             assert w & 1 == 0, f"free slot {idx}: first word {w:#x} must have bit 0 clear"
     check_pool_invariants(pool, {h: (100 if i < 5 else 40) for i, h in enumerate(live)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Beyond §6: contracts of the port around the edge cases (failure paths, shared memory,
+# the other class-table configurations).
+
+def test_e1_out_of_memory_leaves_the_pool_consistent() -> None:
+    mem = PhysicalMemory(max_pages=5)
+    pool = Pool("small", memory=mem)
+    a = pool.malloc(3000)                      # class 3072: 3 pages
+    with pytest.raises(MemoryError):
+        pool.malloc(3256)                      # class 3264 needs 4 pages; only 2 are left
+    assert mem.nr_used == 3, "pages of the half-built zspage must be given back"
+    assert pool.total_pages == 3
+    b = pool.malloc(3000)                      # the existing zspage still has room
+    assert ai.zspage_of(pool, a) is ai.zspage_of(pool, b)
+    check_pool_invariants(pool, {a: 3000, b: 3000})
+    pool.free(a)
+    pool.free(b)
+    c = pool.malloc(3256)                      # memory came back: now it fits
+    check_pool_invariants(pool, {c: 3256})
+
+
+def test_e14_shrinker_scan_returns_shrink_stop_when_nothing_freed(pool: Pool) -> None:
+    from allocator import SHRINK_STOP
+    hs = [pool.malloc(100) for _ in range(73 * 2)]
+    assert pool.shrink() == SHRINK_STOP
+    for h in hs[3:73] + hs[73 + 3:]:
+        pool.free(h)
+    assert pool.shrink() == 2
+    assert pool.shrink() == SHRINK_STOP
+
+
+def test_e22_nested_mapping_is_refused_without_leaking_locks(pool: Pool, mem: PhysicalMemory) -> None:
+    hs, a, b = _spanning_pair(pool)
+    pool.write_object(a, fill(40, 1))
+    with pool.map_object(a, MapMode.RW) as buf:
+        with pytest.raises(RuntimeError):
+            with pool.map_object(b, MapMode.RO):
+                pass
+        with pytest.raises(RuntimeError):
+            pool.read_object(b, 40)
+        buf[:4] = b"abcd"
+    assert pool.read_object(a, 4) == b"abcd"
+    # No zspage read lock may be left behind: migration needs the write lock.
+    (pfn, _) = ai.location(pool, b)
+    done = threading.Event()
+    threading.Thread(target=lambda: (mem.migrate_pfn(pfn), done.set()), daemon=True).start()
+    assert done.wait(5), "migration blocked: a zspage lock leaked from the refused mapping"
+
+
+def test_exception_in_mapping_body_unmaps(pool: Pool, mem: PhysicalMemory) -> None:
+    hs, a, _ = _spanning_pair(pool)
+    with pytest.raises(KeyError):
+        with pool.map_object(a, MapMode.RW) as buf:
+            buf[:3] = b"xyz"
+            raise KeyError("boom")
+    assert pool.read_object(a, 3) == b"xyz", "RW unmap still copies back on an exception"
+    with pool.map_object(a, MapMode.RO):
+        pass  # a second mapping in this thread works: the first was unmapped
+    assert pool.compact() >= 0
+    with pytest.raises(ValueError):
+        pool.map_object(0, MapMode.RO).__enter__()
+    with pool.map_object(a, MapMode.RO):
+        pass
+
+
+def test_two_pools_share_memory_and_migrate(mem: PhysicalMemory) -> None:
+    set_lockdep(True)
+    try:
+        p1, p2 = Pool("zram0", memory=mem), Pool("zram1", memory=mem)
+        live: list[dict[int, bytes]] = [{}, {}]
+        for i in range(600):
+            p = (p1, p2)[i % 2]
+            size = (40, 1000, 3000, 4096)[i % 4]
+            h = p.malloc(size)
+            p.write_object(h, fill(size, i))
+            live[i % 2][h] = fill(size, i)
+        for k, p in enumerate((p1, p2)):
+            for j, h in enumerate(list(live[k])):
+                if j % 3:
+                    p.free(h)
+                    del live[k][h]
+        hw = mem.high_water
+        res = mem.compact()
+        assert res.migrated > 0 and mem.high_water < hw
+        for k, p in enumerate((p1, p2)):
+            for h, want in live[k].items():
+                assert p.read_object(h, len(want)) == want
+            check_pool_invariants(p, {h: len(v) for h, v in live[k].items()})
+        assert p1.total_pages + p2.total_pages == mem.nr_used
+    finally:
+        set_lockdep(False)
+
+
+@pytest.mark.parametrize("chain,rule,classes,huge", [(8, "max-used", 123, 3625),
+                                                     (8, "min-waste", 119, 3625),
+                                                     (4, "min-waste", 69, 3257)])
+def test_e3_other_chain_sizes(mem: PhysicalMemory, chain: int, rule: str, classes: int,
+                              huge: int) -> None:
+    """§7.3: 123 classes for chain 8 with the 5.17 rule ([DOC] oracle), 119 with the
+    min-waste rule of current kernels; huge_class_size 3625 for chain 8."""
+    pool = Pool("c8", memory=mem, chain_size=chain, chain_rule=rule)
+    t = ai.parse_classes_table(pool.classes_table())
+    assert len(t.rows) == classes
+    assert pool.huge_class_size == huge
+    assert t.rows[225].size == 3632 if chain == 8 else t.rows[202].size == 3264
+    if chain == 8:
+        assert (t.rows[225].pages_per_zspage, t.rows[222].pages_per_zspage) == (8, 7)
+        h = pool.malloc(3624)
+        assert ai.class_of(pool, ai.zspage_of(pool, h)).size == 3632
+        h2 = pool.malloc(3625)
+        assert ai.zspage_of(pool, h2).huge
+        if rule == "min-waste":
+            assert (t.rows[7].size, t.rows[7].pages_per_zspage) == (144, 7)  # 3/85 -> 7/199
+        else:
+            assert (t.rows[7].size, t.rows[7].pages_per_zspage) == (144, 3)
+        pool.free(h)
+        pool.free(h2)
+    # a mixed workload keeps the table self-consistent on the wider chains too
+    live = {}
+    for i in range(400):
+        s = (40, 100, 1000, 2000, 3000, 3600)[i % 6]
+        live[pool.malloc(s)] = s
+    for j, h in enumerate(list(live)):
+        if j % 2:
+            pool.free(h)
+            del live[h]
+    pool.compact()
+    t = ai.parse_classes_table(pool.classes_table())
+    assert t.total[3] == len(live)
+    assert t.total[4] == pool.total_pages
+    pool.check_invariants()
+
+
+def test_e18_migration_without_a_free_frame_puts_the_page_back() -> None:
+    mem = PhysicalMemory(max_pages=3)
+    pool = Pool("full", memory=mem)
+    hs = [pool.malloc(40) for _ in range(10)]          # class 48: 3 pages, memory now full
+    for i, h in enumerate(hs):
+        pool.write_object(h, fill(40, i))
+    z = ai.zspage_of(pool, hs[0])
+    pages = ai.zspage_pfns(pool, z)
+    assert mem.nr_free == 0
+    assert mem.migrate_pfn(pages[1]) is False          # no target frame: putback
+    assert z.isolated == 0 and ai.zspage_pfns(pool, z) == pages
+    assert not mem.flags[pages[1]] & 0x04, "PG_isolated cleared on putback"
+    assert mem.compact().migrated == 0
+    for i, h in enumerate(hs):
+        assert pool.read_object(h, 40) == fill(40, i)
+    check_pool_invariants(pool, {h: 40 for h in hs})
+
+
+def test_e18_migrate_pfn_refuses_frames_the_pool_does_not_own(pool: Pool,
+                                                             mem: PhysicalMemory) -> None:
+    other = mem.alloc_page()                            # not movable: someone else's page
+    h = pool.malloc(100)
+    (pfn, _) = ai.location(pool, h)
+    assert mem.migrate_pfn(other) is False
+    assert mem.migrate_pfn(mem.high_water + 5) is False  # beyond the high-water mark
+    mem.lock_page(pfn)
+    try:
+        assert mem.migrate_pfn(pfn) is False            # busy page lock: skipped, not waited
+    finally:
+        mem.unlock_page(pfn)
+    assert ai.location(pool, h)[0] == pfn
+    check_pool_invariants(pool, {h: 100})
