@@ -166,3 +166,14 @@ def test_zstd_contexts_are_per_thread_and_reused():
     t.start()
     t.join()
     assert other[0][0] is not mine[0]       # another thread has its own
+
+
+def test_parameters_are_checked_when_the_codec_is_created():
+    assert codecs.get_codec("zstd", level=100).level == zstandard.MAX_COMPRESSION_LEVEL  # clamped
+    for kw in ({"level": 10}, {"level": -2}):
+        with pytest.raises(ZramError) as ei:
+            codecs.get_codec("deflate", **kw)
+        assert ei.value.errno == errno.EINVAL
+    c = codecs.get_codec("lz4", level=-3)      # acceleration < 1 means the default
+    page = text_page(random.Random(8))
+    assert c.decompress(c.compress(page)) == page

@@ -74,7 +74,10 @@ class Lz4Codec(Codec):
         self._dkw: dict[str, object] = {"dict": self.dictionary} if self.dictionary else {}
 
     def compress(self, page: bytes) -> bytes:
-        return lz4.block.compress(page, **self._ckw)
+        try:
+            return lz4.block.compress(page, **self._ckw)
+        except lz4.block.LZ4BlockError as exc:
+            raise CodecError(f"{self.name}: compression failed: {exc}") from None
 
     def decompress(self, data: bytes, out_len: int = PAGE_SIZE) -> bytes:
         try:
@@ -113,6 +116,8 @@ class ZstdCodec(Codec):
     default_level = 3  # ZSTD_CLEVEL_DEFAULT
 
     def __init__(self, *, level: int | None = None, dictionary: bytes | None = None) -> None:
+        if level is not None and level > zstandard.MAX_COMPRESSION_LEVEL:
+            level = zstandard.MAX_COMPRESSION_LEVEL  # ZSTD_getCParams() clamps like this
         super().__init__(level=level, dictionary=dictionary)
         self._dict = zstandard.ZstdCompressionDict(self.dictionary) if self.dictionary else None
         if self._dict is not None:
@@ -120,6 +125,10 @@ class ZstdCodec(Codec):
                 self._dict.precompute_compress(level=self.level)
             except zstandard.ZstdError as exc:
                 raise InvalidInput(f"zstd dictionary rejected: {exc}") from None
+        try:  # build this thread's contexts now: bad parameters fail at disksize time
+            self._ctx()
+        except (zstandard.ZstdError, ValueError) as exc:
+            raise InvalidInput(f"zstd parameters rejected: {exc}") from None
 
     def _ctx(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
         local = self._local
@@ -132,7 +141,10 @@ class ZstdCodec(Codec):
             return local.cctx, local.dctx
 
     def compress(self, page: bytes) -> bytes:
-        return self._ctx()[0].compress(page)
+        try:
+            return self._ctx()[0].compress(page)
+        except zstandard.ZstdError as exc:
+            raise CodecError(f"{self.name}: compression failed: {exc}") from None
 
     def decompress(self, data: bytes, out_len: int = PAGE_SIZE) -> bytes:
         try:
@@ -170,8 +182,11 @@ class DeflateCodec(Codec):
         return zlib.compressobj(self.level, zlib.DEFLATED, -self.winbits, 9)
 
     def compress(self, page: bytes) -> bytes:
-        c = self._new_compressor()
-        return c.compress(page) + c.flush()
+        try:
+            c = self._new_compressor()
+            return c.compress(page) + c.flush()
+        except zlib.error as exc:
+            raise CodecError(f"{self.name}: compression failed: {exc}") from None
 
     def decompress(self, data: bytes, out_len: int = PAGE_SIZE) -> bytes:
         try:

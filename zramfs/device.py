@@ -27,6 +27,7 @@ lose each other's bytes while both still compress outside the lock.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat as stat_mod
 import threading
@@ -991,8 +992,8 @@ class _AllStripes:
             s.lock.release()
 
 
-def _boottime() -> float:
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
+#: seconds since boot (CLOCK_BOOTTIME, what ac_time uses); a C-level partial, no Python frame
+_boottime = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
 
 
 class Registry:
