@@ -121,6 +121,74 @@ def test_fill_fs_compression_ratio(zmount, tmp_path):
     assert ratio >= 100, f"compression ratio {ratio / 100:.2f}:1"
 
 
+def test_devices_with_different_algorithms(zmount, tmp_path):
+    """zram01's layout: one device per algorithm, configured through the attribute files in
+    the kernel's order (comp_algorithm → disksize → mem_limit), each with its own ext4; files
+    verified after a remount; every filesystem fsck-clean; every device compresses."""
+    need("losetup", "mkfs.ext4", "fsck.ext4")
+    from zramfs import codecs
+    algorithms = [a for a in ("lz4", "zstd", "deflate", "lz4hc") if a in codecs.AVAILABLE][:3]
+    m = zmount("--devices", str(len(algorithms)))
+    loops = []
+    for i, algorithm in enumerate(algorithms):
+        m.write_attr("comp_algorithm", algorithm, dev=i)
+        m.write_attr("disksize", "16M", dev=i)
+        m.write_attr("mem_limit", "16M", dev=i)
+        loops.append(m.losetup(i))
+        run("mkfs.ext4", "-q", "-F", loops[i], timeout=120)
+    rng = random.Random(11)
+    sums = []
+    for i, loop in enumerate(loops):
+        d = tmp_path / f"fs{i}"
+        d.mkdir()
+        run("mount", loop, str(d))
+        try:
+            files = {}
+            for j in range(6):
+                data = text_block(rng, rng.randrange(50_000, 600_000))
+                (d / f"t{j}").write_bytes(data)
+                files[f"t{j}"] = hashlib.sha256(data).hexdigest()
+            sums.append(files)
+        finally:
+            run("umount", str(d))
+    for i, loop in enumerate(loops):
+        d = tmp_path / f"fs{i}"
+        run("mount", "-o", "ro", loop, str(d))
+        try:
+            check_files(d, sums[i])
+        finally:
+            run("umount", str(d))
+        res = run("fsck.ext4", "-fn", loop, timeout=120, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"[{algorithms[i]}]" in m.read_attr("comp_algorithm", dev=i)
+        orig, compr, mem_used = m.mm_stat(i)[:3]
+        assert orig > MiB and compr < orig / 2 and 0 < mem_used < orig, (algorithms[i],
+                                                                               orig, compr)
+
+
+def test_whole_device_through_loop_random_verify(zmount):
+    """Write the whole device through a loop device (mixed compressible/random 256 KiB
+    blocks), drop the loop's cache, read every byte back."""
+    need("losetup", "blockdev")
+    size = 24 * MiB
+    m = zmount("--size", str(size), "--algorithm", "lz4")
+    loop = m.losetup()
+    rng = random.Random(13)
+    step = 256 * 1024
+    digests = []
+    with open(loop, "r+b", buffering=0) as f:
+        for _ in range(0, size, step):
+            block = text_block(rng, step // 2) + rng.randbytes(step // 2)
+            f.write(block)
+            digests.append(hashlib.sha256(block).digest())
+        os.fsync(f.fileno())
+    run("blockdev", "--flushbufs", loop)
+    with open(loop, "rb", buffering=0) as f:
+        for i in range(size // step):
+            assert hashlib.sha256(f.read(step)).digest() == digests[i], i
+    assert m.mm_stat()[0] == size
+
+
 def test_swap_on_sparse_device(zmount):
     """zram02's check: a huge device with a 1 MiB mem_limit can be made swap and activated
     (mkswap writes only the header page)."""
