@@ -189,6 +189,10 @@ class Pool:
         self._free_pending = False
         self._free_running = False
         self._free_worker: threading.Thread | None = None
+        # test hook: while cleared, the worker does not start a queued run (a workqueue that
+        # has not been scheduled yet); see hold_free_work()/release_free_work()
+        self._free_gate = threading.Event()
+        self._free_gate.set()
         self.destroyed = False
         self.destroy_messages: list[str] = []
 
@@ -521,6 +525,7 @@ class Pool:
                     return
                 self._free_pending = False
                 self._free_running = True
+            self._free_gate.wait()
             try:
                 self._async_free_zspage()
             except BaseException:  # pragma: no cover - a bug; keep the worker alive and loud
@@ -549,6 +554,17 @@ class Pool:
             with cls.lock:
                 cls.deferred_freed += 1
                 self._free_zspage_pages(cls, zspage)
+
+    def hold_free_work(self) -> None:
+        """Debug/test hook: keep queued deferred-free work from running until released."""
+        self._free_gate.clear()
+
+    def release_free_work(self) -> None:
+        self._free_gate.set()
+
+    @property
+    def free_work_pending(self) -> bool:
+        return self._free_pending or self._free_running
 
     def flush_free_work(self, timeout: float | None = None) -> bool:
         """flush_work(&pool->free_work): wait until no deferred free is pending or running."""
