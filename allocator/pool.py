@@ -594,11 +594,13 @@ class Pool:
                 zspage = first
                 break
         if zspage is not None:
-            obj = self._obj_malloc(zspage, handle)
-            self._fix_fullness_group(cls, zspage)
-            self._cells[handle >> HANDLE_SHIFT] = obj
-            cls.stats[OBJ_USED] += 1
-            lock.release()
+            try:   # try blocks cost nothing in 3.11; a bug must not leave class->lock held
+                obj = self._obj_malloc(zspage, handle)
+                self._fix_fullness_group(cls, zspage)
+                self._cells[handle >> HANDLE_SHIFT] = obj
+                cls.stats[OBJ_USED] += 1
+            finally:
+                lock.release()
             return handle
         lock.release()
 
@@ -740,60 +742,70 @@ class Pool:
         zspage.lock.read_unlock()
 
     def read_object(self, handle: int, length: int) -> bytes:
-        """Fast path for map(RO) + copy `length` bytes + unmap."""
+        """Fast path for map(RO) + copy `length` bytes + unmap (same locking as map/unmap)."""
         if self._area.active:
             raise NestedMappingError("read_object while this thread has an object mapped")
-        obj, zspage = self._resolve_and_pin(handle)
+        ml = self.migrate_lock
+        ml.read_lock()
         try:
-            obj >>= OBJ_TAG_BITS
-            pfn = obj >> self.obj_index_bits
+            obj = self._checked_obj(handle)
+            pfn = obj >> (OBJ_TAG_BITS + self.obj_index_bits)
+            zspage = self._private[pfn]
+            zlock = zspage.lock
+            zlock.read_lock()
+        finally:
+            ml.read_unlock()
+        try:
             cls = self.size_class[zspage.class_idx]
-            size = cls.size
             if length > cls.usable or length < 0:
                 raise ValueError(f"read of {length} bytes from a {cls.usable}-byte object")
-            off = (size * (obj & self.obj_index_mask)) & self.page_mask
+            off = (cls.size * ((obj >> OBJ_TAG_BITS) & self.obj_index_mask)) & self.page_mask
             if not zspage.huge:
                 off += ZS_HANDLE_SIZE
-            page_size = self.page_size
             start = (pfn << self.page_shift) + off
-            if off + length <= page_size:
+            s0 = self.page_size - off
+            if length <= s0:
                 return self._arena[start:start + length].tobytes()
-            s0 = page_size - off
             nb = self._index[pfn] << self.page_shift
             arena = self._arena
             return arena[start:start + s0].tobytes() + arena[nb:nb + length - s0].tobytes()
         finally:
-            zspage.lock.read_unlock()
+            zlock.read_unlock()
 
     def write_object(self, handle: int, data) -> None:
-        """Fast path for map(WO) + copy `data` + unmap (the bytes past len(data) are left
-        as they were rather than copied back from a stale buffer)."""
+        """Fast path for map(WO) + copy `data` + unmap (same locking as map/unmap).  Bytes
+        past len(data) keep their old contents instead of receiving stale copy-buffer bytes."""
         if self._area.active:
             raise NestedMappingError("write_object while this thread has an object mapped")
-        obj, zspage = self._resolve_and_pin(handle)
+        ml = self.migrate_lock
+        ml.read_lock()
         try:
-            obj >>= OBJ_TAG_BITS
-            pfn = obj >> self.obj_index_bits
+            obj = self._checked_obj(handle)
+            pfn = obj >> (OBJ_TAG_BITS + self.obj_index_bits)
+            zspage = self._private[pfn]
+            zlock = zspage.lock
+            zlock.read_lock()
+        finally:
+            ml.read_unlock()
+        try:
             cls = self.size_class[zspage.class_idx]
-            size = cls.size
             length = len(data)
             if length > cls.usable:
                 raise ValueError(f"write of {length} bytes into a {cls.usable}-byte object")
-            off = (size * (obj & self.obj_index_mask)) & self.page_mask
+            off = (cls.size * ((obj >> OBJ_TAG_BITS) & self.obj_index_mask)) & self.page_mask
             if not zspage.huge:
                 off += ZS_HANDLE_SIZE
-            page_size = self.page_size
             start = (pfn << self.page_shift) + off
-            if off + length <= page_size:
+            s0 = self.page_size - off
+            if length <= s0:
                 self._arena[start:start + length] = data
                 return
-            s0 = page_size - off
             nb = self._index[pfn] << self.page_shift
             mv = memoryview(data)
             self._arena[start:start + s0] = mv[:s0]
             self._arena[nb:nb + length - s0] = mv[s0:]
         finally:
-            zspage.lock.read_unlock()
+            zlock.read_unlock()
 
     # ------------------------------------------------------------------ migration / compaction
     def isolate_page(self, pfn: int) -> bool:
@@ -845,6 +857,9 @@ class Pool:
                            f"fullness group {fg}")
                     log.info("%s", msg)
                     self.destroy_messages.append(msg)
+        # Our 64-bit cast of the arena pins the mmap; drop it so PhysicalMemory.close() works.
+        # (The leaked zspages of a non-empty pool stay allocated in memory, as in 5.17.)
+        self._words.release()
 
     # ------------------------------------------------------------------ debug helpers
     def zspages(self) -> list[Zspage]:
