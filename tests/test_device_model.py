@@ -46,8 +46,9 @@ lengths = st.integers(1, 3 * PAGE + 17)
 
 class DeviceModel(RuleBasedStateMachine):
     @initialize(chain=st.sampled_from([(4, "max-used"), (8, "min-waste")]),
-                alg=st.sampled_from(["lz4", "zstd", "deflate", "lz4hc"]))
-    def setup(self, chain, alg):
+                alg=st.sampled_from(["lz4", "zstd", "deflate", "lz4hc"]),
+                compressed_wb=st.booleans())
+    def setup(self, chain, alg, compressed_wb):
         import tempfile
         self.tmp = tempfile.NamedTemporaryFile(prefix="zram-bd-")
         self.tmp.truncate(16 * PAGE)
@@ -57,6 +58,7 @@ class DeviceModel(RuleBasedStateMachine):
         self.dev.set_comp_algorithm(alg)
         self.dev.set_comp_algorithm("zstd" if alg != "zstd" else "deflate", 1)
         self.dev.set_backing_dev(self.tmp.name)
+        self.dev.set_compressed_writeback(compressed_wb)
         self.dev.set_disksize(SIZE)
         self.model = bytearray(SIZE)
 
@@ -147,6 +149,6 @@ class DeviceModel(RuleBasedStateMachine):
 
 
 DeviceModel.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=50, deadline=None,
+    max_examples=60, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestDeviceModel = DeviceModel.TestCase
