@@ -24,7 +24,7 @@ from typing import Callable
 import pytest
 
 from allocator import MapMode, Pool
-from allocator.locks import set_lockdep
+from allocator.locks import MIGRATE_LOCK, set_lockdep
 from allocator.memory import PhysicalMemory
 
 import alloc_invariants as ai
@@ -156,6 +156,7 @@ def test_compaction_gives_way_to_a_queued_reader(pool: Pool) -> None:
     wait_until(lambda: lay.s.lock.is_contended(), "compactor blocked on the mapped source")
     assert ml.is_write_locked()
 
+    contentions = MIGRATE_LOCK.read.contentions
     reader = Runner(lambda: pool.read_object(lay.other, 3000), "reader")
     reader.start()
     wait_until(ml.is_contended, "reader queued on migrate_lock")
@@ -165,6 +166,7 @@ def test_compaction_gives_way_to_a_queued_reader(pool: Pool) -> None:
     holder.release()              # compaction proceeds, fills D1, sees the queued reader
     freed = compactor.finish()
     assert reader.finish() == lay.live[lay.other], "the reader proceeded and read its object"
+    assert MIGRATE_LOCK.read.contentions > contentions, "lock_stat: the reader's wait is counted"
 
     assert freed == 0, "the class was abandoned before the source was drained"
     assert lay.d1.inuse == 73 and lay.d1.fullness == ZS_FULL, "the first destination was filled"

@@ -69,6 +69,19 @@ def test_e1_size_limits(pool: Pool) -> None:
     check_pool_invariants(pool, {})
 
 
+def test_e1_double_free_and_bad_handles_are_refused(pool: Pool) -> None:
+    h = pool.malloc(100)
+    keep = pool.malloc(100)
+    pool.free(h)
+    with pytest.raises(ValueError):
+        pool.free(h)                   # double free
+    with pytest.raises(ValueError):
+        pool.free(keep + 1)            # misaligned: bit 0 is the tag, never part of a handle
+    with pytest.raises(ValueError):
+        pool.read_object(h, 10)        # freed handle
+    check_pool_invariants(pool, {keep: 100})
+
+
 @pytest.mark.parametrize("size,cls", [(1, 32), (24, 32), (25, 48), (40, 48), (41, 64),
                                       (648, 672), (649, 672), (664, 672), (665, 704),
                                       (3256, 3264), (3257, 4096), (4096, 4096)])
