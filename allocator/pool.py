@@ -680,38 +680,44 @@ class Pool:
         if area.active:
             raise NestedMappingError("only one object can be mapped per thread at a time")
         obj, zspage = self._resolve_and_pin(m.handle)
-        obj >>= OBJ_TAG_BITS
-        pfn = obj >> self.obj_index_bits
-        cls = self.size_class[zspage.class_idx]
-        size = cls.size
-        off = (size * (obj & self.obj_index_mask)) & self.page_mask
-        base = pfn << self.page_shift
-        area.active = True
+        try:
+            obj >>= OBJ_TAG_BITS
+            pfn = obj >> self.obj_index_bits
+            cls = self.size_class[zspage.class_idx]
+            size = cls.size
+            off = (size * (obj & self.obj_index_mask)) & self.page_mask
+            base = pfn << self.page_shift
+            page_size = self.page_size
+            if off + size <= page_size:
+                # kmap_atomic: a direct view, the mode makes no difference
+                m.span = False
+                start = base + off
+                if not zspage.huge:
+                    start += ZS_HANDLE_SIZE
+                view = self._arena[start:base + off + size]
+            else:
+                # __zs_map_object: copy both parts (header included) unless WO
+                m.span = True
+                nxt = self._index[pfn]
+                if nxt == INDEX_NONE:
+                    raise AssertionError(f"object at pfn {pfn} spans past the last subpage")
+                if m.mode is not MapMode.WO:
+                    s0 = page_size - off
+                    buf = area.buf
+                    arena = self._arena
+                    buf[0:s0] = arena[base + off:base + page_size]
+                    nb = nxt << self.page_shift
+                    buf[s0:size] = arena[nb:nb + size - s0]
+                view = area.bufmv[ZS_HANDLE_SIZE:size]
+        except BaseException:
+            zspage.lock.read_unlock()
+            raise
         m.zspage = zspage
         m.pfn = pfn
         m.off = off
         m.size = size
-        page_size = self.page_size
-        if off + size <= page_size:
-            m.span = False
-            start = base + off
-            if not zspage.huge:
-                start += ZS_HANDLE_SIZE
-            view = self._arena[start:base + off + size]
-        else:
-            # __zs_map_object: copy both parts (header included) unless WO
-            m.span = True
-            nxt = self._index[pfn]
-            assert nxt != -1, "spanning object without a next page"
-            if m.mode is not MapMode.WO:
-                s0 = page_size - off
-                buf = area.buf
-                arena = self._arena
-                buf[0:s0] = arena[base + off:base + page_size]
-                nb = nxt << self.page_shift
-                buf[s0:size] = arena[nb:nb + size - s0]
-            view = area.bufmv[ZS_HANDLE_SIZE:size]
         m.view = view
+        area.active = True
         return view
 
     def _unmap(self, m: _Mapping) -> None:
@@ -720,26 +726,25 @@ class Pool:
             return
         m.zspage = None
         try:
-            m.view.release()
+            m.view.release()        # a stale view must not reach the page after unmap
         except BufferError:
-            pass
-        if m.span and m.mode is not MapMode.RO:
-            # __zs_unmap_object: copy back size-8 bytes from off+8; the header never
-            # goes back (it may have been rewritten meanwhile? no: pinned; the kernel
-            # simply never writes it).
-            area = self._area
-            off = m.off + ZS_HANDLE_SIZE
-            size = m.size - ZS_HANDLE_SIZE
-            page_size = self.page_size
-            s0 = page_size - off
-            base = m.pfn << self.page_shift
-            arena = self._arena
-            buf = area.bufmv
-            arena[base + off:base + page_size] = buf[ZS_HANDLE_SIZE:ZS_HANDLE_SIZE + s0]
-            nb = self._index[m.pfn] << self.page_shift
-            arena[nb:nb + size - s0] = buf[ZS_HANDLE_SIZE + s0:ZS_HANDLE_SIZE + size]
-        self._area.active = False
-        zspage.lock.read_unlock()
+            pass                    # something still exports it; nothing else to do
+        try:
+            if m.span and m.mode is not MapMode.RO:
+                # __zs_unmap_object: copy back size-8 bytes starting at off+8; the 8 header
+                # bytes are never written back.
+                off = m.off + ZS_HANDLE_SIZE
+                size = m.size - ZS_HANDLE_SIZE
+                s0 = self.page_size - off
+                base = m.pfn << self.page_shift
+                arena = self._arena
+                buf = self._area.bufmv
+                arena[base + off:base + off + s0] = buf[ZS_HANDLE_SIZE:ZS_HANDLE_SIZE + s0]
+                nb = self._index[m.pfn] << self.page_shift
+                arena[nb:nb + size - s0] = buf[ZS_HANDLE_SIZE + s0:ZS_HANDLE_SIZE + size]
+        finally:
+            self._area.active = False
+            zspage.lock.read_unlock()
 
     def read_object(self, handle: int, length: int) -> bytes:
         """Fast path for map(RO) + copy `length` bytes + unmap (same locking as map/unmap)."""
