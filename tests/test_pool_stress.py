@@ -56,7 +56,7 @@ def all_stacks() -> str:
 
 @dataclass
 class Shared:
-    pool: Pool
+    pools: list[Pool]
     memory: PhysicalMemory
     stop: threading.Event = field(default_factory=threading.Event)
     errors: list[str] = field(default_factory=list)
@@ -76,6 +76,7 @@ class Shared:
 
 def io_worker(sh: Shared, wid: int, seed: int, live_out: dict[int, bytes], max_live: int) -> None:
     rnd = random.Random(seed)
+    pool = sh.pools[wid % len(sh.pools)]
     live: dict[int, bytes] = {}
     tag = wid << 24
     # Clustered sizes (real zram-like compressed sizes) mixed with the whole range.
@@ -85,23 +86,23 @@ def io_worker(sh: Shared, wid: int, seed: int, live_out: dict[int, bytes], max_l
             op = rnd.random()
             if op < 0.40 and len(live) < max_live:
                 size = rnd.choice(sizes) if rnd.random() < 0.6 else rnd.randint(1, 4096)
-                h = sh.pool.malloc(size)
+                h = pool.malloc(size)
                 tag += 1
                 data = pattern(tag, size)
                 if rnd.random() < 0.5:
-                    with sh.pool.map_object(h, MapMode.WO) as buf:
+                    with pool.map_object(h, MapMode.WO) as buf:
                         buf[:size] = data
                 else:
-                    sh.pool.write_object(h, data)
+                    pool.write_object(h, data)
                 live[h] = data
             elif op < 0.75 and live:
                 h = rnd.choice(list(live))
                 want = live[h]
                 if rnd.random() < 0.5:
-                    with sh.pool.map_object(h, MapMode.RO) as buf:
+                    with pool.map_object(h, MapMode.RO) as buf:
                         got = bytes(buf[: len(want)])
                 else:
-                    got = sh.pool.read_object(h, len(want))
+                    got = pool.read_object(h, len(want))
                 if got != want:
                     bad = next(i for i in range(len(want)) if got[i] != want[i])
                     raise AssertionError(
@@ -110,7 +111,7 @@ def io_worker(sh: Shared, wid: int, seed: int, live_out: dict[int, bytes], max_l
                 if rnd.random() < 0.2:  # RW rewrite, checking copy-in on the way
                     tag += 1
                     new = pattern(tag, len(want))
-                    with sh.pool.map_object(h, MapMode.RW) as buf:
+                    with pool.map_object(h, MapMode.RW) as buf:
                         if bytes(buf[: len(want)]) != want:
                             raise AssertionError(f"RW copy-in of {h:#x} differs")
                         buf[: len(want)] = new
@@ -118,7 +119,7 @@ def io_worker(sh: Shared, wid: int, seed: int, live_out: dict[int, bytes], max_l
             elif live:
                 h = rnd.choice(list(live))
                 del live[h]
-                sh.pool.free(h)
+                pool.free(h)
             with sh.lock:
                 sh.progress += 1
     except BaseException:
@@ -130,7 +131,7 @@ def io_worker(sh: Shared, wid: int, seed: int, live_out: dict[int, bytes], max_l
 def compactor(sh: Shared) -> None:
     try:
         while not sh.stop.is_set():
-            freed = sh.pool.compact()
+            freed = sum(p.compact() for p in sh.pools)
             assert freed >= 0
             sh.count("compactions")
             sh.count("pages_freed", freed)
@@ -176,12 +177,15 @@ def watchdog(sh: Shared, done: threading.Event, report: list[str]) -> None:
             return
 
 
-def run_stress(seconds: float, n_io: int, max_live: int, seed: int) -> dict[str, int]:
+def run_stress(seconds: float, n_io: int, max_live: int, seed: int,
+               n_pools: int = 2) -> dict[str, int]:
+    """n_io I/O threads spread over n_pools pools that share one PhysicalMemory (as the zram
+    devices of one mount do), one compactor for all pools, one migrator for the memory."""
     memory = PhysicalMemory(max_pages=1 << 16)
-    pool = Pool("stress", memory=memory)
+    pools = [Pool(f"stress{i}", memory=memory) for i in range(n_pools)]
     set_lockdep(True)
     try:
-        sh = Shared(pool=pool, memory=memory)
+        sh = Shared(pools=pools, memory=memory)
         lives: list[dict[int, bytes]] = [{} for _ in range(n_io)]
         threads = [threading.Thread(target=io_worker, args=(sh, i, seed + i, lives[i], max_live),
                                     name=f"io-{i}", daemon=True) for i in range(n_io)]
@@ -211,27 +215,30 @@ def run_stress(seconds: float, n_io: int, max_live: int, seed: int) -> dict[str,
         assert not hang, hang[0]
         assert not sh.errors, "\n".join(sh.errors)
         assert sh.progress > 0
-        live: dict[int, bytes] = {}
-        for d in lives:
-            assert not (live.keys() & d.keys()), "two threads were given the same handle"
-            live.update(d)
-        for h, want in live.items():
-            assert pool.read_object(h, len(want)) == want, f"object {h:#x} corrupted at the end"
-        check_pool_invariants(pool, {h: len(v) for h, v in live.items()})
-        for h in live:
-            pool.free(h)
-        check_pool_invariants(pool, {})
-        pool.compact()
-        counts = dict(sh.counts, io_ops=sh.progress)
-        pool.destroy()
-        return counts
+        for k, pool in enumerate(pools):
+            live: dict[int, bytes] = {}
+            for wid, d in enumerate(lives):
+                if wid % n_pools != k:
+                    continue
+                assert not (live.keys() & d.keys()), "two threads were given the same handle"
+                live.update(d)
+            for h, want in live.items():
+                assert pool.read_object(h, len(want)) == want, f"object {h:#x} corrupted at the end"
+            check_pool_invariants(pool, {h: len(v) for h, v in live.items()})
+            for h in live:
+                pool.free(h)
+            check_pool_invariants(pool, {})
+            pool.compact()
+            pool.destroy()
+        assert memory.nr_used == 0, f"{memory.nr_used} frames still used after every object was freed"
+        return dict(sh.counts, io_ops=sh.progress)
     finally:
         set_lockdep(False)
 
 
 def test_pool_stress() -> None:
     seconds = float(os.environ.get("ZS_STRESS_SECONDS", "5"))
-    counts = run_stress(seconds, n_io=3, max_live=400, seed=1234)
+    counts = run_stress(seconds, n_io=4, max_live=400, seed=1234)
     print("stress counts:", counts)
     assert counts.get("compactions", 0) > 0
     assert counts.get("migrated", 0) > 0, "the migrator never moved a frame"
