@@ -449,3 +449,16 @@ def test_hot_add_hot_remove_text(reg):
     reg.devices[1].close()
     attrs.hot_remove_store(reg, b"1\n")
     assert list(reg.devices) == [0]
+
+
+def test_block_state(reg):
+    d = reg.devices[0]
+    assert attrs.format_block_state(d) == ""
+    attrs.store(d, "disksize", "1M")
+    d.clock = lambda: 75.5
+    d.write(0, bytes(PAGE))
+    d.write(3 * PAGE, random_page(random.Random(4)))
+    attrs.store(d, "idle", "all")
+    assert attrs.format_block_state(d) == (
+        "           0           75.000000 s.....\n"
+        "           3           75.000000 ..hi..\n")

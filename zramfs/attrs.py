@@ -13,12 +13,15 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from . import codecs
 from .device import (RECOMP_HUGE, RECOMP_IDLE, U64, WB_HUGE, WB_IDLE, WB_INCOMPRESSIBLE,
                      ZRAM_MAX_COMPS, CompParams, Registry, ZramDevice)
 from .errors import DeviceBusy, InvalidInput, NameTooLong, NoSuchDevice, OutOfRange
 from .slots import (FLUSH_IOS, PAGE_SHIFT, READ_IOS, READ_NS, READ_SECTORS, WRITE_IOS, WRITE_NS,
-                    WRITE_SECTORS)
+                    WRITE_SECTORS, ZRAM_COMP_PRIORITY_MASK, ZRAM_HUGE, ZRAM_IDLE, ZRAM_INCOMPRESSIBLE,
+                    ZRAM_SAME, ZRAM_WB)
 
 RO = 0o444
 WO = 0o200
@@ -214,6 +217,23 @@ def format_block_stat(dev: ZramDevice) -> str:
     fields = (c[READ_IOS], 0, c[READ_SECTORS], rd_ms, c[WRITE_IOS], 0, c[WRITE_SECTORS], wr_ms,
               0, rd_ms + wr_ms, rd_ms + wr_ms, 0, 0, 0, 0, c[FLUSH_IOS], 0)
     return " ".join("%8d" % v for v in fields) + "\n"
+
+
+def format_block_state(dev: ZramDevice) -> str:
+    """debugfs zram<N>/block_state (CONFIG_ZRAM_MEMORY_TRACKING, current format): one line per
+    allocated slot — index, ac_time as seconds.micro (always .000000), and the flag letters
+    s(ame) w(ritten back) h(uge) i(dle) r(ecompressed) n (incompressible), '.' when unset."""
+    if not dev.initialized:
+        return ""
+    t = dev._meta.table
+    lines = []
+    for index in np.flatnonzero(t.allocated_mask()).tolist():
+        _, f, ac = dev.slot_state(index)
+        lines.append("%12d %12d.%06d %s%s%s%s%s%s\n" % (
+            index, ac, 0, "s" if f & ZRAM_SAME else ".", "w" if f & ZRAM_WB else ".",
+            "h" if f & ZRAM_HUGE else ".", "i" if f & ZRAM_IDLE else ".",
+            "r" if f & ZRAM_COMP_PRIORITY_MASK else ".", "n" if f & ZRAM_INCOMPRESSIBLE else "."))
+    return "".join(lines)
 
 
 # ---------------------------------------------------------------------------- stores
@@ -534,5 +554,6 @@ def hot_remove_store(registry: Registry, text: str | bytes) -> None:
 CONTROL_ATTRS: dict[str, int] = {"hot_add": 0o400, "hot_remove": WO}
 
 __all__ = ["Attr", "DEVICE_ATTRS", "CONTROL_ATTRS", "show", "store", "hot_add_show", "hot_remove_store",
+           "format_block_state",
            "memparse", "kstrtoull", "kstrtoll", "kstrtoint", "kstrtouint", "kstrtou16", "kstrtobool",
            "sysfs_streq", "next_args", "algorithm_list", "RO", "WO", "RW"]
