@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from mountutil import expect_errno, opened, write_file, zmount  # noqa: F401  (fixture)
+from mountutil import expect_errno, opened, write_file
 
 pytestmark = pytest.mark.fuse
 
@@ -55,7 +55,8 @@ def test_initialise_and_formats(zmount):
     assert len(mm) == 9 and all(v >= 0 for v in mm)
     # The kernel's "%8llu %8llu ..." format, byte for byte.
     assert m.read_attr("mm_stat") == " ".join("%8d" % v for v in mm) + "\n"
-    assert (m.path / "sys/kernel/debug/zsmalloc/zram0/classes").read_text().split()[:2] == ["class", "size"]
+    classes = (m.path / "sys/kernel/debug/zsmalloc/zram0/classes").read_text()
+    assert classes.split()[:2] == ["class", "size"]
 
 
 def test_attribute_errnos(zmount):

@@ -14,7 +14,7 @@ import zlib
 
 import pytest
 
-from mountutil import expect_errno, opened, zmount  # noqa: F401  (fixture)
+from mountutil import expect_errno, opened
 
 pytestmark = pytest.mark.fuse
 

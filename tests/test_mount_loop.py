@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import run, zmount  # noqa: F401  (fixture)
+from mountutil import run
 
 pytestmark = pytest.mark.fuse
 
@@ -257,7 +257,7 @@ def test_whole_device_through_loop_verify_every_byte(zmount):
     rng = random.Random(9)
     digests = []
     with open(loop, "r+b", buffering=0) as f:
-        for off in range(0, size, MiB):
+        for _ in range(0, size, MiB):
             block = text_block(rng, MiB // 2) + rng.randbytes(MiB // 2)
             f.write(block)
             digests.append(hashlib.sha256(block).digest())

@@ -341,7 +341,7 @@ def format_table(rows: list[dict[str, Any]], *, raw_bytes: bool = False) -> str:
     for r in table:
         # NAME and ALGORITHM left-aligned, numbers right-aligned, like zramctl.
         cells = [v.ljust(w) if i in (0, 4) else v.rjust(w)
-                 for i, (v, w) in enumerate(zip(r, widths))]
+                 for i, (v, w) in enumerate(zip(r, widths, strict=True))]
         lines.append(" ".join(cells).rstrip())
     return "\n".join(lines) + "\n"
 

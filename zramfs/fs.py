@@ -31,7 +31,6 @@ import errno
 import itertools
 import logging
 import os
-import stat as statmod
 import threading
 import time
 from dataclasses import dataclass, field

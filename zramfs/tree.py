@@ -28,7 +28,7 @@ import os
 import re
 import stat as statmod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from zramfs.daemon import ModuleParameter, parse_uint
 
@@ -132,7 +132,7 @@ class Tree:
             raise _enoent(path)
         return int(m.group(1))
 
-    def _attr_table(self) -> Mapping[str, object]:
+    def _attr_table(self) -> Mapping[str, Any]:
         return self._attrs.DEVICE_ATTRS
 
     def _device_files(self) -> list[str]:
@@ -177,7 +177,7 @@ class Tree:
             dev_id = self._dev_from_name(dev_name, path)
             attr = self._attr_table().get(name)
             if attr is not None:
-                return Node(Kind.ATTR, int(getattr(attr, "mode")), path, dev_id, name)
+                return Node(Kind.ATTR, int(attr.mode), path, dev_id, name)
             if name == "size":
                 return Node(Kind.BLOCK_SIZE, 0o444, path, dev_id, name)
             raise _enoent(path)
