@@ -444,15 +444,24 @@ def test_mapping_per_thread(pool):
 def test_out_of_memory():
     mem = PhysicalMemory(max_pages=4)
     pool = Pool("oom", memory=mem)
-    hs = [pool.malloc(3000) for _ in range(4)]         # huge? no: 3072 class needs 3 pages
+    hs = [pool.malloc(3000) for _ in range(4)]          # class 3072: one 3-page zspage
     assert pool.total_pages == 3
+    hs.append(pool.malloc(3500))                         # huge: the 4th and last frame
+    free_cells = len(pool._free_cells)
     with pytest.raises(OutOfMemory):
-        pool.malloc(3500)                                # huge: needs a 4th... and a 5th
         pool.malloc(3500)
     with pytest.raises(OutOfMemory):
-        pool.malloc(2000)
+        pool.malloc(100)                                 # class 112 needs 2 frames
+    assert len(pool._free_cells) == free_cells           # the handles went back
+    assert pool.total_pages == 4 and mem.nr_used == 4
+    pool.free(hs.pop())                                  # one frame free again
+    with pytest.raises(OutOfMemory):
+        pool.malloc(100)                                 # gets 1 of 2 frames, gives it back
+    assert mem.nr_used == 3
+    pool.check_invariants()
     for h in hs:
         pool.free(h)
+    assert mem.nr_used == 0
     pool.check_invariants()
 
 
