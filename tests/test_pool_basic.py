@@ -506,3 +506,73 @@ def test_chain8_min_waste_pool(mem):
         if i % 2:
             assert pool.read_object(h, 136) == pattern(i, 136)
     pool.check_invariants()
+
+
+def test_concurrent_malloc_free_migrate_compact(mem):
+    """A short race: writers/freers on a few classes while other threads migrate frames and
+    compact the pool.  Every live object must read back intact at the end."""
+    import random
+    pool = Pool("race", memory=mem)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    results: list[dict[int, bytes]] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        live: dict[int, bytes] = {}
+        try:
+            for i in range(1500):
+                if live and rng.random() < 0.45:
+                    h = rng.choice(list(live))
+                    assert pool.read_object(h, len(live[h])) == live[h]
+                    pool.free(h)
+                    del live[h]
+                else:
+                    size = rng.choice((40, 100, 1000, 3000, 3500))
+                    h = pool.malloc(size)
+                    d = pattern(seed * 10000 + i, size)
+                    if rng.random() < 0.5:
+                        pool.write_object(h, d)
+                    else:
+                        with pool.map_object(h, MapMode.WO) as buf:
+                            buf[:size] = d
+                    live[h] = d
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+        results.append(live)
+
+    def mover() -> None:
+        rng = random.Random(99)
+        try:
+            while not stop.is_set():
+                if rng.random() < 0.3:
+                    pool.compact()
+                elif rng.random() < 0.5:
+                    mem.compact()
+                else:
+                    hw = mem.high_water
+                    if hw:
+                        mem.migrate_pfn(rng.randrange(hw))
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    workers = [threading.Thread(target=worker, args=(s,)) for s in range(3)]
+    m = threading.Thread(target=mover)
+    m.start()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    m.join()
+    assert not errors, errors
+    assert pool.flush_free_work(timeout=10)
+    for live in results:
+        for h, d in live.items():
+            assert pool.read_object(h, len(d)) == d
+    pool.check_invariants()
+    for live in results:
+        for h in live:
+            pool.free(h)
+    assert pool.flush_free_work(timeout=10)
+    assert pool.total_pages == 0 and mem.nr_used == 0
