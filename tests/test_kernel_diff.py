@@ -1,0 +1,175 @@
+"""zramfs against the running kernel's zram: the same images, the same mm_stat.
+
+The kernel device is ``/sys/block/zram0`` (lz4, CONFIG_ZSMALLOC_CHAIN_SIZE=8 on the
+machine these tests were written on); ours is a ``Registry(chain_size=8,
+chain_rule="min-waste")`` device — the class table of a ≥6.3 kernel with 8-page chains
+(zsmalloc-5.17.md §7.3, ``calculate_zspage_chain_size``).  Both get the same pages,
+written sequentially in 4 KiB blocks (O_DIRECT on the kernel side); then every odd block is
+discarded (BLKDISCARD per block / ``ZramDevice.discard``) and both pools are compacted
+(``echo 1 > compact``).  The work is done by ``scripts/kernel_compare.py`` (also the
+human-readable report: ``python3 scripts/kernel_compare.py --size 256M``).
+
+**Deterministic-size image.**  Each page is L random bytes followed by 4096 - L zeros
+(L mostly 500–3000, tails to 1 and 4096), plus zero and non-zero same-filled pages.  LZ4
+encodes such a page as one literal run plus one long match of zeros; where the match
+starts and how the literal run is split does not depend on the LZ4 release or on the
+hash-table layout, so every LZ4 build gives the same length.  Checked empirically
+(`test_deterministic_pages_compress_alike`): for every L in 0..4096 the size the kernel
+stores equals ours, including the HUGE threshold (comp_len >= 3625 is stored as a raw
+4096-byte object on both).  No subset of L had to be excluded.  Hence compr_data_size,
+huge_pages and — through the zsmalloc class table — mem_used_total are decided by the
+allocator alone and must be EQUAL to the kernel's, after writing and after the discard
+(before compaction, which zspages empty out depends only on where objects were placed).
+
+**Real data.**  Files of this machine (/usr/lib/python3*, /usr/share) block by block,
+with zero, same-filled and random pages in between.  Our lz4 codec is python-lz4, a
+different LZ4 build and API path than the kernel's lib/lz4, so compr_data_size,
+mem_used_total and huge_pages only need to be within 2.5 %; orig_data_size and
+same_pages are exact.
+
+**After discard + compaction** mem_used_total is within 10 %.  It need not be equal:
+the kernel's __zs_compact is the ≥6.3 algorithm (zsmalloc-5.17.md §5 item 5): eleven
+fullness groups in 10 % steps (ZS_INUSE_RATIO_*), sources taken from the emptiest group
+and destinations from the fullest, one destination kept across sources, the loop run
+while zs_can_compact(); our allocator ports 5.17, with four fullness groups and the
+3N/4 almost-empty rule, sources ALMOST_EMPTY first, destinations ALMOST_FULL first.
+Both move objects until zs_can_compact() says nothing more can be freed, so on these
+images both end near the optimal packing; the order in which zspages are drained and
+filled differs, and so can the last few zspages of a class.
+
+Skipped (not failed) when /sys/block/zram0 is absent, not writable, initialised or
+locked by someone else, used as swap or mounted, or has no lz4 backend.  The kernel
+device is always reset afterwards and its comp_algorithm selection restored.
+"""
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from zramfs.codecs import get_codec
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_kernel_compare() -> ModuleType:
+    name = "kernel_compare"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "kernel_compare.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module   # dataclasses look the module up while the body runs
+    spec.loader.exec_module(module)
+    return module
+
+
+kc = _load_kernel_compare()
+
+PAGE = kc.PAGE_SIZE
+#: 64 MiB per image: ~5 s per image on the kernel and zramfs together
+IMAGE_PAGES = (64 << 20) // PAGE
+#: zs_huge_class_size() with 8-page chains (first non-huge class 3632 - 7), zram.md §3.10
+HUGE_CLASS_SIZE = 3625
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_device() -> None:
+    """Skip the module unless /sys/block/zram0 is present, free and has lz4."""
+    try:
+        kc.KernelZram(algorithm="lz4").check()
+    except kc.KernelUnavailable as exc:
+        pytest.skip(f"kernel zram not usable: {exc}")
+
+
+def _compare(image: str) -> kc.Comparison:
+    pages = kc.IMAGES[image](IMAGE_PAGES, kc.DEFAULT_SEEDS[image])
+    try:
+        c = kc.run(image, pages, algorithm="lz4")
+    except kc.KernelUnavailable as exc:   # someone took the device since the fixture ran
+        pytest.skip(f"kernel zram not usable: {exc}")
+    if c.kernel["discarded"]["pages_compacted"]:
+        # The kernel's shrinker (zs_shrinker_scan) compacted the pool under memory pressure
+        # before we did: mem_used_total then reflects a compaction we did not ask for.
+        pytest.skip("the kernel compacted zram0 by itself (memory pressure): "
+                    + str(c.kernel["discarded"]))
+    return c
+
+
+def _explain(c: kc.Comparison) -> str:
+    return "\n" + kc.format_table(c) + "\n-- checks\n" + kc.format_checks(c)
+
+
+def _sizes(agreement: kc.SizeAgreement) -> str:
+    return agreement.summary()
+
+
+# ------------------------------------------------------------------ the deterministic image
+
+def test_deterministic_pages_compress_alike() -> None:
+    """Every L in 0..4096: the kernel stores a page of L random bytes + zeros with the
+    same size as zramfs (the claim the deterministic image rests on)."""
+    rng = random.Random(7)
+    pages = [rng.randbytes(n) + bytes(PAGE - n) for n in range(PAGE + 1)]
+    try:
+        agreement = kc.page_size_agreement(pages, algorithm="lz4")
+    except kc.KernelUnavailable as exc:
+        pytest.skip(f"kernel zram not usable: {exc}")
+    assert not agreement.mismatches, _sizes(agreement)
+    # The kernel's HUGE threshold is where the reference puts it for 8-page chains
+    # (zram.md §3.10: comp_len >= 3625), and both sides of it occur among these pages.
+    lz4 = get_codec("lz4")
+    stored = dict(zip((len(lz4.compress(p)) for p in pages), agreement.kernel))
+    assert stored[HUGE_CLASS_SIZE - 1] == HUGE_CLASS_SIZE - 1, stored.get(HUGE_CLASS_SIZE - 1)
+    assert stored[HUGE_CLASS_SIZE] == PAGE, stored.get(HUGE_CLASS_SIZE)
+
+
+def test_deterministic_image_equal() -> None:
+    """orig/compr/same/huge/mem_used_total (and mem_used_max, huge_pages_since) EQUAL after
+    writing and after discarding; mem_used_total within 10 % after compaction (the
+    algorithms differ, see the module docstring)."""
+    c = _compare("deterministic")
+    failed = kc.failed_checks(c)
+    assert not failed, (
+        "zramfs differs from the kernel on pages whose LZ4 length is version-independent, "
+        "so the allocator (class table, chain rule, huge threshold), same-page detection or "
+        "mm_stat formatting is at fault" + _explain(c))
+
+
+# ------------------------------------------------------------------ the real-data image
+
+def test_real_image_close() -> None:
+    """orig_data_size and same_pages equal; compr_data_size, mem_used_total and huge_pages
+    within 2.5 % (different LZ4 builds); after discard + compaction mem_used_total within
+    10 % (5.17 compaction vs the kernel's ≥6.3 one: 4 fullness groups and the 3N/4 rule
+    against 10 % ZS_INUSE_RATIO groups with destinations from the fullest)."""
+    c = _compare("real")
+    failed = kc.failed_checks(c)
+    assert not failed, "zramfs differs from the kernel beyond the tolerances" + _explain(c)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "zramfs/codecs.py Lz4Codec compresses with lz4.block.compress, which python-lz4 "
+    "implements as LZ4_resetStream + LZ4_compress_fast_continue: a fresh *stream* uses the "
+    "byU32 hash table (4096 entries) instead of the byU16 table (8192 entries) that "
+    "LZ4_compress_fast / LZ4_compress_default use for inputs < 64 KiB, which is what the "
+    "kernel's backend_lz4 calls.  ~69 % of real pages get another length (up to ~600 bytes "
+    "per page, e.g. /usr/share/perl/5.36/unicore/lib/Perl/Assigned.pl: 4052 vs 3441), "
+    "real-data compr_data_size is +0.7 % and huge_pages +2.4 % against the kernel.  "
+    "Reported to the codecs owner; an equivalent of LZ4_compress_default (e.g. the block of "
+    "a one-block lz4.frame with block_linked=False, or liblz4 through ctypes) fixes it"))
+def test_lz4_codec_matches_kernel_per_page() -> None:
+    """Page by page, zramfs stores real data with the kernel's sizes (≤ 5 % of pages may
+    differ by the remaining lib/lz4 vs liblz4 1.9.x differences, ~2 % here)."""
+    pages = kc.real_pages(2048, kc.DEFAULT_SEEDS["real"])
+    try:
+        agreement = kc.page_size_agreement(pages, algorithm="lz4")
+    except kc.KernelUnavailable as exc:
+        pytest.skip(f"kernel zram not usable: {exc}")
+    assert len(agreement.mismatches) <= 0.05 * len(pages), _sizes(agreement)
