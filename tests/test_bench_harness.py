@@ -1,0 +1,157 @@
+"""Smoke tests for scripts/bench.py, the side-by-side fio benchmark, so it cannot rot.
+
+- the lock_stat / fio-JSON parsers on fixed inputs (no FUSE needed);
+- a ``--quick`` run on tiny images, zramfs-lz4 and nullfs only, one round, a subset of the jobs
+  that still covers every code path (fio read/write/mixed/numjobs, the real-data image writer,
+  mm_stat, lock_stat, the Markdown/JSON/PNG outputs);
+- SIGTERM in the middle of a run: the harness unmounts everything it mounted and exits 130.
+
+The runs need root, /dev/fuse and fio; they skip without them (a missing FUSE fails instead when
+ZRAMFS_REQUIRE_FUSE=1, as in CI). Together well under 60 s.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "bench.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_script", SCRIPT)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_script"] = mod   # dataclasses look the module up by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _need_run() -> None:
+    problem = None
+    if os.geteuid() != 0:
+        problem = "needs root"
+    elif not os.path.exists("/dev/fuse"):
+        problem = "needs /dev/fuse"
+    if problem:
+        if os.environ.get("ZRAMFS_REQUIRE_FUSE") == "1":
+            pytest.fail(f"FUSE required (ZRAMFS_REQUIRE_FUSE=1) but unavailable: {problem}")
+        pytest.skip(problem)
+    if shutil.which("fio") is None:
+        pytest.skip("needs fio")
+
+
+def _mounts_under(prefix: str) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if prefix in line.split()[1]]
+
+
+LOCK_STAT = """lock_stat version 0.4
+------------------------------------------------------------------------------------------------
+                              class name    contentions   waittime-min   waittime-max waittime-total   waittime-avg   acquisitions
+------------------------------------------------------------------------------------------------
+
+                  &pool->migrate_lock-W:              3           1.50          20.25          30.00          10.00             12
+                                                     --------------
+                    &pool->migrate_lock              3          [compact]
+
+                  &pool->migrate_lock-R:              0           0.00           0.00           0.00           0.00           4567
+                              PG_locked:              0           0.00           0.00           0.00           0.00             99
+"""
+
+
+def test_parsers() -> None:
+    b = _load()
+    rows = b.parse_lock_stat(LOCK_STAT)
+    assert rows["&pool->migrate_lock-W"] == {"contentions": 3, "wait_max_us": 20.25,
+                                             "wait_total_us": 30.0, "acquisitions": 12}
+    assert rows["&pool->migrate_lock-R"]["acquisitions"] == 4567
+    assert rows["PG_locked"]["acquisitions"] == 99
+    d = b.lock_delta({"PG_locked": {"contentions": 0, "wait_total_us": 0.0, "wait_max_us": 0.0,
+                                    "acquisitions": 90}}, rows)
+    assert d["PG_locked"]["acquisitions"] == 9 and d["&pool->migrate_lock-W"]["contentions"] == 3
+    fio = {"jobs": [{"read": {"total_ios": 70, "iops": 700.0, "bw_bytes": 2867200,
+                              "clat_ns": {"percentile": {"99.000000": 150000}}},
+                     "write": {"total_ios": 30, "iops": 300.0, "bw_bytes": 1228800,
+                               "clat_ns": {"percentile": {"99.000000": 250000}}}}]}
+    s = b.summarise_fio(fio)
+    assert s["iops"] == 1000.0 and s["p99_us"] == 150.0 and s["p99_write_us"] == 250.0
+    assert b.parse_size("1") == 4096 and b.parse_size("16M") == 16 << 20
+
+
+def test_quick_run(tmp_path: Path) -> None:
+    _need_run()
+    out = tmp_path / "out"
+    jobs = "randwrite-4k,randread-4k-4j,seqread-128k,randrw-70-30,real-write-128k,real-randread-4k"
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--size", "8M",
+                        "--systems", "zramfs-lz4,nullfs", "--rounds", "1", "--jobs", jobs,
+                        "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    assert time.monotonic() - t0 < 60, p.stdout
+    assert not _mounts_under("zramfs-bench."), p.stdout
+    assert p.stdout.count("round 1/1") == 12, p.stdout      # one progress line per job run
+    report = json.loads((out / "results.json").read_text())
+    for job in jobs.split(","):
+        per = report["summary"][job]
+        assert set(per) == {"zramfs-lz4", "nullfs"}, (job, per)
+        for row in per.values():
+            assert row["iops"]["median"] > 0 and row["mbps"]["median"] > 0
+        assert per["zramfs-lz4"]["ratio_to_ref"] == 1.0
+    mm = report["memory"]["zramfs-lz4"]["mm_stat"]
+    assert mm["orig_data_size"] > 0 and 0 < mm["compr_data_size"] < mm["orig_data_size"]
+    assert report["memory"]["zramfs-lz4"]["rss_kib"]["zramfs"] > 0
+    assert "randwrite-4k" in report["migrate_lock"]
+    md = (out / "results.md").read_text()
+    assert "| job | system | IOPS | MB/s | p99 µs | × zramfs-lz4 |" in md
+    assert "### Targets" in md and "### Memory after the real-data image" in md
+    assert (out / "jobs" / "randwrite-4k.fio").exists()
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "no chart" in p.stdout
+    else:
+        assert (out / "results.png").stat().st_size > 1000
+
+
+def test_sigterm_tears_down(tmp_path: Path) -> None:
+    _need_run()
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--quick", "--size", "8M",
+                             "--runtime", "60", "--systems", "zramfs-lz4,nullfs",
+                             "--jobs", "randread-4k", "--out", str(tmp_path / "out")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workdir = None
+    lines = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("bench: zramfs-lz4: ") and workdir is None:
+                workdir = line.split()[2].split("/zramfs-lz4/")[0]
+            if line.startswith("bench: prefilled nullfs"):
+                time.sleep(1.0)          # fio is running its 60 s job now
+                break
+            assert time.monotonic() < deadline, "".join(lines)
+        assert workdir and _mounts_under(workdir), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "interrupted" in rest
+    assert not _mounts_under(workdir), "".join(lines) + rest
+    assert not os.path.exists(workdir)
