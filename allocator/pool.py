@@ -582,7 +582,10 @@ class Pool:
             cls = None
         if cls is None or size <= 0:
             raise ValueError(f"zs_malloc: bad size {size!r} (1..{self.max_alloc_size})")
-        handle = self._alloc_handle()
+        try:                                    # cache_alloc_handle
+            handle = self._free_cells.pop() << HANDLE_SHIFT
+        except IndexError:
+            handle = self._grow_cells() << HANDLE_SHIFT
         lock = cls.lock
         lock.acquire()
         lists = cls.fullness_list
@@ -637,19 +640,35 @@ class Pool:
         except BaseException:
             ml.read_unlock()
             raise
-        zspage = self._private[obj >> (OBJ_TAG_BITS + self.obj_index_bits)]
+        obj >>= OBJ_TAG_BITS
+        pfn = obj >> self.obj_index_bits
+        zspage = self._private[pfn]
         cls = self.size_class[zspage.class_idx]
         lock = cls.lock
         lock.acquire()
         ml.read_unlock()
         try:
-            self._obj_free(cls.size, obj)
+            # obj_free(class->size, obj), inlined: push the slot on the freelist (LIFO).
+            idx = obj & self.obj_index_mask
+            if not zspage.huge:
+                # get_freeobj() is an unsigned int: the shift truncates to 32 bits (this
+                # matters only for the end marker that a FULL zspage's freeobj holds)
+                self._words[(pfn << (self.page_shift - 3)) +
+                            (((cls.size * idx) & self.page_mask) >> 3)] = \
+                    (zspage.freeobj << OBJ_TAG_BITS) & FREEOBJ_MASK
+            else:
+                self._index[pfn] = 0
+            zspage.freeobj = idx
+            zspage.inuse -= 1
             cls.stats[OBJ_USED] -= 1
             if self._fix_fullness_group(cls, zspage) == ZS_EMPTY:
                 self._free_zspage(cls, zspage)
         finally:
             lock.release()
-        self._free_handle(handle)
+        # cache_free_handle, after class->lock is dropped
+        cidx = handle >> HANDLE_SHIFT
+        self._cells[cidx] = FREE_CELL
+        self._free_cells.append(cidx)
 
     # ------------------------------------------------------------------ map / unmap
     def map_object(self, handle: int, mode: MapMode = MapMode.RW) -> _Mapping:
