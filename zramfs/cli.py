@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -154,6 +155,10 @@ def _serve(args: argparse.Namespace, on_ready) -> int:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    # Uncaught errors inside FUSE callbacks are logged by the binding: give them a prefix
+    # (they go to the terminal in the foreground, to --log when daemonised).
+    logging.basicConfig(level=logging.WARNING,
+                        format="zramfs[%(process)d] %(levelname)s %(name)s: %(message)s")
     mnt = os.path.abspath(args.mountpoint)
     args.mountpoint = mnt
     # The daemon chdirs to / : make every path it keeps absolute.
