@@ -299,7 +299,7 @@ def test_discard_whole_blocks_only(dev):
 
 def test_punch_hole_and_zero_range_read_back_zeros(dev):
     rng = random.Random(10)
-    base = b"".join(text_page(rng) for _ in range(6))
+    base = b"".join(text_page(rng) for _ in range(8))
     dev.write(0, base)
     model = bytearray(base)
     dev.punch_hole(PAGE + 100, 3 * PAGE)
@@ -308,6 +308,14 @@ def test_punch_hole_and_zero_range_read_back_zeros(dev):
     dev.zero_range(10, 20)                           # inside one block
     model[10:30] = bytes(20)
     assert dev.read(0, len(base)) == bytes(model)
+    # aligned start, end inside the same block: that block is partial too
+    dev.punch_hole(2 * PAGE, 1)
+    dev.punch_hole(5 * PAGE, PAGE + 7)
+    model[5 * PAGE: 6 * PAGE + 7] = bytes(PAGE + 7)
+    assert dev.read(0, len(base)) == bytes(model)
+    dev.write(8 * PAGE, b"\xcd")
+    dev.punch_hole(8 * PAGE, 1)
+    assert dev.read(8 * PAGE, PAGE) == bytes(PAGE)
     # an unwritten edge block stays unallocated
     dev.punch_hole(20 * PAGE + 5, 10)
     assert dev.slot_state(20) == (0, 0, 0)

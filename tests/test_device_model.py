@@ -93,12 +93,16 @@ class DeviceModel(RuleBasedStateMachine):
         last = (off + n) // PAGE                # partial last block skipped
         for i in range(first, last):
             self.model[i * PAGE:(i + 1) * PAGE] = bytes(PAGE)
+        lo, hi = off & ~(PAGE - 1), min(SIZE, (off + n + PAGE - 1) & ~(PAGE - 1))
+        assert self.dev.read(lo, hi - lo) == bytes(self.model[lo:hi])
 
     @rule(off=offsets, n=lengths)
     def punch_hole(self, off, n):
         self.dev.punch_hole(off, n)
         n = min(n, SIZE - off)
         self.model[off:off + n] = bytes(n)
+        lo, hi = off & ~(PAGE - 1), min(SIZE, (off + n + PAGE - 1) & ~(PAGE - 1))
+        assert self.dev.read(lo, hi - lo) == bytes(self.model[lo:hi])
 
     @rule()
     def compact(self):

@@ -695,11 +695,14 @@ class ZramDevice:
             return
         end = min(offset + length, self.disksize)
         self.discard(offset, end - offset)
-        head_end = min(end, (offset | (PAGE_SIZE - 1)) + 1)
-        if offset & (PAGE_SIZE - 1):
-            self._zero_edge(meta, offset, head_end)
-        if end & (PAGE_SIZE - 1) and (end & ~(PAGE_SIZE - 1)) >= head_end:
-            self._zero_edge(meta, end & ~(PAGE_SIZE - 1), end)
+        mask = PAGE_SIZE - 1
+        head_block_end = (offset | mask) + 1
+        # the first block is partial when the hole starts inside it or ends before its end
+        if offset & mask or end < head_block_end:
+            self._zero_edge(meta, offset, min(end, head_block_end))
+        # the last block is partial when the hole ends inside a later block
+        if end & mask and (end & ~mask) >= head_block_end:
+            self._zero_edge(meta, end & ~mask, end)
 
     zero_range = punch_hole
 
