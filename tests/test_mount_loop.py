@@ -10,11 +10,13 @@ a timeout so a hang fails the test instead of blocking the run.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -205,6 +207,23 @@ def test_swap_on_sparse_device(zmount):
     mm = m.mm_stat()
     assert 0 < mm[0] <= 64 * 1024          # only the header was stored
     assert mm[3] == 1 * MiB                  # mem_limit
+    # The loop device holds the image open: reset and hot_remove are refused until detached.
+    with pytest.raises(OSError) as info:
+        m.write_attr("reset", "1")
+    assert info.value.errno == errno.EBUSY
+    run("losetup", "-d", loop)
+    # A detach is deferred while someone (udev probing after swapoff) still has the loop
+    # open, so the image may stay open for a moment.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            m.write_attr("reset", "1")
+            break
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    assert m.read_attr("initstate") == "0\n"
 
 
 def _fio(m, *extra: str, size: str = "24M", runtime_s: int = 0):
