@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .memory import INDEX_NONE, PG_PRIVATE
-from .sizeclass import ISOLATED_BITS, OBJ_ALLOCATED_TAG, OBJ_TAG_BITS
+from .sizeclass import ISOLATED_BITS, OBJ_ALLOCATED_TAG, OBJ_TAG_BITS, ZSPAGE_MAGIC
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -29,7 +29,7 @@ _ISOLATED_MAX = (1 << ISOLATED_BITS) - 1
 
 def _get_zspage(pool: "Pool", pfn: int) -> "Zspage":
     zspage = pool._private[pfn]
-    if zspage is None or zspage.magic != 0x58:
+    if zspage is None or zspage.magic != ZSPAGE_MAGIC:
         raise AssertionError(f"pfn {pfn}: not a zsmalloc page ({zspage!r})")
     return zspage
 

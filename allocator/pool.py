@@ -112,7 +112,7 @@ class _MapArea(threading.local):
 class _Mapping:
     """What map_object returns: maps on __enter__ (zs_map_object), unmaps on __exit__."""
 
-    __slots__ = ("pool", "handle", "mode", "zspage", "pfn", "off", "size", "span", "view")
+    __slots__ = ("pool", "handle", "mode", "zspage", "pfn", "off", "size", "span", "view", "area")
 
     def __init__(self, pool: "Pool", handle: int, mode: MapMode) -> None:
         self.pool = pool
@@ -736,6 +736,7 @@ class Pool:
         m.off = off
         m.size = size
         m.view = view
+        m.area = area.bufmv       # identifies this thread's area (the local object is shared)
         area.active = True
         return view
 
@@ -743,6 +744,10 @@ class Pool:
         zspage = m.zspage
         if zspage is None:
             return
+        area = self._area
+        if area.bufmv is not m.area:
+            # E22: zs_unmap_object must run where the map ran (per-CPU area + local_lock)
+            raise NestedMappingError("object unmapped by a thread that did not map it")
         m.zspage = None
         try:
             m.view.release()        # a stale view must not reach the page after unmap
@@ -757,12 +762,12 @@ class Pool:
                 s0 = self.page_size - off
                 base = m.pfn << self.page_shift
                 arena = self._arena
-                buf = self._area.bufmv
+                buf = area.bufmv
                 arena[base + off:base + off + s0] = buf[ZS_HANDLE_SIZE:ZS_HANDLE_SIZE + s0]
                 nb = self._index[m.pfn] << self.page_shift
                 arena[nb:nb + size - s0] = buf[ZS_HANDLE_SIZE + s0:ZS_HANDLE_SIZE + size]
         finally:
-            self._area.active = False
+            area.active = False
             zspage.lock.read_unlock()
 
     def read_object(self, handle: int, length: int) -> bytes:

@@ -576,3 +576,17 @@ def test_concurrent_malloc_free_migrate_compact(mem):
             pool.free(h)
     assert pool.flush_free_work(timeout=10)
     assert pool.total_pages == 0 and mem.nr_used == 0
+
+
+def test_unmap_from_another_thread_is_refused(pool):
+    h = pool.malloc(10)
+    cm = pool.map_object(h, MapMode.RW)
+    cm.__enter__()
+    errors = []
+    t = threading.Thread(target=lambda: errors.append(
+        pytest.raises(NestedMappingError, cm.__exit__, None, None, None)))
+    t.start()
+    t.join()
+    assert errors
+    cm.__exit__(None, None, None)
+    pool.free(h)
