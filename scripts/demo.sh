@@ -42,7 +42,7 @@ unmount_device() {
     if is_mounted "$MNT"; then
         if [ "$BACKEND" = zramfs ]; then zramfs_cli umount "$MNT" || true; fi
         is_mounted "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || fusermount -u "$MNT" 2>/dev/null || umount "$MNT" 2>/dev/null || true; }
-        local i; for i in $(seq 50); do is_mounted "$MNT" || break; sleep 0.1; done
+        for _ in $(seq 50); do is_mounted "$MNT" || break; sleep 0.1; done
         is_mounted "$MNT" && { log "lazy unmount of $MNT"; umount -l "$MNT" || true; }
     fi
     rmdir "$MNT" 2>/dev/null || true
@@ -104,7 +104,7 @@ case "$BACKEND" in
         python3 "$REPO/scripts/nullfs.py" "$MNT" --size "$SIZE" ;;
     *) die "BACKEND must be zramfs or nullfs" ;;
 esac
-for i in $(seq 300); do is_mounted "$MNT" && [ -e "$MNT/dev/zram0" ] && break; sleep 0.1; done
+for _ in $(seq 300); do is_mounted "$MNT" && [ -e "$MNT/dev/zram0" ] && break; sleep 0.1; done
 is_mounted "$MNT" || die "$MNT did not mount"
 DEV="$MNT/dev/zram0"
 log "mounted: $DEV ($(stat -c %s "$DEV") bytes)"

@@ -55,8 +55,7 @@ mount_device() {  # [MNT] -> sets MNT (and OWN_MNT=1 when this script mounted it
             python3 "$REPO/scripts/nullfs.py" "$MNT" --size "$SIZE" --mlock ;;
         *) die "BACKEND must be zramfs or nullfs, not $BACKEND" ;;
     esac
-    local i
-    for i in $(seq 300); do
+    for _ in $(seq 300); do
         is_mounted "$MNT" && [ -e "$MNT/dev/zram0" ] && return 0
         sleep 0.1
     done
@@ -67,7 +66,7 @@ unmount_device() {
     if is_mounted "$MNT"; then
         if [ "$BACKEND" = zramfs ]; then zramfs_cli umount "$MNT" || true; fi
         is_mounted "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || fusermount -u "$MNT" 2>/dev/null || umount "$MNT" 2>/dev/null || true; }
-        local i; for i in $(seq 50); do is_mounted "$MNT" || break; sleep 0.1; done
+        for _ in $(seq 50); do is_mounted "$MNT" || break; sleep 0.1; done
         is_mounted "$MNT" && { log "lazy unmount of $MNT"; umount -l "$MNT" || true; }
     fi
     rmdir "$MNT" 2>/dev/null || true

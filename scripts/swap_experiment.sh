@@ -37,7 +37,7 @@ DISCARD="${DISCARD:-pages}"
 log() { printf '[swap_experiment] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-to_bytes() { numfmt --from=iec "$(echo "$1" | tr a-z A-Z | sed 's/I\?B$//')"; }
+to_bytes() { numfmt --from=iec "$(echo "$1" | tr "[:lower:]" "[:upper:]" | sed 's/I\?B$//')"; }
 
 # ---- device mount helpers (same in demo.sh, fs_demo.sh, swap_experiment.sh) ----------------------
 MNT=""; OWN_MNT=0
@@ -69,8 +69,7 @@ mount_device() {  # [MNT] -> sets MNT (and OWN_MNT=1 when this script mounted it
             python3 "$REPO/scripts/nullfs.py" "$MNT" --size "$SIZE" --mlock ;;
         *) die "BACKEND must be zramfs or nullfs, not $BACKEND" ;;
     esac
-    local i
-    for i in $(seq 300); do
+    for _ in $(seq 300); do
         is_mounted "$MNT" && [ -e "$MNT/dev/zram0" ] && return 0
         sleep 0.1
     done
@@ -81,7 +80,7 @@ unmount_device() {
     if is_mounted "$MNT"; then
         if [ "$BACKEND" = zramfs ]; then zramfs_cli umount "$MNT" || true; fi
         is_mounted "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || fusermount -u "$MNT" 2>/dev/null || umount "$MNT" 2>/dev/null || true; }
-        local i; for i in $(seq 50); do is_mounted "$MNT" || break; sleep 0.1; done
+        for _ in $(seq 50); do is_mounted "$MNT" || break; sleep 0.1; done
         is_mounted "$MNT" && { log "lazy unmount of $MNT"; umount -l "$MNT" || true; }
     fi
     rmdir "$MNT" 2>/dev/null || true
@@ -207,7 +206,7 @@ cleanup() {
     if [ "$SWAP_ON" = 1 ] && [ -n "$LOOP" ]; then swapoff "$LOOP" || log "swapoff $LOOP failed"; fi
     [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null
     if [ -n "$CG" ] && [ -d "$CG" ]; then
-        local i; for i in $(seq 50); do rmdir "$CG" 2>/dev/null && break; sleep 0.1; done
+        for _ in $(seq 50); do rmdir "$CG" 2>/dev/null && break; sleep 0.1; done
         [ -d "$CG" ] && log "could not remove cgroup $CG"
     fi
     unmount_device

@@ -111,7 +111,7 @@ install_python() {
     missing="$(python_missing)"
     if [ -n "$missing" ]; then
         log "installing the project (pip install -e '.[test]'; missing: $missing)"
-        pip_install -e "$REPO[test]"
+        pip_install -e "${REPO}[test]"
     fi
     missing=""
     for m in "${PY_UNDECLARED[@]}"; do
