@@ -590,3 +590,28 @@ def test_unmap_from_another_thread_is_refused(pool):
     assert errors
     cm.__exit__(None, None, None)
     pool.free(h)
+
+
+@pytest.mark.parametrize("page_size", [16384, 65536])
+def test_other_page_sizes(page_size):
+    import random
+    mem = PhysicalMemory(max_pages=512, page_size=page_size)
+    pool = Pool("big", memory=mem)
+    t = pool.table
+    assert t.size_class_delta == page_size >> 8
+    assert pool.classes[-1].size == page_size and pool.classes[-1].huge
+    rng = random.Random(page_size)
+    live = {}
+    for i in range(400):
+        n = rng.randint(1, page_size)
+        h = pool.malloc(n)
+        live[h] = pattern(i, n)
+        pool.write_object(h, live[h])
+    for h in list(live)[::2]:
+        pool.free(h)
+        del live[h]
+    pool.compact()
+    mem.compact()
+    for h, d in live.items():
+        assert pool.read_object(h, len(d)) == d
+    pool.check_invariants()
