@@ -36,7 +36,9 @@ def pool(mem):
 
 
 def pattern(seed: int, n: int) -> bytes:
-    return bytes(((seed * 37 + i * 11) & 0xFF) | 1 for i in range(n))
+    """n bytes that differ per seed and per position (period 256), never zero."""
+    base = bytes(((seed * 37 + i * 11) & 0xFF) | 1 for i in range(256))
+    return (base * (n // 256 + 1))[:n]
 
 
 def cls_of(pool: Pool, size: int):
