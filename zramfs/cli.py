@@ -167,6 +167,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not os.path.isdir(mnt):
         print(f"zramfs: mount point {mnt} is not a directory", file=sys.stderr)
         return 1
+    if args.devices < 0:
+        print("zramfs: --devices must be >= 0", file=sys.stderr)
+        return 1
     if mnt in zramfs_mounts():
         print(f"zramfs: {mnt} is already a zramfs mount", file=sys.stderr)
         return 1

@@ -12,10 +12,17 @@ Binding: ``mfusepy`` (maintained, libfuse 2 and 3, has ``fallocate``) is preferr
 FUSE choices (see `mount_options`):
 - ``direct_io`` per open (``raw_fi``; ``fi.direct_io = 1``) for control files — their size is
   unknown, content is generated on each read at offset 0 — and for the image, so reads and
-  writes reach the device instead of a page-cache copy (O_DIRECT works too).  Tested on Linux
-  6.18 with a loop device in both buffered and ``--direct-io=on`` mode: mkfs/mount/fsck and
-  swapon work.  ``image_cache=True`` serves the image through the page cache instead (needed
-  for shared writable mmap, e.g. LTP zram03).
+  writes reach the device instead of a page-cache copy (O_DIRECT works too, at any alignment).
+  Loop over a direct_io FUSE file (libfuse #56 reports a hang on kernel 4.4) was tested on
+  Linux 6.18 with libfuse 2.9.9 and 3.14, loop ``--direct-io=off`` and ``=on``: mkfs.ext4,
+  mount, fsck, fstrim, mkswap/swapon/swapoff, fio libaio iodepth 32 with verify, and swap
+  under a memory-limited cgroup all work.  What makes it safe: the server is another process,
+  multithreaded, and not in the memory-pressured cgroup.  What is not safe: swap on it under
+  *global* memory pressure (the daemon's own pages can be reclaimed to the device it serves;
+  mlockall is no cure because the allocator frees frames with MADV_DONTNEED, which fails on
+  locked memory).  The cost of direct_io: no shared writable mmap (ENODEV);
+  ``image_cache=True`` serves the image through the page cache instead (LTP zram03's
+  MAP_SHARED fill works there).
 - ``getxattr``/``setxattr``/``listxattr``/``removexattr`` are left unregistered: libfuse answers
   ENOSYS, the kernel sets ``no_getxattr`` and stops sending a GETXATTR before every WRITE.
 - ``max_write``/``max_read`` 128 KiB (+ ``big_writes`` on libfuse 2, where it exists; on
