@@ -211,6 +211,7 @@ class Pool:
 
     # ------------------------------------------------------------------ handle cells
     def _alloc_handle(self) -> int:
+        """cache_alloc_handle (malloc inlines it)."""
         try:
             idx = self._free_cells.pop()
         except IndexError:
@@ -231,6 +232,7 @@ class Pool:
             return old
 
     def _free_handle(self, handle: int) -> None:
+        """cache_free_handle (free inlines it)."""
         idx = handle >> HANDLE_SHIFT
         self._cells[idx] = FREE_CELL
         self._free_cells.append(idx)
@@ -588,6 +590,7 @@ class Pool:
             handle = self._grow_cells() << HANDLE_SHIFT
         lock = cls.lock
         lock.acquire()
+        # find_get_zspage (inlined; see _find_get_zspage): ALMOST_FULL, ALMOST_EMPTY, EMPTY
         lists = cls.fullness_list
         zspage = None
         for fg in (ZS_ALMOST_FULL, ZS_ALMOST_EMPTY, ZS_EMPTY):
