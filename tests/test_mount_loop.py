@@ -191,6 +191,52 @@ def test_whole_device_through_loop_random_verify(zmount):
     assert m.mm_stat()[0] == size
 
 
+KERNEL_STYLE_SCRIPT = r"""
+set -eu
+M=$1; FS=$2
+ctl=$M/sys/class/zram-control
+id=$(cat $ctl/hot_add)                       # lowest free id, as zram_load expects
+sys=$M/sys/block/zram$id
+[ "$(cat $sys/initstate)" = 0 ]
+echo lz4 > $sys/comp_algorithm
+echo 12M > $sys/disksize
+echo 12M > $sys/mem_limit
+if echo 1M > $sys/disksize 2>/dev/null; then echo "disksize changed twice"; exit 1; fi
+grep -q '\[lz4\]' $sys/comp_algorithm
+loop=$(losetup -f --show $M/dev/zram$id)
+mkfs.ext4 -q -F $loop
+mount $loop $FS
+b=0
+dd if=/dev/zero of=$FS/file bs=1024 oflag=append conv=notrunc status=none 2>/dev/null || true
+b=$(( $(stat -c %s $FS/file) / 1024 ))
+sync
+umount $FS
+mem_used_total=$(awk '{print $3}' $sys/mm_stat)
+v=$((100 * 1024 * b / mem_used_total))
+echo "filled=${b}K mem_used_total=$mem_used_total ratio=$v"
+[ $b -gt 4096 ] && [ $v -ge 100 ]
+losetup -d $loop
+for i in $(seq 50); do echo 1 > $sys/reset 2>/dev/null && break; sleep 0.1; done
+[ "$(cat $sys/initstate)" = 0 ]
+echo $id > $ctl/hot_remove
+[ ! -e $M/dev/zram$id ]
+"""
+
+
+def test_kernel_style_shell_script(zmount, tmp_path):
+    """The zram_lib.sh sequence as a shell script with every path prefixed by MNT: hot_add,
+    comp_algorithm, disksize (second write refused), mem_limit, mkfs, mount, fill with dd until
+    ENOSPC, the mm_stat ratio, reset, hot_remove."""
+    need("losetup", "mkfs.ext4", "dd", "awk")
+    m = zmount()
+    fsdir = tmp_path / "fs"
+    fsdir.mkdir()
+    res = run("bash", "-c", KERNEL_STYLE_SCRIPT, "script", str(m.path), str(fsdir),
+              timeout=300, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ratio=" in res.stdout
+
+
 def test_swap_on_sparse_device(zmount):
     """zram02's check: a huge device with a 1 MiB mem_limit can be made swap and activated
     (mkswap writes only the header page)."""
