@@ -701,10 +701,19 @@ class Pool:
         area = self._area
         if area.active:
             raise NestedMappingError("only one object can be mapped per thread at a time")
-        obj, zspage = self._resolve_and_pin(m.handle)
+        # _resolve_and_pin, inlined: read(migrate_lock) -> handle -> obj -> page -> zspage ->
+        # read(zspage->lock) -> read_unlock(migrate_lock)
+        ml = self.migrate_lock
+        ml.read_lock()
         try:
+            obj = self._checked_obj(m.handle)
             obj >>= OBJ_TAG_BITS
             pfn = obj >> self.obj_index_bits
+            zspage = self._private[pfn]
+            zspage.lock.read_lock()
+        finally:
+            ml.read_unlock()
+        try:
             cls = self.size_class[zspage.class_idx]
             size = cls.size
             off = (size * (obj & self.obj_index_mask)) & self.page_mask
