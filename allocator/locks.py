@@ -342,7 +342,16 @@ def lockdep_before(key: object, cls: LockClass, mode: LockMode, trylock: bool = 
                 raise LockOrderViolation(
                     f"lock order inversion: acquiring {cls.name} (rank {rank}) while holding "
                     f"{h.cls.name} (rank {r}); held: {held!r}")
-    # Dependency graph: held class -> cls. A new edge closing a cycle is an inversion.
+    # Dependency graph: held class -> cls. A new edge closing a cycle is an inversion. Known
+    # edges are checked without the graph lock (set/dict reads are atomic under the GIL).
+    for h in held:
+        hc = h.cls
+        if hc is not cls:
+            succ = _graph.get(hc)
+            if succ is None or cls not in succ:
+                break
+    else:
+        return
     with _graph_lock:
         for h in held:
             hc = h.cls

@@ -354,6 +354,13 @@ class PhysicalMemory:
     def is_free(self, pfn: int) -> bool:
         return not (0 <= pfn < self._top) or self._state[pfn] == _FREE
 
+    @property
+    def arena(self) -> memoryview:
+        """A writable memoryview of the whole arena: frame ``pfn`` is bytes
+        ``[pfn * page_size, (pfn + 1) * page_size)``. For hot paths that would otherwise slice
+        one view per call; the same object for the memory's lifetime."""
+        return self._mv
+
     def view(self, pfn: int) -> memoryview:
         """A writable memoryview of the frame's page_size bytes."""
         if _locks._lockdep and (not 0 <= pfn < self._top or self._state[pfn] != _USED):
@@ -406,12 +413,14 @@ class PhysicalMemory:
             _locks.lockdep_acquired((id(self), pfn), PAGE_LOCK, _WRITE)
 
     def trylock_page(self, pfn: int) -> bool:
-        wq = self._waitq[pfn & (_NR_WAITQ - 1)]
+        lk = self._waitq[pfn & (_NR_WAITQ - 1)].lock
         locked = self._pglocked
-        with wq.lock:
-            if locked[pfn]:
-                return False
-            locked[pfn] = 1
+        lk.acquire()
+        if locked[pfn]:
+            lk.release()
+            return False
+        locked[pfn] = 1
+        lk.release()
         next(PAGE_LOCK.write._acq)
         if _locks._lockdep:
             _locks.lockdep_acquired((id(self), pfn), PAGE_LOCK, _WRITE, True)
@@ -420,15 +429,34 @@ class PhysicalMemory:
     def unlock_page(self, pfn: int) -> None:
         wq = self._waitq[pfn & (_NR_WAITQ - 1)]
         locked = self._pglocked
-        with wq.lock:
-            if not locked[pfn]:
-                raise RuntimeError(f"unlock_page: pfn {pfn} is not locked")
-            locked[pfn] = 0
-            if wq.waiters:
-                # The wait queue is shared by several frames: wake all, each rechecks its bit.
-                wq.cond.notify_all()
+        lk = wq.lock
+        lk.acquire()
+        if not locked[pfn]:
+            lk.release()
+            raise RuntimeError(f"unlock_page: pfn {pfn} is not locked")
+        locked[pfn] = 0
+        if wq.waiters:
+            # The wait queue is shared by several frames: wake all, each rechecks its bit.
+            wq.cond.notify_all()
+        lk.release()
         if _locks._lockdep:
             _locks.lockdep_released((id(self), pfn))
+
+    def wait_on_page_locked(self, pfn: int) -> None:
+        """wait_on_page_locked(): sleep until the frame's PG_locked is clear, without taking it
+        (lockdep checks it like a lock_page: waiting there can deadlock the same way)."""
+        if _locks._lockdep:
+            _locks.lockdep_before((id(self), pfn), PAGE_LOCK, _WRITE)
+        wq = self._waitq[pfn & (_NR_WAITQ - 1)]
+        locked = self._pglocked
+        with wq.lock:
+            if locked[pfn]:
+                wq.waiters += 1
+                try:
+                    while locked[pfn]:
+                        wq.cond.wait()
+                finally:
+                    wq.waiters -= 1
 
     def page_is_locked(self, pfn: int) -> bool:
         return bool(self._pglocked[pfn])
@@ -524,7 +552,9 @@ class PhysicalMemory:
                 ok = bool(ops.migrate_page(pfn, target))
             finally:
                 if ok:
-                    self.clear_page_flag(pfn, PG_ISOLATED)
+                    # The old frame stops being a page of the owner before anyone else can lock
+                    # it: reset its struct page and leave the free to the final put (our unpin).
+                    self._free_migrated(pfn)
                     self.unlock_page(target)
                 else:
                     self._putback(pfn, ops)
@@ -536,14 +566,13 @@ class PhysicalMemory:
                 return MigrateStatus.FAILED
         finally:
             self.unlock_page(pfn)
-        # Success: the owner dropped the old frame (clear_movable); it goes back to the free pool
-        # (deferred to our unpin by the refcount, as the kernel's final put_page).
         with self._lock:
             self._vm["pgmigrate_success"] += 1
-        self._free_migrated(pfn)
         return MigrateStatus.SUCCESS
 
     def _free_migrated(self, pfn: int) -> None:
+        """After a successful migrate_page: the old frame goes back to the free pool once the
+        migrator's pin is dropped (kernel: the final put_page of the old page)."""
         with self._lock:
             if self._state[pfn] != _USED:
                 return   # the owner freed it itself (then it is a zombie until our unpin)

@@ -635,3 +635,25 @@ def test_concurrent_owners_migrator_compactor(lockdep: None) -> None:
     vm = mem.vmstat()
     assert vm["pgmigrate_success"] > 0
     assert vm["pgalloc_normal"] == vm["pgfree"]
+
+
+def test_arena_and_wait_on_page_locked() -> None:
+    mem = PhysicalMemory(max_pages=8)
+    p = mem.alloc_page()
+    q = mem.alloc_page()
+    mem.arena[q * 4096:q * 4096 + 3] = b"abc"
+    assert bytes(mem.view(q)[:3]) == b"abc" and mem.arena is mem.arena
+    mem.wait_on_page_locked(p)          # unlocked: returns at once
+    mem.lock_page(p)
+    done = threading.Event()
+
+    def waiter() -> None:
+        mem.wait_on_page_locked(p)
+        done.set()
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    assert not done.wait(0.05)
+    mem.unlock_page(p)
+    assert done.wait(5)
+    assert not mem.page_is_locked(p)    # waiting does not take the lock
