@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from .pool import Pool
     from .zspage import Zspage
 
-_ISOLATED_MAX = (1 << ISOLATED_BITS) - 1
+_ISOLATED_MAX = (1 << ISOLATED_BITS) - 1     # 5.17: 3 bits, enough for 4-page zspages
+_ISOLATED_MAX_LONG_CHAIN = (1 << 5) - 1      # kernels with a configurable chain use 5 bits
 
 
 def _get_zspage(pool: "Pool", pfn: int) -> "Zspage":
@@ -43,8 +44,9 @@ def zs_page_isolate(pool: "Pool", pfn: int) -> bool:
     lock = zspage.lock
     lock.write_lock()
     try:
-        # isolated is a 3-bit field in struct zspage
-        assert zspage.isolated < _ISOLATED_MAX, "zspage->isolated overflow"
+        # isolated is a 3-bit field in struct zspage (5 bits once chains grew past 4 pages)
+        limit = _ISOLATED_MAX if pool.table.chain_size <= 4 else _ISOLATED_MAX_LONG_CHAIN
+        assert zspage.isolated < limit, "zspage->isolated overflow"
         zspage.isolated += 1
     finally:
         lock.write_unlock()
