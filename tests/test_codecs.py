@@ -177,3 +177,22 @@ def test_parameters_are_checked_when_the_codec_is_created():
     c = codecs.get_codec("lz4", level=-3)      # acceleration < 1 means the default
     page = text_page(random.Random(8))
     assert c.decompress(c.compress(page)) == page
+
+
+def test_lz4_uses_lz4_compress_fast_like_the_kernel():
+    """backend_lz4 calls LZ4_compress_fast (byU16 table under 64 KiB), not the stream API:
+    the lengths must be those of LZ4_compress_fast, which differ from lz4.block.compress."""
+    import lz4.block
+    c = codecs.get_codec("lz4")
+    assert codecs._LZ4_COMPRESS_FAST is not None and c._fast is not None
+    rng = random.Random(9)
+    pages = [text_page(rng) for _ in range(50)]
+    ours = [c.compress(p) for p in pages]
+    assert [c.decompress(o) for o in ours] == pages
+    stream = [len(lz4.block.compress(p, store_size=False)) for p in pages]
+    assert sum(len(o) != s for o, s in zip(ours, stream)) > 25
+    # acceleration is the level, as the kernel passes params->level
+    fast8 = codecs.get_codec("lz4", level=8)
+    assert sum(len(fast8.compress(p)) for p in pages) > sum(map(len, ours))
+    # with a dictionary the stream API is the kernel's path too (LZ4_loadDict + _continue)
+    assert codecs.get_codec("lz4", dictionary=corpus()[:4096])._fast is None

@@ -57,8 +57,45 @@ class Codec(ABC):
         return f"<{type(self).__name__} {self.name} level={self.level}{extra}>"
 
 
+def _load_lz4_compress_fast():
+    """LZ4_compress_fast() from the liblz4 that python-lz4 carries (or the system's), or None.
+
+    Why not lz4.block.compress: python-lz4 compresses through LZ4_resetStream +
+    LZ4_compress_fast_continue, and a fresh *stream* hashes with the byU32 table, while
+    LZ4_compress_fast() — what the kernel's backend_lz4 calls — uses the byU16 table for
+    inputs under 64 KiB.  The two produce different lengths for most real pages, and the
+    lengths decide size classes, HUGE pages and every mm_stat number.
+    """
+    import ctypes
+    import ctypes.util
+
+    from lz4.block import _block
+
+    for path in (_block.__file__, ctypes.util.find_library("lz4")):
+        if not path:
+            continue
+        try:
+            fn = ctypes.CDLL(path).LZ4_compress_fast
+        except (OSError, AttributeError):
+            continue
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        return fn
+    return None
+
+
+_LZ4_COMPRESS_FAST = _load_lz4_compress_fast()
+_LZ4_DST_LEN = 2 * PAGE_SIZE   # zcomp hands compress() a 2 * PAGE_SIZE destination
+
+
 class Lz4Codec(Codec):
-    """LZ4 block format, no size header (the page size is known), like backend_lz4.c."""
+    """LZ4 block format, no size header (the page size is known), like backend_lz4.c.
+
+    Without a dictionary the page goes through LZ4_compress_fast(level as acceleration),
+    exactly the kernel's call; the ctypes call releases the GIL, so each thread has its own
+    output buffer.  With a dictionary the kernel uses LZ4_loadDict + LZ4_compress_fast_continue,
+    which is what lz4.block.compress(dict=...) does.
+    """
 
     name = "lz4"
     default_level = 1  # LZ4_ACCELERATION_DEFAULT; the kernel passes level as acceleration
@@ -72,8 +109,23 @@ class Lz4Codec(Codec):
             kwargs["dict"] = self.dictionary
         self._ckw = kwargs
         self._dkw: dict[str, object] = {"dict": self.dictionary} if self.dictionary else {}
+        self._fast = _LZ4_COMPRESS_FAST if type(self) is Lz4Codec and not self.dictionary else None
 
     def compress(self, page: bytes) -> bytes:
+        fast = self._fast
+        if fast is not None:
+            local = self._local
+            try:
+                addr = local.addr
+            except AttributeError:
+                import ctypes
+                local.buf = ctypes.create_string_buffer(_LZ4_DST_LEN)
+                local.addr = addr = ctypes.addressof(local.buf)
+                local.string_at = ctypes.string_at
+            n = fast(page, addr, len(page), _LZ4_DST_LEN, self.level)
+            if n <= 0:
+                raise CodecError(f"{self.name}: compression failed ({n})")
+            return local.string_at(addr, n)
         try:
             return lz4.block.compress(page, **self._ckw)
         except lz4.block.LZ4BlockError as exc:
@@ -103,6 +155,7 @@ class Lz4hcCodec(Lz4Codec):
             kwargs["dict"] = self.dictionary
         self._ckw = kwargs
         self._dkw = {"dict": self.dictionary} if self.dictionary else {}
+        self._fast = None   # LZ4_compress_HC is what python-lz4's HC mode calls already
 
 
 class ZstdCodec(Codec):
