@@ -522,27 +522,37 @@ class RWLock:
     """A writer-preferring reader/writer lock modelled on the kernel's qrwlock.
 
     State lives in plain ints guarded by one ``threading.Lock`` (``_lock``), held only for a few
-    bytecodes. A reader gets in at once unless a writer holds the lock **or is queued** (qrwlock
-    makes new readers wait behind a waiting writer); a writer gets in when nobody holds it
-    (barging like the qrwlock cmpxchg fast path). Threads that must wait sleep on condition
+    bytecodes on the fast paths. A reader gets in at once unless a writer holds the lock **or is
+    queued** (qrwlock makes new readers wait behind a waiting writer); a writer gets in when
+    nobody holds it and no other writer is queued. Threads that must wait sleep on condition
     variables created lazily on the first contention, count themselves in ``_waiters``
     (``is_contended()``, like ``rwlock_is_contended`` = someone is on the wait queue) and record
-    lock_stat. The lock has no owner: a read lock may be released by any thread (kernel rwlocks
-    do not track readers either), but lockdep tracks the acquiring thread.
+    lock_stat.
+
+    Hand-off: when a writer unlocks and only readers are queued, every queued reader is admitted
+    at once (counted into ``_readers`` before they even wake, as qrwlock's queued readers hold
+    their reader bias while spinning), so a writer that re-locks straight away (compaction
+    yielding on ``is_contended``) cannot starve them. Among writers, the one woken is the oldest
+    waiter (Condition wakes FIFO), and a writer arriving while others are queued queues too.
+
+    The lock has no owner: a read lock may be released by any thread (kernel rwlocks do not
+    track readers either), but lockdep tracks the acquiring thread.
     """
 
-    __slots__ = ("_lock", "_cls", "_readers", "_writer", "_waiters", "_wwait", "_rcond", "_wcond",
-                 "_rg", "_wg", "__weakref__")
+    __slots__ = ("_lock", "_cls", "_readers", "_writer", "_waiters", "_wwait", "_rwait", "_rgrant",
+                 "_rcond", "_wcond", "_rg", "_wg", "__weakref__")
 
     def __init__(self, lock_class: LockClass | None = None) -> None:
         cls = lock_class if lock_class is not None else _site_class(True)
         cls.rw = True
         self._lock = threading.Lock()
         self._cls = cls
-        self._readers = 0          # active readers
+        self._readers = 0          # readers holding the lock (including granted, not yet awake)
         self._writer = False       # a writer holds the lock
-        self._waiters = 0          # threads sleeping in read_lock/write_lock (is_contended)
-        self._wwait = 0            # of which writers (they block new readers)
+        self._waiters = 0          # threads queued in read_lock/write_lock (is_contended)
+        self._wwait = 0            # queued writers (they block new readers)
+        self._rwait = 0            # queued readers
+        self._rgrant = 0           # queued readers already admitted by a write_unlock hand-off
         self._rcond: threading.Condition | None = None
         self._wcond: threading.Condition | None = None
         self._rg: _ReadGuard | None = None
@@ -573,15 +583,32 @@ class RWLock:
         if cond is None:
             cond = self._rcond = threading.Condition(self._lock)
         self._waiters += 1
+        self._rwait += 1
         t0 = perf_counter_ns()
         try:
-            while self._writer or self._wwait:
+            while True:
+                if self._rgrant:
+                    # Admitted by write_unlock: already counted in _readers; the caller's
+                    # increment is compensated here.
+                    self._rgrant -= 1
+                    self._readers -= 1
+                    break
+                if not (self._writer or self._wwait):
+                    break
                 cond.wait()
         except BaseException:
             self._waiters -= 1
+            self._rwait -= 1
+            if self._rgrant > self._rwait:
+                # A grant was meant for us: give the read lock back.
+                self._rgrant -= 1
+                self._readers -= 1
+                if not self._readers and self._wwait:
+                    self._wcond.notify()  # type: ignore[union-attr]
             self._lock.release()
             raise
         self._waiters -= 1
+        self._rwait -= 1
         self._cls.read.contended(perf_counter_ns() - t0, contention_point())
 
     def try_read_lock(self) -> bool:
@@ -611,6 +638,14 @@ class RWLock:
         if _lockdep:
             lockdep_released(self)
 
+    def _wake_readers(self) -> None:
+        # The lock is free of writers and no writer is queued: admit every queued reader.
+        n = self._rwait - self._rgrant
+        if n > 0:
+            self._readers += n
+            self._rgrant += n
+            self._rcond.notify_all()  # type: ignore[union-attr]
+
     # -- write side ------------------------------------------------------------------------
 
     def write_lock(self) -> None:
@@ -618,7 +653,7 @@ class RWLock:
             lockdep_before(self, self._cls, _WRITE)
         lk = self._lock
         lk.acquire()
-        if self._writer or self._readers:
+        if self._writer or self._readers or self._wwait:
             self._write_wait()
         self._writer = True
         lk.release()
@@ -639,14 +674,20 @@ class RWLock:
         self._wwait += 1
         t0 = perf_counter_ns()
         try:
+            # Queue behind writers already waiting (wait at least once), then until free.
+            if self._wwait > 1 or self._writer or self._readers:
+                cond.wait()
             while self._writer or self._readers:
                 cond.wait()
         except BaseException:
             self._waiters -= 1
             self._wwait -= 1
-            # Readers we were holding back (qrwlock writer preference) may go on now.
-            if not self._wwait and not self._writer and self._rcond is not None:
-                self._rcond.notify_all()
+            if not self._writer:
+                if self._wwait:
+                    if not self._readers:
+                        cond.notify()       # pass our turn on
+                elif self._rwait:
+                    self._wake_readers()    # readers we were holding back may go on now
             self._lock.release()
             raise
         self._waiters -= 1
@@ -677,7 +718,7 @@ class RWLock:
             if self._wwait:
                 self._wcond.notify()  # type: ignore[union-attr]
             else:
-                self._rcond.notify_all()  # type: ignore[union-attr]
+                self._wake_readers()
         lk.release()
         if _lockdep:
             lockdep_released(self)

@@ -240,6 +240,61 @@ def test_rwlock_waiting_readers_all_woken() -> None:
     assert not any(t.is_alive() for t in ts)
 
 
+def test_rwlock_relocking_writer_does_not_starve_readers() -> None:
+    """__zs_compact pattern: hold the write lock, drop it when is_contended(), take it again at
+    once. Queued readers are handed the lock on write_unlock, so they get through."""
+    rw = RWLock(fresh_class(rw=True))
+    stop = threading.Event()
+    yields = [0]
+
+    def compactor() -> None:
+        rw.write_lock()
+        while not stop.is_set():
+            if rw.is_contended():
+                yields[0] += 1
+                rw.write_unlock()
+                rw.write_lock()     # re-lock immediately, no sleep
+        rw.write_unlock()
+
+    reads = [0]
+
+    def reader() -> None:
+        for _ in range(200):
+            with rw.read():
+                reads[0] += 1
+
+    c = threading.Thread(target=compactor, daemon=True)
+    c.start()
+    try:
+        run_threads([reader] * 3, timeout=10)
+    finally:
+        stop.set()
+        c.join(5)
+    assert reads[0] == 600 and yields[0] > 0
+
+
+def test_rwlock_writers_queue_fifo() -> None:
+    rw = RWLock(fresh_class(rw=True))
+    rw.read_lock()
+    order: list[int] = []
+
+    def writer(i: int) -> None:
+        with rw.write():
+            order.append(i)
+
+    ts = []
+    for i in range(4):
+        t = threading.Thread(target=writer, args=(i,), daemon=True)
+        t.start()
+        ts.append(t)
+        wait_until(lambda: rw._wwait == i + 1)
+    assert not rw.try_write_lock()
+    rw.read_unlock()
+    for t in ts:
+        t.join(5)
+    assert order == [0, 1, 2, 3]
+
+
 def test_rwlock_stress() -> None:
     """Many threads, random read/write/try mixes: readers never overlap a writer, writers never
     overlap anyone; finishes under a watchdog (no lost wake-up)."""
