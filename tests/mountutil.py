@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -64,6 +65,16 @@ def zramfs_cli(*args: str, timeout: float = CMD_TIMEOUT, check: bool = True):
         raise AssertionError(f"zramfs {' '.join(args)} -> {res.returncode}\n{res.stdout}\n"
                              f"{res.stderr}")
     return res
+
+
+def unmount(path: Path | str, *, lazy: bool = False) -> subprocess.CompletedProcess:
+    """fusermount -u (libfuse 2's or 3's), or umount as root; never raises for a missing tool."""
+    if lazy:
+        return run("umount", "-l", str(path), check=False, timeout=30)
+    for tool in ("fusermount", "fusermount3"):
+        if shutil.which(tool):
+            return run(tool, "-u", str(path), check=False, timeout=30)
+    return run("umount", str(path), check=False, timeout=30)
 
 
 def is_mounted(path: Path | str) -> bool:
@@ -160,9 +171,9 @@ class Mount:
             for attempt in range(20):
                 if not is_mounted(self.path):
                     break
-                r = run("fusermount", "-u", str(self.path), check=False, timeout=30)
+                r = unmount(self.path)
                 if r.returncode != 0 and attempt >= 5:
-                    run("umount", "-l", str(self.path), check=False, timeout=30)
+                    unmount(self.path, lazy=True)
                 time.sleep(0.2)
             try:
                 self.proc.wait(timeout=15)
@@ -170,7 +181,7 @@ class Mount:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
             if is_mounted(self.path):   # the daemon died without unmounting
-                run("umount", "-l", str(self.path), check=False)
+                unmount(self.path, lazy=True)
 
 
 def write_file(path: Path | str, text: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import is_mounted, require_fuse, run, teardown_users, zramfs_cli
+from mountutil import is_mounted, require_fuse, run, teardown_users, unmount, zramfs_cli
 
 pytestmark = pytest.mark.fuse
 
@@ -61,11 +61,11 @@ class Daemonised:
         except (OSError, ValueError):
             pass
         if is_mounted(self.mnt):
-            run("fusermount", "-u", str(self.mnt), check=False)
+            unmount(self.mnt)
         if pid is not None and not self.wait_gone(pid, 10) and self.alive(pid):
             os.kill(pid, signal.SIGKILL)
         if is_mounted(self.mnt):
-            run("umount", "-l", str(self.mnt), check=False)
+            unmount(self.mnt, lazy=True)
 
 
 @pytest.fixture

@@ -277,7 +277,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
         print(f"zramfs: {mnt}: stale mount (its daemon is gone: transport endpoint not "
               "connected); removing it", file=sys.stderr)
     last_error = "no fusermount/umount found"
-    for cmd in (["fusermount", "-u", mnt], ["umount", mnt]):
+    for cmd in (["fusermount", "-u", mnt], ["fusermount3", "-u", mnt], ["umount", mnt]):
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
         except (FileNotFoundError, subprocess.TimeoutExpired):
