@@ -566,13 +566,13 @@ def test_recompress_huge_with_secondary(reg):
     d.set_disksize(MiB)
     rng = random.Random(21)
     # pages lz4 leaves huge but zstd-19 gets below the huge class
-    pages = []
+    hcs = d.pool.huge_class_size
+    pages = [rng.randbytes(PAGE), rng.randbytes(PAGE)]     # truly incompressible
     while len(pages) < 8:
-        p = rng.randbytes(1500) + text_page(rng)[: PAGE - 1500]
-        if len(d._meta.comps[0].compress(p)) >= d.pool.huge_class_size:
+        n = rng.randrange(2000, 3000)
+        p = rng.randbytes(n) + text_page(rng)[: PAGE - n]
+        if len(d._meta.comps[0].compress(p)) >= hcs and len(d._meta.comps[1].compress(p)) < hcs - 200:
             pages.append(p)
-        elif len(pages) < 8 and rng.random() < 0.1:
-            pages.append(rng.randbytes(PAGE))
     for i, p in enumerate(pages):
         d.write(i * PAGE, p)
     before = d.stats()
