@@ -47,17 +47,26 @@ from zramfs.tree import Kind, Node, Tree
 
 log = logging.getLogger(__name__)
 
-try:  # mfusepy raises OSError (not ImportError) when libfuse itself is missing
-    import mfusepy as _fuse  # type: ignore[import-not-found]
-    BINDING = "mfusepy"
-except (ImportError, OSError) as _mfusepy_error:  # pragma: no cover - depends on the host
-    try:
-        import fuse as _fuse  # type: ignore[import-not-found,no-redef]
-        BINDING = "fusepy"
-    except (ImportError, OSError, EnvironmentError) as _fusepy_error:
-        raise ImportError(
-            f"no usable FUSE binding: mfusepy: {_mfusepy_error}; fusepy: {_fusepy_error}"
-        ) from _fusepy_error
+def _load_binding() -> tuple[Any, str]:
+    """mfusepy, else fusepy; ``ZRAMFS_FUSE_BINDING=fusepy`` forces the fallback (to test it).
+    mfusepy raises OSError (not ImportError) when libfuse itself is missing."""
+    order = ["mfusepy", "fuse"]
+    if os.environ.get("ZRAMFS_FUSE_BINDING") == "fusepy":
+        order.reverse()
+    errors = []
+    for name in order:
+        try:
+            module = __import__(name)
+        except (ImportError, OSError) as exc:
+            errors.append(f"{name}: {exc}")
+            continue
+        return module, ("mfusepy" if name == "mfusepy" else "fusepy")
+    raise ImportError("no usable FUSE binding: " + "; ".join(errors))
+
+
+_fuse, BINDING = _load_binding()
+# fusepy 3.0.1 has no fallocate callback: loop discards and fallocate() get EOPNOTSUPP there.
+SUPPORTS_FALLOCATE: bool = hasattr(_fuse.FUSE, "fallocate")
 
 FuseOSError = _fuse.FuseOSError
 FUSE_MAJOR: int = int(getattr(_fuse, "fuse_version_major", 2))
