@@ -464,6 +464,15 @@ class Mutex:
     def locked(self) -> bool:
         return self._lock.locked()
 
+    def assert_held(self) -> None:
+        """lockdep_assert_held / assert_spin_locked: with lockdep on, this thread must hold the
+        lock; with it off, somebody must."""
+        if _lockdep:
+            if self._owner != threading.get_ident():
+                raise LockOrderViolation(f"{self._cls.name} is not held by this thread")
+        elif not self._lock.locked():
+            raise LockOrderViolation(f"{self._cls.name} is not held")
+
     def __enter__(self) -> "Mutex":
         if _lockdep:
             lockdep_before(self, self._cls, _WRITE)
@@ -734,6 +743,21 @@ class RWLock:
 
     def is_write_locked(self) -> bool:
         return self._writer
+
+    def assert_held(self, mode: LockMode | None = None) -> None:
+        """lockdep_assert_held(_read/_write): with lockdep on, this thread must hold the lock
+        (on the given side); with it off, the lock must be held that way by somebody."""
+        if _lockdep:
+            for h in _held():
+                if h.key is self and (mode is None or h.mode == mode):
+                    return
+            raise LockOrderViolation(f"{self._cls.name} is not held by this thread")
+        if mode is None:
+            ok = self._writer or self._readers > 0
+        else:
+            ok = self._writer if mode == _WRITE else self._readers > 0
+        if not ok:
+            raise LockOrderViolation(f"{self._cls.name} is not held")
 
     @property
     def readers(self) -> int:

@@ -211,7 +211,6 @@ class PhysicalMemory:
         self._flags_lock = threading.Lock()
 
         self._waitq = [_WaitQueue() for _ in range(_NR_WAITQ)]
-        self._compact_lock = threading.Lock()
         self._vm: dict[str, int] = dict.fromkeys(_VM_EVENTS, 0)
         self._vm["nr_zspages"] = 0
         self._grow(min(max_pages, 1024))
@@ -604,53 +603,60 @@ class PhysicalMemory:
         every movable frame above it moved.
         """
         res = CompactResult()
-        with self._compact_lock:
-            res.high_water_before = self._top
-            free_pos = 0                 # free scanner: next PFN to examine (upward)
-            mig_pos = self._top          # migrate scanner: exclusive bound (downward)
-            movable = self._movable
-            state = self._state
-            while True:
-                cand = movable.rfind(_ONE_B, free_pos, mig_pos)
-                if cand < 0:
-                    res.migrate_scanned += max(0, mig_pos - free_pos)
-                    break
-                res.migrate_scanned += mig_pos - cand
-                mig_pos = cand
-                tgt = state.find(_FREE_B, free_pos, cand)
-                if tgt < 0:
-                    res.free_scanned += cand - free_pos
-                    break                # the scanners met
-                res.free_scanned += tgt - free_pos + 1
-                free_pos = tgt
-                if not self._claim(tgt):
-                    mig_pos = cand + 1   # lost the frame to an allocation: rescan both
-                    continue
-                if not self._pin(cand):
-                    self.free_page(tgt)
-                    continue             # freed or no longer movable under us
-                try:
-                    status = self._migrate_pinned(cand, tgt, True)
-                finally:
-                    self._unpin(cand)
-                if status is MigrateStatus.SUCCESS:
-                    res.migrated += 1
-                    res.isolated += 1
-                    free_pos = tgt + 1
-                elif status is MigrateStatus.FAILED:
-                    res.failed += 1
-                    res.isolated += 1
-                else:
-                    res.skipped += 1
-            res.high_water_after = self._top
-            res.success = not res.failed and not res.skipped
-            with self._lock:
-                vm = self._vm
-                vm["compact_migrate_scanned"] += res.migrate_scanned
-                vm["compact_free_scanned"] += res.free_scanned
-                if direct:
-                    vm["compact_stall"] += 1
-                vm["compact_success" if res.success else "compact_fail"] += 1
+        # No lock is held across the run (several compactions may run at once, as kcompactd and
+        # direct compaction do): every frame is claimed, pinned and page-locked individually.
+        res.high_water_before = self._top
+        free_pos = 0                 # free scanner: next PFN to examine (upward)
+        mig_pos = self._top          # migrate scanner: exclusive bound (downward)
+        free_seen = 0                # frames below this were counted as free-scanned
+        mig_seen = mig_pos           # frames from this up were counted as migrate-scanned
+        movable = self._movable
+        state = self._state
+        while True:
+            cand = movable.rfind(_ONE_B, free_pos, mig_pos)
+            if cand < 0:
+                res.migrate_scanned += max(0, min(mig_seen, mig_pos) - free_pos)
+                break
+            if cand < mig_seen:
+                res.migrate_scanned += mig_seen - cand
+                mig_seen = cand
+            mig_pos = cand
+            tgt = state.find(_FREE_B, free_pos, cand)
+            if tgt < 0:
+                res.free_scanned += max(0, cand - free_seen)
+                break                # the scanners met
+            if tgt + 1 > free_seen:
+                res.free_scanned += tgt + 1 - max(free_seen, free_pos)
+                free_seen = tgt + 1
+            free_pos = tgt
+            if not self._claim(tgt):
+                mig_pos = cand + 1   # lost the frame to an allocation: rescan both
+                continue
+            if not self._pin(cand):
+                self.free_page(tgt)
+                continue             # freed or no longer movable under us
+            try:
+                status = self._migrate_pinned(cand, tgt, True)
+            finally:
+                self._unpin(cand)
+            if status is MigrateStatus.SUCCESS:
+                res.migrated += 1
+                res.isolated += 1
+                free_pos = tgt + 1
+            elif status is MigrateStatus.FAILED:
+                res.failed += 1
+                res.isolated += 1
+            else:
+                res.skipped += 1
+        res.high_water_after = self._top
+        res.success = not res.failed and not res.skipped
+        with self._lock:
+            vm = self._vm
+            vm["compact_migrate_scanned"] += res.migrate_scanned
+            vm["compact_free_scanned"] += res.free_scanned
+            if direct:
+                vm["compact_stall"] += 1
+            vm["compact_success" if res.success else "compact_fail"] += 1
         return res
 
     # -------------------------------------------------------------- vmstat

@@ -534,3 +534,37 @@ def test_uncontended_cost_is_small() -> None:
             rw.read_unlock()
         best = min(best, (time.perf_counter() - t0) / n)
     assert best < 10e-6, f"read_lock+read_unlock took {best * 1e6:.2f} us"
+
+
+def test_assert_held(lockdep: None) -> None:
+    m = Mutex(fresh_class())
+    rw = RWLock(fresh_class(rw=True))
+    with pytest.raises(LockOrderViolation):
+        m.assert_held()
+    with m:
+        m.assert_held()
+        err: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                m.assert_held()
+            except LockOrderViolation as e:
+                err.append(e)
+
+        run_threads([other])
+        assert err, "held by another thread is not held by this one"
+    with rw.read():
+        rw.assert_held()
+        rw.assert_held(locks.LockMode.READ)
+        with pytest.raises(LockOrderViolation):
+            rw.assert_held(locks.LockMode.WRITE)
+    with pytest.raises(LockOrderViolation):
+        rw.assert_held()
+
+
+def test_assert_held_without_lockdep() -> None:
+    m = Mutex(fresh_class())
+    with pytest.raises(LockOrderViolation):
+        m.assert_held()
+    with m:
+        m.assert_held()

@@ -657,3 +657,24 @@ def test_arena_and_wait_on_page_locked() -> None:
     mem.unlock_page(p)
     assert done.wait(5)
     assert not mem.page_is_locked(p)    # waiting does not take the lock
+
+
+def test_compact_scan_counts_and_concurrent_runs() -> None:
+    mem = PhysicalMemory(max_pages=4096)
+    owner = FakeOwner(mem)
+    for obj in range(2000):
+        owner.alloc(obj)
+    rnd = random.Random(5)
+    for obj in rnd.sample(range(2000), 1000):
+        assert owner.try_free(obj)
+    res_box: list = []
+    run_threads([lambda: res_box.append(mem.compact()) for _ in range(3)])
+    total = sum(r.migrated for r in res_box)
+    assert mem.high_water == 1000 == mem.nr_used
+    assert sorted(owner.where.values()) == list(range(1000))
+    vm = mem.vmstat()
+    assert vm["pgmigrate_success"] == total
+    for r in res_box:                 # each scanner looks at a frame at most once per run
+        assert r.migrate_scanned <= 2000 and r.free_scanned <= 2000
+    for obj in owner.where:
+        owner.check(obj)
