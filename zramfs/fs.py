@@ -47,6 +47,7 @@ from zramfs.tree import Kind, Node, Tree
 
 log = logging.getLogger(__name__)
 
+
 def _load_binding() -> tuple[Any, str]:
     """mfusepy, else fusepy; ``ZRAMFS_FUSE_BINDING=fusepy`` forces the fallback (to test it).
     mfusepy raises OSError (not ImportError) when libfuse itself is missing."""
