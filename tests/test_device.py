@@ -295,6 +295,17 @@ def test_discard_whole_blocks_only(dev):
     # notify_free counts every discarded block, written or not (as the kernel's loop does)
     dev.discard(100 * PAGE, 4 * PAGE)
     assert dev.stats().notify_free == 7
+    # a long discard (the vectorised path) frees exactly the whole blocks in range
+    pages2 = {i: mixed_page(rng) for i in range(200, 600, 3)}
+    for i, p in pages2.items():
+        dev.write(i * PAGE, p)
+    stored = dev.stats().pages_stored
+    dev.discard(300 * PAGE + 7, 200 * PAGE)          # whole blocks 301..499
+    gone = [i for i in pages2 if 301 <= i <= 499]
+    assert dev.stats().pages_stored == stored - len(gone)
+    assert dev.stats().notify_free == 7 + 199
+    for i, p in pages2.items():
+        assert dev.read(i * PAGE, PAGE) == (bytes(PAGE) if i in gone else p)
 
 
 def test_punch_hole_and_zero_range_read_back_zeros(dev):
@@ -686,6 +697,10 @@ def test_100gb_device_costs_next_to_nothing():
     grown = _rss_kib() - before
     assert grown < 16 * 1024, f"RSS grew by {grown} KiB"
     d.mark_idle(None)                                     # a full-table scan stays cheap too
+    d.discard(0, d.disksize)                              # mkfs-style whole-device discard
+    s = d.stats()
+    assert s.pages_stored == 0 and s.notify_free == d.nr_pages
+    assert _rss_kib() - before < 64 * 1024
     d.reset()
 
 

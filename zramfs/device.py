@@ -183,6 +183,8 @@ class _Meta:
         self.comps = comps
         self.table = table
         self.huge_class_size = pool.huge_class_size
+        #: zs_lookup_class_index() for recompression: the pool's own class table
+        self.class_table = pool.table
         self.num_active_comps = sum(1 for c in comps if c is not None)
 
 
@@ -267,7 +269,6 @@ class ZramDevice:
             except (MemoryError, OutOfMemory):
                 table.release()
                 raise NoMemory("Error creating memory pool") from None
-            self._class_table = build_class_table(PAGE_SIZE, self.chain_size, self.chain_rule)
             self._meta = _Meta(nr_pages, pool, comps, table)
             self.pool = pool
             self.disksize = disksize
@@ -673,16 +674,29 @@ class ZramDevice:
             n -= PAGE_SIZE - off
             index += 1
         t = meta.table
-        while n >= PAGE_SIZE:
+        count = n >> PAGE_SHIFT
+        if count <= 64:
+            candidates = range(index, index + count)
+        else:
+            # mkfs discards the whole device: visit only slots that hold something (a slot
+            # written after this scan was written after the discard, a valid order) and
+            # count notify_free for every block in one go, as the kernel's loop would.
+            candidates = []
+            for lo in range(index, index + count, 1 << 20):   # bounded temporaries
+                hi = min(index + count, lo + (1 << 20))
+                used = (t.np_flags[lo:hi] != 0) | (t.np_handle[lo:hi] != 0)
+                candidates += (np.flatnonzero(used) + lo).tolist()
             stripe = self._stripes[index & STRIPE_MASK]
             with stripe.lock:
+                stripe.counters[NOTIFY_FREE] += count - len(candidates)
+        for i in candidates:
+            stripe = self._stripes[i & STRIPE_MASK]
+            with stripe.lock:
                 c = stripe.counters
-                if t.flags[index] or t.handle[index]:
-                    self._slot_free(meta, index, c)
+                if t.flags[i] or t.handle[i]:
+                    self._slot_free(meta, i, c)
                     c[GENERATION] += 1
                 c[NOTIFY_FREE] += 1
-            index += 1
-            n -= PAGE_SIZE
 
     def punch_hole(self, offset: int, length: int) -> None:
         """fallocate(PUNCH_HOLE): discard whole blocks and zero the partial edges.
@@ -908,7 +922,7 @@ class ZramDevice:
         """recompress_slot(): returns the budget used (0 when skipped, 1 otherwise)."""
         t = meta.table
         stripe = self._stripes[index & STRIPE_MASK]
-        ct = self._class_table
+        ct = meta.class_table
         with stripe.lock:
             f = t.flags[index]
             if not f & ZRAM_PP_SLOT:
