@@ -428,7 +428,10 @@ class Mutex:
     def lock_class(self) -> LockClass:
         return self._cls
 
-    def acquire(self) -> None:
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (``blocking=False`` is trylock, as threading.Lock's signature)."""
+        if not blocking:
+            return self.trylock()
         if _lockdep:
             lockdep_before(self, self._cls, _WRITE)
         if not self._lock.acquire(False):
@@ -437,6 +440,7 @@ class Mutex:
         if _lockdep:
             self._owner = threading.get_ident()
             lockdep_acquired(self, self._cls, _WRITE)
+        return True
 
     def _acquire_slow(self) -> None:
         t0 = perf_counter_ns()

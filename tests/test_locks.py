@@ -115,7 +115,10 @@ def test_mutex_basics() -> None:
     m.release()
     with m:
         assert m.locked()
+        assert m.acquire(blocking=False) is False
     assert not m.locked()
+    assert m.acquire() is True and m.acquire(False) is False
+    m.release()
 
 
 def test_mutex_excludes() -> None:
