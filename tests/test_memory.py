@@ -392,7 +392,11 @@ def test_page_lock_stat() -> None:
     mem.lock_page(p)
     t = threading.Thread(target=lambda: (mem.lock_page(p), mem.unlock_page(p)), daemon=True)
     t.start()
-    time.sleep(0.02)
+    wait_queue = mem._waitq[p % len(mem._waitq)]
+    deadline = time.monotonic() + 5
+    while not wait_queue.waiters:        # the other thread is asleep on the page lock
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
     mem.unlock_page(p)
     t.join(5)
     assert PAGE_LOCK.contentions == before_con + 1
