@@ -189,3 +189,18 @@ def test_attribute_reads_are_fresh_and_chunkable(zmount):
     assert first != again                                   # fresh at offset 0
     assert int(again.split()[0]) == 8192                    # orig_data_size now
     assert again == path.read_bytes()                       # nothing changed since
+
+
+def test_debugfs_block_state(zmount):
+    m = zmount("--size", "1M", "--devices", "2")
+    base = m.path / "sys/kernel/debug/zram"
+    assert sorted(os.listdir(base)) == ["zram0", "zram1"]
+    path = base / "zram0" / "block_state"
+    assert mode_of(path) == 0o400
+    assert path.read_text() == ""
+    with opened(m.image()) as fd:
+        os.pwrite(fd, b"\0" * 4096, 0)                   # same-filled
+        os.pwrite(fd, os.urandom(4096), 3 * 4096)         # incompressible: huge
+    lines = path.read_text().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["0", "3"]
+    assert lines[0].split()[2][0] == "s" and lines[1].split()[2][2] == "h"

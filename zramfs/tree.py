@@ -8,6 +8,7 @@ Owns the shape of the tree and what each non-image file reads and writes:
 /sys/class/zram-control/hot_add             0400: reading creates a device, prints its id
 /sys/class/zram-control/hot_remove          0200: write an id
 /sys/kernel/debug/zsmalloc/zram<N>/classes  0444: the pool's class table (initialised devices)
+/sys/kernel/debug/zram/zram<N>/block_state   0400: per-slot state (CONFIG_ZRAM_MEMORY_TRACKING)
 /sys/module/zramfs/parameters/<name>        emulator knobs (zramfs.daemon.ModuleParameter)
 /proc/sys/vm/compact_memory                 0200: write 1 → memory compaction
 /proc/vmstat                                0444: migration/compaction counters
@@ -47,6 +48,7 @@ class Kind(enum.Enum):
     HOT_ADD = "hot_add"
     HOT_REMOVE = "hot_remove"
     CLASSES = "classes"
+    BLOCK_STATE = "block_state"
     PARAM = "param"
     COMPACT_MEMORY = "compact_memory"
     VMSTAT = "vmstat"
@@ -85,7 +87,8 @@ _FIXED_DIRS: dict[str, tuple[str, ...]] = {
     "/sys/class": ("zram-control",),
     "/sys/class/zram-control": ("hot_add", "hot_remove"),
     "/sys/kernel": ("debug",),
-    "/sys/kernel/debug": ("zsmalloc",),
+    "/sys/kernel/debug": ("zram", "zsmalloc"),
+    "/sys/kernel/debug/zram": (),
     "/sys/kernel/debug/zsmalloc": (),
     "/sys/module": ("zramfs",),
     "/sys/module/zramfs": ("parameters",),
@@ -162,6 +165,8 @@ class Tree:
             return Node(Kind.IMAGE, 0o660, path, self._dev_from_name(name, path))
         if parent == "/sys/block":
             return Node(Kind.DIR, 0o755, path, self._dev_from_name(name, path))
+        if parent == "/sys/kernel/debug/zram":        # zram_debugfs_register: every device
+            return Node(Kind.DIR, 0o755, path, self._dev_from_name(name, path))
         if parent == "/sys/kernel/debug/zsmalloc":
             dev_id = self._dev_from_name(name, path)
             if not self._initialised(dev_id):      # the pool (and its debugfs dir) exists only
@@ -186,6 +191,8 @@ class Tree:
             if not self._initialised(dev_id):
                 raise _enoent(path)
             return Node(Kind.CLASSES, 0o444, path, dev_id, name)
+        if grand == "/sys/kernel/debug/zram" and name == "block_state":
+            return Node(Kind.BLOCK_STATE, 0o400, path, self._dev_from_name(dev_name, path), name)
         # A path through a file ("/proc/vmstat/x") is ENOTDIR, as the VFS says.
         if parent != "/" and not self.lookup(parent).is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
@@ -200,7 +207,7 @@ class Tree:
         if not node.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
         p = node.path
-        if p == "/dev" or p == "/sys/block":
+        if p in ("/dev", "/sys/block", "/sys/kernel/debug/zram"):
             return [f"zram{i}" for i in self._device_ids()]
         if p == "/sys/kernel/debug/zsmalloc":
             return [f"zram{i}" for i in self._device_ids() if self._initialised(i)]
@@ -210,6 +217,8 @@ class Tree:
             return self._device_files()
         if p.startswith("/sys/kernel/debug/zsmalloc/zram"):
             return ["classes"]
+        if p.startswith("/sys/kernel/debug/zram/zram"):
+            return ["block_state"]
         return list(_FIXED_DIRS[p])
 
     # ---- permissions -----------------------------------------------------------------------
@@ -241,6 +250,9 @@ class Tree:
             if pool is None:
                 raise _enoent(node.path)
             return pool.classes_table().encode()
+        if k is Kind.BLOCK_STATE:
+            assert node.dev_id is not None
+            return self._attrs.format_block_state(self.device(node.dev_id)).encode()
         if k is Kind.PARAM:
             return (self.parameters[node.name].get() + "\n").encode()
         if k is Kind.VMSTAT:
