@@ -189,6 +189,7 @@ def test_lz4_uses_lz4_compress_fast_like_the_kernel():
     pages = [text_page(rng) for _ in range(50)]
     ours = [c.compress(p) for p in pages]
     assert [c.decompress(o) for o in ours] == pages
+    assert c.compress(bytearray(pages[0])) == c.compress(memoryview(pages[0])) == ours[0]
     stream = [len(lz4.block.compress(p, store_size=False)) for p in pages]
     assert sum(len(o) != s for o, s in zip(ours, stream)) > 25
     # acceleration is the level, as the kernel passes params->level

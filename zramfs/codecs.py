@@ -122,6 +122,8 @@ class Lz4Codec(Codec):
                 local.buf = ctypes.create_string_buffer(_LZ4_DST_LEN)
                 local.addr = addr = ctypes.addressof(local.buf)
                 local.string_at = ctypes.string_at
+            if type(page) is not bytes:   # c_char_p takes bytes only
+                page = bytes(page)
             n = fast(page, addr, len(page), _LZ4_DST_LEN, self.level)
             if n <= 0:
                 raise CodecError(f"{self.name}: compression failed ({n})")
