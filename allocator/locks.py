@@ -226,7 +226,7 @@ def _site_class(rw: bool) -> LockClass:
     """Default class of a lock created without one: one class per creation site, as lockdep keys
     a lock by the static key of its init call site (so unrelated locks never share a class)."""
     f = sys._getframe(2)
-    name = "%s:%d" % (f.f_code.co_filename.rsplit("/", 1)[-1], f.f_lineno)
+    name = "%s:%d" % ("/".join(f.f_code.co_filename.rsplit("/", 2)[-2:]), f.f_lineno)
     return LockClass(("rwlock@" if rw else "mutex@") + name, rw=rw)
 
 

@@ -682,3 +682,102 @@ def test_compact_scan_counts_and_concurrent_runs() -> None:
         assert r.migrate_scanned <= 2000 and r.free_scanned <= 2000
     for obj in owner.where:
         owner.check(obj)
+
+
+# ---------------------------------------------------------------------------- model-based
+
+
+from hypothesis import settings, strategies as st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: E402
+
+
+class MemoryMachine(RuleBasedStateMachine):
+    """Random alloc / free / stamp / migrate / compact sequences against a model of which frames
+    are in use, which are movable, and what each frame holds."""
+
+    N = 48
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mem = PhysicalMemory(max_pages=self.N)
+        self.owner = FakeOwner(self.mem)
+        self.plain: dict[int, int] = {}         # unmovable frame -> stamp
+        self.next_obj = 0
+
+    def _used(self) -> set[int]:
+        return set(self.plain) | set(self.owner.where.values())
+
+    @rule(movable=st.booleans())
+    def alloc(self, movable: bool) -> None:
+        free = set(range(self.N)) - self._used()
+        if not free:
+            with pytest.raises(OutOfMemory):
+                self.mem.alloc_page()
+            return
+        if movable:
+            self.next_obj += 1
+            pfn = self.owner.alloc(self.next_obj)
+        else:
+            pfn = self.mem.alloc_page()
+            self.plain[pfn] = pfn * 7 + 1
+            self.mem.view(pfn)[100] = self.plain[pfn] & 0xFF
+        assert pfn == min(free)
+
+    @rule(data=st.data())
+    def free(self, data: st.DataObject) -> None:
+        if not self._used():
+            return
+        pfn = data.draw(st.sampled_from(sorted(self._used())))
+        if pfn in self.plain:
+            del self.plain[pfn]
+            self.mem.free_page(pfn)
+        else:
+            obj = next(o for o, p in self.owner.where.items() if p == pfn)
+            assert self.owner.try_free(obj)
+        assert self.mem.is_free(pfn)
+
+    @rule(pfn=st.integers(-1, N), lower_only=st.booleans(), fail=st.booleans())
+    def migrate(self, pfn: int, lower_only: bool, fail: bool) -> None:
+        before = dict(self.owner.where)
+        free = set(range(self.N)) - self._used()
+        self.owner.fail_migrate = fail
+        st_ = self.mem.migrate_pfn_status(pfn, lower_only=lower_only)
+        self.owner.fail_migrate = False
+        if pfn not in before.values():
+            assert st_ is MigrateStatus.NOT_MOVABLE
+        elif not free or (lower_only and min(free) > pfn):
+            assert st_ is MigrateStatus.NO_TARGET
+        elif fail:
+            assert st_ is MigrateStatus.FAILED and self.owner.where == before
+        else:
+            assert st_ is MigrateStatus.SUCCESS
+            obj = next(o for o, p in before.items() if p == pfn)
+            assert self.owner.where[obj] == min(free)
+
+    @rule()
+    def compact(self) -> None:
+        n_movable = len(self.owner.where)
+        res = self.mem.compact()
+        assert res.success and res.failed == 0
+        # After compaction, no free frame lies below any movable frame.
+        movable = sorted(self.owner.where.values())
+        assert len(movable) == n_movable
+        if movable:
+            free = set(range(self.N)) - self._used()
+            assert not [f for f in free if f < movable[-1]], "a free frame left below a movable one"
+
+    @invariant()
+    def consistent(self) -> None:
+        used = self._used()
+        assert self.mem.nr_used == len(used)
+        assert self.mem.high_water == (max(used) + 1 if used else 0)
+        for pfn, stamp in self.plain.items():
+            assert self.mem.view(pfn)[100] == stamp & 0xFF and not self.mem.is_movable(pfn)
+        for obj in self.owner.where:
+            self.owner.check(obj)
+        assert not self.mem._refs and not any(self.mem._pglocked)
+        assert self.mem.vmstat()["nr_free_pages"] == self.N - len(used)
+
+
+TestMemoryMachine = MemoryMachine.TestCase
+TestMemoryMachine.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
