@@ -403,7 +403,7 @@ def contention_point() -> str:
         f = f.f_back
     if f is None:
         return "?"
-    return f"{f.f_code.co_name}+{f.f_lineno}"
+    return "%s %s:%d" % (f.f_code.co_name, f.f_code.co_filename.rsplit("/", 1)[-1], f.f_lineno)
 
 
 # ------------------------------------------------------------------------------------------
