@@ -245,21 +245,19 @@ def lock_classes() -> list[LockClass]:
 _lockdep = False
 
 
-class _Held:
-    """One entry of a thread's held-lock stack."""
+# A held-lock entry is a plain tuple (cheap to build on every acquisition with lockdep on):
+# (key, lock class, mode, taken by trylock).
+_Held = tuple
 
-    __slots__ = ("key", "cls", "mode", "trylock")
 
-    def __init__(self, key: object, cls: LockClass, mode: LockMode, trylock: bool) -> None:
-        self.key = key
-        self.cls = cls
-        self.mode = mode
-        self.trylock = trylock
+def _fmt_held(held: list[_Held]) -> str:
+    return "[" + ", ".join(_fmt_entry(h) for h in held) + "]"
 
-    def __repr__(self) -> str:
-        side = "R" if self.mode == _READ else "W"
-        how = " (trylock)" if self.trylock else ""
-        return f"{self.cls.name}-{side} {_describe(self.key)}{how}"
+
+def _fmt_entry(h: _Held) -> str:
+    side = "R" if h[2] == _READ else "W"
+    how = " (trylock)" if h[3] else ""
+    return f"{h[1].name}-{side} {_describe(h[0])}{how}"
 
 
 def _describe(key: object) -> str:
@@ -301,7 +299,7 @@ def lockdep_enabled() -> bool:
 
 def held_locks() -> list[str]:
     """The current thread's held locks, outermost first (lockdep on; empty otherwise)."""
-    return [repr(h) for h in _held()]
+    return [_fmt_entry(h) for h in _held()]
 
 
 def _reaches(src: LockClass, dst: LockClass) -> bool:
@@ -325,27 +323,28 @@ def lockdep_before(key: object, cls: LockClass, mode: LockMode, trylock: bool = 
     if not held:
         return
     for h in held:
-        if h.key is key or (h.key == key and type(h.key) is tuple):
+        k = h[0]
+        if k is key or (type(k) is tuple and k == key):
             if trylock:
                 return  # a trylock of a held lock just fails; no deadlock
-            what = "recursive read" if mode == _READ and h.mode == _READ else "recursive"
+            what = "recursive read" if mode == _READ and h[2] == _READ else "recursive"
             raise LockOrderViolation(
                 f"{what} acquisition of {cls.name} {_describe(key)} already held by this thread"
-                f" (would deadlock); held: {held!r}")
+                f" (would deadlock); held: {_fmt_held(held)}")
     if trylock:
         return
     rank = cls.rank
     if rank is not None:
         for h in held:
-            r = h.cls.rank
+            r = h[1].rank
             if r is not None and r > rank:
                 raise LockOrderViolation(
                     f"lock order inversion: acquiring {cls.name} (rank {rank}) while holding "
-                    f"{h.cls.name} (rank {r}); held: {held!r}")
+                    f"{h[1].name} (rank {r}); held: {_fmt_held(held)}")
     # Dependency graph: held class -> cls. A new edge closing a cycle is an inversion. Known
     # edges are checked without the graph lock (set/dict reads are atomic under the GIL).
     for h in held:
-        hc = h.cls
+        hc = h[1]
         if hc is not cls:
             succ = _graph.get(hc)
             if succ is None or cls not in succ:
@@ -354,7 +353,7 @@ def lockdep_before(key: object, cls: LockClass, mode: LockMode, trylock: bool = 
         return
     with _graph_lock:
         for h in held:
-            hc = h.cls
+            hc = h[1]
             if hc is cls:
                 continue  # same-class nesting is allowed (write_lock_nested, lock_zspage)
             succ = _graph.get(hc)
@@ -363,12 +362,12 @@ def lockdep_before(key: object, cls: LockClass, mode: LockMode, trylock: bool = 
             if _reaches(cls, hc):
                 raise LockOrderViolation(
                     f"lock order inversion: {cls.name} is acquired before {hc.name} elsewhere, "
-                    f"now after it; held: {held!r}")
+                    f"now after it; held: {_fmt_held(held)}")
             _graph.setdefault(hc, set()).add(cls)
 
 
 def lockdep_acquired(key: object, cls: LockClass, mode: LockMode, trylock: bool = False) -> None:
-    _held().append(_Held(key, cls, mode, trylock))
+    _held().append((key, cls, mode, trylock))
 
 
 def lockdep_released(key: object, strict: bool = False) -> None:
@@ -378,7 +377,7 @@ def lockdep_released(key: object, strict: bool = False) -> None:
     (Mutex) makes releasing a lock this thread does not hold a violation."""
     held = _held()
     for i in range(len(held) - 1, -1, -1):
-        k = held[i].key
+        k = held[i][0]
         if k is key or (type(k) is tuple and k == key):
             del held[i]
             return
@@ -386,7 +385,7 @@ def lockdep_released(key: object, strict: bool = False) -> None:
         raise LockOrderViolation(f"release of {_describe(key)} which this thread does not hold")
     for other in list(_all_held.values()):
         for i in range(len(other) - 1, -1, -1):
-            k = other[i].key
+            k = other[i][0]
             if k is key or (type(k) is tuple and k == key):
                 del other[i]
                 return
@@ -753,7 +752,7 @@ class RWLock:
         (on the given side); with it off, the lock must be held that way by somebody."""
         if _lockdep:
             for h in _held():
-                if h.key is self and (mode is None or h.mode == mode):
+                if h[0] is self and (mode is None or h[2] == mode):
                     return
             raise LockOrderViolation(f"{self._cls.name} is not held by this thread")
         if mode is None:
