@@ -146,6 +146,8 @@ def test_stale_mount_after_sigkill(daemonised):
     assert is_mounted(d.mnt)
     with pytest.raises(OSError):
         os.listdir(d.mnt)                                  # ENOTCONN
+    res = zramfs_cli("mount", str(d.mnt), check=False)
+    assert res.returncode == 1 and "stale" in res.stderr and "zramfs umount" in res.stderr
     res = zramfs_cli("umount", str(d.mnt), check=False)
     assert res.returncode == 0, res.stderr
     assert "stale" in res.stderr

@@ -171,7 +171,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
         print("zramfs: --devices must be >= 0", file=sys.stderr)
         return 1
     if mnt in zramfs_mounts():
-        print(f"zramfs: {mnt} is already a zramfs mount", file=sys.stderr)
+        if _is_stale(mnt):
+            print(f"zramfs: {mnt} holds a stale zramfs mount (its daemon is gone); "
+                  f"run `zramfs umount {mnt}` first", file=sys.stderr)
+        else:
+            print(f"zramfs: {mnt} is already a zramfs mount", file=sys.stderr)
         return 1
     try:
         import zramfs.fs  # noqa: F401  - fail here, in the caller's terminal, if FUSE is missing
