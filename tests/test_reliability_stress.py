@@ -182,6 +182,8 @@ def mounted_run(zmount, seconds: float, size: int) -> None:
           f"{rounds[0]} compact+compact_memory rounds, daemon runs {m.param('compact_runs')}, "
           f"pgmigrate_success {vmstat.get('pgmigrate_success')}")
     assert rounds[0] > 0
+    log = m.log.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
 
 
 def test_concurrent_io_discard_and_compaction_on_the_mount(zmount) -> None:
@@ -423,3 +425,94 @@ def test_mem_limit_write_error_reaches_a_loop_device_user(zmount) -> None:
         finally:
             os.close(fd)
     assert int(m.read_attr("io_stat").split()[1]) > 0
+
+
+# ---- control-plane churn -----------------------------------------------------------------------
+# What a reader may legitimately see while devices come and go: the file or device vanished
+# (ENOENT/ENODEV), a reset/remove of an open device (EBUSY), an uninitialised device (EINVAL
+# from compact, ENOSPC from a write).  EIO would be an internal error; a hang is a failure.
+CHURN_OK = {errno.ENOENT, errno.ENODEV, errno.EBUSY, errno.EINVAL, errno.ENOSPC}
+
+
+def test_control_plane_churn_while_io_runs(zmount) -> None:
+    """hot_add/hot_remove, disksize/reset cycles and every control file read in a loop, while
+    zram0 carries modelled I/O and the daemon compacts: only the errnos of a vanished or busy
+    device, never EIO, nothing hung, zram0's data intact, no traceback in the daemon's log."""
+    m = zmount("--size", "8M", "--devices", "2", "--compact-interval", "0",
+               "--compact-threshold", "1")
+    m.write_attr("reset", "1", dev=1)
+    stop = threading.Event()
+    errors: list[str] = []
+    counts = {"churn": 0, "reads": 0}
+
+    def unexpected(where: str, exc: OSError) -> None:
+        errors.append(f"{where}: {errno.errorcode.get(exc.errno, exc.errno)} {exc}")
+        stop.set()
+
+    def churn() -> None:
+        rng = random.Random(1)
+        ctl = m.path / "sys/class/zram-control"
+        while not stop.is_set():
+            try:
+                if rng.random() < 0.5:
+                    write_file(m.attr_path("disksize", 1), "1M")
+                    with opened(m.image(1)) as fd:
+                        os.pwrite(fd, rng.randbytes(PAGE), rng.randrange(256) * PAGE)
+                        os.pread(fd, PAGE, 0)
+                    write_file(m.attr_path("compact", 1), "1")
+                    write_file(m.attr_path("reset", 1), "1")
+                else:
+                    new = int((ctl / "hot_add").read_text())
+                    write_file(m.attr_path("disksize", new), "64K")
+                    write_file(ctl / "hot_remove", str(new))
+                counts["churn"] += 1
+            except OSError as exc:
+                if exc.errno not in CHURN_OK:
+                    return unexpected("churn", exc)
+
+    def reader() -> None:
+        while not stop.is_set():
+            for root, dirs, files in os.walk(m.path / "sys"):
+                for name in files:
+                    p = Path(root) / name
+                    if name in ("hot_add",):
+                        continue
+                    try:
+                        if os.stat(p).st_mode & 0o400:
+                            p.read_bytes()
+                            counts["reads"] += 1
+                    except OSError as exc:
+                        # os.walk stats entries FUSE lists without a type; a debugfs
+                        # directory that vanished then came back reads as EISDIR.
+                        if exc.errno not in CHURN_OK | {errno.EISDIR}:
+                            return unexpected(f"read {p.relative_to(m.path)}", exc)
+            try:
+                (m.path / "proc/vmstat").read_bytes()
+                os.listdir(m.path / "dev")
+            except OSError as exc:
+                return unexpected("proc/dev", exc)
+
+    fd = os.open(m.image(0), os.O_RDWR)
+    res = Result()
+    io_stop = threading.Event()
+    threads = [threading.Thread(target=churn, name="churn", daemon=True),
+               threading.Thread(target=reader, name="reader", daemon=True),
+               threading.Thread(target=worker, name="io-0", daemon=True,
+                                args=(0, 8 * MiB, fd_backend(fd), io_stop, res))]
+    try:
+        with Watchdog(SHORT_S + 90, kill_mount(m), what="control-plane churn"):
+            for t in threads:
+                t.start()
+            stop.wait(SHORT_S)
+            stop.set()
+            io_stop.set()
+            hung = join_all(threads, 60)
+            assert not hung, f"still running: {hung}"
+    finally:
+        os.close(fd)
+    assert not errors, "\n".join(errors)
+    assert not res.errors, "\n".join(res.errors)
+    assert counts["churn"] > 5 and counts["reads"] > 50, counts
+    assert res.ops[0] > 10
+    log = m.log.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
