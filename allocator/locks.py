@@ -243,10 +243,11 @@ def lock_classes() -> list[LockClass]:
 
 # Read on every acquire/release: a module global is the cheapest check CPython has.
 _lockdep = False
+_lockdep_sites = True
 
 
 # A held-lock entry is a plain tuple (cheap to build on every acquisition with lockdep on):
-# (key, lock class, mode, taken by trylock).
+# (key, lock class, mode, taken by trylock, acquisition site as (code object, line)).
 _Held = tuple
 
 
@@ -257,7 +258,9 @@ def _fmt_held(held: list[_Held]) -> str:
 def _fmt_entry(h: _Held) -> str:
     side = "R" if h[2] == _READ else "W"
     how = " (trylock)" if h[3] else ""
-    return f"{h[1].name}-{side} {_describe(h[0])}{how}"
+    code, line = h[4]
+    where = "%s %s:%d" % (code.co_name, code.co_filename.rsplit("/", 1)[-1], line) if code else "?"
+    return f"{h[1].name}-{side} {_describe(h[0])}{how} at {where}"
 
 
 def _describe(key: object) -> str:
@@ -265,6 +268,9 @@ def _describe(key: object) -> str:
         return "pfn %d" % key[1] if len(key) == 2 else repr(key)
     return "%s@%#x" % (type(key).__name__, id(key))
 
+
+# Frames in these files are lock machinery, not acquisition sites (memory.py: page locks).
+_LOCK_FILES = frozenset({__file__, __file__.rsplit("/", 1)[0] + "/memory.py"})
 
 _tls = threading.local()
 _all_held: dict[int, list[_Held]] = {}           # thread ident -> its held stack (lockdep on)
@@ -282,10 +288,12 @@ def _held() -> list[_Held]:
         return held
 
 
-def set_lockdep(enabled: bool) -> None:
+def set_lockdep(enabled: bool, *, record_sites: bool = True) -> None:
     """Turn lockdep on or off. Switching clears the held-lock stacks and the dependency graph
-    (locks taken while it was off are unknown to it)."""
-    global _lockdep
+    (locks taken while it was off are unknown to it). ``record_sites`` remembers where each held
+    lock was taken, for the violation reports (about half of lockdep's cost per acquisition)."""
+    global _lockdep, _lockdep_sites
+    _lockdep_sites = bool(record_sites)
     with _graph_lock:
         _graph.clear()
     for held in list(_all_held.values()):
@@ -367,7 +375,15 @@ def lockdep_before(key: object, cls: LockClass, mode: LockMode, trylock: bool = 
 
 
 def lockdep_acquired(key: object, cls: LockClass, mode: LockMode, trylock: bool = False) -> None:
-    _held().append((key, cls, mode, trylock))
+    site: tuple[Any, int] = (None, 0)
+    if _lockdep_sites:
+        # The acquisition site: the first caller outside the lock modules.
+        f = sys._getframe(1)
+        while f is not None and f.f_code.co_filename in _LOCK_FILES:
+            f = f.f_back
+        if f is not None:
+            site = (f.f_code, f.f_lineno)
+    _held().append((key, cls, mode, trylock, site))
 
 
 def lockdep_released(key: object, strict: bool = False) -> None:
@@ -391,14 +407,10 @@ def lockdep_released(key: object, strict: bool = False) -> None:
                 return
 
 
-_THIS_FILE = __file__
-
-
 def contention_point() -> str:
     """The caller outside the lock modules that is contending (slow path only)."""
     f = sys._getframe(2)
-    while f is not None and (f.f_code.co_filename == _THIS_FILE
-                             or f.f_code.co_filename.endswith("allocator/memory.py")):
+    while f is not None and f.f_code.co_filename in _LOCK_FILES:
         f = f.f_back
     if f is None:
         return "?"

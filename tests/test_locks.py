@@ -573,3 +573,18 @@ def test_assert_held_without_lockdep() -> None:
         m.assert_held()
     with m:
         m.assert_held()
+
+
+def test_lockdep_reports_acquisition_sites() -> None:
+    set_lockdep(True)
+    try:
+        cl = Mutex(CLASS_LOCK)
+        with cl:
+            assert "test_lockdep_reports_acquisition_sites test_locks.py:" in locks.held_locks()[0]
+            with pytest.raises(LockOrderViolation, match="test_locks.py"):
+                RWLock(MIGRATE_LOCK).read_lock()
+        set_lockdep(True, record_sites=False)
+        with cl:
+            assert locks.held_locks()[0].endswith(" at ?")
+    finally:
+        set_lockdep(False)
