@@ -12,7 +12,6 @@ readable message on the first broken invariant. It must be called while the pool
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
