@@ -1036,3 +1036,21 @@ def test_e18_migrate_pfn_refuses_frames_the_pool_does_not_own(pool: Pool,
         mem.unlock_page(pfn)
     assert ai.location(pool, h)[0] == pfn
     check_pool_invariants(pool, {h: 100})
+
+
+def test_e13_destroy_flushes_the_deferred_free(mem: PhysicalMemory,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    pool = Pool("flush", memory=mem)
+    h = pool.malloc(2040)
+    (pfn,) = ai.zspage_pfns(pool, ai.zspage_of(pool, h))
+    mem.lock_page(pfn)
+    pool.free(h)                                   # deferred: the page is locked
+    assert pool.total_pages == 1
+    t = threading.Timer(0.2, mem.unlock_page, args=(pfn,))
+    t.start()
+    caplog.set_level("INFO")
+    pool.destroy()                                 # must wait for the worker, not leak
+    t.join()
+    assert pool.total_pages == 0
+    assert mem.nr_used == 0
+    assert "Freeing non-empty" not in caplog.text
