@@ -164,9 +164,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
     # The daemon chdirs to / : make every path it keeps absolute.
     args.pidfile = os.path.abspath(args.pidfile) if args.pidfile else None
     args.log = os.path.abspath(args.log) if args.log else None
-    if not os.path.isdir(mnt):
-        print(f"zramfs: mount point {mnt} is not a directory", file=sys.stderr)
-        return 1
     if args.devices < 0:
         print("zramfs: --devices must be >= 0", file=sys.stderr)
         return 1
@@ -176,6 +173,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
                   f"run `zramfs umount {mnt}` first", file=sys.stderr)
         else:
             print(f"zramfs: {mnt} is already a zramfs mount", file=sys.stderr)
+        return 1
+    if not os.path.isdir(mnt):
+        print(f"zramfs: mount point {mnt} is not a directory", file=sys.stderr)
         return 1
     try:
         import zramfs.fs  # noqa: F401  - fail here, in the caller's terminal, if FUSE is missing
