@@ -399,8 +399,11 @@ class PhysicalMemory:
             try:
                 while locked[pfn]:
                     wq.cond.wait()
-            finally:
+            except BaseException:
                 wq.waiters -= 1
+                wq.lock.release()
+                raise
+            wq.waiters -= 1
             locked[pfn] = 1
             wq.lock.release()
             PAGE_LOCK.write.contended(perf_counter_ns() - t0, _locks.contention_point())
