@@ -439,7 +439,7 @@ def test_idle_all_and_age(dev):
     clock.t = 5100
     dev.write(2 * PAGE, text_page(rng))   # t=5100
     clock.t = 5200
-    dev.mark_idle(150)                    # idle if ac_time <= 5050
+    dev.mark_idle(150)                    # idle if ac_time < 5050
     assert dev.slot_state(0)[1] & ZRAM_IDLE
     assert not dev.slot_state(1)[1] & ZRAM_IDLE
     assert not dev.slot_state(2)[1] & ZRAM_IDLE
@@ -448,6 +448,13 @@ def test_idle_all_and_age(dev):
     dev.read(2 * PAGE, 10)                # access clears IDLE
     assert not dev.slot_state(2)[1] & ZRAM_IDLE
     assert dev.slot_state(2)[2] == 5200
+    dev.mark_idle(100)                    # cutoff 5100: block 0 (5000) idle, not 2 (5200)
+    assert dev.slot_state(0)[1] & ZRAM_IDLE and not dev.slot_state(2)[1] & ZRAM_IDLE
+    clock.t = 5300
+    dev.mark_idle(100)                    # cutoff 5200 == ac_time of block 2: strict, not idle
+    assert dev.slot_state(0)[1] & ZRAM_IDLE and not dev.slot_state(2)[1] & ZRAM_IDLE
+    dev.mark_idle(99)
+    assert dev.slot_state(2)[1] & ZRAM_IDLE
     dev.mark_idle(10_000)                 # nothing that old: IDLE cleared (current kernels)
     assert not dev.slot_state(0)[1] & ZRAM_IDLE
     assert dev.slot_state(3) == (0, 0, 0)  # unallocated untouched

@@ -759,8 +759,9 @@ class ZramDevice:
                 if age_seconds is None:
                     idle = eligible
                 else:
+                    # ktime_after(cutoff, ac_time): strictly older than now - age
                     cutoff = int(self.clock()) - age_seconds
-                    idle = eligible & (t.np_ac_time.astype(np.int64) <= cutoff)
+                    idle = eligible & (t.np_ac_time.astype(np.int64) < cutoff)
                 f[idle] |= np.uint32(ZRAM_IDLE)
                 f[eligible & ~idle] &= np.uint32(~ZRAM_IDLE & 0xFFFFFFFF)
 
