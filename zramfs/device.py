@@ -1036,8 +1036,7 @@ class Registry:
                 dev_id += 1
             dev = ZramDevice(dev_id, memory=self.memory, chain_size=self.chain_size,
                              chain_rule=self.chain_rule)
-            self.devices[dev_id] = dev
-            self.devices = dict(sorted(self.devices.items()))
+            self.devices = dict(sorted([*self.devices.items(), (dev_id, dev)]))
             return dev_id
 
     def hot_remove(self, dev_id: int) -> None:
@@ -1049,7 +1048,8 @@ class Registry:
             if dev is None:
                 raise NoSuchDevice(f"no zram{dev_id}")
             dev.reset()   # EBUSY while open; zram_remove() resets before deleting the disk
-            del self.devices[dev_id]
+            # copy-on-write, like hot_add: readers iterating the old dict are never disturbed
+            self.devices = {k: v for k, v in self.devices.items() if k != dev_id}
 
     def __getitem__(self, dev_id: int) -> ZramDevice:
         return self.devices[dev_id]
