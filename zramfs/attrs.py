@@ -291,8 +291,9 @@ def _max_comp_streams_store(dev: ZramDevice, text: str) -> None:
 
 
 def _parse_algorithm_name(text: str) -> str:
-    if len(text) >= ZRAM_MAX_ALGO_NAME_SZ:
-        raise NameTooLong(f"algorithm name of {len(text)} bytes")
+    size = len(text.encode("utf-8", "surrogateescape"))   # strlen() counts bytes
+    if size >= ZRAM_MAX_ALGO_NAME_SZ:
+        raise NameTooLong(f"algorithm name of {size} bytes")
     name = _strip_newline(text)
     if name not in codecs.AVAILABLE:
         raise InvalidInput(f"unknown compression algorithm {name!r}")
