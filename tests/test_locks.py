@@ -299,6 +299,15 @@ def test_rwlock_writers_queue_fifo() -> None:
 
 
 def test_rwlock_stress() -> None:
+    rwlock_stress(0.6, 8)
+
+
+@pytest.mark.soak
+def test_rwlock_stress_soak() -> None:
+    rwlock_stress(20.0, 16)
+
+
+def rwlock_stress(seconds: float, nthreads: int) -> None:
     """Many threads, random read/write/try mixes: readers never overlap a writer, writers never
     overlap anyone; finishes under a watchdog (no lost wake-up)."""
     rw = RWLock(fresh_class(rw=True))
@@ -312,7 +321,7 @@ def test_rwlock_stress() -> None:
 
     def worker(seed: int) -> None:
         rnd = random.Random(seed)
-        end = time.monotonic() + 0.6
+        end = time.monotonic() + seconds
         while time.monotonic() < end:
             op = rnd.random()
             if op < 0.25 or (op < 0.3 and rw.try_write_lock()):
@@ -342,7 +351,7 @@ def test_rwlock_stress() -> None:
                     state["readers"] -= 1
                 rw.read_unlock()
 
-    run_threads([lambda s=s: worker(s) for s in range(8)], timeout=10)
+    run_threads([lambda s=s: worker(s) for s in range(nthreads)], timeout=seconds + 10)
     assert not bad, bad[:3]
     assert state["writes"] > 0
     assert not rw.is_locked() and not rw.is_contended()

@@ -578,6 +578,15 @@ def test_vmstat_text_format() -> None:
 
 
 def test_concurrent_owners_migrator_compactor(lockdep: None) -> None:
+    concurrent_owners(1.2)
+
+
+@pytest.mark.soak
+def test_concurrent_owners_migrator_compactor_soak(lockdep: None) -> None:
+    concurrent_owners(30.0)
+
+
+def concurrent_owners(seconds: float) -> None:
     """Owners allocate/check/free while a migrator moves random frames and a compactor runs:
     data and metadata stay consistent, nothing deadlocks, no frame is lost or reused twice."""
     mem = PhysicalMemory(max_pages=600)
@@ -589,7 +598,7 @@ def test_concurrent_owners_migrator_compactor(lockdep: None) -> None:
     def owner_work(o: FakeOwner, seed: int) -> None:
         rnd = random.Random(seed)
         mine: list[int] = []
-        end = time.monotonic() + 1.2
+        end = time.monotonic() + seconds
         while time.monotonic() < end:
             r = rnd.random()
             if r < 0.45 and len(mine) < 150:
@@ -628,7 +637,8 @@ def test_concurrent_owners_migrator_compactor(lockdep: None) -> None:
     for t in bg:
         t.start()
     try:
-        run_threads([lambda o=o, s=s: owner_work(o, s) for s, o in enumerate(owners)], timeout=20)
+        run_threads([lambda o=o, s=s: owner_work(o, s) for s, o in enumerate(owners)],
+                    timeout=seconds + 20)
     finally:
         stop.set()
         for t in bg:
