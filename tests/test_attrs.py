@@ -327,7 +327,8 @@ def test_backing_dev_attr(dev, tmp_path):
 
 
 def test_writeback_attr(reg, dev, live, tmp_path):
-    other = reg.devices[reg.hot_add()]
+    new_id = reg.hot_add()
+    other = reg.devices[new_id]
     rejected(other, "writeback", "huge", errno.EINVAL)          # uninitialised
     attrs.store(other, "disksize", "1M")
     rejected(other, "writeback", "huge", errno.ENODEV)          # no backing device
