@@ -171,3 +171,43 @@ def test_stress_short():
 def test_stress_soak():
     res = run_stress(120.0, workers=8)
     assert not res["errors"], res["errors"]
+
+
+def test_registry_hot_add_remove_while_listing():
+    """zram-control from several threads while another lists the devices (the tree's readdir)."""
+    reg = Registry(memory=PhysicalMemory(max_pages=1 << 12), num_devices=1)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            while not stop.is_set():
+                i = reg.hot_add()
+                reg.devices[i].set_disksize(1 << 16)
+                reg.devices[i].write(0, b"x" * PAGE)
+                reg.hot_remove(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def lister() -> None:
+        try:
+            while not stop.is_set():
+                for dev_id in sorted(reg.devices):
+                    d = reg.devices.get(dev_id)
+                    if d is not None:
+                        d.stats()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn, daemon=True) for _ in range(2)]
+    threads.append(threading.Thread(target=lister, daemon=True))
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    assert list(reg.devices) == [0]
+    assert reg.memory.nr_used == 0
