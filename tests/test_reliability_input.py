@@ -28,10 +28,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from mountutil import Mount, expect_errno, opened, require_fuse, write_file
-from test_reliability_common import (MiB, PAGE, control_files, data_for, diff, fallocate,
-                                     mode_of, snapshot)
+from mountutil import Mount, expect_errno, opened, require_fuse
+from test_reliability_common import (
+    PAGE,
+    MiB,
+    control_files,
+    data_for,
+    diff,
+    fallocate,
+    mode_of,
+    snapshot,
+)
 
 pytestmark = pytest.mark.fuse
 
@@ -208,6 +215,7 @@ def outcome(path: Path, data: bytes, offset: int = 0) -> int:
     try:
         n = write_once(path, data, offset)
     except OSError as exc:
+        assert exc.errno is not None
         return exc.errno
     assert n == len(data), f"{path.name}: short write {n} of {len(data)}"
     return OK
@@ -437,7 +445,7 @@ def test_o_trunc_open_of_the_image_is_ignored_like_a_block_device(loaded: Mount)
     with opened(m.image(0), os.O_RDONLY) as fd:
         tail = os.pread(fd, PAGE, 2 * MiB)
     res = subprocess.run(["dd", "if=/dev/zero", f"of={m.image(0)}", "bs=4k", "count=1"],
-                         capture_output=True, text=True, timeout=30)
+                         capture_output=True, text=True, timeout=30, check=False)
     assert res.returncode == 0, res.stderr
     with opened(m.image(0), os.O_RDONLY) as fd:
         assert os.pread(fd, PAGE, 0) == bytes(PAGE)
@@ -456,7 +464,7 @@ def as_nobody(code: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     return subprocess.run([python, "-I", "-c", code, *args], capture_output=True, text=True,
                           timeout=30, cwd=cwd, user=NOBODY, group=NOBODY, extra_groups=[],
-                          env={"PATH": "/usr/bin:/bin"})
+                          env={"PATH": "/usr/bin:/bin"}, check=False)
 
 
 _PROBE = r"""

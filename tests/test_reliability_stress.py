@@ -34,11 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from mountutil import Mount, expect_errno, opened, write_file
+from test_reliability_common import (
+    PAGE,
+    MiB,
+    Watchdog,
+    data_for,
+    join_all,
+    kill_mount,
+    punch_hole,
+)
 
 from allocator import PhysicalMemory, set_lockdep
-from mountutil import Mount, expect_errno, opened, write_file
-from test_reliability_common import (MiB, PAGE, Watchdog, data_for, join_all, kill_mount,
-                                     punch_hole)
 from zramfs.daemon import CompactionDaemon, CompactionPolicy
 from zramfs.device import Registry, ZramDevice
 
@@ -100,7 +107,7 @@ def worker(w: int, region: int, io: Backend, stop: threading.Event, res: Result)
                 res.errors.append(f"thread {w}: final check of {off}+{n} differs")
                 return
             res.bytes_checked[w] += n
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - any exception is a failure of the device
         res.errors.append(f"thread {w}: {type(exc).__name__}: {exc}")
         stop.set()
 
@@ -115,7 +122,7 @@ def run_workload(io_for: Callable[[int], Backend], region: int, seconds: float,
         try:
             while not stop.is_set():
                 maintenance()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - any exception is a failure of the device
             res.errors.append(f"maintenance: {type(exc).__name__}: {exc}")
             stop.set()
 
@@ -279,7 +286,8 @@ def fio_verify(m: Mount, workdir: Path, *, per_job: int, loops: int) -> dict:
     t.start()
     try:
         res = subprocess.run(args, cwd=workdir, capture_output=True, text=True,
-                             timeout=max(600, loops * per_job * FIO_JOBS // (256 * 1024)))
+                             timeout=max(600, loops * per_job * FIO_JOBS // (256 * 1024)),
+                             check=False)
     finally:
         stop.set()
         t.join(30)
@@ -348,7 +356,7 @@ def test_mem_limit_reached_mid_workload(zmount) -> None:
         # Overwrite the first half and fill the second with random (incompressible, HUGE)
         # pages until the pool reaches the limit.
         failures = 0
-        first_failure = None
+        first_failure: int | None = None
         order = list(range(pages))
         rng.shuffle(order)
         for i in order[:pages // 2]:
@@ -363,7 +371,7 @@ def test_mem_limit_reached_mid_workload(zmount) -> None:
                 assert os.pread(fd, PAGE, i * PAGE) == model[i], f"block {i} lost its old data"
                 continue
             model[i] = new
-        assert failures > 0, "the limit was never reached"
+        assert failures > 0 and first_failure is not None, "the limit was never reached"
         assert m.mm_stat()[2] <= used + headroom * PAGE
         # A multi-page write across the limit: EIO; every block is either all-old or all-new.
         start = first_failure
@@ -446,7 +454,7 @@ def test_control_plane_churn_while_io_runs(zmount) -> None:
     counts = {"churn": 0, "reads": 0}
 
     def unexpected(where: str, exc: OSError) -> None:
-        errors.append(f"{where}: {errno.errorcode.get(exc.errno, exc.errno)} {exc}")
+        errors.append(f"{where}: {errno.errorcode.get(exc.errno or 0, exc.errno)} {exc}")
         stop.set()
 
     def churn() -> None:
