@@ -68,6 +68,7 @@ class DeviceModel(RuleBasedStateMachine):
             assert self.reg.memory.nr_used == 0
             self.tmp.close()
 
+    @precondition(lambda self: self.dev.limit_pages == 0)   # a multi-block write may stop midway
     @rule(off=offsets, n=lengths, kind=st.integers(0, 4), seed=st.integers(0, 1 << 30))
     def write(self, off, n, kind, seed):
         n = min(n, SIZE - off)
@@ -78,8 +79,19 @@ class DeviceModel(RuleBasedStateMachine):
     @rule(page=st.integers(0, NR_PAGES - 1), kind=st.integers(0, 4), seed=st.integers(0, 1 << 30))
     def write_page(self, page, kind, seed):
         data = make_data(kind, seed, PAGE)
-        self.dev.write(page * PAGE, data)
+        try:
+            self.dev.write(page * PAGE, data)
+        except OSError as exc:   # over mem_limit: EIO and the old block is intact
+            assert exc.errno == 5 and self.dev.limit_pages
+            assert self.dev.read(page * PAGE, PAGE) == bytes(self.model[page * PAGE:(page + 1) * PAGE])
+            return
         self.model[page * PAGE:(page + 1) * PAGE] = data
+
+    @rule(extra=st.sampled_from([None, 0, 1, 3]))
+    def mem_limit(self, extra):
+        """None lifts the limit; otherwise cap the pool a few pages above its current size."""
+        self.dev.pool.flush_free_work()
+        self.dev.set_mem_limit(0 if extra is None else (self.dev.pool.total_pages + extra) * PAGE)
 
     @rule(off=offsets, n=st.integers(0, 4 * PAGE))
     def read(self, off, n):
@@ -96,6 +108,7 @@ class DeviceModel(RuleBasedStateMachine):
         lo, hi = off & ~(PAGE - 1), min(SIZE, (off + n + PAGE - 1) & ~(PAGE - 1))
         assert self.dev.read(lo, hi - lo) == bytes(self.model[lo:hi])
 
+    @precondition(lambda self: self.dev.limit_pages == 0)   # edge RMW could hit the limit
     @rule(off=offsets, n=lengths)
     def punch_hole(self, off, n):
         self.dev.punch_hole(off, n)
