@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import zlib
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import lz4.block
 import zstandard
@@ -57,7 +57,7 @@ class Codec(ABC):
         return f"<{type(self).__name__} {self.name} level={self.level}{extra}>"
 
 
-def _load_lz4_compress_fast():
+def _load_lz4_compress_fast() -> Callable[..., int] | None:
     """LZ4_compress_fast() from the liblz4 that python-lz4 carries (or the system's), or None.
 
     Why not lz4.block.compress: python-lz4 compresses through LZ4_resetStream +
@@ -231,7 +231,7 @@ class DeflateCodec(Codec):
         if not -1 <= self.level <= 9:
             raise InvalidInput(f"deflate level {self.level} out of -1..9")
 
-    def _new_compressor(self):
+    def _new_compressor(self) -> "zlib._Compress":
         if self.dictionary:
             return zlib.compressobj(self.level, zlib.DEFLATED, -self.winbits, 9, zdict=self.dictionary)
         return zlib.compressobj(self.level, zlib.DEFLATED, -self.winbits, 9)

@@ -740,7 +740,7 @@ class ZramDevice:
             meta = self._require_meta()
             return meta.pool.compact()
 
-    def _all_stripes(self):
+    def _all_stripes(self) -> "_AllStripes":
         """Hold every slot lock (in index order) for a vectorised table scan."""
         return _AllStripes(self._stripes)
 
@@ -1005,7 +1005,7 @@ class _AllStripes:
         for s in self._stripes:
             s.lock.acquire()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for s in reversed(self._stripes):
             s.lock.release()
 
