@@ -59,6 +59,7 @@ __all__ = [
     "MAP_AREA_LOCK",
     "MAP_BUFFER_LOCK",
     "LOCK_ORDER",
+    "ZONE_LOCK",
     "set_lockdep",
     "lockdep_enabled",
     "held_locks",
@@ -219,6 +220,9 @@ ZSPAGE_LOCK = LockClass("&zspage->lock", 40, rw=True)
 MAP_AREA_LOCK = LockClass("zs_map_area.lock", 50)
 MAP_BUFFER_LOCK = MAP_AREA_LOCK
 LOCK_ORDER: tuple[LockClass, ...] = (PAGE_LOCK, MIGRATE_LOCK, CLASS_LOCK, ZSPAGE_LOCK, MAP_AREA_LOCK)
+# The page allocator's lock (allocator.memory's free-frame lists): a leaf under every zsmalloc
+# lock, as the buddy allocator's zone->lock is. Not part of zsmalloc's documented order.
+ZONE_LOCK = LockClass("&zone->lock", 60)
 
 
 

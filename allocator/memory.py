@@ -44,7 +44,7 @@ from time import perf_counter_ns
 from typing import Iterator, Protocol, runtime_checkable
 
 from . import locks as _locks
-from .locks import PAGE_LOCK, LockMode
+from .locks import PAGE_LOCK, ZONE_LOCK, LockMode, Mutex
 
 __all__ = [
     "PhysicalMemory",
@@ -189,8 +189,9 @@ class PhysicalMemory:
         self._madvise = page_size % mmap.PAGESIZE == 0
         self._zero = bytes(page_size)
 
-        # Free-frame allocator (leaf lock; never held while calling out of this module).
-        self._lock = threading.Lock()
+        # Free-frame allocator. Its lock is a leaf (never held while calling out of this module);
+        # a ranked Mutex so lock_stat shows allocator contention as the kernel's &zone->lock.
+        self._lock = Mutex(ZONE_LOCK)
         self._top = 0                   # bump pointer == high-water mark
         self._heap: list[int] = []      # free PFNs below _top (may hold stale entries)
         self._nr_free_below = 0         # frames in state _FREE

@@ -791,3 +791,12 @@ class MemoryMachine(RuleBasedStateMachine):
 
 TestMemoryMachine = MemoryMachine.TestCase
 TestMemoryMachine.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
+
+
+def test_zone_lock_in_lock_stat() -> None:
+    from allocator.locks import ZONE_LOCK, lock_stat_text
+    mem = PhysicalMemory(max_pages=8)
+    before = ZONE_LOCK.acquisitions
+    mem.free_page(mem.alloc_page())
+    assert ZONE_LOCK.acquisitions - before == 2
+    assert "&zone->lock:" in lock_stat_text()
