@@ -10,6 +10,8 @@ kernel builds around its locks:
       page lock (10) -> pool->migrate_lock (20, rw) -> class->lock (30)
                      -> zspage->lock (40, rw) -> zs_map_area.lock (50)
 
+  plus ``&zone->lock`` (60), the simulated page allocator's leaf lock.
+
 * **Mutex** (``spin_lock``/``mutex`` stand-in) and **RWLock** (``rwlock_t``/qrwlock stand-in:
   a queued writer blocks *new* readers, ``is_contended()`` is ``rwlock_is_contended``).
   The uncontended paths touch one ``threading.Lock`` and one C-level counter; condition
