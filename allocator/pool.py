@@ -151,7 +151,7 @@ class Pool:
             raise ValueError("memory has more frames than _PFN_BITS can encode")
 
         # Direct access to the arena and the struct-page arrays (the hot paths use them).
-        self._arena: memoryview = _arena_view(memory)
+        self._arena: memoryview = memory.arena
         self._words: memoryview = self._arena.cast("Q")
         self._private = memory.private
         self._index = memory.index
@@ -984,16 +984,4 @@ SHRINK_STOP = -1
 
 def _wait_on_page_locked(mem: PhysicalMemory, pfn: int) -> None:
     """wait_on_page_locked: block until the page lock is free, without keeping it."""
-    mem.lock_page(pfn)
-    mem.unlock_page(pfn)
-
-
-def _arena_view(mem: PhysicalMemory) -> memoryview:
-    """A writable byte memoryview of the whole frame arena (PFN p at byte p * page_size).
-
-    PhysicalMemory's public accessor is view(pfn) (one slice per call); the hot paths need one
-    view of the whole arena, which PhysicalMemory keeps as `_mv` (a view of its mmap)."""
-    v = getattr(mem, "_mv", None)
-    if isinstance(v, memoryview):
-        return v
-    return memoryview(mem._mm)
+    mem.wait_on_page_locked(pfn)
