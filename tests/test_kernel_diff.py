@@ -154,19 +154,13 @@ def test_real_image_close() -> None:
     assert not failed, "zramfs differs from the kernel beyond the tolerances" + _explain(c)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "zramfs/codecs.py Lz4Codec compresses with lz4.block.compress, which python-lz4 "
-    "implements as LZ4_resetStream + LZ4_compress_fast_continue: a fresh *stream* uses the "
-    "byU32 hash table (4096 entries) instead of the byU16 table (8192 entries) that "
-    "LZ4_compress_fast / LZ4_compress_default use for inputs < 64 KiB, which is what the "
-    "kernel's backend_lz4 calls.  ~69 % of real pages get another length (up to ~600 bytes "
-    "per page, e.g. /usr/share/perl/5.36/unicore/lib/Perl/Assigned.pl: 4052 vs 3441), "
-    "real-data compr_data_size is +0.7 % and huge_pages +2.4 % against the kernel.  "
-    "Reported to the codecs owner; an equivalent of LZ4_compress_default (e.g. the block of "
-    "a one-block lz4.frame with block_linked=False, or liblz4 through ctypes) fixes it"))
 def test_lz4_codec_matches_kernel_per_page() -> None:
     """Page by page, zramfs stores real data with the kernel's sizes (≤ 5 % of pages may
-    differ by the remaining lib/lz4 vs liblz4 1.9.x differences, ~2 % here)."""
+    differ by the remaining lib/lz4 vs liblz4 1.9.x differences, ~2 % here).
+
+    This holds because the lz4 codec calls LZ4_compress_fast (the kernel's call), not
+    python-lz4's lz4.block.compress, whose streaming path uses a smaller hash table and gave
+    another length for ~69 % of real pages."""
     pages = kc.real_pages(2048, kc.DEFAULT_SEEDS["real"])
     try:
         agreement = kc.page_size_agreement(pages, algorithm="lz4")
