@@ -142,7 +142,8 @@ class Writer(threading.Thread):
 GONE = {errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENODEV, errno.ENOENT}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
+                         ids=lambda s: s.name)
 def test_signal_during_io_unmounts_without_hanging(daemon: Daemon, sig: signal.Signals) -> None:
     daemon.mount("--size", "64M", "--compact-interval", "0", "--compact-threshold", "1")
     pid = daemon.pid
@@ -237,6 +238,21 @@ def test_sigterm_with_a_loop_attached_keeps_the_device(daemon: Daemon) -> None:
         run("losetup", "-d", loop, check=False)
     os.kill(pid, signal.SIGTERM)
     assert daemon.wait_gone(pid, 30)
+
+
+@pytest.mark.parametrize("args", [
+    ("--size", "-5"), ("--size", "abc"), ("--mem-limit", "1x"), ("--devices", "-1"),
+    ("--chain-size", "5"), ("--size", "1E"), ("--algorithm", "nosuch"),
+    # the knobs are the uint module parameters: the CLI must refuse what the files refuse
+    ("--compact-interval", "-1"), ("--compact-threshold", "-1"),
+    ("--compact-threshold", str(2 ** 40)),
+])
+def test_bad_mount_arguments_leave_nothing_behind(daemon: Daemon, args: tuple[str, ...]) -> None:
+    res = daemon.mount(*args, check=False)
+    assert res.returncode != 0, f"zramfs mount {' '.join(args)} was accepted"
+    assert res.stderr.strip(), "no message"
+    assert not is_mounted(daemon.mnt)
+    assert not daemon.pidfile.exists()
 
 
 # ---- the swap experiment -------------------------------------------------------------------------

@@ -236,6 +236,10 @@ def in_process_run(seconds: float, size: int) -> None:
     assert not daemon.stats.last_error, daemon.stats.last_error
     assert daemon.stats.scans > 0
     assert dev.stats().failed_writes == 0 and dev.stats().failed_reads == 0
+    print(f"\nin process: {sum(res.ops)} ops, {sum(res.bytes_checked) / MiB:.0f} MiB checked, "
+          f"daemon scans {daemon.stats.scans}, runs {daemon.stats.runs}, "
+          f"pages freed {daemon.stats.pages_freed}, pages migrated "
+          f"{reg.memory.vmstat().get('pgmigrate_success')}")
     dev.reset()
     assert reg.memory.nr_used == 0, "frames leaked"
 
@@ -524,3 +528,57 @@ def test_control_plane_churn_while_io_runs(zmount) -> None:
     assert res.ops[0] > 10
     log = m.log.read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
+
+
+# ---- memory: given back, and devices cheap -----------------------------------------------------
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_memory_is_given_back_after_discard_and_reset(zmount) -> None:
+    """Stored pages cost the daemon real memory; discarding them gives most of it back at once
+    (freed frames are MADV_DONTNEED'd), and fill/discard cycles do not make the daemon grow."""
+    size = 64 * MiB
+    m = zmount("--size", str(size), "--no-compact")
+    pid = m.proc.pid
+    base = rss_kib(pid)
+    rng = random.Random(12)
+    after_discard: list[int] = []
+    with opened(m.image()) as fd:
+        for _ in range(6):
+            for off in range(0, size, MiB):
+                os.pwrite(fd, rng.randbytes(MiB), off)      # incompressible: a frame per page
+            full = rss_kib(pid)
+            assert full - base > 48 * 1024, (base, full)
+            punch_hole(fd, 0, size)
+            assert m.mm_stat()[0] == 0 and m.mm_stat()[2] == 0
+            after_discard.append(rss_kib(pid))
+            # the pool's frames are gone; what stays is the daemon's own heap (glibc keeps
+            # freed request buffers), far less than the data
+            assert full - after_discard[-1] > 32 * 1024, (base, full, after_discard)
+        for off in range(0, size, MiB):
+            os.pwrite(fd, rng.randbytes(MiB), off)
+    # no growth once the daemon's heap has settled (its thread arenas fill in the first cycles)
+    assert after_discard[-1] - after_discard[2] < 6 * 1024, after_discard
+    m.write_attr("reset", "1")
+    assert rss_kib(pid) - after_discard[-1] < 6 * 1024, (after_discard, rss_kib(pid))
+
+
+def test_uninitialised_devices_cost_little_memory(zmount) -> None:
+    """hot_add (and --devices) creates uninitialised devices; like the kernel's (a struct zram
+    and a gendisk, a few KiB) each must cost little until disksize is set, or reading hot_add
+    in a loop, or --devices 100000, exhausts the daemon's memory."""
+    m = zmount()
+    pid = m.proc.pid
+    hot_add = m.path / "sys/class/zram-control/hot_add"
+    hot_add.read_text()                                  # warm up the code paths
+    base = rss_kib(pid)
+    n = 200
+    for _ in range(n):
+        hot_add.read_text()
+    per_device = (rss_kib(pid) - base) / n
+    assert len(os.listdir(m.path / "dev")) == n + 2
+    assert per_device < 64, f"{per_device:.0f} KiB per uninitialised device"
