@@ -67,12 +67,6 @@ ensure_fuse_device() {
     fi
 }
 
-# Imported by the code but not (yet) declared in pyproject.toml: mfusepy (zramfs/fs.py prefers it
-# to fusepy; fusepy 3.0.1 has no fallocate, so loop discards fail there) and numpy
-# (zramfs/device.py). Installed here so a fresh machine matches a developer's; drop a name once
-# pyproject.toml lists it.
-PY_UNDECLARED=(mfusepy numpy)
-
 python_missing() {  # prints what the Python side lacks ("" when the project is installed from this checkout)
     (cd / && "$PY" - "$REPO" <<'PY') 2>/dev/null || echo "python"
 import importlib.metadata as md, json, os, re, sys, tomllib
@@ -107,20 +101,11 @@ pip_install() {
 }
 
 install_python() {
-    local missing m
+    local missing
     missing="$(python_missing)"
     if [ -n "$missing" ]; then
         log "installing the project (pip install -e '.[test]'; missing: $missing)"
         pip_install -e "${REPO}[test]"
-    fi
-    missing=""
-    for m in "${PY_UNDECLARED[@]}"; do
-        "$PY" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('$m') is None)" 2>/dev/null || missing+=" $m"
-    done
-    if [ -n "$missing" ]; then
-        log "installing what the code imports but pyproject.toml does not declare:$missing"
-        # shellcheck disable=SC2086
-        pip_install $missing
     fi
 }
 
