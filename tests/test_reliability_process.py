@@ -32,11 +32,13 @@ from pathlib import Path
 import pytest
 from mountutil import (
     REPO,
+    expect_errno,
     is_mounted,
     loops_under,
     require_fuse,
     run,
     teardown_users,
+    write_file,
     zramfs_cli,
 )
 from test_reliability_common import PAGE, MiB, Watchdog
@@ -306,3 +308,45 @@ def test_swap_through_a_memory_limited_cgroup(zmount) -> None:
     for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory"):
         assert not list(Path(root).glob("zramfs-swap.*")), root
     print(f"\n{swapped.group(0)}; daemon runs {m.param('compact_runs')}")
+
+
+def test_users_that_die_do_not_leave_the_device_busy(zmount) -> None:
+    """Every open is matched by a release, even when the opener is SIGKILLed or its threads
+    race: afterwards reset (EBUSY while open) succeeds and hot_remove works."""
+    m = zmount("--size", "4M", "--devices", "2")
+    img = str(m.image(1))                                  # --size initialises both devices
+    code = ("import os, sys, time\n"
+            "fds = [os.open(sys.argv[1], os.O_RDWR) for _ in range(20)]\n"
+            "os.pwrite(fds[0], b'x' * 4096, 0)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+    for _ in range(3):
+        child = subprocess.Popen(["python3", "-c", code, img], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "ready\n"
+            expect_errno(errno.EBUSY, m.write_attr, "reset", "1", 1)
+        finally:
+            child.kill()
+            child.wait(30)
+    # many short-lived opens from threads
+    def churn() -> None:
+        for _ in range(200):
+            os.close(os.open(img, os.O_RDONLY))
+    threads = [threading.Thread(target=churn) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # the releases of a killed process arrive asynchronously: allow a moment
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            m.write_attr("reset", "1", dev=1)
+            break
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    assert m.read_attr("initstate", dev=1) == "0\n"
+    write_file(m.path / "sys/class/zram-control/hot_remove", "1")
+    assert os.listdir(m.path / "dev") == ["zram0"]
