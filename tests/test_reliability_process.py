@@ -350,3 +350,26 @@ def test_users_that_die_do_not_leave_the_device_busy(zmount) -> None:
     assert m.read_attr("initstate", dev=1) == "0\n"
     write_file(m.path / "sys/class/zram-control/hot_remove", "1")
     assert os.listdir(m.path / "dev") == ["zram0"]
+
+
+def test_a_hung_daemon_does_not_hang_umount_or_status(daemon: Daemon) -> None:
+    """A daemon that stops answering (deadlocked; here SIGSTOPped) must not make the tools
+    hang: ``zramfs status MNT`` and ``zramfs umount MNT`` return within 15 s — umount removes
+    the mount (e.g. by aborting the FUSE connection) or says that the daemon does not answer."""
+    daemon.mount("--size", "8M")
+    pid = daemon.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for args in (("status", str(daemon.mnt)), ("umount", str(daemon.mnt))):
+            try:
+                res = zramfs_cli(*args, check=False, timeout=15)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"zramfs {' '.join(args)} hung on an unresponsive daemon")
+            if args[0] == "umount":
+                assert (res.returncode == 0 and not is_mounted(daemon.mnt)) or \
+                    (res.returncode != 0 and "respond" in res.stderr), res.stderr
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGKILL)
+        if is_mounted(daemon.mnt):
+            run("umount", "-l", str(daemon.mnt), check=False)
