@@ -399,6 +399,7 @@ def test_bad_image_requests_fail_cleanly(loaded: Mount) -> None:
     expect_errno(errno.EPERM, os.chmod, img, 0o666)
     expect_errno(errno.EPERM, os.chown, img, 1, 1)
     expect_errno(errno.EPERM, os.link, img, m.path / "dev" / "zram7")
+    expect_errno(errno.EPERM, os.symlink, "zram0", m.path / "dev" / "zram8")
     expect_errno(errno.EPERM, os.rename, m.path / "proc", m.path / "proc2")
     expect_errno(errno.EPERM, os.rename, m.attr_path("disksize"), m.attr_path("x"))
     expect_errno(errno.EPERM, os.unlink, m.path / "proc/vmstat")
