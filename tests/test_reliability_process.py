@@ -272,24 +272,21 @@ def memory_cgroup() -> str | None:
     return None
 
 
-def test_swap_through_a_memory_limited_cgroup(zmount) -> None:
-    """A process limited to 24 MiB writes 96 MiB of patterned pages (same-filled, text, half
-    random, random), so most of it must go to swap on a loop device over the image, and reads
-    every byte back — while the daemon compacts at interval 0.  cgroup v2 memory.max when the
-    memory controller is there, else the v1 memory hierarchy."""
+def swap_run(zmount, *, size: str, limit: str, alloc: str, min_swapped_mib: int) -> str:
     kind = memory_cgroup()
     if kind is None:
         pytest.skip("no memory cgroup controller (v2 or v1)")
     for tool in ("losetup", "mkswap", "swapon", "swapoff", "mountpoint", "numfmt"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool}")
-    m = zmount("--size", "256M", "--algorithm", "lz4", "--compact-interval", "0",
+    m = zmount("--size", size, "--algorithm", "lz4", "--compact-interval", "0",
                "--compact-threshold", "1")
-    env = dict(os.environ, LIMIT="24M", ALLOC="96M", DISCARD="pages")
+    env = dict(os.environ, LIMIT=limit, ALLOC=alloc, DISCARD="pages")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    with Watchdog(600, what="swap experiment"):
+    started = time.monotonic()
+    with Watchdog(3000, what="swap experiment"):
         res = subprocess.run(["bash", str(REPO / "scripts/swap_experiment.sh"), str(m.path)],
-                             env=env, capture_output=True, text=True, timeout=580,
+                             env=env, capture_output=True, text=True, timeout=2900,
                              stdin=subprocess.DEVNULL, check=False)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
@@ -297,9 +294,9 @@ def test_swap_through_a_memory_limited_cgroup(zmount) -> None:
     assert f"cgroup: {kind}" in out, out[-4000:]
     # the worker really swapped: its VmSwap after the fill, and the device stored pages then
     swapped = re.search(r"after fill: RSS .*?, swapped out (\d+) kB", out)
-    assert swapped and int(swapped.group(1)) > 32 * 1024, out[-4000:]
+    assert swapped and int(swapped.group(1)) > min_swapped_mib * 1024, out[-4000:]
     fill_mm = re.search(r"after fill: .*mm_stat\s+(\d+)", out)
-    assert fill_mm and int(fill_mm.group(1)) > 32 * MiB, out[-4000:]
+    assert fill_mm and int(fill_mm.group(1)) > min_swapped_mib * MiB, out[-4000:]
     io_stat = m.read_attr("io_stat").split()
     assert io_stat[:2] == ["0", "0"], io_stat
     # the script tore down what it set up: no loop on our image (so no swap on it either),
@@ -307,7 +304,22 @@ def test_swap_through_a_memory_limited_cgroup(zmount) -> None:
     assert loops_under(m.path) == []
     for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory"):
         assert not list(Path(root).glob("zramfs-swap.*")), root
-    print(f"\n{swapped.group(0)}; daemon runs {m.param('compact_runs')}")
+    return (f"{swapped.group(0)}; {time.monotonic() - started:.0f}s; "
+            f"daemon runs {m.param('compact_runs')}")
+
+
+def test_swap_through_a_memory_limited_cgroup(zmount) -> None:
+    """A process limited to 24 MiB writes 96 MiB of patterned pages (same-filled, text, half
+    random, random), so most of it must go to swap on a loop device over the image, and reads
+    every byte back — while the daemon compacts at interval 0.  cgroup v2 memory.max when the
+    memory controller is there, else the v1 memory hierarchy."""
+    print("\n" + swap_run(zmount, size="256M", limit="24M", alloc="96M", min_swapped_mib=32))
+
+
+@pytest.mark.soak
+def test_swap_through_a_memory_limited_cgroup_soak(zmount) -> None:
+    """1 GiB through swap with a 64 MiB limit."""
+    print("\n" + swap_run(zmount, size="2G", limit="64M", alloc="1G", min_swapped_mib=512))
 
 
 def test_users_that_die_do_not_leave_the_device_busy(zmount) -> None:
