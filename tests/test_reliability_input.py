@@ -271,6 +271,7 @@ def test_bad_input_on_every_control_file_changes_nothing(loaded: Mount) -> None:
         if changed:
             problems.append(f"{rel}: bad input changed state: {changed}")
             before = after
+    print(f"\n{covered} bad inputs to {len(control_files(m))} control files")
     assert covered > 300
     assert not problems, "\n".join(problems)
 
