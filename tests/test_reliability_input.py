@@ -274,6 +274,9 @@ def test_bad_input_on_every_control_file_changes_nothing(loaded: Mount) -> None:
     print(f"\n{covered} bad inputs to {len(control_files(m))} control files")
     assert covered > 300
     assert not problems, "\n".join(problems)
+    # every refusal was a deliberate errno, not an exception escaping into the binding
+    log = m.log.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
 
 
 def test_writes_at_an_offset_and_several_writes_on_one_open(loaded: Mount) -> None:
@@ -420,6 +423,7 @@ def test_bad_image_requests_fail_cleanly(loaded: Mount) -> None:
     assert not diff(before, snapshot(m))
     # io_stat counts failed bios, not requests refused before they reach the device.
     assert m.read_attr("io_stat").split()[:2] == ["0", "0"]
+    assert "Traceback" not in m.log.read_text(errors="replace")
 
 
 def test_uninitialised_device_requests(loaded: Mount) -> None:
