@@ -216,7 +216,11 @@ class ZramDevice:
         self.bd_wb_limit = 0
         self.wb_batch_size = 32
         self.compressed_writeback = False
-        self._stripes: list[Stripe] = new_stripes()
+        # The 1024 slot-lock stripes with their counters cost ~350 KiB: an uninitialised
+        # device (hot_add in a loop, --devices N) has none until disksize creates them (or
+        # a flush counts one), and reset drops them again; every counter is zero then, as
+        # after zram_reset_device()'s memset of zram->stats.
+        self._stripes: list[Stripe] = _NO_STRIPES
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -269,6 +273,10 @@ class ZramDevice:
             except (MemoryError, OutOfMemory):
                 table.release()
                 raise NoMemory("Error creating memory pool") from None
+            # Stripes before meta: the data path reads self._meta first, then the stripes.
+            # (A flush may have created them already: keep its count.)
+            if not self._stripes:
+                self._stripes = new_stripes()
             self._meta = _Meta(nr_pages, pool, comps, table)
             self.pool = pool
             self.disksize = disksize
@@ -298,8 +306,10 @@ class ZramDevice:
             self._meta_free(meta)
         self.comp_algs = [codecs.DEFAULT_ALGORITHM, None, None, None]
         self.comp_params = [CompParams() for _ in range(ZRAM_MAX_COMPS)]
-        for s in self._stripes:
-            s.counters[:] = [0] * NR_COUNTERS
+        # Dropping the stripes zeroes every counter and gives their memory back.  Nothing
+        # uses them concurrently: reset refuses while the image is open, and stats() works
+        # on the list it read.
+        self._stripes = _NO_STRIPES
         self._max_used_floor = 0
         if self.backing is not None:
             self.backing.close()
@@ -729,7 +739,7 @@ class ZramDevice:
 
     def flush(self) -> None:
         """REQ_PREFLUSH: nothing to write out (zram is synchronous); counted in `stat`."""
-        stripe = self._stripes[0]
+        stripe = self._ensure_stripes()[0]
         with stripe.lock:
             stripe.counters[FLUSH_IOS] += 1
 
@@ -739,6 +749,16 @@ class ZramDevice:
         with self.dev_lock:
             meta = self._require_meta()
             return meta.pool.compact()
+
+    def _ensure_stripes(self) -> list[Stripe]:
+        """The stripes, created first if the device has none (flush on an uninitialised one)."""
+        stripes = self._stripes
+        if not stripes:
+            with self.dev_lock:
+                if not self._stripes:
+                    self._stripes = new_stripes()
+                stripes = self._stripes
+        return stripes
 
     def _all_stripes(self) -> "_AllStripes":
         """Hold every slot lock (in index order) for a vectorised table scan."""
@@ -975,8 +995,13 @@ class ZramDevice:
 
     # ------------------------------------------------------------------ statistics
     def stats(self) -> DeviceStats:
-        sums = [sum(col) for col in zip(*(s.counters for s in self._stripes))]
-        max_used = max(self._max_used_floor, max(s.counters[MAX_USED] for s in self._stripes))
+        stripes = self._stripes
+        if stripes:
+            sums = [sum(col) for col in zip(*(s.counters for s in stripes))]
+            max_used = max(self._max_used_floor, max(s.counters[MAX_USED] for s in stripes))
+        else:
+            sums = [0] * NR_COUNTERS
+            max_used = self._max_used_floor
         meta = self._meta
         pool = meta.pool if meta is not None else None
         return DeviceStats(
@@ -1009,6 +1034,9 @@ class _AllStripes:
         for s in reversed(self._stripes):
             s.lock.release()
 
+
+#: the stripes of a device that has none (never mutated; see ZramDevice.__init__)
+_NO_STRIPES: list[Stripe] = []
 
 #: seconds since boot (CLOCK_BOOTTIME, what ac_time uses); a C-level partial, no Python frame
 _boottime = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
