@@ -15,10 +15,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import codecs
+from . import codecs, kparse
 from .device import (RECOMP_HUGE, RECOMP_IDLE, U64, WB_HUGE, WB_IDLE, WB_INCOMPRESSIBLE,
                      ZRAM_MAX_COMPS, CompParams, Registry, ZramDevice)
 from .errors import DeviceBusy, InvalidInput, NameTooLong, NoSuchDevice, OutOfRange
+from .kparse import (kstrtobool, kstrtoint, kstrtoll, kstrtou16, kstrtouint, kstrtoull, memparse,
+                     next_args, sysfs_streq)
 from .slots import (FLUSH_IOS, PAGE_SHIFT, READ_IOS, READ_NS, READ_SECTORS, WRITE_IOS, WRITE_NS,
                     WRITE_SECTORS, ZRAM_COMP_PRIORITY_MASK, ZRAM_HUGE, ZRAM_IDLE, ZRAM_INCOMPRESSIBLE,
                     ZRAM_SAME, ZRAM_WB)
@@ -31,144 +33,8 @@ ZRAM_MAX_ALGO_NAME_SZ = 128
 
 
 # ---------------------------------------------------------------------------- kernel parsers
-def _strip_newline(text: str) -> str:
-    return text[:-1] if text.endswith("\n") else text
-
-
-def sysfs_streq(a: str, b: str) -> bool:
-    """Compare ignoring one trailing newline on either side."""
-    return _strip_newline(a) == _strip_newline(b)
-
-
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def _fixup_radix(s: str, base: int) -> tuple[str, int]:
-    """_parse_integer_fixup_radix(): base 0 detects 0x / 0 prefixes; base 16 skips 0x."""
-    if base == 0:
-        if s.startswith("0"):
-            base = 16 if s[1:2].lower() == "x" and s[2:3] and s[2:3].lower() in "0123456789abcdef" else 8
-        else:
-            base = 10
-    if base == 16 and s[:2].lower() == "0x":
-        s = s[2:]
-    return s, base
-
-
-def _parse_digits(s: str, base: int) -> tuple[int, int]:
-    """_parse_integer(): value of the leading digits and how many characters they used."""
-    value = 0
-    n = 0
-    for ch in s:
-        d = _DIGITS.find(ch.lower())
-        if d < 0 or d >= base:
-            break
-        value = value * base + d
-        n += 1
-    return value, n
-
-
-def kstrtoull(text: str, base: int = 10, *, limit: int = U64) -> int:
-    """kstrtoull(): the whole string (one trailing newline allowed) or EINVAL; ERANGE on overflow."""
-    s = text
-    if s.startswith("+"):
-        s = s[1:]
-    s, base = _fixup_radix(s, base)
-    value, n = _parse_digits(s, base)
-    if n == 0:
-        raise InvalidInput(f"not a number: {text!r}")
-    rest = s[n:]
-    if rest and rest != "\n":
-        raise InvalidInput(f"not a number: {text!r}")
-    if value > limit:
-        raise OutOfRange(f"{text.strip()!r} out of range")
-    return value
-
-
-def kstrtoll(text: str, base: int = 10, *, lo: int = -(1 << 63), hi: int = (1 << 63) - 1) -> int:
-    """kstrtoll(): optional sign, then as kstrtoull, range-checked."""
-    if text.startswith("-"):
-        value = -kstrtoull(text[1:], base, limit=-lo)
-    else:
-        value = kstrtoull(text, base, limit=hi)
-    if not lo <= value <= hi:
-        raise OutOfRange(f"{text.strip()!r} out of range")
-    return value
-
-
-def kstrtoint(text: str, base: int = 10) -> int:
-    return kstrtoll(text, base, lo=-(1 << 31), hi=(1 << 31) - 1)
-
-
-def kstrtouint(text: str, base: int = 10) -> int:
-    return kstrtoull(text, base, limit=(1 << 32) - 1)
-
-
-def kstrtou16(text: str, base: int = 10) -> int:
-    return kstrtoull(text, base, limit=0xFFFF)
-
-
-def kstrtobool(text: str) -> bool:
-    """kstrtobool(): y/Y/1/on → True, n/N/0/off → False, anything else EINVAL."""
-    c0 = text[:1]
-    if c0 in ("y", "Y", "1"):
-        return True
-    if c0 in ("n", "N", "0"):
-        return False
-    if c0 in ("o", "O"):
-        c1 = text[1:2]
-        if c1 in ("n", "N"):
-            return True
-        if c1 in ("f", "F"):
-            return False
-    raise InvalidInput(f"not a boolean: {text!r}")
-
-
-_MEMPARSE_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
-
-
-def memparse(text: str) -> tuple[int, int]:
-    """memparse(): (value, characters consumed); K M G T P E in either case, u64 wrap."""
-    s, base = _fixup_radix(text, 0)
-    skipped = len(text) - len(s)
-    value, n = _parse_digits(s, base)
-    if n == 0:
-        # simple_strtoull on "0x" without hex digits parsed the leading "0" in base 8
-        return 0, (1 if text.startswith("0") else 0)
-    value &= U64
-    consumed = skipped + n
-    suffix = text[consumed:consumed + 1].lower()
-    if suffix in _MEMPARSE_SHIFT:
-        value = (value << _MEMPARSE_SHIFT[suffix]) & U64
-        consumed += 1
-    return value, consumed
-
-
-def next_args(text: str) -> list[tuple[str, str | None]]:
-    """next_arg() over a whole buffer: `key=value` pairs (double quotes allowed), `key` alone."""
-    out: list[tuple[str, str | None]] = []
-    i, n = 0, len(text)
-    while True:
-        while i < n and text[i].isspace():
-            i += 1
-        if i >= n:
-            return out
-        start = i
-        in_quote = False
-        while i < n and (in_quote or not text[i].isspace()):
-            if text[i] == '"':
-                in_quote = not in_quote
-            i += 1
-        token = text[start:i]
-        if token.startswith('"'):   # a quoted whole argument: "key=value with spaces"
-            token = token[1:-1] if len(token) > 1 and token.endswith('"') else token[1:]
-        if "=" in token:
-            key, _, val = token.partition("=")
-            if val.startswith('"'):
-                val = val[1:-1] if len(val) > 1 and val.endswith('"') else val[1:]
-            out.append((key, val))
-        else:
-            out.append((token, None))
+# One implementation for every control file of a mount: zramfs.kparse (re-exported here).
+_strip_newline = kparse._strip_newline
 
 
 def _require_value(key: str, val: str | None) -> str:
@@ -438,7 +304,12 @@ def _writeback_limit_enable_store(dev: ZramDevice, text: str) -> None:
 
 
 def _writeback_batch_size_store(dev: ZramDevice, text: str) -> None:
-    dev.set_writeback_batch_size(kstrtouint(text, 10))
+    # "if (kstrtouint(buf, 10, &val)) return -EINVAL;": overflow is EINVAL here, not ERANGE
+    try:
+        value = kstrtouint(text, 10)
+    except (InvalidInput, OutOfRange):
+        raise InvalidInput(f"writeback_batch_size: {text!r}") from None
+    dev.set_writeback_batch_size(value)
 
 
 def _compressed_writeback_store(dev: ZramDevice, text: str) -> None:

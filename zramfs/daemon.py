@@ -15,12 +15,13 @@ the pool's own compaction.  The daemon knows nothing of FUSE.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
+
+from zramfs.kparse import kstrtobool, kstrtouint
 
 if TYPE_CHECKING:  # only for annotations: the daemon works on anything shaped like a Registry
     from zramfs.device import Registry
@@ -32,32 +33,15 @@ log = logging.getLogger(__name__)
 MIN_SLEEP_S = 0.005
 
 
-def _inval(message: str) -> OSError:
-    return OSError(errno.EINVAL, message)
-
-
 def parse_bool(text: str) -> bool:
-    """Kernel ``kstrtobool``: y/Y/1/on → True, n/N/0/off → False, anything else EINVAL."""
-    word = text.strip().lower()
-    if word in ("y", "yes", "1", "on"):
-        return True
-    if word in ("n", "no", "0", "off"):
-        return False
-    raise _inval(f"not a boolean: {text!r}")
+    """``param_set_bool``: kstrtobool() of the raw buffer (first character; " 1" is EINVAL)."""
+    return kstrtobool(text)
 
 
-def parse_uint(text: str, *, maximum: int = (1 << 32) - 1) -> int:
-    """Kernel ``kstrtouint`` (base 0 like ``param_set_uint``): one trailing newline allowed."""
-    word = text[:-1] if text.endswith("\n") else text
-    try:
-        value = int(word, 0)
-    except ValueError:
-        raise _inval(f"not an unsigned integer: {text!r}") from None
-    if value < 0:
-        raise _inval(f"negative value: {text!r}")
-    if value > maximum:
-        raise OSError(errno.ERANGE, f"value out of range: {text!r}")
-    return value
+def parse_uint(text: str) -> int:
+    """``param_set_uint``: kstrtouint(buf, 0) with its errors as is (EINVAL junk, ERANGE
+    overflow): no leading space, one trailing newline at most, 0x/0 prefixes but no 0b/_."""
+    return kstrtouint(text, 0)
 
 
 @dataclass(frozen=True)
