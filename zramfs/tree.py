@@ -18,8 +18,11 @@ Owns the shape of the tree and what each non-image file reads and writes:
 The tree is fixed: nothing can be created, removed or renamed; devices come and go only
 through hot_add / hot_remove (and `num_devices` at mount).  Permission rules follow sysfs with
 ``KERNFS_ROOT_EXTRA_OPEN_PERM_CHECK`` and procfs sysctls: even root cannot open a 0200 file for
-reading or a 0444 file for writing (EACCES).  Errors are OSErrors carrying the kernel errno;
-zram logic (parsing, validation, formats) stays in zramfs.attrs / zramfs.device.
+reading or a 0444 file for writing (EACCES).  A plain procfs file (``/proc/vmstat``) follows the
+VFS instead: root's DAC override opens it for writing, and the write fails with EIO
+(``pde_write`` without ``->proc_write``).  Errors are OSErrors carrying the kernel errno; zram
+logic (parsing, validation, formats) stays in zramfs.attrs / zramfs.device, the kernel's text
+parsers in zramfs.kparse.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ import stat as statmod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from zramfs.daemon import ModuleParameter, parse_uint
+from zramfs.daemon import ModuleParameter
+from zramfs.kparse import proc_dointvec
 
 if TYPE_CHECKING:
     from zramfs.device import Registry, ZramDevice
@@ -105,6 +109,11 @@ _FIXED_FILES: dict[str, tuple[Kind, int]] = {
     "/proc/vmstat": (Kind.VMSTAT, 0o444),
     "/proc/lock_stat": (Kind.LOCK_STAT, 0o600),
 }
+
+
+#: procfs files without sysctl semantics: DAC rules (root may open them for writing), and a
+#: write fails with EIO because they have no ->proc_write.
+_PLAIN_PROCFS = frozenset({Kind.VMSTAT})
 
 
 class Tree:
@@ -223,11 +232,18 @@ class Tree:
 
     # ---- permissions -----------------------------------------------------------------------
     @staticmethod
-    def check_open(node: Node, *, read: bool, write: bool) -> None:
-        """sysfs/procfs open rule: the owner bits must allow the access, even for root."""
+    def check_open(node: Node, *, read: bool, write: bool, privileged: bool = False) -> None:
+        """The open rule of the file's kernel filesystem.
+
+        sysfs (KERNFS_ROOT_EXTRA_OPEN_PERM_CHECK) and sysctls (test_perm): the owner bits must
+        allow the access, even for root.  A plain procfs file: generic_permission(), where
+        ``privileged`` (the caller is root: CAP_DAC_OVERRIDE) opens it whatever its mode.
+        """
         if node.is_dir:
             if write:
                 raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), node.path)
+            return
+        if privileged and node.kind in _PLAIN_PROCFS:
             return
         if (read and not node.mode & 0o400) or (write and not node.mode & 0o200):
             raise OSError(errno.EACCES, os.strerror(errno.EACCES), node.path)
@@ -262,9 +278,12 @@ class Tree:
             return lock_stat_text().encode()
         raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), node.path)
 
-    def write_file(self, node: Node, data: bytes) -> int:
-        """One write(2) to a control file, as sysfs does (the whole buffer, each call)."""
+    def write_file(self, node: Node, data: bytes, offset: int = 0) -> int:
+        """One write(2) of ``data`` at file position ``offset`` to a control file; returns the
+        bytes consumed.  sysfs stores the whole buffer on each call whatever the position."""
         k = node.kind
+        if k is Kind.COMPACT_MEMORY:
+            return self._write_compact_memory(data, offset)
         text = data.decode("utf-8", "surrogateescape")
         if k is Kind.ATTR:
             assert node.dev_id is not None
@@ -276,19 +295,32 @@ class Tree:
             if param.set is None:
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES), node.path)
             param.set(text)
-        elif k is Kind.COMPACT_MEMORY:
-            # Since 5.x the sysctl accepts only 1 (compaction_proc_handler: EINVAL otherwise).
-            if parse_uint(text) != 1:
-                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), node.path)
-            self.registry.memory.compact()
         elif k is Kind.LOCK_STAT:
             # lock_stat_write(): only a leading '0' clears; any other byte is accepted and ignored.
             if data[:1] == b"0":
                 from allocator.locks import lock_stat_reset
                 lock_stat_reset()
+        elif k in _PLAIN_PROCFS:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), node.path)   # no ->proc_write
         else:
             raise OSError(errno.EACCES, os.strerror(errno.EACCES), node.path)
         return len(data)
+
+    def _write_compact_memory(self, data: bytes, offset: int) -> int:
+        """vm.compact_memory: sysctl_compaction_handler() = proc_dointvec, then only 1 is
+        accepted (EINVAL otherwise) and compacts.
+
+        With the default kernel.sysctl_writes_strict=1 a write at a non-zero position is
+        ignored and reported as done (proc_first_pos_non_zero_ignore), which is also what
+        the rest of a short write ("1 junk": 2 bytes consumed) meets when echo retries it.
+        """
+        if offset != 0:
+            return len(data)
+        value, consumed = proc_dointvec(data)
+        if value != 1:
+            raise OSError(errno.EINVAL, "compact_memory: only 1 is accepted")
+        self.registry.memory.compact()
+        return consumed
 
     # ---- image metadata --------------------------------------------------------------------
     def image_size(self, dev_id: int) -> int:
