@@ -156,6 +156,15 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
         except OSError as exc:
             raise FuseOSError(_errno_of(exc)) from None
 
+    @staticmethod
+    def _caller_is_root() -> bool:
+        """Whether the process behind the current request is root (CAP_DAC_OVERRIDE for the
+        procfs open rule).  Only meaningful inside a FUSE callback."""
+        try:
+            return _fuse.fuse_get_context()[0] == 0
+        except Exception:          # no request context (direct calls in tests)
+            return os.geteuid() == 0
+
     def _handle(self, fh: Any) -> Handle:
         key = fh.fh if hasattr(fh, "fh") else int(fh)
         try:
@@ -282,7 +291,7 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
         read = acc in (os.O_RDONLY, os.O_RDWR)
         write = acc in (os.O_WRONLY, os.O_RDWR)
         try:
-            self.tree.check_open(node, read=read, write=write)
+            self.tree.check_open(node, read=read, write=write, privileged=self._caller_is_root())
         except OSError as exc:
             raise FuseOSError(_errno_of(exc)) from None
         handle = Handle(node)
@@ -359,7 +368,7 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
                     data = data[:end - offset]         # short write up to the end
                 dev.write(offset, data)
                 return len(data)
-            return self.tree.write_file(node, data)
+            return self.tree.write_file(node, data, offset)
         except FuseOSError:
             raise
         except OSError as exc:
@@ -407,6 +416,10 @@ def mount_options(*, allow_other: bool = False, fsname: str = "zramfs") -> dict[
         "negative_timeout": 0,
     }
     if FUSE_MAJOR == 2:
+        # O_TRUNC arrives in open()'s flags instead of as a separate setattr(size=0), so an
+        # O_TRUNC open of the image can be ignored like a block device does (libfuse 3 asks
+        # for FUSE_CAP_ATOMIC_O_TRUNC by default; libfuse 2 only with this option).
+        opts["atomic_o_trunc"] = True
         # libfuse 3 rejects both as mount options: big_writes is always on there, and
         # max_write is set in init_with_config.
         opts["big_writes"] = True
