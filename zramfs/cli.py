@@ -8,28 +8,47 @@ Owns the command line and the process life cycle of a mount:
   ``init`` callback through a pipe), exits 0, or prints the child's error and exits 1.
   Threads (FUSE workers, the compaction daemon) start only in the child, after the fork.
   SIGINT/SIGTERM make libfuse unmount and the process exit cleanly.
+  SIGINT/SIGTERM/SIGHUP are refused (with a line in the log) while a loop device is backed by
+  the image: leaving would pull the device from under the loop's user (swap, a filesystem),
+  like ``rmmod zram`` refuses while a device is in use; SIGKILL remains the hard way.
+  Mounting on a place a killed daemon left stale cleans that mount up first, and says so.
 - ``zramfs umount MNT``: refuses while a loop device is backed by a file of the mount (the
   unmount would fail with EBUSY anyway; the message says which loop to detach); recognises a
-  stale mount (daemon killed: ENOTCONN) and removes it.
-- ``zramfs status [MNT] [--json]``: a zramctl-like table read from the mounted files only.
+  stale mount (daemon killed: ENOTCONN) and removes it; a daemon that does not answer
+  (stopped, deadlocked) does not hang it: the mount is removed without the daemon's help.
+- ``zramfs status [MNT] [--json]``: a zramctl-like table read from the mounted files only; a
+  mount whose daemon does not answer is reported and skipped, not waited for.
+
+Every look at a mount that may have no working daemon goes through `_probe` / `_bounded`,
+which ask in a child process with a deadline: a request to a hung FUSE daemon can block the
+asking thread uninterruptibly, and a stuck thread would keep this process from exiting.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import errno
+import functools
 import json
 import logging
 import os
+import pickle
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 FSTYPE = "fuse.zramfs"
 READY = b"READY\n"
+# How long a mount's daemon may take to answer one look (stat, or the status files).
+PROBE_TIMEOUT_S = 5.0
+# The signals that end a mount (libfuse's own handlers would fuse_exit() on each of them).
+EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STATUS_COLUMNS = ("NAME", "DISKSIZE", "DATA", "COMPR", "ALGORITHM", "STREAMS", "ZERO-PAGES",
                   "TOTAL", "MEM-LIMIT", "MEM-USED", "MIGRATED")
 
@@ -50,6 +69,17 @@ def parse_size(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"bad size: {text!r}")
     return int(value * mult)
+
+
+def uint_arg(text: str) -> int:
+    """A value for a uint module parameter, parsed as its file does (kstrtouint, base 0)."""
+    from zramfs.kparse import kstrtouint
+    try:
+        return kstrtouint(text, 0)
+    except OSError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an unsigned 32-bit integer (what the module parameter accepts)"
+        ) from None
 
 
 def human(n: int) -> str:
@@ -78,7 +108,10 @@ def zramfs_mounts() -> list[str]:
 
 def attached_loops(mnt: str) -> list[tuple[str, str]]:
     """(loop device, backing file) for every loop device backed by a file under ``mnt``."""
-    prefix = os.path.realpath(mnt).rstrip("/") + "/"
+    # realpath() of the parent only: an lstat of the mount point itself would be a request to
+    # the daemon, which may be dead or hung when this is asked.
+    parent, name = os.path.split(os.path.abspath(mnt).rstrip("/"))
+    prefix = os.path.join(os.path.realpath(parent), name) + "/"
     loops = []
     for sysdir in sorted(Path("/sys/block").glob("loop*")):
         backing = sysdir / "loop" / "backing_file"
@@ -91,12 +124,112 @@ def attached_loops(mnt: str) -> list[tuple[str, str]]:
     return loops
 
 
-def _is_stale(mnt: str) -> bool:
+def _bounded(fn: Callable[[], Any], timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, Any]:
+    """Run ``fn`` in a child process; (True, its result) or (False, None) after ``timeout``.
+
+    A child, not a thread: a FUSE request the daemon never answers may leave the asker in an
+    uninterruptible wait, and a thread there would keep this process from exiting.  The
+    child is killed on timeout and left to init.  ``fn`` must return something picklable
+    (exceptions are returned, not raised, by the callers' functions).
+    """
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        code = 0
+        try:
+            payload = pickle.dumps(fn())
+        except BaseException as exc:   # noqa: BLE001 - everything goes back to the parent
+            payload = pickle.dumps(RuntimeError(str(exc)))
+            code = 1
+        try:
+            os.write(wfd, payload)
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    chunks = []
+    deadline = time.monotonic() + timeout
     try:
-        os.stat(mnt)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([rfd], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                _reap(pid, 2.0)
+                return False, None
+            data = os.read(rfd, 65536)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(rfd)
+    os.waitpid(pid, 0)
+    result = pickle.loads(b"".join(chunks)) if chunks else RuntimeError("probe died")
+    return True, result
+
+
+def _reap(pid: int, timeout: float) -> None:
+    """Wait up to ``timeout`` for a killed child: until it has exited, the request it was
+    stuck in still pins the mount (an unmount right away would see EBUSY).  A child the kernel
+    cannot kill (its request already read by a deadlocked daemon) is left to init."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return
+        time.sleep(0.02)
+
+
+MountState = Literal["ok", "stale", "hung"]
+
+
+def _stat_errno(path: str) -> int:
+    try:
+        os.stat(path)
     except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
+        return exc.errno or errno.EIO
+    return 0
+
+
+def _probe(mnt: str) -> MountState:
+    """"ok" (the daemon answers), "stale" (daemon gone: ENOTCONN) or "hung" (no answer)."""
+    answered, code = _bounded(functools.partial(_stat_errno, mnt))
+    if not answered:
+        return "hung"
+    return "stale" if code == errno.ENOTCONN else "ok"
+
+
+def _is_stale(mnt: str) -> bool:
+    return _probe(mnt) == "stale"
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MNT_DETACH = 2
+
+
+def _umount2(mnt: str, flags: int = 0) -> int:
+    """umount2(2) directly: 0 or the errno.  Unlike fusermount/umount(8) it never stats the
+    mount point (the kernel resolves it with LOOKUP_MOUNTPOINT), so a dead or hung daemon
+    cannot block it; the kernel aborts the FUSE connection when the mount goes."""
+    if _libc.umount2(os.fsencode(mnt), flags) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def _unmount_without_daemon(mnt: str, state: MountState) -> str | None:
+    """Remove a mount whose daemon is gone or does not answer; None, or why it failed."""
+    if os.geteuid() != 0:
+        res = subprocess.run(["fusermount", "-u", "-z", mnt], capture_output=True, text=True,
+                             timeout=30, check=False)
+        return None if res.returncode == 0 else (res.stderr.strip() or "fusermount failed")
+    code = _umount2(mnt)
+    if code == errno.EBUSY and state == "stale":
+        # Still referenced (an open file of a dead daemon): nothing can be served any more,
+        # detach it lazily so the place is usable again.
+        code = _umount2(mnt, MNT_DETACH)
+    if code == 0:
+        return None
+    if code == errno.EBUSY:
+        return "it is busy (a file of it is open)"
+    return os.strerror(code)
 
 
 # ---- mount -------------------------------------------------------------------------------------
@@ -132,7 +265,44 @@ def build_mount(args: argparse.Namespace):
     return tree, daemon, ZramFS, registry
 
 
+def _block_exit_signals() -> None:
+    """Block SIGINT/SIGTERM/SIGHUP in the calling thread, so in every thread it creates later:
+    call it first thing in the serving process, before imports that start threads (numpy's
+    BLAS pool), or the kernel may deliver the signal to a thread that has it unblocked."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, EXIT_SIGNALS)
+
+
+def _watch_exit_signals(ops: Any, mnt: str) -> None:
+    """Take SIGINT/SIGTERM/SIGHUP away from libfuse and decide here whether to leave.
+
+    They are blocked in every thread (the FUSE workers are created later and inherit the
+    mask) and received by one thread with sigwait().  libfuse's handlers would fuse_exit()
+    at once; with a loop device backed by the image that yanks the device from under the
+    loop's user — swap or a filesystem gets EIO and loses data, which is what ``zramfs
+    umount`` refuses to do.  So while a loop is attached the signal is refused with a line in
+    the log and the mount keeps serving; otherwise ``ops.request_exit`` ends the FUSE loop
+    exactly as libfuse's handler would (files still open get ENOTCONN).  SIGKILL stays the
+    way to force it.  The signals must already be blocked (`_block_exit_signals`).
+    """
+    log = logging.getLogger("zramfs.cli")
+
+    def watch() -> None:
+        while True:
+            sig = signal.Signals(signal.sigwait(EXIT_SIGNALS))
+            loops = attached_loops(mnt)
+            if loops:
+                listing = ", ".join(f"{dev} ({path})" for dev, path in loops)
+                log.warning("%s: not exiting on %s: loop device(s) still attached: %s; detach "
+                            "them (swapoff/umount, losetup -d) and signal again (SIGKILL forces "
+                            "it, and the loop's user then gets I/O errors)", mnt, sig.name, listing)
+                continue
+            ops.request_exit(mnt)
+
+    threading.Thread(target=watch, name="zramfs-signals", daemon=True).start()
+
+
 def _serve(args: argparse.Namespace, on_ready) -> int:
+    _block_exit_signals()
     from zramfs import fs
 
     tree, daemon, ops_cls, registry = build_mount(args)
@@ -144,6 +314,7 @@ def _serve(args: argparse.Namespace, on_ready) -> int:
         on_ready()
 
     ops = ops_cls(tree, image_cache=args.image_cache, on_init=ready, on_destroy=daemon.stop)
+    _watch_exit_signals(ops, args.mountpoint)
     try:
         fs.serve(ops, args.mountpoint, allow_other=args.allow_other)
     finally:
@@ -168,12 +339,29 @@ def cmd_mount(args: argparse.Namespace) -> int:
         print("zramfs: --devices must be >= 0", file=sys.stderr)
         return 1
     if mnt in zramfs_mounts():
-        if _is_stale(mnt):
-            print(f"zramfs: {mnt} holds a stale zramfs mount (its daemon is gone); "
-                  f"run `zramfs umount {mnt}` first", file=sys.stderr)
-        else:
+        found = _probe(mnt)
+        if found == "ok":
             print(f"zramfs: {mnt} is already a zramfs mount", file=sys.stderr)
-        return 1
+            return 1
+        if found == "hung":
+            print(f"zramfs: {mnt} is a zramfs mount whose daemon does not respond; "
+                  f"`zramfs umount {mnt}` removes it", file=sys.stderr)
+            return 1
+        # A killed daemon's leftover serves nothing: clean it up and mount anew, unless a
+        # loop device still refers to it (its user must let go first).
+        loops = attached_loops(mnt)
+        if loops:
+            print(f"zramfs: {mnt} holds a stale zramfs mount still used by loop device(s) "
+                  f"{', '.join(dev for dev, _ in loops)}; detach them (losetup -d) first",
+                  file=sys.stderr)
+            return 1
+        why = _unmount_without_daemon(mnt, "stale")
+        if why is not None:
+            print(f"zramfs: {mnt} holds a stale zramfs mount that cannot be removed: {why}",
+                  file=sys.stderr)
+            return 1
+        print(f"zramfs: cleaned up a stale zramfs mount at {mnt} (its daemon was gone)",
+              file=sys.stderr)
     if not os.path.isdir(mnt):
         print(f"zramfs: mount point {mnt} is not a directory", file=sys.stderr)
         return 1
@@ -276,10 +464,20 @@ def cmd_umount(args: argparse.Namespace) -> int:
         print(f"zramfs: {mnt} is busy: loop device(s) still attached: {listing}; "
               "unmount/swapoff them and run `losetup -d` first", file=sys.stderr)
         return 1
-    stale = _is_stale(mnt)
-    if stale:
-        print(f"zramfs: {mnt}: stale mount (its daemon is gone: transport endpoint not "
-              "connected); removing it", file=sys.stderr)
+    state = _probe(mnt)
+    if state != "ok":
+        if state == "stale":
+            print(f"zramfs: {mnt}: stale mount (its daemon is gone: transport endpoint not "
+                  "connected); removing it", file=sys.stderr)
+        else:
+            print(f"zramfs: {mnt}: its daemon does not respond; removing the mount without it",
+                  file=sys.stderr)
+        why = _unmount_without_daemon(mnt, state)
+        if why is None:
+            return 0
+        print(f"zramfs: cannot unmount {mnt}: {why}"
+              + ("; its daemon does not respond" if state == "hung" else ""), file=sys.stderr)
+        return 1
     last_error = "no fusermount/umount found"
     for cmd in (["fusermount", "-u", mnt], ["fusermount3", "-u", mnt], ["umount", mnt]):
         try:
@@ -290,10 +488,6 @@ def cmd_umount(args: argparse.Namespace) -> int:
             break
         last_error = res.stderr.strip()
     else:
-        if stale:  # a stale mount that is still referenced: detach it lazily
-            res = subprocess.run(["umount", "-l", mnt], capture_output=True, text=True)
-            if res.returncode == 0:
-                return 0
         print(f"zramfs: cannot unmount {mnt}: {last_error}", file=sys.stderr)
         return 1
     # fusermount returns once the kernel detached the mount; the daemon exits right after.
@@ -310,7 +504,7 @@ def _read(path: Path) -> str | None:
 
 def device_rows(mnt: str, *, include_all: bool = False) -> list[dict[str, Any]]:
     base = Path(mnt)
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         names = sorted((p.name for p in (base / "sys/block").iterdir()),
                        key=lambda n: int(n.removeprefix("zram")))
@@ -363,15 +557,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.mountpoint and mounts[0] not in zramfs_mounts():
         print(f"zramfs: {mounts[0]} is not a zramfs mount", file=sys.stderr)
         return 1
-    result = {m: device_rows(m, include_all=args.all) for m in mounts}
+    result: dict[str, list[dict[str, Any]]] = {}
+    code = 0
+    for m in mounts:
+        answered, got = _bounded(functools.partial(device_rows, m, include_all=args.all))
+        if not answered or not isinstance(got, list):
+            why = "its daemon does not respond" if not answered else str(got)
+            print(f"zramfs: {m}: {why}; skipped", file=sys.stderr)
+            code = 1
+            continue
+        result[m] = got
+    mounts = list(result)
     if args.json:
         print(json.dumps({"mounts": [{"mountpoint": m, "devices": rows}
                                      for m, rows in result.items()]}, indent=2))
-        return 0
+        return code
     rows = [row for m in mounts for row in result[m]]
     if rows:
         sys.stdout.write(format_table(rows, raw_bytes=args.bytes))
-    return 0
+    return code
 
 
 # ---- argument parsing --------------------------------------------------------------------------
@@ -389,9 +593,9 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument("--chain-size", type=int, choices=(4, 8), default=4,
                    help="zsmalloc max pages per zspage (4 = Linux 5.17, 8 = current)")
     m.add_argument("--chain-rule", choices=("max-used", "min-waste"), default="max-used")
-    m.add_argument("--compact-interval", type=int, default=1000, metavar="MS",
+    m.add_argument("--compact-interval", type=uint_arg, default=1000, metavar="MS",
                    help="background compaction: minimum ms between scans")
-    m.add_argument("--compact-threshold", type=int, default=64, metavar="PAGES",
+    m.add_argument("--compact-threshold", type=uint_arg, default=64, metavar="PAGES",
                    help="background compaction: freeable pages that trigger a compaction")
     m.add_argument("--no-compact", action="store_true", help="start with compaction disabled")
     m.add_argument("--image-cache", action="store_true",

@@ -31,9 +31,16 @@ FUSE choices (see `mount_options`):
 - ``attr_timeout=0``/``entry_timeout=0``/``negative_timeout=0``: disksize and hot_add change
   sizes and directory contents behind the kernel's back, so nothing may be cached.
 - multithreaded loop: lz4/zstd release the GIL, and a loop device or fio issue parallel I/O.
+- ``atomic_o_trunc`` (libfuse 2 option; libfuse 3 asks for it by default): O_TRUNC comes in
+  open()'s flags instead of a separate truncate to 0, and open() ignores it — a block device
+  ignores O_TRUNC (``dd of=MNT/dev/zram0``, ``cat x > MNT/dev/zram0``) and so does sysfs
+  (``echo 1 > reset``); truncate(2) to another size stays EPERM.
+- exit: ``request_exit`` does what libfuse's SIGTERM handler does (fuse_exit), from any
+  thread; zramfs.cli decides when (it refuses while a loop device uses the image).
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
 import logging
@@ -76,6 +83,14 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 MAX_IO = 128 * 1024
+
+
+def _poke(path: str) -> None:
+    """One request to the mount (a getattr: attr_timeout is 0), whatever its outcome."""
+    try:
+        os.stat(path)
+    except OSError:
+        pass
 
 
 def _errno_of(exc: BaseException) -> int:
@@ -131,12 +146,38 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
         self._mount_time_ns = time.time_ns()
         self._uid = os.getuid()
         self._gid = os.getgid()
+        self._session: ctypes.c_void_p | None = None
+        self._exit_requested = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def init(self, path: str) -> None:
         """fusepy's hook (mfusepy calls init_with_config instead)."""
+        # The session handle, for request_exit(): fuse_get_context() is only valid inside a
+        # callback, and init runs inside one.
+        try:
+            self._session = ctypes.c_void_p(_fuse._libfuse.fuse_get_context().contents.fuse)
+        except Exception:      # noqa: BLE001 - a binding without it: request_exit falls back
+            self._session = None
         if self._on_init is not None:
             self._on_init()
+        if self._exit_requested:
+            self.request_exit(None)
+
+    def request_exit(self, mountpoint: str | None) -> None:
+        """End the FUSE loop from any thread, as libfuse's SIGTERM handler does (fuse_exit).
+
+        libfuse looks at the exit flag between requests, so one request is sent to wake a
+        worker (its answer does not matter; the loop then returns and libfuse unmounts).
+        Before init there is no session yet: the exit happens as soon as init runs.
+        """
+        self._exit_requested = True
+        session = self._session
+        if session is None:
+            return
+        _fuse._libfuse.fuse_exit(session)
+        if mountpoint is not None:
+            threading.Thread(target=_poke, args=(mountpoint,), name="zramfs-exit",
+                             daemon=True).start()
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         """mfusepy's hook: libfuse 3 takes max_write here (it is no mount option there)."""
