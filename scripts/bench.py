@@ -183,6 +183,22 @@ def rss_kib(pid: int | None) -> int | None:
     return None
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """utime + stime of whole processes (every thread, live or exited), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])     # utime, stime (fields 14, 15)
+    return total / CLK_TCK
+
+
 def read_text(path: Path) -> str | None:
     try:
         return path.read_text()
@@ -552,9 +568,10 @@ def make_system(name: str, size: int, workdir: Path) -> System:
 
 
 # ---- real-data image ---------------------------------------------------------------------------
-REALDATA_ROOTS = ("/usr/lib/python3", "/usr/bin", "/usr/lib/x86_64-linux-gnu", "/usr/share/doc",
-                  "/usr/share/man", "/usr/include", "/usr/lib/aarch64-linux-gnu",
-                  "/usr/share", "/usr/lib")
+REALDATA_ROOTS = (os.path.join(sys.base_prefix, "lib", "python%d.%d" % sys.version_info[:2]),
+                  "/usr/lib/python3", "/usr/bin", "/usr/lib/x86_64-linux-gnu",
+                  "/usr/lib/aarch64-linux-gnu", "/usr/include", "/usr/share/doc",
+                  "/usr/share/man", "/usr/share/locale", "/etc")
 
 
 def _walk(root: str) -> Iterator[Path]:
@@ -567,39 +584,42 @@ def _walk(root: str) -> Iterator[Path]:
 
 
 def build_realdata(path: Path, size: int) -> dict[str, Any]:
-    """Concatenate real files of this machine, interleaving the roots (text, binaries, libraries,
-    documentation) until ``size`` bytes; deterministic for a given machine. Returns a summary."""
+    """Concatenate real files of this machine, taking the next file from whichever root has given
+    the fewest bytes so far (Python sources, binaries, shared libraries, headers, documentation),
+    until ``size`` bytes; deterministic for a given machine. Returns a summary."""
     meta_path = path.with_suffix(".json")
+    roots = [r for r in REALDATA_ROOTS if os.path.isdir(r)]
     if path.exists() and path.stat().st_size == size and meta_path.exists():
         cached: dict[str, Any] = json.loads(meta_path.read_text())
-        return cached
-    walkers = [(r, _walk(r)) for r in REALDATA_ROOTS if os.path.isdir(r)]
+        if cached.get("roots") == roots:
+            return cached
+    walkers = [(r, _walk(r)) for r in roots]
     per_root: collections.Counter[str] = collections.Counter()
     files = 0
     written = 0
     seen: set[tuple[int, int]] = set()
     with open(path, "wb") as out:
         while written < size and walkers:
-            for root, it in list(walkers):
-                if written >= size:
-                    break
-                try:
-                    p = next(it)
-                except StopIteration:
-                    walkers.remove((root, it))
+            # the root with the fewest bytes so far gives the next file: a balanced mix of
+            # text, binaries, libraries and documentation rather than mostly big libraries
+            root, it = min(walkers, key=lambda w: per_root[w[0]])
+            try:
+                p = next(it)
+            except StopIteration:
+                walkers.remove((root, it))
+                continue
+            try:
+                st = p.stat()
+                if (st.st_dev, st.st_ino) in seen or st.st_size == 0:
                     continue
-                try:
-                    st = p.stat()
-                    if (st.st_dev, st.st_ino) in seen or st.st_size == 0:
-                        continue
-                    seen.add((st.st_dev, st.st_ino))
-                    data = p.read_bytes()[: size - written]
-                except OSError:
-                    continue
-                out.write(data)
-                written += len(data)
-                per_root[root] += len(data)
-                files += 1
+                seen.add((st.st_dev, st.st_ino))
+                data = p.read_bytes()[: size - written]
+            except OSError:
+                continue
+            out.write(data)
+            written += len(data)
+            per_root[root] += len(data)
+            files += 1
         if written < size:  # not enough files: repeat what we have (unlikely on a real system)
             out.flush()
             with open(path, "rb") as src:
@@ -612,7 +632,7 @@ def build_realdata(path: Path, size: int) -> dict[str, Any]:
         while page := f.read(4096):
             if page.count(0) == len(page):
                 zero_pages += 1
-    meta: dict[str, Any] = {"bytes": size, "files": files, "bytes_per_root": dict(per_root),
+    meta: dict[str, Any] = {"roots": roots, "bytes": size, "files": files, "bytes_per_root": dict(per_root),
             "zero_pages": zero_pages}
     meta_path.write_text(json.dumps(meta, indent=1))
     return meta
@@ -647,7 +667,7 @@ def write_image(src: Path, dst: Path, size: int) -> dict[str, float]:
     lat.sort()
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000 if lat else 0.0
     return {"iops": len(lat) / elapsed, "mbps": done / elapsed / 1e6, "p99_us": p99,
-            "bytes": done, "seconds": elapsed}
+            "bytes": done, "seconds": elapsed, "ios": float(len(lat))}
 
 
 # ---- fio ---------------------------------------------------------------------------------------
@@ -683,11 +703,13 @@ def summarise_fio(data: dict[str, Any]) -> dict[str, float]:
     job = data["jobs"][0]
     iops = 0.0
     bw = 0.0
+    ios = 0
     p99s: dict[str, float] = {}
     for d in ("read", "write"):
         side = job.get(d) or {}
         if not side.get("total_ios"):
             continue
+        ios += int(side["total_ios"])
         iops += float(side["iops"])
         bw += float(side["bw_bytes"])
         pct = (side.get("clat_ns") or {}).get("percentile") or {}
@@ -695,7 +717,7 @@ def summarise_fio(data: dict[str, Any]) -> dict[str, float]:
             p99s[d] = pct["99.000000"] / 1000
     # a mixed job reports the p99 of its reads (70 % of the I/O); others their only direction
     p99 = p99s.get("read", p99s.get("write", 0.0))
-    out = {"iops": iops, "mbps": bw / 1e6, "p99_us": p99}
+    out = {"iops": iops, "mbps": bw / 1e6, "p99_us": p99, "ios": float(ios)}
     for d, v in p99s.items():
         out[f"p99_{d}_us"] = v
     return out
@@ -815,6 +837,8 @@ def run_bench(args: argparse.Namespace) -> int:
         def one(job: Job, s: System, rnd: int) -> None:
             counter[0] += 1
             lock_before = s.lock_stat()
+            pids = list(s.pids().values())
+            cpu0 = cpu_seconds(pids)
             t = time.monotonic()
             try:
                 if job.python:
@@ -828,6 +852,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 log(f"bench: ERROR {msg}")
                 results.errors.append(msg)
                 return
+            if pids and res.get("ios"):
+                res["cpu_us_per_io"] = (cpu_seconds(pids) - cpu0) * 1e6 / res["ios"]
             lock_after = s.lock_stat()
             if lock_after:
                 d = lock_delta(lock_before, lock_after)
@@ -839,7 +865,9 @@ def run_bench(args: argparse.Namespace) -> int:
             results.add(job.name, s.name, res)
             log(f"[{counter[0]:3d}/{n_runs}] {job.name:<18} round {rnd + 1}/{args.rounds} "
                 f"{s.name:<21} {res['iops']:9.0f} IOPS {res['mbps']:8.1f} MB/s "
-                f"p99 {res['p99_us']:9.1f} µs  ({time.monotonic() - t:.1f} s)")
+                f"p99 {res['p99_us']:9.1f} µs"
+                + (f" cpu {res['cpu_us_per_io']:6.1f} µs/IO" if "cpu_us_per_io" in res else "")
+                + f"  ({time.monotonic() - t:.1f} s)")
 
         def rotation(rnd: int) -> list[System]:
             k = rnd % len(systems)
@@ -935,6 +963,9 @@ def environment(load_before: tuple[float, float, float]) -> dict[str, Any]:
     return {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "fio": cmd("fio", "--version"), "nbdkit": cmd("nbdkit", "--version"),
             "commit": cmd("git", "rev-parse", "--short", "HEAD"),
+            # the benchmark runs the working tree: say which measured files differ from HEAD
+            "uncommitted": cmd("git", "status", "--porcelain", "--", "zramfs", "allocator",
+                               "scripts/nullfs.py").splitlines(),
             "binding": binding, "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
 
 
@@ -948,8 +979,10 @@ def summary(results: Results, names: list[str], jobs: list[Job]) -> dict[str, An
             if not rs:
                 continue
             row: dict[str, Any] = {"n": len(rs)}
-            for key in ("iops", "mbps", "p99_us"):
-                vals = [r[key] for r in rs]
+            for key in ("iops", "mbps", "p99_us", "cpu_us_per_io"):
+                vals = [r[key] for r in rs if key in r]
+                if not vals:
+                    continue
                 row[key] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
             row["ratio_to_ref"] = (row["iops"]["median"] / ref) if ref else None
             per[name] = row
@@ -1003,23 +1036,31 @@ def markdown(report: dict[str, Any], jobs: list[Job]) -> str:
         "## Results", "",
         f"`{report['command']}` — {report['started']}, {report['duration_s']:.0f} s; "
         f"images {opts['size'] // MiB} MiB, {opts['runtime']} s per job, {opts['rounds']} rounds "
-        f"(systems alternating within each round); commit {env['commit']}, Linux {env['kernel']}, "
+        f"(systems alternating within each round); commit {env['commit']}"
+        + (f" + uncommitted changes to {', '.join(x.split()[-1] for x in env['uncommitted'])}"
+           if env.get("uncommitted") else "")
+        + f", Linux {env['kernel']}, "
         f"{env['cpus']} CPUs, Python {env['python']}, {env['fio']}, binding {env['binding']}; "
         f"load average {env['loadavg_before'][0]:.2f} before, {env['loadavg_after'][0]:.2f} after.",
         "",
         "Medians over the rounds, (min–max) in brackets; p99 = fio's 99th percentile completion "
-        "latency (reads for the mixed job); × = ratio of median IOPS to zramfs-lz4.", "",
+        "latency (reads for the mixed job); server CPU = user+system time of the serving "
+        "process(es) (zramfs, nullfs, nbdkit+nbdfuse; the kernel's is not counted) per I/O — "
+        "less sensitive to the machine's load than IOPS; × = ratio of median IOPS to "
+        "zramfs-lz4.", "",
     ]
     if report["skipped"]:
         lines += ["Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()), ""]
-    lines += ["| job | system | IOPS | MB/s | p99 µs | × zramfs-lz4 |", "|---|---|---|---|---|---|"]
+    lines += ["| job | system | IOPS | MB/s | p99 µs | server CPU µs/IO | × zramfs-lz4 |",
+              "|---|---|---|---|---|---|---|"]
     for job in jobs:
         per = report["summary"].get(job.name, {})
         for name, row in per.items():
             i, m, p = row["iops"], row["mbps"], row["p99_us"]
             ratio = f"{row['ratio_to_ref']:.2f}" if row["ratio_to_ref"] is not None else "–"
+            cpu = _fmt(row["cpu_us_per_io"]["median"]) if "cpu_us_per_io" in row else "–"
             lines.append(f"| {job.name} | {name} | {_rng(i)} | {_rng(m)} | {_fmt(p['median'])} "
-                         f"| {ratio} |")
+                         f"| {cpu} | {ratio} |")
     lines += ["", "### Targets", "",
               "| job | system | vs | target | ratio (medians) | per round | holds |",
               "|---|---|---|---|---|---|---|"]
@@ -1117,12 +1158,16 @@ def plot(report: dict[str, Any], jobs: list[Job], path: Path) -> Path | None:
 
 
 # ---- profile -----------------------------------------------------------------------------------
+# A sample is charged to the innermost frame that belongs to one of these layers (stdlib frames
+# such as ctypes.string_at or threading are charged to their caller's layer).
 PROFILE_CATEGORIES: tuple[tuple[str, str], ...] = (
-    ("codec", r"zramfs/codecs\.py|/lz4/|/zstandard/|LZ4_|ZSTD_|lz4|zstd"),
+    ("codec", r"zramfs/codecs\.py|/lz4/|/zstandard/|LZ4_|ZSTD_"),
+    ("locks", r"allocator/locks\.py"),
     ("allocator", r"allocator/"),
     ("device", r"zramfs/(device|slots)\.py"),
     ("fs ops", r"zramfs/(fs|tree|attrs)\.py"),
-    ("FUSE binding", r"mfusepy|/fuse\.py|libfuse|fuse_|ctypes"),
+    ("compaction daemon", r"zramfs/daemon\.py"),
+    ("FUSE binding", r"mfusepy|\(fuse\.py|/fuse\.py|libfuse|fuse_"),
 )
 
 
@@ -1248,6 +1293,118 @@ def profile_markdown(summaries: dict[str, Any], args: argparse.Namespace) -> str
     return "\n".join(lines) + "\n"
 
 
+# ---- micro: the layers of one 4 KiB I/O, in process, no FUSE -------------------------------------
+def micro(args: argparse.Namespace) -> int:
+    """Per-call cost of each layer a 4 KiB FUSE request goes through below the binding, measured
+    in this process (no FUSE, no kernel): codec, allocator, device, the fs callbacks, and the
+    nullfs-equivalent work (an mmap slice copy); plus device.write from 1 and 4 threads."""
+    import random
+    import threading
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT))
+    from zramfs.cli import build_mount, make_parser as zramfs_parser
+    from zramfs.codecs import get_codec
+
+    rng = random.Random(1234)
+    npages = 2048
+    # like fio's buffer_compress_percentage=50 with a 4 KiB chunk: half random, half zeros
+    pages = [rng.randbytes(2048) + bytes(2048) for _ in range(npages)]
+    size = max(args.size, 64 * MiB)
+    nblocks = size // 4096
+    offsets = [rng.randrange(nblocks) * 4096 for _ in range(npages)]
+    results: dict[str, dict[str, float]] = {}
+
+    def best(fn: Callable[[int], object], reps: int = 5, n: int = npages) -> float:
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter_ns()
+            for i in range(n):
+                fn(i)
+            times.append((time.perf_counter_ns() - t0) / n / 1000)
+        return min(times)
+
+    for alg in ("lz4", "zstd"):
+        r: dict[str, float] = {}
+        codec = get_codec(alg)
+        comp = [codec.compress(p) for p in pages]
+        r["codec.compress"] = best(lambda i: codec.compress(pages[i]))
+        r["codec.decompress"] = best(lambda i: codec.decompress(comp[i], 4096))
+        ns = zramfs_parser().parse_args(["mount", "/nonexistent", "--size", str(size),
+                                         "--algorithm", alg, "--no-compact"])
+        tree, _daemon, ops_cls, registry = build_mount(ns)
+        dev = registry.devices[0]
+        pool = dev.pool
+        assert pool is not None
+
+        def malloc_write_free(i: int) -> None:
+            h = pool.malloc(len(comp[i]))
+            pool.write_object(h, comp[i])
+            pool.free(h)
+
+        handles = [pool.malloc(len(c)) for c in comp]   # a populated pool: no zspage churn
+        for h, c in zip(handles, comp):
+            pool.write_object(h, c)
+        r["pool.malloc+write_object+free"] = best(malloc_write_free)
+        r["pool.read_object"] = best(lambda i: pool.read_object(handles[i], len(comp[i])))
+        for h in handles:
+            pool.free(h)
+        for off in range(0, size, 128 * 1024):          # prefill: every block holds an object
+            dev.write(off, b"".join(pages[(off // 4096 + k) % npages] for k in range(32)))
+        r["device.write 4K"] = best(lambda i: dev.write(offsets[i], pages[i]))
+        r["device.read 4K"] = best(lambda i: dev.read(offsets[i], 4096))
+        ops = ops_cls(tree)
+        fi = SimpleNamespace(flags=os.O_RDWR, fh=0, direct_io=0, keep_cache=0)
+        ops.open("/dev/zram0", fi)
+        r["ZramFS.write 4K (fs+device)"] = best(
+            lambda i: ops.write("/dev/zram0", pages[i], offsets[i], fi))
+        r["ZramFS.read 4K (fs+device)"] = best(
+            lambda i: ops.read("/dev/zram0", 4096, offsets[i], fi))
+        r["ZramFS.getattr image"] = best(lambda i: ops.getattr("/dev/zram0", None), n=500)
+
+        def threaded(nthreads: int) -> float:
+            per = npages // nthreads
+            def work(k: int) -> None:
+                for i in range(k * per, (k + 1) * per):
+                    dev.write(offsets[i], pages[i])
+            ths = [threading.Thread(target=work, args=(k,)) for k in range(nthreads)]
+            t0 = time.perf_counter_ns()
+            for th in ths:
+                th.start()
+            for th in ths:
+                th.join()
+            return (time.perf_counter_ns() - t0) / (per * nthreads) / 1000
+
+        r["device.write 4K, 1 thread (wall µs/op)"] = min(threaded(1) for _ in range(3))
+        r["device.write 4K, 4 threads (wall µs/op)"] = min(threaded(4) for _ in range(3))
+        ops.release("/dev/zram0", fi)
+        dev.reset()
+        results[alg] = r
+    image = mmap.mmap(-1, size)
+
+    def mmap_write(i: int) -> None:
+        image[offsets[i]:offsets[i] + 4096] = pages[i]
+
+    results["nullfs-equivalent"] = {
+        "mmap slice write 4K": best(mmap_write),
+        "mmap slice read 4K": best(lambda i: image[offsets[i]:offsets[i] + 4096]),
+    }
+    image.close()
+    lines = ["## In-process cost per call (µs, best of 5 × 2048 calls; no FUSE)", "",
+             "| call | lz4 | zstd |", "|---|---|---|"]
+    for key in results["lz4"]:
+        lines.append(f"| {key} | {results['lz4'][key]:.1f} | {results['zstd'][key]:.1f} |")
+    for key, v in results["nullfs-equivalent"].items():
+        lines.append(f"| {key} (nullfs's work) | {v:.2f} | |")
+    md = "\n".join(lines) + "\n"
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "micro.json").write_text(json.dumps(results, indent=1))
+    (out / "micro.md").write_text(md)
+    log(md)
+    return 0
+
+
 # ---- CLI ---------------------------------------------------------------------------------------
 def _csv(choices: Sequence[str]) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
@@ -1277,6 +1434,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="instead of the benchmark: py-spy profile of one zramfs system under "
                         "the selected synthetic jobs (default: the 4 KiB QD1 ones)")
+    p.add_argument("--micro", action="store_true",
+                   help="instead of the benchmark: in-process cost of each layer per 4 KiB call "
+                        "(codec, allocator, device, fs callbacks; no FUSE)")
     p.add_argument("--profile-system", default="zramfs-lz4",
                    choices=("zramfs-lz4", "zramfs-zstd", "zramfs-lz4-nocompact"))
     p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s")
@@ -1292,6 +1452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.rounds = args.rounds or (1 if quick else 3)
     if args.rounds < 1 or args.runtime < 1:
         raise SystemExit("bench.py: --rounds and --runtime must be >= 1")
+    if args.micro:
+        return micro(args)
     if args.profile:
         if "--jobs" not in " ".join(argv if argv is not None else sys.argv):
             args.jobs = ["randwrite-4k", "randread-4k", "randwrite-4k-4j", "randread-4k-4j"]

@@ -89,6 +89,20 @@ def test_parsers() -> None:
     assert b.parse_size("1") == 4096 and b.parse_size("16M") == 16 << 20
 
 
+def test_profile_summary(tmp_path: Path) -> None:
+    b = _load()
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "FUSE._wrapper (mfusepy.py:1487);FUSE.write (mfusepy.py:1633);ZramFS.write (zramfs/fs.py:350);"
+        "ZramDevice.write (zramfs/device.py:620);Lz4Codec.compress (zramfs/codecs.py:125) 3\n"
+        "FUSE._wrapper (mfusepy.py:1487);FUSE.write (mfusepy.py:1633);"
+        "string_at (ctypes/__init__.py:519) 1\n")
+    s = b.summarise_profile(raw)
+    assert s["samples"] == 4
+    assert dict(s["categories"]) == {"codec": 75.0, "FUSE binding": 25.0}
+    assert s["self"][0] == ("Lz4Codec.compress (zramfs/codecs.py)", 75.0)
+
+
 def test_quick_run(tmp_path: Path) -> None:
     _need_run()
     out = tmp_path / "out"
@@ -108,13 +122,14 @@ def test_quick_run(tmp_path: Path) -> None:
         assert set(per) == {"zramfs-lz4", "nullfs"}, (job, per)
         for row in per.values():
             assert row["iops"]["median"] > 0 and row["mbps"]["median"] > 0
+            assert row["cpu_us_per_io"]["median"] > 0     # the servers' CPU time per I/O
         assert per["zramfs-lz4"]["ratio_to_ref"] == 1.0
     mm = report["memory"]["zramfs-lz4"]["mm_stat"]
     assert mm["orig_data_size"] > 0 and 0 < mm["compr_data_size"] < mm["orig_data_size"]
     assert report["memory"]["zramfs-lz4"]["rss_kib"]["zramfs"] > 0
     assert "randwrite-4k" in report["migrate_lock"]
     md = (out / "results.md").read_text()
-    assert "| job | system | IOPS | MB/s | p99 µs | × zramfs-lz4 |" in md
+    assert "| job | system | IOPS | MB/s | p99 µs | server CPU µs/IO | × zramfs-lz4 |" in md
     assert "### Targets" in md and "### Memory after the real-data image" in md
     assert (out / "jobs" / "randwrite-4k.fio").exists()
     try:
