@@ -534,8 +534,9 @@ def device_rows(mnt: str, *, include_all: bool = False) -> list[dict[str, Any]]:
 
 def format_table(rows: list[dict[str, Any]], *, raw_bytes: bool = False) -> str:
     def cell(key: str, value: Any) -> str:
-        # Counts stay counts (zramctl prints MIGRATED like a size; a page count is clearer).
-        if key in ("name", "algorithm", "streams", "zero-pages", "migrated") or raw_bytes:
+        # As zramctl (zram.md §7.1): ZERO-PAGES is always the raw count, MIGRATED (pages_compacted,
+        # a page count) goes through size_to_human_string like the byte columns.
+        if key in ("name", "algorithm", "streams", "zero-pages") or raw_bytes:
             return str(value)
         return human(int(value))
 
