@@ -181,20 +181,6 @@ OTHER: dict[str, dict[bytes, int]] = {
         UNDERSCORE: errno.EINVAL},
 }
 
-# Where zramfs is known to answer differently (each has its own test below, which fails
-# until fixed).  Left out of the sweep so that one known bug does not hide the others: an
-# accepted input there would change the state the sweep compares.
-KNOWN_DIFFERENT: set[tuple[str, bytes]] = {
-    ("writeback_batch_size", HUGE), ("writeback_batch_size", OVF),
-    ("proc/sys/vm/compact_memory", HUGE), ("proc/sys/vm/compact_memory", OVF),
-    ("proc/sys/vm/compact_memory", BIN), ("proc/sys/vm/compact_memory", PLUS),
-    ("sys/module/zramfs/parameters/compact_enabled", LEAD),
-    *{(f"sys/module/zramfs/parameters/{p}", i)
-      for p in ("compact_interval_ms", "compact_threshold_pages")
-      for i in (LEAD, NL2, BIN, UNDERSCORE)},
-}
-
-
 def table_for(m: Mount, path: Path) -> tuple[str, dict[bytes, int]] | None:
     """(key, expectations) for a writable control file, None if the table lacks it."""
     rel = str(path.relative_to(m.path))
@@ -253,15 +239,13 @@ def test_bad_input_on_every_control_file_changes_nothing(loaded: Mount) -> None:
         if entry is None:
             problems.append(f"{rel}: writable but has no entry in the tables (add one)")
             continue
-        key, table = entry
+        _, table = entry
         # An empty write(2) never reaches a sysfs store (sysfs_kf_write: count 0 -> 0) nor the
         # FUSE daemon: it returns 0.  (The real compact_memory sysctl answers EINVAL there; a
         # FUSE file cannot, see docs/guarantees.md.)
         if write_once(path, b"") != 0:
             problems.append(f"{rel}: empty write did not return 0")
         for data, want in table.items():
-            if (key, data) in KNOWN_DIFFERENT or (rel, data) in KNOWN_DIFFERENT:
-                continue
             got = outcome(path, data)
             covered += 1
             if got != want:
@@ -342,7 +326,7 @@ def test_proc_vmstat_write_is_eio_like_procfs(loaded: Mount) -> None:
         expect_errno(errno.EIO, os.write, fd, b"1")
 
 
-# ---- known differences from the kernel's parsers, one test each ------------------------------
+# ---- differences from the kernel's parsers this file found (fixed), one regression test each --
 def test_writeback_batch_size_overflow_is_einval(loaded: Mount) -> None:
     """writeback_batch_size_store: ``if (kstrtouint(buf, 10, &val)) return -EINVAL;``."""
     for dev in (0, 1):
