@@ -197,10 +197,6 @@ def _probe(mnt: str) -> MountState:
     return "stale" if code == errno.ENOTCONN else "ok"
 
 
-def _is_stale(mnt: str) -> bool:
-    return _probe(mnt) == "stale"
-
-
 _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
 
