@@ -114,6 +114,8 @@ _FIXED_FILES: dict[str, tuple[Kind, int]] = {
 #: procfs files without sysctl semantics: DAC rules (root may open them for writing), and a
 #: write fails with EIO because they have no ->proc_write.
 _PLAIN_PROCFS = frozenset({Kind.VMSTAT})
+#: files whose writes go to a sysfs ->store (kernfs)
+_SYSFS_STORES = frozenset({Kind.ATTR, Kind.HOT_REMOVE, Kind.PARAM})
 
 
 class Tree:
@@ -284,6 +286,11 @@ class Tree:
         k = node.kind
         if k is Kind.COMPACT_MEMORY:
             return self._write_compact_memory(data, offset)
+        if k in _SYSFS_STORES:
+            # kernfs_fop_write_iter() hands a sysfs store at most PAGE_SIZE bytes and returns
+            # what the store consumed: a longer write(2) is a short write of PAGE_SIZE
+            # (measured on 6.18: 5000 bytes to a module parameter -> 4096).
+            data = data[:PAGE_SIZE]
         text = data.decode("utf-8", "surrogateescape")
         if k is Kind.ATTR:
             assert node.dev_id is not None
