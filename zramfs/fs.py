@@ -31,10 +31,12 @@ FUSE choices (see `mount_options`):
 - ``attr_timeout=0``/``entry_timeout=0``/``negative_timeout=0``: disksize and hot_add change
   sizes and directory contents behind the kernel's back, so nothing may be cached.
 - multithreaded loop: lz4/zstd release the GIL, and a loop device or fio issue parallel I/O.
-- ``atomic_o_trunc`` (libfuse 2 option; libfuse 3 asks for it by default): O_TRUNC comes in
-  open()'s flags instead of a separate truncate to 0, and open() ignores it — a block device
-  ignores O_TRUNC (``dd of=MNT/dev/zram0``, ``cat x > MNT/dev/zram0``) and so does sysfs
-  (``echo 1 > reset``); truncate(2) to another size stays EPERM.
+- ``FUSE_CAP_ATOMIC_O_TRUNC``, asked for in ``init_with_config`` (libfuse 3's default; libfuse
+  2 would otherwise need its ``atomic_o_trunc`` option): O_TRUNC comes in open()'s flags
+  instead of as a separate truncate to 0, and open() ignores it — a block device ignores
+  O_TRUNC (``dd of=MNT/dev/zram0``, ``cat x > MNT/dev/zram0``) and so does sysfs (``echo 1 >
+  reset``); truncate(2) to another size stays EPERM.  (fusepy has no init conn: there an
+  O_TRUNC open of an initialised image fails with EPERM.)
 - exit: ``request_exit`` does what libfuse's SIGTERM handler does (fuse_exit), from any
   thread; zramfs.cli decides when (it refuses while a loop device uses the image).
 """
@@ -79,6 +81,7 @@ SUPPORTS_FALLOCATE: bool = hasattr(_fuse.FUSE, "fallocate")
 FuseOSError = _fuse.FuseOSError
 FUSE_MAJOR: int = int(getattr(_fuse, "fuse_version_major", 2))
 
+FUSE_CAP_ATOMIC_O_TRUNC = 1 << 3     # fuse_common.h (libfuse 2 and 3)
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
@@ -180,10 +183,14 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
                              daemon=True).start()
 
     def init_with_config(self, conn: Any, config: Any) -> None:
-        """mfusepy's hook: libfuse 3 takes max_write here (it is no mount option there)."""
-        if conn is not None and FUSE_MAJOR >= 3:
-            conn.max_write = MAX_IO
-            conn.max_read = MAX_IO      # must equal the max_read mount option (3.14 checks)
+        """mfusepy's hook: libfuse 3 takes max_write here (it is no mount option there), and
+        both libfuse versions negotiate FUSE_CAP_ATOMIC_O_TRUNC here (see module docstring)."""
+        if conn is not None:
+            if FUSE_MAJOR >= 3:
+                conn.max_write = MAX_IO
+                conn.max_read = MAX_IO  # must equal the max_read mount option (3.14 checks)
+            if conn.capable & FUSE_CAP_ATOMIC_O_TRUNC:
+                conn.want |= FUSE_CAP_ATOMIC_O_TRUNC
         self.init("/")
 
     def destroy(self, path: str) -> None:
@@ -457,10 +464,6 @@ def mount_options(*, allow_other: bool = False, fsname: str = "zramfs") -> dict[
         "negative_timeout": 0,
     }
     if FUSE_MAJOR == 2:
-        # O_TRUNC arrives in open()'s flags instead of as a separate setattr(size=0), so an
-        # O_TRUNC open of the image can be ignored like a block device does (libfuse 3 asks
-        # for FUSE_CAP_ATOMIC_O_TRUNC by default; libfuse 2 only with this option).
-        opts["atomic_o_trunc"] = True
         # libfuse 3 rejects both as mount options: big_writes is always on there, and
         # max_write is set in init_with_config.
         opts["big_writes"] = True
