@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from allocator import PhysicalMemory
-from zramfs import attrs, codecs
+from zramfs import attrs, codecs, kparse
 from zramfs.device import Registry
 from zramfs.errors import ZramError
 
@@ -160,6 +160,44 @@ def test_kstrto():
         attrs.kstrtobool("maybe")
     assert attrs.next_args(' a=1  b "c=x y" d=\n') == [("a", "1"), ("b", None), ("c", "x y"), ("d", "")]
     assert attrs.sysfs_streq("all\n", "all") and not attrs.sysfs_streq("all\n\n", "all")
+
+
+def test_kstrto_details():
+    """lib/kstrtox.c: '+' only in front of the digits, base prefixes only with base 0,
+    kstrtoll's '-' is followed by digits (no second sign); 6.18's kstrtobool also knows
+    t/f and e(nable)/d(isable) by their first character."""
+    for bad, base in (("0b1", 0), ("0o7", 0), ("0x10", 10), ("++1", 10), ("+-1", 10)):
+        with pytest.raises(ZramError) as ei:
+            attrs.kstrtoull(bad, base)
+        assert ei.value.errno == errno.EINVAL, bad
+    with pytest.raises(ZramError) as ei:
+        attrs.kstrtoll("-+1")
+    assert ei.value.errno == errno.EINVAL
+    assert attrs.kstrtoint("-2147483648") == -(1 << 31) and attrs.kstrtouint("0x0", 0) == 0
+    assert [attrs.kstrtobool(t) for t in ("t", "True", "enable", "1junk", "f", "disable", "0")] \
+        == [True, True, True, True, False, False, False]
+    for bad in (" 1", "", "\n", "o", "x"):
+        with pytest.raises(ZramError):
+            attrs.kstrtobool(bad)
+
+
+@pytest.mark.parametrize("data,expected", [
+    (b"1", (1, 1)), (b"1\n", (1, 2)), (b" \t1\n\n", (1, 5)), (b"0x1", (1, 3)), (b"010", (8, 3)),
+    (b"-1", (-1, 2)), (b"1 junk", (1, 2)), (b"-2147483648", (-(1 << 31), 11)),
+    (b"0" * 20 + b"\n", (0, 21)),
+])
+def test_proc_dointvec(data, expected):
+    assert kparse.proc_dointvec(data) == expected
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\n", b"+1", b"0b1", b"1_0", b"1\x00", b"x", b"- 1", b"2147483648", b"-2147483649",
+    b"99999999999999999999", str(1 << 64).encode(), b"0" * 21,
+])
+def test_proc_dointvec_rejects(data):
+    with pytest.raises(ZramError) as ei:
+        kparse.proc_dointvec(data)
+    assert ei.value.errno == errno.EINVAL
 
 
 # ---------------------------------------------------------------------------- disksize / reset

@@ -15,8 +15,8 @@ from zramfs import codecs
 from zramfs.device import (RECOMP_HUGE, WB_HUGE, WB_IDLE, WB_INCOMPRESSIBLE, CompParams, Registry,
                            ZramDevice)
 from zramfs.errors import ZramError
-from zramfs.slots import (SLOT_BYTES, ZRAM_HUGE, ZRAM_IDLE, ZRAM_INCOMPRESSIBLE, ZRAM_SAME,
-                          ZRAM_WB, SlotTable)
+from zramfs.slots import (FLUSH_IOS, SLOT_BYTES, ZRAM_HUGE, ZRAM_IDLE, ZRAM_INCOMPRESSIBLE,
+                          ZRAM_SAME, ZRAM_WB, SlotTable)
 
 from zram_data import PAGE, device_hash, half_page, mixed_page, random_page, same_page, text_page
 
@@ -67,6 +67,21 @@ def test_uninitialised_device(reg):
     assert errno_of(d.mark_idle, None) == errno.EINVAL
     d.discard(0, 4096)          # nothing to do, no error
     d.reset_mem_used_max()      # no-op when uninitialised
+
+
+def test_uninitialised_devices_are_cheap_and_counters_survive_nothing(reg):
+    """No slot-lock stripes until disksize (they are most of a device's memory); a flush on an
+    uninitialised device still counts, and its count survives the disksize that follows;
+    reset drops the stripes (every counter zero, as zram_reset_device's memset)."""
+    d = reg.devices[0]
+    assert not d._stripes and d.stats().counters == [0] * len(d.stats().counters)
+    d.flush()
+    d.set_disksize(MiB)
+    d.write(0, b"x" * PAGE)
+    s = d.stats()
+    assert s.counters[FLUSH_IOS] == 1 and s.pages_stored == 1
+    d.reset()
+    assert not d._stripes and d.stats().pages_stored == 0 and d.stats().counters[FLUSH_IOS] == 0
 
 
 def test_disksize_page_aligned_and_busy(reg):
