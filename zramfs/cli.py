@@ -417,7 +417,6 @@ def _detach_stdio(log_path: str | None) -> None:
 def _wait_ready(rfd: int, pid: int, mnt: str, timeout: float) -> int:
     chunks = []
     deadline = time.monotonic() + timeout
-    import select
     while time.monotonic() < deadline:
         ready, _, _ = select.select([rfd], [], [], 0.2)
         if not ready:
