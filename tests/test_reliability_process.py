@@ -3,12 +3,14 @@
 tests/test_mount_cli.py already shows: SIGTERM/SIGINT of an idle daemon unmount cleanly,
 ``zramfs umount`` cleans the stale mount a SIGKILL leaves, and refuses while a loop device is
 attached.  Here, what it does not cover:
-- SIGTERM / SIGINT / SIGKILL *while I/O is in flight*: the process exits, the mount goes (or is
-  stale and removable), and the writer gets an error instead of hanging;
+- SIGTERM / SIGINT / SIGHUP / SIGKILL *while I/O is in flight*: the process exits, the mount
+  goes (or is stale and removable), and the writer gets an error instead of hanging;
 - ``zramfs mount`` on the place a SIGKILLed daemon left stale: detected, cleaned, mounted anew;
 - ``zramfs umount`` while a process holds the image open: refused quickly with a clear message;
-- SIGTERM while a loop device is attached must not pull the device from under the loop user
-  (swap, a filesystem) — the same rule as ``zramfs umount``;
+- SIGTERM / SIGINT / SIGHUP while a loop device is attached must not pull the device from under
+  the loop user (swap, a filesystem) — the same rule as ``zramfs umount``;
+- a hung (SIGSTOPped) daemon does not hang ``zramfs status`` / ``zramfs umount``;
+- bad ``zramfs mount`` arguments leave nothing behind; openers that die leave no device busy;
 - the swap experiment (scripts/swap_experiment.sh) on a mount of ours with aggressive
   compaction: a memory-limited cgroup process pushes pages through swap on a loop device over
   the image and reads every byte back; nothing is left behind.

@@ -15,9 +15,13 @@
 - mem_limit reached mid-workload: the write that crosses it fails with EIO and its block keeps
   the old data, every block written before stays intact, same-filled pages still go in (no
   memory), and raising the limit lets the writes through.
+- Control-plane churn (hot_add/hot_remove, disksize/reset, every file read) during I/O; memory
+  given back after discard and reset; uninitialised devices cheap.
 
-Default run: ~10 s of concurrency per variant, 128 MiB moved by fio.  ``-m soak``: minutes and
-≥ 4 GiB (``ZRAMFS_SOAK_SECONDS``, ``ZRAMFS_SOAK_FIO_LOOPS`` override the sizes).
+Default run: ~10 s of concurrency per variant, 128 MiB written and verified by fio.
+``-m soak``: minutes, and ≥ 4 GiB moved by fio (``ZRAMFS_SOAK_SECONDS``,
+``ZRAMFS_SOAK_FIO_LOOPS`` override the sizes).  ``ZRAMFS_RELIABILITY_SECONDS`` sets the default
+run's duration.
 """
 from __future__ import annotations
 
