@@ -1402,12 +1402,17 @@ def micro(args: argparse.Namespace) -> int:
         "mmap slice read 4K": best(lambda i: image[offsets[i]:offsets[i] + 4096]),
     }
     image.close()
+    cb = callback_costs(Path(args.out).resolve())
+    if cb:
+        results["ctypes callback from a non-Python thread"] = cb
     lines = ["## In-process cost per call (µs, best of 5 × 2048 calls; no FUSE)", "",
              "| call | lz4 | zstd |", "|---|---|---|"]
     for key in results["lz4"]:
         lines.append(f"| {key} | {results['lz4'][key]:.1f} | {results['zstd'][key]:.1f} |")
     for key, v in results["nullfs-equivalent"].items():
         lines.append(f"| {key} (nullfs's work) | {v:.2f} | |")
+    for key, v in cb.items():
+        lines.append(f"| {key} | {v:.2f} | |")
     md = "\n".join(lines) + "\n"
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -1415,6 +1420,77 @@ def micro(args: argparse.Namespace) -> int:
     (out / "micro.md").write_text(md)
     log(md)
     return 0
+
+
+CALLBACK_C = r"""
+#include <pthread.h>
+#include <time.h>
+typedef int (*cb_t)(void);
+struct arg { cb_t cb; int n; };
+static void *worker(void *p) { struct arg *a = p; for (int i = 0; i < a->n; i++) a->cb(); return 0; }
+double run(cb_t cb, int n) {   /* cb n times from a new non-Python thread; ns per call */
+    struct timespec t0, t1; struct arg a = {cb, n}; pthread_t t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pthread_create(&t, 0, worker, &a); pthread_join(t, 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / n;
+}
+"""
+
+
+def callback_costs(out: Path) -> dict[str, float]:
+    """What a libfuse worker's call into Python costs: a ctypes callback invoked from a C
+    pthread, with a fresh PyThreadState per call (what ctypes does) or a pinned one, with an
+    empty body and with the thread-locals a zramfs lz4 write touches. Needs a C compiler."""
+    import ctypes
+    import os as _os
+    import threading
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        log("bench: no C compiler: callback costs skipped")
+        return {}
+    out.mkdir(parents=True, exist_ok=True)
+    src, lib_path = out / "callback.c", out / "callback.so"
+    src.write_text(CALLBACK_C)
+    if subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(lib_path), str(src), "-lpthread"],
+                      capture_output=True).returncode != 0:
+        log("bench: could not build the callback helper: callback costs skipped")
+        return {}
+    from allocator.pool import _MapArea
+    from zramfs.codecs import get_codec
+
+    lib = ctypes.CDLL(str(lib_path))
+    lib.run.restype = ctypes.c_double
+    proto = ctypes.CFUNCTYPE(ctypes.c_int)
+    lz4 = get_codec("lz4")
+    page = _os.urandom(2048) + bytes(2048)
+    area = threading.local()
+    pin_tls = threading.local()
+
+    def empty() -> int:
+        return 0
+
+    def lz4_write_locals() -> int:
+        if not hasattr(area, "a"):
+            area.a = _MapArea(4096)
+        lz4.compress(page)
+        return 0
+
+    def pinned(fn: Callable[[], int]) -> Callable[[], int]:
+        def call() -> int:
+            if not getattr(pin_tls, "pinned", False):
+                ctypes.pythonapi.PyGILState_Ensure()
+                pin_tls.pinned = True
+            return fn()
+        return call
+
+    res: dict[str, float] = {}
+    for name, fn in (("empty body", empty), ("lz4 compress + _MapArea", lz4_write_locals)):
+        for label, f in (("fresh thread state", fn), ("pinned thread state", pinned(fn))):
+            cb = proto(f)
+            res[f"callback, {name}, {label}"] = min(lib.run(cb, 20000) for _ in range(5)) / 1000
+    return res
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
