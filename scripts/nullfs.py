@@ -17,7 +17,9 @@ multithreaded loop, raw_fi with direct_io set per open (no page-cache copy, O_DI
 --image-cache turns it off, as zramfs's), max_read/max_write of 128 KiB (+ big_writes on
 libfuse 2), attr/entry/negative timeouts 0, getxattr & co. unregistered (the kernel stops
 asking for security.capability before every write), fallocate PUNCH_HOLE/ZERO_RANGE zeroing
-(what a loop device sends for discards; fusepy 3.0.1 has no fallocate: EOPNOTSUPP there).
+(what a loop device sends for discards; fusepy 3.0.1 has no fallocate: EOPNOTSUPP there), and
+one Python thread state kept per libfuse worker (zramfs.fusethreads: without it every callback
+pays for a fresh thread state, and the ceiling would not be the same binding as zramfs's).
 """
 from __future__ import annotations
 
@@ -31,6 +33,12 @@ import stat
 import sys
 import threading
 import time
+
+try:
+    from zramfs.fusethreads import pinning_fuse
+except ImportError:  # run from a checkout without zramfs installed: it is one directory up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from zramfs.fusethreads import pinning_fuse
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -266,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.foreground:
         print(f"nullfs: {mnt}/dev/zram0, {args.size} bytes, {name} on libfuse {fuse_major(mod)}",
               file=sys.stderr, flush=True)
-    # multithreaded loop (nothreads=False), direct_io per open through raw_fi, as zramfs
-    mod.FUSE(ops, mnt, raw_fi=True, foreground=args.foreground or args.debug, nothreads=False,
-             **opts)
+    # multithreaded loop (nothreads=False), direct_io per open through raw_fi, and one thread
+    # state kept per libfuse worker: as zramfs.fs.serve
+    pinning_fuse(mod.FUSE)(ops, mnt, raw_fi=True, foreground=args.foreground or args.debug,
+                           nothreads=False, **opts)
     return 0
 
 

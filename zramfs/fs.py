@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from zramfs.fusethreads import pinning_fuse
 from zramfs.tree import Kind, Node, Tree
 
 log = logging.getLogger(__name__)
@@ -478,5 +479,7 @@ def serve(ops: ZramFS, mountpoint: str, *, allow_other: bool = False,
           fsname: str = "zramfs") -> None:
     """Mount and serve until unmounted (or SIGINT/SIGTERM, which libfuse turns into an
     unmount).  Blocks; raises RuntimeError if libfuse fails to mount."""
-    _fuse.FUSE(ops, mountpoint, raw_fi=True, foreground=True, nothreads=False,
-               **mount_options(allow_other=allow_other, fsname=fsname))
+    # Every callback keeps its libfuse worker's Python thread state (and so its thread-locals:
+    # codec buffers, the allocator's map area) instead of getting a fresh one per request.
+    pinning_fuse(_fuse.FUSE)(ops, mountpoint, raw_fi=True, foreground=True, nothreads=False,
+                             **mount_options(allow_other=allow_other, fsname=fsname))
