@@ -477,8 +477,9 @@ def mount_options(*, allow_other: bool = False, fsname: str = "zramfs") -> dict[
 
 def serve(ops: ZramFS, mountpoint: str, *, allow_other: bool = False,
           fsname: str = "zramfs") -> None:
-    """Mount and serve until unmounted (or SIGINT/SIGTERM, which libfuse turns into an
-    unmount).  Blocks; raises RuntimeError if libfuse fails to mount."""
+    """Mount and serve until unmounted or ``ops.request_exit`` (zramfs.cli calls it on
+    SIGINT/SIGTERM/SIGHUP unless a loop device uses the image; libfuse then unmounts).
+    Blocks; raises RuntimeError if libfuse fails to mount."""
     # Every callback keeps its libfuse worker's Python thread state (and so its thread-locals:
     # codec buffers, the allocator's map area) instead of getting a fresh one per request.
     pinning_fuse(_fuse.FUSE)(ops, mountpoint, raw_fi=True, foreground=True, nothreads=False,
