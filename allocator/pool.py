@@ -101,12 +101,28 @@ class PoolStats:
 
 
 class _MapArea(threading.local):
-    """The per-CPU `mapping_area`, per thread here: a PAGE_SIZE copy buffer and an in-use flag."""
+    """The per-CPU `mapping_area`, per thread here: an in-use flag, an identity for the E22
+    check, and a PAGE_SIZE copy buffer that exists only once this thread has mapped an object
+    spanning two frames.
+
+    Why lazy: the zram data path (read_object/write_object) only tests `active`, and mapping
+    an object inside one frame copies nothing; yet a thread-local's __init__ runs for every
+    new Python thread state, and a FUSE callback may get a fresh one per request — a buffer
+    built here was a 4 KiB bytearray per request."""
 
     def __init__(self, page_size: int) -> None:
-        self.buf = bytearray(page_size)
-        self.bufmv = memoryview(self.buf)
+        self.page_size = page_size
         self.active = False
+        # identifies this thread's area (the threading.local object itself is shared)
+        self.owner = object()
+        self.bufmv: memoryview | None = None
+
+    def buffer(self) -> memoryview:
+        """This thread's copy buffer, allocated on first use."""
+        mv = self.bufmv
+        if mv is None:
+            mv = self.bufmv = memoryview(bytearray(self.page_size))
+        return mv
 
 
 class _Mapping:
@@ -732,14 +748,14 @@ class Pool:
                 nxt = self._index[pfn]
                 if nxt == INDEX_NONE:
                     raise AssertionError(f"object at pfn {pfn} spans past the last subpage")
+                buf = area.buffer()
                 if m.mode is not MapMode.WO:
                     s0 = page_size - off
-                    buf = area.buf
                     arena = self._arena
                     buf[0:s0] = arena[base + off:base + page_size]
                     nb = nxt << self.page_shift
                     buf[s0:size] = arena[nb:nb + size - s0]
-                view = area.bufmv[ZS_HANDLE_SIZE:size]
+                view = buf[ZS_HANDLE_SIZE:size]
         except BaseException:
             zspage.lock.read_unlock()
             raise
@@ -748,7 +764,7 @@ class Pool:
         m.off = off
         m.size = size
         m.view = view
-        m.area = area.bufmv       # identifies this thread's area (the local object is shared)
+        m.area = area.owner       # identifies this thread's area (the local object is shared)
         area.active = True
         return view
 
@@ -757,7 +773,7 @@ class Pool:
         if zspage is None:
             return
         area = self._area
-        if area.bufmv is not m.area:
+        if area.owner is not m.area:
             # E22: zs_unmap_object must run where the map ran (per-CPU area + local_lock)
             raise NestedMappingError("object unmapped by a thread that did not map it")
         m.zspage = None
@@ -774,7 +790,7 @@ class Pool:
                 s0 = self.page_size - off
                 base = m.pfn << self.page_shift
                 arena = self._arena
-                buf = area.bufmv
+                buf = area.buffer()     # the one _map used: same thread (checked above)
                 arena[base + off:base + off + s0] = buf[ZS_HANDLE_SIZE:ZS_HANDLE_SIZE + s0]
                 nb = self._index[m.pfn] << self.page_shift
                 arena[nb:nb + size - s0] = buf[ZS_HANDLE_SIZE + s0:ZS_HANDLE_SIZE + size]

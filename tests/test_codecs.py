@@ -155,17 +155,27 @@ def test_one_codec_shared_by_threads(name):
     assert not errors
 
 
-def test_zstd_contexts_are_per_thread_and_reused():
+def test_zstd_contexts_are_pooled_and_reused():
+    """Contexts come from a pool shared by every thread (a FUSE callback may run on a fresh
+    thread state, where a threading.local would be empty): reused across calls and threads,
+    never lent to two calls at once, and a read builds no compressor."""
     c = codecs.get_codec("zstd")
     page = text_page(random.Random(7))
-    c.compress(page)
-    mine = c._ctx()
-    assert c._ctx()[0] is mine[0]           # reused on this thread
-    other = []
-    t = threading.Thread(target=lambda: other.append(c._ctx()))
+    assert c._cctxs.qsize() == 1 and c._dctxs.qsize() == 1     # built (and checked) up front
+    for _ in range(3):
+        assert c.decompress(c.compress(page)) == page
+    assert c._cctxs.qsize() == 1 and c._dctxs.qsize() == 1     # reused, not rebuilt
+    t = threading.Thread(target=lambda: c.decompress(c.compress(page)))
     t.start()
     t.join()
-    assert other[0][0] is not mine[0]       # another thread has its own
+    assert c._cctxs.qsize() == 1 and c._dctxs.qsize() == 1     # another thread borrows them
+    held = c._cctxs.get_nowait()                                # "in use" by someone else
+    assert c.decompress(c.compress(page)) == page
+    assert c._cctxs.qsize() == 1 and c._cctxs.get_nowait() is not held   # a second one
+    blob = c.compress(page)
+    d = codecs.get_codec("zstd")
+    d._cctxs.get_nowait()
+    assert d.decompress(blob) == page and d._cctxs.qsize() == 0  # a read builds no compressor
 
 
 def test_parameters_are_checked_when_the_codec_is_created():

@@ -8,9 +8,11 @@ into a buffer that may be larger than the page (the kernel hands compress() a
 Shaped like CPython's Lib/selectors.py: an abstract base (`Codec`) with the contract,
 one concrete class per library, a table of the backends that really work here, and a
 module-level choice of the default.  The kernel keeps one stream per CPU; Python has
-threads, so stateful library contexts (zstd's ZSTD_CCtx/ZSTD_DCtx wrappers, deflate's
-primed dictionary stream) live in a `threading.local` inside each codec object — a codec
-can be shared by every thread of a device.
+threads, and a codec object is shared by every thread of a device.  Stateful library
+contexts (zstd's ZSTD_CCtx/ZSTD_DCtx wrappers) are lent from a pool inside the codec, one
+context per concurrent user, rather than kept per thread: FUSE callbacks may run on a fresh
+Python thread state per request (see zramfs.fusethreads), where a `threading.local` would
+be empty and the ~35 µs of context construction paid on every page.
 
 Parameters follow `algorithm_params` (zram.md §2.7): `level` (per-backend meaning, as in
 the kernel: lz4 acceleration, lz4hc/zstd/deflate compression level), `dictionary` (raw
@@ -19,6 +21,7 @@ LZ4_loadDict, deflate as a zdict) and deflate's `winbits`.
 """
 from __future__ import annotations
 
+import queue
 import threading
 import zlib
 from abc import ABC, abstractmethod
@@ -161,10 +164,18 @@ class Lz4hcCodec(Lz4Codec):
 
 
 class ZstdCodec(Codec):
-    """Zstandard with one reused compressor and decompressor per thread.
+    """Zstandard with pooled, reused compressors and decompressors.
 
     Frame parameters are those of the kernel's zstd_get_params(): content size written,
     no checksum, dictionary id written when a dictionary is used.
+
+    Contexts: a ZstdCompressor/ZstdDecompressor may be used by any thread but by one at a
+    time, and building one costs far more than a 4 KiB page's work (~35 µs for the pair).
+    Each call takes a context from a `queue.SimpleQueue` (`get_nowait`, a new one when the
+    pool is empty) and puts it back afterwards, so the pool grows to the highest number of
+    concurrent calls and never shrinks: at most one context per thread that compresses (or
+    decompresses) at the same time.  Compressors and decompressors are pooled separately, so
+    a read never builds a compressor.  A context whose call raised is dropped, not reused.
     """
 
     name = "zstd"
@@ -180,32 +191,43 @@ class ZstdCodec(Codec):
                 self._dict.precompute_compress(level=self.level)
             except zstandard.ZstdError as exc:
                 raise InvalidInput(f"zstd dictionary rejected: {exc}") from None
-        try:  # build this thread's contexts now: bad parameters fail at disksize time
-            self._ctx()
+        self._cctxs: queue.SimpleQueue[zstandard.ZstdCompressor] = queue.SimpleQueue()
+        self._dctxs: queue.SimpleQueue[zstandard.ZstdDecompressor] = queue.SimpleQueue()
+        try:  # build one of each now: bad parameters fail at disksize time, not on a write
+            self._cctxs.put(self._new_cctx())
+            self._dctxs.put(self._new_dctx())
         except (zstandard.ZstdError, ValueError) as exc:
             raise InvalidInput(f"zstd parameters rejected: {exc}") from None
 
-    def _ctx(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-        local = self._local
-        try:
-            return local.cctx, local.dctx
-        except AttributeError:
-            local.cctx = zstandard.ZstdCompressor(level=self.level, dict_data=self._dict,
-                                                  write_checksum=False, write_content_size=True)
-            local.dctx = zstandard.ZstdDecompressor(dict_data=self._dict)
-            return local.cctx, local.dctx
+    def _new_cctx(self) -> zstandard.ZstdCompressor:
+        return zstandard.ZstdCompressor(level=self.level, dict_data=self._dict,
+                                        write_checksum=False, write_content_size=True)
+
+    def _new_dctx(self) -> zstandard.ZstdDecompressor:
+        return zstandard.ZstdDecompressor(dict_data=self._dict)
 
     def compress(self, page: bytes) -> bytes:
         try:
-            return self._ctx()[0].compress(page)
+            cctx = self._cctxs.get_nowait()
+        except queue.Empty:      # every pooled compressor is in use: one more for the pool
+            cctx = self._new_cctx()
+        try:
+            out = cctx.compress(page)
         except zstandard.ZstdError as exc:
             raise CodecError(f"{self.name}: compression failed: {exc}") from None
+        self._cctxs.put(cctx)    # only after success: a failed context is not lent again
+        return out
 
     def decompress(self, data: bytes, out_len: int = PAGE_SIZE) -> bytes:
         try:
-            out = self._ctx()[1].decompress(data, max_output_size=out_len)
+            dctx = self._dctxs.get_nowait()
+        except queue.Empty:
+            dctx = self._new_dctx()
+        try:
+            out = dctx.decompress(data, max_output_size=out_len)
         except zstandard.ZstdError as exc:
             raise CodecError(f"{self.name}: {exc}") from None
+        self._dctxs.put(dctx)
         if len(out) != out_len:
             raise CodecError(f"{self.name}: decompressed {len(out)} bytes, expected {out_len}")
         return out
