@@ -863,8 +863,10 @@ def run_bench(args: argparse.Namespace) -> int:
                 log(f"bench: ERROR {msg}")
                 results.errors.append(msg)
                 return
-            if pids and res.get("ios"):
-                res["cpu_us_per_io"] = (cpu_seconds(pids) - cpu0) * 1e6 / res["ios"]
+            cpu = cpu_seconds(pids) - cpu0 if pids else 0.0
+            # /proc/PID/stat counts clock ticks (10 ms): below 50 ms the figure means nothing
+            if res.get("ios") and cpu >= 0.05:
+                res["cpu_us_per_io"] = cpu * 1e6 / res["ios"]
             lock_after = s.lock_stat()
             if lock_after:
                 d = lock_delta(lock_before, lock_after)

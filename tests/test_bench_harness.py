@@ -114,7 +114,11 @@ def test_quick_run(tmp_path: Path) -> None:
                        timeout=120)
     assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
     assert time.monotonic() - t0 < 60, p.stdout
-    assert not _mounts_under("zramfs-bench."), p.stdout
+    # this run's mounts only: another benchmark may be running on the machine
+    workdir = next(line.split()[2].split("/zramfs-lz4/")[0] for line in p.stdout.splitlines()
+                   if line.startswith("bench: zramfs-lz4: "))
+    assert "zramfs-bench." in workdir and not _mounts_under(workdir), p.stdout
+    assert not os.path.exists(workdir)
     assert p.stdout.count("round 1/1") == 12, p.stdout      # one progress line per job run
     report = json.loads((out / "results.json").read_text())
     for job in jobs.split(","):
@@ -122,7 +126,8 @@ def test_quick_run(tmp_path: Path) -> None:
         assert set(per) == {"zramfs-lz4", "nullfs"}, (job, per)
         for row in per.values():
             assert row["iops"]["median"] > 0 and row["mbps"]["median"] > 0
-            assert row["cpu_us_per_io"]["median"] > 0     # the servers' CPU time per I/O
+            if job != "real-write-128k":     # 8 MiB written in a few ms: below the tick
+                assert row["cpu_us_per_io"]["median"] > 0     # the server's CPU time per I/O
         assert per["zramfs-lz4"]["ratio_to_ref"] == 1.0
     mm = report["memory"]["zramfs-lz4"]["mm_stat"]
     assert mm["orig_data_size"] > 0 and 0 < mm["compr_data_size"] < mm["orig_data_size"]
