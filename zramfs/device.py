@@ -488,11 +488,14 @@ class ZramDevice:
                 t.ac_time[index] = int(self.clock())
         return (self._decompress(meta, data, prio) if prio >= 0 else data), gen
 
-    def _store_page(self, meta: _Meta, index: int, page: bytes, expect_gen: int | None = None) -> bool:
+    def _store_page(self, meta: _Meta, index: int, page: bytes, expect_gen: int | None = None,
+                    t0: int = 0) -> bool:
         """zram_write_page() for one full page; False if `expect_gen` no longer matches.
 
         Raises IOFailure (EIO) when the pool is full or the write would pass mem_limit; the
-        slot then keeps its old content.
+        slot then keeps its old content.  With `t0` (a 4 KiB request's perf_counter_ns
+        start) the request's io_stat/stat accounting is done in the commit's critical
+        section, so a single-page write takes its stripe once (nothing can fail after it).
         """
         t = meta.table
         stripe = self._stripes[index & STRIPE_MASK]
@@ -512,6 +515,10 @@ class ZramDevice:
                 c[SAME_PAGES] += 1
                 c[PAGES_STORED] += 1
                 c[GENERATION] += 1
+                if t0:
+                    c[WRITE_IOS] += 1
+                    c[WRITE_SECTORS] += PAGE_SIZE >> SECTOR_SHIFT
+                    c[WRITE_NS] += _perf_ns() - t0
             return True
 
         comp = meta.comps[ZRAM_PRIMARY_COMP].compress(page)   # outside the slot lock
@@ -555,6 +562,10 @@ class ZramDevice:
                     c[HUGE_PAGES] += 1
                     c[HUGE_PAGES_SINCE] += 1
                 c[GENERATION] += 1
+                if t0:
+                    c[WRITE_IOS] += 1
+                    c[WRITE_SECTORS] += PAGE_SIZE >> SECTOR_SHIFT
+                    c[WRITE_NS] += _perf_ns() - t0
         if stale:
             pool.free(handle)
             return False
@@ -575,11 +586,28 @@ class ZramDevice:
         end = min(offset + length, self.disksize)
         index = offset >> PAGE_SHIFT
         first_stripe = self._stripes[index & STRIPE_MASK]
-        t0 = time.perf_counter_ns()
-        off = offset & (PAGE_SIZE - 1)
+        t0 = _perf_ns()
         try:
-            if off == 0 and end - offset == PAGE_SIZE:
-                out = self._load_page(meta, index, True)[0]
+            if not offset & (PAGE_SIZE - 1) and end - offset == PAGE_SIZE:
+                # one full page: _load_page inlined; a page that needs no decompression
+                # (unwritten, SAME, HUGE) is accounted in the same critical section
+                t = meta.table
+                with first_stripe.lock:
+                    f = t.flags[index]
+                    h = t.handle[index]
+                    if f == 0 and h == 0:
+                        data, prio = _ZERO_PAGE, -1
+                    else:
+                        data, prio = self._decode_locked(meta, index, f, h)
+                        t.flags[index] = f & ~ACCESS_CLEARED
+                        t.ac_time[index] = int(self.clock())
+                    if prio < 0:
+                        c = first_stripe.counters
+                        c[READ_IOS] += 1
+                        c[READ_SECTORS] += PAGE_SIZE >> SECTOR_SHIFT
+                        c[READ_NS] += _perf_ns() - t0
+                        return data
+                out = self._decompress(meta, data, prio)
             else:
                 parts = []
                 pos = offset
@@ -597,7 +625,7 @@ class ZramDevice:
             if exc.errno == errno.EIO:
                 raise
             raise IOFailure(f"{self.name}: read of block {index} failed: {exc.strerror}") from None
-        dt = time.perf_counter_ns() - t0
+        dt = _perf_ns() - t0
         with first_stripe.lock:
             c = first_stripe.counters
             c[READ_IOS] += 1
@@ -623,39 +651,46 @@ class ZramDevice:
             raise NoSpace(f"{self.name}: write at {offset} past the end of the device")
         end = min(offset + n, self.disksize)
         index = offset >> PAGE_SHIFT
+        t0 = _perf_ns()
+        if not offset & (PAGE_SIZE - 1) and end - offset == PAGE_SIZE and type(data) is bytes:
+            # one full page: accounted inside _store_page's commit (one stripe round trip)
+            try:
+                self._store_page(meta, index, data, None, t0)
+            except ZramError as exc:
+                self._write_failed(index, exc)
+            return PAGE_SIZE
         first_stripe = self._stripes[index & STRIPE_MASK]
-        t0 = time.perf_counter_ns()
-        off = offset & (PAGE_SIZE - 1)
         try:
-            if off == 0 and end - offset == PAGE_SIZE and type(data) is bytes:
-                self._store_page(meta, index, data)
-            else:
-                mv = memoryview(data)
-                pos = offset
-                while pos < end:
-                    off = pos & (PAGE_SIZE - 1)
-                    chunk = min(PAGE_SIZE - off, end - pos)
-                    src = mv[pos - offset: pos - offset + chunk]
-                    if chunk == PAGE_SIZE:
-                        self._store_page(meta, index, bytes(src))
-                    else:
-                        self._write_partial(meta, index, off, src)
-                    pos += chunk
-                    index += 1
+            mv = memoryview(data)
+            pos = offset
+            while pos < end:
+                off = pos & (PAGE_SIZE - 1)
+                chunk = min(PAGE_SIZE - off, end - pos)
+                src = mv[pos - offset: pos - offset + chunk]
+                if chunk == PAGE_SIZE:
+                    self._store_page(meta, index, bytes(src))
+                else:
+                    self._write_partial(meta, index, off, src)
+                pos += chunk
+                index += 1
         except ZramError as exc:
-            stripe = self._stripes[index & STRIPE_MASK]
-            with stripe.lock:   # one failing segment fails the bio: failed_writes++
-                stripe.counters[FAILED_WRITES] += 1
-            if exc.errno == errno.EIO:
-                raise
-            raise IOFailure(f"{self.name}: write of block {index} failed: {exc.strerror}") from None
-        dt = time.perf_counter_ns() - t0
+            self._write_failed(index, exc)
+        dt = _perf_ns() - t0
         with first_stripe.lock:
             c = first_stripe.counters
             c[WRITE_IOS] += 1
             c[WRITE_SECTORS] += (end - offset + 511) >> SECTOR_SHIFT
             c[WRITE_NS] += dt
         return end - offset
+
+    def _write_failed(self, index: int, exc: ZramError) -> None:
+        """One failing segment fails the bio: failed_writes++, and the request raises EIO."""
+        stripe = self._stripes[index & STRIPE_MASK]
+        with stripe.lock:
+            stripe.counters[FAILED_WRITES] += 1
+        if exc.errno == errno.EIO:
+            raise exc
+        raise IOFailure(f"{self.name}: write of block {index} failed: {exc.strerror}") from None
 
     def _write_partial(self, meta: _Meta, index: int, off: int, src) -> None:
         """zram_bvec_write_partial(): read the page, overlay, store; retry if it changed."""
@@ -1040,6 +1075,7 @@ _NO_STRIPES: list[Stripe] = []
 
 #: seconds since boot (CLOCK_BOOTTIME, what ac_time uses); a C-level partial, no Python frame
 _boottime = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+_perf_ns = time.perf_counter_ns
 
 
 class Registry:
