@@ -29,37 +29,8 @@ BACKEND="${BACKEND:-zramfs}"
 log() { printf '[demo] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# ---- device mount helpers (same in demo.sh, fs_demo.sh, swap_experiment.sh) ----------------------
-MNT=""; OWN_MNT=0
-zramfs_cli() {
-    if command -v zramfs >/dev/null 2>&1; then zramfs "$@"
-    else PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 -m zramfs.cli "$@"; fi
-}
-zramfs_mount_available() { [ -f "$REPO/zramfs/cli.py" ] && [ -f "$REPO/zramfs/fs.py" ]; }
-is_mounted() { [ -n "$1" ] && mountpoint -q "$1" 2>/dev/null; }
-unmount_device() {
-    [ "$OWN_MNT" = 1 ] || return 0
-    if is_mounted "$MNT"; then
-        if [ "$BACKEND" = zramfs ]; then zramfs_cli umount "$MNT" || true; fi
-        is_mounted "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || fusermount -u "$MNT" 2>/dev/null || umount "$MNT" 2>/dev/null || true; }
-        for _ in $(seq 50); do is_mounted "$MNT" || break; sleep 0.1; done
-        is_mounted "$MNT" && { log "lazy unmount of $MNT"; umount -l "$MNT" || true; }
-    fi
-    rmdir "$MNT" 2>/dev/null || true
-    OWN_MNT=0
-}
-show_stats() {  # labelled mm_stat (+ zramfs status) of MNT/dev/zram0
-    local f="$MNT/sys/block/zram0/mm_stat"
-    if [ -r "$f" ]; then
-        echo "mm_stat: $(cat "$f")"
-        awk '{ printf "  orig_data_size  %12d\n  compr_data_size %12d\n  mem_used_total  %12d\n  mem_limit       %12d\n  mem_used_max    %12d\n  same_pages      %12d\n  pages_compacted %12d\n  huge_pages      %12d\n", $1,$2,$3,$4,$5,$6,$7,$8;
-               if ($3 > 0) printf "  ratio orig/mem_used_total %.2f   orig/compr %.2f\n", $1/$3, ($2 > 0 ? $1/$2 : 0) }' "$f"
-    else
-        echo "mm_stat: none ($BACKEND serves no zram attributes)"
-    fi
-    if [ "$BACKEND" = zramfs ] && [ -f "$REPO/zramfs/cli.py" ]; then zramfs_cli status "$MNT" || true; fi
-}
-# ---------------------------------------------------------------------------------------------------
+# shellcheck source=scripts/devicelib.sh
+. "$REPO/scripts/devicelib.sh"   # mount_device, unmount_device, show_stats
 
 allocator_demo() {  # the fallback while the mounted device is not there
     if [ -f "$REPO/scripts/demo_allocator.py" ]; then

@@ -25,65 +25,8 @@ LOOP_DIO="${LOOP_DIO:-off}"
 log() { printf '[fs_demo] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# ---- device mount helpers (same in demo.sh, fs_demo.sh, swap_experiment.sh) ----------------------
-MNT=""; OWN_MNT=0
-zramfs_cli() {
-    if command -v zramfs >/dev/null 2>&1; then zramfs "$@"
-    else PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 -m zramfs.cli "$@"; fi
-}
-zramfs_mount_available() { [ -f "$REPO/zramfs/cli.py" ] && [ -f "$REPO/zramfs/fs.py" ]; }
-is_mounted() { [ -n "$1" ] && mountpoint -q "$1" 2>/dev/null; }
-mount_device() {  # [MNT] -> sets MNT (and OWN_MNT=1 when this script mounted it)
-    if [ -n "${1:-}" ]; then
-        MNT="$(realpath "$1")"
-        [ -e "$MNT/dev/zram0" ] || die "$MNT/dev/zram0 does not exist: is $MNT a zramfs mount?"
-        local ds="$MNT/sys/block/zram0/disksize"
-        if [ -r "$ds" ] && [ "$(cat "$ds")" = 0 ]; then
-            log "initialising $MNT/dev/zram0: disksize=$SIZE"
-            echo "$SIZE" > "$ds"
-        fi
-        return 0
-    fi
-    MNT="$(mktemp -d /tmp/zramfs-mnt.XXXXXX)"; OWN_MNT=1
-    case "$BACKEND" in
-        zramfs)
-            zramfs_mount_available || die "zramfs mount is not there yet (zramfs/cli.py, zramfs/fs.py pending); try BACKEND=nullfs"
-            log "zramfs mount $MNT --size $SIZE --algorithm $ALGORITHM"
-            zramfs_cli mount "$MNT" --size "$SIZE" --algorithm "$ALGORITHM" ;;
-        nullfs)
-            log "nullfs.py $MNT --size $SIZE (no compression: the FUSE baseline)"
-            python3 "$REPO/scripts/nullfs.py" "$MNT" --size "$SIZE" --mlock ;;
-        *) die "BACKEND must be zramfs or nullfs, not $BACKEND" ;;
-    esac
-    for _ in $(seq 300); do
-        is_mounted "$MNT" && [ -e "$MNT/dev/zram0" ] && return 0
-        sleep 0.1
-    done
-    die "$BACKEND did not mount $MNT in 30 s"
-}
-unmount_device() {
-    [ "$OWN_MNT" = 1 ] || return 0
-    if is_mounted "$MNT"; then
-        if [ "$BACKEND" = zramfs ]; then zramfs_cli umount "$MNT" || true; fi
-        is_mounted "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || fusermount -u "$MNT" 2>/dev/null || umount "$MNT" 2>/dev/null || true; }
-        for _ in $(seq 50); do is_mounted "$MNT" || break; sleep 0.1; done
-        is_mounted "$MNT" && { log "lazy unmount of $MNT"; umount -l "$MNT" || true; }
-    fi
-    rmdir "$MNT" 2>/dev/null || true
-    OWN_MNT=0
-}
-show_stats() {  # labelled mm_stat (+ zramfs status) of MNT/dev/zram0
-    local f="$MNT/sys/block/zram0/mm_stat"
-    if [ -r "$f" ]; then
-        echo "mm_stat: $(cat "$f")"
-        awk '{ printf "  orig_data_size  %12d\n  compr_data_size %12d\n  mem_used_total  %12d\n  mem_limit       %12d\n  mem_used_max    %12d\n  same_pages      %12d\n  pages_compacted %12d\n  huge_pages      %12d\n", $1,$2,$3,$4,$5,$6,$7,$8;
-               if ($3 > 0) printf "  ratio orig/mem_used_total %.2f   orig/compr %.2f\n", $1/$3, ($2 > 0 ? $1/$2 : 0) }' "$f"
-    else
-        echo "mm_stat: none ($BACKEND serves no zram attributes)"
-    fi
-    if [ "$BACKEND" = zramfs ] && [ -f "$REPO/zramfs/cli.py" ]; then zramfs_cli status "$MNT" || true; fi
-}
-# ---------------------------------------------------------------------------------------------------
+# shellcheck source=scripts/devicelib.sh
+. "$REPO/scripts/devicelib.sh"   # mount_device, unmount_device, show_stats
 
 [ "$(id -u)" = 0 ] || die "needs root (losetup, mount)"
 for c in losetup mkfs.ext4 mount umount sha256sum mountpoint; do
