@@ -11,6 +11,7 @@ Fixtures exported (import them into the test module): ``zmount`` — a factory
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import shutil
@@ -258,3 +259,18 @@ def opened(path: Path | str, flags: int = os.O_RDWR) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+# fallocate(2) on the image (os has posix_fallocate only, which cannot punch holes)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2); raises OSError with the errno the file system answered."""
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))

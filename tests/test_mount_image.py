@@ -5,7 +5,6 @@ zram03 (same-filled pages) — all through a real FUSE mount.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import mmap
 import os
@@ -14,24 +13,20 @@ import zlib
 
 import pytest
 
-from mountutil import expect_errno, opened
+from mountutil import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+    expect_errno,
+    fallocate,
+    opened,
+)
 
 pytestmark = pytest.mark.fuse
 
 PAGE = 4096
 MiB = 1 << 20
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-FALLOC_FL_ZERO_RANGE = 0x10
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-
-
-def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    if _libc.fallocate(fd, mode, offset, length) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
 
 
 def text_bytes(rng: random.Random, n: int) -> bytes:

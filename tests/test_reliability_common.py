@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import ctypes
 import faulthandler
 import hashlib
 import os
@@ -23,21 +22,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from mountutil import Mount
+from mountutil import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, Mount, fallocate  # noqa: F401 (re-exported)
 
 PAGE = 4096
 MiB = 1 << 20
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-
-
-def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    if _libc.fallocate(fd, mode, offset, length) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
