@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -274,3 +275,56 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     if _libc.fallocate(fd, mode, offset, length) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
+
+
+class DaemonMount:
+    """A daemonised ``zramfs mount`` owned by one test: always unmounted, its daemons reaped."""
+
+    def __init__(self, base: Path) -> None:
+        self.mnt = base / "mnt"
+        self.mnt.mkdir()
+        self.pidfile = base / "zramfs.pid"
+        self.log = base / "zramfs.log"
+        self.pids: list[int] = []      # every daemon a mount() of this object started
+
+    def mount(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        res = zramfs_cli("mount", str(self.mnt), "--pidfile", str(self.pidfile),
+                         "--log", str(self.log), *args, check=check)
+        if res.returncode == 0:
+            self.pids.append(self.pid)
+        return res
+
+    @property
+    def pid(self) -> int:
+        return int(self.pidfile.read_text())
+
+    @staticmethod
+    def alive(pid: int) -> bool:
+        """Running and not a zombie (a zombie still answers kill(pid, 0))."""
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+
+    def wait_gone(self, pid: int, timeout: float = 20) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive(pid) and not is_mounted(self.mnt):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def cleanup(self) -> None:
+        teardown_users(self.mnt)
+        pids = list(self.pids)
+        with contextlib.suppress(OSError, ValueError):
+            pids.append(self.pid)      # a daemon started some other way (e.g. by the test itself)
+        if is_mounted(self.mnt):
+            unmount(self.mnt)
+        for pid in dict.fromkeys(pids):
+            if self.alive(pid) and not self.wait_gone(pid, 10):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if is_mounted(self.mnt):
+            unmount(self.mnt, lazy=True)

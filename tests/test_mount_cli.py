@@ -8,64 +8,15 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
-from mountutil import is_mounted, require_fuse, run, teardown_users, unmount, zramfs_cli
+from mountutil import DaemonMount, is_mounted, require_fuse, run, zramfs_cli
 
 pytestmark = pytest.mark.fuse
 
 
-class Daemonised:
-    """A `zramfs mount` (daemonised) owned by a test: always unmounted and its pid reaped."""
-
-    def __init__(self, base: Path) -> None:
-        self.mnt = base / "mnt"
-        self.mnt.mkdir()
-        self.pidfile = base / "zramfs.pid"
-        self.log = base / "zramfs.log"
-
-    def mount(self, *args: str, check: bool = True):
-        return zramfs_cli("mount", str(self.mnt), "--pidfile", str(self.pidfile),
-                          "--log", str(self.log), *args, check=check)
-
-    @property
-    def pid(self) -> int:
-        return int(self.pidfile.read_text())
-
-    def alive(self, pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        # A zombie would still answer kill(0); the daemon's parent is init, which reaps it.
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-        except OSError:
-            return False
-
-    def wait_gone(self, pid: int, timeout: float = 15) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive(pid) and not is_mounted(self.mnt):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def cleanup(self) -> None:
-        teardown_users(self.mnt)
-        pid = None
-        try:
-            pid = self.pid
-        except (OSError, ValueError):
-            pass
-        if is_mounted(self.mnt):
-            unmount(self.mnt)
-        if pid is not None and not self.wait_gone(pid, 10) and self.alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        if is_mounted(self.mnt):
-            unmount(self.mnt, lazy=True)
+Daemonised = DaemonMount   # the fixture below owns one
 
 
 @pytest.fixture

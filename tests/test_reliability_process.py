@@ -34,12 +34,12 @@ from pathlib import Path
 import pytest
 from mountutil import (
     REPO,
+    DaemonMount,
     expect_errno,
     is_mounted,
     loops_under,
     require_fuse,
     run,
-    teardown_users,
     write_file,
     zramfs_cli,
 )
@@ -48,52 +48,7 @@ from test_reliability_common import PAGE, MiB, Watchdog
 pytestmark = pytest.mark.fuse
 
 
-class Daemon:
-    """A daemonised ``zramfs mount`` owned by one test."""
-
-    def __init__(self, base: Path) -> None:
-        self.mnt = base / "mnt"
-        self.mnt.mkdir()
-        self.pidfile = base / "zramfs.pid"
-        self.log = base / "zramfs.log"
-        self.pids: list[int] = []
-
-    def mount(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        res = zramfs_cli("mount", str(self.mnt), "--pidfile", str(self.pidfile),
-                         "--log", str(self.log), *args, check=check)
-        if res.returncode == 0:
-            self.pids.append(self.pid)
-        return res
-
-    @property
-    def pid(self) -> int:
-        return int(self.pidfile.read_text())
-
-    @staticmethod
-    def alive(pid: int) -> bool:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return False
-        return state != "Z"
-
-    def wait_gone(self, pid: int, timeout: float = 20) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive(pid) and not is_mounted(self.mnt):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def cleanup(self) -> None:
-        teardown_users(self.mnt)
-        if is_mounted(self.mnt):
-            run("fusermount", "-u", str(self.mnt), check=False)
-        for pid in self.pids:
-            if self.alive(pid) and not self.wait_gone(pid, 10):
-                os.kill(pid, signal.SIGKILL)
-        if is_mounted(self.mnt):
-            run("umount", "-l", str(self.mnt), check=False)
+Daemon = DaemonMount
 
 
 @pytest.fixture
