@@ -350,7 +350,28 @@ class FuseProcess:
         self.proc = None
 
 
-class ZramfsSystem(System):
+class FuseServerSystem(System):
+    """A system served by one FUSE process of ours (zramfs or nullfs): stop and pids alike."""
+
+    process_name = "?"   # the label of the server's pid in the CPU and RSS tables
+
+    def __init__(self, size: int, workdir: Path) -> None:
+        super().__init__(size, workdir)
+        self.server: FuseProcess | None = None
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def pids(self) -> dict[str, int]:
+        pid = self.server.pid if self.server else None
+        return {self.process_name: pid} if pid else {}
+
+
+class ZramfsSystem(FuseServerSystem):
+    process_name = "zramfs"
+
     def __init__(self, size: int, workdir: Path, name: str, algorithm: str,
                  compact: bool, extra_args: Sequence[str] = ()) -> None:
         self.name = name
@@ -363,7 +384,6 @@ class ZramfsSystem(System):
                             + (("on, defaults)" if not extra_args else "on)") if compact
                                else "off)"))
         super().__init__(size, workdir)
-        self.server: FuseProcess | None = None
 
     def unavailable(self) -> str | None:
         return fuse_problem()
@@ -381,14 +401,6 @@ class ZramfsSystem(System):
         self.server = FuseProcess(argv, self.mnt, self.image, self.workdir / "server.log", env)
         self.server.start(self.size)
 
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-
-    def pids(self) -> dict[str, int]:
-        pid = self.server.pid if self.server else None
-        return {"zramfs": pid} if pid else {}
 
     def mm_stat(self) -> dict[str, int] | None:
         assert self.mnt is not None
@@ -410,13 +422,10 @@ class ZramfsSystem(System):
         return out
 
 
-class NullfsSystem(System):
+class NullfsSystem(FuseServerSystem):
     name = "nullfs"
+    process_name = "nullfs"
     description = "scripts/nullfs.py (same FUSE binding and options, no compression: the ceiling)"
-
-    def __init__(self, size: int, workdir: Path) -> None:
-        super().__init__(size, workdir)
-        self.server: FuseProcess | None = None
 
     def unavailable(self) -> str | None:
         if not (ROOT / "scripts" / "nullfs.py").exists():
@@ -432,14 +441,6 @@ class NullfsSystem(System):
         self.server = FuseProcess(argv, self.mnt, self.image, self.workdir / "server.log")
         self.server.start(self.size)
 
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-
-    def pids(self) -> dict[str, int]:
-        pid = self.server.pid if self.server else None
-        return {"nullfs": pid} if pid else {}
 
 
 class NbdkitSystem(System):
