@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
+from zramfs.loopdev import LoopGuard, attached_loops
+
 FSTYPE = "fuse.zramfs"
 READY = b"READY\n"
 # How long a mount's daemon may take to answer one look (stat, or the status files).
@@ -104,24 +106,6 @@ def zramfs_mounts() -> list[str]:
             if len(parts) >= 3 and parts[2] == FSTYPE:
                 found.append(parts[1].encode().decode("unicode_escape"))
     return found
-
-
-def attached_loops(mnt: str) -> list[tuple[str, str]]:
-    """(loop device, backing file) for every loop device backed by a file under ``mnt``."""
-    # realpath() of the parent only: an lstat of the mount point itself would be a request to
-    # the daemon, which may be dead or hung when this is asked.
-    parent, name = os.path.split(os.path.abspath(mnt).rstrip("/"))
-    prefix = os.path.join(os.path.realpath(parent), name) + "/"
-    loops = []
-    for sysdir in sorted(Path("/sys/block").glob("loop*")):
-        backing = sysdir / "loop" / "backing_file"
-        try:
-            path = backing.read_text().strip()
-        except OSError:
-            continue
-        if path.removesuffix(" (deleted)").startswith(prefix):
-            loops.append((f"/dev/{sysdir.name}", path))
-    return loops
 
 
 def _bounded(fn: Callable[[], Any], timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, Any]:
@@ -302,18 +286,27 @@ def _serve(args: argparse.Namespace, on_ready) -> int:
     from zramfs import fs
 
     tree, daemon, ops_cls, registry = build_mount(args)
+    # Keeps loop requests within one FUSE request, so a failed write fails whole (loopdev).
+    guard = LoopGuard(args.mountpoint, fs.MAX_IO // 1024)
 
     def ready() -> None:
         daemon.start()
+        guard.start()
         if args.pidfile:
             Path(args.pidfile).write_text(f"{os.getpid()}\n")
         on_ready()
 
-    ops = ops_cls(tree, image_cache=args.image_cache, on_init=ready, on_destroy=daemon.stop)
+    def destroy() -> None:
+        guard.stop()
+        daemon.stop()
+
+    ops = ops_cls(tree, image_cache=args.image_cache, on_init=ready, on_destroy=destroy,
+                  on_image_open=guard.image_opened)
     _watch_exit_signals(ops, args.mountpoint)
     try:
         fs.serve(ops, args.mountpoint, allow_other=args.allow_other)
     finally:
+        guard.stop()
         daemon.stop()
         if args.pidfile:
             with contextlib.suppress(OSError):

@@ -139,11 +139,13 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
 
     def __init__(self, tree: Tree, *, image_cache: bool = False,
                  on_init: Callable[[], None] | None = None,
-                 on_destroy: Callable[[], None] | None = None) -> None:
+                 on_destroy: Callable[[], None] | None = None,
+                 on_image_open: Callable[[], None] | None = None) -> None:
         self.tree = tree
         self.image_cache = image_cache
         self._on_init = on_init
         self._on_destroy = on_destroy
+        self._on_image_open = on_image_open
         self._handles: dict[int, Handle] = {}
         self._handles_guard = threading.Lock()
         self._next_fh = itertools.count(1)
@@ -354,6 +356,8 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
             handle.device = dev
             fi.direct_io = 0 if self.image_cache else 1
             fi.keep_cache = 0
+            if self._on_image_open is not None:
+                self._on_image_open()      # losetup may be about to attach it (zramfs.loopdev)
         else:
             fi.direct_io = 1
         with self._handles_guard:
