@@ -89,9 +89,17 @@ def test_guard_scan_clamps_new_devices_once_and_warns_on_failure(
     assert (ok / "queue/max_sectors_kb").read_text().strip() == "256"
 
 
-def test_guard_thread_starts_and_stops(sysblock: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("uevents", [True, False], ids=["uevents", "polling"])
+def test_guard_thread_starts_and_stops(sysblock: Path, tmp_path: Path, uevents: bool,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread clamps a device that appears (here by the polling burst after an image
+    open, or the uevent wait's rescan) and stops at once even while waiting for uevents."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
+    if uevents:
+        monkeypatch.setattr(loopdev, "EVENT_RESCAN_S", 0.05)
+    else:
+        monkeypatch.setattr(loopdev, "_uevent_socket", lambda: None)
     guard = loopdev.LoopGuard(str(mnt), 128)
     guard.start()
     guard.image_opened()
@@ -100,7 +108,11 @@ def test_guard_thread_starts_and_stops(sysblock: Path, tmp_path: Path) -> None:
     while (d / "queue/max_sectors_kb").read_text().strip() != "128":
         assert time.monotonic() < deadline, "the guard thread did not clamp the device"
         time.sleep(0.01)
+    monkeypatch.setattr(loopdev, "EVENT_RESCAN_S", 60.0)
+    time.sleep(0.1)                     # now waiting for uevents (or polling) for a long time
+    t0 = time.monotonic()
     guard.stop()
+    assert time.monotonic() - t0 < 1.0
     assert guard._thread is None
 
 

@@ -10,17 +10,23 @@ error reaching the user.  zram itself fails the whole bio.  With the loop device
 and a failure fails it whole — the loop user sees EIO, as with zram.
 
 `LoopGuard` therefore watches for loop devices on the mount's images and lowers their
-``max_sectors_kb`` to the FUSE request size (logging it once per device), and puts the old value back once the
-device is detached from the mount (the setting outlives a detach).  It scans every
-second, and every few milliseconds for a while after an image is opened (losetup opens the
-image just before it configures the loop device), so a new loop device is clamped before
-its user (mkfs, swapon) has sent it anything.  Without write permission on sysfs (a non-root
-mount cannot attach loop devices anyway) it logs one warning per device.
+``max_sectors_kb`` to the FUSE request size (logging it once per device), and puts the old
+value back once the device is detached from the mount (the setting outlives a detach).  It
+listens to the kernel's uevents (NETLINK_KOBJECT_UEVENT): attaching a loop device sends a
+``change`` event for it, so the device is clamped within a fraction of a millisecond, before
+its user (mkfs, swapon) has written anything — and the guard costs nothing while no loop
+device changes (no polling, so no GIL traffic next to the I/O threads).  Where uevents are
+not available it scans every second, and every 50 ms for a second after an image is opened
+(losetup opens the image just before it configures the loop device).  Without write
+permission on sysfs (a non-root mount cannot attach loop devices anyway) it logs one warning
+per device.
 """
 from __future__ import annotations
 
 import logging
 import os
+import select
+import socket
 import threading
 import time
 from pathlib import Path
@@ -29,9 +35,12 @@ log = logging.getLogger(__name__)
 
 SYS_BLOCK = Path("/sys/block")
 SCAN_INTERVAL_S = 1.0
-# After an image open: scan this often, for this long.
-BURST_INTERVAL_S = 0.01
-BURST_LENGTH_S = 1.5
+# Without uevents, after an image open: scan this often, for this long.
+BURST_INTERVAL_S = 0.05
+BURST_LENGTH_S = 1.0
+NETLINK_KOBJECT_UEVENT = 15      # linux/netlink.h; multicast group 1 = the kernel's events
+# With uevents, a scan anyway this often (a missed event, ENOBUFS).
+EVENT_RESCAN_S = 5.0
 
 
 def attached_loops(mnt: str) -> list[tuple[str, str]]:
@@ -41,14 +50,18 @@ def attached_loops(mnt: str) -> list[tuple[str, str]]:
     parent, name = os.path.split(os.path.abspath(mnt).rstrip("/"))
     prefix = os.path.join(os.path.realpath(parent), name) + "/"
     loops = []
-    for sysdir in sorted(SYS_BLOCK.glob("loop*")):
-        backing = sysdir / "loop" / "backing_file"
+    try:
+        names = sorted(n for n in os.listdir(SYS_BLOCK) if n.startswith("loop"))
+    except OSError:
+        return []
+    for dev in names:
         try:
-            path = backing.read_text().strip()
+            with open(f"{SYS_BLOCK}/{dev}/loop/backing_file") as f:   # only while bound
+                path = f.read().strip()
         except OSError:
             continue
         if path.removesuffix(" (deleted)").startswith(prefix):
-            loops.append((f"/dev/{sysdir.name}", path))
+            loops.append((f"/dev/{dev}", path))
     return loops
 
 
@@ -81,6 +94,7 @@ class LoopGuard:
         self._done: set[tuple[str, str]] = set()   # (loop, backing file) already clamped/warned
         self._lowered: dict[str, int] = {}           # loop -> its max_sectors_kb before
         self._thread: threading.Thread | None = None
+        self._stop_r, self._stop_w = os.pipe()       # wakes a thread waiting for uevents
 
     def start(self) -> None:
         if self._thread is None:
@@ -91,9 +105,16 @@ class LoopGuard:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        if self._stop_w >= 0:
+            os.write(self._stop_w, b"x")
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+        if not (thread is not None and thread.is_alive()):
+            for fd in (self._stop_r, self._stop_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._stop_r = self._stop_w = -1
         try:
             self.scan(clamp=False)       # give the detached devices their old limit back
         except OSError:
@@ -143,11 +164,54 @@ class LoopGuard:
             pass                                  # the device went away: nothing to restore
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.scan()
-            except Exception:   # noqa: BLE001 - a sysfs hiccup must not end the guard
-                log.exception("loop guard scan failed")
-            bursting = time.monotonic() < self._burst_until
-            self._wake.wait(BURST_INTERVAL_S if bursting else SCAN_INTERVAL_S)
-            self._wake.clear()
+        events = _uevent_socket()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.scan()
+                except Exception:   # noqa: BLE001 - a sysfs hiccup must not end the guard
+                    log.exception("loop guard scan failed")
+                if events is not None:
+                    _wait_for_loop_event(events, self._stop_r, EVENT_RESCAN_S)
+                    continue
+                bursting = time.monotonic() < self._burst_until
+                self._wake.wait(BURST_INTERVAL_S if bursting else SCAN_INTERVAL_S)
+                self._wake.clear()
+        finally:
+            if events is not None:
+                events.close()
+
+
+def _uevent_socket() -> socket.socket | None:
+    """A socket receiving the kernel's uevents, or None where that is not allowed."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_KOBJECT_UEVENT)
+    except (OSError, AttributeError):
+        return None
+    try:
+        sock.bind((0, 1))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _wait_for_loop_event(sock: socket.socket, stop_fd: int, timeout: float) -> None:
+    """Return at the first uevent about a loop device (attach, detach), when `stop_fd` becomes
+    readable, or after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        ready, _, _ = select.select([sock, stop_fd], [], [], left)
+        if stop_fd in ready or not ready:
+            return
+        try:
+            msg = sock.recv(65536)
+        except OSError:      # ENOBUFS after a burst of events: rescan to be safe
+            return
+        # "ACTION@DEVPATH\0KEY=VALUE\0..." ; the devpath of a loop is .../block/loopN
+        head = msg.split(b"\0", 1)[0]
+        if b"/block/loop" in head:
+            return
