@@ -691,6 +691,25 @@ def test_failed_reads_counted_on_corruption(dev):
     dev.read(0, PAGE)
 
 
+def test_multi_page_read_fails_whole_and_marks_only_pages_before_the_bad_one(dev):
+    """A 4-page read whose third page cannot be decompressed: EIO for the request,
+    failed_reads + 1; the pages read before it were accessed (IDLE
+    cleared, like the kernel's per-page mark_slot_accessed), the ones after were not."""
+    rng = random.Random(25)
+    pages = [text_page(rng) for _ in range(4)]
+    dev.write(0, b"".join(pages))
+    dev.mark_idle(None)
+    h, f, _ = dev.slot_state(2)
+    dev.pool.write_object(h, b"\xff" * (f & 0x1FFF))
+    before = dev.stats()
+    assert errno_of(dev.read, 0, 4 * PAGE) == errno.EIO
+    after = dev.stats()
+    assert after.failed_reads == before.failed_reads + 1
+    idle = [bool(dev.slot_state(i)[1] & ZRAM_IDLE) for i in range(4)]
+    assert idle == [False, False, False, True]
+    assert dev.read(0, 2 * PAGE) == pages[0] + pages[1]
+
+
 # ---------------------------------------------------------------------------- slot table cost
 def test_slot_metadata_at_most_24_bytes():
     assert SLOT_BYTES <= 24
