@@ -599,7 +599,15 @@ class ZramDevice:
                 stale = True
             else:
                 stale = False
-                self._slot_free(meta, index, c)   # the old object goes only now
+                # slot_free(): the old object goes only now.  The common case (a compressed
+                # object or nothing) inline; the slot's fields are all overwritten below.
+                old_f = t.flags[index]
+                if old_f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE):
+                    self._slot_free(meta, index, c)
+                elif old_f or t.handle[index]:
+                    pool.free(t.handle[index])
+                    c[COMPR_DATA_SIZE] -= old_f & SIZE_MASK
+                    c[PAGES_STORED] -= 1
                 t.handle[index] = handle
                 t.flags[index] = newflags
                 t.ac_time[index] = int(self.clock())
