@@ -4,10 +4,11 @@ locks, the movable-page registry, page migration and memory compaction, /proc/vm
 This module owns everything "below" zsmalloc that the kernel's mm core would provide:
 
 * **Frames** live in one anonymous ``mmap`` arena (``MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE``),
-  addressed by PFN; untouched frames cost no RAM. ``free_page`` does ``madvise(MADV_DONTNEED)``
-  on the frame, so the process RSS follows the number of frames in use and a reallocated frame
-  reads as zeros (guaranteed for private anonymous memory; with a ``page_size`` that is not a
-  multiple of the host page size the frame is zero-filled instead). The pool must still not
+  addressed by PFN; untouched frames cost no RAM. Freed frames are ``madvise(MADV_DONTNEED)``'d
+  in batches of ``DIRTY_FRAMES`` (1 MiB), so the process RSS follows the number of frames in use
+  within that batch; a frame reallocated before its batch is dropped keeps its old bytes, one
+  dropped reads as zeros (with a ``page_size`` that is not a multiple of the host page size it
+  is zero-filled instead). ``drop_free_frames()`` drops the batch now. The pool must not
   rely on fresh frames being zeroed: the kernel's alloc_page without __GFP_ZERO does not either.
 * **Allocation** hands out the *lowest* free PFN (like a buddy allocator under pressure would
   not, but like the design asks so compaction has a meaning): a min-heap of freed PFNs below the
@@ -168,6 +169,10 @@ _VM_EVENTS = (
 )
 
 
+# Freed frames whose contents are dropped together (see PhysicalMemory._release): 1 MiB.
+DIRTY_FRAMES = 256
+
+
 class PhysicalMemory:
     """Simulated RAM shared by any number of pools. Thread-safe."""
 
@@ -188,6 +193,9 @@ class PhysicalMemory:
         # MADV_DONTNEED works on host pages; smaller simulated pages are zero-filled instead.
         self._madvise = page_size % mmap.PAGESIZE == 0
         self._zero = bytes(page_size)
+        # Freed frames whose contents are not dropped yet (see _release): a frame reused soon
+        # after its free costs no madvise and no page fault.
+        self._dirty: set[int] = set()
 
         # Free-frame allocator. Its lock is a leaf (never held while calling out of this module);
         # a ranked Mutex so lock_stat shows allocator contention as the kernel's &zone->lock.
@@ -272,6 +280,9 @@ class PhysicalMemory:
             state[pfn] = _USED
             self._nr_used += 1
             self._vm["pgalloc_normal"] += 1
+            dirty = self._dirty
+            if pfn in dirty:
+                dirty.discard(pfn)       # stale contents, as a kernel alloc_page without __GFP_ZERO
             return pfn
 
     def free_page(self, pfn: int) -> None:
@@ -299,13 +310,17 @@ class PhysicalMemory:
         self._movable[pfn] = 0
 
     def _release(self, pfn: int) -> None:
-        """Return a frame to the free pool (caller holds _lock)."""
-        if self._madvise:
-            ps = self.page_size
-            self._mm.madvise(mmap.MADV_DONTNEED, pfn * ps, ps)
-        else:
-            ps = self.page_size
-            self._mv[pfn * ps:(pfn + 1) * ps] = self._zero
+        """Return a frame to the free pool (caller holds _lock).
+
+        Its contents are dropped (MADV_DONTNEED, so the process gives the memory back) in
+        batches of DIRTY_FRAMES, not one syscall per free: zsmalloc frees and allocates
+        zspages all the time under overwrites, and lowest-PFN allocation hands the frame just
+        freed out again, usually before the batch is due — then with its old bytes, like the
+        kernel's alloc_page without __GFP_ZERO.  At most DIRTY_FRAMES frames of RSS lag."""
+        dirty = self._dirty
+        dirty.add(pfn)
+        if len(dirty) >= DIRTY_FRAMES:
+            self._drop_dirty()
         self._nr_used -= 1
         self._vm["pgfree"] += 1
         state = self._state
@@ -328,11 +343,38 @@ class PhysicalMemory:
             top = self._top
             heap[:] = sorted({p for p in heap if p < top and state[p] == _FREE})
 
+    def _drop_dirty(self) -> None:
+        """Drop the contents of every freed frame not reused yet (caller holds _lock); runs of
+        neighbouring frames go in one madvise."""
+        dirty = sorted(self._dirty)
+        self._dirty.clear()
+        ps = self.page_size
+        if not self._madvise:
+            zero = self._zero
+            for pfn in dirty:
+                self._mv[pfn * ps:(pfn + 1) * ps] = zero
+            return
+        start = prev = dirty[0] if dirty else 0
+        for pfn in dirty[1:]:
+            if pfn != prev + 1:
+                self._mm.madvise(mmap.MADV_DONTNEED, start * ps, (prev + 1 - start) * ps)
+                start = pfn
+            prev = pfn
+        if dirty:
+            self._mm.madvise(mmap.MADV_DONTNEED, start * ps, (prev + 1 - start) * ps)
+
+    def drop_free_frames(self) -> None:
+        """Give back the memory of every free frame now (after a reset, or before measuring
+        the process's RSS); freed frames are otherwise dropped in batches (`_release`)."""
+        with self._lock:
+            self._drop_dirty()
+
     def _claim(self, pfn: int) -> bool:
         """Allocate a specific free frame (compaction's free scanner isolating a free page)."""
         with self._lock:
             if pfn >= self._top or self._state[pfn] != _FREE:
                 return False
+            self._dirty.discard(pfn)
             self._state[pfn] = _USED
             self._nr_free_below -= 1
             self._nr_used += 1

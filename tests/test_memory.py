@@ -220,16 +220,31 @@ def test_random_alloc_free_matches_model() -> None:
     assert len(mem._heap) <= 2 * 300 + 1024
 
 
-def test_free_drops_contents() -> None:
-    mem = PhysicalMemory(max_pages=16)
+def test_free_drops_contents_in_batches() -> None:
+    """A freed frame keeps its bytes until DIRTY_FRAMES frees have gathered (reused before
+    that, it comes back with stale bytes, as alloc_page without __GFP_ZERO); then every
+    dirty frame is dropped (MADV_DONTNEED: reads zeros), and drop_free_frames does it now."""
+    from allocator.memory import DIRTY_FRAMES
+    mem = PhysicalMemory(max_pages=4 * DIRTY_FRAMES)
     p = mem.alloc_page()
-    v = mem.view(p)
-    assert len(v) == 4096 and not v.readonly
-    v[:] = b"\xab" * 4096
+    mem.view(p)[:] = b"\xab" * 4096
     mem.alloc_page()                    # keep p below the top so it is reused from the heap
     mem.free_page(p)
     assert mem.alloc_page() == p
-    assert bytes(mem.view(p)) == bytes(4096)
+    assert bytes(mem.view(p)) == b"\xab" * 4096        # reused before the batch: stale
+    mem.free_page(p)
+    mem.drop_free_frames()
+    assert mem.alloc_page() == p and bytes(mem.view(p)) == bytes(4096)
+    # A full batch drops every frame in it, in runs (one madvise per run of neighbours).
+    frames = [mem.alloc_page() for _ in range(DIRTY_FRAMES + 8)]
+    for f in frames:
+        mem.view(f)[:] = b"\xcd" * 4096
+    keep = frames[-1]                   # stays allocated above the others
+    for f in frames[:DIRTY_FRAMES]:
+        mem.free_page(f)
+    assert not mem._dirty
+    assert all(bytes(mem.view(f)) == bytes(4096) for f in frames[:DIRTY_FRAMES])
+    assert bytes(mem.view(keep)) == b"\xcd" * 4096
 
 
 def test_small_page_size_zero_filled() -> None:
@@ -237,6 +252,7 @@ def test_small_page_size_zero_filled() -> None:
     p = mem.alloc_page()
     mem.view(p)[:] = b"\x01" * 512
     mem.free_page(p)
+    mem.drop_free_frames()
     assert mem.alloc_page() == p and bytes(mem.view(p)) == bytes(512)
 
 

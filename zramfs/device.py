@@ -327,6 +327,7 @@ class ZramDevice:
             for index in np.flatnonzero(t.allocated_mask()).tolist():
                 self._slot_free(meta, index, self._stripes[index & STRIPE_MASK].counters)
         meta.pool.destroy()
+        self.memory.drop_free_frames()   # a reset gives the memory back now, not in a batch
         t.release()
 
     # ------------------------------------------------------------------ configuration
