@@ -42,6 +42,8 @@ HANDLE_SHIFT = 3  # handle = cell index * ZS_HANDLE_SIZE
 FREE_CELL = -1
 
 
+_HANDLE_LOW_BITS = (1 << HANDLE_SHIFT) - 1
+
 class MapMode(enum.Enum):
     """enum zs_mapmode: only matters for an object that spans two frames."""
 
@@ -805,7 +807,13 @@ class Pool:
         ml = self.migrate_lock
         ml.read_lock()
         try:
-            obj = self._checked_obj(handle)
+            # _checked_obj, inlined (the zram read path calls this once per page)
+            try:
+                obj = self._cells[handle >> HANDLE_SHIFT]
+            except (IndexError, TypeError):
+                obj = -1
+            if obj < 0 or handle <= 0 or handle & _HANDLE_LOW_BITS:
+                obj = self._checked_obj(handle)         # raises the precise InvalidHandle
             pfn = obj >> (OBJ_TAG_BITS + self.obj_index_bits)
             zspage = self._private[pfn]
             zlock = zspage.lock

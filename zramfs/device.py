@@ -651,7 +651,13 @@ class ZramDevice:
                 with first_stripe.lock:
                     f = t.flags[index]
                     h = t.handle[index]
-                    if f == 0 and h == 0:
+                    if not f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE) and h:
+                        # the common case, _decode_locked inlined: a compressed object
+                        data = meta.pool.read_object(h, f & SIZE_MASK)
+                        prio = (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
+                        t.flags[index] = f & ~ACCESS_CLEARED
+                        t.ac_time[index] = int(self.clock())
+                    elif f == 0 and h == 0:
                         data, prio = _ZERO_PAGE, -1
                     else:
                         data, prio = self._decode_locked(meta, index, f, h)

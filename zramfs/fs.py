@@ -217,7 +217,10 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
             return os.geteuid() == 0
 
     def _handle(self, fh: Any) -> Handle:
-        key = fh.fh if hasattr(fh, "fh") else int(fh)
+        try:
+            key = fh.fh                  # raw_fi: the fuse_file_info
+        except AttributeError:
+            key = int(fh)
         try:
             return self._handles[key]
         except KeyError:
@@ -389,14 +392,14 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
     # ---- data ----------------------------------------------------------------------------
     def read(self, path: str, size: int, offset: int, fh: Any) -> bytes:
         handle = self._handle(fh)
-        node = handle.node
+        dev = handle.device                            # set for image handles only
         try:
-            if node.kind is Kind.IMAGE:
-                dev = handle.device
-                end = int(dev.disksize)
+            if dev is not None:
+                end = dev.disksize
                 if offset >= end or size <= 0:
                     return b""                         # at/after the end: EOF, like a block dev
-                return dev.read(offset, min(size, end - offset))
+                return dev.read(offset, size if offset + size <= end else end - offset)
+            node = handle.node
             with handle.lock_:
                 # Fresh content per read at offset 0 (cat, re-read after lseek), cached for
                 # the continuation reads of the same open file.
@@ -410,18 +413,17 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
 
     def write(self, path: str, data: bytes, offset: int, fh: Any) -> int:
         handle = self._handle(fh)
-        node = handle.node
+        dev = handle.device                            # set for image handles only
         try:
-            if node.kind is Kind.IMAGE:
-                dev = handle.device
-                end = int(dev.disksize)
+            if dev is not None:
+                end = dev.disksize
                 if offset >= end:
                     raise FuseOSError(errno.ENOSPC)    # blkdev_write_iter past the end
                 if offset + len(data) > end:
                     data = data[:end - offset]         # short write up to the end
                 dev.write(offset, data)
                 return len(data)
-            return self.tree.write_file(node, data, offset)
+            return self.tree.write_file(handle.node, data, offset)
         except FuseOSError:
             raise
         except OSError as exc:
