@@ -4,8 +4,9 @@ Three kinds of evidence that the port writes the kernel's bytes:
 
 * known answers (`KAT`): outputs of the port that were checked byte for byte against the
   kernel's lib/lzo/lzo1x_compress.c (Linux 6.x, built for user space as a throwaway test
-  harness, x86-64 with the 64-bit ctz match loop), and whose lengths the running 6.18
-  kernel's zram reported too; they pin the compressor so a change to it fails here;
+  harness, x86-64 with the 64-bit ctz match loop) and, for the 4 KiB ones, whose
+  lengths the running 6.18 kernel's zram reports too (they are among the pages of the
+  differential test); they pin the compressor so a change to it fails here;
 * the kernel differential (`test_lengths_match_kernel_zram`, marked ``kernel``): real
   pages written to /sys/block/zram0 with lzo and lzo-rle, the kernel's compr_data_size
   compared with len(compress(page)) page by page;

@@ -11,17 +11,27 @@ available to this process (no liblzo2; lzo-rle exists only in the kernel):
   lib/lzo/lzo1x_decompress_safe.c, which reads both formats (a stream that starts with
   17 and a version byte is an RLE stream).
 
-Mirrored version: Linux 6.12 - 6.18 (zram's custom-backend era; backend_lzo.c /
-backend_lzorle.c call exactly these two functions with a 2 * PAGE_SIZE destination), i.e.
-the 2019 rewrite of Linux 5.1 (13-bit hash of 4-byte words, ``lzo_dict_t`` u16 offsets,
-``ip += 1 + ((ip - ii) >> 5)`` skipping, the RLE zero-run instruction and the ``17, 1``
-bitstream-version prefix) plus the 5.9 fix of ambiguous RLE encodings
-(M4_MAX_OFFSET_V1 = 0xbffe: an RLE stream is compressed in chunks of at most 0xbfff bytes).
-The ``_safe`` compressor variant of 6.15+ only adds output-overrun checks and writes the
-same bytes.  Where the kernel's output depends on how it scans (the match-length loop stops
-at 8-byte granularity near the end of the input), this port follows the x86-64 / arm64
-build: CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS with LZO_USE_CTZ64.  The zero-run scan gives
-the same length in every build.
+Mirrored version: Linux 6.12 - 6.18 (zram's custom-backend era, where backend_lzo.c and
+backend_lzorle.c call exactly these functions with a 2 * PAGE_SIZE destination; the
+6.15+ ``_safe`` compressor only adds output-overrun checks and writes the same bytes).
+That is the LZO 2.0x-based compressor of Linux 3.7+ (13-bit hash of 4-byte words, u16
+``lzo_dict_t`` offsets from the chunk start, ``ip += 1 + ((ip - ii) >> 5)`` skipping),
+with the 2019 changes of Linux 5.1 (the RLE zero-run instruction, the ``17, 1``
+bitstream-version prefix, ``state_offset``) and the 2020 fix of ambiguous lzo-rle
+encodings (M4_MAX_OFFSET_V1 = 0xbffe: lzo-rle compresses in chunks of at most 0xbfff
+bytes).  Two behaviours that are easy to miss: an input (or last chunk) of fewer than 32
+bytes including pending literals is never searched, because the kernel's pointer-overflow
+guard ``ll_end + ((t + ll) >> 5) <= ll_end`` also holds when ``(t + ll) >> 5 == 0``; and
+the match-length loop stops at 8-byte granularity once it reaches ``ip_end``, so the
+output depends on the build: this port follows x86-64 / arm64
+(CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS with LZO_USE_CTZ64).  The zero-run scan gives the
+same length in every build.
+
+Checked against (see tests/test_lzo.py): the kernel's C code built for user space as a
+throwaway harness (byte-identical output on ~18 000 varied inputs of 0 - 120 KiB, both
+formats; the same accept/reject decisions and bytes as lzo1x_decompress_safe on 80 000
+truncated, corrupted and random streams), and the running 6.18 kernel's zram
+(compr_data_size equal to len(compress(page)) on ~19 000 real pages per algorithm).
 
 Format in short (Documentation/staging/lzo.rst): literal runs and back-references;
 ``M2`` (2 bytes, length 3-8, distance <= 2 KiB), ``M3`` (length 3-33+, distance <= 16 KiB),
@@ -34,14 +44,16 @@ decompress, average compressed size; ``python3 -m zramfs.lzo`` measures again):
 ====================  =========================  =========================
 page                  lzo                        lzo-rle
 ====================  =========================  =========================
-text (stdlib .py)     694 / 190 µs (1956 B)      691 / 192 µs (1958 B)
-random                 66 /   2 µs (4116 B)       67 /   2 µs (4118 B)
-mostly zero            45 /   5 µs (159 B)        39 /   4 µs (148 B)
-zero                   17 /   3 µs (44 B)         18 /   3 µs (41 B)
+text (stdlib .py)     ~610 / ~170 µs (1956 B)    ~600 / ~170 µs (1958 B)
+random (grows)          65 /    2 µs (4116 B)      66 /    2 µs (4118 B)
+mostly zero             49 /    4 µs (159 B)       44 /    3 µs (148 B)
+zero                    24 /    3 µs (44 B)        26 /    3 µs (41 B)
 ====================  =========================  =========================
 
-The C library behind the lz4 codec takes ~5 µs for a text page: use lzo / lzo-rle here
-for the kernel's sizes, not for speed.
+(±10 % between runs.)  Random pages are cheap because LZO1X-1 skips ahead faster the
+longer it finds nothing (``ip += 1 + (ip - ii) >> 5``); a text page costs ~1350 probed
+positions and ~330 matches.  The C library behind the lz4 codec takes ~5 µs for a text
+page: use lzo / lzo-rle here for the kernel's sizes, not for speed.
 """
 from __future__ import annotations
 
@@ -88,13 +100,44 @@ def _words(src: bytes) -> tuple[array, array, array, array]:
     return words[0], words[1], words[2], words[3]
 
 
-def _do_compress(src: bytes, words: tuple[array, array, array, array], base: int, ll: int, out: bytearray, ti: int,
-                 state_offset: int, rle: bool) -> tuple[int, int]:
+#: byte index of the lowest set byte of a non-zero word, by (x & -x) % 37 (2**i mod 37
+#: differs for every i < 36)
+_LOW_BYTE = [0] * 37
+for _i in range(36):
+    _LOW_BYTE[(1 << _i) % 37] = _i >> 3
+del _i
+
+
+def _emit_literals(out: bytearray, src: bytes, ii: int, ip: int, state_offset: int) -> None:
+    """The literal run src[ii:ip] (non-empty) before an instruction: 1-3 bytes go into the
+    low bits of the previous instruction (op[state_offset]), 4-18 take one length byte
+    t - 3, longer runs 0, a 0 per 255, then the rest."""
+    t = ip - ii
+    if t <= 3:
+        out[state_offset] |= t
+    elif t <= 18:
+        out.append(t - 3)
+    else:
+        tt = t - 18
+        z = (tt - 1) // 255
+        out += bytes(z + 1)
+        out.append(tt - 255 * z)
+    out += src[ii:ip]
+
+
+def _do_compress(src: bytes, words: tuple[array, array, array, array], base: int, ll: int,
+                 out: bytearray, ti: int, state_offset: int, rle: bool) -> tuple[int, int]:
     """lzo1x_1_do_compress() on src[base:base+ll]: append to `out`, return (pending
     literal count, state_offset)."""
     in_end = base + ll
     ip_end = in_end - 20
-    dct = [0] * D_SIZE              # positions relative to `base`, zeroed per chunk
+    # lzo_dict_t holds offsets from the chunk start, zeroed per chunk: an untouched entry
+    # points at the chunk's first byte.  Kept as absolute positions here (same matches).
+    dct = [base] * D_SIZE
+    # and the word each entry points at (the bytes never change): the hot test
+    # `dv != get_unaligned_le32(m_pos)` becomes a list lookup
+    dvt = [words[base & 3][base >> 2]] * D_SIZE
+    low_byte = _LOW_BYTE
     ii = base
     ip = base + (4 - ti if ti < 4 else 0)
     ip += 1 + ((ip - ii) >> 5)
@@ -103,17 +146,9 @@ def _do_compress(src: bytes, words: tuple[array, array, array, array], base: int
     plain = not rle
     while ip < ip_end:
         dv = words[ip & 3][ip >> 2]
-        if dv or plain:
-            h = ((dv * 0x1824429D) & 0xFFFFFFFF) >> 19      # >> (32 - D_BITS)
-            m_pos = base + dct[h]
-            dct[h] = ip - base
-            if dv != words[m_pos & 3][m_pos >> 2]:
-                ip += 1 + ((ip - ii) >> 5)
-                continue
-            run_length = 0
-        else:
-            # lzo-rle: 4..MAX_ZERO_RUN_LENGTH zero bytes become one instruction; the
-            # scan stops at ip_end (whatever the build's word-wise loop, the same length)
+        if not dv and rle:
+            # lzo-rle: 4..MAX_ZERO_RUN_LENGTH zero bytes become one instruction; the scan
+            # stops at ip_end (whatever the build's word-wise loop, the same length)
             ir = ip + 4
             limit = ip + MAX_ZERO_RUN_LENGTH + 1
             if ip_end < limit:
@@ -124,10 +159,28 @@ def _do_compress(src: bytes, words: tuple[array, array, array, array], base: int
             run_length = ir - ip
             if run_length > MAX_ZERO_RUN_LENGTH:
                 run_length = MAX_ZERO_RUN_LENGTH
-        # the literals before this match / run: 1-3 go into the previous instruction's
-        # low bits (op[state_offset]), then 3+t-3, then 0 + 255-steps + rest
-        ii -= ti
-        ti = 0
+            if ti:
+                ii -= ti
+                ti = 0
+            if ip != ii:
+                _emit_literals(out, src, ii, ip, state_offset)
+            ip += run_length
+            run_length -= MIN_ZERO_RUN_LENGTH
+            out += bytes((0x18 | (run_length & 7), 0xFC, 0xFF, run_length >> 3))
+            state_offset = -3
+            ii = ip
+            continue
+        h = ((dv * 0x1824429D) >> 19) & 0x1FFF          # u32 product >> (32 - D_BITS)
+        if dv != dvt[h]:
+            dct[h] = ip
+            dvt[h] = dv
+            ip += 1 + ((ip - ii) >> 5)
+            continue
+        m_pos = dct[h]
+        dct[h] = ip
+        if ti:
+            ii -= ti
+            ti = 0
         t = ip - ii
         if t:
             if t <= 3:
@@ -140,26 +193,19 @@ def _do_compress(src: bytes, words: tuple[array, array, array, array], base: int
                 out += bytes(z + 1)
                 append(tt - 255 * z)
             out += src[ii:ip]
-        if run_length:
-            ip += run_length
-            run_length -= MIN_ZERO_RUN_LENGTH
-            out += bytes((0x18 | (run_length & 7), 0xFC, 0xFF, run_length >> 3))
-            state_offset = -3
-            ii = ip
-            continue
         # match length: 4 known bytes, then the 64-bit ctz loop of x86-64/arm64, which
         # stops (without the final ctz) once ip + m_len reaches ip_end
+        k = (ip >> 2) + 1
+        j = (m_pos >> 2) + 1
         wi = words[ip & 3]
         wm = words[m_pos & 3]
-        k = ip >> 2
-        j = m_pos >> 2
-        x = wi[k + 1] ^ wm[j + 1]
+        x = wi[k] ^ wm[j]
         if x:
-            m_len = 4 + (((x & -x).bit_length() - 1) >> 3)
+            m_len = 4 + low_byte[(x & -x) % 37]
         else:
-            x = wi[k + 2] ^ wm[j + 2]
+            x = wi[k + 1] ^ wm[j + 1]
             if x:
-                m_len = 8 + (((x & -x).bit_length() - 1) >> 3)
+                m_len = 8 + low_byte[(x & -x) % 37]
             else:
                 # 8 * k_end: the kernel stops after block k_end, the first with
                 # ip + 4 + 8k >= ip_end
@@ -184,17 +230,17 @@ def _do_compress(src: bytes, words: tuple[array, array, array, array], base: int
                 m_len = 4 + common
         m_off = ip - m_pos
         ip += m_len
-        if m_len <= M2_MAX_LEN and m_off <= M2_MAX_OFFSET:
+        if m_len <= 8 and m_off <= 0x800:
             m_off -= 1
             append(((m_len - 1) << 5) | ((m_off & 7) << 2))
             append(m_off >> 3)
-        elif m_off <= M3_MAX_OFFSET:
+        elif m_off <= 0x4000:
             m_off -= 1
-            if m_len <= M3_MAX_LEN:
-                append(M3_MARKER | (m_len - 2))
+            if m_len <= 33:
+                append(32 | (m_len - 2))
             else:
-                m_len -= M3_MAX_LEN
-                append(M3_MARKER)
+                m_len -= 33
+                append(32)
                 z = (m_len - 1) // 255
                 if z:
                     out += bytes(z)
@@ -203,11 +249,11 @@ def _do_compress(src: bytes, words: tuple[array, array, array, array], base: int
             append(m_off >> 6)
         else:
             m_off -= 0x4000
-            if m_len <= M4_MAX_LEN:
-                append(M4_MARKER | ((m_off >> 11) & 8) | (m_len - 2))
+            if m_len <= 9:
+                append(16 | ((m_off >> 11) & 8) | (m_len - 2))
             else:
-                m_len -= M4_MAX_LEN
-                append(M4_MARKER | ((m_off >> 11) & 8))
+                m_len -= 9
+                append(16 | ((m_off >> 11) & 8))
                 z = (m_len - 1) // 255
                 if z:
                     out += bytes(z)
@@ -272,9 +318,17 @@ class _Corrupt(Exception):
 def decompress(data: bytes, out_len: int) -> bytes:
     """lzo1x_decompress_safe() into exactly `out_len` bytes (both formats).
 
-    Raises ValueError when the kernel's function would fail (input overrun, output
-    overrun, lookbehind overrun, bad end marker, input not consumed) and also when the
-    stream ends before `out_len` bytes were produced.
+    Raises ValueError when the kernel's function fails (input overrun, output overrun,
+    lookbehind overrun, bad end marker, input not consumed) and also when the stream
+    ends before `out_len` bytes (the kernel reports the shorter length; zram would hand
+    back a partly stale page).  Accepts and rejects exactly the streams the kernel does
+    for an `out_len` destination.
+
+    Output bounds: the kernel checks each copy (NEED_OP); here a copy whose length comes
+    from a single instruction byte (at most 36 bytes with its trailing literals) is
+    checked once at the next instruction, and only the long copies (extended literal
+    and match lengths, zero runs) are checked before they happen.  Output only grows,
+    so the same streams fail.
     """
     src = bytes(data)
     in_len = len(src)
@@ -292,84 +346,31 @@ def decompress(data: bytes, out_len: int) -> bytes:
     state = 0
     try:
         t = src[ip]
-        if t > 17:
+        if t > 17:             # first literal run, 17 + t
             ip += 1
             t -= 17
-            if t < 4:
-                nxt = t
-                # match_next with t literals
-                if in_len - ip < t + 3:
-                    raise _Corrupt("input overrun")
-                if out_len - op < t:
-                    raise _Corrupt("output overrun")
-                out += src[ip:ip + t]
-                op += t
-                ip += t
-                state = nxt
-            else:
-                if out_len - op < t:
-                    raise _Corrupt("output overrun")
-                if in_len - ip < t + 3:
-                    raise _Corrupt("input overrun")
-                out += src[ip:ip + t]
-                op += t
-                ip += t
-                state = 4
+            if out_len < t:
+                raise _Corrupt("output overrun")
+            if in_len - ip < t + 3:
+                raise _Corrupt("input overrun")
+            out += src[ip:ip + t]
+            op = t
+            ip += t
+            state = t if t < 4 else 4
         while True:
-            # invariant (as in the kernel): at least 3 input bytes remain here
+            # at least 3 input bytes remain here (every path below leaves 3 for the next)
+            if op > out_len:
+                raise _Corrupt("output overrun")
             t = src[ip]
             ip += 1
-            if t < 16:
-                if state == 0:
-                    if t == 0:
-                        start = ip
-                        while src[ip] == 0:
-                            ip += 1
-                            if ip >= in_len:
-                                raise _Corrupt("input overrun")
-                        t = 255 * (ip - start) + 15 + src[ip]
-                        ip += 1
-                    t += 3
-                    if out_len - op < t:
-                        raise _Corrupt("output overrun")
-                    if in_len - ip < t + 3:
-                        raise _Corrupt("input overrun")
-                    out += src[ip:ip + t]
-                    op += t
-                    ip += t
-                    state = 4
-                    continue
-                if state != 4:
-                    nxt = t & 3
-                    m_pos = op - 1 - (t >> 2) - (src[ip] << 2)
-                    ip += 1
-                    if m_pos < 0:
-                        raise _Corrupt("lookbehind overrun")
-                    if out_len - op < 2:
-                        raise _Corrupt("output overrun")
-                    out += out[m_pos:m_pos + 2]
-                    op += 2
-                    t = nxt
-                    if in_len - ip < t + 3:
-                        raise _Corrupt("input overrun")
-                    if out_len - op < t:
-                        raise _Corrupt("output overrun")
-                    if t:
-                        out += src[ip:ip + t]
-                        op += t
-                        ip += t
-                    state = nxt
-                    continue
-                nxt = t & 3
-                m_pos = op - (1 + M2_MAX_OFFSET) - (t >> 2) - (src[ip] << 2)
-                ip += 1
-                t = 3
-            elif t >= 64:
+            if t >= 64:
+                # M2: length 3-8, distance 1-2048
                 nxt = t & 3
                 m_pos = op - 1 - ((t >> 2) & 7) - (src[ip] << 3)
                 ip += 1
                 t = (t >> 5) + 1
             elif t >= 32:
+                # M3: length 3-33 or extended, distance 1-16384
                 t = (t & 31) + 2
                 if t == 2:
                     start = ip
@@ -381,11 +382,14 @@ def decompress(data: bytes, out_len: int) -> bytes:
                     ip += 1
                     if in_len - ip < 2:
                         raise _Corrupt("input overrun")
+                    if out_len - op < t:
+                        raise _Corrupt("output overrun")
                 nxt = src[ip] | (src[ip + 1] << 8)
                 ip += 2
                 m_pos = op - 1 - (nxt >> 2)
                 nxt &= 3
-            else:
+            elif t >= 16:
+                # M4 (distance 16385-49151), the end marker, or an lzo-rle zero run
                 if in_len - ip < 2:
                     raise _Corrupt("input overrun")
                 nxt = src[ip] | (src[ip + 1] << 8)
@@ -397,18 +401,15 @@ def decompress(data: bytes, out_len: int) -> bytes:
                         raise _Corrupt("output overrun")
                     out += bytes(t)
                     op += t
-                    nxt &= 3
                     ip += 3
-                    t = nxt
+                    t = nxt & 3
                     if in_len - ip < t + 3:
                         raise _Corrupt("input overrun")
-                    if out_len - op < t:
-                        raise _Corrupt("output overrun")
                     if t:
                         out += src[ip:ip + t]
                         op += t
                         ip += t
-                    state = nxt
+                    state = t
                     continue
                 m_pos = op - ((t & 8) << 11)
                 t = (t & 7) + 2
@@ -427,36 +428,76 @@ def decompress(data: bytes, out_len: int) -> bytes:
                 m_pos -= nxt >> 2
                 nxt &= 3
                 if m_pos == op:
-                    # eof_found
+                    # the end marker: 0x11 0 0 (t must be exactly 3)
                     if t != 3:
                         raise _Corrupt("bad end-of-stream marker")
                     if ip != in_len:
                         raise _Corrupt("input not consumed" if ip < in_len else "input overrun")
                     break
                 m_pos -= 0x4000
-            # copy a match of t bytes from m_pos
-            if m_pos < 0:
-                raise _Corrupt("lookbehind overrun")
-            if out_len - op < t:
-                raise _Corrupt("output overrun")
-            dist = op - m_pos
-            if dist >= t:
-                out += out[m_pos:m_pos + t]
-            else:
-                chunk = out[m_pos:op]
-                reps = t // dist + 1
-                out += (chunk * reps)[:t]
-            op += t
-            # match_next: `nxt` trailing literals
-            t = nxt
-            if in_len - ip < t + 3:
-                raise _Corrupt("input overrun")
-            if out_len - op < t:
-                raise _Corrupt("output overrun")
-            if t:
+                if t > 36 and out_len - op < t:
+                    raise _Corrupt("output overrun")
+            elif state == 0:
+                # a literal run: t + 3 bytes, or extended
+                if t == 0:
+                    start = ip
+                    while src[ip] == 0:
+                        ip += 1
+                        if ip >= in_len:
+                            raise _Corrupt("input overrun")
+                    t = 255 * (ip - start) + 15 + src[ip]
+                    ip += 1
+                t += 3
+                if out_len - op < t:
+                    raise _Corrupt("output overrun")
+                if in_len - ip < t + 3:
+                    raise _Corrupt("input overrun")
                 out += src[ip:ip + t]
                 op += t
                 ip += t
+                state = 4
+                continue
+            elif state != 4:
+                # M1 after a match's 1-3 trailing literals: 2 bytes, distance 1-1024
+                nxt = t & 3
+                m_pos = op - 1 - (t >> 2) - (src[ip] << 2)
+                ip += 1
+                if m_pos < 0:
+                    raise _Corrupt("lookbehind overrun")
+                out += out[m_pos:m_pos + 2]
+                op += 2
+                if in_len - ip < nxt + 3:
+                    raise _Corrupt("input overrun")
+                if nxt:
+                    out += src[ip:ip + nxt]
+                    op += nxt
+                    ip += nxt
+                state = nxt
+                continue
+            else:
+                # M1 right after a literal run: 3 bytes, distance 2049-3072
+                nxt = t & 3
+                m_pos = op - (1 + M2_MAX_OFFSET) - (t >> 2) - (src[ip] << 2)
+                ip += 1
+                t = 3
+            # copy the match (overlapping copies repeat the period, like a byte loop)
+            if m_pos < 0:
+                raise _Corrupt("lookbehind overrun")
+            dist = op - m_pos
+            if dist >= t:
+                out += out[m_pos:m_pos + t]
+            elif dist == 1:
+                out += out[m_pos:op] * t
+            else:
+                out += (out[m_pos:op] * (t // dist + 1))[:t]
+            op += t
+            # then nxt (0-3) literals
+            if in_len - ip < nxt + 3:
+                raise _Corrupt("input overrun")
+            if nxt:
+                out += src[ip:ip + nxt]
+                op += nxt
+                ip += nxt
             state = nxt
     except _Corrupt as exc:
         raise ValueError(f"lzo: corrupt stream: {exc.args[0]} "
