@@ -9,7 +9,9 @@ Three kinds of evidence that the port writes the kernel's bytes:
   differential test); they pin the compressor so a change to it fails here;
 * the kernel differential (`test_lengths_match_kernel_zram`, marked ``kernel``): real
   pages written to /sys/block/zram0 with lzo and lzo-rle, the kernel's compr_data_size
-  compared with len(compress(page)) page by page;
+  compared with len(compress(page)) page by page; and a whole device
+  (`test_real_image_mm_stat_equals_kernel`): the "real" image of scripts/kernel_compare.py
+  written and half discarded, mm_stat equal to the kernel's field by field;
 * round trips, and a decompressor that turns every malformed stream into ValueError.
 """
 from __future__ import annotations
@@ -389,3 +391,28 @@ def test_lengths_match_kernel_zram(alg: str, rle: bool) -> None:
             mismatches.append((i, k, m))
     assert not mismatches, f"{alg}: (page, kernel, ours): {mismatches[:10]}"
     assert compared >= 40 and huge >= 1, (compared, huge)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("alg", ["lzo-rle", "lzo"])
+def test_real_image_mm_stat_equals_kernel(alg: str) -> None:
+    """With the kernel's own codec, a whole device agrees: scripts/kernel_compare.py's
+    "real" image (files of this machine, zero/same-filled/random pages in between) written,
+    every odd block discarded — mm_stat EQUAL to the kernel's field by field (the lz4
+    comparison of test_kernel_diff needs tolerances only because liblz4 differs)."""
+    import test_kernel_diff as kdiff
+
+    kc = kdiff.kc
+    try:
+        kc.KernelZram(algorithm=alg).check()
+    except kc.KernelUnavailable as exc:
+        pytest.skip(f"kernel zram not usable: {exc}")
+    pages = kc.real_pages(2048, kc.DEFAULT_SEEDS["real"])
+    try:
+        c = kc.run("real", pages, algorithm=alg)
+    except kc.KernelUnavailable as exc:
+        pytest.skip(f"kernel zram not usable: {exc}")
+    if c.kernel["discarded"]["pages_compacted"]:
+        pytest.skip("the kernel compacted zram0 by itself (memory pressure)")
+    for phase in ("written", "discarded"):
+        assert c.model[phase] == c.kernel[phase], phase + "\n" + kc.format_table(c)
