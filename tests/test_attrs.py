@@ -111,7 +111,7 @@ def test_fresh_device_formats_byte_exact(dev):
     assert attrs.show(dev, "writeback_batch_size") == "32\n"
     assert attrs.show(dev, "compressed_writeback") == "0\n"
     assert attrs.show(dev, "recomp_algorithm") == ""
-    assert attrs.show(dev, "comp_algorithm") == "[lz4] lz4hc zstd deflate \n"
+    assert attrs.show(dev, "comp_algorithm") == "lzo-rle lzo [lz4] lz4hc zstd deflate \n"
     assert attrs.show(dev, "size") == "0\n"
     assert attrs.show(dev, "stat") == " ".join(["       0"] * 17) + "\n"
     assert attrs.show(dev, "max_comp_streams") == "%d\n" % os.cpu_count()
@@ -236,7 +236,7 @@ def test_reset_store(live):
     # an uninitialised reset is allowed and reverts the algorithm (current kernels)
     attrs.store(live, "comp_algorithm", "zstd")
     attrs.store(live, "reset", "1")
-    assert attrs.show(live, "comp_algorithm") == "[lz4] lz4hc zstd deflate \n"
+    assert attrs.show(live, "comp_algorithm") == "lzo-rle lzo [lz4] lz4hc zstd deflate \n"
 
 
 # ---------------------------------------------------------------------------- algorithms
@@ -260,7 +260,7 @@ def test_recomp_algorithm(dev):
     attrs.store(dev, "recomp_algorithm", "algo=zstd")
     attrs.store(dev, "recomp_algorithm", "algo=deflate priority=3\n")
     assert attrs.show(dev, "recomp_algorithm") == (
-        "#1: lz4 lz4hc [zstd] deflate \n#3: lz4 lz4hc zstd [deflate] \n")
+        "#1: lzo-rle lzo lz4 lz4hc [zstd] deflate \n#3: lzo-rle lzo lz4 lz4hc zstd [deflate] \n")
     for bad in ("algo", "priority=1", "algo=zstd priority=0", "algo=zstd priority=4",
                 "algo=foo", "algo= priority=1", "", "algo=zstd priority=x"):
         rejected(dev, "recomp_algorithm", bad, errno.EINVAL)
