@@ -296,23 +296,27 @@ def compress(src: bytes, *, rle: bool) -> bytes:
     if t > 0:
         ii = in_len - t
         if len(out) == data_start and t <= 238:
-            out.append(17 + t)
-        elif t <= 3:
-            out[state_offset] |= t
-        elif t <= 18:
-            out.append(t - 3)
+            out.append(17 + t)                # a stream that is one literal run
+            out += src[ii:]
         else:
-            tt = t - 18
-            z = (tt - 1) // 255
-            out += bytes(z + 1)
-            out.append(tt - 255 * z)
-        out += src[ii:]
+            _emit_literals(out, src, ii, in_len, state_offset)
     out += _EOF_MARKER
     return bytes(out)
 
 
 class _Corrupt(Exception):
     pass
+
+
+def _extended_length(src: bytes, ip: int, in_len: int) -> tuple[int, int]:
+    """An extended length field (the kernel's zero-byte loop): 255 per zero byte plus the
+    first non-zero byte; returns (that sum, the position after it).  Only long runs get here."""
+    start = ip
+    while src[ip] == 0:
+        ip += 1
+        if ip >= in_len:
+            raise _Corrupt("input overrun")
+    return 255 * (ip - start) + src[ip], ip + 1
 
 
 def decompress(data: bytes, out_len: int) -> bytes:
@@ -373,13 +377,8 @@ def decompress(data: bytes, out_len: int) -> bytes:
                 # M3: length 3-33 or extended, distance 1-16384
                 t = (t & 31) + 2
                 if t == 2:
-                    start = ip
-                    while src[ip] == 0:
-                        ip += 1
-                        if ip >= in_len:
-                            raise _Corrupt("input overrun")
-                    t += 255 * (ip - start) + 31 + src[ip]
-                    ip += 1
+                    extra, ip = _extended_length(src, ip, in_len)
+                    t += extra + 31
                     if in_len - ip < 2:
                         raise _Corrupt("input overrun")
                     if out_len - op < t:
@@ -414,13 +413,8 @@ def decompress(data: bytes, out_len: int) -> bytes:
                 m_pos = op - ((t & 8) << 11)
                 t = (t & 7) + 2
                 if t == 2:
-                    start = ip
-                    while src[ip] == 0:
-                        ip += 1
-                        if ip >= in_len:
-                            raise _Corrupt("input overrun")
-                    t += 255 * (ip - start) + 7 + src[ip]
-                    ip += 1
+                    extra, ip = _extended_length(src, ip, in_len)
+                    t += extra + 7
                     if in_len - ip < 2:
                         raise _Corrupt("input overrun")
                     nxt = src[ip] | (src[ip + 1] << 8)
@@ -440,13 +434,8 @@ def decompress(data: bytes, out_len: int) -> bytes:
             elif state == 0:
                 # a literal run: t + 3 bytes, or extended
                 if t == 0:
-                    start = ip
-                    while src[ip] == 0:
-                        ip += 1
-                        if ip >= in_len:
-                            raise _Corrupt("input overrun")
-                    t = 255 * (ip - start) + 15 + src[ip]
-                    ip += 1
+                    extra, ip = _extended_length(src, ip, in_len)
+                    t = extra + 15
                 t += 3
                 if out_len - op < t:
                     raise _Corrupt("output overrun")
