@@ -3,13 +3,18 @@ locks, the movable-page registry, page migration and memory compaction, /proc/vm
 
 This module owns everything "below" zsmalloc that the kernel's mm core would provide:
 
-* **Frames** live in one anonymous ``mmap`` arena (``MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE``),
-  addressed by PFN; untouched frames cost no RAM. Freed frames are ``madvise(MADV_DONTNEED)``'d
-  in batches of ``DIRTY_FRAMES`` (1 MiB), so the process RSS follows the number of frames in use
-  within that batch; a frame reallocated before its batch is dropped keeps its old bytes, one
-  dropped reads as zeros (with a ``page_size`` that is not a multiple of the host page size it
-  is zero-filled instead). ``drop_free_frames()`` drops the batch now. The pool must not
-  rely on fresh frames being zeroed: the kernel's alloc_page without __GFP_ZERO does not either.
+* **Frames** live in one ``mmap`` arena addressed by PFN; untouched frames cost no RAM. The
+  default ``backing="anon"`` maps it ``MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE``;
+  ``backing="memfd"`` maps a sparse ``memfd_create("zramfs-arena")`` file ``MAP_SHARED``, for a
+  daemon that ``mlockall``s itself (``zramfs mount --mlock``). Freed frames are dropped in
+  batches of ``DIRTY_FRAMES`` (1 MiB), runs of neighbours in one call: ``madvise(MADV_DONTNEED)``
+  on the anonymous arena, ``fallocate(PUNCH_HOLE|KEEP_SIZE)`` on the memfd (MADV_DONTNEED and
+  MADV_REMOVE fail with EINVAL on mlocked memory; punching a hole frees the shmem pages, locked
+  or not). So the process RSS follows the number of frames in use within that batch; a frame
+  reallocated before its batch is dropped keeps its old bytes, one dropped reads as zeros (with
+  a ``page_size`` that is not a multiple of the host page size it is zero-filled instead).
+  ``drop_free_frames()`` drops the batch now. The pool must not rely on fresh frames being
+  zeroed: the kernel's alloc_page without __GFP_ZERO does not either.
 * **Allocation** hands out the *lowest* free PFN (like a buddy allocator under pressure would
   not, but like the design asks so compaction has a meaning): a min-heap of freed PFNs below the
   high-water mark plus a bump pointer; freeing the top frame lowers the high-water mark over any
@@ -35,8 +40,10 @@ by the last unpin (``put_page``), so a frame is never reused while a migrator st
 
 from __future__ import annotations
 
+import ctypes
 import heapq
 import mmap
+import os
 import threading
 from dataclasses import dataclass
 from array import array
@@ -91,6 +98,19 @@ _ONE_B = b"\x01"
 
 _NR_WAITQ = 64  # hashed page wait queues (kernel: PAGE_WAIT_TABLE_SIZE = 256)
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # Linux value; the mmap module omits it
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_fallocate = None   # libc fallocate(2) through ctypes, loaded by the first memfd arena
+
+
+def _libc_fallocate():
+    global _fallocate
+    if _fallocate is None:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        fn.restype = ctypes.c_int
+        _fallocate = fn
+    return _fallocate
 
 
 @runtime_checkable
@@ -176,22 +196,46 @@ DIRTY_FRAMES = 256
 class PhysicalMemory:
     """Simulated RAM shared by any number of pools. Thread-safe."""
 
-    def __init__(self, max_pages: int = 1 << 22, page_size: int = 4096) -> None:
+    def __init__(self, max_pages: int = 1 << 22, page_size: int = 4096, *,
+                 backing: str = "anon") -> None:
+        """``backing``: "anon" (a private anonymous mapping, the default) or "memfd" (a sparse
+        memfd mapped shared, whose freed frames are dropped by punching holes: the arena for a
+        process that mlockall()s itself, where MADV_DONTNEED fails)."""
         if max_pages <= 0:
             raise ValueError("max_pages must be positive")
         if page_size <= 0 or page_size & (page_size - 1):
             raise ValueError("page_size must be a power of two")
+        if backing not in ("anon", "memfd"):
+            raise ValueError(f"backing must be 'anon' or 'memfd', not {backing!r}")
         self.max_pages = max_pages
         self.page_size = page_size
-        self._mm = mmap.mmap(
-            -1,
-            max_pages * page_size,
-            flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE,
-            prot=mmap.PROT_READ | mmap.PROT_WRITE,
-        )
+        self.backing = backing
+        self._fd = -1
+        size = max_pages * page_size
+        if backing == "anon":
+            self._mm = mmap.mmap(
+                -1,
+                size,
+                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE,
+                prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            )
+        else:
+            # Sparse: ftruncate allocates nothing, a page of the file exists once written.
+            # memfd files are VM_NORESERVE shmem, so no commit charge for the whole size either.
+            fd = os.memfd_create("zramfs-arena", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, size)
+                self._mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
+                                     prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            _libc_fallocate()
         self._mv = memoryview(self._mm)
-        # MADV_DONTNEED works on host pages; smaller simulated pages are zero-filled instead.
+        # Dropping works on host pages; smaller simulated pages are zero-filled instead.
         self._madvise = page_size % mmap.PAGESIZE == 0
+        self._drop = self._punch_hole if backing == "memfd" else self._dontneed
         self._zero = bytes(page_size)
         # Freed frames whose contents are not dropped yet (see _release): a frame reused soon
         # after its free costs no madvise and no page fault.
@@ -286,8 +330,8 @@ class PhysicalMemory:
             return pfn
 
     def free_page(self, pfn: int) -> None:
-        """Free a frame: reset its struct page fields, drop its contents (MADV_DONTNEED) and make
-        it allocatable again. The frame must not be page-locked (kernel: bad_page)."""
+        """Free a frame: reset its struct page fields, drop its contents (batched, see _release)
+        and make it allocatable again. The frame must not be page-locked (kernel: bad_page)."""
         with self._lock:
             if not 0 <= pfn < self._top or self._state[pfn] != _USED:
                 raise ValueError(f"free_page: pfn {pfn} is not an allocated frame")
@@ -312,9 +356,9 @@ class PhysicalMemory:
     def _release(self, pfn: int) -> None:
         """Return a frame to the free pool (caller holds _lock).
 
-        Its contents are dropped (MADV_DONTNEED, so the process gives the memory back) in
-        batches of DIRTY_FRAMES, not one syscall per free: zsmalloc frees and allocates
-        zspages all the time under overwrites, and lowest-PFN allocation hands the frame just
+        Its contents are dropped (MADV_DONTNEED, or a hole punched in a memfd arena, so the
+        process gives the memory back) in batches of DIRTY_FRAMES, not one syscall per free:
+        zsmalloc frees and allocates zspages all the time under overwrites, and lowest-PFN allocation hands the frame just
         freed out again, usually before the batch is due — then with its old bytes, like the
         kernel's alloc_page without __GFP_ZERO.  At most DIRTY_FRAMES frames of RSS lag."""
         dirty = self._dirty
@@ -345,7 +389,7 @@ class PhysicalMemory:
 
     def _drop_dirty(self) -> None:
         """Drop the contents of every freed frame not reused yet (caller holds _lock); runs of
-        neighbouring frames go in one madvise."""
+        neighbouring frames go in one madvise (one hole punch on a memfd arena)."""
         dirty = sorted(self._dirty)
         self._dirty.clear()
         ps = self.page_size
@@ -354,14 +398,30 @@ class PhysicalMemory:
             for pfn in dirty:
                 self._mv[pfn * ps:(pfn + 1) * ps] = zero
             return
+        drop = self._drop
         start = prev = dirty[0] if dirty else 0
         for pfn in dirty[1:]:
             if pfn != prev + 1:
-                self._mm.madvise(mmap.MADV_DONTNEED, start * ps, (prev + 1 - start) * ps)
+                drop(start * ps, (prev + 1 - start) * ps)
                 start = pfn
             prev = pfn
         if dirty:
-            self._mm.madvise(mmap.MADV_DONTNEED, start * ps, (prev + 1 - start) * ps)
+            drop(start * ps, (prev + 1 - start) * ps)
+
+    def _dontneed(self, off: int, length: int) -> None:
+        self._mm.madvise(mmap.MADV_DONTNEED, off, length)
+
+    def _punch_hole(self, off: int, length: int) -> None:
+        """Free [off, off+length) of the memfd: its pages leave the page cache and every mapping,
+        and read back as zeros.  Unlike MADV_DONTNEED or MADV_REMOVE, which answer EINVAL on a
+        VM_LOCKED mapping, this works under mlockall: checked on Linux 6.18 with
+        mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT) — 256 MiB written to an mlocked memfd
+        mapping, MADV_DONTNEED and MADV_REMOVE EINVAL, fallocate(PUNCH_HOLE|KEEP_SIZE) 0: RssShmem
+        256 MiB -> 0, /proc/meminfo Mlocked down by 256 MiB, the range reads as zeros."""
+        if _fallocate(self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, off, length) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"fallocate(PUNCH_HOLE) of the memfd arena at {off}+{length}: "
+                                f"{os.strerror(code)}")
 
     def drop_free_frames(self) -> None:
         """Give back the memory of every free frame now (after a reset, or before measuring
@@ -749,8 +809,11 @@ class PhysicalMemory:
         """Unmap the arena (fails with BufferError while views of frames are alive)."""
         self._mv.release()
         self._mm.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __repr__(self) -> str:
         return (f"<PhysicalMemory {self._nr_used}/{self.max_pages} frames used, "
-                f"high_water={self._top}, page_size={self.page_size}>")
+                f"high_water={self._top}, page_size={self.page_size}, backing={self.backing}>")
 
