@@ -12,6 +12,17 @@ Owns the command line and the process life cycle of a mount:
   the image: leaving would pull the device from under the loop's user (swap, a filesystem),
   like ``rmmod zram`` refuses while a device is in use; SIGKILL remains the hard way.
   Mounting on a place a killed daemon left stale cleans that mount up first, and says so.
+  ``--mlock`` (for swap on a loop over the image): the serving process pins itself first
+  thing, before it builds anything or starts a thread (`protect_process`): RLIMIT_MEMLOCK
+  raised when allowed, ``mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT)`` (ONFAULT: the arena is
+  max_pages x 4 KiB of sparse address space, only the pages in use get populated and locked),
+  and ``prctl(PR_SET_IO_FLUSHER)`` (PF_MEMALLOC_NOIO|PF_LOCAL_THROTTLE: its allocations do not
+  recurse into I/O reclaim; inherited by every thread created afterwards: libfuse's workers,
+  the compaction daemon).  The simulated RAM is then a memfd arena (``PhysicalMemory(backing=
+  "memfd")``), whose freed frames are hole-punched, since MADV_DONTNEED fails on locked
+  memory.  Either call failing fails the mount with the call and its errno; ``--no-io-flusher``
+  knowingly skips the prctl (it needs CAP_SYS_RESOURCE).  Module parameters ``mlock`` and
+  ``io_flusher`` (Y/N) show the state.
 - ``zramfs umount MNT``: refuses while a loop device is backed by a file of the mount (the
   unmount would fail with EBUSY anyway; the message says which loop to detach); recognises a
   stale mount (daemon killed: ENOTCONN) and removes it; a daemon that does not answer
@@ -212,16 +223,98 @@ def _unmount_without_daemon(mnt: str, state: MountState) -> str | None:
     return os.strerror(code)
 
 
+# ---- --mlock: pin the serving process ------------------------------------------------------------
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+PR_SET_IO_FLUSHER, PR_GET_IO_FLUSHER = 57, 58     # Linux 5.6+
+CAP_IPC_LOCK, CAP_SYS_RESOURCE = 14, 24
+
+
+class MlockError(OSError):
+    """--mlock could not protect the process (the message names the call and its errno)."""
+
+
+def _has_cap(cap: int) -> bool:
+    """Whether the calling thread has ``cap`` in its effective set (/proc/self/status)."""
+    try:
+        with open("/proc/thread-self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> cap & 1)
+    except OSError:
+        pass
+    return False
+
+
+def _prctl(option: int, arg2: int = 0) -> int:
+    """prctl(2) through libc: its result, or -1 with errno set (ctypes.get_errno)."""
+    ul = ctypes.c_ulong
+    return _libc.prctl(ctypes.c_int(option), ul(arg2), ul(0), ul(0), ul(0))
+
+
+def io_flusher_set() -> bool | None:
+    """PR_GET_IO_FLUSHER of the calling thread; None when the kernel does not answer (it needs
+    CAP_SYS_RESOURCE, like the set, and Linux 5.6+)."""
+    r = _prctl(PR_GET_IO_FLUSHER)
+    return None if r < 0 else bool(r)
+
+
+def _errno_text(code: int) -> str:
+    return f"{errno.errorcode.get(code, code)} ({os.strerror(code)})"
+
+
+def protect_process(*, io_flusher: bool = True) -> dict[str, bool]:
+    """What ``zramfs mount --mlock`` does in the serving process before anything else: pin every
+    page of it now and later (mlockall), and mark it an I/O flusher.  Call it before any
+    thread exists (the IO_FLUSHER flag is per task, inherited by threads created afterwards).
+    Raises `MlockError` naming what failed; on success returns ``{"mlock": True,
+    "io_flusher": io_flusher}``.  Never leaves the process half protected: when the prctl
+    fails the pages are unlocked again (munlockall) before the error is raised."""
+    import resource
+    lim = resource.RLIMIT_MEMLOCK
+    try:   # as mount helpers do; raising the hard limit needs CAP_SYS_RESOURCE
+        resource.setrlimit(lim, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (ValueError, OSError):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(lim, (resource.getrlimit(lim)[1],) * 2)
+    if _libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
+        code = ctypes.get_errno()
+        soft = resource.getrlimit(lim)[0]
+        limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
+        cap = "present" if _has_cap(CAP_IPC_LOCK) else "missing"
+        raise MlockError(code, f"--mlock: mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT) failed: "
+                               f"{_errno_text(code)}; RLIMIT_MEMLOCK is {limit}, CAP_IPC_LOCK is "
+                               f"{cap} (the daemon maps far more than any small limit)")
+    if io_flusher and _prctl(PR_SET_IO_FLUSHER, 1) != 0:
+        code = ctypes.get_errno()
+        _libc.munlockall()
+        why = ("it needs CAP_SYS_RESOURCE, which this process "
+               + ("has" if _has_cap(CAP_SYS_RESOURCE) else "lacks"))
+        if code == errno.EINVAL:
+            why = "the kernel has no PR_SET_IO_FLUSHER (Linux 5.6+)"
+        raise MlockError(code, f"--mlock: prctl(PR_SET_IO_FLUSHER, 1) failed: "
+                               f"{_errno_text(code)}; {why}; --no-io-flusher mounts pinned "
+                               f"without it (allocations may then recurse into I/O)")
+    return {"mlock": True, "io_flusher": io_flusher}
+
+
+def _yn(flag: bool | None) -> str:
+    return "Y" if flag else "N"
+
+
 # ---- mount -------------------------------------------------------------------------------------
-def build_mount(args: argparse.Namespace):
-    """Create the registry, configure the devices, and return (tree, ops, daemon)."""
+def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = None):
+    """Create the registry, configure the devices, and return (tree, ops, daemon).
+    ``protection``: what `protect_process` did (for --mlock), shown as module parameters."""
+    from allocator import PhysicalMemory
     from zramfs import attrs
     from zramfs.daemon import CompactionDaemon, CompactionPolicy, ModuleParameter
     from zramfs.device import Registry
     from zramfs.fs import ZramFS
     from zramfs.tree import Tree
 
-    registry = Registry(chain_size=args.chain_size, chain_rule=args.chain_rule,
+    # --mlock: MADV_DONTNEED fails on locked memory, a memfd arena is hole-punched instead.
+    memory = PhysicalMemory(backing="memfd") if getattr(args, "mlock", False) else None
+    registry = Registry(memory=memory, chain_size=args.chain_size, chain_rule=args.chain_rule,
                         num_devices=args.devices)
     for dev in [registry.devices[i] for i in sorted(registry.devices)]:
         # The order a script uses: algorithm before disksize, mem_limit any time.
@@ -240,6 +333,9 @@ def build_mount(args: argparse.Namespace):
         ModuleParameter("num_devices", 0o444, lambda: str(args.devices)),
         ModuleParameter("chain_size", 0o444, lambda: str(args.chain_size)),
         ModuleParameter("chain_rule", 0o444, lambda: args.chain_rule),
+        # --mlock: mlockall done; io_flusher asks the kernel in the worker thread serving the read
+        ModuleParameter("mlock", 0o444, lambda: _yn((protection or {}).get("mlock"))),
+        ModuleParameter("io_flusher", 0o444, lambda: _yn(io_flusher_set())),
     )
     tree = Tree(registry, [*static, *daemon.parameters()])
     return tree, daemon, ZramFS, registry
@@ -283,9 +379,14 @@ def _watch_exit_signals(ops: Any, mnt: str) -> None:
 
 def _serve(args: argparse.Namespace, on_ready) -> int:
     _block_exit_signals()
+    protection = None
+    if getattr(args, "mlock", False):
+        # Before any import that starts a thread (numpy's BLAS pool) and before libfuse's
+        # workers: they inherit IO_FLUSHER, and MCL_FUTURE locks their stacks as they appear.
+        protection = protect_process(io_flusher=not args.no_io_flusher)
     from zramfs import fs
 
-    tree, daemon, ops_cls, registry = build_mount(args)
+    tree, daemon, ops_cls, registry = build_mount(args, protection)
     # Keeps loop requests within one FUSE request, so a failed write fails whole (loopdev).
     guard = LoopGuard(args.mountpoint, fs.MAX_IO // 1024)
 
@@ -326,6 +427,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     args.log = os.path.abspath(args.log) if args.log else None
     if args.devices < 0:
         print("zramfs: --devices must be >= 0", file=sys.stderr)
+        return 1
+    if args.no_io_flusher and not args.mlock:
+        print("zramfs: --no-io-flusher only goes with --mlock", file=sys.stderr)
         return 1
     if mnt in zramfs_mounts():
         found = _probe(mnt)
@@ -590,6 +694,12 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument("--image-cache", action="store_true",
                    help="serve dev/zram* through the page cache instead of direct_io "
                         "(allows shared writable mmap; hides the device's real cost)")
+    m.add_argument("--mlock", action="store_true",
+                   help="pin the daemon in RAM (mlockall; the simulated RAM becomes a memfd whose "
+                        "freed frames are hole-punched) and mark it PR_SET_IO_FLUSHER, for swap "
+                        "on a loop over the image; fails the mount if either is refused")
+    m.add_argument("--no-io-flusher", action="store_true",
+                   help="with --mlock: skip PR_SET_IO_FLUSHER (it needs CAP_SYS_RESOURCE)")
     m.add_argument("--foreground", "-f", action="store_true", help="do not daemonise")
     m.add_argument("--allow-other", action="store_true",
                    help="let other users in (adds default_permissions)")
