@@ -16,6 +16,9 @@
 #   DISCARD=pages  swapon --discard=once|pages|both|none: with "pages" freed swap slots are
 #                  discarded (fallocate PUNCH_HOLE on the image), which frees them in the pool as
 #                  kernel zram's swap_slot_free_notify does; "none" leaves stale data stored
+#   MLOCK=1        mount zramfs with --mlock (daemon pinned in RAM, PR_SET_IO_FLUSHER; plus
+#                  --no-io-flusher, said in the log, when this process lacks CAP_SYS_RESOURCE,
+#                  which the prctl needs); MLOCK=0 mounts without. An existing MNT is used as is.
 #
 # cgroups: v2 (memory.max + memory.swap.max) when the memory controller is on the unified
 # hierarchy, else v1 (memory.limit_in_bytes, memory.swappiness=100), else systemd-run --scope.
@@ -23,7 +26,8 @@
 #
 # Caveat: swap on a loop device over a FUSE file can deadlock if the FUSE daemon itself has to be
 # reclaimed to make progress. The worker is confined to its own cgroup and the daemon is not in
-# it (nullfs is started with --mlock); do not put the daemon under the same memory pressure.
+# it, and the daemon is pinned (zramfs mount --mlock, nullfs --mlock); do not put the daemon under
+# the same memory pressure.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +37,7 @@ BACKEND="${BACKEND:-zramfs}"
 LIMIT="${LIMIT:-64M}"
 ALLOC="${ALLOC:-192M}"
 DISCARD="${DISCARD:-pages}"
+MLOCK="${MLOCK:-1}"
 
 log() { printf '[swap_experiment] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -41,6 +46,21 @@ to_bytes() { numfmt --from=iec "$(echo "$1" | tr "[:lower:]" "[:upper:]" | sed '
 
 # shellcheck source=scripts/devicelib.sh
 . "$REPO/scripts/devicelib.sh"   # mount_device, unmount_device, show_stats
+
+# zramfs mount --mlock for the device mount_device mounts: wrap devicelib's zramfs_cli.
+if [ "$MLOCK" = 1 ] && [ "$BACKEND" = zramfs ]; then
+    MLOCK_ARGS=(--mlock)
+    cap_eff="$(awk '/^CapEff:/ {print $2}' /proc/self/status)"
+    if (( (0x${cap_eff:-0} >> 24) & 1 )); then :; else
+        MLOCK_ARGS+=(--no-io-flusher)
+        log "no CAP_SYS_RESOURCE here: mounting with --mlock --no-io-flusher (pinned, no PR_SET_IO_FLUSHER)"
+    fi
+    eval "devicelib_$(declare -f zramfs_cli)"
+    zramfs_cli() {
+        if [ "${1:-}" = mount ]; then devicelib_zramfs_cli "$@" "${MLOCK_ARGS[@]}"
+        else devicelib_zramfs_cli "$@"; fi
+    }
+fi
 
 [ "$(id -u)" = 0 ] || die "needs root (losetup, swapon, cgroups)"
 for c in losetup mkswap swapon swapoff mountpoint numfmt; do
@@ -161,6 +181,8 @@ trap 'exit 130' INT TERM
 
 mount_device "${1:-}"
 DEV="$MNT/dev/zram0"
+PARAMS="$MNT/sys/module/zramfs/parameters"
+[ -r "$PARAMS/mlock" ] && log "daemon pinned (mlock): $(cat "$PARAMS/mlock"), io_flusher: $(cat "$PARAMS/io_flusher")"
 LOOP="$(losetup --find --show "$DEV")"
 log "$DEV on $LOOP ($(blockdev --getsize64 "$LOOP") bytes)"
 mkswap -L zramfs-swap "$LOOP" >/dev/null

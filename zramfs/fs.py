@@ -17,10 +17,14 @@ FUSE choices (see `mount_options`):
   Linux 6.18 with libfuse 2.9.9 and 3.14, loop ``--direct-io=off`` and ``=on``: mkfs.ext4,
   mount, fsck, fstrim, mkswap/swapon/swapoff, fio libaio iodepth 32 with verify, and swap
   under a memory-limited cgroup all work.  What makes it safe: the server is another process,
-  multithreaded, and not in the memory-pressured cgroup.  What is not safe: swap on it under
-  *global* memory pressure (the daemon's own pages can be reclaimed to the device it serves;
-  mlockall is no cure because the allocator frees frames with MADV_DONTNEED, which fails on
-  locked memory).  The cost of direct_io: no shared writable mmap (ENODEV);
+  multithreaded, and not in the memory-pressured cgroup.  Under *global* memory pressure the
+  daemon's own pages could be reclaimed to the device it serves: ``zramfs mount --mlock`` pins
+  the daemon and its arena (mlockall with MCL_ONFAULT; the arena is then a memfd whose freed
+  frames are hole-punched, as MADV_DONTNEED fails on locked memory) and sets PR_SET_IO_FLUSHER
+  (its allocations do not recurse into I/O).  Still not guaranteed: the kernel's own
+  allocations for FUSE requests and the loop device, and the daemon's new allocations under
+  global pressure; the tested path remains a cgroup-confined experiment
+  (scripts/swap_experiment.sh).  The cost of direct_io: no shared writable mmap (ENODEV);
   ``image_cache=True`` serves the image through the page cache instead (LTP zram03's
   MAP_SHARED fill works there).
 - ``getxattr``/``setxattr``/``listxattr``/``removexattr`` are left unregistered: libfuse answers
