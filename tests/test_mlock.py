@@ -75,7 +75,8 @@ def test_default_mount_is_not_pinned(zmount) -> None:
 def test_mlock_pins_the_daemon_and_discard_gives_the_memory_back(zmount) -> None:
     """The daemon's pages are all locked, the arena stays sparse, 64 MiB of incompressible data
     costs ~64 MiB of locked RSS, and discarding it gives that back (hole punching works where
-    MADV_DONTNEED would fail), cycle after cycle."""
+    MADV_DONTNEED would fail), cycle after cycle (cf. test_reliability_stress.py::
+    test_memory_is_given_back_after_discard_and_reset, the same without --mlock)."""
     size = 64 * MiB
     m = zmount(*MLOCK, "--size", str(size), "--no-compact")
     pid = m.proc.pid
@@ -88,7 +89,7 @@ def test_mlock_pins_the_daemon_and_discard_gives_the_memory_back(zmount) -> None
     rng = random.Random(7)
     after: list[tuple[int, int]] = []
     with opened(m.image()) as fd:
-        for _ in range(3):
+        for _ in range(5):
             for off in range(0, size, MiB):
                 os.pwrite(fd, rng.randbytes(MiB), off)      # incompressible: a frame per page
             full_rss, full_locked = rss_kib(pid), locked_kib(pid)
@@ -102,7 +103,9 @@ def test_mlock_pins_the_daemon_and_discard_gives_the_memory_back(zmount) -> None
             assert full_locked - locked > 48 * 1024, (base_locked, full_locked, after)
             assert full_rss - rss > 48 * 1024, (base_rss, full_rss, after)
             assert all_locked(pid)                           # still everything pinned
-    assert after[-1][1] - after[0][1] < 8 * 1024, after      # no growth over the cycles
+    # no growth once the daemon's heap has settled (its thread arenas fill in the first cycles,
+    # as in test_reliability_stress; glibc cannot trim them with MADV_DONTNEED under mlock)
+    assert after[-1][1] - after[2][1] < 6 * 1024, after
     assert "Traceback" not in m.log.read_text(errors="replace")
 
 
