@@ -82,6 +82,8 @@ MAX_USED = 22     # highest pool page count this stripe saw (max over stripes = 
 NR_COUNTERS = 23
 
 
+MADV_DONTNEED_LOCKED = 24      # uapi/asm-generic/mman-common.h (Linux 5.18+)
+
 class Stripe:
     """One slot lock and the counters updated while holding it."""
 
@@ -123,7 +125,14 @@ class SlotTable:
         # the last view is collected (closing it while numpy views exist is not allowed).
         try:
             self._mm.madvise(mmap.MADV_DONTNEED)
-        except (AttributeError, OSError, ValueError):
+        except OSError:
+            # Under `zramfs mount --mlock` the mapping is VM_LOCKED and MADV_DONTNEED is EINVAL;
+            # MADV_DONTNEED_LOCKED (Linux 5.18+) drops locked pages too.
+            try:
+                self._mm.madvise(MADV_DONTNEED_LOCKED)
+            except (OSError, ValueError):
+                pass
+        except (AttributeError, ValueError):
             pass
 
 
