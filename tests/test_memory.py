@@ -220,12 +220,15 @@ def test_random_alloc_free_matches_model() -> None:
     assert len(mem._heap) <= 2 * 300 + 1024
 
 
-def test_free_drops_contents_in_batches() -> None:
+@pytest.mark.parametrize("backing", ["anon", "memfd"])
+def test_free_drops_contents_in_batches(backing: str) -> None:
     """A freed frame keeps its bytes until DIRTY_FRAMES frees have gathered (reused before
     that, it comes back with stale bytes, as alloc_page without __GFP_ZERO); then every
-    dirty frame is dropped (MADV_DONTNEED: reads zeros), and drop_free_frames does it now."""
+    dirty frame is dropped (MADV_DONTNEED, or a punched hole with the memfd arena: reads
+    zeros), in runs of neighbours, and drop_free_frames does it now.  The memfd-only check
+    that the blocks really go is in test_memory_memfd.py."""
     from allocator.memory import DIRTY_FRAMES
-    mem = PhysicalMemory(max_pages=4 * DIRTY_FRAMES)
+    mem = PhysicalMemory(max_pages=4 * DIRTY_FRAMES, backing=backing)
     p = mem.alloc_page()
     mem.view(p)[:] = b"\xab" * 4096
     mem.alloc_page()                    # keep p below the top so it is reused from the heap
@@ -235,7 +238,7 @@ def test_free_drops_contents_in_batches() -> None:
     mem.free_page(p)
     mem.drop_free_frames()
     assert mem.alloc_page() == p and bytes(mem.view(p)) == bytes(4096)
-    # A full batch drops every frame in it, in runs (one madvise per run of neighbours).
+    # A full batch drops every frame in it, in runs (one call per run of neighbours).
     frames = [mem.alloc_page() for _ in range(DIRTY_FRAMES + 8)]
     for f in frames:
         mem.view(f)[:] = b"\xcd" * 4096
@@ -245,10 +248,18 @@ def test_free_drops_contents_in_batches() -> None:
     assert not mem._dirty
     assert all(bytes(mem.view(f)) == bytes(4096) for f in frames[:DIRTY_FRAMES])
     assert bytes(mem.view(keep)) == b"\xcd" * 4096
+    # scattered frees (many runs of one frame) are dropped too
+    rest = [f for f in frames[DIRTY_FRAMES:] if f != keep]
+    for f in rest[::2]:
+        mem.free_page(f)
+    mem.drop_free_frames()
+    assert all(bytes(mem.view(f)) == bytes(4096) for f in rest[::2])
+    assert all(bytes(mem.view(f)) == b"\xcd" * 4096 for f in rest[1::2])
 
 
-def test_small_page_size_zero_filled() -> None:
-    mem = PhysicalMemory(max_pages=16, page_size=512)
+@pytest.mark.parametrize("backing", ["anon", "memfd"])
+def test_small_page_size_zero_filled(backing: str) -> None:
+    mem = PhysicalMemory(max_pages=16, page_size=512, backing=backing)
     p = mem.alloc_page()
     mem.view(p)[:] = b"\x01" * 512
     mem.free_page(p)
