@@ -377,6 +377,26 @@ def _watch_exit_signals(ops: Any, mnt: str) -> None:
     threading.Thread(target=watch, name="zramfs-signals", daemon=True).start()
 
 
+# The cyclic collector's generation thresholds in the serving process (CPython's: 700, 10, 10).
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a pool's object graph.
+
+    Every zspage sits in a circular fullness list and a freed one keeps a self-cycle
+    (list_del_init), so they are all tracked; with the default thresholds a full collection
+    walked the whole pool every ~70,000 allocations — about 1 µs per 4 KiB write on a 256 MiB
+    device (measured with gc.callbacks: 0.99–1.28 µs per write, 0.11–0.16 with this tuning),
+    and a pause of tens of ms each time.  The objects built before serving (modules, the tree,
+    the registry) are frozen out of every collection; larger thresholds keep the number of
+    pending cyclic objects bounded (~10,000) while collecting 14× less often."""
+    import gc
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _serve(args: argparse.Namespace, on_ready) -> int:
     _block_exit_signals()
     protection = None
@@ -403,6 +423,7 @@ def _serve(args: argparse.Namespace, on_ready) -> int:
 
     ops = ops_cls(tree, image_cache=args.image_cache, on_init=ready, on_destroy=destroy,
                   on_image_open=guard.image_opened)
+    _tune_gc()
     _watch_exit_signals(ops, args.mountpoint)
     try:
         fs.serve(ops, args.mountpoint, allow_other=args.allow_other)
