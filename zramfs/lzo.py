@@ -142,8 +142,34 @@ def _do_compress(src: bytes, words: array, base: int, ll: int,
     ip += 1 + ((ip - ii) >> 5)
     append = out.append
     from_bytes = int.from_bytes
-    while ip < ip_end:
-        dv = words[ip]
+    while True:
+        # ip - ii < 32: the step 1 + ((ip - ii) >> 5) is 1 (most probes of a text page)
+        lim = ii + 32
+        if lim > ip_end:
+            lim = ip_end
+        while ip < lim:
+            dv = words[ip]
+            if not dv and rle:
+                break
+            h = ((dv * 0x1824429D) >> 19) & 0x1FFF          # u32 product >> (32 - D_BITS)
+            m_pos = dct[h]
+            dct[h] = ip
+            if dv == words[m_pos]:
+                break
+            ip += 1
+        else:
+            while ip < ip_end:
+                dv = words[ip]
+                if not dv and rle:
+                    break
+                h = ((dv * 0x1824429D) >> 19) & 0x1FFF
+                m_pos = dct[h]
+                dct[h] = ip
+                if dv == words[m_pos]:
+                    break
+                ip += 1 + ((ip - ii) >> 5)
+            else:
+                break
         if not dv and rle:
             # lzo-rle: 4..MAX_ZERO_RUN_LENGTH zero bytes become one instruction; the scan
             # stops at ip_end (whatever the build's word-wise loop, the same length)
@@ -170,12 +196,6 @@ def _do_compress(src: bytes, words: array, base: int, ll: int,
             out += bytes((0x18 | (run_length & 7), 0xFC, 0xFF, run_length >> 3))
             state_offset = -3
             ii = ip
-            continue
-        h = ((dv * 0x1824429D) >> 19) & 0x1FFF          # u32 product >> (32 - D_BITS)
-        m_pos = dct[h]
-        dct[h] = ip
-        if dv != words[m_pos]:
-            ip += 1 + ((ip - ii) >> 5)
             continue
         if ti:
             ii -= ti
