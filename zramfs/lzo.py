@@ -319,6 +319,11 @@ def compress(src: bytes, *, rle: bool) -> bytes:
     return bytes(out)
 
 
+#: an M2 instruction byte (64-255) -> (trailing literals, distance - 8 * next byte, length)
+_M2_DECODE = [(0, 0, 0)] * 64 + [(_t & 3, 1 + ((_t >> 2) & 7), (_t >> 5) + 1)
+                                 for _t in range(64, 256)]
+
+
 class _Corrupt(Exception):
     pass
 
@@ -343,11 +348,18 @@ def decompress(data: bytes, out_len: int) -> bytes:
     back a partly stale page).  Accepts and rejects exactly the streams the kernel does
     for an `out_len` destination.
 
-    Output bounds: the kernel checks each copy (NEED_OP); here a copy whose length comes
-    from a single instruction byte (at most 36 bytes with its trailing literals) is
-    checked once at the next instruction, and only the long copies (extended literal
-    and match lengths, zero runs) are checked before they happen.  Output only grows,
-    so the same streams fail.
+    Checks that are left out without changing a decision (the stream can only be
+    accepted at an end marker with ``ip == in_len`` and ``op == out_len``):
+
+    * output bounds: the kernel checks each copy (NEED_OP); here only the long copies
+      (extended literal and match lengths, zero runs) are checked before they happen,
+      the short ones (at most 36 bytes per 1-3 input bytes) at the end: output only
+      grows, so a stream that overruns once ends with ``op > out_len``;
+    * the ``NEED_IP(t + 3)`` of a literal run and after a match's 0-3 trailing
+      literals: with fewer bytes left, the next instruction cannot be a whole end
+      marker (reading past the input raises IndexError, the end-marker branch finds
+      fewer than 2 bytes, or the stream goes on to one of those), so the stream is
+      rejected all the same.
     """
     src = bytes(data)
     in_len = len(src)
@@ -356,13 +368,14 @@ def decompress(data: bytes, out_len: int) -> bytes:
     if in_len < 3:
         raise ValueError("lzo: input overrun (stream shorter than 3 bytes)")
     out = bytearray()
-    op = 0                     # == len(out)
+    op = 0                     # == len(out) while the stream can still be accepted
     ip = 0
     version = 0
     if in_len >= 5 and src[0] == 17:
         version = src[1]
         ip = 2
     state = 0
+    m2 = _M2_DECODE
     try:
         t = src[ip]
         if t > 17:             # first literal run, 17 + t
@@ -377,17 +390,13 @@ def decompress(data: bytes, out_len: int) -> bytes:
             ip += t
             state = t if t < 4 else 4
         while True:
-            # at least 3 input bytes remain here (every path below leaves 3 for the next)
-            if op > out_len:
-                raise _Corrupt("output overrun")
             t = src[ip]
             ip += 1
             if t >= 64:
                 # M2: length 3-8, distance 1-2048
-                nxt = t & 3
-                m_pos = op - 1 - ((t >> 2) & 7) - (src[ip] << 3)
+                nxt, dist, t = m2[t]
+                dist += src[ip] << 3
                 ip += 1
-                t = (t >> 5) + 1
             elif t >= 32:
                 # M3: length 3-33 or extended, distance 1-16384
                 t = (t & 31) + 2
@@ -400,7 +409,7 @@ def decompress(data: bytes, out_len: int) -> bytes:
                         raise _Corrupt("output overrun")
                 nxt = src[ip] | (src[ip + 1] << 8)
                 ip += 2
-                m_pos = op - 1 - (nxt >> 2)
+                dist = 1 + (nxt >> 2)
                 nxt &= 3
             elif t >= 16:
                 # M4 (distance 16385-49151), the end marker, or an lzo-rle zero run
@@ -425,7 +434,7 @@ def decompress(data: bytes, out_len: int) -> bytes:
                         ip += t
                     state = t
                     continue
-                m_pos = op - ((t & 8) << 11)
+                dist = (t & 8) << 11
                 t = (t & 7) + 2
                 if t == 2:
                     extra, ip = _extended_length(src, ip, in_len)
@@ -434,28 +443,27 @@ def decompress(data: bytes, out_len: int) -> bytes:
                         raise _Corrupt("input overrun")
                     nxt = src[ip] | (src[ip + 1] << 8)
                 ip += 2
-                m_pos -= nxt >> 2
+                dist += nxt >> 2
                 nxt &= 3
-                if m_pos == op:
+                if not dist:
                     # the end marker: 0x11 0 0 (t must be exactly 3)
                     if t != 3:
                         raise _Corrupt("bad end-of-stream marker")
                     if ip != in_len:
                         raise _Corrupt("input not consumed" if ip < in_len else "input overrun")
                     break
-                m_pos -= 0x4000
+                dist += 0x4000
                 if t > 36 and out_len - op < t:
                     raise _Corrupt("output overrun")
             elif state == 0:
                 # a literal run: t + 3 bytes, or extended
                 if t == 0:
                     extra, ip = _extended_length(src, ip, in_len)
-                    t = extra + 15
-                t += 3
-                if out_len - op < t:
-                    raise _Corrupt("output overrun")
-                if in_len - ip < t + 3:
-                    raise _Corrupt("input overrun")
+                    t = extra + 18
+                    if out_len - op < t:
+                        raise _Corrupt("output overrun")
+                else:
+                    t += 3
                 out += src[ip:ip + t]
                 op += t
                 ip += t
@@ -470,8 +478,6 @@ def decompress(data: bytes, out_len: int) -> bytes:
                     raise _Corrupt("lookbehind overrun")
                 out += out[m_pos:m_pos + 2]
                 op += 2
-                if in_len - ip < nxt + 3:
-                    raise _Corrupt("input overrun")
                 if nxt:
                     out += src[ip:ip + nxt]
                     op += nxt
@@ -481,13 +487,13 @@ def decompress(data: bytes, out_len: int) -> bytes:
             else:
                 # M1 right after a literal run: 3 bytes, distance 2049-3072
                 nxt = t & 3
-                m_pos = op - (1 + M2_MAX_OFFSET) - (t >> 2) - (src[ip] << 2)
+                dist = (1 + M2_MAX_OFFSET) + (t >> 2) + (src[ip] << 2)
                 ip += 1
                 t = 3
             # copy the match (overlapping copies repeat the period, like a byte loop)
+            m_pos = op - dist
             if m_pos < 0:
                 raise _Corrupt("lookbehind overrun")
-            dist = op - m_pos
             if dist >= t:
                 out += out[m_pos:m_pos + t]
             elif dist == 1:
@@ -496,8 +502,6 @@ def decompress(data: bytes, out_len: int) -> bytes:
                 out += (out[m_pos:op] * (t // dist + 1))[:t]
             op += t
             # then nxt (0-3) literals
-            if in_len - ip < nxt + 3:
-                raise _Corrupt("input overrun")
             if nxt:
                 out += src[ip:ip + nxt]
                 op += nxt
