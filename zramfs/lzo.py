@@ -232,9 +232,10 @@ def _do_compress(src: bytes, words: array, base: int, ll: int,
                 step = 16
                 while common < cap:
                     n = step if common + step <= cap else cap - common
-                    x = (from_bytes(src[a + common:a + common + n], "little")
-                         ^ from_bytes(src[b + common:b + common + n], "little"))
-                    if x:
+                    p = src[a + common:a + common + n]
+                    q = src[b + common:b + common + n]
+                    if p != q:        # memcmp; from_bytes only for the block that differs
+                        x = from_bytes(p, "little") ^ from_bytes(q, "little")
                         common += ((x & -x).bit_length() - 1) >> 3
                         break
                     common += n
