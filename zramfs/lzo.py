@@ -152,10 +152,9 @@ def _do_compress(src: bytes, words: array, base: int, ll: int,
             if not dv and rle:
                 break
             h = ((dv * 0x1824429D) >> 19) & 0x1FFF          # u32 product >> (32 - D_BITS)
-            m_pos = dct[h]
-            dct[h] = ip
-            if dv == words[m_pos]:
+            if dv == words[dct[h]]:
                 break
+            dct[h] = ip
             ip += 1
         else:
             while ip < ip_end:
@@ -163,10 +162,9 @@ def _do_compress(src: bytes, words: array, base: int, ll: int,
                 if not dv and rle:
                     break
                 h = ((dv * 0x1824429D) >> 19) & 0x1FFF
-                m_pos = dct[h]
-                dct[h] = ip
-                if dv == words[m_pos]:
+                if dv == words[dct[h]]:
                     break
+                dct[h] = ip
                 ip += 1 + ((ip - ii) >> 5)
             else:
                 break
@@ -197,6 +195,8 @@ def _do_compress(src: bytes, words: array, base: int, ll: int,
             state_offset = -3
             ii = ip
             continue
+        m_pos = dct[h]
+        dct[h] = ip
         if ti:
             ii -= ti
             ti = 0
