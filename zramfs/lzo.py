@@ -44,15 +44,25 @@ decompress, average compressed size; ``python3 -m zramfs.lzo`` measures again):
 ====================  =========================  =========================
 page                  lzo                        lzo-rle
 ====================  =========================  =========================
-text (stdlib .py)     ~610 / ~170 µs (1956 B)    ~600 / ~170 µs (1958 B)
-random (grows)          65 /    2 µs (4116 B)      66 /    2 µs (4118 B)
-mostly zero             49 /    4 µs (159 B)       44 /    3 µs (148 B)
-zero                    24 /    3 µs (44 B)        26 /    3 µs (41 B)
+text (stdlib .py)     ~500 / ~135 µs (1956 B)    ~500 / ~135 µs (1958 B)
+random (grows)          56 /    2 µs (4116 B)      56 /    2 µs (4118 B)
+mostly zero             40 /    5 µs (159 B)       34 /    4 µs (148 B)
+zero                    18 /    3 µs (44 B)        18 /    3 µs (41 B)
 ====================  =========================  =========================
 
-(±10 % between runs.)  Random pages are cheap because LZO1X-1 skips ahead faster the
-longer it finds nothing (``ip += 1 + (ip - ii) >> 5``); a text page costs ~1350 probed
-positions and ~330 matches.  The C library behind the lz4 codec takes ~5 µs for a text
+(±10 % between runs; the fastest of three ``python3 -m zramfs.lzo`` runs.  Before the
+2026-11 tuning, measured the same way against the previous version interleaved: text
+~575 / ~163, random 64 / 2, mostly zero 47 / 5 and 44 / 4, zero 22 / 3 and 23 / 3.)
+Random pages are cheap because LZO1X-1 skips ahead faster the longer it finds nothing
+(``ip += 1 + (ip - ii) >> 5``); a text page costs ~1350 probed positions (~165 ns each:
+the 32-bit multiplicative hash alone is ~60 ns in CPython) and ~330 matches.  What the
+tuning kept: one unaligned-word array per position (a list of the words would cost ~50
+µs to build, more than it saves), a step-1 probe loop for the 32 positions after a match,
+memcmp (``bytes.startswith``, slice equality) before any per-byte work on zero runs and
+long matches, an M2 decode table and fewer per-instruction checks in the decompressor
+(see ``decompress``).  Tried and dropped as slower: ``range()`` loops per skip band, a
+table of encoded M2 instructions, dicts instead of ``(x & -x) % 37``, bulk hashing of all
+positions with big-int arithmetic (~50 µs a page for ``int.from_bytes``/``to_bytes``).  The C library behind the lz4 codec takes ~5 µs for a text
 page: use lzo / lzo-rle here for the kernel's sizes, not for speed.
 """
 from __future__ import annotations
@@ -87,7 +97,8 @@ _BIG_ENDIAN = sys.byteorder == "big"
 
 def _words(src: bytes) -> array:
     """``w[i] == get_unaligned_le32(src + i)`` for every position (zero-padded past the
-    end), built by four strided slice assignments: ~9 µs for a page."""
+    end), built by four strided slice assignments: ~9 µs for a page, against ~25 ns saved
+    per probe over four per-alignment arrays and no per-entry word table to fill."""
     n = len(src)
     padded = src + b"\0\0\0"
     buf = bytearray(4 * n)
