@@ -219,6 +219,20 @@ def test_truncated_and_overlong_streams_are_rejected(rle: bool) -> None:
     assert lzo.decompress(data, PAGE) == page
 
 
+def test_checks_the_decompressor_defers_still_reject() -> None:
+    # "abcd", M2 (length 3, distance 1, 2 trailing literals) "xy", end marker: 9 bytes.
+    # The kernel's NEED_IP(2 + 3) after the M2 and NEED_OP of the short copies are
+    # decided later here (IndexError, the end marker, the final length): same rejects.
+    data = bytes((17 + 4,)) + b"abcd" + bytes((64 | 2, 0)) + b"xy" + bytes((0x11, 0, 0))
+    assert lzo.decompress(data, 9) == b"abcddddxy"
+    for n in range(len(data)):
+        _rejects(data[:n], 9)
+    for out_len in range(9):
+        _rejects(data, out_len)
+    _rejects(data[:-3] + bytes((0x11, 0)), 9)       # end marker cut after the literals
+    _rejects(data[:-5] + bytes((0x11, 0, 0)), 7)    # trailing literals missing
+
+
 def test_garbage_is_rejected() -> None:
     for bad in (b"", b"\x11", b"\x11\x00", b"\xff" * 40, b"\x00" * 64, b"\x11\x01\xff\xff\xff",
                 bytes((0x20, 0, 0, 0, 0x11, 0, 0)),                         # lookbehind
