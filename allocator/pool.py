@@ -41,8 +41,8 @@ log = logging.getLogger("allocator.zsmalloc")
 HANDLE_SHIFT = 3  # handle = cell index * ZS_HANDLE_SIZE
 FREE_CELL = -1
 
-
 _HANDLE_LOW_BITS = (1 << HANDLE_SHIFT) - 1
+
 
 class MapMode(enum.Enum):
     """enum zs_mapmode: only matters for an object that spans two frames."""

@@ -526,11 +526,10 @@ class ZramDevice:
                         continue
                     flags[i] = f & keep
                     ac_time[i] = now
-                comp = comps[(f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT]
-                if comp is None:
-                    raise IOFailure(f"no compressor for priority "
-                                    f"{(f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT}")
-                append(comp.decompress(data, PAGE_SIZE))
+                prio = (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
+                comp = comps[prio]
+                append(comp.decompress(data, PAGE_SIZE) if comp is not None
+                       else self._decompress(meta, data, prio))   # raises: no compressor
         except ZramError as exc:
             exc.block = i
             raise
@@ -651,13 +650,7 @@ class ZramDevice:
                 with first_stripe.lock:
                     f = t.flags[index]
                     h = t.handle[index]
-                    if not f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE) and h:
-                        # the common case, _decode_locked inlined: a compressed object
-                        data = meta.pool.read_object(h, f & SIZE_MASK)
-                        prio = (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
-                        t.flags[index] = f & ~ACCESS_CLEARED
-                        t.ac_time[index] = int(self.clock())
-                    elif f == 0 and h == 0:
+                    if f == 0 and h == 0:
                         data, prio = _ZERO_PAGE, -1
                     else:
                         data, prio = self._decode_locked(meta, index, f, h)
