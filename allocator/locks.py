@@ -432,13 +432,14 @@ class Mutex:
     """A non-recursive lock of a given class (class->lock is a spinlock in the kernel; here it
     is a ``threading.Lock`` with lock_stat and lockdep around it)."""
 
-    __slots__ = ("_lock", "_cls", "_stat", "_owner", "__weakref__")
+    __slots__ = ("_lock", "_cls", "_stat", "_acq", "_owner", "__weakref__")
 
     def __init__(self, lock_class: LockClass | None = None) -> None:
         cls = lock_class if lock_class is not None else _site_class(False)
         self._lock = threading.Lock()
         self._cls = cls
         self._stat = cls.write
+        self._acq = cls.write._acq     # lock_stat's acquisition counter (never replaced)
         self._owner = 0
 
     @property
@@ -453,7 +454,7 @@ class Mutex:
             lockdep_before(self, self._cls, _WRITE)
         if not self._lock.acquire(False):
             self._acquire_slow()
-        next(self._stat._acq)
+        next(self._acq)
         if _lockdep:
             self._owner = threading.get_ident()
             lockdep_acquired(self, self._cls, _WRITE)
@@ -467,7 +468,7 @@ class Mutex:
     def trylock(self) -> bool:
         if not self._lock.acquire(False):
             return False
-        next(self._stat._acq)
+        next(self._acq)
         if _lockdep:
             self._owner = threading.get_ident()
             lockdep_acquired(self, self._cls, _WRITE, True)
@@ -499,7 +500,7 @@ class Mutex:
             lockdep_before(self, self._cls, _WRITE)
         if not self._lock.acquire(False):
             self._acquire_slow()
-        next(self._stat._acq)
+        next(self._acq)
         if _lockdep:
             self._owner = threading.get_ident()
             lockdep_acquired(self, self._cls, _WRITE)
@@ -518,6 +519,12 @@ class Mutex:
 # ------------------------------------------------------------------------------------------
 # RWLock
 # ------------------------------------------------------------------------------------------
+
+
+# The reader fast path relies on the GIL making each list operation and attribute read one
+# indivisible step; a free-threaded build (sys._is_gil_enabled() False) takes the slow path:
+# there ``_wbusy`` never drops to False.
+_SLOW_READERS: bool = not getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 class _ReadGuard:
@@ -567,10 +574,19 @@ class RWLock:
 
     The lock has no owner: a read lock may be released by any thread (kernel rwlocks do not
     track readers either), but lockdep tracks the acquiring thread.
+
+    Reader fast path (qrwlock's: add the reader bias, then look for a writer): while no writer
+    holds or waits (``_wbusy``), a reader appends a token to ``_fast`` without taking ``_lock``
+    and then re-reads ``_wbusy``; a writer sets ``_wbusy`` under ``_lock`` before it counts
+    ``_fast``.  Each step is one bytecode-level operation under the GIL, so either the reader sees
+    the writer's flag (and backs out to the slow path) or the writer sees the reader's token (and
+    waits for it).  Readers are counted in ``_readers`` + ``len(_fast)``; an unlock takes a token
+    if there is one, else decrements ``_readers`` (the counts are interchangeable, as the lock
+    has no owner).  Without a GIL (free-threaded CPython) every reader takes the slow path.
     """
 
     __slots__ = ("_lock", "_cls", "_readers", "_writer", "_waiters", "_wwait", "_rwait", "_rgrant",
-                 "_rcond", "_wcond", "_rg", "_wg", "__weakref__")
+                 "_rcond", "_wcond", "_rg", "_wg", "_fast", "_wbusy", "_racq", "__weakref__")
 
     def __init__(self, lock_class: LockClass | None = None) -> None:
         cls = lock_class if lock_class is not None else _site_class(True)
@@ -583,6 +599,9 @@ class RWLock:
         self._wwait = 0            # queued writers (they block new readers)
         self._rwait = 0            # queued readers
         self._rgrant = 0           # queued readers already admitted by a write_unlock hand-off
+        self._fast: list[None] = []  # one token per reader that came in by the fast path
+        self._wbusy = _SLOW_READERS  # a writer holds or waits: readers must take the slow path
+        self._racq = cls.read._acq     # lock_stat's acquisition counter (never replaced)
         self._rcond: threading.Condition | None = None
         self._wcond: threading.Condition | None = None
         self._rg: _ReadGuard | None = None
@@ -597,13 +616,23 @@ class RWLock:
     def read_lock(self) -> None:
         if _lockdep:
             lockdep_before(self, self._cls, _READ)
+        if not self._wbusy:
+            fast = self._fast
+            fast.append(None)          # publish the reader first ...
+            if not self._wbusy:        # ... then look for a writer (see the class docstring)
+                next(self._racq)
+                if _lockdep:
+                    lockdep_acquired(self, self._cls, _READ)
+                return
+            fast.pop()
+            self._fast_drained()
         lk = self._lock
         lk.acquire()
         if self._writer or self._wwait:
             self._read_wait()
         self._readers += 1
         lk.release()
-        next(self._cls.read._acq)
+        next(self._racq)
         if _lockdep:
             lockdep_acquired(self, self._cls, _READ)
 
@@ -633,7 +662,7 @@ class RWLock:
                 # A grant was meant for us: give the read lock back.
                 self._rgrant -= 1
                 self._readers -= 1
-                if not self._readers and self._wwait:
+                if not self._readers and not self._fast and self._wwait:
                     self._wcond.notify()  # type: ignore[union-attr]
             self._lock.release()
             raise
@@ -642,6 +671,16 @@ class RWLock:
         self._cls.read.contended(perf_counter_ns() - t0, contention_point())
 
     def try_read_lock(self) -> bool:
+        if not self._wbusy:
+            fast = self._fast
+            fast.append(None)
+            if not self._wbusy:
+                next(self._racq)
+                if _lockdep:
+                    lockdep_acquired(self, self._cls, _READ, True)
+                return True
+            fast.pop()
+            self._fast_drained()
         lk = self._lock
         lk.acquire()
         if self._writer or self._wwait:
@@ -649,12 +688,27 @@ class RWLock:
             return False
         self._readers += 1
         lk.release()
-        next(self._cls.read._acq)
+        next(self._racq)
         if _lockdep:
             lockdep_acquired(self, self._cls, _READ, True)
         return True
 
     def read_unlock(self) -> None:
+        fast = self._fast
+        if fast:
+            try:
+                fast.pop()
+            except IndexError:         # another thread took the last token in between
+                self._read_unlock_slow()
+            else:
+                if self._wbusy and not fast:
+                    self._fast_drained()
+        else:
+            self._read_unlock_slow()
+        if _lockdep:
+            lockdep_released(self)
+
+    def _read_unlock_slow(self) -> None:
         lk = self._lock
         lk.acquire()
         r = self._readers - 1
@@ -662,11 +716,16 @@ class RWLock:
             lk.release()
             raise RuntimeError(f"read_unlock of {self._cls.name} without readers")
         self._readers = r
-        if r == 0 and self._wwait:
+        if r == 0 and self._wwait and not self._fast:
             self._wcond.notify()  # type: ignore[union-attr]
         lk.release()
-        if _lockdep:
-            lockdep_released(self)
+
+    def _fast_drained(self) -> None:
+        """A fast-path token went while a writer was about: wake the writer if it was the last
+        reader (the writer waits under ``_lock`` for ``_readers`` and ``_fast`` to empty)."""
+        with self._lock:
+            if self._wwait and not self._writer and not self._readers and not self._fast:
+                self._wcond.notify()  # type: ignore[union-attr]
 
     def _wake_readers(self) -> None:
         # The lock is free of writers and no writer is queued: admit every queued reader.
@@ -683,7 +742,8 @@ class RWLock:
             lockdep_before(self, self._cls, _WRITE)
         lk = self._lock
         lk.acquire()
-        if self._writer or self._readers or self._wwait:
+        self._wbusy = True             # before counting _fast: see the class docstring
+        if self._writer or self._readers or self._fast or self._wwait:
             self._write_wait()
         self._writer = True
         lk.release()
@@ -705,19 +765,21 @@ class RWLock:
         t0 = perf_counter_ns()
         try:
             # Queue behind writers already waiting (wait at least once), then until free.
-            if self._wwait > 1 or self._writer or self._readers:
+            if self._wwait > 1 or self._writer or self._readers or self._fast:
                 cond.wait()
-            while self._writer or self._readers:
+            while self._writer or self._readers or self._fast:
                 cond.wait()
         except BaseException:
             self._waiters -= 1
             self._wwait -= 1
             if not self._writer:
                 if self._wwait:
-                    if not self._readers:
+                    if not self._readers and not self._fast:
                         cond.notify()       # pass our turn on
-                elif self._rwait:
-                    self._wake_readers()    # readers we were holding back may go on now
+                else:
+                    self._wbusy = _SLOW_READERS
+                    if self._rwait:
+                        self._wake_readers()    # readers we were holding back may go on now
             self._lock.release()
             raise
         self._waiters -= 1
@@ -727,7 +789,9 @@ class RWLock:
     def try_write_lock(self) -> bool:
         lk = self._lock
         lk.acquire()
-        if self._writer or self._readers or self._wwait:
+        self._wbusy = True
+        if self._writer or self._readers or self._fast or self._wwait:
+            self._wbusy = self._writer or self._wwait > 0 or _SLOW_READERS
             lk.release()
             return False
         self._writer = True
@@ -744,6 +808,8 @@ class RWLock:
             lk.release()
             raise RuntimeError(f"write_unlock of {self._cls.name} not write-locked")
         self._writer = False
+        if not self._wwait:
+            self._wbusy = _SLOW_READERS
         if self._waiters:
             if self._wwait:
                 self._wcond.notify()  # type: ignore[union-attr]
@@ -760,7 +826,7 @@ class RWLock:
         return self._waiters > 0
 
     def is_locked(self) -> bool:
-        return self._writer or self._readers > 0
+        return self._writer or self._readers > 0 or len(self._fast) > 0
 
     def is_write_locked(self) -> bool:
         return self._writer
@@ -773,16 +839,17 @@ class RWLock:
                 if h[0] is self and (mode is None or h[2] == mode):
                     return
             raise LockOrderViolation(f"{self._cls.name} is not held by this thread")
+        readers = self._readers + len(self._fast)
         if mode is None:
-            ok = self._writer or self._readers > 0
+            ok = self._writer or readers > 0
         else:
-            ok = self._writer if mode == _WRITE else self._readers > 0
+            ok = self._writer if mode == _WRITE else readers > 0
         if not ok:
             raise LockOrderViolation(f"{self._cls.name} is not held")
 
     @property
     def readers(self) -> int:
-        return self._readers
+        return self._readers + len(self._fast)
 
     def read(self) -> _ReadGuard:
         g = self._rg
@@ -797,7 +864,8 @@ class RWLock:
         return g
 
     def __repr__(self) -> str:
-        state = "W" if self._writer else f"R{self._readers}" if self._readers else "unlocked"
+        n = self.readers
+        state = "W" if self._writer else f"R{n}" if n else "unlocked"
         return f"<RWLock {self._cls.name} {state} waiters={self._waiters}>"
 
 

@@ -298,6 +298,135 @@ def test_rwlock_writers_queue_fifo() -> None:
     assert order == [0, 1, 2, 3]
 
 
+def test_rwlock_fast_path_readers_hold_off_a_writer() -> None:
+    """Readers that came in without taking the internal lock (no writer about) still keep a
+    writer out until the last of them unlocks, whichever thread unlocks."""
+    rw = RWLock(fresh_class(rw=True))
+    rw.read_lock()
+    rw.read_lock()
+    assert rw._fast, "with no writer about, readers take the fast path"
+    assert rw.readers == 2 and rw.is_locked()
+    got = threading.Event()
+
+    def writer() -> None:
+        rw.write_lock()
+        got.set()
+        rw.write_unlock()
+
+    w = threading.Thread(target=writer, daemon=True)
+    w.start()
+    wait_until(rw.is_contended)
+    rw.read_unlock()
+    time.sleep(0.02)
+    assert not got.is_set(), "one reader is still inside"
+    unlocker = threading.Thread(target=rw.read_unlock, daemon=True)   # no owner: any thread
+    unlocker.start()
+    unlocker.join(5)
+    assert got.wait(5)
+    w.join(5)
+    assert not rw.is_locked() and not rw.is_contended() and not rw._fast
+
+
+def test_rwlock_fast_and_slow_readers_mix() -> None:
+    """A reader admitted by a writer's hand-off (slow path, counted in _readers) and one that
+    came in later by the fast path are one reader count: a writer waits for both."""
+    rw = RWLock(fresh_class(rw=True))
+    rw.write_lock()
+    slow_in = threading.Event()
+    release_slow = threading.Event()
+
+    def slow_reader() -> None:
+        rw.read_lock()                  # queued behind the writer: slow path, then granted
+        slow_in.set()
+        release_slow.wait(5)
+        rw.read_unlock()
+
+    r = threading.Thread(target=slow_reader, daemon=True)
+    r.start()
+    wait_until(lambda: rw._waiters == 1)
+    rw.write_unlock()
+    assert slow_in.wait(5)
+    rw.read_lock()                      # no writer about now: the fast path
+    assert rw._fast and rw.readers == 2
+    got = threading.Event()
+
+    def writer() -> None:
+        rw.write_lock()
+        got.set()
+        rw.write_unlock()
+
+    w = threading.Thread(target=writer, daemon=True)
+    w.start()
+    wait_until(rw.is_contended)
+    assert not rw.try_read_lock(), "a queued writer shuts the fast path too"
+    rw.read_unlock()                    # takes the fast token; the slow reader remains
+    time.sleep(0.02)
+    assert not got.is_set()
+    release_slow.set()                  # its unlock finds no token: the slow count goes
+    r.join(5)
+    assert got.wait(5)
+    w.join(5)
+    assert not rw.is_locked() and not rw.is_contended() and rw.readers == 0
+
+
+def test_rwlock_failed_try_write_lock_reopens_the_fast_path() -> None:
+    rw = RWLock(fresh_class(rw=True))
+    rw.read_lock()
+    assert not rw.try_write_lock()
+    assert rw.try_read_lock() and len(rw._fast) == 2
+    rw.read_unlock()
+    rw.read_unlock()
+    assert rw.try_write_lock()
+    assert not rw.try_read_lock()
+    rw.write_unlock()
+    rw.read_lock()
+    assert rw._fast
+    rw.read_unlock()
+    with pytest.raises(RuntimeError):
+        rw.read_unlock()
+
+
+def test_rwlock_without_a_gil_every_reader_takes_the_slow_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Free-threaded CPython: the fast path's reasoning needs the GIL, so it is never used."""
+    monkeypatch.setattr(locks, "_SLOW_READERS", True)
+    rw = RWLock(fresh_class(rw=True))
+    for _ in range(2):
+        rw.read_lock()
+        assert rw.try_read_lock()
+        assert not rw._fast and rw.readers == 2
+        rw.read_unlock()
+        rw.read_unlock()
+        rw.write_lock()
+        rw.write_unlock()
+        assert rw.try_write_lock()
+        rw.write_unlock()
+    rwlock_stress(0.3, 6, rw)
+
+
+def test_rwlock_reader_backs_out_when_a_writer_flag_appears() -> None:
+    """The window between publishing a fast-path token and re-checking for a writer: a reader
+    that finds the flag set then takes its token back and goes the slow way."""
+    rw = RWLock(fresh_class(rw=True))
+
+    class Racing(list):
+        def append(self, item: object) -> None:
+            super().append(item)
+            rw._wbusy = True            # as if a writer got to _lock right after our append
+
+    rw._fast = Racing()
+    rw.read_lock()                      # no writer really holds or waits: it gets in, slowly
+    assert rw._readers == 1 and not rw._fast and rw.readers == 1
+    rw.read_unlock()
+    assert rw.readers == 0 and not rw.is_locked()
+    rw.write_lock()                     # a real writer's unlock clears the flag again
+    rw.write_unlock()
+    rw._fast = []
+    rw.read_lock()
+    assert rw._fast and rw._readers == 0
+    rw.read_unlock()
+
+
 def test_rwlock_stress() -> None:
     rwlock_stress(0.6, 8)
 
@@ -307,10 +436,11 @@ def test_rwlock_stress_soak() -> None:
     rwlock_stress(20.0, 16)
 
 
-def rwlock_stress(seconds: float, nthreads: int) -> None:
+def rwlock_stress(seconds: float, nthreads: int, rw: RWLock | None = None) -> None:
     """Many threads, random read/write/try mixes: readers never overlap a writer, writers never
     overlap anyone; finishes under a watchdog (no lost wake-up)."""
-    rw = RWLock(fresh_class(rw=True))
+    if rw is None:
+        rw = RWLock(fresh_class(rw=True))
     state = {"readers": 0, "writers": 0, "writes": 0}
     guard = threading.Lock()
     bad: list[str] = []
