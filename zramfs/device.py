@@ -644,25 +644,26 @@ class ZramDevice:
         t0 = _perf_ns()
         try:
             if not offset & (PAGE_SIZE - 1) and end - offset == PAGE_SIZE:
-                # one full page: _load_page inlined; a page that needs no decompression
-                # (unwritten, SAME, HUGE) is accounted in the same critical section
+                # One full page: _load_page inlined, and decompressed under the slot lock as
+                # zram_read_page() does (zram_read_from_zspool runs between slot lock and
+                # unlock), so the request is accounted in the same critical section.
                 t = meta.table
                 with first_stripe.lock:
                     f = t.flags[index]
                     h = t.handle[index]
                     if f == 0 and h == 0:
-                        data, prio = _ZERO_PAGE, -1
+                        data = _ZERO_PAGE
                     else:
                         data, prio = self._decode_locked(meta, index, f, h)
+                        if prio >= 0:
+                            data = self._decompress(meta, data, prio)
                         t.flags[index] = f & ~ACCESS_CLEARED
                         t.ac_time[index] = int(self.clock())
-                    if prio < 0:
-                        c = first_stripe.counters
-                        c[READ_IOS] += 1
-                        c[READ_SECTORS] += PAGE_SIZE >> SECTOR_SHIFT
-                        c[READ_NS] += _perf_ns() - t0
-                        return data
-                out = self._decompress(meta, data, prio)
+                    c = first_stripe.counters
+                    c[READ_IOS] += 1
+                    c[READ_SECTORS] += PAGE_SIZE >> SECTOR_SHIFT
+                    c[READ_NS] += _perf_ns() - t0
+                    return data
             elif not (offset | end) & (PAGE_SIZE - 1):
                 out = b"".join(self._read_pages(meta, index, (end - offset) >> PAGE_SHIFT))
             else:
