@@ -656,11 +656,17 @@ class Pool:
             return
         ml = self.migrate_lock
         ml.read_lock()
+        # _checked_obj, inlined for the common case (every overwrite frees the old object)
         try:
-            obj = self._checked_obj(handle)
-        except BaseException:
-            ml.read_unlock()
-            raise
+            obj = self._cells[handle >> HANDLE_SHIFT]
+        except (IndexError, TypeError):
+            obj = -1
+        if obj < 0 or handle < 0 or handle & _HANDLE_LOW_BITS:
+            try:
+                obj = self._checked_obj(handle)
+            except BaseException:
+                ml.read_unlock()
+                raise
         obj >>= OBJ_TAG_BITS
         pfn = obj >> self.obj_index_bits
         zspage = self._private[pfn]
@@ -845,7 +851,13 @@ class Pool:
         ml = self.migrate_lock
         ml.read_lock()
         try:
-            obj = self._checked_obj(handle)
+            # _checked_obj, inlined as in read_object (once per stored page)
+            try:
+                obj = self._cells[handle >> HANDLE_SHIFT]
+            except (IndexError, TypeError):
+                obj = -1
+            if obj < 0 or handle <= 0 or handle & _HANDLE_LOW_BITS:
+                obj = self._checked_obj(handle)         # raises the precise InvalidHandle
             pfn = obj >> (OBJ_TAG_BITS + self.obj_index_bits)
             zspage = self._private[pfn]
             zlock = zspage.lock
