@@ -298,14 +298,9 @@ def test_rwlock_writers_queue_fifo() -> None:
     assert order == [0, 1, 2, 3]
 
 
-def test_rwlock_fast_path_readers_hold_off_a_writer() -> None:
-    """Readers that came in without taking the internal lock (no writer about) still keep a
-    writer out until the last of them unlocks, whichever thread unlocks."""
-    rw = RWLock(fresh_class(rw=True))
-    rw.read_lock()
-    rw.read_lock()
-    assert rw._fast, "with no writer about, readers take the fast path"
-    assert rw.readers == 2 and rw.is_locked()
+def start_writer(rw: RWLock) -> tuple[threading.Thread, threading.Event]:
+    """A thread that write-locks `rw` (setting the event once in) and unlocks; returns once it
+    is queued on the lock."""
     got = threading.Event()
 
     def writer() -> None:
@@ -316,6 +311,18 @@ def test_rwlock_fast_path_readers_hold_off_a_writer() -> None:
     w = threading.Thread(target=writer, daemon=True)
     w.start()
     wait_until(rw.is_contended)
+    return w, got
+
+
+def test_rwlock_fast_path_readers_hold_off_a_writer() -> None:
+    """Readers that came in without taking the internal lock (no writer about) still keep a
+    writer out until the last of them unlocks, whichever thread unlocks."""
+    rw = RWLock(fresh_class(rw=True))
+    rw.read_lock()
+    rw.read_lock()
+    assert rw._fast, "with no writer about, readers take the fast path"
+    assert rw.readers == 2 and rw.is_locked()
+    w, got = start_writer(rw)
     rw.read_unlock()
     time.sleep(0.02)
     assert not got.is_set(), "one reader is still inside"
@@ -348,16 +355,7 @@ def test_rwlock_fast_and_slow_readers_mix() -> None:
     assert slow_in.wait(5)
     rw.read_lock()                      # no writer about now: the fast path
     assert rw._fast and rw.readers == 2
-    got = threading.Event()
-
-    def writer() -> None:
-        rw.write_lock()
-        got.set()
-        rw.write_unlock()
-
-    w = threading.Thread(target=writer, daemon=True)
-    w.start()
-    wait_until(rw.is_contended)
+    w, got = start_writer(rw)
     assert not rw.try_read_lock(), "a queued writer shuts the fast path too"
     rw.read_unlock()                    # takes the fast token; the slow reader remains
     time.sleep(0.02)

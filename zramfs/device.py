@@ -19,8 +19,9 @@ Concurrency: the kernel's per-entry lock becomes a striped lock (`zramfs.slots`)
 is only read or changed under its stripe, and the counters that change with a slot are
 kept per stripe, so the data path takes no device-wide lock.  Configuration changes take
 `dev_lock` (the kernel's init_lock/dev_lock) and never run on the data path.  Compression
-happens before the slot lock is taken, like zram_write_page(); a read copies the object
-out under the lock and decompresses after dropping it.  Sub-block writes check a per-
+happens before the slot lock is taken, like zram_write_page(); a single-page read
+decompresses under the lock, like zram_read_page(), while a multi-page read copies each object
+out under its lock and decompresses after dropping it.  Sub-block writes check a per-
 stripe generation number when they commit, so two partial writers of one block never
 lose each other's bytes while both still compress outside the lock.
 """
