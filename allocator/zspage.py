@@ -83,12 +83,15 @@ class Zspage:
         self.first_page = -1
         self.pages: list[int] = []
         self.lock = lock                # the zspage rwlock (migrate_read/write_lock)
-        # INIT_LIST_HEAD(&zspage->list): not on any list
-        self.prev = self
-        self.next = self
+        # INIT_LIST_HEAD(&zspage->list): not on any list.  None, not the kernel's self-link: a
+        # self-cycle would leave every freed zspage (and its lock and page list) to the cyclic
+        # garbage collector, which the daemon runs rarely (zramfs.cli._tune_gc), so discarded
+        # data would keep the daemon's memory until the next full collection.
+        self.prev: Zspage | ListHead | None = None
+        self.next: Zspage | ListHead | None = None
 
     def on_list(self) -> bool:
-        return self.next is not self
+        return self.next is not None
 
     def __repr__(self) -> str:
         return (f"<Zspage class={self.class_idx} fg={self.fullness} inuse={self.inuse} "
@@ -106,12 +109,14 @@ def list_add(entry: Zspage, head) -> None:
 
 
 def list_del_init(entry: Zspage) -> None:
+    """list_del_init: unlink `entry`; like the kernel's, a no-op on an entry on no list."""
     prev = entry.prev
+    if prev is None:
+        return
     nxt = entry.next
     prev.next = nxt
     nxt.prev = prev
-    entry.prev = entry
-    entry.next = entry
+    entry.prev = entry.next = None
 
 
 def location_to_obj(pfn: int, obj_idx: int, obj_index_bits: int) -> int:

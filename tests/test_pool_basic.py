@@ -3,12 +3,14 @@ fullness transitions, list order, deferred free, compaction and page migration."
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
 
 from allocator import (InvalidHandle, MapMode, NestedMappingError, OutOfMemory, PhysicalMemory,
                        Pool, set_lockdep)
+from allocator.zspage import Zspage
 from allocator.sizeclass import (CLASS_EMPTY, OBJ_ALLOCATED, OBJ_USED, ZS_ALMOST_EMPTY,
                                  ZS_ALMOST_FULL, ZS_EMPTY, ZS_FULL)
 
@@ -306,6 +308,48 @@ def test_async_free_waits_for_locked_page(pool, mem):
         mem.unlock_page(z.pages[2])
     assert pool.flush_free_work(timeout=10)
     assert pool.total_pages == 0 and mem.nr_used == 0
+
+
+def live_zspages() -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, Zspage))
+
+
+def test_freed_zspages_are_released_without_the_cycle_collector(pool, mem):
+    """A zspage that leaves its pool is freed by reference counting, not left to the cyclic
+    garbage collector: the daemon runs that rarely (zramfs.cli._tune_gc), and a freed zspage in
+    a cycle kept its memory until then (RSS grew with every fill/discard cycle).  Covers zs_free,
+    the deferred free of the async worker, compaction and page migration."""
+    gc.collect()
+    gc.disable()                  # anything still alive below is alive by reference
+    try:
+        base = live_zspages()
+        hs = [pool.malloc(size) for size in (100, 3000, PAGE) for _ in range(40)]
+        assert live_zspages() - base == len(pool._zspages) > 0
+        for h in hs[::2]:
+            pool.free(h)
+        hs = hs[1::2]
+        for h in hs[:4]:                                  # a page migration or two
+            mem.migrate_pfn(pool.obj_location(h)[0])
+        pool.compact()
+        pool.check_invariants()
+        assert live_zspages() - base == len(pool._zspages)
+        # the last one goes through the async worker: its page is locked "by another CPU"
+        z = zspage_of(pool, hs[-1])
+        set_lockdep(False)
+        pool.hold_free_work()
+        mem.lock_page(z.first_page)
+        try:
+            for h in hs:
+                pool.free(h)
+        finally:
+            mem.unlock_page(z.first_page)
+            pool.release_free_work()
+            del z
+        assert pool.flush_free_work(timeout=10)
+        assert pool.total_pages == 0
+        assert live_zspages() == base
+    finally:
+        gc.enable()
 
 
 # ---------------------------------------------------------------------------------- compaction

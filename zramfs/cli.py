@@ -384,11 +384,11 @@ GC_THRESHOLDS = (10_000, 20, 20)
 def _tune_gc() -> None:
     """Make the cyclic garbage collector cheap for a pool's object graph.
 
-    Every zspage sits in a circular fullness list and a freed one keeps a self-cycle
-    (list_del_init), so they are all tracked; with the default thresholds a full collection
-    walked the whole pool every ~70,000 allocations — about 1 µs per 4 KiB write on a 256 MiB
-    device (measured with gc.callbacks: 0.99–1.28 µs per write, 0.11–0.16 with this tuning),
-    and a pause of tens of ms each time.  The objects built before serving (modules, the tree,
+    Every listed zspage sits in a circular fullness list, so they are all tracked (a freed
+    one leaves no cycle behind and goes by reference counting, see allocator.zspage); with the
+    default thresholds a full collection walked the whole pool every ~70,000 allocations —
+    about 1 µs per 4 KiB write on a 256 MiB device (measured with gc.callbacks: 0.99–1.28 µs
+    per write, 0.11–0.16 with this tuning), and a pause of tens of ms each time.  The objects built before serving (modules, the tree,
     the registry) are frozen out of every collection; larger thresholds keep the number of
     pending cyclic objects bounded (~10,000) while collecting 14× less often."""
     import gc
