@@ -310,17 +310,25 @@ class Pool:
         else:
             newfg = ZS_ALMOST_FULL
         if newfg != currfg:
-            # remove_zspage(currfg) + insert_zspage(newfg) + set_zspage_mapping, inlined
-            list_del_init(zspage)
+            # remove_zspage(currfg) + insert_zspage(newfg) + set_zspage_mapping, inlined with
+            # their list_del_init and list_add: with few objects per zspage (the classes of
+            # 2:1 pages) the group changes on nearly every zs_malloc and zs_free.
+            prev = zspage.prev
+            nxt = zspage.next
+            prev.next = nxt
+            nxt.prev = prev
             stats = cls.stats
             stats[currfg] -= 1
             stats[newfg] += 1
             head = cls.fullness_list[newfg]
             first = head.next
             if first is not head and inuse < first.inuse:
-                list_add(zspage, first)
-            else:
-                list_add(zspage, head)
+                head = first                    # second place: list_add after the head entry
+            nxt = head.next
+            zspage.prev = head
+            zspage.next = nxt
+            nxt.prev = zspage
+            head.next = zspage
             zspage.fullness = newfg
         return newfg
 
@@ -619,7 +627,20 @@ class Pool:
                 break
         if zspage is not None:
             try:   # try blocks cost nothing in 3.11; a bug must not leave class->lock held
-                obj = self._obj_malloc(zspage, handle)
+                # obj_malloc (see _obj_malloc), inlined for the common case: a listed zspage
+                # of this class, so cls is the zspage's class.
+                idx = zspage.freeobj
+                offset = idx * cls.size
+                pfn = zspage.pages[offset >> self.page_shift]
+                wi = (pfn << (self.page_shift - 3)) + ((offset & self.page_mask) >> 3)
+                words = self._words
+                zspage.freeobj = (words[wi] >> OBJ_TAG_BITS) & FREEOBJ_MASK
+                if not zspage.huge:
+                    words[wi] = handle | OBJ_ALLOCATED_TAG
+                else:
+                    self._index[zspage.first_page] = handle | OBJ_ALLOCATED_TAG
+                zspage.inuse += 1
+                obj = ((pfn << self.obj_index_bits) | idx) << OBJ_TAG_BITS
                 self._fix_fullness_group(cls, zspage)
                 self._cells[handle >> HANDLE_SHIFT] = obj
                 cls.stats[OBJ_USED] += 1
