@@ -22,8 +22,9 @@ Systems (``--systems``, comma-separated; default all):
 
 Every system is set up once, prefilled with compressible data (so the read jobs decompress), then
 each fio job runs on every system in turn, round after round (A B C A B C …; each round starts one
-system further, so no system always runs first), with ``--output-format=json``. The synthetic jobs
-write compressible buffers (``buffer_compress_percentage=50``, ``buffer_compress_chunk=4k``,
+system further, so no system always runs first; ``--settle`` seconds of idle before every run,
+default 2, so no system pays for the one before it), with ``--output-format=json``. The synthetic
+jobs write compressible buffers (``buffer_compress_percentage=50``, ``buffer_compress_chunk=4k``,
 ``refill_buffers``). Then a real-data image — real files of this machine concatenated (Python
 sources, binaries, shared libraries, documentation) — is written onto every device by this script
 (128 KiB O_DIRECT writes, timed: the ``real-write-128k`` row), the devices' ``mm_stat`` and the
@@ -69,6 +70,13 @@ DEFAULT_SYSTEMS = ("zramfs-lz4", "zramfs-zstd", "zramfs-lz4-nocompact", "nullfs"
 # not in the default run: the compaction daemon as busy as it goes (every 10 ms, any freeable page)
 ALL_SYSTEMS = (*DEFAULT_SYSTEMS, "zramfs-lz4-aggressive")
 MIGRATE_LOCK = "&pool->migrate_lock"
+# Idle time before every measured run.  Measured on the project VM (2026-11-27): zramfs-lz4
+# randwrite-4k run right after a 4 s kernel-zram randwrite ran 17-24 % slower than right after
+# a nullfs run (5 of 5 pairs); after 5 s of idle the two orders matched, after 2 s mostly.  The
+# kernel system saturates a CPU without a gap, and whatever throttles this VM afterwards decays
+# within seconds; the round rotation alone does not cancel it (zramfs-lz4 followed kernel zram
+# in 2 of 3 rounds).
+DEFAULT_SETTLE_S = 2.0
 
 
 class BenchError(RuntimeError):
@@ -832,7 +840,7 @@ def run_bench(args: argparse.Namespace) -> int:
             return 1
         names = [s.name for s in systems]
         n_runs = len(systems) * args.rounds * (len(jobs))
-        est = n_runs * (args.runtime + 0.6)
+        est = n_runs * (args.runtime + 0.6 + args.settle)
         log(f"bench: {len(jobs)} jobs × {len(systems)} systems × {args.rounds} rounds, "
             f"{args.runtime} s each: ~{est / 60:.1f} min plus prefill")
 
@@ -848,6 +856,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
         def one(job: Job, s: System, rnd: int) -> None:
             counter[0] += 1
+            # Let the machine settle after the previous system: right after a kernel-zram fio
+            # run the next system ran ~20 % slower for a few seconds (see DEFAULT_SETTLE_S).
+            time.sleep(args.settle)
             lock_before = s.lock_stat()
             pids = list(s.pids().values())
             cpu0 = cpu_seconds(pids)
@@ -941,7 +952,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "duration_s": round(time.time() - started, 1),
         "environment": environment(load_before),
         "options": {"size": args.size, "runtime": args.runtime, "rounds": args.rounds,
-                    "systems": names, "jobs": [j.name for j in jobs]},
+                    "settle": args.settle, "systems": names, "jobs": [j.name for j in jobs]},
         "skipped": skipped,
         "descriptions": {s.name: s.description for s in systems},
         "jobs": {j.name: {"title": j.title, "options": j.options} for j in jobs},
@@ -1051,7 +1062,8 @@ def markdown(report: dict[str, Any], jobs: list[Job]) -> str:
         "## Results", "",
         f"`{report['command']}` — {report['started']}, {report['duration_s']:.0f} s; "
         f"images {opts['size'] // MiB} MiB, {opts['runtime']} s per job, {opts['rounds']} rounds "
-        f"(systems alternating within each round); commit {env['commit']}"
+        f"(systems alternating within each round, {opts.get('settle', 0):g} s idle before each "
+        f"run); commit {env['commit']}"
         + (f" + uncommitted changes to {', '.join(x.split()[-1] for x in env['uncommitted'])}"
            if env.get("uncommitted") else "")
         + f", Linux {env['kernel']}, "
@@ -1521,8 +1533,11 @@ def make_parser() -> argparse.ArgumentParser:
                    help="default: " + ",".join(DEFAULT_SYSTEMS))
     p.add_argument("--jobs", type=_csv(tuple(JOB_BY_NAME)), default=list(JOB_BY_NAME))
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out/)")
+    p.add_argument("--settle", type=float, default=None, metavar="S",
+                   help="idle seconds before every measured run (default 2; 0 with --quick): "
+                        "a system run right after kernel zram's lost ~20%% without it")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 16 MiB images, 1 s per job, 1 round (unless given)")
+                   help="smoke run: 16 MiB images, 1 s per job, 1 round, no settle (unless given)")
     p.add_argument("--profile", action="store_true",
                    help="instead of the benchmark: py-spy profile of one zramfs system under "
                         "the selected synthetic jobs (default: the 4 KiB QD1 ones)")
@@ -1542,6 +1557,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.size = args.size or (16 * MiB if quick else 256 * MiB)
     args.runtime = args.runtime or (1 if quick else 4)
     args.rounds = args.rounds or (1 if quick else 3)
+    if args.settle is None:
+        args.settle = 0.0 if quick else DEFAULT_SETTLE_S
+    if args.settle < 0:
+        raise SystemExit("bench.py: --settle must be >= 0")
     if args.rounds < 1 or args.runtime < 1:
         raise SystemExit("bench.py: --rounds and --runtime must be >= 1")
     if args.micro:

@@ -89,6 +89,16 @@ def test_parsers() -> None:
     assert b.parse_size("1") == 4096 and b.parse_size("16M") == 16 << 20
 
 
+def test_settle_defaults_and_bad_value() -> None:
+    """Idle time before each run: the default for a full run, none for --quick, and a
+    negative value refused before anything is mounted."""
+    b = _load()
+    assert b.DEFAULT_SETTLE_S > 0
+    assert b.make_parser().parse_args([]).settle is None       # main() fills in the default
+    with pytest.raises(SystemExit, match="--settle must be >= 0"):
+        b.main(["--settle", "-1", "--out", "/nonexistent/never-created"])
+
+
 def test_profile_summary(tmp_path: Path) -> None:
     b = _load()
     raw = tmp_path / "raw.txt"
@@ -110,8 +120,8 @@ def test_quick_run(tmp_path: Path) -> None:
     t0 = time.monotonic()
     p = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--size", "8M",
                         "--systems", "zramfs-lz4,nullfs", "--rounds", "1", "--jobs", jobs,
-                        "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
+                        "--settle", "0.1", "--out", str(out)], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
     assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
     assert time.monotonic() - t0 < 60, p.stdout
     # this run's mounts only: another benchmark may be running on the machine
@@ -133,7 +143,9 @@ def test_quick_run(tmp_path: Path) -> None:
     assert mm["orig_data_size"] > 0 and 0 < mm["compr_data_size"] < mm["orig_data_size"]
     assert report["memory"]["zramfs-lz4"]["rss_kib"]["zramfs"] > 0
     assert "randwrite-4k" in report["migrate_lock"]
+    assert report["options"]["settle"] == 0.1
     md = (out / "results.md").read_text()
+    assert "0.1 s idle before each run" in md
     assert "| job | system | IOPS | MB/s | p99 µs | server CPU µs/IO | × zramfs-lz4 |" in md
     assert "### Targets" in md and "### Memory after the real-data image" in md
     assert (out / "jobs" / "randwrite-4k.fio").exists()
