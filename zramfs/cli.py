@@ -388,9 +388,10 @@ def _tune_gc() -> None:
     one leaves no cycle behind and goes by reference counting, see allocator.zspage); with the
     default thresholds a full collection walked the whole pool every ~70,000 allocations —
     about 1 µs per 4 KiB write on a 256 MiB device (measured with gc.callbacks: 0.99–1.28 µs
-    per write, 0.11–0.16 with this tuning), and a pause of tens of ms each time.  The objects built before serving (modules, the tree,
-    the registry) are frozen out of every collection; larger thresholds keep the number of
-    pending cyclic objects bounded (~10,000) while collecting 14× less often."""
+    per write, 0.11–0.16 with this tuning), and a pause of tens of ms each time.  The objects
+    built before serving (modules, the tree, the registry) are frozen out of every collection;
+    larger thresholds keep the number of pending cyclic objects bounded (~10,000) while
+    collecting 14× less often."""
     import gc
     gc.collect()
     gc.freeze()
