@@ -678,6 +678,73 @@ def test_counters_are_exact(dev):
     assert s.huge_pages_since >= s.huge_pages
 
 
+def test_multi_page_writes_store_exactly_what_page_writes_store():
+    """The one-frame loop of multi-page writes (`_write_pages`) against single-page writes:
+    the same requests, split into 4 KiB writes on a twin device, give the same slot flags,
+    the same data and the same mm_stat counters, whatever the old slot held (SAME, HUGE,
+    compressed, nothing) and the new page is."""
+    rng = random.Random(31)
+    devs = []
+    for _ in range(2):
+        r = Registry(memory=PhysicalMemory(max_pages=1 << 14))
+        d = r.devices[0]
+        d.set_disksize(MiB)
+        devs.append(d)
+    multi, single = devs
+    model = bytearray(MiB)
+    kinds = [text_page, random_page, half_page, lambda g: same_page(g.randrange(3)), mixed_page]
+    for _ in range(120):
+        n = rng.randrange(2, 33)
+        i = rng.randrange(256 - n + 1)
+        buf = b"".join(rng.choice(kinds)(rng) for _ in range(n))
+        payload = buf if rng.random() < 0.5 else bytearray(buf)   # FUSE gives bytes; others not
+        assert multi.write(i * PAGE, payload) == len(buf)
+        for k in range(n):
+            single.write((i + k) * PAGE, buf[k * PAGE:(k + 1) * PAGE])
+        model[i * PAGE:(i + n) * PAGE] = buf
+    for d in devs:
+        settle(d)
+        assert d.read(0, MiB) == bytes(model)
+    assert [multi.slot_state(i)[1] for i in range(256)] == [single.slot_state(i)[1] for i in range(256)]
+    a, b = multi.stats(), single.stats()
+    for name in ("pages_stored", "compr_data_size", "same_pages", "huge_pages",
+                 "huge_pages_since", "mem_used_pages", "failed_writes"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert a.mem_used_pages == multi.pool.total_pages
+
+
+@pytest.mark.parametrize("limit", ["frames", "mem_limit"])
+def test_multi_page_write_that_runs_out_of_memory_keeps_the_rest(limit):
+    """A 32-page write whose pool runs out of frames (or reaches mem_limit) halfway: EIO for
+    the request, failed_writes once, the pages before the failing one written, it and the
+    ones after it unchanged (a bio whose segment fails), and the counters match the slots."""
+    rng = random.Random(32)
+    r = Registry(memory=PhysicalMemory(max_pages=24 if limit == "frames" else 1 << 14))
+    d = r.devices[0]
+    d.set_disksize(MiB)
+    if limit == "mem_limit":
+        d.set_mem_limit(24 * PAGE)
+    old = [text_page(rng) for _ in range(32)]
+    for k in range(4):
+        d.write(k * PAGE, old[k])
+    new = [random_page(rng) for _ in range(32)]      # HUGE: one frame each
+    assert errno_of(d.write, 0, b"".join(new)) == errno.EIO
+    s = d.stats()
+    assert s.failed_writes == 1
+    got = [d.read(k * PAGE, PAGE) for k in range(32)]
+    done = next(k for k in range(32) if got[k] != new[k])
+    assert 0 < done < 32
+    for k in range(done, 32):
+        assert got[k] == (old[k] if k < 4 else bytes(PAGE))
+    settle(d)
+    s = d.stats()
+    flags = [d.slot_state(k)[1] for k in range(32)]
+    assert s.pages_stored == sum(1 for f in flags if f)
+    assert s.huge_pages == sum(bool(f & ZRAM_HUGE) for f in flags) == done
+    assert s.compr_data_size == sum(f & 0x1FFF for f in flags)
+    assert s.mem_used_pages == d.pool.total_pages
+
+
 def test_failed_reads_counted_on_corruption(dev):
     rng = random.Random(24)
     dev.write(0, text_page(rng))

@@ -721,8 +721,103 @@ class ZramDevice:
             return PAGE_SIZE
         first_stripe = self._stripes[index & STRIPE_MASK]
         try:
-            mv = memoryview(data)
-            pos = offset
+            if not (offset | end) & (PAGE_SIZE - 1):
+                self._write_pages(meta, index, data, (end - offset) >> PAGE_SHIFT)
+            else:
+                self._write_unaligned(meta, index, offset, end, data)
+        except ZramError as exc:
+            self._write_failed(getattr(exc, "block", index), exc)
+        dt = _perf_ns() - t0
+        with first_stripe.lock:
+            c = first_stripe.counters
+            c[WRITE_IOS] += 1
+            c[WRITE_SECTORS] += (end - offset + 511) >> SECTOR_SHIFT
+            c[WRITE_NS] += dt
+        return end - offset
+
+    def _write_pages(self, meta: _Meta, index: int, data, count: int) -> None:
+        """zram_bio_write() of whole pages: `_store_page` for each, in one frame.
+
+        The hot loop of every multi-page write (128 KiB requests), as `_read_pages` is of
+        reads.  Each page is stored exactly as `_store_page` stores it — compressed outside
+        the slot lock, zs_malloc + copy, the slot swapped under its stripe and the old
+        object freed last — so locking and statistics are unchanged; the uncommon cases
+        (same-filled pages, a mem_limit, an old slot that is SAME/HUGE/written back) go
+        through `_store_page` itself.  On an error the failing page's index is in the
+        exception's ``block`` attribute; the pages before it are written.
+        """
+        if self.limit_pages:
+            for k in range(count):
+                try:
+                    self._store_page(meta, index + k, bytes(data[k << PAGE_SHIFT:(k + 1) << PAGE_SHIFT]))
+                except ZramError as exc:
+                    exc.block = index + k
+                    raise
+            return
+        t = meta.table
+        flags, handles, ac_time = t.flags, t.handle, t.ac_time
+        stripes = self._stripes
+        pool = meta.pool
+        malloc, write_object, free = pool.malloc, pool.write_object, pool.free
+        compress = meta.comps[ZRAM_PRIMARY_COMP].compress
+        huge_size = meta.huge_class_size
+        now = int(self.clock())
+        if type(data) is not bytes:
+            data = bytes(data)
+        i = index
+        try:
+            for i in range(index, index + count):
+                off = (i - index) << PAGE_SHIFT
+                page = data[off:off + PAGE_SIZE]
+                first = page[:8]
+                if page[-8:] == first and page == first * (PAGE_SIZE // 8):
+                    self._store_page(meta, i, page)          # same-filled: no allocation
+                    continue
+                comp = compress(page)                         # outside the slot lock
+                size = len(comp)
+                if size >= huge_size:
+                    comp, size = page, PAGE_SIZE              # write_incompressible_page()
+                try:
+                    handle = malloc(size)
+                except OutOfMemory:
+                    raise IOFailure(f"{self.name}: out of memory for a {size}-byte object") from None
+                alloced = pool.total_pages
+                write_object(handle, comp)
+                stripe = stripes[i & STRIPE_MASK]
+                with stripe.lock:
+                    c = stripe.counters
+                    if alloced > c[MAX_USED]:
+                        c[MAX_USED] = alloced
+                    old_f = flags[i]
+                    if old_f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE):
+                        self._slot_free(meta, i, c)
+                    elif old_f or handles[i]:
+                        free(handles[i])
+                        c[COMPR_DATA_SIZE] -= old_f & SIZE_MASK
+                        c[PAGES_STORED] -= 1
+                    handles[i] = handle
+                    c[COMPR_DATA_SIZE] += size
+                    c[PAGES_STORED] += 1
+                    if size == PAGE_SIZE:
+                        flags[i] = ZRAM_HUGE | PAGE_SIZE
+                        c[HUGE_PAGES] += 1
+                        c[HUGE_PAGES_SINCE] += 1
+                    else:
+                        flags[i] = size
+                    ac_time[i] = now
+                    c[GENERATION] += 1
+        except ZramError as exc:
+            exc.block = i
+            raise
+
+    def _write_unaligned(self, meta: _Meta, index: int, offset: int, end: int, data) -> None:
+        """A write with a partial first or last page: whole pages stored, edges by RMW.
+
+        On an error the failing page's index is in the exception's ``block`` attribute.
+        """
+        mv = memoryview(data)
+        pos = offset
+        try:
             while pos < end:
                 off = pos & (PAGE_SIZE - 1)
                 chunk = min(PAGE_SIZE - off, end - pos)
@@ -734,14 +829,8 @@ class ZramDevice:
                 pos += chunk
                 index += 1
         except ZramError as exc:
-            self._write_failed(index, exc)
-        dt = _perf_ns() - t0
-        with first_stripe.lock:
-            c = first_stripe.counters
-            c[WRITE_IOS] += 1
-            c[WRITE_SECTORS] += (end - offset + 511) >> SECTOR_SHIFT
-            c[WRITE_NS] += dt
-        return end - offset
+            exc.block = index
+            raise
 
     def _write_failed(self, index: int, exc: ZramError) -> None:
         """One failing segment fails the bio: failed_writes++, and the request raises EIO."""
