@@ -71,6 +71,16 @@ _ZERO_PAGE = bytes(PAGE_SIZE)
 _SAME_FILL_CACHE: dict[int, bytes] = {0: _ZERO_PAGE}
 
 
+def _account(stripe: Stripe, ios: int, sectors: int, ticks: int, nbytes: int, ns: int) -> None:
+    """The block layer's per-request accounting (ios, sectors, time), in the stripe of the
+    request's first page.  Single-page requests do it inline, inside their commit."""
+    with stripe.lock:
+        c = stripe.counters
+        c[ios] += 1
+        c[sectors] += (nbytes + 511) >> SECTOR_SHIFT
+        c[ticks] += ns
+
+
 def _fill_page(word: int) -> bytes:
     """The page a SAME slot holds: its 8-byte word repeated (memset_l)."""
     page = _SAME_FILL_CACHE.get(word)
@@ -685,12 +695,7 @@ class ZramDevice:
             if exc.errno == errno.EIO:
                 raise
             raise IOFailure(f"{self.name}: read of block {index} failed: {exc.strerror}") from None
-        dt = _perf_ns() - t0
-        with first_stripe.lock:
-            c = first_stripe.counters
-            c[READ_IOS] += 1
-            c[READ_SECTORS] += (end - offset + 511) >> SECTOR_SHIFT
-            c[READ_NS] += dt
+        _account(first_stripe, READ_IOS, READ_SECTORS, READ_NS, end - offset, _perf_ns() - t0)
         return out
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
@@ -727,12 +732,7 @@ class ZramDevice:
                 self._write_unaligned(meta, index, offset, end, data)
         except ZramError as exc:
             self._write_failed(getattr(exc, "block", index), exc)
-        dt = _perf_ns() - t0
-        with first_stripe.lock:
-            c = first_stripe.counters
-            c[WRITE_IOS] += 1
-            c[WRITE_SECTORS] += (end - offset + 511) >> SECTOR_SHIFT
-            c[WRITE_NS] += dt
+        _account(first_stripe, WRITE_IOS, WRITE_SECTORS, WRITE_NS, end - offset, _perf_ns() - t0)
         return end - offset
 
     def _write_pages(self, meta: _Meta, index: int, data, count: int) -> None:
