@@ -746,14 +746,6 @@ class ZramDevice:
         through `_store_page` itself.  On an error the failing page's index is in the
         exception's ``block`` attribute; the pages before it are written.
         """
-        if self.limit_pages:
-            for k in range(count):
-                try:
-                    self._store_page(meta, index + k, bytes(data[k << PAGE_SHIFT:(k + 1) << PAGE_SHIFT]))
-                except ZramError as exc:
-                    exc.block = index + k
-                    raise
-            return
         t = meta.table
         flags, handles, ac_time = t.flags, t.handle, t.ac_time
         stripes = self._stripes
@@ -770,8 +762,10 @@ class ZramDevice:
                 off = (i - index) << PAGE_SHIFT
                 page = data[off:off + PAGE_SIZE]
                 first = page[:8]
-                if page[-8:] == first and page == first * (PAGE_SIZE // 8):
-                    self._store_page(meta, i, page)          # same-filled: no allocation
+                if (page[-8:] == first and page == first * (PAGE_SIZE // 8)) or self.limit_pages:
+                    # same-filled (no allocation), or a mem_limit to check after zs_malloc:
+                    # read per page, as the kernel does, since it may change meanwhile
+                    self._store_page(meta, i, page)
                     continue
                 comp = compress(page)                         # outside the slot lock
                 size = len(comp)
