@@ -741,10 +741,10 @@ class ZramDevice:
         The hot loop of every multi-page write (128 KiB requests), as `_read_pages` is of
         reads.  Each page is stored exactly as `_store_page` stores it — compressed outside
         the slot lock, zs_malloc + copy, the slot swapped under its stripe and the old
-        object freed last — so locking and statistics are unchanged; the uncommon cases
-        (same-filled pages, a mem_limit, an old slot that is SAME/HUGE/written back) go
-        through `_store_page` itself.  On an error the failing page's index is in the
-        exception's ``block`` attribute; the pages before it are written.
+        object freed last — so locking and statistics are unchanged; same-filled pages and
+        writes under a mem_limit go through `_store_page` itself, an old slot that is
+        SAME/HUGE/written back through `_slot_free`.  On an error the failing page's index
+        is in the exception's ``block`` attribute; the pages before it are written.
         """
         t = meta.table
         flags, handles, ac_time = t.flags, t.handle, t.ac_time
