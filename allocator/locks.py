@@ -582,7 +582,11 @@ class RWLock:
     the writer's flag (and backs out to the slow path) or the writer sees the reader's token (and
     waits for it).  Readers are counted in ``_readers`` + ``len(_fast)``; an unlock takes a token
     if there is one, else decrements ``_readers`` (the counts are interchangeable, as the lock
-    has no owner).  Without a GIL (free-threaded CPython) every reader takes the slow path.
+    has no owner).  So is the back-out of a reader that saw the flag after its append
+    (``_fast_backout``): its own token may already have been taken by a slow-path reader's
+    unlock, and then it gives back the count that unlock left in ``_readers``; no release can
+    fail or strand a count.  Without a GIL (free-threaded CPython) every reader takes the slow
+    path.
     """
 
     __slots__ = ("_lock", "_cls", "_readers", "_writer", "_waiters", "_wwait", "_rwait", "_rgrant",
@@ -624,8 +628,7 @@ class RWLock:
                 if _lockdep:
                     lockdep_acquired(self, self._cls, _READ)
                 return
-            fast.pop()
-            self._fast_drained()
+            self._fast_backout()
         lk = self._lock
         lk.acquire()
         if self._writer or self._wwait:
@@ -679,8 +682,7 @@ class RWLock:
                 if _lockdep:
                     lockdep_acquired(self, self._cls, _READ, True)
                 return True
-            fast.pop()
-            self._fast_drained()
+            self._fast_backout()
         lk = self._lock
         lk.acquire()
         if self._writer or self._wwait:
@@ -719,6 +721,21 @@ class RWLock:
         if r == 0 and self._wwait and not self._fast:
             self._wcond.notify()  # type: ignore[union-attr]
         lk.release()
+
+    def _fast_backout(self) -> None:
+        """Undo a fast-path ``append`` after a writer's flag appeared: give back one reader count.
+
+        Not ``_fast.pop()`` alone: the token appended may already be gone, popped by the
+        ``read_unlock`` of a reader whose count was in ``_readers`` (a slow-path reader admitted
+        by a hand-off).  That unlock then left its own count in ``_readers``, so this back-out
+        takes it from there.  Either way exactly one count goes, and the back-out cannot fail.
+        """
+        try:
+            self._fast.pop()
+        except IndexError:
+            self._read_unlock_slow()    # wakes a waiting writer if that was the last reader
+        else:
+            self._fast_drained()
 
     def _fast_drained(self) -> None:
         """A fast-path token went while a writer was about: wake the writer if it was the last

@@ -425,6 +425,108 @@ def test_rwlock_reader_backs_out_when_a_writer_flag_appears() -> None:
     rw.read_unlock()
 
 
+class ParkAfter:
+    """A line tracer that parks the thread it is installed in at a chosen point of a function:
+    right after the first line of ``func`` whose source contains ``marker`` has run (that is,
+    at the next line event in the same frame).  ``parked`` is set once the thread waits there;
+    ``go`` lets it continue."""
+
+    def __init__(self, func: Callable[..., object], marker: str) -> None:
+        import inspect
+        lines, first = inspect.getsourcelines(func)
+        hits = [first + i for i, text in enumerate(lines) if marker in text]
+        assert hits, f"{marker!r} not in {func.__qualname__}"
+        self.code = func.__code__
+        self.line = hits[0]
+        self.parked = threading.Event()
+        self.go = threading.Event()
+        self._armed = True
+
+    def install(self) -> None:
+        import sys
+        sys.settrace(self._global)
+
+    def _global(self, frame, event, arg):  # type: ignore[no-untyped-def]
+        return self._local if frame.f_code is self.code else None
+
+    def _local(self, frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "line" and self._armed and frame.f_lineno > self.line:
+            self._armed = False
+            self.parked.set()
+            self.go.wait(10)
+        return self._local
+
+
+def test_rwlock_slow_reader_unlock_cannot_strand_a_fast_reader_backing_out() -> None:
+    """The hand-off schedule that wedged the pool (a slow-path reader's unlock taking the token
+    of a fast-path reader still inside read_lock), forced step by step:
+
+    1. writer W1 holds the lock, reader S queues; W1's unlock admits S (counted in _readers)
+       and clears the writer flag;
+    2. reader B passes the flag check and appends its fast-path token, then is parked;
+    3. writer W2 sets the flag and waits for the readers;
+    4. S unlocks: a token is there, so it pops B's token, leaving its own count in _readers;
+    5. B resumes, sees the flag and backs out.
+    Before the fix B's back-out popped an empty list (IndexError out of read_lock) and _readers
+    kept S's count forever, so W2 and everybody after it waited forever.  Now B's back-out
+    takes the count from _readers, W2 gets the lock, then B does."""
+    rw = RWLock(fresh_class(rw=True))
+    errors: list[BaseException] = []
+
+    def guarded(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+        return run
+
+    rw.write_lock()                                             # W1 (this thread)
+    s_in, s_release = threading.Event(), threading.Event()
+
+    def reader_s() -> None:
+        rw.read_lock()
+        s_in.set()
+        assert s_release.wait(10)
+        rw.read_unlock()
+
+    s = threading.Thread(target=guarded(reader_s), daemon=True)
+    s.start()
+    wait_until(lambda: rw._rwait == 1)                          # S queued (slow path)
+    rw.write_unlock()                                           # hand-off admits S
+    assert s_in.wait(5) and rw._readers == 1 and not rw._wbusy
+
+    park = ParkAfter(RWLock.read_lock, "fast.append(None)")
+    b_in = threading.Event()
+
+    def reader_b() -> None:
+        park.install()
+        rw.read_lock()
+        b_in.set()
+        rw.read_unlock()
+
+    b = threading.Thread(target=guarded(reader_b), daemon=True)
+    b.start()
+    assert park.parked.wait(5)                                  # B: token appended, parked
+    assert len(rw._fast) == 1
+    w2, w2_got = start_writer(rw)                               # W2 sets the flag and waits
+    assert rw._wbusy and rw._wwait == 1
+    s_release.set()                                             # S's unlock pops B's token
+    s.join(5)
+    assert not s.is_alive() and not rw._fast and rw._readers == 1
+    park.go.set()                                               # B backs out
+    assert w2_got.wait(5), f"W2 never got the lock: {rw!r}, errors {errors!r}"
+    w2.join(5)
+    assert b_in.wait(5)
+    b.join(5)
+    assert not errors, errors
+    assert not b.is_alive() and not w2.is_alive()
+    assert rw.readers == 0 and not rw.is_locked() and not rw.is_contended()
+    assert rw._readers == 0 and rw._wwait == rw._rwait == rw._rgrant == 0
+    assert rw.try_write_lock()
+    rw.write_unlock()
+
+
 def test_rwlock_stress() -> None:
     rwlock_stress(0.6, 8)
 
