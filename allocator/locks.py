@@ -4,13 +4,42 @@ This module owns every lock primitive the allocator uses and the two debugging f
 kernel builds around its locks:
 
 * **Lock classes** (``LockClass``): like lockdep's ``struct lock_class_key``, every lock belongs
-  to a class, and a class has a *rank*, its position in the documented zsmalloc order
-  (outermost first)::
+  to a class, and a class has a *rank*, its position in the lock order below.
 
-      page lock (10) -> pool->migrate_lock (20, rw) -> class->lock (30)
-                     -> zspage->lock (40, rw) -> zs_map_area.lock (50)
+* **The lock order of the whole stack** (outermost first; a thread may only block on a lock
+  whose rank is not below the rank of any lock it holds).  This table is the one place the
+  order is written; the ranks under 10 belong to the allocator's user (zram, ``zramfs``), which
+  defines those classes itself, so this package still knows nothing of it::
 
-  plus ``&zone->lock`` (60), the simulated page allocator's leaf lock.
+      rank  class                         lock                             defined in
+         2  zram-control                  Registry's device table          zramfs.device
+         3  &zram->compact                one compaction per device; holds
+                                          off reset meanwhile (compact_store
+                                          keeps init_lock for read)        zramfs.device
+         4  &zram->init_lock              ZramDevice.dev_lock (config)     zramfs.device
+         6  zram_slot_lock                a slot-table stripe              zramfs.slots
+        10  PG_locked                     page lock (memory compaction)    memory
+        20  &pool->migrate_lock (rw)                                       here
+        30  &class->lock                                                   here
+        40  &zspage->lock (rw)                                             here
+        50  zs_map_area.lock              the per-CPU mapping area         here
+        60  &zone->lock                   the page allocator's free lists  here
+        70  leaf locks                    counters and lists guarded for a
+                                          few statements, never held while
+                                          taking another lock: pages_
+                                          allocated, the handle cache, the
+                                          zspage set, pool->free_work, page
+                                          flags, the backing-device bitmap  here / users
+
+  Rows 10-50 are zsmalloc 5.17's documented order (mm/zsmalloc.c header comment).  The zram
+  rows follow from the data path: a slot's stripe is held while its old object is freed
+  (zs_free takes migrate_lock and class->lock) and while a page is decompressed; device
+  configuration (dev_lock) frees every slot under the stripes on reset; hot_remove resets
+  the device under the registry lock.  Not in the checker, on purpose: the internal
+  ``threading.Lock`` of a Mutex/RWLock and the page-lock wait queues (they are the lock
+  primitives themselves, held for a few bytecodes), and the stripe locks of devices
+  initialised while lockdep is off (see ``zramfs.slots``: a plain lock costs a fifth of a
+  checked one on the hot path; the kernel too checks its slot lock only in lockdep builds).
 
 * **Mutex** (``spin_lock``/``mutex`` stand-in) and **RWLock** (``rwlock_t``/qrwlock stand-in:
   a queued writer blocks *new* readers, ``is_contended()`` is ``rwlock_is_contended``).
@@ -35,6 +64,35 @@ kernel builds around its locks:
 
 ``allocator.memory`` implements page locks (a PG_locked bit per frame) on top of the hooks
 ``lockdep_before/lockdep_acquired/lockdep_released`` and ``LockClass.stat``.
+
+**Shortcuts that rely on the GIL.**  The hot path of the stack does a few things without a
+lock because, under the GIL, each is one indivisible C-level operation.  They are listed here
+so that none is added silently; a build without a GIL refuses to start (``zramfs.runtime``),
+except for the first, which has a slow path of its own.
+
+1. The RWLock reader fast path (``_fast`` list append/pop, then a re-read of ``_wbusy``):
+   Dekker-style, see ``RWLock``.  Explored line by line, with the original hand-off bug
+   injected and found, in ``tests/test_lock_interleavings.py``; without a GIL every reader
+   takes the slow path.
+2. lock_stat acquisition counters: ``next()`` on an ``itertools.count`` is one C call; the
+   other counters change only under ``LockStat._lock``.
+3. lockdep's known-edge check reads the dependency graph without ``_graph_lock``: a
+   ``dict.get`` and a set membership test, each atomic; a miss falls back to the locked path.
+4. ``RWLock.is_contended``/``readers``/``is_locked`` and ``Mutex.locked`` read counters
+   without ``_lock``: a snapshot that may be stale the moment it is taken, as the kernel's
+   ``rwlock_is_contended`` is; compaction uses it only as a hint to yield.
+5. The pool's handle cache: ``_free_cells`` is popped and appended without a lock (atomic list
+   operations) and ``_cells`` is indexed by every thread while ``_grow_cells`` extends it
+   under its leaf lock.  ``array.extend`` reallocates in one C call and nobody holds a buffer
+   export of it, so an index is read either before or after the move, never during it.
+6. ``PhysicalMemory``'s per-frame arrays are grown in place the same way (``_grow``, under the
+   zone lock) while other threads index them.
+7. ``zs_can_compact``/``zs_shrinker_count`` and the device statistics read counters without
+   the locks that guard them: each read is one attribute or list item; the sum is a snapshot,
+   as the kernel's unlocked reads in ``zs_shrinker_count`` and ``mm_stat_show`` are.
+8. The device's data path reads ``_meta``, ``_stripes`` and ``limit_pages`` without
+   ``dev_lock``: single attribute loads; reset, which replaces them, refuses while the image
+   is open, and a new mem_limit applies from the next page as in the kernel.
 """
 
 from __future__ import annotations
@@ -62,7 +120,14 @@ __all__ = [
     "MAP_BUFFER_LOCK",
     "LOCK_ORDER",
     "ZONE_LOCK",
+    "LEAF_RANK",
+    "PAGES_ALLOCATED_LOCK",
+    "HANDLE_CACHE_LOCK",
+    "ZSPAGE_SET_LOCK",
+    "FREE_WORK_LOCK",
+    "PAGE_FLAGS_LOCK",
     "set_lockdep",
+    "lockdep_stats",
     "lockdep_enabled",
     "held_locks",
     "lock_classes",
@@ -72,7 +137,31 @@ __all__ = [
 
 
 class LockOrderViolation(AssertionError):
-    """lockdep found an acquisition that can deadlock (order inversion, recursion, bad release)."""
+    """lockdep found an acquisition that can deadlock (order inversion, recursion, bad release).
+
+    Every report is also counted (``lockdep_stats()``), so a process serving requests, where
+    the exception becomes an I/O error, can still be asked afterwards whether lockdep fired:
+    the kernel's ``debug_locks`` turning 0 after the first report, in /proc/lockdep_stats."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        global _violations, _first_violation
+        with _violations_lock:
+            _violations += 1
+            if not _first_violation:
+                _first_violation = str(args[0]) if args else "lock order violation"
+
+
+_violations = 0
+_first_violation = ""
+_violations_lock = threading.Lock()
+
+
+def lockdep_stats() -> dict[str, int | str]:
+    """Whether lockdep is on, how many violations it reported since it was last switched on,
+    and the first of them (``debug_locks`` is 0 once one was reported, as in the kernel)."""
+    return {"lockdep": int(_lockdep), "violations": _violations,
+            "debug_locks": int(_violations == 0), "first_violation": _first_violation}
 
 
 class LockMode(IntEnum):
@@ -225,6 +314,15 @@ LOCK_ORDER: tuple[LockClass, ...] = (PAGE_LOCK, MIGRATE_LOCK, CLASS_LOCK, ZSPAGE
 # The page allocator's lock (allocator.memory's free-frame lists): a leaf under every zsmalloc
 # lock, as the buddy allocator's zone->lock is. Not part of zsmalloc's documented order.
 ZONE_LOCK = LockClass("&zone->lock", 60)
+# Locks that guard a counter or a list for a few statements and are never held while another
+# lock is taken (rank 70 in the table above).  Each has its own class, so lock_stat tells them
+# apart and the dependency graph still sees an inversion between two of them.
+LEAF_RANK = 70
+PAGES_ALLOCATED_LOCK = LockClass("&pool->pages_allocated", LEAF_RANK)
+HANDLE_CACHE_LOCK = LockClass("&pool->handle_cache", LEAF_RANK)
+ZSPAGE_SET_LOCK = LockClass("&pool->zspages", LEAF_RANK)
+FREE_WORK_LOCK = LockClass("&pool->free_work", LEAF_RANK)
+PAGE_FLAGS_LOCK = LockClass("page->flags", LEAF_RANK)
 
 
 
@@ -295,11 +393,14 @@ def _held() -> list[_Held]:
 
 
 def set_lockdep(enabled: bool, *, record_sites: bool = True) -> None:
-    """Turn lockdep on or off. Switching clears the held-lock stacks and the dependency graph
-    (locks taken while it was off are unknown to it). ``record_sites`` remembers where each held
+    """Turn lockdep on or off. Switching clears the held-lock stacks, the dependency graph
+    (locks taken while it was off are unknown to it) and the violation count. ``record_sites`` remembers where each held
     lock was taken, for the violation reports (about half of lockdep's cost per acquisition)."""
-    global _lockdep, _lockdep_sites
+    global _lockdep, _lockdep_sites, _violations, _first_violation
     _lockdep_sites = bool(record_sites)
+    with _violations_lock:
+        _violations = 0
+        _first_violation = ""
     with _graph_lock:
         _graph.clear()
     for held in list(_all_held.values()):

@@ -31,13 +31,13 @@ import errno
 import functools
 import os
 import stat as stat_mod
-import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from allocator import OutOfMemory, PhysicalMemory, Pool
+from allocator.locks import LEAF_RANK, LockClass, Mutex
 from allocator.sizeclass import build_class_table
 
 from . import codecs
@@ -58,6 +58,13 @@ SECTOR_SHIFT = 9
 ZRAM_PRIMARY_COMP = 0
 ZRAM_SECONDARY_COMP = 1
 ZRAM_MAX_COMPS = 4
+
+# The device's lock classes; their ranks are rows of the stack's lock order, written once in
+# allocator/locks.py (the slot locks' class is zramfs.slots.STRIPE_LOCK).
+REGISTRY_LOCK = LockClass("zram-control", 2)
+COMPACT_LOCK = LockClass("&zram->compact", 3)
+INIT_LOCK = LockClass("&zram->init_lock", 4)
+BITMAP_LOCK = LockClass("&zram->bitmap_lock", LEAF_RANK)
 U64 = (1 << 64) - 1
 
 # writeback / recompress mode bits (the kernel's IDLE_WRITEBACK, HUGE_WRITEBACK, ...)
@@ -151,7 +158,7 @@ class _BackingDev:
         self.nr_blocks = size >> PAGE_SHIFT
         self.bitmap = bytearray(self.nr_blocks)
         self._hint = 0
-        self._lock = threading.Lock()
+        self._lock = Mutex(BITMAP_LOCK)
 
     def alloc_block(self) -> int | None:
         """Lowest free block (find_next_zero_bit from 0, as in current kernels), or None."""
@@ -210,7 +217,9 @@ class ZramDevice:
         self.chain_size = chain_size
         self.chain_rule = chain_rule
         #: the kernel's init_lock / dev_lock: serialises configuration, never on the data path
-        self.dev_lock = threading.RLock()
+        self.dev_lock = Mutex(INIT_LOCK)
+        #: one compaction at a time; reset waits for it (see compact())
+        self._compact_lock = Mutex(COMPACT_LOCK)
         #: the access-time clock (seconds); CLOCK_BOOTTIME like ac_time, replaceable in tests
         self.clock = _boottime
         self.open_count = 0
@@ -299,7 +308,8 @@ class ZramDevice:
                 raise DeviceBusy(f"{self.name} is open")
             self._claimed = True
         try:
-            with self.dev_lock:
+            # A compaction in progress works on the pool outside dev_lock: wait for it.
+            with self._compact_lock, self.dev_lock:
                 self._reset_device()
         finally:
             with self.dev_lock:
@@ -923,10 +933,17 @@ class ZramDevice:
 
     # ------------------------------------------------------------------ maintenance
     def compact(self) -> int:
-        """compact_store: EINVAL when uninitialised, else zs_compact(); pages freed."""
-        with self.dev_lock:
-            meta = self._require_meta()
-            return meta.pool.compact()
+        """compact_store: EINVAL when uninitialised, else zs_compact(); pages freed.
+
+        compact_store holds init_lock for *read* during zs_compact, so only a reset (the
+        writer) waits for it.  Here dev_lock is exclusive, so the pass runs outside it, under
+        the device's compaction lock, which reset takes before it tears the pool down: open,
+        close, configuration and statistics go on meanwhile.
+        """
+        with self._compact_lock:
+            with self.dev_lock:
+                pool = self._require_meta().pool
+            return pool.compact()
 
     def _ensure_stripes(self) -> list[Stripe]:
         """The stripes, created first if the device has none (flush on an uninitialised one)."""
@@ -1231,7 +1248,7 @@ class Registry:
         self.chain_rule = chain_rule
         build_class_table(PAGE_SIZE, chain_size, chain_rule)  # bad parameters fail here
         self.devices: dict[int, ZramDevice] = {}
-        self._lock = threading.Lock()
+        self._lock = Mutex(REGISTRY_LOCK)
         for _ in range(num_devices):
             self.hot_add()
 
