@@ -76,50 +76,36 @@ def zs_page_migrate(pool: "Pool", old: int, new: int) -> bool:
     every allocated object that *starts* in the frame (an object that starts in the previous
     subpage keeps its obj, which names that page), rebuilds the chain with the new frame
     (first_page changes when subpage 0 moved), carries first_obj_offset and, for a huge
-    zspage, the handle kept in page->index.  Handle values never change."""
+    zspage, the handle kept in page->index.  Handle values never change.
+
+    Whatever raises after ``migrate_lock`` is taken, every lock taken is released: a
+    write-held migrate_lock would stop every map and free of the pool.  The isolation count
+    is dropped only by a migration that completed; after a failure the memory layer puts the
+    page back (zs_page_putback drops it then)."""
     mem = pool.memory
     ml = pool.migrate_lock
     ml.write_lock()
-    zspage = _get_zspage(pool, old)
-    cls = pool.size_class[zspage.class_idx]
-    cls.lock.acquire()
-    zspage.lock.write_lock()
+    class_lock = zspage_lock = None
+    moved = False
     try:
-        ps = pool.page_size
-        shift = pool.page_shift
-        arena = pool._arena
-        ob = old << shift
-        nb = new << shift
-        arena[nb:nb + ps] = arena[ob:ob + ps]
-
-        offset = pool._page_type[old]
-        size = cls.size
-        cells = pool._cells
-        words = pool._words
-        oib = pool.obj_index_bits
-        mask = pool.obj_index_mask
-        wbase = old << (shift - 3)
-        addr = offset
-        while addr < ps:
-            # obj_allocated(): the huge handle lives in page->index, others in the header
-            if zspage.huge:
-                assert old == zspage.first_page
-                word = pool._index[old]
-            else:
-                word = words[wbase + (addr >> 3)]
-            if word & OBJ_ALLOCATED_TAG:
-                hidx = (word & ~OBJ_ALLOCATED_TAG) >> 3
-                old_obj = cells[hidx]
-                obj_idx = (old_obj >> OBJ_TAG_BITS) & mask
-                cells[hidx] = ((new << oib) | obj_idx) << OBJ_TAG_BITS
-            addr += size
-
-        _replace_sub_page(pool, cls, zspage, new, old)
+        zspage = _get_zspage(pool, old)
+        cls = pool.size_class[zspage.class_idx]
+        class_lock = cls.lock
+        class_lock.acquire()
+        zspage_lock = zspage.lock
+        zspage_lock.write_lock()
+        _move_page(pool, cls, zspage, old, new)
+        moved = True
     finally:
+        # The kernel's release order: migrate_lock first (every reader of the pool waits on
+        # it), then class->lock, then the isolation count, then the zspage lock.
         ml.write_unlock()
-        cls.lock.release()
-        _dec_zspage_isolation(zspage)
-        zspage.lock.write_unlock()
+        if class_lock is not None:
+            class_lock.release()
+        if moved:
+            _dec_zspage_isolation(zspage)
+        if zspage_lock is not None:
+            zspage_lock.write_unlock()
     # After every lock is dropped: reset_page(page) on the old frame; the memory layer frees
     # it (the kernel's put_page).  NR_ZSPAGES does not change (one zone here).
     mem.clear_movable(old)
@@ -128,6 +114,41 @@ def zs_page_migrate(pool: "Pool", old: int, new: int) -> bool:
     pool._private[old] = None
     pool._index[old] = INDEX_NONE
     return True
+
+
+def _move_page(pool: "Pool", cls, zspage: "Zspage", old: int, new: int) -> None:
+    """The body of zs_page_migrate, under all three locks: copy the frame, re-point the
+    handles of the objects that start in it, relink the chain."""
+    ps = pool.page_size
+    shift = pool.page_shift
+    arena = pool._arena
+    ob = old << shift
+    nb = new << shift
+    arena[nb:nb + ps] = arena[ob:ob + ps]
+
+    offset = pool._page_type[old]
+    size = cls.size
+    cells = pool._cells
+    words = pool._words
+    oib = pool.obj_index_bits
+    mask = pool.obj_index_mask
+    wbase = old << (shift - 3)
+    addr = offset
+    while addr < ps:
+        # obj_allocated(): the huge handle lives in page->index, others in the header
+        if zspage.huge:
+            assert old == zspage.first_page
+            word = pool._index[old]
+        else:
+            word = words[wbase + (addr >> 3)]
+        if word & OBJ_ALLOCATED_TAG:
+            hidx = (word & ~OBJ_ALLOCATED_TAG) >> 3
+            old_obj = cells[hidx]
+            obj_idx = (old_obj >> OBJ_TAG_BITS) & mask
+            cells[hidx] = ((new << oib) | obj_idx) << OBJ_TAG_BITS
+        addr += size
+
+    _replace_sub_page(pool, cls, zspage, new, old)
 
 
 def _replace_sub_page(pool: "Pool", cls, zspage: "Zspage", new: int, old: int) -> None:
