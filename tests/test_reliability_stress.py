@@ -169,8 +169,9 @@ def fd_backend(fd: int) -> Backend:
 
 def mounted_run(zmount, seconds: float, size: int) -> None:
     m = zmount("--size", str(size), "--algorithm", "lz4", "--compact-interval", "0",
-               "--compact-threshold", "1")
+               "--compact-threshold", "1", "--lockdep")
     assert m.param("compact_interval_ms") == "0"
+    assert m.param("lockdep") == "Y"
     fds = [os.open(m.image(), os.O_RDWR) for _ in range(THREADS)]
     compact_memory = m.path / "proc/sys/vm/compact_memory"
     rounds = [0]
@@ -201,6 +202,7 @@ def mounted_run(zmount, seconds: float, size: int) -> None:
     assert rounds[0] > 0
     log = m.log.read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
+    assert m.param("lockdep_violations") == "0", log[-3000:]
 
 
 def test_concurrent_io_discard_and_compaction_on_the_mount(zmount) -> None:
@@ -465,7 +467,8 @@ def test_control_plane_churn_while_io_runs(zmount) -> None:
     zram0 carries modelled I/O and the daemon compacts: only the errnos of a vanished or busy
     device, never EIO, nothing hung, zram0's data intact, no traceback in the daemon's log."""
     m = zmount("--size", "8M", "--devices", "2", "--compact-interval", "0",
-               "--compact-threshold", "1")
+               "--compact-threshold", "1", "--lockdep")
+    assert m.param("lockdep") == "Y"
     m.write_attr("reset", "1", dev=1)
     stop = threading.Event()
     errors: list[str] = []
@@ -542,6 +545,7 @@ def test_control_plane_churn_while_io_runs(zmount) -> None:
     assert res.ops[0] > 10
     log = m.log.read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
+    assert m.param("lockdep_violations") == "0", log[-3000:]
 
 
 # ---- memory: given back, and devices cheap -----------------------------------------------------

@@ -307,11 +307,16 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
     ``protection``: what `protect_process` did (for --mlock), shown as module parameters."""
     from allocator import PhysicalMemory
     from zramfs import attrs
+    from allocator.locks import lockdep_stats, set_lockdep
     from zramfs.daemon import CompactionDaemon, CompactionPolicy, ModuleParameter
     from zramfs.device import Registry
     from zramfs.fs import ZramFS
     from zramfs.tree import Tree
 
+    if getattr(args, "lockdep", False):
+        # Before any lock exists: the slot-table stripes are checked only when lockdep is on
+        # at disksize time (zramfs.slots).
+        set_lockdep(True)
     # --mlock: MADV_DONTNEED fails on locked memory, a memfd arena is hole-punched instead.
     memory = PhysicalMemory(backing="memfd") if getattr(args, "mlock", False) else None
     registry = Registry(memory=memory, chain_size=args.chain_size, chain_rule=args.chain_rule,
@@ -336,6 +341,9 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
         # --mlock: mlockall done; io_flusher asks the kernel in the worker thread serving the read
         ModuleParameter("mlock", 0o444, lambda: _yn((protection or {}).get("mlock"))),
         ModuleParameter("io_flusher", 0o444, lambda: _yn(io_flusher_set())),
+        # --lockdep: whether the lock checker runs, and how many violations it reported
+        ModuleParameter("lockdep", 0o444, lambda: _yn(bool(lockdep_stats()["lockdep"]))),
+        ModuleParameter("lockdep_violations", 0o444, lambda: str(lockdep_stats()["violations"])),
     )
     tree = Tree(registry, [*static, *daemon.parameters()])
     return tree, daemon, ZramFS, registry
@@ -722,6 +730,10 @@ def make_parser() -> argparse.ArgumentParser:
                         "on a loop over the image; fails the mount if either is refused")
     m.add_argument("--no-io-flusher", action="store_true",
                    help="with --mlock: skip PR_SET_IO_FLUSHER (it needs CAP_SYS_RESOURCE)")
+    m.add_argument("--lockdep", action="store_true",
+                   help="debug: check every lock acquisition against the lock order (as "
+                        "CONFIG_PROVE_LOCKING; slower); module parameter lockdep_violations "
+                        "counts what it found")
     m.add_argument("--foreground", "-f", action="store_true", help="do not daemonise")
     m.add_argument("--allow-other", action="store_true",
                    help="let other users in (adds default_permissions)")
