@@ -37,9 +37,10 @@ kernel builds around its locks:
   configuration (dev_lock) frees every slot under the stripes on reset; hot_remove resets
   the device under the registry lock.  Not in the checker, on purpose: the internal
   ``threading.Lock`` of a Mutex/RWLock and the page-lock wait queues (they are the lock
-  primitives themselves, held for a few bytecodes), and the stripe locks of devices
-  initialised while lockdep is off (see ``zramfs.slots``: a plain lock costs a fifth of a
-  checked one on the hot path; the kernel too checks its slot lock only in lockdep builds).
+  primitives themselves, held for a few bytecodes), and the hot-path locks created by
+  ``hot_path_lock()`` while lockdep is off: the slot stripes and the leaf locks (a plain lock's
+  ``with`` is one C call, a checked one's a Python frame; the kernel too checks these only in
+  lockdep builds).  So lockdep sees them in objects created after ``set_lockdep(True)``.
 
 * **Mutex** (``spin_lock``/``mutex`` stand-in) and **RWLock** (``rwlock_t``/qrwlock stand-in:
   a queued writer blocks *new* readers, ``is_contended()`` is ``rwlock_is_contended``).
@@ -127,6 +128,7 @@ __all__ = [
     "FREE_WORK_LOCK",
     "PAGE_FLAGS_LOCK",
     "set_lockdep",
+    "hot_path_lock",
     "lockdep_stats",
     "lockdep_enabled",
     "held_locks",
@@ -324,6 +326,15 @@ ZSPAGE_SET_LOCK = LockClass("&pool->zspages", LEAF_RANK)
 FREE_WORK_LOCK = LockClass("&pool->free_work", LEAF_RANK)
 PAGE_FLAGS_LOCK = LockClass("page->flags", LEAF_RANK)
 
+
+
+def hot_path_lock(lock_class: LockClass) -> "Mutex | threading.Lock":
+    """A lock of ``lock_class`` for a hot path: a checked ``Mutex`` when lockdep is on at the
+    time it is created, else a plain ``threading.Lock`` (a ``with`` on it is one C call; a
+    Mutex's is a Python frame, which the pool's per-zspage counters and the slot stripes would
+    pay on every request).  Both have ``acquire``/``release``/``locked`` and the context
+    manager protocol.  The kernel likewise checks such locks only in lockdep builds."""
+    return Mutex(lock_class) if _lockdep else threading.Lock()
 
 
 def _site_class(rw: bool) -> LockClass:

@@ -261,7 +261,7 @@ class PhysicalMemory:
         self._pglocked = bytearray()
         self._movable = bytearray()     # 1 when registered movable (scanned with rfind)
         self._mops: list[MovableOps | None] = []
-        self._flags_lock = Mutex(_locks.PAGE_FLAGS_LOCK)
+        self._flags_lock = _locks.hot_path_lock(_locks.PAGE_FLAGS_LOCK)
 
         self._waitq = [_WaitQueue() for _ in range(_NR_WAITQ)]
         self._vm: dict[str, int] = dict.fromkeys(_VM_EVENTS, 0)

@@ -187,7 +187,7 @@ class Pool:
             for s in range(1, t.max_alloc_size + 1)]
 
         self.migrate_lock = _locks.RWLock(MIGRATE_LOCK_CLASS)
-        self._pages_lock = _locks.Mutex(_locks.PAGES_ALLOCATED_LOCK)   # atomic_long_t pages_allocated
+        self._pages_lock = _locks.hot_path_lock(_locks.PAGES_ALLOCATED_LOCK)   # atomic_long_t pages_allocated
         self.pages_allocated = 0
         self.stats = PoolStats()
 
@@ -195,15 +195,15 @@ class Pool:
         # cell holds FREE_CELL (-1): obj 0 is a real location (PFN 0, object 0).
         self._cells = array("q", [FREE_CELL]) * 1024
         self._free_cells: list[int] = list(range(len(self._cells) - 1, 0, -1))
-        self._cells_lock = _locks.Mutex(_locks.HANDLE_CACHE_LOCK)
+        self._cells_lock = _locks.hot_path_lock(_locks.HANDLE_CACHE_LOCK)
 
         self._area = _MapArea(page_size)
         # every live zspage (debug walks, destroy); only touched when zspages come and go
         self._zspages: set[Zspage] = set()
-        self._zspages_lock = _locks.Mutex(_locks.ZSPAGE_SET_LOCK)
+        self._zspages_lock = _locks.hot_path_lock(_locks.ZSPAGE_SET_LOCK)
 
         # deferred free (pool->free_work)
-        self._free_cond = threading.Condition(_locks.Mutex(_locks.FREE_WORK_LOCK))
+        self._free_cond = threading.Condition(_locks.hot_path_lock(_locks.FREE_WORK_LOCK))
         self._free_pending = False
         self._free_running = False
         self._free_worker: threading.Thread | None = None

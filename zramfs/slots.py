@@ -33,7 +33,7 @@ import threading
 
 import numpy as np
 
-from allocator.locks import LockClass, Mutex, lockdep_enabled
+from allocator.locks import LockClass, Mutex, hot_path_lock
 
 from .errors import NoMemory
 
@@ -102,8 +102,8 @@ class Stripe:
 
     __slots__ = ("lock", "counters")
 
-    def __init__(self, checked: bool = False) -> None:
-        self.lock: threading.Lock | Mutex = Mutex(STRIPE_LOCK) if checked else threading.Lock()
+    def __init__(self) -> None:
+        self.lock: threading.Lock | Mutex = hot_path_lock(STRIPE_LOCK)
         self.counters = [0] * NR_COUNTERS
 
 
@@ -151,5 +151,4 @@ class SlotTable:
 
 def new_stripes() -> list[Stripe]:
     """A device's stripes: lockdep-checked locks when lockdep is on now, plain ones otherwise."""
-    checked = lockdep_enabled()
-    return [Stripe(checked) for _ in range(NR_STRIPES)]
+    return [Stripe() for _ in range(NR_STRIPES)]
