@@ -214,11 +214,14 @@ class Step:
     how: Literal["start", "run", "preempt", "switch"]
 
     def __str__(self) -> str:
-        file, line, what = self.where
-        if not file:
-            return f"{self.thread:>4} {self.how:<8} {what}"
-        text = linecache.getline(file, line).strip()
-        return f"{self.thread:>4} {self.how:<8} {file.rsplit('/', 1)[-1]}:{line} {what}: {text}"
+        return f"{self.thread:>4} {self.how:<8} {_fmt_where(self.where)}"
+
+
+def _fmt_where(where: Where) -> str:
+    file, line, what = where
+    if not file:
+        return what
+    return f"{file.rsplit('/', 1)[-1]}:{line} {what}: {linecache.getline(file, line).strip()}"
 
 
 class ChoicePoint(NamedTuple):
@@ -307,7 +310,7 @@ class SimLock:
         if t is None:
             raise RuntimeError("an outside thread would block on a lock of an explored thread")
         if not t.run.failed:           # while unwinding a failed run nothing blocks
-            t.run.block(t, lambda: self._owner is None, _caller_where(t, "waits for a lock"))
+            t.run.block(t, lambda: self._owner is None, _caller_where(t, "blocked on a lock"))
         self._owner = t
         return True
 
@@ -364,7 +367,7 @@ class SimCondition:
         t.in_wait = True
         try:
             t.run.block(t, lambda: w.notified and self._lock._owner is None,
-                        _caller_where(t, "Condition.wait"))
+                        _caller_where(t, "blocked in Condition.wait"))
         finally:
             t.in_wait = False
             self._lock._owner = t      # retaken, also when unwinding (as CPython's wait does)
@@ -761,18 +764,18 @@ class _Run:
     # -- reporting -----------------------------------------------------------------------------------
 
     def _blocked_report(self) -> str:
-        return "\n".join(f"  {t.name}: {Step(t.name, t.where, 'run')}".rstrip()
-                         for t in self.threads if not t.finished)
+        return "\n".join(f"  {t.name}: {_fmt_where(t.where)}" for t in self.threads if not t.finished)
 
     def _report(self, reason: str) -> str:
         names = tuple(t.name for t in self.threads)
         lines = [
             f"scenario {self.scenario.name!r}: {reason.rstrip()}",
             f"lock state: {_describe(self.lock)}",
-            f"threads: " + ", ".join(f"{p.thread}: {_fmt_ops(p.ops)}" for p in self.scenario.programs),
+            "threads: " + "; ".join(f"{p.thread}: {_fmt_ops(p.ops)}" for p in self.scenario.programs),
             f"preemptions: {self.preemptions}; replay with",
             f"  replay(scenario, {compress(self.schedule)!r})",
-            "schedule (per step: the thread that runs next and the line it runs next; "
+            "schedule (per step: the thread that runs next and the line it runs next, or where "
+            "it was blocked; "
             f"threads {', '.join(names)}):",
         ]
         lines += [f"  {i:4} {s}" for i, s in enumerate(self.steps)]
