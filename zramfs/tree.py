@@ -23,6 +23,11 @@ VFS instead: root's DAC override opens it for writing, and the write fails with 
 (``pde_write`` without ``->proc_write``).  Errors are OSErrors carrying the kernel errno; zram
 logic (parsing, validation, formats) stays in zramfs.attrs / zramfs.device, the kernel's text
 parsers in zramfs.kparse.
+
+`ImageTree` is the part every mount has: ``/``, ``/dev`` and the images (any `BlockImage`),
+with no control file at all.  It is the whole tree of ``zramfs mount --backend null`` (one
+`zramfs.image.MemoryImage` at ``/dev/zram0``: there is no zram device whose attributes,
+pool or parameters could be shown), and the base of `Tree`, the full zram tree above.
 """
 from __future__ import annotations
 
@@ -32,9 +37,10 @@ import os
 import re
 import stat as statmod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, cast
 
 from zramfs.daemon import ModuleParameter
+from zramfs.image import BlockImage
 from zramfs.kparse import proc_dointvec
 
 if TYPE_CHECKING:
@@ -118,42 +124,43 @@ _PLAIN_PROCFS = frozenset({Kind.VMSTAT})
 _SYSFS_STORES = frozenset({Kind.ATTR, Kind.HOT_REMOVE, Kind.PARAM})
 
 
-class Tree:
-    """Resolve paths of one mount and produce/consume the contents of its control files."""
+#: The directories of an `ImageTree` and their children that do not depend on the images.
+_IMAGE_DIRS: dict[str, tuple[str, ...]] = {"/": ("dev",), "/dev": ()}
 
-    def __init__(self, registry: "Registry", parameters: Iterable[ModuleParameter] = ()) -> None:
-        # Imported here so that importing zramfs.tree (e.g. for the CLI's status) does not
-        # need the whole device stack.
-        from zramfs import attrs
 
-        self.registry = registry
-        self._attrs = attrs
-        self.parameters: dict[str, ModuleParameter] = {p.name: p for p in parameters}
+class ImageTree:
+    """The images of one mount at ``/dev/zram<N>``, and no control file (module docstring).
 
-    # ---- devices ---------------------------------------------------------------------------
-    def _device_ids(self) -> list[int]:
-        return sorted(self.registry.devices)
+    Every method `zramfs.fs` calls on a tree is defined here; `Tree` adds the control files
+    by overriding `lookup`, `_children`, `read_file` and `write_file`.
+    """
 
-    def device(self, dev_id: int) -> "ZramDevice":
+    #: directory path → its children that do not depend on the images
+    _dirs: ClassVar[Mapping[str, tuple[str, ...]]] = _IMAGE_DIRS
+
+    def __init__(self, images: Mapping[int, BlockImage]) -> None:
+        self._images: Mapping[int, BlockImage] = dict(images)
+
+    # ---- images ----------------------------------------------------------------------------
+    def images(self) -> Mapping[int, BlockImage]:
+        """dev_id → image, as it is now (read anew on each call: `Tree`'s registry replaces
+        its dict on hot_add / hot_remove)."""
+        return self._images
+
+    def image_ids(self) -> list[int]:
+        return sorted(self.images())
+
+    def device(self, dev_id: int) -> BlockImage:
         try:
-            return self.registry.devices[dev_id]
+            return self.images()[dev_id]
         except KeyError:
             raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), f"zram{dev_id}") from None
 
     def _dev_from_name(self, name: str, path: str) -> int:
         m = _DEV_RE.match(name)
-        if not m or int(m.group(1)) not in self.registry.devices:
+        if not m or int(m.group(1)) not in self.images():
             raise _enoent(path)
         return int(m.group(1))
-
-    def _attr_table(self) -> Mapping[str, Any]:
-        return self._attrs.DEVICE_ATTRS
-
-    def _device_files(self) -> list[str]:
-        names = list(self._attr_table())
-        if "size" not in names:
-            names.append("size")
-        return names
 
     # ---- lookup ----------------------------------------------------------------------------
     @staticmethod
@@ -165,7 +172,108 @@ class Tree:
 
     def lookup(self, path: str) -> Node:
         path = self.normalise(path)
-        if path in _FIXED_DIRS:
+        if path in self._dirs:
+            return Node(Kind.DIR, 0o755, path)
+        parent, _, name = path.rpartition("/")
+        parent = parent or "/"
+        if parent == "/dev":
+            return self._image_node(path, name)
+        raise self._missing(path, parent)
+
+    def _image_node(self, path: str, name: str) -> Node:
+        return Node(Kind.IMAGE, 0o660, path, self._dev_from_name(name, path))
+
+    def _missing(self, path: str, parent: str) -> OSError:
+        """The error for a path that names nothing: ENOTDIR for a path through a file
+        ("/proc/vmstat/x"), as the VFS says; ENOENT otherwise."""
+        if parent != "/" and not self.lookup(parent).is_dir:
+            return OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        return _enoent(path)
+
+    def listdir(self, path: str) -> list[str]:
+        node = self.lookup(path)
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        return self._children(node.path)
+
+    def _children(self, path: str) -> list[str]:
+        """The entries of directory ``path`` (an existing one, normalised)."""
+        if path == "/dev":
+            return [f"zram{i}" for i in self.image_ids()]
+        return list(self._dirs[path])
+
+    # ---- permissions -----------------------------------------------------------------------
+    @staticmethod
+    def check_open(node: Node, *, read: bool, write: bool, privileged: bool = False) -> None:
+        """The open rule of the file's kernel filesystem.
+
+        sysfs (KERNFS_ROOT_EXTRA_OPEN_PERM_CHECK) and sysctls (test_perm): the owner bits must
+        allow the access, even for root.  A plain procfs file: generic_permission(), where
+        ``privileged`` (the caller is root: CAP_DAC_OVERRIDE) opens it whatever its mode.
+        """
+        if node.is_dir:
+            if write:
+                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), node.path)
+            return
+        if privileged and node.kind in _PLAIN_PROCFS:
+            return
+        if (read and not node.mode & 0o400) or (write and not node.mode & 0o200):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), node.path)
+
+    # ---- control files: an image tree has none ---------------------------------------------
+    def read_file(self, node: Node) -> bytes:
+        """The whole content of a non-image file, fresh (`zramfs.fs` calls it per read at
+        offset 0).  Only a directory opened for reading gets here: EINVAL, as read(2) of one
+        answers EISDIR in the VFS before any filesystem is asked."""
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), node.path)
+
+    def write_file(self, node: Node, data: bytes, offset: int = 0) -> int:
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES), node.path)
+
+    # ---- image metadata --------------------------------------------------------------------
+    def image_size(self, dev_id: int) -> int:
+        return int(self.device(dev_id).disksize)
+
+    def image_bytes_used(self, dev_id: int) -> int:
+        """Memory behind the image, for st_blocks and statfs.  A plain RAM image does not
+        track its resident pages: it counts as wholly used, what it may come to."""
+        return self.image_size(dev_id)
+
+
+class Tree(ImageTree):
+    """Resolve paths of one mount and produce/consume the contents of its control files."""
+
+    _dirs = _FIXED_DIRS
+
+    def __init__(self, registry: "Registry", parameters: Iterable[ModuleParameter] = ()) -> None:
+        # Imported here so that importing zramfs.tree (e.g. for the CLI's status) does not
+        # need the whole device stack.
+        from zramfs import attrs
+
+        self.registry = registry
+        self._attrs = attrs
+        self.parameters: dict[str, ModuleParameter] = {p.name: p for p in parameters}
+
+    # ---- devices ---------------------------------------------------------------------------
+    def images(self) -> "Mapping[int, ZramDevice]":
+        return self.registry.devices
+
+    def device(self, dev_id: int) -> "ZramDevice":
+        return cast("ZramDevice", super().device(dev_id))
+
+    def _attr_table(self) -> Mapping[str, Any]:
+        return self._attrs.DEVICE_ATTRS
+
+    def _device_files(self) -> list[str]:
+        names = list(self._attr_table())
+        if "size" not in names:
+            names.append("size")
+        return names
+
+    # ---- lookup ----------------------------------------------------------------------------
+    def lookup(self, path: str) -> Node:
+        path = self.normalise(path)
+        if path in self._dirs:
             return Node(Kind.DIR, 0o755, path)
         fixed = _FIXED_FILES.get(path)
         if fixed is not None:
@@ -173,7 +281,7 @@ class Tree:
         parent, _, name = path.rpartition("/")
         parent = parent or "/"
         if parent == "/dev":
-            return Node(Kind.IMAGE, 0o660, path, self._dev_from_name(name, path))
+            return self._image_node(path, name)
         if parent == "/sys/block":
             return Node(Kind.DIR, 0o755, path, self._dev_from_name(name, path))
         if parent == "/sys/kernel/debug/zram":        # zram_debugfs_register: every device
@@ -204,51 +312,26 @@ class Tree:
             return Node(Kind.CLASSES, 0o444, path, dev_id, name)
         if grand == "/sys/kernel/debug/zram" and name == "block_state":
             return Node(Kind.BLOCK_STATE, 0o400, path, self._dev_from_name(dev_name, path), name)
-        # A path through a file ("/proc/vmstat/x") is ENOTDIR, as the VFS says.
-        if parent != "/" and not self.lookup(parent).is_dir:
-            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-        raise _enoent(path)
+        raise self._missing(path, parent)
 
     def _initialised(self, dev_id: int) -> bool:
         dev = self.registry.devices.get(dev_id)
-        return dev is not None and getattr(dev, "pool", None) is not None and dev.disksize > 0
+        return dev is not None and dev.pool is not None and dev.disksize > 0
 
-    def listdir(self, path: str) -> list[str]:
-        node = self.lookup(path)
-        if not node.is_dir:
-            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-        p = node.path
-        if p in ("/dev", "/sys/block", "/sys/kernel/debug/zram"):
-            return [f"zram{i}" for i in self._device_ids()]
-        if p == "/sys/kernel/debug/zsmalloc":
-            return [f"zram{i}" for i in self._device_ids() if self._initialised(i)]
-        if p == "/sys/module/zramfs/parameters":
+    def _children(self, path: str) -> list[str]:
+        if path in ("/sys/block", "/sys/kernel/debug/zram"):
+            return [f"zram{i}" for i in self.image_ids()]
+        if path == "/sys/kernel/debug/zsmalloc":
+            return [f"zram{i}" for i in self.image_ids() if self._initialised(i)]
+        if path == "/sys/module/zramfs/parameters":
             return list(self.parameters)
-        if p.startswith("/sys/block/zram"):
+        if path.startswith("/sys/block/zram"):
             return self._device_files()
-        if p.startswith("/sys/kernel/debug/zsmalloc/zram"):
+        if path.startswith("/sys/kernel/debug/zsmalloc/zram"):
             return ["classes"]
-        if p.startswith("/sys/kernel/debug/zram/zram"):
+        if path.startswith("/sys/kernel/debug/zram/zram"):
             return ["block_state"]
-        return list(_FIXED_DIRS[p])
-
-    # ---- permissions -----------------------------------------------------------------------
-    @staticmethod
-    def check_open(node: Node, *, read: bool, write: bool, privileged: bool = False) -> None:
-        """The open rule of the file's kernel filesystem.
-
-        sysfs (KERNFS_ROOT_EXTRA_OPEN_PERM_CHECK) and sysctls (test_perm): the owner bits must
-        allow the access, even for root.  A plain procfs file: generic_permission(), where
-        ``privileged`` (the caller is root: CAP_DAC_OVERRIDE) opens it whatever its mode.
-        """
-        if node.is_dir:
-            if write:
-                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), node.path)
-            return
-        if privileged and node.kind in _PLAIN_PROCFS:
-            return
-        if (read and not node.mode & 0o400) or (write and not node.mode & 0o200):
-            raise OSError(errno.EACCES, os.strerror(errno.EACCES), node.path)
+        return super()._children(path)
 
     # ---- control-file contents -------------------------------------------------------------
     def read_file(self, node: Node) -> bytes:
@@ -264,7 +347,7 @@ class Tree:
             return self._attrs.hot_add_show(self.registry).encode()
         if k is Kind.CLASSES:
             assert node.dev_id is not None
-            pool = getattr(self.device(node.dev_id), "pool", None)
+            pool = self.device(node.dev_id).pool
             if pool is None:
                 raise _enoent(node.path)
             return pool.classes_table().encode()
@@ -278,7 +361,7 @@ class Tree:
         if k is Kind.LOCK_STAT:
             from allocator.locks import lock_stat_text
             return lock_stat_text().encode()
-        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), node.path)
+        return super().read_file(node)
 
     def write_file(self, node: Node, data: bytes, offset: int = 0) -> int:
         """One write(2) of ``data`` at file position ``offset`` to a control file; returns the
@@ -310,7 +393,7 @@ class Tree:
         elif k in _PLAIN_PROCFS:
             raise OSError(errno.EIO, os.strerror(errno.EIO), node.path)   # no ->proc_write
         else:
-            raise OSError(errno.EACCES, os.strerror(errno.EACCES), node.path)
+            return super().write_file(node, data, offset)
         return len(data)
 
     def _write_compact_memory(self, data: bytes, offset: int) -> int:
@@ -330,12 +413,9 @@ class Tree:
         return consumed
 
     # ---- image metadata --------------------------------------------------------------------
-    def image_size(self, dev_id: int) -> int:
-        return int(self.device(dev_id).disksize)
-
     def image_bytes_used(self, dev_id: int) -> int:
         """Memory the device really uses (its pool's pages), for st_blocks."""
-        pool = getattr(self.device(dev_id), "pool", None)
+        pool = self.device(dev_id).pool
         if pool is None:
             return 0
         try:
