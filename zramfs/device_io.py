@@ -1,0 +1,554 @@
+"""The data path of a zram device: reads, writes, discards and the slots they change.
+
+Owns what zram_drv.c does for a bio (zram.md §3): zram_bio_read() / zram_bio_write() of
+whole and partial pages (zram_read_page, zram_write_page, zram_bvec_write_partial's
+read-modify-write), same-filled pages (page_same_filled: no allocation), HUGE pages
+stored raw once the compressed length reaches the pool's huge_class_size
+(write_incompressible_page), the mem_limit check after zs_malloc (zram_can_store_page),
+slot_free(), zram_bio_discard(), REQ_PREFLUSH, and for files punch_hole / zero_range.
+
+Concurrency: the kernel's per-entry lock is a striped lock (`zramfs.slots`); a slot is
+only read or changed under its stripe, and the counters that change with a slot are kept
+per stripe, so the data path takes no device-wide lock.  Compression happens before the
+slot lock is taken, like zram_write_page(); a single-page read decompresses under the
+lock, like zram_read_page(), while a multi-page read copies each object out under its
+lock and decompresses after dropping it.  Sub-block writes check a per-stripe generation
+number when they commit, so two partial writers of one block never lose each other's
+bytes while both still compress outside the lock.
+"""
+from __future__ import annotations
+
+import errno
+import time
+
+import numpy as np
+
+from allocator import OutOfMemory
+
+from .device_core import SECTOR_SHIFT, ZRAM_PRIMARY_COMP, DeviceCore, _Meta
+from .device_stats import _account
+from .errors import InvalidInput, IOFailure, NoSpace, ZramError
+from .slots import (ACCESS_CLEARED, BD_COUNT, BD_READS, COMPR_DATA_SIZE, FAILED_READS,
+                    FAILED_WRITES, FLUSH_IOS, GENERATION, HUGE_PAGES, HUGE_PAGES_SINCE, MAX_USED,
+                    NOTIFY_FREE, PAGE_SHIFT, PAGE_SIZE, PAGES_STORED, READ_IOS, READ_NS,
+                    READ_SECTORS, SAME_PAGES, SIZE_MASK, STRIPE_MASK, WRITE_IOS, WRITE_NS,
+                    WRITE_SECTORS, ZRAM_COMP_PRIORITY_MASK, ZRAM_COMP_PRIORITY_SHIFT, ZRAM_HUGE,
+                    ZRAM_SAME, ZRAM_WB)
+
+_ZERO_PAGE = bytes(PAGE_SIZE)
+_SAME_FILL_CACHE: dict[int, bytes] = {0: _ZERO_PAGE}
+_perf_ns = time.perf_counter_ns
+
+
+def _fill_page(word: int) -> bytes:
+    """The page a SAME slot holds: its 8-byte word repeated (memset_l)."""
+    page = _SAME_FILL_CACHE.get(word)
+    if page is None:
+        page = word.to_bytes(8, "little") * (PAGE_SIZE // 8)
+        if len(_SAME_FILL_CACHE) < 256:
+            _SAME_FILL_CACHE[word] = page
+    return page
+
+
+class IOPathMixin(DeviceCore):
+    """The data path of `ZramDevice`: read, write, discard and the slot primitives under them."""
+
+    def _slot_free(self, meta: _Meta, index: int, c: list[int]) -> None:
+        """slot_free(): release whatever the slot holds; caller holds the slot's stripe.
+
+        `c` is the stripe's counter list (the same stripe the caller holds).
+        """
+        t = meta.table
+        f = t.flags[index]
+        if f == 0 and t.handle[index] == 0:
+            return  # never written: nothing stored, counters untouched
+        t.ac_time[index] = 0
+        t.flags[index] = 0
+        h = t.handle[index]
+        t.handle[index] = 0
+        if f & ZRAM_WB:
+            # A written-back slot may keep HUGE/size bits (compressed writeback) only as
+            # read-path markers; its memory was already accounted out at writeback.
+            backing = self.backing
+            if backing is not None:
+                backing.free_block(h)
+            c[BD_COUNT] -= 1
+        elif f & ZRAM_SAME:
+            c[SAME_PAGES] -= 1
+        else:
+            if f & ZRAM_HUGE:
+                c[HUGE_PAGES] -= 1
+            meta.pool.free(h)
+            c[COMPR_DATA_SIZE] -= f & SIZE_MASK
+        c[PAGES_STORED] -= 1
+
+    def _decode_locked(self, meta: _Meta, index: int, f: int, h: int) -> tuple[bytes, int]:
+        """Under the slot lock: the slot's bytes and the priority to decompress them with.
+
+        Returns (page, -1) when the bytes already are the page (SAME, HUGE, unallocated,
+        plain written-back blocks), else (compressed object, priority).
+        """
+        if f & ZRAM_WB:
+            backing = self.backing
+            if backing is None:
+                raise IOFailure("written-back block without a backing device")
+            data = backing.read_block(h)
+            self._stripes[index & STRIPE_MASK].counters[BD_READS] += 1
+            size = f & SIZE_MASK
+            if size and not (f & ZRAM_HUGE):  # compressed writeback: object bytes on disk
+                return data[:size], (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
+            return data, -1
+        if f & ZRAM_SAME or not h:
+            return _fill_page(h), -1
+        size = f & SIZE_MASK
+        if f & ZRAM_HUGE:
+            return meta.pool.read_object(h, PAGE_SIZE), -1
+        return meta.pool.read_object(h, size), (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
+
+    def _decompress(self, meta: _Meta, data: bytes, prio: int) -> bytes:
+        if prio < 0:
+            return data
+        comp = meta.comps[prio]
+        if comp is None:
+            raise IOFailure(f"no compressor for priority {prio}")
+        return comp.decompress(data, PAGE_SIZE)
+
+    def _load_page(self, meta: _Meta, index: int, touch: bool) -> tuple[bytes, int]:
+        """zram_read_page(): the page at `index` and the stripe generation it was read at.
+
+        With `touch` the slot is marked accessed (mark_slot_accessed: IDLE and PP_SLOT
+        cleared, ac_time set) like a bio read; the RMW read of a partial write does not.
+        """
+        t = meta.table
+        stripe = self._stripes[index & STRIPE_MASK]
+        with stripe.lock:
+            f = t.flags[index]
+            h = t.handle[index]
+            gen = stripe.counters[GENERATION]
+            if f == 0 and h == 0:
+                return _ZERO_PAGE, gen
+            data, prio = self._decode_locked(meta, index, f, h)
+            if touch:
+                t.flags[index] = f & ~ACCESS_CLEARED
+                t.ac_time[index] = int(self.clock())
+        return (self._decompress(meta, data, prio) if prio >= 0 else data), gen
+
+    def _read_pages(self, meta: _Meta, index: int, count: int) -> list[bytes]:
+        """zram_bio_read() of whole pages: `_load_page(touch=True)` for each, in one frame.
+
+        The hot loop of every multi-page read (128 KiB requests: a quarter of its CPU was
+        Python call overhead).  Each page is read exactly as `_load_page` does it — its slot
+        lock held while the object is copied out of the pool (zs_map_object RO), the
+        decompression after the lock is dropped — so concurrency is unchanged.  On an error
+        `index` of the failing page is in the exception's ``block`` attribute.
+        """
+        t = meta.table
+        flags, handles, ac_time = t.flags, t.handle, t.ac_time
+        stripes = self._stripes
+        read_object = meta.pool.read_object
+        comps = meta.comps
+        now = int(self.clock())
+        keep = ~ACCESS_CLEARED
+        out: list[bytes] = []
+        append = out.append
+        i = index
+        try:
+            for i in range(index, index + count):
+                with stripes[i & STRIPE_MASK].lock:
+                    f = flags[i]
+                    h = handles[i]
+                    if not f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE) and h:
+                        data = read_object(h, f & SIZE_MASK)       # compressed object
+                    elif f == 0 and h == 0:
+                        append(_ZERO_PAGE)                         # never written: no touch
+                        continue
+                    else:
+                        data, prio = self._decode_locked(meta, i, f, h)
+                        flags[i] = f & keep
+                        ac_time[i] = now
+                        append(data if prio < 0 else self._decompress(meta, data, prio))
+                        continue
+                    flags[i] = f & keep
+                    ac_time[i] = now
+                prio = (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
+                comp = comps[prio]
+                append(comp.decompress(data, PAGE_SIZE) if comp is not None
+                       else self._decompress(meta, data, prio))   # raises: no compressor
+        except ZramError as exc:
+            exc.block = i
+            raise
+        return out
+
+    def _store_page(self, meta: _Meta, index: int, page: bytes, expect_gen: int | None = None,
+                    t0: int = 0) -> bool:
+        """zram_write_page() for one full page; False if `expect_gen` no longer matches.
+
+        Raises IOFailure (EIO) when the pool is full or the write would pass mem_limit; the
+        slot then keeps its old content.  With `t0` (a 4 KiB request's perf_counter_ns
+        start) the request's io_stat/stat accounting is done in the commit's critical
+        section, so a single-page write takes its stripe once (nothing can fail after it).
+        """
+        t = meta.table
+        stripe = self._stripes[index & STRIPE_MASK]
+        first = page[:8]
+        # page_same_filled(): compare the first word with the last one first (fast reject),
+        # then the whole page with the word repeated.  No allocation, no mem_limit check.
+        if page[-8:] == first and page == first * (PAGE_SIZE // 8):
+            word = int.from_bytes(first, "little")
+            with stripe.lock:
+                c = stripe.counters
+                if expect_gen is not None and c[GENERATION] != expect_gen:
+                    return False
+                self._slot_free(meta, index, c)
+                t.handle[index] = word
+                t.flags[index] = ZRAM_SAME
+                t.ac_time[index] = int(self.clock())
+                c[SAME_PAGES] += 1
+                c[PAGES_STORED] += 1
+                c[GENERATION] += 1
+                if t0:
+                    c[WRITE_IOS] += 1
+                    c[WRITE_SECTORS] += PAGE_SIZE >> SECTOR_SHIFT
+                    c[WRITE_NS] += _perf_ns() - t0
+            return True
+
+        comp = meta.comps[ZRAM_PRIMARY_COMP].compress(page)   # outside the slot lock
+        comp_len = len(comp)
+        if comp_len >= meta.huge_class_size:
+            # write_incompressible_page(): keep the raw page, a whole PAGE_SIZE object
+            data, size, newflags = page, PAGE_SIZE, ZRAM_HUGE | PAGE_SIZE
+        else:
+            data, size, newflags = comp, comp_len, comp_len
+        pool = meta.pool
+        try:
+            handle = pool.malloc(size)
+        except OutOfMemory:
+            raise IOFailure(f"{self.name}: out of memory for a {size}-byte object") from None
+        # zram_can_store_page(): right after zs_malloc, against the pool's page count.
+        alloced = pool.total_pages
+        limit = self.limit_pages
+        if limit and alloced > limit:
+            pool.free(handle)
+            with stripe.lock:
+                c = stripe.counters
+                if alloced > c[MAX_USED]:
+                    c[MAX_USED] = alloced
+            raise IOFailure(f"{self.name}: mem_limit reached")
+        pool.write_object(handle, data)
+        with stripe.lock:
+            c = stripe.counters
+            if alloced > c[MAX_USED]:
+                c[MAX_USED] = alloced
+            if expect_gen is not None and c[GENERATION] != expect_gen:
+                stale = True
+            else:
+                stale = False
+                # slot_free(): the old object goes only now.  The common case (a compressed
+                # object or nothing) inline; the slot's fields are all overwritten below.
+                old_f = t.flags[index]
+                if old_f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE):
+                    self._slot_free(meta, index, c)
+                elif old_f or t.handle[index]:
+                    pool.free(t.handle[index])
+                    c[COMPR_DATA_SIZE] -= old_f & SIZE_MASK
+                    c[PAGES_STORED] -= 1
+                t.handle[index] = handle
+                t.flags[index] = newflags
+                t.ac_time[index] = int(self.clock())
+                c[COMPR_DATA_SIZE] += size
+                c[PAGES_STORED] += 1
+                if size == PAGE_SIZE:
+                    c[HUGE_PAGES] += 1
+                    c[HUGE_PAGES_SINCE] += 1
+                c[GENERATION] += 1
+                if t0:
+                    c[WRITE_IOS] += 1
+                    c[WRITE_SECTORS] += PAGE_SIZE >> SECTOR_SHIFT
+                    c[WRITE_NS] += _perf_ns() - t0
+        if stale:
+            pool.free(handle)
+            return False
+        return True
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read like a file: zeros for unwritten blocks, short at the end of the disk.
+
+        A block that cannot be decompressed fails the whole request with EIO
+        (failed_reads++), as a bio with one failing segment does.
+        """
+        meta = self._meta
+        if offset < 0 or length < 0:
+            raise InvalidInput("negative offset or length")
+        if meta is None or offset >= self.disksize or length == 0:
+            return b""
+        end = min(offset + length, self.disksize)
+        index = offset >> PAGE_SHIFT
+        first_stripe = self._stripes[index & STRIPE_MASK]
+        t0 = _perf_ns()
+        try:
+            if not offset & (PAGE_SIZE - 1) and end - offset == PAGE_SIZE:
+                # One full page: _load_page inlined, and decompressed under the slot lock as
+                # zram_read_page() does (zram_read_from_zspool runs between slot lock and
+                # unlock), so the request is accounted in the same critical section.
+                t = meta.table
+                with first_stripe.lock:
+                    f = t.flags[index]
+                    h = t.handle[index]
+                    if f == 0 and h == 0:
+                        data = _ZERO_PAGE
+                    else:
+                        data, prio = self._decode_locked(meta, index, f, h)
+                        if prio >= 0:
+                            data = self._decompress(meta, data, prio)
+                        t.flags[index] = f & ~ACCESS_CLEARED
+                        t.ac_time[index] = int(self.clock())
+                    c = first_stripe.counters
+                    c[READ_IOS] += 1
+                    c[READ_SECTORS] += PAGE_SIZE >> SECTOR_SHIFT
+                    c[READ_NS] += _perf_ns() - t0
+                    return data
+            elif not (offset | end) & (PAGE_SIZE - 1):
+                out = b"".join(self._read_pages(meta, index, (end - offset) >> PAGE_SHIFT))
+            else:
+                parts = []
+                pos = offset
+                while pos < end:
+                    page = self._load_page(meta, index, True)[0]
+                    off = pos & (PAGE_SIZE - 1)
+                    n = min(PAGE_SIZE - off, end - pos)
+                    parts.append(page if n == PAGE_SIZE else page[off:off + n])
+                    pos += n
+                    index += 1
+                out = b"".join(parts)
+        except ZramError as exc:
+            index = getattr(exc, "block", index)
+            with self._stripes[index & STRIPE_MASK].lock:
+                self._stripes[index & STRIPE_MASK].counters[FAILED_READS] += 1
+            if exc.errno == errno.EIO:
+                raise
+            raise IOFailure(f"{self.name}: read of block {index} failed: {exc.strerror}") from None
+        _account(first_stripe, READ_IOS, READ_SECTORS, READ_NS, end - offset, _perf_ns() - t0)
+        return out
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """Write at any offset/length; partial blocks by read-modify-write.
+
+        Returns the number of bytes written (short when the request runs past disksize);
+        ENOSPC when it starts at or past the end.  A page that cannot be stored (mem_limit,
+        pool full) fails the request with EIO after the pages before it were written, like
+        a bio whose segment fails; that page keeps its old content.
+        """
+        meta = self._meta
+        if offset < 0:
+            raise InvalidInput("negative offset")
+        n = len(data)
+        if n == 0:
+            return 0
+        if meta is None or offset >= self.disksize:
+            raise NoSpace(f"{self.name}: write at {offset} past the end of the device")
+        end = min(offset + n, self.disksize)
+        index = offset >> PAGE_SHIFT
+        t0 = _perf_ns()
+        if not offset & (PAGE_SIZE - 1) and end - offset == PAGE_SIZE and type(data) is bytes:
+            # one full page: accounted inside _store_page's commit (one stripe round trip)
+            try:
+                self._store_page(meta, index, data, None, t0)
+            except ZramError as exc:
+                self._write_failed(index, exc)
+            return PAGE_SIZE
+        first_stripe = self._stripes[index & STRIPE_MASK]
+        try:
+            if not (offset | end) & (PAGE_SIZE - 1):
+                self._write_pages(meta, index, data, (end - offset) >> PAGE_SHIFT)
+            else:
+                self._write_unaligned(meta, index, offset, end, data)
+        except ZramError as exc:
+            self._write_failed(getattr(exc, "block", index), exc)
+        _account(first_stripe, WRITE_IOS, WRITE_SECTORS, WRITE_NS, end - offset, _perf_ns() - t0)
+        return end - offset
+
+    def _write_pages(self, meta: _Meta, index: int, data, count: int) -> None:
+        """zram_bio_write() of whole pages: `_store_page` for each, in one frame.
+
+        The hot loop of every multi-page write (128 KiB requests), as `_read_pages` is of
+        reads.  Each page is stored exactly as `_store_page` stores it — compressed outside
+        the slot lock, zs_malloc + copy, the slot swapped under its stripe and the old
+        object freed last — so locking and statistics are unchanged; same-filled pages and
+        writes under a mem_limit go through `_store_page` itself, an old slot that is
+        SAME/HUGE/written back through `_slot_free`.  On an error the failing page's index
+        is in the exception's ``block`` attribute; the pages before it are written.
+        """
+        t = meta.table
+        flags, handles, ac_time = t.flags, t.handle, t.ac_time
+        stripes = self._stripes
+        pool = meta.pool
+        malloc, write_object, free = pool.malloc, pool.write_object, pool.free
+        compress = meta.comps[ZRAM_PRIMARY_COMP].compress
+        huge_size = meta.huge_class_size
+        now = int(self.clock())
+        if type(data) is not bytes:
+            data = bytes(data)
+        i = index
+        try:
+            for i in range(index, index + count):
+                off = (i - index) << PAGE_SHIFT
+                page = data[off:off + PAGE_SIZE]
+                first = page[:8]
+                if (page[-8:] == first and page == first * (PAGE_SIZE // 8)) or self.limit_pages:
+                    # same-filled (no allocation), or a mem_limit to check after zs_malloc:
+                    # read per page, as the kernel does, since it may change meanwhile
+                    self._store_page(meta, i, page)
+                    continue
+                comp = compress(page)                         # outside the slot lock
+                size = len(comp)
+                if size >= huge_size:
+                    comp, size = page, PAGE_SIZE              # write_incompressible_page()
+                try:
+                    handle = malloc(size)
+                except OutOfMemory:
+                    raise IOFailure(f"{self.name}: out of memory for a {size}-byte object") from None
+                alloced = pool.total_pages
+                write_object(handle, comp)
+                stripe = stripes[i & STRIPE_MASK]
+                with stripe.lock:
+                    c = stripe.counters
+                    if alloced > c[MAX_USED]:
+                        c[MAX_USED] = alloced
+                    old_f = flags[i]
+                    if old_f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE):
+                        self._slot_free(meta, i, c)
+                    elif old_f or handles[i]:
+                        free(handles[i])
+                        c[COMPR_DATA_SIZE] -= old_f & SIZE_MASK
+                        c[PAGES_STORED] -= 1
+                    handles[i] = handle
+                    c[COMPR_DATA_SIZE] += size
+                    c[PAGES_STORED] += 1
+                    if size == PAGE_SIZE:
+                        flags[i] = ZRAM_HUGE | PAGE_SIZE
+                        c[HUGE_PAGES] += 1
+                        c[HUGE_PAGES_SINCE] += 1
+                    else:
+                        flags[i] = size
+                    ac_time[i] = now
+                    c[GENERATION] += 1
+        except ZramError as exc:
+            exc.block = i
+            raise
+
+    def _write_unaligned(self, meta: _Meta, index: int, offset: int, end: int, data) -> None:
+        """A write with a partial first or last page: whole pages stored, edges by RMW.
+
+        On an error the failing page's index is in the exception's ``block`` attribute.
+        """
+        mv = memoryview(data)
+        pos = offset
+        try:
+            while pos < end:
+                off = pos & (PAGE_SIZE - 1)
+                chunk = min(PAGE_SIZE - off, end - pos)
+                src = mv[pos - offset: pos - offset + chunk]
+                if chunk == PAGE_SIZE:
+                    self._store_page(meta, index, bytes(src))
+                else:
+                    self._write_partial(meta, index, off, src)
+                pos += chunk
+                index += 1
+        except ZramError as exc:
+            exc.block = index
+            raise
+
+    def _write_failed(self, index: int, exc: ZramError) -> None:
+        """One failing segment fails the bio: failed_writes++, and the request raises EIO."""
+        stripe = self._stripes[index & STRIPE_MASK]
+        with stripe.lock:
+            stripe.counters[FAILED_WRITES] += 1
+        if exc.errno == errno.EIO:
+            raise exc
+        raise IOFailure(f"{self.name}: write of block {index} failed: {exc.strerror}") from None
+
+    def _write_partial(self, meta: _Meta, index: int, off: int, src) -> None:
+        """zram_bvec_write_partial(): read the page, overlay, store; retry if it changed."""
+        tries = 0
+        while True:
+            old, gen = self._load_page(meta, index, False)
+            new = b"".join((old[:off], src, old[off + len(src):]))
+            if self._store_page(meta, index, new, expect_gen=gen):
+                return
+            tries += 1
+            if tries > 3:
+                time.sleep(0)  # let the competing writer finish its commit
+
+    def discard(self, offset: int, length: int) -> None:
+        """zram_bio_discard(): free whole blocks only; partial first/last blocks untouched."""
+        meta = self._meta
+        if meta is None or length <= 0 or offset >= self.disksize:
+            return
+        n = min(length, self.disksize - offset)
+        index = offset >> PAGE_SHIFT
+        off = offset & (PAGE_SIZE - 1)
+        if off:
+            # Re-compressing a partly discarded block would not save memory: skip it.
+            if n <= PAGE_SIZE - off:
+                return
+            n -= PAGE_SIZE - off
+            index += 1
+        t = meta.table
+        count = n >> PAGE_SHIFT
+        if count <= 64:
+            candidates = range(index, index + count)
+        else:
+            # mkfs discards the whole device: visit only slots that hold something (a slot
+            # written after this scan was written after the discard, a valid order) and
+            # count notify_free for every block in one go, as the kernel's loop would.
+            candidates = []
+            for lo in range(index, index + count, 1 << 20):   # bounded temporaries
+                hi = min(index + count, lo + (1 << 20))
+                used = (t.np_flags[lo:hi] != 0) | (t.np_handle[lo:hi] != 0)
+                candidates += (np.flatnonzero(used) + lo).tolist()
+            stripe = self._stripes[index & STRIPE_MASK]
+            with stripe.lock:
+                stripe.counters[NOTIFY_FREE] += count - len(candidates)
+        for i in candidates:
+            stripe = self._stripes[i & STRIPE_MASK]
+            with stripe.lock:
+                c = stripe.counters
+                if t.flags[i] or t.handle[i]:
+                    self._slot_free(meta, i, c)
+                    c[GENERATION] += 1
+                c[NOTIFY_FREE] += 1
+
+    def punch_hole(self, offset: int, length: int) -> None:
+        """fallocate(PUNCH_HOLE): discard whole blocks and zero the partial edges.
+
+        A file must read back zeros over the whole hole, so unlike a block discard the
+        edges are rewritten (read-modify-write); unwritten edge blocks stay unallocated.
+        """
+        meta = self._meta
+        if meta is None or length <= 0 or offset >= self.disksize:
+            return
+        end = min(offset + length, self.disksize)
+        self.discard(offset, end - offset)
+        mask = PAGE_SIZE - 1
+        head_block_end = (offset | mask) + 1
+        # the first block is partial when the hole starts inside it or ends before its end
+        if offset & mask or end < head_block_end:
+            self._zero_edge(meta, offset, min(end, head_block_end))
+        # the last block is partial when the hole ends inside a later block
+        if end & mask and (end & ~mask) >= head_block_end:
+            self._zero_edge(meta, end & ~mask, end)
+
+    zero_range = punch_hole
+
+    def _zero_edge(self, meta: _Meta, start: int, end: int) -> None:
+        index = start >> PAGE_SHIFT
+        t = meta.table
+        if not t.flags[index] and not t.handle[index]:
+            return  # reads as zeros already; do not allocate for it
+        self._write_partial(meta, index, start & (PAGE_SIZE - 1), _ZERO_PAGE[: end - start])
+
+    def flush(self) -> None:
+        """REQ_PREFLUSH: nothing to write out (zram is synchronous); counted in `stat`."""
+        stripe = self._ensure_stripes()[0]
+        with stripe.lock:
+            stripe.counters[FLUSH_IOS] += 1
