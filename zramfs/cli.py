@@ -23,6 +23,10 @@ Owns the command line and the process life cycle of a mount:
   memory.  Either call failing fails the mount with the call and its errno; ``--no-io-flusher``
   knowingly skips the prctl (it needs CAP_SYS_RESOURCE).  Module parameters ``mlock`` and
   ``io_flusher`` (Y/N) show the state.
+  ``--backend null --size N``: the null baseline instead of zram devices — one plain RAM image
+  (`zramfs.image.MemoryImage`: no compression, no allocator) at ``MNT/dev/zram0`` and no
+  other file (`zramfs.tree.ImageTree`); same FUSE front end, so it measures what FUSE and
+  Python cost (``scripts/nullfs.py``, the benchmark's ``nullfs`` system).
 - ``zramfs umount MNT``: refuses while a loop device is backed by a file of the mount (the
   unmount would fail with EBUSY anyway; the message says which loop to detach); recognises a
   stale mount (daemon killed: ENOTCONN) and removes it; a daemon that does not answer
@@ -55,6 +59,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from zramfs.loopdev import LoopGuard, attached_loops
+from zramfs.units import parse_size
 
 FSTYPE = "fuse.zramfs"
 READY = b"READY\n"
@@ -67,23 +72,6 @@ STATUS_COLUMNS = ("NAME", "DISKSIZE", "DATA", "COMPR", "ALGORITHM", "STREAMS", "
 
 
 # ---- helpers shared by the subcommands ---------------------------------------------------------
-def parse_size(text: str) -> int:
-    """``memparse``-like: 1G, 512M, 64k, 4096, 1.5G (binary multiples)."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = 1
-    for i, suffix in enumerate("KMGTPE", start=1):
-        if t.endswith(suffix):
-            mult, t = 1024 ** i, t[:-1]
-            break
-    try:
-        value = float(t) if "." in t else int(t, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad size: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"bad size: {text!r}")
-    return int(value * mult)
-
-
 def uint_arg(text: str) -> int:
     """A value for a uint module parameter, parsed as its file does (kstrtouint, base 0)."""
     from zramfs.kparse import kstrtouint
@@ -302,9 +290,42 @@ def _yn(flag: bool | None) -> str:
 
 
 # ---- mount -------------------------------------------------------------------------------------
+class _NoDaemon:
+    """The null backend's stand-in for the compaction daemon: it has no pool to compact."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def null_backend_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--backend null`` cannot mount with these options (None: it can).  It has one
+    image of ``--size`` and no zram device to configure."""
+    if args.size <= 0:
+        return "--backend null needs --size"
+    if args.algorithm or args.mem_limit or args.devices != 1:
+        return "--backend null has no zram device: no --algorithm, --mem-limit or --devices"
+    return None
+
+
+def _build_null_mount(args: argparse.Namespace):
+    """``--backend null``: (tree, daemon, ops class, registry) as `build_mount`, for one
+    `MemoryImage` at dev/zram0 in an `ImageTree` (no attribute or control file: none would
+    have a zram device behind it), no daemon and no registry."""
+    from zramfs.fs import ZramFS
+    from zramfs.image import MemoryImage
+    from zramfs.tree import ImageTree
+
+    return ImageTree({0: MemoryImage(args.size)}), _NoDaemon(), ZramFS, None
+
+
 def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = None):
     """Create the registry, configure the devices, and return (tree, ops, daemon).
     ``protection``: what `protect_process` did (for --mlock), shown as module parameters."""
+    if getattr(args, "backend", "zram") == "null":
+        return _build_null_mount(args)
     from allocator import PhysicalMemory
     from zramfs import attrs
     from allocator.locks import lockdep_stats, set_lockdep
@@ -461,6 +482,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.no_io_flusher and not args.mlock:
         print("zramfs: --no-io-flusher only goes with --mlock", file=sys.stderr)
         return 1
+    if args.backend == "null" and (problem := null_backend_problem(args)):
+        print(f"zramfs: {problem}", file=sys.stderr)
+        return 1
     if mnt in zramfs_mounts():
         found = _probe(mnt)
         if found == "ok":
@@ -555,8 +579,8 @@ def _wait_ready(rfd: int, pid: int, mnt: str, timeout: float) -> int:
         if b"".join(chunks).startswith(READY):
             os.close(rfd)
             # init ran; make sure libfuse did not give up right after it (it validates some
-            # init results only then) and that the tree answers.
-            if mnt in zramfs_mounts() and os.path.isdir(os.path.join(mnt, "sys", "block")):
+            # init results only then) and that the tree answers (dev/: every backend's).
+            if mnt in zramfs_mounts() and os.path.isdir(os.path.join(mnt, "dev")):
                 return 0
             print(f"zramfs: {mnt}: the daemon exited right after the FUSE handshake",
                   file=sys.stderr)
@@ -710,6 +734,9 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument("mountpoint", metavar="MNT")
     m.add_argument("--size", type=parse_size, default=0,
                    help="initialise every device with this disksize (default: uninitialised)")
+    m.add_argument("--backend", choices=("zram", "null"), default="zram",
+                   help="null: one plain RAM image of --size at dev/zram0 and no other file "
+                        "(no compression, no allocator): the FUSE baseline for benchmarks")
     m.add_argument("--algorithm", default=None, help="comp_algorithm to set before disksize")
     m.add_argument("--devices", type=int, default=1, help="devices created at mount (num_devices)")
     m.add_argument("--mem-limit", type=parse_size, default=0, help="mem_limit of every device")
