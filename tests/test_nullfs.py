@@ -1,5 +1,6 @@
-"""scripts/nullfs.py, the uncompressed FUSE image used as the benchmark ceiling, and the ops
-scripts that run on it and on zramfs (fs_demo.sh, swap_experiment.sh: smoke runs, small sizes).
+"""scripts/nullfs.py — ``zramfs mount --backend null``, zramfs's FUSE front end over an
+uncompressed RAM image, the benchmark ceiling — and the ops scripts that run on it and on zramfs
+(fs_demo.sh, swap_experiment.sh: smoke runs, small sizes).
 
 The mount tests need /dev/fuse and root; they skip without them, except when ZRAMFS_REQUIRE_FUSE=1
 (set by scripts/test.sh in CI), where a missing FUSE is a failure. Every mount is unmounted.
@@ -31,17 +32,18 @@ def _load_script():
     return mod
 
 
-def test_parse_size():
+def test_command_is_a_null_backend_mount():
+    """nullfs.py is a name for `zramfs mount --backend null`: its options map onto zramfs's."""
     ns = _load_script()
-    assert ns.parse_size("4096") == 4096
-    assert ns.parse_size("1") == 4096            # page-aligned like zram's disksize
-    assert ns.parse_size("64K") == 64 << 10
-    assert ns.parse_size("512m") == 512 << 20
-    assert ns.parse_size("1G") == 1 << 30
-    assert ns.parse_size("1GiB") == 1 << 30
-    for bad in ("", "x", "1Q", "-1", "0"):
-        with pytest.raises(Exception):
-            ns.parse_size(bad)
+    args = ns.make_parser().parse_args(["/m", "--size", "1GiB", "-f", "--mlock",
+                                        "--image-cache"])
+    assert ns.zramfs_argv(args) == ["mount", "/m", "--backend", "null", "--size", str(1 << 30),
+                                    "--foreground", "--image-cache", "--mlock",
+                                    "--no-io-flusher"]
+    assert ns.make_parser().parse_args(["/m"]).size == 1 << 30          # the default
+    for bad in ("", "x", "1Q", "-1"):
+        with pytest.raises(SystemExit):
+            ns.make_parser().parse_args(["/m", "--size", bad])
 
 
 def _fuse_problem() -> str | None:
@@ -79,13 +81,17 @@ def _unmount(mnt: Path) -> None:
 
 
 @pytest.fixture
-def nullfs_mount(tmp_path, need_fuse):
+def nullfs_mount(tmp_path, need_fuse, request):
+    """A foreground nullfs.py mount; ``@pytest.mark.parametrize("nullfs_mount", [binding],
+    indirect=True)`` picks the FUSE binding."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     log = tmp_path / "nullfs.log"
+    binding = getattr(request, "param", None)
+    extra = ["--binding", binding] if binding else []
     with open(log, "wb") as logf:
         proc = subprocess.Popen([sys.executable, str(SCRIPT), str(mnt), "--size", str(SIZE),
-                                 "--foreground"], stdout=logf, stderr=subprocess.STDOUT,
+                                 "--foreground", *extra], stdout=logf, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -106,6 +112,11 @@ def nullfs_mount(tmp_path, need_fuse):
         assert not _mounted(mnt), "nullfs left mounted"
 
 
+def _fstype(mnt: Path) -> str:
+    target = os.fsencode(str(mnt))
+    with open("/proc/mounts", "rb") as f:
+        return next(line.split()[2].decode() for line in f if line.split()[1] == target)
+
 
 @pytest.mark.fuse
 def test_tree_and_size(nullfs_mount):
@@ -113,9 +124,21 @@ def test_tree_and_size(nullfs_mount):
     assert sorted(os.listdir(mnt)) == ["dev"]
     assert os.listdir(mnt / "dev") == ["zram0"]
     assert os.stat(mnt / "dev" / "zram0").st_size == SIZE
+    assert _fstype(mnt) == "fuse.zramfs"                    # zramfs's own front end serves it
+    assert not (mnt / "sys").exists()                        # no zram device: no sysfs files
+
+
+def _fusepy_importable() -> bool:
+    return importlib.util.find_spec("fuse") is not None
 
 
 @pytest.mark.fuse
+@pytest.mark.parametrize("nullfs_mount", [
+    "mfusepy",
+    pytest.param("fusepy", marks=pytest.mark.skipif(not _fusepy_importable(),
+                                                    reason="fusepy (the zramfs[fusepy] extra) "
+                                                           "not installed")),
+], indirect=True)
 def test_pwrite_pread_round_trip(nullfs_mount):
     path = nullfs_mount / "dev" / "zram0"
     fd = os.open(path, os.O_RDWR)
@@ -159,25 +182,6 @@ def test_o_direct_and_punch_hole(nullfs_mount):
         os.close(fd)
 
 
-def test_options_mirror_zramfs():
-    """nullfs is a fair baseline only while it mounts exactly as zramfs does."""
-    try:
-        from zramfs import fs as zfs
-    except Exception as exc:  # the FUSE layer or a binding is missing: nothing to compare
-        pytest.skip(f"zramfs.fs not importable: {exc}")
-    ns = _load_script()
-    mod, name = ns.load_binding()
-    assert name == zfs.BINDING
-    ours = ns.mount_options(mod)
-    theirs = zfs.mount_options()
-    for key in ("fsname", "subtype"):
-        ours.pop(key), theirs.pop(key)
-    assert ours == theirs
-    assert ns.MAX_IO == zfs.MAX_IO
-    ops = ns.make_operations(mod, 4096)
-    assert getattr(zfs.ZramFS, "getxattr", None) is None and ops.getxattr is None
-
-
 # ---- the ops scripts, end to end (each mounts its own device and must leave nothing behind) ------
 def _system_state() -> tuple[str, str, str]:
     with open("/proc/mounts") as f:
@@ -204,7 +208,6 @@ def _run_script(name: str, backend: str, env_extra: dict, timeout: int = 300):
         except Exception as exc:
             pytest.skip(f"zramfs.fs not importable: {exc}")
     env = dict(os.environ, BACKEND=backend, **env_extra)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     before = _system_state()
     proc = subprocess.run(["bash", str(REPO / "scripts" / name)], env=env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
