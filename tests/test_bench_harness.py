@@ -1,16 +1,19 @@
-"""Smoke tests for scripts/bench.py, the side-by-side fio benchmark, so it cannot rot.
+"""Smoke tests for scripts/bench.py (the scripts/bench/ package), the side-by-side fio
+benchmark, so it cannot rot.
 
 - the lock_stat / fio-JSON parsers on fixed inputs (no FUSE needed);
 - a ``--quick`` run on tiny images, zramfs-lz4 and nullfs only, one round, a subset of the jobs
   that still covers every code path (fio read/write/mixed/numjobs, the real-data image writer,
   mm_stat, lock_stat, the Markdown/JSON/PNG outputs);
-- SIGTERM in the middle of a run: the harness unmounts everything it mounted and exits 130.
+- SIGTERM in the middle of a run: the harness unmounts everything it mounted and exits 130;
+- the ``server-cpu`` subcommand against a null-backend mount.
 
 The runs need root, /dev/fuse and fio; they skip without them (a missing FUSE fails instead when
 ZRAMFS_REQUIRE_FUSE=1, as in CI). Together well under 60 s.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -26,15 +29,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "bench.py"
+PACKAGE = REPO / "scripts" / "bench"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_script", SCRIPT)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_script"] = mod   # dataclasses look the module up by name
-    spec.loader.exec_module(mod)
-    return mod
+def _load(module: str) -> ModuleType:
+    """``bench.<module>`` of the harness package, imported as its entry point imports it (the
+    package is not installed: it lives in scripts/)."""
+    if "bench" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "bench", PACKAGE / "__init__.py", submodule_search_locations=[str(PACKAGE)])
+        assert spec and spec.loader
+        pkg = importlib.util.module_from_spec(spec)
+        sys.modules["bench"] = pkg   # submodules and dataclasses look the package up by name
+        spec.loader.exec_module(pkg)
+    return importlib.import_module(f"bench.{module}")
 
 
 def _need_run() -> None:
@@ -71,7 +79,7 @@ LOCK_STAT = """lock_stat version 0.4
 
 
 def test_parsers() -> None:
-    b = _load()
+    b = _load("readings")
     rows = b.parse_lock_stat(LOCK_STAT)
     assert rows["&pool->migrate_lock-W"] == {"contentions": 3, "wait_max_us": 20.25,
                                              "wait_total_us": 30.0, "acquisitions": 12}
@@ -84,15 +92,19 @@ def test_parsers() -> None:
                               "clat_ns": {"percentile": {"99.000000": 150000}}},
                      "write": {"total_ios": 30, "iops": 300.0, "bw_bytes": 1228800,
                                "clat_ns": {"percentile": {"99.000000": 250000}}}}]}
-    s = b.summarise_fio(fio)
+    s = _load("jobs").summarise_fio(fio)
     assert s["iops"] == 1000.0 and s["p99_us"] == 150.0 and s["p99_write_us"] == 250.0
-    assert b.parse_size("1") == 4096 and b.parse_size("16M") == 16 << 20
+    size = _load("cli").image_size_arg
+    assert size("1") == 4096 and size("16M") == 16 << 20 and size("1GiB") == 1 << 30
+    for bad in ("0", "x", "-1"):
+        with pytest.raises(Exception):
+            size(bad)
 
 
 def test_settle_defaults_and_bad_value() -> None:
     """Idle time before each run: the default for a full run, none for --quick, and a
     negative value refused before anything is mounted."""
-    b = _load()
+    b = _load("cli")
     assert b.DEFAULT_SETTLE_S > 0
     assert b.make_parser().parse_args([]).settle is None       # main() fills in the default
     with pytest.raises(SystemExit, match="--settle must be >= 0"):
@@ -100,7 +112,7 @@ def test_settle_defaults_and_bad_value() -> None:
 
 
 def test_profile_summary(tmp_path: Path) -> None:
-    b = _load()
+    b = _load("profile")
     raw = tmp_path / "raw.txt"
     raw.write_text(
         "FUSE._wrapper (mfusepy.py:1487);FUSE.write (mfusepy.py:1633);ZramFS.write (zramfs/fs.py:350);"
@@ -187,3 +199,38 @@ def test_sigterm_tears_down(tmp_path: Path) -> None:
     assert "interrupted" in rest
     assert not _mounts_under(workdir), "".join(lines) + rest
     assert not os.path.exists(workdir)
+
+
+def test_server_cpu_on_a_null_mount(tmp_path: Path) -> None:
+    """The server-cpu subcommand: per-thread CPU per I/O of a server we start by hand."""
+    _need_run()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    image = mnt / "dev" / "zram0"
+    with open(tmp_path / "server.log", "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "zramfs", "mount", str(mnt),
+                                   "--foreground", "--backend", "null", "--size", "8M"],
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while not (_mounts_under(str(mnt)) and image.exists()):
+            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "null mount not ready in 30 s"
+            time.sleep(0.05)
+        p = subprocess.run([sys.executable, str(SCRIPT), "server-cpu", str(server.pid),
+                            str(image), "--jobs", "randwrite-4k,randread-4k", "--runtime", "1"],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+        for job in ("randwrite-4k", "randread-4k"):
+            assert f"{job}: ios=" in p.stdout, p.stdout
+        assert p.stdout.count("  total user ") == 2, p.stdout
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+        if _mounts_under(str(mnt)):
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    assert not _mounts_under(str(mnt))
