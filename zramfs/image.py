@@ -77,15 +77,13 @@ class MemoryImage:
     def __init__(self, size: int) -> None:
         if size <= 0:
             raise ValueError(f"image size must be positive, not {size}")
-        # Page-aligned, as zram's disksize_store rounds it.
-        self._size = (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
-        self._map = mmap.mmap(-1, self._size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        # Page-aligned, as zram's disksize_store rounds it.  A plain attribute, as ZramDevice's
+        # is, not a property: zramfs.fs reads it on every request, and the baseline must not
+        # pay more per request than the device it is the baseline of.  Never reassigned.
+        self.disksize = (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+        self._map = mmap.mmap(-1, self.disksize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.open_count = 0
         self._count_lock = threading.Lock()
-
-    @property
-    def disksize(self) -> int:
-        return self._size
 
     def open(self) -> None:
         with self._count_lock:
@@ -100,7 +98,7 @@ class MemoryImage:
     def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
             raise _error(errno.EINVAL, "negative offset or length")
-        end = min(offset + length, self._size)
+        end = min(offset + length, self.disksize)
         if offset >= end:
             return b""
         return self._map[offset:end]
@@ -111,10 +109,10 @@ class MemoryImage:
         n = len(data)
         if n == 0:
             return 0
-        if offset >= self._size:
+        if offset >= self.disksize:
             raise _error(errno.ENOSPC, f"write at {offset} past the end of the image")
-        if offset + n > self._size:
-            n = self._size - offset
+        if offset + n > self.disksize:
+            n = self.disksize - offset
             data = memoryview(data)[:n]
         self._map[offset:offset + n] = data
         return n
@@ -125,7 +123,7 @@ class MemoryImage:
         are written with zeros."""
         if offset < 0 or length < 0:
             raise _error(errno.EINVAL, "negative offset or length")
-        end = min(offset + length, self._size)
+        end = min(offset + length, self.disksize)
         if offset >= end:
             return
         first = (offset + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
