@@ -1,6 +1,8 @@
 """The mount's non-FUSE pieces on a real Registry (no /dev/fuse needed): the compaction daemon
 (threshold, single flight, start/stop, knobs as module parameters, mm_stat pages_compacted),
 and the tree (lookup, listing, open permission rule, control-file reads and writes, errnos).
+The compaction policies themselves (shrinker, pressure sources, parsing) are in
+tests/test_daemon_policy.py.
 """
 from __future__ import annotations
 
@@ -13,12 +15,17 @@ import time
 import pytest
 
 from zramfs import attrs
-from zramfs.daemon import (CompactionDaemon, CompactionPolicy, ModuleParameter, parse_bool,
-                           parse_uint)
+from zramfs.daemon import (CompactionDaemon, CompactionPolicy, ModuleParameter, PolicyKind,
+                           parse_bool, parse_uint)
 from zramfs.device import Registry
 from zramfs.tree import Kind, Tree
 
 PAGE = 4096
+THRESHOLD = PolicyKind.THRESHOLD
+
+
+def threshold(pages: int, interval_ms: int = 1000) -> CompactionPolicy:
+    return CompactionPolicy(THRESHOLD, threshold_pages=pages, interval_ms=interval_ms)
 
 
 def fragmented_registry(pages: int = 512) -> Registry:
@@ -54,12 +61,11 @@ def test_scan_compacts_past_threshold_and_counts_in_mm_stat():
     pool = dev.pool
     freeable = pool.freeable_pages()
     assert freeable > 0
-    daemon = CompactionDaemon(reg, CompactionPolicy(threshold_pages=freeable + 1))
+    daemon = CompactionDaemon(reg, threshold(freeable + 1))
     assert daemon.scan_once() == 0 and daemon.stats.runs == 0   # below the threshold
-    daemon.policy.threshold_pages = 1
-    daemon.policy.enabled = False
+    daemon.set_policy("off")
     assert daemon.scan_once() == 0                                # disabled
-    daemon.policy.enabled = True
+    daemon.set_policy(f"threshold:{freeable}")
     freed = daemon.scan_once()
     assert freed > 0 and daemon.stats.runs == 1 and daemon.stats.pages_freed == freed
     assert int(attrs.show(dev, "mm_stat").split()[6]) == freed   # pages_compacted
@@ -68,7 +74,7 @@ def test_scan_compacts_past_threshold_and_counts_in_mm_stat():
 
 def test_single_flight():
     reg = fragmented_registry(64)
-    daemon = CompactionDaemon(reg, CompactionPolicy(threshold_pages=1))
+    daemon = CompactionDaemon(reg, threshold(1))
     with daemon._flight:                       # a scan in progress elsewhere
         assert daemon.scan_once() == 0
     assert daemon.stats.scans == 0
@@ -76,7 +82,7 @@ def test_single_flight():
 
 def test_thread_runs_and_stops_promptly():
     reg = fragmented_registry()
-    daemon = CompactionDaemon(reg, CompactionPolicy(threshold_pages=1, interval_ms=10))
+    daemon = CompactionDaemon(reg, threshold(1, interval_ms=10))
     daemon.start()
     try:
         deadline = time.monotonic() + 10
@@ -91,7 +97,7 @@ def test_thread_runs_and_stops_promptly():
 
 def test_uninitialised_and_reset_devices_are_skipped():
     reg = Registry(num_devices=2)
-    daemon = CompactionDaemon(reg, CompactionPolicy(threshold_pages=0, interval_ms=0))
+    daemon = CompactionDaemon(reg, threshold(0, interval_ms=0))
     assert daemon.scan_once() == 0                    # no pools at all
     daemon.start()
     try:
@@ -109,13 +115,16 @@ def test_parameters_are_the_knobs():
     reg = Registry(num_devices=1)
     daemon = CompactionDaemon(reg)
     params = {p.name: p for p in daemon.parameters()}
+    assert params["compact_policy"].get() == "shrinker"
     assert params["compact_enabled"].get() == "Y"
     params["compact_enabled"].set("N\n")
-    assert daemon.policy.enabled is False
+    assert daemon.policy.enabled is False and params["compact_policy"].get() == "off"
     params["compact_interval_ms"].set("25")
     assert daemon.policy.interval_ms == 25
-    params["compact_threshold_pages"].set("7")
-    assert daemon.policy.threshold_pages == 7
+    params["compact_threshold_pages"].set("7")     # while off: what Y brings back
+    assert daemon.policy.threshold_pages == 7 and params["compact_policy"].get() == "off"
+    params["compact_enabled"].set("Y")
+    assert params["compact_policy"].get() == "threshold:7"
     assert params["compact_runs"].set is None and params["compact_runs"].mode == 0o444
 
 

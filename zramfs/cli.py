@@ -329,7 +329,8 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
     from allocator import PhysicalMemory
     from zramfs import attrs
     from allocator.locks import lockdep_stats, set_lockdep
-    from zramfs.daemon import CompactionDaemon, CompactionPolicy, ModuleParameter
+    from zramfs.daemon import (DEFAULT_POLICY, CompactionDaemon, CompactionPolicy,
+                               ModuleParameter)
     from zramfs.device import Registry
     from zramfs.fs import ZramFS
     from zramfs.tree import Tree
@@ -351,9 +352,9 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
         if args.mem_limit:
             attrs.store(dev, "mem_limit", str(args.mem_limit))
 
-    policy = CompactionPolicy(enabled=not args.no_compact,
-                              threshold_pages=args.compact_threshold,
-                              interval_ms=args.compact_interval)
+    # --compact-policy (or its aliases); interval:MS sets the timer --compact-interval sets.
+    policy = CompactionPolicy(interval_ms=args.compact_interval).with_spec(
+        args.compact_policy or DEFAULT_POLICY)
     daemon = CompactionDaemon(registry, policy)
     static = (
         ModuleParameter("num_devices", 0o444, lambda: str(args.devices)),
@@ -726,6 +727,26 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # ---- argument parsing --------------------------------------------------------------------------
+class _CompactPolicyAction(argparse.Action):
+    """``--compact-policy POLICY`` (and ``--compact-threshold PAGES``, its ``threshold:``
+    alias): parsed by `zramfs.daemon.parse_policy`, the parser the module parameter uses, and
+    stored normalised.  A bad value is one line on stderr and exit code 2 (no usage dump)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, prefix: str = "",
+                 **kwargs: Any) -> None:
+        self.prefix = prefix
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from zramfs.daemon import BadPolicy, format_policy, parse_policy
+        try:
+            spec = parse_policy(self.prefix + str(values))
+        except BadPolicy as exc:
+            parser.exit(2, f"zramfs mount: {option_string}: {exc.strerror}\n")
+        setattr(namespace, self.dest, format_policy(spec))
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zramfs", description="zram in user space, over FUSE")
     sub = p.add_subparsers(dest="command", required=True)
@@ -743,11 +764,20 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument("--chain-size", type=int, choices=(4, 8), default=4,
                    help="zsmalloc max pages per zspage (4 = Linux 5.17, 8 = current)")
     m.add_argument("--chain-rule", choices=("max-used", "min-waste"), default="max-used")
+    # The three policy options write one dest (the last one given wins); None = the default.
+    m.add_argument("--compact-policy", action=_CompactPolicyAction, default=None,
+                   metavar="POLICY",
+                   help="background compaction: shrinker (default; only under memory pressure "
+                        "or near mem_limit, as the kernel's zsmalloc shrinker, so mm_stat stays "
+                        "the kernel's), threshold:PAGES, interval:MS or off")
     m.add_argument("--compact-interval", type=uint_arg, default=1000, metavar="MS",
-                   help="background compaction: minimum ms between scans")
-    m.add_argument("--compact-threshold", type=uint_arg, default=64, metavar="PAGES",
-                   help="background compaction: freeable pages that trigger a compaction")
-    m.add_argument("--no-compact", action="store_true", help="start with compaction disabled")
+                   help="background compaction: the daemon's timer (how often shrinker reads "
+                        "memory pressure and threshold the freeable pages; interval:MS sets it)")
+    m.add_argument("--compact-threshold", action=_CompactPolicyAction, prefix="threshold:",
+                   dest="compact_policy", metavar="PAGES",
+                   help="deprecated: --compact-policy threshold:PAGES")
+    m.add_argument("--no-compact", action="store_const", const="off", dest="compact_policy",
+                   help="--compact-policy off")
     m.add_argument("--image-cache", action="store_true",
                    help="serve dev/zram* through the page cache instead of direct_io "
                         "(allows shared writable mmap; hides the device's real cost)")
