@@ -37,6 +37,21 @@ Both move objects until zs_can_compact() says nothing more can be freed, so on t
 images both end near the optimal packing; the order in which zspages are drained and
 filled differs, and so can the last few zspages of a class.
 
+**Churn, with the compaction daemon running.**  The deterministic pages, then a seeded
+random 60 % of the blocks discarded and a random 30 % rewritten with new deterministic
+pages (``kc.random_churn``).  On the zramfs side the mount's compaction daemon runs the
+whole time under the default policy (``shrinker``), waking every 10 ms and scanning once
+more before each mm_stat is read, with a pressure source that reports no pressure (a
+`SimulatedPressure`, so the host cannot make it compact).  Kernel zram compacts only when
+asked or under reclaim, so all nine mm_stat fields must be EQUAL after writing and after
+the discards, pages_compacted (0) included: the daemon did not compact behind the user's
+back.  After the rewrites every field but mem_used_total is equal; mem_used_total is
+within 2.5 % (``kc.REWRITE_PLACEMENT_TOLERANCE``: zs_malloc picks its zspage the 5.17 way
+here, the fullest-first way in ≥6.3, and the rewrites' frees then empty different zspages;
+measured +0.46 % to +1.35 %).  Then the explicit compaction, compared as the other images
+(mem_used_total within 10 %).  A control run with the former default (``threshold:64``)
+must fail these checks, so they do detect a daemon that compacts on its own.
+
 Skipped (not failed) when /sys/block/zram0 is absent, not writable, initialised or
 locked by someone else, used as swap or mounted, or has no lz4 backend.  The kernel
 device is always reset afterwards and its comp_algorithm selection restored.
@@ -52,6 +67,7 @@ from types import ModuleType
 import pytest
 
 from zramfs.codecs import get_codec
+from zramfs.daemon import DEFAULT_POLICY, SimulatedPressure, format_policy
 
 pytestmark = pytest.mark.kernel
 
@@ -75,6 +91,8 @@ kc = _load_kernel_compare()
 PAGE = kc.PAGE_SIZE
 #: 64 MiB per image: ~5 s per image on the kernel and zramfs together
 IMAGE_PAGES = (64 << 20) // PAGE
+#: 32 MiB for the churn image (about a second on both sides together)
+CHURN_PAGES = (32 << 20) // PAGE
 #: zs_huge_class_size() with 8-page chains (first non-huge class 3632 - 7), zram.md §3.10
 HUGE_CLASS_SIZE = 3625
 
@@ -88,17 +106,24 @@ def kernel_device() -> None:
         pytest.skip(f"kernel zram not usable: {exc}")
 
 
-def _compare(image: str) -> kc.Comparison:
-    pages = kc.IMAGES[image](IMAGE_PAGES, kc.DEFAULT_SEEDS[image])
+def _compare(image: str, n_pages: int = IMAGE_PAGES, *,
+             policy: str = "shrinker") -> kc.Comparison:
+    """The comparison of `image` (its default seeds), the zramfs side's daemon running under
+    `policy` with a pressure source that reports none."""
+    pages = kc.IMAGES[image](n_pages, kc.DEFAULT_SEEDS[image])
     try:
-        c = kc.run(image, pages, algorithm="lz4")
+        c = kc.run(image, pages, algorithm="lz4", churn=kc.churn_for(image, pages),
+                   policy=policy, pressure=SimulatedPressure(0.0))
     except kc.KernelUnavailable as exc:   # someone took the device since the fixture ran
         pytest.skip(f"kernel zram not usable: {exc}")
-    if c.kernel["discarded"]["pages_compacted"]:
+    phase = c.self_compacted()
+    if phase is not None:
         # The kernel's shrinker (zs_shrinker_scan) compacted the pool under memory pressure
         # before we did: mem_used_total then reflects a compaction we did not ask for.
         pytest.skip("the kernel compacted zram0 by itself (memory pressure): "
-                    + str(c.kernel["discarded"]))
+                    + str(c.kernel[phase]))
+    # The zramfs side's daemon was there and looked, under the default policy.
+    assert c.policy == policy and c.daemon["scans"] > 0, c.daemon
     return c
 
 
@@ -140,6 +165,36 @@ def test_deterministic_image_equal() -> None:
         "zramfs differs from the kernel on pages whose LZ4 length is version-independent, "
         "so the allocator (class table, chain rule, huge threshold), same-page detection or "
         "mm_stat formatting is at fault" + _explain(c))
+
+
+# ------------------------------------------------------------------ churn, daemon running
+
+def test_churn_equal_with_the_daemon_running() -> None:
+    """Random discards and rewrites with the daemon running under the default policy and no
+    memory pressure: every mm_stat field equal after writing and after the discards, every
+    field but mem_used_total (within 2.5 %, zs_malloc placement) after the rewrites; the
+    daemon compacted nothing; after the explicit compaction mem_used_total within 10 %."""
+    c = _compare("churn", CHURN_PAGES, policy=format_policy(DEFAULT_POLICY))
+    assert c.policy == "shrinker"
+    assert c.daemon["runs"] == 0 and c.daemon["pages_freed"] == 0, c.daemon
+    assert "rewritten" in c.kernel and "rewritten" in c.model
+    failed = kc.failed_checks(c)
+    assert not failed, (
+        "under the default policy with no memory pressure zramfs must report the kernel's "
+        "mm_stat until the user compacts" + _explain(c))
+    # pages_compacted counts the explicit compaction only (the daemon did none).
+    assert c.model["compacted"]["pages_compacted"] > 0
+
+
+def test_churn_checks_catch_a_daemon_that_compacts_on_its_own() -> None:
+    """Control: the same run under the former default (threshold:64) fails the churn checks,
+    so the test above would notice a daemon compacting behind the user's back."""
+    c = _compare("churn", CHURN_PAGES, policy="threshold:64")
+    assert c.daemon["runs_threshold"] > 0, c.daemon
+    failed = {(chk.phase, chk.field) for chk in kc.failed_checks(c)}
+    # The scan before the post-discard mm_stat had 64 freeable pages at least: compacted.
+    assert ("discarded", "pages_compacted") in failed, _explain(c)
+    assert ("discarded", "mem_used_total") in failed, _explain(c)
 
 
 # ------------------------------------------------------------------ the real-data image
