@@ -374,7 +374,7 @@ class SimCondition:
         return True
 
     def notify(self, n: int = 1) -> None:
-        if self._lock._owner is None:
+        if self._lock._owner is not (_controlled() or _OUTSIDE):
             raise RuntimeError("cannot notify on un-acquired lock")
         for _ in range(min(n, len(self._waiters))):
             self._waiters.popleft().notified = True
