@@ -172,6 +172,7 @@ def test_shrinker_without_pressure_keeps_the_mm_stat_of_off() -> None:
                               pressure=SimulatedPressure(0.0))
     idle = CompactionDaemon(off, CompactionPolicy(PolicyKind.OFF))
     daemon.start()
+    assert daemon.stats.last_pressure is not None          # read once before the thread ran
     try:
         churn(quiet, daemon)
     finally:
@@ -456,7 +457,7 @@ def test_thread_follows_policy_changes() -> None:
                               pressure=pressure)
     daemon.start()
     try:
-        assert daemon.running
+        assert daemon.running and daemon.stats.last_pressure is None   # off: not consulted
         daemon.kick()
         daemon.set_policy("off")
         assert daemon.stats.scans == 0
@@ -473,10 +474,10 @@ def test_thread_follows_policy_changes() -> None:
 
 
 # ---- a real mount --------------------------------------------------------------------------------
-def fragment_image(m, pages: int) -> None:
+def fragment_image(m, pages: int, dev: int = 0) -> None:
     """Write mixed pages, then zero every other one (a zero page frees its object)."""
     rng = random.Random(3)
-    with opened(m.image()) as fd:
+    with opened(m.image(dev)) as fd:
         for i in range(pages):
             os.pwrite(fd, mixed_page(rng), i * PAGE)
         for i in range(0, pages, 2):
@@ -485,13 +486,16 @@ def fragment_image(m, pages: int) -> None:
 
 @pytest.mark.fuse
 def test_mount_policy_through_the_module_parameter(zmount) -> None:
-    m = zmount("--size", "8M", "--compact-interval", "20")
+    # Two devices: zram1 is fragmented only once the policy is threshold:1, so it has freeable
+    # pages then even if host memory pressure made the shrinker policy compact zram0.
+    m = zmount("--size", "8M", "--devices", "2", "--compact-interval", "20")
     assert m.param("compact_policy") == "shrinker"
     assert m.param("compact_enabled") == "Y" and m.param("compact_interval_ms") == "20"
-    fragment_image(m, 2048)
-    # the daemon looks (it reads the host's PSI at every tick) ...
-    assert wait_for(lambda: m.param("compact_pressure") != "not read")
+    # the daemon has read the host's PSI once before serving, and reads it at every tick ...
     reading = m.param("compact_pressure")
+    assert reading != "not read"
+    assert reading.startswith(("some avg10=", "unavailable")), reading
+    fragment_image(m, 2048)
     time.sleep(0.2)                                   # ~10 ticks at 20 ms
     # ... and, unless the host is under memory pressure, compacts nothing
     for reason in ("mem_limit", "threshold", "interval"):
@@ -504,12 +508,15 @@ def test_mount_policy_through_the_module_parameter(zmount) -> None:
     m.set_param("compact_policy", "threshold:1\n")
     assert m.param("compact_policy") == "threshold:1"
     assert m.param("compact_threshold_pages") == "1"
+    fragment_image(m, 2048, dev=1)
     assert wait_for(lambda: m.param("compact_runs_threshold") != "0")
     m.set_param("compact_policy", "off")
     assert m.param("compact_enabled") == "N"
     # once a pass in flight has finished, mm_stat's pages_compacted is what the daemon freed
-    assert wait_for(lambda: m.mm_stat()[6] == int(m.param("compact_pages_freed")))
-    assert m.mm_stat()[6] > 0
+    def pages_compacted() -> int:
+        return m.mm_stat(0)[6] + m.mm_stat(1)[6]
+    assert wait_for(lambda: pages_compacted() == int(m.param("compact_pages_freed")))
+    assert m.mm_stat(1)[6] > 0
 
 
 @pytest.mark.fuse

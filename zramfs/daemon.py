@@ -308,8 +308,14 @@ def own_cgroup_pressure_file(proc_cgroup: str = "/proc/self/cgroup",
 
 class PsiPressure:
     """The host's memory pressure: PSI ``some avg10`` of /proc/pressure/memory and of the
-    daemon's own cgroup v2 ``memory.pressure`` (pressure inside a memory-limited cgroup
-    does not show system-wide); the higher one counts.
+    daemon's own cgroup v2 ``memory.pressure`` (the pool is charged to that cgroup: its own
+    limit is pressure on the daemon even when the host has memory to spare); the higher one
+    counts.
+
+    Known overstatement: the system-wide figure also counts tasks stalled inside some other
+    memory-limited cgroup, whose reclaim would not call zsmalloc's shrinker (it is not
+    SHRINKER_MEMCG_AWARE, so shrink_slab runs it only for global reclaim); the daemon then
+    compacts where the kernel would not.
 
     ``paths`` fixes the files to read (tests); by default they are found at each read."""
 
@@ -384,6 +390,10 @@ class CompactionDaemon:
     def start(self) -> None:
         if self._thread is not None:
             return
+        if self.policy.kind is PolicyKind.SHRINKER and self.stats.last_pressure is None:
+            # A first reading before the thread runs: a live shrinker mount's compact_pressure
+            # shows a reading from the start, never "not read" for its first moments.
+            self._read_pressure()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="zramfs-compactd", daemon=True)
         self._thread.start()
