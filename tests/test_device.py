@@ -6,6 +6,7 @@ import errno
 import os
 import random
 import resource
+import time
 
 import numpy as np
 import pytest
@@ -14,9 +15,11 @@ from allocator import PhysicalMemory
 from zramfs import codecs
 from zramfs.device import (RECOMP_HUGE, WB_HUGE, WB_IDLE, WB_INCOMPRESSIBLE, CompParams, Registry,
                            ZramDevice)
-from zramfs.errors import ZramError
-from zramfs.slots import (FLUSH_IOS, SLOT_BYTES, ZRAM_HUGE, ZRAM_IDLE, ZRAM_INCOMPRESSIBLE,
-                          ZRAM_SAME, ZRAM_WB, SlotTable)
+from zramfs.device_stats import _account
+from zramfs.errors import IOFailure, NoSpace, ZramError
+from zramfs.slots import (FAILED_READS, FLUSH_IOS, READ_IOS, READ_NS, READ_SECTORS, SLOT_BYTES,
+                          STRIPE_MASK, WRITE_IOS, WRITE_NS, WRITE_SECTORS, ZRAM_HUGE, ZRAM_IDLE,
+                          ZRAM_INCOMPRESSIBLE, ZRAM_SAME, ZRAM_WB, SlotTable)
 
 from zram_data import PAGE, device_hash, half_page, mixed_page, random_page, same_page, text_page
 
@@ -678,39 +681,164 @@ def test_counters_are_exact(dev):
     assert s.huge_pages_since >= s.huge_pages
 
 
-def test_multi_page_writes_store_exactly_what_page_writes_store():
-    """The one-frame loop of multi-page writes (`_write_pages`) against single-page writes:
-    the same requests, split into 4 KiB writes on a twin device, give the same slot flags,
-    the same data and the same mm_stat counters, whatever the old slot held (SAME, HUGE,
-    compressed, nothing) and the new page is."""
-    rng = random.Random(31)
-    devs = []
-    for _ in range(2):
-        r = Registry(memory=PhysicalMemory(max_pages=1 << 14))
+# The device keeps hand-inlined copies of its page read and page store on the hot paths
+# (`read`'s 4 KiB branch and `_read_pages`; `_write_page` and `_write_pages`), and one
+# readable reference of each (`_load_page`, `_store_page`).  The twin below is driven through
+# the references only; whatever a request does to data, slots and counters must not depend on
+# which of the two did it.
+def reference_write(d: ZramDevice, offset: int, data) -> int:
+    """`ZramDevice.write` with every page stored by the reference: the request as `write`
+    makes it (clamped, failed at the first failing page, accounted), its pages through
+    `_write_unaligned`, which stores whole pages with `_store_page` and partial ones by
+    read-modify-write (`_load_page` + `_store_page`)."""
+    n = len(data)
+    if n == 0:
+        return 0
+    if offset >= d.disksize:
+        raise NoSpace("write past the end")
+    end = min(offset + n, d.disksize)
+    index = offset // PAGE
+    t0 = time.perf_counter_ns()
+    try:
+        d._write_unaligned(d._meta, index, offset, end, data)
+    except ZramError as exc:
+        d._write_failed(exc.block, exc)
+    _account(d._stripes[index & STRIPE_MASK], WRITE_IOS, WRITE_SECTORS, WRITE_NS, end - offset,
+             time.perf_counter_ns() - t0)
+    return end - offset
+
+
+def reference_read(d: ZramDevice, offset: int, length: int) -> bytes:
+    """`ZramDevice.read` with every page read by the reference `_load_page(touch=True)`."""
+    if offset >= d.disksize or length == 0:
+        return b""
+    end = min(offset + length, d.disksize)
+    first = offset // PAGE
+    t0 = time.perf_counter_ns()
+    parts = []
+    for index in range(first, (end + PAGE - 1) // PAGE):
+        try:
+            parts.append(d._load_page(d._meta, index, True)[0])
+        except ZramError:
+            with d._stripes[index & STRIPE_MASK].lock:
+                d._stripes[index & STRIPE_MASK].counters[FAILED_READS] += 1
+            raise IOFailure(f"read of block {index} failed") from None
+    _account(d._stripes[first & STRIPE_MASK], READ_IOS, READ_SECTORS, READ_NS, end - offset,
+             time.perf_counter_ns() - t0)
+    skip = offset - first * PAGE
+    return b"".join(parts)[skip:skip + end - offset]
+
+
+def outcome(fn, *args, **kw):
+    """What a request returned, or the errno it raised."""
+    try:
+        return "ok", fn(*args, **kw)
+    except ZramError as exc:
+        return "errno", exc.errno
+
+
+def assert_twins_agree(fast: ZramDevice, ref: ZramDevice) -> None:
+    """The same slots (flags, handles, access times), pool size and counters: every field of
+    mm_stat, io_stat, bd_stat and the block stat (time spent aside)."""
+    a, b = fast._meta.table, ref._meta.table
+    assert np.array_equal(a.np_flags, b.np_flags)
+    assert np.array_equal(a.np_ac_time, b.np_ac_time)
+    assert np.array_equal(a.np_handle, b.np_handle)
+    sa, sb = fast.stats(), ref.stats()
+    timed = {READ_NS, WRITE_NS}
+    assert [v for k, v in enumerate(sa.counters) if k not in timed] == \
+        [v for k, v in enumerate(sb.counters) if k not in timed]
+    sa.counters = sb.counters = []
+    assert sa == sb
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_hot_paths_agree_with_the_reference_page_read_and_store(tmp_path, seed):
+    """Random requests on twin devices, one served by the device as it is (its inlined hot
+    copies), the other by the reference page read and store: every request returns the same
+    (data or errno), and after it both hold the same slots, flags and counters.  The pages are
+    of every kind (zero, same-filled, text, half-random, incompressible/HUGE), written whole,
+    as runs (bytes and not), and partially, over slots of every kind (SAME, HUGE, compressed
+    at priority 0 or 1 after recompression, written back plainly or compressed, discarded),
+    with mem_limit hits (odd seeds) or a pool out of frames (seeds 2 and 6) on the way."""
+    rng = random.Random(seed)
+    clock = FakeClock(1000)
+    twins = []
+    for name in ("fast", "ref"):
+        backing = tmp_path / f"{name}.img"
+        backing.write_bytes(bytes(48 * PAGE))
+        r = Registry(memory=PhysicalMemory(max_pages=40 if seed % 4 == 2 else 1 << 14))
         d = r.devices[0]
+        d.clock = clock
+        d.set_comp_algorithm("lz4")
+        d.set_comp_algorithm("zstd", 1)
+        d.set_backing_dev(str(backing))
+        d.set_compressed_writeback(seed % 3 == 0)
         d.set_disksize(MiB)
-        devs.append(d)
-    multi, single = devs
-    model = bytearray(MiB)
-    kinds = [text_page, random_page, half_page, lambda g: same_page(g.randrange(3)), mixed_page]
-    for _ in range(120):
-        n = rng.randrange(2, 33)
-        i = rng.randrange(256 - n + 1)
-        buf = b"".join(rng.choice(kinds)(rng) for _ in range(n))
-        payload = buf if rng.random() < 0.5 else bytearray(buf)   # FUSE gives bytes; others not
-        assert multi.write(i * PAGE, payload) == len(buf)
-        for k in range(n):
-            single.write((i + k) * PAGE, buf[k * PAGE:(k + 1) * PAGE])
-        model[i * PAGE:(i + n) * PAGE] = buf
-    for d in devs:
-        settle(d)
-        assert d.read(0, MiB) == bytes(model)
-    assert [multi.slot_state(i)[1] for i in range(256)] == [single.slot_state(i)[1] for i in range(256)]
-    a, b = multi.stats(), single.stats()
-    for name in ("pages_stored", "compr_data_size", "same_pages", "huge_pages",
-                 "huge_pages_since", "mem_used_pages", "failed_writes"):
-        assert getattr(a, name) == getattr(b, name), name
-    assert a.mem_used_pages == multi.pool.total_pages
+        twins.append(d)
+    fast, ref = twins
+    npages = fast.nr_pages
+    kinds = [text_page, random_page, half_page, lambda g: same_page(g.randrange(3)),
+             lambda g: bytes(PAGE), mixed_page]
+
+    def pages(n: int) -> bytes:
+        return b"".join(rng.choice(kinds)(rng) for _ in range(n))
+
+    for _ in range(300):
+        clock.t += 1
+        op = rng.randrange(100)
+        if op < 25:                                   # one page: read()'s and write's 4 KiB paths
+            i = rng.randrange(npages)
+            if rng.random() < 0.5:
+                buf = pages(1)
+                payload = buf if rng.random() < 0.8 else bytearray(buf)
+                assert outcome(fast.write, i * PAGE, payload) == outcome(reference_write, ref, i * PAGE, buf)
+            else:
+                assert outcome(fast.read, i * PAGE, PAGE) == outcome(reference_read, ref, i * PAGE, PAGE)
+        elif op < 50:                                 # runs of pages: _write_pages, _read_pages
+            n = rng.randrange(2, 33)
+            i = rng.randrange(npages - n + 1)
+            if rng.random() < 0.5:
+                buf = pages(n)
+                payload = buf if rng.random() < 0.5 else bytearray(buf)   # FUSE gives bytes
+                assert outcome(fast.write, i * PAGE, payload) == outcome(reference_write, ref, i * PAGE, buf)
+            else:
+                assert outcome(fast.read, i * PAGE, n * PAGE) == outcome(reference_read, ref, i * PAGE, n * PAGE)
+        elif op < 65:                                 # partial pages
+            off = rng.randrange(MiB - 1)
+            n = rng.randrange(1, min(3 * PAGE, MiB - off) + 1)
+            if rng.random() < 0.5:
+                buf = pages(1 + n // PAGE)[:n]
+                assert outcome(fast.write, off, buf) == outcome(reference_write, ref, off, buf)
+            else:
+                assert outcome(fast.read, off, n) == outcome(reference_read, ref, off, n)
+        elif op < 75:
+            off, n = rng.randrange(MiB), rng.randrange(1, 40 * PAGE)
+            for d in twins:
+                d.discard(off, n)
+        elif op < 82:
+            extra = rng.choice([None, 0, 1, 4]) if seed % 2 else None
+            for d in twins:
+                d.set_mem_limit(0 if extra is None else (d.pool.total_pages + extra) * PAGE)
+        elif op < 87:
+            for d in twins:
+                d.mark_idle(None)
+        elif op < 93:
+            mode = rng.choice([WB_HUGE, WB_IDLE, WB_HUGE | WB_IDLE])
+            lo = rng.randrange(npages)
+            hi = min(npages, lo + rng.randrange(1, 64))
+            assert outcome(fast.writeback, [(mode, lo, hi)]) == outcome(ref.writeback, [(mode, lo, hi)])
+        else:
+            mode = rng.choice([0, RECOMP_HUGE])
+            assert outcome(fast.recompress, mode=mode, max_pages=8) == \
+                outcome(ref.recompress, mode=mode, max_pages=8)
+        assert_twins_agree(fast, ref)
+    for i in range(npages):
+        assert fast._load_page(fast._meta, i, False)[0] == ref._load_page(ref._meta, i, False)[0]
+    s = fast.stats()
+    assert s.same_pages and s.huge_pages_since and s.bd_writes and s.notify_free
+    if seed % 2 or seed % 4 == 2:
+        assert s.failed_writes, "no write ran into mem_limit or out of frames"
 
 
 @pytest.mark.parametrize("limit", ["frames", "mem_limit"])
