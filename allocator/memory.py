@@ -1,5 +1,5 @@
 """Simulated physical memory: page frames, the free-frame allocator, struct page fields, page
-locks, the movable-page registry, page migration and memory compaction, /proc/vmstat counters.
+locks, the movable-page registry and page references, /proc/vmstat counters.
 
 This module owns everything "below" zsmalloc that the kernel's mm core would provide:
 
@@ -26,16 +26,20 @@ This module owns everything "below" zsmalloc that the kernel's mm core would pro
 * **Page locks**: a PG_locked byte per frame plus a small hashed table of wait queues (the
   kernel's page_waitqueue()); one thread may hold any number of page locks; lockdep/lock_stat
   see them as the ``PG_locked`` class (rank 10, outermost).
-* **Movable pages and migration** (mm/migrate.c + mm/compaction.c in miniature): frames
-  registered with ``set_movable(pfn, ops)`` can be moved with ``migrate_pfn`` or by ``compact()``,
-  whose two scanners meet in the middle: the migrate scanner walks down from the top over movable
-  frames, the free scanner walks up from the bottom over free frames, and every movable frame
-  found above a free one is migrated into it, so the high-water mark drops.
+* **Movable pages**: frames registered with ``set_movable(pfn, ops)`` (``MovableOps``, in
+  `allocator.mm_types`) can be moved with ``migrate_pfn`` or by ``compact()``.  Those two are
+  entry points only: the migration protocol and the two compaction scanners are
+  `allocator.page_migration`'s, built on the primitives here (page references, page locks,
+  ``claim_free_page``, ``first_free_in``/``last_movable_in``).
 * **vmstat**: pgmigrate_* and compact_* event counters plus gauges, as /proc/vmstat lines.
 
 Races the kernel solves with page refcounts are solved the same way: a migrator pins a frame
 (``get_page_unless_zero``) before it trylocks it, and ``free_page`` of a pinned frame is completed
-by the last unpin (``put_page``), so a frame is never reused while a migrator still looks at it.
+by the last ``put_page``, so a frame is never reused while a migrator still looks at it.
+
+The struct page vocabulary (``PG_*``, ``INDEX_NONE``, ``MovableOps``, ``OutOfMemory``) lives in
+`allocator.mm_types` and ``MigrateStatus``/``CompactResult`` in `allocator.page_migration`; all
+are re-exported here, where callers have always found them.
 """
 
 from __future__ import annotations
@@ -45,14 +49,15 @@ import heapq
 import mmap
 import os
 import threading
-from dataclasses import dataclass
 from array import array
-from enum import IntEnum, IntFlag
 from time import perf_counter_ns
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Iterator
 
 from . import locks as _locks
 from .locks import PAGE_LOCK, ZONE_LOCK, LockMode, Mutex
+from .mm_types import (INDEX_NONE, PG, PG_ISOLATED, PG_MOVABLE, PG_PRIVATE, MovableOps,
+                       OutOfMemory)
+from .page_migration import CompactResult, MigrateStatus, compact_memory, migrate_pfn_status
 
 __all__ = [
     "PhysicalMemory",
@@ -67,24 +72,6 @@ __all__ = [
     "INDEX_NONE",
 ]
 
-
-class OutOfMemory(MemoryError):
-    """No free page frame (the arena's max_pages are all in use)."""
-
-
-class PG(IntFlag):
-    """Bits of ``PhysicalMemory.flags`` (the struct page flags zsmalloc uses)."""
-
-    PRIVATE = 0x01    # PG_private: first page of a zspage
-    MOVABLE = 0x02    # __SetPageMovable: registered with movable ops (set_movable)
-    ISOLATED = 0x04   # PG_isolated: taken off by a migrator (between isolate and migrate/putback)
-
-
-# Plain ints for hot paths (IntFlag arithmetic is slow).
-PG_PRIVATE = 0x01
-PG_MOVABLE = 0x02
-PG_ISOLATED = 0x04
-INDEX_NONE = -1
 
 _WRITE = LockMode.WRITE
 
@@ -111,43 +98,6 @@ def _libc_fallocate():
         fn.restype = ctypes.c_int
         _fallocate = fn
     return _fallocate
-
-
-@runtime_checkable
-class MovableOps(Protocol):
-    """The movable page callbacks (kernel: address_space_operations of zsmalloc's inode)."""
-
-    def isolate_page(self, pfn: int) -> bool: ...
-
-    def migrate_page(self, old_pfn: int, new_pfn: int) -> bool: ...
-
-    def putback_page(self, pfn: int) -> None: ...
-
-
-class MigrateStatus(IntEnum):
-    """Outcome of one migration attempt (``PhysicalMemory.migrate_pfn_status``)."""
-
-    SUCCESS = 0
-    NOT_MOVABLE = 1     # free, unowned, not registered movable, or already isolated
-    BUSY = 2            # page lock held by someone else (trylock failed)
-    ISOLATE_FAILED = 3  # ops.isolate_page said no
-    NO_TARGET = 4       # no free frame (or none below it when one was required)
-    FAILED = 5          # ops.migrate_page said no; put back
-
-
-@dataclass
-class CompactResult:
-    """What one ``compact()`` run did."""
-
-    migrated: int = 0
-    failed: int = 0             # isolated but migrate_page failed (pgmigrate_fail)
-    skipped: int = 0            # movable frames not migrated: busy, isolated elsewhere, refused
-    migrate_scanned: int = 0
-    free_scanned: int = 0
-    isolated: int = 0
-    high_water_before: int = 0
-    high_water_after: int = 0
-    success: bool = False       # scanners met and nothing failed or was skipped
 
 
 class _WaitQueue:
@@ -233,6 +183,7 @@ class PhysicalMemory:
             self._fd = fd
             _libc_fallocate()
         self._mv = memoryview(self._mm)
+        self._words: memoryview | None = None     # the "Q" cast of _mv (see words)
         # Dropping works on host pages; smaller simulated pages are zero-filled instead.
         self._madvise = page_size % mmap.PAGESIZE == 0
         self._drop = self._punch_hole if backing == "memfd" else self._dontneed
@@ -429,8 +380,9 @@ class PhysicalMemory:
         with self._lock:
             self._drop_dirty()
 
-    def _claim(self, pfn: int) -> bool:
-        """Allocate a specific free frame (compaction's free scanner isolating a free page)."""
+    def claim_free_page(self, pfn: int) -> bool:
+        """Allocate a specific free frame (compaction's free scanner isolating a free page);
+        False when it is not free (any more)."""
         with self._lock:
             if pfn >= self._top or self._state[pfn] != _FREE:
                 return False
@@ -441,7 +393,7 @@ class PhysicalMemory:
             self._vm["pgalloc_normal"] += 1
             return True
 
-    def _lowest_free_below(self, limit: int) -> int:
+    def claim_lowest_free_below(self, limit: int) -> int:
         """Claim the lowest free frame below ``limit``; -1 if none."""
         pos = 0
         state = self._state
@@ -449,12 +401,20 @@ class PhysicalMemory:
             pfn = state.find(_FREE_B, pos, min(limit, self._top))
             if pfn < 0:
                 return -1
-            if self._claim(pfn):
+            if self.claim_free_page(pfn):
                 return pfn
             pos = pfn + 1
 
     def is_free(self, pfn: int) -> bool:
         return not (0 <= pfn < self._top) or self._state[pfn] == _FREE
+
+    def first_free_in(self, lo: int, hi: int) -> int:
+        """The lowest free frame in ``[lo, hi)``, or -1 (compaction's free scanner)."""
+        return self._state.find(_FREE_B, lo, hi)
+
+    def last_movable_in(self, lo: int, hi: int) -> int:
+        """The highest movable frame in ``[lo, hi)``, or -1 (compaction's migrate scanner)."""
+        return self._movable.rfind(_ONE_B, lo, hi)
 
     @property
     def arena(self) -> memoryview:
@@ -462,6 +422,17 @@ class PhysicalMemory:
         ``[pfn * page_size, (pfn + 1) * page_size)``. For hot paths that would otherwise slice
         one view per call; the same object for the memory's lifetime."""
         return self._mv
+
+    @property
+    def words(self) -> memoryview:
+        """The arena as unsigned 64-bit words: the word at byte address ``a`` (8-byte aligned)
+        is ``words[a >> 3]``.  zsmalloc reads and writes object headers and freelist links
+        through it.  Made on first use (the arena of a tiny test memory may not be a multiple
+        of 8 bytes), then the same object until ``close``."""
+        words = self._words
+        if words is None:
+            words = self._words = self._mv.cast("Q")
+        return words
 
     def view(self, pfn: int) -> memoryview:
         """A writable memoryview of the frame's page_size bytes."""
@@ -587,7 +558,11 @@ class PhysicalMemory:
     def is_movable(self, pfn: int) -> bool:
         return 0 <= pfn < self._top and bool(self._movable[pfn])
 
-    def _pin(self, pfn: int) -> bool:
+    def movable_ops(self, pfn: int) -> MovableOps | None:
+        """The owner's callbacks a frame was registered with (``set_movable``), or None."""
+        return self._mops[pfn]
+
+    def get_page_unless_zero(self, pfn: int) -> bool:
         """get_page_unless_zero() for a movable, allocated frame."""
         with self._lock:
             if not 0 <= pfn < self._top or self._state[pfn] != _USED or not self._movable[pfn]:
@@ -595,7 +570,7 @@ class PhysicalMemory:
             self._refs[pfn] = self._refs.get(pfn, 0) + 1
             return True
 
-    def _unpin(self, pfn: int) -> None:
+    def put_page(self, pfn: int) -> None:
         """put_page(): the last reference of a frame its owner freed completes the free."""
         with self._lock:
             n = self._refs[pfn] - 1
@@ -607,163 +582,31 @@ class PhysicalMemory:
                 self._state[pfn] = _USED
                 self._release(pfn)
 
+    def free_migrated_page(self, pfn: int) -> None:
+        """After a successful migrate_page: the old frame goes back to the free pool once the
+        migrator's reference is dropped (kernel: the final put_page of the old page)."""
+        with self._lock:
+            if self._state[pfn] != _USED:
+                return   # the owner freed it itself (then it is a zombie until the put_page)
+            self._reset_page(pfn)
+            self._state[pfn] = _ZOMBIE   # completed by the migrator's put_page
+
+    # -------------------------------------------------------------- migration, compaction
+    # The algorithms are allocator.page_migration's; these are the entry points.
+
     def migrate_pfn(self, pfn: int, *, lower_only: bool = False) -> bool:
         """Migrate one movable frame to the lowest free frame (one below ``pfn`` when
         ``lower_only``). False when the frame is not movable, busy, or the move failed."""
-        return self.migrate_pfn_status(pfn, lower_only=lower_only) is MigrateStatus.SUCCESS
+        return migrate_pfn_status(self, pfn, lower_only=lower_only) is MigrateStatus.SUCCESS
 
     def migrate_pfn_status(self, pfn: int, *, lower_only: bool = False) -> MigrateStatus:
-        if not self._pin(pfn):
-            return MigrateStatus.NOT_MOVABLE
-        try:
-            return self._migrate_pinned(pfn, -1, lower_only)
-        finally:
-            self._unpin(pfn)
-
-    def _migrate_pinned(self, pfn: int, target: int, lower_only: bool) -> MigrateStatus:
-        """The migration protocol (mm/migrate.c, move_to_new_folio for movable non-LRU pages).
-
-        ``target`` is a frame already claimed by compaction's free scanner, or -1 to allocate
-        one. On return the target is either the page's new home or freed again.
-        """
-        if not self.trylock_page(pfn):
-            self._drop_target(target)
-            return MigrateStatus.BUSY
-        try:
-            ops = self._mops[pfn]
-            if ops is None or self.flags[pfn] & PG_ISOLATED:
-                self._drop_target(target)
-                return MigrateStatus.NOT_MOVABLE
-            # isolate_movable_page: the owner takes the page off its lists.
-            if not ops.isolate_page(pfn):
-                self._drop_target(target)
-                return MigrateStatus.ISOLATE_FAILED
-            self.set_page_flag(pfn, PG_ISOLATED)
-            with self._lock:
-                self._vm["compact_isolated"] += 1
-            if target < 0:
-                try:
-                    target = self._lowest_free_below(pfn) if lower_only else self.alloc_page()
-                except OutOfMemory:
-                    target = -1
-            if target < 0:
-                self._putback(pfn, ops)
-                return MigrateStatus.NO_TARGET
-            # move_to_new_folio: both pages locked while the owner copies and relinks.
-            if not self.trylock_page(target):   # a fresh frame nobody else can hold
-                raise AssertionError(f"freshly allocated frame {target} is locked")
-            ok = False
-            try:
-                ok = bool(ops.migrate_page(pfn, target))
-            finally:
-                if ok:
-                    # The old frame stops being a page of the owner before anyone else can lock
-                    # it: reset its struct page and leave the free to the final put (our unpin).
-                    self._free_migrated(pfn)
-                    self.unlock_page(target)
-                else:
-                    self._putback(pfn, ops)
-                    self.unlock_page(target)
-                    self.free_page(target)
-                    with self._lock:
-                        self._vm["pgmigrate_fail"] += 1
-            if not ok:
-                return MigrateStatus.FAILED
-        finally:
-            self.unlock_page(pfn)
-        with self._lock:
-            self._vm["pgmigrate_success"] += 1
-        return MigrateStatus.SUCCESS
-
-    def _free_migrated(self, pfn: int) -> None:
-        """After a successful migrate_page: the old frame goes back to the free pool once the
-        migrator's pin is dropped (kernel: the final put_page of the old page)."""
-        with self._lock:
-            if self._state[pfn] != _USED:
-                return   # the owner freed it itself (then it is a zombie until our unpin)
-            self._reset_page(pfn)
-            self._state[pfn] = _ZOMBIE   # completed by the caller's _unpin
-
-    def _putback(self, pfn: int, ops: MovableOps) -> None:
-        # putback_movable_page: under the page lock, the owner takes the page back.
-        try:
-            ops.putback_page(pfn)
-        finally:
-            self.clear_page_flag(pfn, PG_ISOLATED)
-
-    def _drop_target(self, target: int) -> None:
-        if target >= 0:
-            self.free_page(target)
-
-    # -------------------------------------------------------------- compaction
+        """``migrate_pfn`` with the reason when it did not migrate."""
+        return migrate_pfn_status(self, pfn, lower_only=lower_only)
 
     def compact(self, *, direct: bool = False) -> CompactResult:
-        """Memory compaction (``echo 1 > /proc/sys/vm/compact_memory``): migrate movable frames
-        from the top of the arena into free frames at the bottom until the scanners meet.
-
-        The migrate scanner walks PFNs downward from the high-water mark looking for movable
-        frames, the free scanner walks upward from PFN 0 looking for free frames; each movable
-        frame found above a free frame is migrated into it. ``direct=True`` counts the run as an
-        allocation stall (compact_stall), as direct compaction does. compact_success /
-        compact_fail count runs that did / did not reach the point where the scanners meet with
-        every movable frame above it moved.
-        """
-        res = CompactResult()
-        # No lock is held across the run (several compactions may run at once, as kcompactd and
-        # direct compaction do): every frame is claimed, pinned and page-locked individually.
-        res.high_water_before = self._top
-        free_pos = 0                 # free scanner: next PFN to examine (upward)
-        mig_pos = self._top          # migrate scanner: exclusive bound (downward)
-        free_seen = 0                # frames below this were counted as free-scanned
-        mig_seen = mig_pos           # frames from this up were counted as migrate-scanned
-        movable = self._movable
-        state = self._state
-        while True:
-            cand = movable.rfind(_ONE_B, free_pos, mig_pos)
-            if cand < 0:
-                res.migrate_scanned += max(0, min(mig_seen, mig_pos) - free_pos)
-                break
-            if cand < mig_seen:
-                res.migrate_scanned += mig_seen - cand
-                mig_seen = cand
-            mig_pos = cand
-            tgt = state.find(_FREE_B, free_pos, cand)
-            if tgt < 0:
-                res.free_scanned += max(0, cand - free_seen)
-                break                # the scanners met
-            if tgt + 1 > free_seen:
-                res.free_scanned += tgt + 1 - max(free_seen, free_pos)
-                free_seen = tgt + 1
-            free_pos = tgt
-            if not self._claim(tgt):
-                mig_pos = cand + 1   # lost the frame to an allocation: rescan both
-                continue
-            if not self._pin(cand):
-                self.free_page(tgt)
-                continue             # freed or no longer movable under us
-            try:
-                status = self._migrate_pinned(cand, tgt, True)
-            finally:
-                self._unpin(cand)
-            if status is MigrateStatus.SUCCESS:
-                res.migrated += 1
-                res.isolated += 1
-                free_pos = tgt + 1
-            elif status is MigrateStatus.FAILED:
-                res.failed += 1
-                res.isolated += 1
-            else:
-                res.skipped += 1
-        res.high_water_after = self._top
-        res.success = not res.failed and not res.skipped
-        with self._lock:
-            vm = self._vm
-            vm["compact_migrate_scanned"] += res.migrate_scanned
-            vm["compact_free_scanned"] += res.free_scanned
-            if direct:
-                vm["compact_stall"] += 1
-            vm["compact_success" if res.success else "compact_fail"] += 1
-        return res
+        """Memory compaction (``echo 1 > /proc/sys/vm/compact_memory``): see
+        `allocator.page_migration.compact_memory`."""
+        return compact_memory(self, direct=direct)
 
     # -------------------------------------------------------------- vmstat
 
@@ -807,6 +650,9 @@ class PhysicalMemory:
 
     def close(self) -> None:
         """Unmap the arena (fails with BufferError while views of frames are alive)."""
+        if self._words is not None:
+            self._words.release()
+            self._words = None
         self._mv.release()
         self._mm.close()
         if self._fd >= 0:
