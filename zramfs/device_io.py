@@ -131,10 +131,17 @@ class IOPathMixin(DeviceCore):
         return comp.decompress(data, PAGE_SIZE)
 
     def _load_page(self, meta: _Meta, index: int, touch: bool) -> tuple[bytes, int]:
-        """zram_read_page(): the page at `index` and the stripe generation it was read at.
+        """zram_read_page(): the page at `index` and the stripe generation it was read at — the
+        reference page read.
 
-        With `touch` the slot is marked accessed (mark_slot_accessed: IDLE and PP_SLOT
-        cleared, ac_time set) like a bio read; the RMW read of a partial write does not.
+        Under the slot's stripe, as the kernel holds the slot lock: the slot's bytes (the
+        fill word of a SAME slot, the pool object, the backing block), decompressed with the
+        priority's compressor.  With `touch`, a page that was read is then marked accessed
+        (zram_bio_read's mark_slot_accessed: IDLE and PP_SLOT cleared, ac_time set); one
+        that fails is not, and the RMW read of a partial write never marks.  `read`'s 4 KiB
+        branch and `_read_pages` are hand-inlined copies of this; a test runs them and this
+        on random devices and requires the same data, slots and counters
+        (tests/test_device.py::test_hot_paths_agree_with_the_reference_page_read_and_store).
         """
         t = meta.table
         stripe = self._stripes[index & STRIPE_MASK]
@@ -143,12 +150,13 @@ class IOPathMixin(DeviceCore):
             h = t.handle[index]
             gen = stripe.counters[GENERATION]
             if f == 0 and h == 0:
-                return _ZERO_PAGE, gen
+                return _ZERO_PAGE, gen      # never written: nothing to mark
             data, prio = self._decode_locked(meta, index, f, h)
+            page = self._decompress(meta, data, prio)
             if touch:
                 t.flags[index] = f & ~ACCESS_CLEARED
                 t.ac_time[index] = int(self.clock())
-        return (self._decompress(meta, data, prio) if prio >= 0 else data), gen
+        return page, gen
 
     def _store_page(self, meta: _Meta, index: int, page: bytes,
                     expect_gen: int | None = None) -> bool:
@@ -276,13 +284,15 @@ class IOPathMixin(DeviceCore):
         return out
 
     def _read_pages(self, meta: _Meta, index: int, count: int) -> list[bytes]:
-        """zram_bio_read() of whole pages: `_load_page(touch=True)` for each, in one frame.
+        """zram_bio_read() of whole pages: `_load_page(touch=True)` for each, hand-inlined.
 
         The hot loop of every multi-page read (128 KiB requests: a quarter of its CPU was
-        Python call overhead).  Each page is read exactly as `_load_page` does it — its slot
-        lock held while the object is copied out of the pool (zs_map_object RO), the
-        decompression after the lock is dropped — so concurrency is unchanged.  On an error
-        `index` of the failing page is in the exception's ``block`` attribute.
+        Python call overhead).  It differs from `_load_page` in one respect, on purpose: a
+        compressed object is copied out of the pool under its slot lock (zs_map_object RO)
+        and decompressed after the lock is dropped, so the page is marked accessed before
+        it is decompressed; `_unmark_accessed` takes the mark back from a page that then
+        fails, leaving it as the kernel does.  On an error the failing page's index is in
+        the exception's ``block`` attribute.
         """
         t = meta.table
         flags, handles, ac_time = t.flags, t.handle, t.ac_time
@@ -302,24 +312,39 @@ class IOPathMixin(DeviceCore):
                     if not f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE) and h:
                         data = read_object(h, f & SIZE_MASK)       # compressed object
                     elif f == 0 and h == 0:
-                        append(_ZERO_PAGE)                         # never written: no touch
+                        append(_ZERO_PAGE)                         # never written: no mark
                         continue
-                    else:
+                    else:                                          # all under the lock
                         data, prio = self._decode_locked(meta, i, f, h)
+                        append(data if prio < 0 else self._decompress(meta, data, prio))
                         flags[i] = f & keep
                         ac_time[i] = now
-                        append(data if prio < 0 else self._decompress(meta, data, prio))
                         continue
+                    ac = ac_time[i]
                     flags[i] = f & keep
                     ac_time[i] = now
                 prio = (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
                 comp = comps[prio]
-                append(comp.decompress(data, PAGE_SIZE) if comp is not None
-                       else self._decompress(meta, data, prio))   # raises: no compressor
+                try:
+                    append(comp.decompress(data, PAGE_SIZE) if comp is not None
+                           else self._decompress(meta, data, prio))   # raises: no compressor
+                except ZramError:
+                    self._unmark_accessed(meta, i, f, h, ac)
+                    raise
         except ZramError as exc:
             exc.block = i
             raise
         return out
+
+    def _unmark_accessed(self, meta: _Meta, index: int, f: int, h: int, ac: int) -> None:
+        """Give a page `_read_pages` marked accessed, then failed to decompress, its flags
+        `f` and access time `ac` back, unless the slot changed since (it no longer holds
+        handle `h` with the flags the mark left)."""
+        t = meta.table
+        with self._stripes[index & STRIPE_MASK].lock:
+            if t.handle[index] == h and t.flags[index] == f & ~ACCESS_CLEARED:
+                t.flags[index] = f
+                t.ac_time[index] = ac
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         """Write at any offset/length; partial blocks by read-modify-write.
