@@ -208,3 +208,58 @@ def test_lz4_uses_lz4_compress_fast_like_the_kernel():
     assert sum(len(fast8.compress(p)) for p in pages) > sum(map(len, ours))
     # with a dictionary the stream API is the kernel's path too (LZ4_loadDict + _continue)
     assert codecs.get_codec("lz4", dictionary=corpus()[:4096])._fast is None
+
+
+def test_lz4_exact_path_is_the_one_installed():
+    """CI's guard on the kernel comparisons: python-lz4 as installed lets us bind
+    LZ4_compress_fast.  This fails when an upgrade of python-lz4 (or a missing liblz4) leaves
+    only lz4.block, whose compressed lengths are not the kernel's."""
+    import lz4
+    assert codecs.lz4_path() == codecs.LZ4_PATH_EXACT, (
+        f"lz4 has fallen back to lz4.block (python-lz4 {lz4.__version__}): "
+        f"{codecs._LZ4_BINDING}")
+    assert codecs.lz4_path_warning() is None
+    assert ".so" in codecs._LZ4_BINDING          # the library it came from
+    assert codecs.get_codec("lz4")._fast is codecs._LZ4_COMPRESS_FAST
+
+
+def test_lz4_binding_failure_is_reported_with_the_reason(monkeypatch):
+    """Neither python-lz4's _block module nor a system liblz4 exports LZ4_compress_fast: the
+    loader says why, for each place it looked."""
+    import ctypes
+    import ctypes.util
+
+    def no_library(path, *args, **kwargs):
+        raise OSError(f"{path}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: "liblz4.so.1")
+    fn, why = codecs._load_lz4_compress_fast()
+    assert fn is None
+    assert "_block" in why and "liblz4.so.1" in why
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    fn, why = codecs._load_lz4_compress_fast()
+    assert fn is None and "_block" in why
+
+
+def simulate_lz4_binding_lost(monkeypatch) -> None:
+    monkeypatch.setattr(codecs, "_LZ4_COMPRESS_FAST", None)
+    monkeypatch.setattr(codecs, "_LZ4_BINDING", "simulated: no LZ4_compress_fast")
+
+
+def test_lz4_fallback_is_visible(monkeypatch):
+    """Without the binding the codec falls back to lz4.block, and everything that reports the
+    path says so: lz4_path() and the start-up warning (with the reason)."""
+    import lz4.block
+    simulate_lz4_binding_lost(monkeypatch)
+    assert codecs.lz4_path() == codecs.LZ4_PATH_INEXACT
+    warning = codecs.lz4_path_warning()
+    assert warning is not None and "\n" not in warning
+    assert "lz4.block" in warning and "simulated: no LZ4_compress_fast" in warning
+    c = codecs.get_codec("lz4")
+    assert c._fast is None
+    rng = random.Random(10)
+    pages = [text_page(rng) for _ in range(5)]
+    for p in pages:
+        assert c.compress(p) == lz4.block.compress(p, store_size=False)
+        assert c.decompress(c.compress(p)) == p

@@ -66,8 +66,14 @@ class Codec(ABC):
         return f"<{type(self).__name__} {self.name} level={self.level}{extra}>"
 
 
-def _load_lz4_compress_fast() -> Callable[..., int] | None:
-    """LZ4_compress_fast() from the liblz4 that python-lz4 carries (or the system's), or None.
+#: ``lz4_path`` values: which call compresses an lz4 page that has no dictionary.
+LZ4_PATH_EXACT = "LZ4_compress_fast"
+LZ4_PATH_INEXACT = "lz4.block (lengths differ from the kernel)"
+
+
+def _load_lz4_compress_fast() -> tuple[Callable[..., int] | None, str]:
+    """(LZ4_compress_fast() from the liblz4 that python-lz4 carries, or the system's; the
+    library it came from), or (None, why it could not be bound).
 
     Why not lz4.block.compress: python-lz4 compresses through LZ4_resetStream +
     LZ4_compress_fast_continue, and a fresh *stream* hashes with the byU32 table, while
@@ -78,25 +84,54 @@ def _load_lz4_compress_fast() -> Callable[..., int] | None:
     import ctypes
     import ctypes.util
 
-    from lz4.block import _block
-
-    for path in (_block.__file__, ctypes.util.find_library("lz4")):
+    candidates: list[str | None] = []
+    try:   # a private module of python-lz4: an upgrade may move or rename it
+        from lz4.block import _block
+        candidates.append(getattr(_block, "__file__", None))
+    except ImportError as exc:
+        tried = [f"lz4.block._block: {exc}"]
+    else:
+        tried = []
+    candidates.append(ctypes.util.find_library("lz4"))
+    for path in candidates:
         if not path:
             continue
         try:
             fn = ctypes.CDLL(path).LZ4_compress_fast
-        except (OSError, AttributeError):
+        except (OSError, AttributeError) as exc:
+            tried.append(f"{path}: {exc}")
             continue
         fn.restype = ctypes.c_int
         # No argtypes: converting through them costs ~0.4 µs a call.  Every call passes
         # (bytes, a ctypes buffer, int, int, int), which ctypes maps to (char *, char *, int,
         # int, int) by itself — never a bare Python int for a pointer.
-        return fn
-    return None
+        return fn, path
+    if not any(candidates):
+        tried.append("no liblz4 found (python-lz4's _block module, ctypes.util.find_library)")
+    return None, "; ".join(tried)
 
 
-_LZ4_COMPRESS_FAST = _load_lz4_compress_fast()
+_LZ4_COMPRESS_FAST, _LZ4_BINDING = _load_lz4_compress_fast()
 _LZ4_DST_LEN = 2 * PAGE_SIZE   # zcomp hands compress() a 2 * PAGE_SIZE destination
+
+
+def lz4_path() -> str:
+    """How lz4 pages without a dictionary are compressed in this process: `LZ4_PATH_EXACT`
+    (LZ4_compress_fast, the kernel's call: the kernel's compressed lengths, up to differences
+    between LZ4 releases) or `LZ4_PATH_INEXACT` (python-lz4's stream API: other lengths for
+    most pages, so other size classes, huge pages and mm_stat).  Codecs take the path when
+    they are created; this reads the same module state they do."""
+    return LZ4_PATH_EXACT if _LZ4_COMPRESS_FAST is not None else LZ4_PATH_INEXACT
+
+
+def lz4_path_warning() -> str | None:
+    """One line for the mount's start-up when lz4 cannot give the kernel's lengths, else None."""
+    if _LZ4_COMPRESS_FAST is not None:
+        return None
+    why = _LZ4_BINDING or "not bound"
+    return (f"lz4 compresses through {LZ4_PATH_INEXACT}: LZ4_compress_fast could not be "
+            f"bound ({why}); compr_data_size, mem_used_total and huge_pages will not match "
+            f"a kernel's")
 
 
 class Lz4Codec(Codec):
@@ -104,7 +139,9 @@ class Lz4Codec(Codec):
 
     Without a dictionary the page goes through LZ4_compress_fast(level as acceleration),
     exactly the kernel's call; the ctypes call releases the GIL, so each thread has its own
-    output buffer.  With a dictionary the kernel uses LZ4_loadDict + LZ4_compress_fast_continue,
+    output buffer.  Where that function cannot be bound it falls back to lz4.block.compress,
+    whose lengths differ; `lz4_path()` says which one is in use, and the mount shows it
+    (module parameter ``lz4_path``, ``zramfs status``, a warning at start-up).  With a dictionary the kernel uses LZ4_loadDict + LZ4_compress_fast_continue,
     which is what lz4.block.compress(dict=...) does.
     """
 
@@ -348,4 +385,5 @@ def get_codec(name: str, *, level: int | None = None, dictionary: bytes | None =
 
 
 __all__ = ["Codec", "LzoCodec", "LzoRleCodec", "Lz4Codec", "Lz4hcCodec", "ZstdCodec", "DeflateCodec", "BACKENDS", "AVAILABLE",
-           "DEFAULT_ALGORITHM", "PAGE_SIZE", "get_codec"]
+           "DEFAULT_ALGORITHM", "PAGE_SIZE", "get_codec", "LZ4_PATH_EXACT", "LZ4_PATH_INEXACT",
+           "lz4_path", "lz4_path_warning"]
