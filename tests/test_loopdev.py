@@ -235,6 +235,7 @@ def test_a_plain_losetup_gets_whole_fuse_requests(zmount) -> None:
         try:
             # The guard scans every few ms after an image open: clamped before anyone used it.
             wait_for(lambda: loopdev.max_request_kb(loop) == limit_kb, f"{loop} clamped")
+            assert m.param("unclamped_loops") == ""
             assert loopdev.attached_loops(str(m.path)) == [(loop, str(m.image(0)))]
         finally:
             subprocess.run(["losetup", "-d", loop], check=True)

@@ -329,6 +329,7 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
     from allocator import PhysicalMemory
     from zramfs import attrs
     from allocator.locks import lockdep_stats, set_lockdep
+    from zramfs.codecs import lz4_path
     from zramfs.daemon import (DEFAULT_POLICY, CompactionDaemon, CompactionPolicy,
                                ModuleParameter)
     from zramfs.device import Registry
@@ -366,6 +367,9 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
         # --lockdep: whether the lock checker runs, and how many violations it reported
         ModuleParameter("lockdep", 0o444, lambda: _yn(bool(lockdep_stats()["lockdep"]))),
         ModuleParameter("lockdep_violations", 0o444, lambda: str(lockdep_stats()["violations"])),
+        # lz4 without a dictionary: the kernel's LZ4_compress_fast, or a fallback whose
+        # compressed lengths (so mm_stat) differ from the kernel's
+        ModuleParameter("lz4_path", 0o444, lz4_path),
     )
     tree = Tree(registry, [*static, *daemon.parameters()])
     return tree, daemon, ZramFS, registry
@@ -440,6 +444,10 @@ def _serve(args: argparse.Namespace, on_ready) -> int:
     tree, daemon, ops_cls, registry = build_mount(args, protection)
     # Keeps loop requests within one FUSE request, so a failed write fails whole (loopdev).
     guard = LoopGuard(args.mountpoint, fs.MAX_IO // 1024)
+    if registry is not None:   # the zram tree: loop devices the guard could not clamp
+        from zramfs.daemon import ModuleParameter
+        tree.parameters["unclamped_loops"] = ModuleParameter(
+            "unclamped_loops", 0o444, lambda: " ".join(guard.unclamped()))
 
     def ready() -> None:
         daemon.start()
@@ -486,6 +494,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.backend == "null" and (problem := null_backend_problem(args)):
         print(f"zramfs: {problem}", file=sys.stderr)
         return 1
+    from zramfs import codecs, runtime
+    if (problem := runtime.unsupported_runtime()) is not None:   # e.g. no GIL
+        print(f"zramfs: {problem}", file=sys.stderr)
+        return 2
+    if args.backend == "zram" and (warning := codecs.lz4_path_warning()) is not None:
+        print(f"zramfs: warning: {warning}", file=sys.stderr)
     if mnt in zramfs_mounts():
         found = _probe(mnt)
         if found == "ok":
@@ -700,29 +714,59 @@ def format_table(rows: list[dict[str, Any]], *, raw_bytes: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mount_status(mnt: str, *, include_all: bool = False) -> dict[str, Any]:
+    """One mount's part of ``zramfs status``: its ``devices`` (`device_rows`) and two module
+    parameters that say whether its numbers and its loop devices can be trusted: ``lz4_path``
+    (str) and ``unclamped_loops`` (list of loop devices).  Either is None when the mount does
+    not serve it (``--backend null``)."""
+    params = Path(mnt) / "sys/module/zramfs/parameters"
+    lz4 = _read(params / "lz4_path")
+    loops = _read(params / "unclamped_loops")
+    return {"devices": device_rows(mnt, include_all=include_all),
+            "lz4_path": None if lz4 is None else lz4.strip(),
+            "unclamped_loops": None if loops is None else loops.split()}
+
+
+def status_warnings(status: dict[str, Any]) -> list[str]:
+    """What the text output of ``zramfs status`` says below the table about one mount."""
+    from zramfs.codecs import LZ4_PATH_EXACT
+    found = []
+    if status["lz4_path"] not in (None, LZ4_PATH_EXACT):
+        found.append(f"lz4_path is {status['lz4_path']}: lz4 compressed sizes and mm_stat "
+                     "are not the kernel's")
+    if status["unclamped_loops"]:
+        found.append(f"unclamped_loops: {' '.join(status['unclamped_loops'])}: a write refused "
+                     "part-way (mem_limit) through these loop devices can be lost silently "
+                     "(see the mount's log)")
+    return found
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     mounts = [os.path.abspath(args.mountpoint)] if args.mountpoint else zramfs_mounts()
     if args.mountpoint and mounts[0] not in zramfs_mounts():
         print(f"zramfs: {mounts[0]} is not a zramfs mount", file=sys.stderr)
         return 1
-    result: dict[str, list[dict[str, Any]]] = {}
+    result: dict[str, dict[str, Any]] = {}
     code = 0
     for m in mounts:
-        answered, got = _bounded(functools.partial(device_rows, m, include_all=args.all))
-        if not answered or not isinstance(got, list):
+        answered, got = _bounded(functools.partial(mount_status, m, include_all=args.all))
+        if not answered or not isinstance(got, dict):
             why = "its daemon does not respond" if not answered else str(got)
             print(f"zramfs: {m}: {why}; skipped", file=sys.stderr)
             code = 1
             continue
         result[m] = got
-    mounts = list(result)
     if args.json:
-        print(json.dumps({"mounts": [{"mountpoint": m, "devices": rows}
-                                     for m, rows in result.items()]}, indent=2))
+        print(json.dumps({"mounts": [{"mountpoint": m, **status}
+                                     for m, status in result.items()]}, indent=2))
         return code
-    rows = [row for m in mounts for row in result[m]]
+    rows = [row for status in result.values() for row in status["devices"]]
     if rows:
         sys.stdout.write(format_table(rows, raw_bytes=args.bytes))
+    # Below the table, on stderr: the zramctl-like columns stay as they are.
+    for m, status in result.items():
+        for warning in status_warnings(status):
+            print(f"zramfs: {m}: warning: {warning}", file=sys.stderr)
     return code
 
 
