@@ -7,6 +7,10 @@ then freed, possibly deferred) or the destination is full (the next destination 
 The whole class pass runs under write(migrate_lock) -> class.lock, dropping both between
 source zspages (the kernel's cond_resched point), and stops early when another thread is
 queued on migrate_lock after a destination fills up (rwlock_is_contended).
+
+This module owns that algorithm and the "how much could it free" counts (zs_can_compact,
+zs_shrinker_count).  The list and slot operations it uses are the readable ones of
+`allocator.fullness` and `allocator.zspage_ops`; it reads the pool, never imports it.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from .sizeclass import (OBJ_ALLOCATED, OBJ_ALLOCATED_TAG, OBJ_TAG_BITS, OBJ_USED,
-                        ZS_ALMOST_EMPTY, ZS_ALMOST_FULL, ZS_EMPTY)
-from .zspage import list_del_init
+from .fullness import SizeClass, putback_zspage, remove_zspage
+from .handles import HANDLE_SHIFT
+from .sizeclass import (OBJ_ALLOCATED, OBJ_ALLOCATED_TAG, OBJ_USED, ZS_ALMOST_EMPTY,
+                        ZS_ALMOST_FULL, ZS_EMPTY)
+from .zspage import Zspage, obj_to_location
+from .zspage_ops import free_zspage, get_next_page, obj_free, obj_malloc
 
 if TYPE_CHECKING:
-    from .pool import Pool, SizeClass
-    from .zspage import Zspage
+    from .pool import Pool
 
 
-def zs_can_compact(cls: "SizeClass") -> int:
+def zs_can_compact(cls: SizeClass) -> int:
     """Pages a perfect compaction of this class would free (read without a lock)."""
     a = cls.stats[OBJ_ALLOCATED]
     u = cls.stats[OBJ_USED]
@@ -32,21 +38,21 @@ def zs_can_compact(cls: "SizeClass") -> int:
     return ((a - u) // cls.objs_per_zspage) * cls.pages_per_zspage
 
 
-def zs_shrinker_count(pool: "Pool") -> int:
+def zs_shrinker_count(pool: Pool) -> int:
     """zs_shrinker_count: Σ zs_can_compact over the canonical classes, lock-free."""
     return sum(zs_can_compact(cls) for cls in pool.classes)
 
 
-def isolate_zspage(cls: "SizeClass", source: bool) -> "Zspage | None":
-    """Take the first zspage of the first non-empty list in source/destination order off
-    its list (remove_zspage), or None.  EMPTY and FULL zspages are never chosen."""
+def isolate_zspage(cls: SizeClass, source: bool) -> Zspage | None:
+    """isolate_zspage: take the first zspage of the first non-empty list in source or
+    destination order off its list (remove_zspage), or None.  EMPTY and FULL zspages are
+    never chosen."""
     order = (ZS_ALMOST_EMPTY, ZS_ALMOST_FULL) if source else (ZS_ALMOST_FULL, ZS_ALMOST_EMPTY)
     for fg in order:
         head = cls.fullness_list[fg]
         zspage = head.next
         if zspage is not head:
-            list_del_init(zspage)
-            cls.stats[fg] -= 1
+            remove_zspage(cls, zspage, fg)
             return zspage
     return None
 
@@ -62,19 +68,20 @@ class CompactControl:
         self.obj_idx = 0
 
 
-def _find_alloced_obj(pool: "Pool", cls: "SizeClass", zspage: "Zspage", pfn: int,
+def _find_alloced_obj(pool: Pool, cls: SizeClass, zspage: Zspage, pfn: int,
                       obj_idx: int) -> tuple[int, int]:
     """find_alloced_obj: scan the objects that *start* in frame `pfn`, from the per-page
     index `obj_idx` (counted from first_obj_offset, E9), for an allocated one.
     Returns (handle or 0, index where the scan stopped)."""
     ps = pool.page_size
     size = cls.size
-    offset = pool._page_type[pfn] + size * obj_idx
-    words = pool._words
+    mem = pool.memory
+    offset = mem.page_type[pfn] + size * obj_idx
+    words = mem.words
     wbase = pfn << (pool.page_shift - 3)
     huge = zspage.huge
     while offset < ps:
-        word = pool._index[pfn] if huge else words[wbase + (offset >> 3)]
+        word = mem.index[pfn] if huge else words[wbase + (offset >> 3)]
         if word & OBJ_ALLOCATED_TAG:
             return word & ~OBJ_ALLOCATED_TAG, obj_idx
         offset += size
@@ -82,45 +89,46 @@ def _find_alloced_obj(pool: "Pool", cls: "SizeClass", zspage: "Zspage", pfn: int
     return 0, obj_idx
 
 
-def _object_copy(pool: "Pool", size: int, dst_obj: int, src_obj: int) -> None:
+def _object_copy(pool: Pool, size: int, dst_obj: int, src_obj: int) -> None:
     """zs_object_copy: copy class->size bytes (header included) across page breaks."""
     data = _read_raw(pool, size, src_obj)
     _write_raw(pool, size, dst_obj, data)
 
 
-def _locate(pool: "Pool", size: int, obj: int) -> tuple[int, int]:
-    obj >>= OBJ_TAG_BITS
-    pfn = obj >> pool.obj_index_bits
-    off = (size * (obj & pool.obj_index_mask)) & pool.page_mask
-    return pfn, off
+def _locate(pool: Pool, size: int, obj: int) -> tuple[int, int]:
+    """(pfn, byte offset in that frame) of the object `obj` names."""
+    pfn, idx = obj_to_location(obj, pool.obj_index_bits)
+    return pfn, (size * idx) & pool.page_mask
 
 
-def _read_raw(pool: "Pool", size: int, obj: int) -> bytes:
+def _read_raw(pool: Pool, size: int, obj: int) -> bytes:
     pfn, off = _locate(pool, size, obj)
     ps = pool.page_size
     base = pfn << pool.page_shift
-    arena = pool._arena
+    mem = pool.memory
+    arena = mem.arena
     if off + size <= ps:
         return arena[base + off:base + off + size].tobytes()
-    nb = pool._index[pfn] << pool.page_shift
+    nb = mem.index[pfn] << pool.page_shift
     return arena[base + off:base + ps].tobytes() + arena[nb:nb + size - (ps - off)].tobytes()
 
 
-def _write_raw(pool: "Pool", size: int, obj: int, data: bytes) -> None:
+def _write_raw(pool: Pool, size: int, obj: int, data: bytes) -> None:
     pfn, off = _locate(pool, size, obj)
     ps = pool.page_size
     base = pfn << pool.page_shift
-    arena = pool._arena
+    mem = pool.memory
+    arena = mem.arena
     if off + size <= ps:
         arena[base + off:base + off + size] = data
         return
     s0 = ps - off
-    nb = pool._index[pfn] << pool.page_shift
+    nb = mem.index[pfn] << pool.page_shift
     arena[base + off:base + ps] = data[:s0]
     arena[nb:nb + size - s0] = data[s0:]
 
 
-def migrate_zspage(pool: "Pool", cls: "SizeClass", src: "Zspage", dst: "Zspage",
+def migrate_zspage(pool: Pool, cls: SizeClass, src: Zspage, dst: Zspage,
                    cc: CompactControl) -> bool:
     """migrate_zspage: move objects from cc.s_page onwards into dst.
 
@@ -130,12 +138,13 @@ def migrate_zspage(pool: "Pool", cls: "SizeClass", src: "Zspage", dst: "Zspage",
     s_page = cc.s_page
     obj_idx = cc.obj_idx
     size = cls.size
-    cells = pool._cells
+    cells = pool.handles.cells
+    mem = pool.memory
     drained = True
     while True:
         handle, obj_idx = _find_alloced_obj(pool, cls, src, s_page, obj_idx)
         if not handle:
-            s_page = pool._get_next_page(src, s_page)
+            s_page = get_next_page(mem, src, s_page)
             if s_page == -1:
                 break
             obj_idx = 0
@@ -143,18 +152,18 @@ def migrate_zspage(pool: "Pool", cls: "SizeClass", src: "Zspage", dst: "Zspage",
         if dst.inuse == cls.objs_per_zspage:      # zspage_full(class, dst)
             drained = False
             break
-        used_obj = cells[handle >> 3]
-        free_obj = pool._obj_malloc(dst, handle)
+        used_obj = cells[handle >> HANDLE_SHIFT]
+        free_obj = obj_malloc(pool, dst, handle)
         _object_copy(pool, size, free_obj, used_obj)
         obj_idx += 1
-        cells[handle >> 3] = free_obj              # record_obj
-        pool._obj_free(size, used_obj)
+        cells[handle >> HANDLE_SHIFT] = free_obj   # record_obj
+        obj_free(pool, size, used_obj)
     cc.s_page = s_page
     cc.obj_idx = obj_idx
     return drained
 
 
-def zs_compact_class(pool: "Pool", cls: "SizeClass") -> int:
+def zs_compact_class(pool: Pool, cls: SizeClass) -> int:
     """__zs_compact: pages freed in this class (a deferred free counts too, E14)."""
     pages_freed = 0
     dst = None
@@ -182,19 +191,19 @@ def zs_compact_class(pool: "Pool", cls: "SizeClass") -> int:
                 cc.d_page = dst.first_page
                 if migrate_zspage(pool, cls, src, dst, cc):
                     break                           # src drained; keep dst
-                pool._putback_zspage(cls, dst)      # dst full
+                putback_zspage(cls, dst)      # dst full
                 dst.lock.write_unlock()
                 dst = None
                 if ml.is_contended():
                     break
             if dst is None:
                 break                               # no destination or contention
-            pool._putback_zspage(cls, dst)
+            putback_zspage(cls, dst)
             dst.lock.write_unlock()
             dst = None
-            if pool._putback_zspage(cls, src) == ZS_EMPTY:
+            if putback_zspage(cls, src) == ZS_EMPTY:
                 src.lock.write_unlock()
-                pool._free_zspage(cls, src)         # may be deferred
+                free_zspage(pool, cls, src)         # may be deferred
                 pages_freed += cls.pages_per_zspage
             else:
                 src.lock.write_unlock()
@@ -205,7 +214,7 @@ def zs_compact_class(pool: "Pool", cls: "SizeClass") -> int:
             ml.write_lock()
             lock.acquire()
         if src is not None:
-            pool._putback_zspage(cls, src)
+            putback_zspage(cls, src)
             src.lock.write_unlock()
             src = None
     finally:
@@ -214,11 +223,10 @@ def zs_compact_class(pool: "Pool", cls: "SizeClass") -> int:
     return pages_freed
 
 
-def zs_compact(pool: "Pool") -> int:
+def zs_compact(pool: Pool) -> int:
     """zs_compact: every canonical class, largest first; adds to stats.pages_compacted."""
     pages_freed = 0
     for cls in reversed(pool.classes):
         pages_freed += zs_compact_class(pool, cls)
-    with pool._pages_lock:
-        pool.stats.pages_compacted += pages_freed
+    pool.stats.add_pages_compacted(pages_freed)
     return pages_freed

@@ -153,8 +153,8 @@ class PhysicalMemory:
         process that mlockall()s itself, where MADV_DONTNEED fails)."""
         if max_pages <= 0:
             raise ValueError("max_pages must be positive")
-        if page_size <= 0 or page_size & (page_size - 1):
-            raise ValueError("page_size must be a power of two")
+        if page_size < 8 or page_size & (page_size - 1):
+            raise ValueError("page_size must be a power of two, at least 8 (one 64-bit word)")
         if backing not in ("anon", "memfd"):
             raise ValueError(f"backing must be 'anon' or 'memfd', not {backing!r}")
         self.max_pages = max_pages
@@ -183,7 +183,9 @@ class PhysicalMemory:
             self._fd = fd
             _libc_fallocate()
         self._mv = memoryview(self._mm)
-        self._words: memoryview | None = None     # the "Q" cast of _mv (see words)
+        # The arena as unsigned 64-bit words: the word at byte address a (8-byte aligned) is
+        # words[a >> 3]; zsmalloc reads and writes object headers and freelist links here.
+        self.words: memoryview = self._mv.cast("Q")
         # Dropping works on host pages; smaller simulated pages are zero-filled instead.
         self._madvise = page_size % mmap.PAGESIZE == 0
         self._drop = self._punch_hole if backing == "memfd" else self._dontneed
@@ -423,17 +425,6 @@ class PhysicalMemory:
         one view per call; the same object for the memory's lifetime."""
         return self._mv
 
-    @property
-    def words(self) -> memoryview:
-        """The arena as unsigned 64-bit words: the word at byte address ``a`` (8-byte aligned)
-        is ``words[a >> 3]``.  zsmalloc reads and writes object headers and freelist links
-        through it.  Made on first use (the arena of a tiny test memory may not be a multiple
-        of 8 bytes), then the same object until ``close``."""
-        words = self._words
-        if words is None:
-            words = self._words = self._mv.cast("Q")
-        return words
-
     def view(self, pfn: int) -> memoryview:
         """A writable memoryview of the frame's page_size bytes."""
         if _locks._lockdep and (not 0 <= pfn < self._top or self._state[pfn] != _USED):
@@ -650,9 +641,7 @@ class PhysicalMemory:
 
     def close(self) -> None:
         """Unmap the arena (fails with BufferError while views of frames are alive)."""
-        if self._words is not None:
-            self._words.release()
-            self._words = None
+        self.words.release()
         self._mv.release()
         self._mm.close()
         if self._fd >= 0:

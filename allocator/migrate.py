@@ -11,31 +11,37 @@ Locking of zs_page_migrate (reference §3.15 / §4):
 released as migrate_lock, class.lock, (isolated--), zspage.lock.
 Migration never fails in 5.17 (MIGRATE_SYNC_NO_COPY is the only -EINVAL, and the memory
 layer never asks for it).
+
+This module owns those three callbacks; the chain rebuild they end with is
+`allocator.zspage_ops.replace_sub_page`.  It reads the pool, never imports it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .memory import INDEX_NONE, PG_PRIVATE
+from .fullness import SizeClass
+from .handles import HANDLE_SHIFT
 from .sizeclass import ISOLATED_BITS, OBJ_ALLOCATED_TAG, OBJ_TAG_BITS, ZSPAGE_MAGIC
+from .zspage import Zspage, location_to_obj
+from .zspage_ops import replace_sub_page, reset_page
 
 if TYPE_CHECKING:
     from .pool import Pool
-    from .zspage import Zspage
 
 _ISOLATED_MAX = (1 << ISOLATED_BITS) - 1     # 5.17: 3 bits, enough for 4-page zspages
 _ISOLATED_MAX_LONG_CHAIN = (1 << 5) - 1      # kernels with a configurable chain use 5 bits
 
 
-def _get_zspage(pool: "Pool", pfn: int) -> "Zspage":
-    zspage = pool._private[pfn]
+def _get_zspage(pool: Pool, pfn: int) -> Zspage:
+    """get_zspage of a frame that must belong to the pool."""
+    zspage = pool.memory.private[pfn]
     if zspage is None or zspage.magic != ZSPAGE_MAGIC:
         raise AssertionError(f"pfn {pfn}: not a zsmalloc page ({zspage!r})")
     return zspage
 
 
-def zs_page_isolate(pool: "Pool", pfn: int) -> bool:
+def zs_page_isolate(pool: Pool, pfn: int) -> bool:
     """zs_page_isolate: always succeeds; counts the isolation under the zspage write lock.
 
     It checks neither inuse nor list membership, so pages of an EMPTY zspage waiting for the
@@ -53,12 +59,12 @@ def zs_page_isolate(pool: "Pool", pfn: int) -> bool:
     return True
 
 
-def _dec_zspage_isolation(zspage: "Zspage") -> None:
+def _dec_zspage_isolation(zspage: Zspage) -> None:
     assert zspage.isolated > 0, "dec_zspage_isolation with isolated == 0"
     zspage.isolated -= 1
 
 
-def zs_page_putback(pool: "Pool", pfn: int) -> None:
+def zs_page_putback(pool: Pool, pfn: int) -> None:
     """zs_page_putback: undo the isolation count; no list moves, no deferred free."""
     zspage = _get_zspage(pool, pfn)
     lock = zspage.lock
@@ -69,7 +75,7 @@ def zs_page_putback(pool: "Pool", pfn: int) -> None:
         lock.write_unlock()
 
 
-def zs_page_migrate(pool: "Pool", old: int, new: int) -> bool:
+def zs_page_migrate(pool: Pool, old: int, new: int) -> bool:
     """zs_page_migrate: move frame `old` of a zspage to frame `new`.
 
     Copies the whole frame (links, headers and phantom included), rewrites the handle cell of
@@ -108,54 +114,39 @@ def zs_page_migrate(pool: "Pool", old: int, new: int) -> bool:
             zspage_lock.write_unlock()
     # After every lock is dropped: reset_page(page) on the old frame; the memory layer frees
     # it (the kernel's put_page).  NR_ZSPAGES does not change (one zone here).
-    mem.clear_movable(old)
-    if mem.flags[old] & PG_PRIVATE:
-        mem.clear_page_flag(old, PG_PRIVATE)
-    pool._private[old] = None
-    pool._index[old] = INDEX_NONE
+    reset_page(mem, old)
     return True
 
 
-def _move_page(pool: "Pool", cls, zspage: "Zspage", old: int, new: int) -> None:
+def _move_page(pool: Pool, cls: SizeClass, zspage: Zspage, old: int, new: int) -> None:
     """The body of zs_page_migrate, under all three locks: copy the frame, re-point the
-    handles of the objects that start in it, relink the chain."""
+    handles of the objects that start in it, relink the chain (replace_sub_page)."""
     ps = pool.page_size
     shift = pool.page_shift
-    arena = pool._arena
+    mem = pool.memory
+    arena = mem.arena
     ob = old << shift
     nb = new << shift
     arena[nb:nb + ps] = arena[ob:ob + ps]
 
-    offset = pool._page_type[old]
     size = cls.size
-    cells = pool._cells
-    words = pool._words
+    cells = pool.handles.cells
+    words = mem.words
     oib = pool.obj_index_bits
     mask = pool.obj_index_mask
     wbase = old << (shift - 3)
-    addr = offset
+    addr = mem.page_type[old]           # first_obj_offset
     while addr < ps:
         # obj_allocated(): the huge handle lives in page->index, others in the header
         if zspage.huge:
             assert old == zspage.first_page
-            word = pool._index[old]
+            word = mem.index[old]
         else:
             word = words[wbase + (addr >> 3)]
         if word & OBJ_ALLOCATED_TAG:
-            hidx = (word & ~OBJ_ALLOCATED_TAG) >> 3
-            old_obj = cells[hidx]
-            obj_idx = (old_obj >> OBJ_TAG_BITS) & mask
-            cells[hidx] = ((new << oib) | obj_idx) << OBJ_TAG_BITS
+            hidx = (word & ~OBJ_ALLOCATED_TAG) >> HANDLE_SHIFT
+            obj_idx = (cells[hidx] >> OBJ_TAG_BITS) & mask
+            cells[hidx] = location_to_obj(new, obj_idx, oib)    # record_obj
         addr += size
 
-    _replace_sub_page(pool, cls, zspage, new, old)
-
-
-def _replace_sub_page(pool: "Pool", cls, zspage: "Zspage", new: int, old: int) -> None:
-    """replace_sub_page: rebuild the chain with `new` in place of `old`."""
-    pages = [new if p == old else p for p in zspage.pages]
-    pool._create_page_chain(cls, zspage, pages)
-    pool._page_type[new] = pool._page_type[old]
-    if zspage.huge:
-        pool._index[new] = pool._index[old]
-    pool.memory.set_movable(new, pool)
+    replace_sub_page(pool, cls, zspage, new, old)

@@ -1,11 +1,26 @@
 """The zsmalloc pool (Linux 5.17, pool->migrate_lock design): zs_malloc/zs_free/zs_map_object.
 
-This module owns `Pool` and its per-class runtime state (`SizeClass`: class->lock, the four
-fullness lists, the stats), the handle cells, zspage allocation/freeing, deferred (async)
-free, map/unmap with the per-thread copy buffer, the fast read/write paths, destroy, and the
-debug helpers (`check_invariants`, `zspages`, `dump_zspage`).  Page migration lives in
-`migrate.py`, compaction in `compact.py`, the debugfs table in `stats.py`; `Pool` exposes
-them as methods.
+This module owns `Pool`: the pool's state (size classes, handle cache, migrate_lock, the
+deferred-free worker pool->free_work), the public entry points, and the hot paths: zs_malloc,
+zs_free, map/unmap with the per-thread copy buffer, and the read/write fast paths zram uses.
+
+The hot paths carry hand-inlined copies of lower functions, each marked where it stands.  The
+readable reference of each is the plain function in the lower module, and
+``tests/test_pool_reference.py`` checks that copy and reference agree:
+
+    copy in this module                      reference
+    find_get_zspage in malloc                fullness.find_get_zspage
+    obj_malloc in malloc                     zspage_ops.obj_malloc
+    _fix_fullness_group (malloc, free)       fullness.fix_fullness_group
+    obj_free in free                         zspage_ops.obj_free
+    handle check in free/read/write_object   handles.HandleCache.checked_obj
+    resolve-and-pin in map/read/write        zspage_ops.resolve_and_pin
+    cache_alloc_handle in malloc             handles.HandleCache.alloc
+
+Everything else lives below and is imported downward: list operations in `fullness`, zspage
+primitives in `zspage_ops`, handles in `handles`, compaction in `compact`, page migration in
+`migrate`, debugfs and debug walks in `stats`; nothing imports this module except for type
+checking.
 
 Locking (reference §4), outermost first:
     page lock -> pool.migrate_lock (rw) -> class.lock -> zspage.lock (rw)
@@ -13,10 +28,6 @@ Locking (reference §4), outermost first:
 * free and map take migrate_lock for reading to resolve handle -> obj -> page -> zspage,
   take the inner lock (class.lock / zspage read lock) and then drop migrate_lock;
 * migration and compaction take migrate_lock for writing (see migrate.py, compact.py).
-
-Handles: a handle is ``cell_index << 3`` (like the address of an 8-byte slab cell: never 0,
-bit 0 clear so ``handle | OBJ_ALLOCATED_TAG`` can be stored in an object header).  The cell
-array holds the encoded obj; -1 marks a free cell (obj 0 is PFN 0, object 0).
 """
 
 from __future__ import annotations
@@ -24,24 +35,27 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from array import array
-from typing import Iterator
 
 from . import locks as _locks
-from .memory import INDEX_NONE, PG_PRIVATE, OutOfMemory, PhysicalMemory
-from .sizeclass import (CLASS_ALMOST_EMPTY, CLASS_ALMOST_FULL, NR_ZS_FULLNESS, NR_ZS_STAT_TYPE,
-                        OBJ_ALLOCATED, OBJ_ALLOCATED_TAG, OBJ_TAG_BITS, OBJ_USED,
-                        ZS_ALMOST_EMPTY, ZS_ALMOST_FULL, ZS_EMPTY, ZS_FULL, ZS_HANDLE_SIZE,
-                        ZSPAGE_MAGIC, ClassTable, build_class_table, get_fullness_group)
-from .zspage import (FREEOBJ_MASK, ListHead, OBJ_END_MARKER, Zspage, init_zspage, list_add,
-                     list_del_init)
+from . import stats as _stats
+from .compact import zs_compact, zs_shrinker_count
+from .fullness import SizeClass, putback_zspage
+from .handles import FREE_CELL, HANDLE_LOW_BITS, HANDLE_SHIFT, HandleCache, InvalidHandle
+from .memory import INDEX_NONE, PhysicalMemory
+from .migrate import zs_page_isolate, zs_page_migrate, zs_page_putback
+from .sizeclass import (NR_ZS_FULLNESS, OBJ_ALLOCATED, OBJ_ALLOCATED_TAG, OBJ_TAG_BITS,
+                        OBJ_USED, ZS_ALMOST_EMPTY, ZS_ALMOST_FULL, ZS_EMPTY, ZS_FULL,
+                        ZS_HANDLE_SIZE, ClassTable, build_class_table)
+from .zspage import FREEOBJ_MASK, Zspage
+from .zspage_ops import (alloc_zspage, async_free_zspage, free_zspage, obj_malloc,
+                         set_zspage_movable)
+
+__all__ = ["Pool", "PoolStats", "SizeClass", "MapMode", "InvalidHandle", "NestedMappingError",
+           "SHRINK_STOP"]
 
 log = logging.getLogger("allocator.zsmalloc")
 
-HANDLE_SHIFT = 3  # handle = cell index * ZS_HANDLE_SIZE
-FREE_CELL = -1
-
-_HANDLE_LOW_BITS = (1 << HANDLE_SHIFT) - 1
+SHRINK_STOP = -1
 
 
 class MapMode(enum.Enum):
@@ -56,50 +70,19 @@ class NestedMappingError(RuntimeError):
     """A thread mapped a second object before unmapping the first (one mapping per CPU)."""
 
 
-class InvalidHandle(ValueError):
-    """A handle that is not live in this pool (0, misaligned, never allocated or freed)."""
-
-
-# Lock classes (lockdep classes of allocator.locks; ranks are the documented order).
-MIGRATE_LOCK_CLASS = _locks.MIGRATE_LOCK
-CLASS_LOCK_CLASS = _locks.CLASS_LOCK
-ZSPAGE_LOCK_CLASS = _locks.ZSPAGE_LOCK
-
-
-class SizeClass:
-    """struct size_class: the runtime state of one canonical class."""
-
-    __slots__ = ("lock", "fullness_list", "size", "objs_per_zspage", "pages_per_zspage",
-                 "index", "stats", "huge", "almost_empty_max", "deferred_freed", "usable")
-
-    def __init__(self, index: int, size: int, pages: int, objs: int) -> None:
-        self.lock = _locks.Mutex(CLASS_LOCK_CLASS)
-        self.fullness_list = [ListHead() for _ in range(NR_ZS_FULLNESS)]
-        self.size = size
-        self.objs_per_zspage = objs
-        self.pages_per_zspage = pages
-        self.index = index
-        self.stats = [0] * NR_ZS_STAT_TYPE
-        self.huge = pages == 1 and objs == 1
-        # the code's 3N/4 threshold (not the comment's N/4)
-        self.almost_empty_max = 3 * objs // 4
-        # zspages freed by the async worker: 5.17 never decrements CLASS_EMPTY for them (E13)
-        self.deferred_freed = 0
-        # bytes a mapping of an object of this class exposes
-        self.usable = size if self.huge else size - ZS_HANDLE_SIZE
-
-    def __repr__(self) -> str:
-        return (f"<SizeClass {self.index} size={self.size} pages={self.pages_per_zspage} "
-                f"objs={self.objs_per_zspage}>")
-
-
 class PoolStats:
     """struct zs_pool_stats."""
 
-    __slots__ = ("pages_compacted",)
+    __slots__ = ("pages_compacted", "_lock")
 
-    def __init__(self) -> None:
+    def __init__(self, lock: _locks.Mutex | None = None) -> None:
         self.pages_compacted = 0
+        self._lock = lock if lock is not None else _locks.hot_path_lock(_locks.PAGES_ALLOCATED_LOCK)
+
+    def add_pages_compacted(self, n: int) -> None:
+        """atomic_long_add(n, &pool->stats.pages_compacted)."""
+        with self._lock:
+            self.pages_compacted += n
 
 
 class _MapArea(threading.local):
@@ -132,7 +115,7 @@ class _Mapping:
 
     __slots__ = ("pool", "handle", "mode", "zspage", "pfn", "off", "size", "span", "view", "area")
 
-    def __init__(self, pool: "Pool", handle: int, mode: MapMode) -> None:
+    def __init__(self, pool: Pool, handle: int, mode: MapMode) -> None:
         self.pool = pool
         self.handle = handle
         self.mode = mode
@@ -143,6 +126,43 @@ class _Mapping:
 
     def __exit__(self, *exc) -> None:
         self.pool._unmap(self)
+
+
+def _fix_fullness_group(cls: SizeClass, zspage: Zspage) -> int:
+    """fix_fullness_group for zs_malloc and zs_free: the copy of fullness.fix_fullness_group
+    with get_fullness_group, remove_zspage, insert_zspage and set_zspage_mapping inlined
+    (with few objects per zspage, the classes of 2:1 pages, the group changes on nearly every
+    zs_malloc and zs_free)."""
+    currfg = zspage.fullness
+    inuse = zspage.inuse
+    if inuse == 0:
+        newfg = ZS_EMPTY
+    elif inuse == cls.objs_per_zspage:
+        newfg = ZS_FULL
+    elif inuse <= cls.almost_empty_max:
+        newfg = ZS_ALMOST_EMPTY
+    else:
+        newfg = ZS_ALMOST_FULL
+    if newfg != currfg:
+        # remove_zspage(currfg) + insert_zspage(newfg), with their list_del_init and list_add
+        prev = zspage.prev
+        nxt = zspage.next
+        prev.next = nxt
+        nxt.prev = prev
+        stats = cls.stats
+        stats[currfg] -= 1
+        stats[newfg] += 1
+        head = cls.fullness_list[newfg]
+        first = head.next
+        if first is not head and inuse < first.inuse:
+            head = first                    # second place: list_add after the head entry
+        nxt = head.next
+        zspage.prev = head
+        zspage.next = nxt
+        nxt.prev = zspage
+        head.next = zspage
+        zspage.fullness = newfg
+    return newfg
 
 
 class Pool:
@@ -168,12 +188,12 @@ class Pool:
         if memory.max_pages > (1 << t.pfn_bits):
             raise ValueError("memory has more frames than _PFN_BITS can encode")
 
-        # Direct access to the arena and the struct-page arrays (the hot paths use them).
+        # The arena and the struct page arrays, held here for the hot paths (the same objects
+        # as memory.arena, .words, .private, .index; the lower modules go through memory).
         self._arena: memoryview = memory.arena
-        self._words: memoryview = self._arena.cast("Q")
+        self._words: memoryview = memory.words
         self._private = memory.private
         self._index = memory.index
-        self._page_type = memory.page_type
 
         # pool->size_class[]: 255 slots, aliases share the larger canonical class.
         by_index = {c.index: SizeClass(c.index, c.size, c.pages_per_zspage, c.objs_per_zspage)
@@ -186,16 +206,18 @@ class Pool:
             self.size_class[t.get_size_class_index(s + ZS_HANDLE_SIZE)]
             for s in range(1, t.max_alloc_size + 1)]
 
-        self.migrate_lock = _locks.RWLock(MIGRATE_LOCK_CLASS)
+        self.migrate_lock = _locks.RWLock(_locks.MIGRATE_LOCK)
         self._pages_lock = _locks.hot_path_lock(_locks.PAGES_ALLOCATED_LOCK)   # atomic_long_t pages_allocated
         self.pages_allocated = 0
-        self.stats = PoolStats()
+        self.stats = PoolStats(self._pages_lock)
 
-        # handle cache ("zs_handle"): cells[handle >> 3] = obj, cell 0 never used.  A free
-        # cell holds FREE_CELL (-1): obj 0 is a real location (PFN 0, object 0).
-        self._cells = array("q", [FREE_CELL]) * 1024
-        self._free_cells: list[int] = list(range(len(self._cells) - 1, 0, -1))
-        self._cells_lock = _locks.hot_path_lock(_locks.HANDLE_CACHE_LOCK)
+        # The handle cache ("zs_handle", see handles.py); its cell array and free-cell stack
+        # are held here too, for malloc/free/read/write (both are only grown in place).
+        self.handles = HandleCache()
+        self._cells = self.handles.cells
+        self._free_cells = self.handles.free_cells
+        self._grow_cells = self.handles.grow
+        self._checked_obj = self.handles.checked_obj
 
         self._area = _MapArea(page_size)
         # every live zspage (debug walks, destroy); only touched when zspages come and go
@@ -214,323 +236,32 @@ class Pool:
         self.destroyed = False
         self.destroy_messages: list[str] = []
 
-    # ------------------------------------------------------------------ properties / stats
+    # ------------------------------------------------------------------ accounting
     @property
     def total_pages(self) -> int:
         """zs_get_total_pages: pages_allocated, in pages."""
         return self.pages_allocated
 
-    def zs_huge_class_size(self) -> int:
-        return self.huge_class_size
-
-    def _add_pages(self, n: int) -> None:
+    def add_pages(self, n: int) -> None:
+        """atomic_long_add(n, &pool->pages_allocated)."""
         with self._pages_lock:
             self.pages_allocated += n
 
-    # ------------------------------------------------------------------ handle cells
-    def _alloc_handle(self) -> int:
-        """cache_alloc_handle (malloc inlines it)."""
-        try:
-            idx = self._free_cells.pop()
-        except IndexError:
-            idx = self._grow_cells()
-        return idx << HANDLE_SHIFT
-
-    def _grow_cells(self) -> int:
-        with self._cells_lock:
-            try:
-                return self._free_cells.pop()
-            except IndexError:
-                pass
-            old = len(self._cells)
-            # Growing reallocates the array; that is safe because nobody holds a buffer
-            # export of it and item access is atomic under the GIL.
-            self._cells.extend(array("q", [FREE_CELL]) * old)
-            self._free_cells.extend(range(2 * old - 1, old, -1))
-            return old
-
-    def _free_handle(self, handle: int) -> None:
-        """cache_free_handle (free inlines it)."""
-        idx = handle >> HANDLE_SHIFT
-        self._cells[idx] = FREE_CELL
-        self._free_cells.append(idx)
-
-    def handle_to_obj(self, handle: int) -> int:
-        """The obj word a live handle's cell holds (debug/test helper)."""
-        return self._cells[handle >> HANDLE_SHIFT]
-
-    def _checked_obj(self, handle: int) -> int:
-        if handle <= 0 or handle & ((1 << HANDLE_SHIFT) - 1):
-            raise InvalidHandle(f"invalid handle {handle!r}")
-        try:
-            obj = self._cells[handle >> HANDLE_SHIFT]
-        except IndexError:
-            raise InvalidHandle(f"invalid handle {handle:#x}") from None
-        if obj < 0:
-            raise InvalidHandle(f"handle {handle:#x} is not allocated")
-        return obj
-
-    # ------------------------------------------------------------------ lists and fullness
-    @staticmethod
-    def _insert_zspage(cls: SizeClass, zspage: Zspage, fg: int) -> None:
-        """insert_zspage: head unless inuse is lower than the head's, then second."""
-        cls.stats[fg] += 1
-        head = cls.fullness_list[fg]
-        first = head.next
-        if first is not head and zspage.inuse < first.inuse:
-            list_add(zspage, first)
-        else:
-            list_add(zspage, head)
-
-    @staticmethod
-    def _remove_zspage(cls: SizeClass, zspage: Zspage, fg: int) -> None:
-        assert cls.fullness_list[fg].next is not cls.fullness_list[fg], "remove from empty list"
-        list_del_init(zspage)
-        cls.stats[fg] -= 1
-
-    @staticmethod
-    def _fullness(cls: SizeClass, inuse: int) -> int:
-        if inuse == 0:
-            return ZS_EMPTY
-        if inuse == cls.objs_per_zspage:
-            return ZS_FULL
-        if inuse <= cls.almost_empty_max:
-            return ZS_ALMOST_EMPTY
-        return ZS_ALMOST_FULL
-
-    def _fix_fullness_group(self, cls: SizeClass, zspage: Zspage) -> int:
-        currfg = zspage.fullness
-        inuse = zspage.inuse
-        if inuse == 0:
-            newfg = ZS_EMPTY
-        elif inuse == cls.objs_per_zspage:
-            newfg = ZS_FULL
-        elif inuse <= cls.almost_empty_max:
-            newfg = ZS_ALMOST_EMPTY
-        else:
-            newfg = ZS_ALMOST_FULL
-        if newfg != currfg:
-            # remove_zspage(currfg) + insert_zspage(newfg) + set_zspage_mapping, inlined with
-            # their list_del_init and list_add: with few objects per zspage (the classes of
-            # 2:1 pages) the group changes on nearly every zs_malloc and zs_free.
-            prev = zspage.prev
-            nxt = zspage.next
-            prev.next = nxt
-            nxt.prev = prev
-            stats = cls.stats
-            stats[currfg] -= 1
-            stats[newfg] += 1
-            head = cls.fullness_list[newfg]
-            first = head.next
-            if first is not head and inuse < first.inuse:
-                head = first                    # second place: list_add after the head entry
-            nxt = head.next
-            zspage.prev = head
-            zspage.next = nxt
-            nxt.prev = zspage
-            head.next = zspage
-            zspage.fullness = newfg
-        return newfg
-
-    def _putback_zspage(self, cls: SizeClass, zspage: Zspage) -> int:
-        fg = self._fullness(cls, zspage.inuse)
-        self._insert_zspage(cls, zspage, fg)
-        zspage.class_idx = cls.index
-        zspage.fullness = fg
-        return fg
-
-    @staticmethod
-    def _find_get_zspage(cls: SizeClass) -> Zspage | None:
-        """ALMOST_FULL, then ALMOST_EMPTY, then EMPTY (never FULL); the zspage stays listed."""
-        lists = cls.fullness_list
-        for fg in (ZS_ALMOST_FULL, ZS_ALMOST_EMPTY, ZS_EMPTY):
-            head = lists[fg]
-            first = head.next
-            if first is not head:
-                return first
-        return None
-
-    # ------------------------------------------------------------------ zspage life cycle
-    def _create_page_chain(self, cls: SizeClass, zspage: Zspage, pages: list[int]) -> None:
-        """create_page_chain: private = zspage on every subpage, PG_private on the first,
-        page->index links the chain.  The kernel zeroes page->index (NULL) first; in this
-        port "no next page" is -1 (PFN 0 exists), while a huge page's index is the handle
-        field, whose empty value is 0."""
-        private = self._private
-        index = self._index
-        mem = self.memory
-        huge = cls.objs_per_zspage == 1 and cls.pages_per_zspage == 1
-        prev = -1
-        for i, pfn in enumerate(pages):
-            private[pfn] = zspage
-            index[pfn] = 0 if huge else INDEX_NONE
-            if i == 0:
-                zspage.first_page = pfn
-                mem.set_page_flag(pfn, PG_PRIVATE)
-                if huge:
-                    zspage.huge = True
-            else:
-                if mem.flags[pfn] & PG_PRIVATE:
-                    mem.clear_page_flag(pfn, PG_PRIVATE)
-                index[prev] = pfn
-            prev = pfn
-        zspage.pages = list(pages)
-
-    def _alloc_zspage(self, cls: SizeClass) -> Zspage:
-        """alloc_zspage: a zeroed zspage, its frames, the chain and the freelist."""
-        zspage = Zspage(_locks.RWLock(ZSPAGE_LOCK_CLASS))
-        pages: list[int] = []
-        mem = self.memory
-        try:
-            for _ in range(cls.pages_per_zspage):
-                pages.append(mem.alloc_page())
-        except OutOfMemory:
-            for pfn in pages:
-                mem.free_page(pfn)
-            raise
-        self._create_page_chain(cls, zspage, pages)
-        init_zspage(self._words, self._page_type, cls.size, pages, self.page_shift)
-        zspage.freeobj = 0
+    def track_zspage(self, zspage: Zspage) -> None:
         with self._zspages_lock:
             self._zspages.add(zspage)
-        mem.mod_vmstat("nr_zspages", cls.pages_per_zspage)   # inc_zone_page_state(NR_ZSPAGES)
-        return zspage
 
-    def _obj_malloc(self, zspage: Zspage, handle: int) -> int:
-        """obj_malloc: pop the freelist head, write the header (or huge page->index)."""
-        # E20: for a fresh zspage class_idx is still 0 here; the lookup gives class 0, which
-        # is harmless because freeobj == 0 makes the offset 0 for any size.  Kept as in 5.17.
-        cls = self.size_class[zspage.class_idx]
-        handle |= OBJ_ALLOCATED_TAG
-        obj = zspage.freeobj
-        offset = obj * cls.size
-        pfn = zspage.pages[offset >> self.page_shift]
-        wi = (pfn << (self.page_shift - 3)) + ((offset & self.page_mask) >> 3)
-        words = self._words
-        zspage.freeobj = (words[wi] >> OBJ_TAG_BITS) & FREEOBJ_MASK
-        if not zspage.huge:
-            words[wi] = handle
-        else:
-            self._index[zspage.first_page] = handle
-        zspage.inuse += 1
-        return ((pfn << self.obj_index_bits) | obj) << OBJ_TAG_BITS
-
-    def _obj_free(self, class_size: int, obj: int) -> Zspage:
-        """obj_free: push the slot on the zspage freelist (LIFO)."""
-        obj >>= OBJ_TAG_BITS
-        pfn = obj >> self.obj_index_bits
-        idx = obj & self.obj_index_mask
-        zspage = self._private[pfn]
-        if not zspage.huge:
-            # get_freeobj() is an unsigned int, so the shift truncates to 32 bits (matters
-            # only for the end marker a FULL zspage's freeobj holds)
-            self._words[(pfn << (self.page_shift - 3)) +
-                        (((class_size * idx) & self.page_mask) >> 3)] = \
-                (zspage.freeobj << OBJ_TAG_BITS) & FREEOBJ_MASK
-        else:
-            self._index[pfn] = 0
-        zspage.freeobj = idx
-        zspage.inuse -= 1
-        return zspage
-
-    def _set_zspage_movable(self, zspage: Zspage) -> None:
-        """SetZsPageMovable: under class->lock, trylock each subpage and register it."""
-        mem = self.memory
-        for pfn in zspage.pages:
-            if not mem.trylock_page(pfn):
-                log.warning("SetZsPageMovable: trylock_page(%d) failed", pfn)
-                mem.set_movable(pfn, self)
-                continue
-            mem.set_movable(pfn, self)
-            mem.unlock_page(pfn)
-
-    def _trylock_zspage(self, zspage: Zspage) -> bool:
-        mem = self.memory
-        locked: list[int] = []
-        pfn = zspage.first_page
-        while pfn != -1:
-            if not mem.trylock_page(pfn):
-                for p in reversed(locked):
-                    mem.unlock_page(p)
-                return False
-            locked.append(pfn)
-            pfn = self._get_next_page(zspage, pfn)
-        return True
-
-    def _get_next_page(self, zspage: Zspage, pfn: int) -> int:
-        if zspage.huge:
-            return -1
-        return self._index[pfn]
-
-    def _lock_zspage(self, zspage: Zspage) -> None:
-        """lock_zspage with the 2022 race fix (Sultan Alsawaf, "Fix races between
-        asynchronous zspage free and page migration"; reference §5 item 1, E19).
-
-        5.17 walked the chain with sleeping lock_page and no zspage lock, so a concurrent
-        migration could swap a subpage under it.  The fixed version only *tries* each page
-        lock under the zspage read lock (migration needs the write lock to change the
-        chain); when a page is busy it drops the zspage lock, waits for that page to be
-        unlocked, and retries from where it was."""
-        mem = self.memory
-        lock = zspage.lock
-        while True:
-            lock.read_lock()
-            pfn = zspage.first_page
-            if mem.trylock_page(pfn):
-                break
-            lock.read_unlock()
-            _wait_on_page_locked(mem, pfn)
-        curr = pfn
-        while True:
-            pfn = self._get_next_page(zspage, curr)
-            if pfn == -1:
-                break
-            if mem.trylock_page(pfn):
-                curr = pfn
-            else:
-                lock.read_unlock()
-                _wait_on_page_locked(mem, pfn)
-                lock.read_lock()
-        lock.read_unlock()
-
-    def _reset_page(self, pfn: int) -> None:
-        mem = self.memory
-        mem.clear_movable(pfn)
-        mem.clear_page_flag(pfn, PG_PRIVATE)
-        self._private[pfn] = None
-        self._index[pfn] = INDEX_NONE
-
-    def _free_zspage_pages(self, cls: SizeClass, zspage: Zspage) -> None:
-        """__free_zspage: caller holds class->lock and every page lock of the zspage."""
-        assert zspage.inuse == 0 and zspage.fullness == ZS_EMPTY, zspage
-        mem = self.memory
-        pfn = zspage.first_page
-        while pfn != -1:
-            nxt = self._get_next_page(zspage, pfn)     # taken before reset_page
-            self._reset_page(pfn)
-            mem.unlock_page(pfn)
-            mem.free_page(pfn)
-            pfn = nxt
-        zspage.magic = 0
-        mem.mod_vmstat("nr_zspages", -cls.pages_per_zspage)
+    def untrack_zspage(self, zspage: Zspage) -> None:
         with self._zspages_lock:
             self._zspages.discard(zspage)
-        cls.stats[OBJ_ALLOCATED] -= cls.objs_per_zspage
-        self._add_pages(-cls.pages_per_zspage)
 
-    def _free_zspage(self, cls: SizeClass, zspage: Zspage) -> None:
-        """free_zspage: may not sleep (zs_free runs under class->lock), so it only trylocks the
-        page locks; on failure the EMPTY zspage stays listed and the async worker frees it."""
-        assert zspage.inuse == 0
-        assert zspage.on_list()
-        if not self._trylock_zspage(zspage):
-            self._kick_deferred_free()
-            return
-        self._remove_zspage(cls, zspage, ZS_EMPTY)
-        self._free_zspage_pages(cls, zspage)
+    def zspages(self) -> list[Zspage]:
+        """Every live zspage (on a list, isolated in compaction, or awaiting async free)."""
+        with self._zspages_lock:
+            return list(self._zspages)
 
     # ------------------------------------------------------------------ deferred free
-    def _kick_deferred_free(self) -> None:
+    def kick_deferred_free(self) -> None:
         """schedule_work(&pool->free_work): idempotent while the work is pending."""
         with self._free_cond:
             self._free_pending = True
@@ -555,33 +286,13 @@ class Pool:
                 self._free_running = True
             self._free_gate.wait()
             try:
-                self._async_free_zspage()
+                async_free_zspage(self)
             except BaseException:  # pragma: no cover - a bug; keep the worker alive and loud
                 log.exception("async_free_zspage failed")
             finally:
                 with cond:
                     self._free_running = False
                     cond.notify_all()
-
-    def _async_free_zspage(self) -> None:
-        """async_free_zspage: splice every class's EMPTY list, lock each zspage's pages
-        (sleeping, no zsmalloc lock held), then free it under class->lock."""
-        free_pages: list[Zspage] = []
-        for cls in self.classes:
-            with cls.lock:
-                head = cls.fullness_list[ZS_EMPTY]
-                for zspage in list(head):
-                    # list_splice_init: the zspages leave the class list, but 5.17 does not
-                    # decrement stats[CLASS_EMPTY] for them (E13; fixed in later kernels).
-                    list_del_init(zspage)
-                    free_pages.append(zspage)
-        for zspage in free_pages:
-            self._lock_zspage(zspage)
-            cls = self.size_class[zspage.class_idx]
-            assert zspage.fullness == ZS_EMPTY
-            with cls.lock:
-                cls.deferred_freed += 1
-                self._free_zspage_pages(cls, zspage)
 
     def hold_free_work(self) -> None:
         """Debug/test hook: keep queued deferred-free work from running until released."""
@@ -610,13 +321,13 @@ class Pool:
             cls = None
         if cls is None or size <= 0:
             raise ValueError(f"zs_malloc: bad size {size!r} (1..{self.max_alloc_size})")
-        try:                                    # cache_alloc_handle
+        try:                                    # cache_alloc_handle (HandleCache.alloc)
             handle = self._free_cells.pop() << HANDLE_SHIFT
         except IndexError:
             handle = self._grow_cells() << HANDLE_SHIFT
         lock = cls.lock
         lock.acquire()
-        # find_get_zspage (inlined; see _find_get_zspage): ALMOST_FULL, ALMOST_EMPTY, EMPTY
+        # find_get_zspage, inlined (fullness.find_get_zspage): ALMOST_FULL, ALMOST_EMPTY, EMPTY
         lists = cls.fullness_list
         zspage = None
         for fg in (ZS_ALMOST_FULL, ZS_ALMOST_EMPTY, ZS_EMPTY):
@@ -627,8 +338,8 @@ class Pool:
                 break
         if zspage is not None:
             try:   # try blocks cost nothing in 3.11; a bug must not leave class->lock held
-                # obj_malloc (see _obj_malloc), inlined for the common case: a listed zspage
-                # of this class, so cls is the zspage's class.
+                # obj_malloc, inlined (zspage_ops.obj_malloc) for the common case: a listed
+                # zspage of this class, so cls is the zspage's class.
                 idx = zspage.freeobj
                 offset = idx * cls.size
                 pfn = zspage.pages[offset >> self.page_shift]
@@ -641,33 +352,32 @@ class Pool:
                     self._index[zspage.first_page] = handle | OBJ_ALLOCATED_TAG
                 zspage.inuse += 1
                 obj = ((pfn << self.obj_index_bits) | idx) << OBJ_TAG_BITS
-                self._fix_fullness_group(cls, zspage)
-                self._cells[handle >> HANDLE_SHIFT] = obj
+                _fix_fullness_group(cls, zspage)
+                self._cells[handle >> HANDLE_SHIFT] = obj       # record_obj
                 cls.stats[OBJ_USED] += 1
             finally:
                 lock.release()
             return handle
         lock.release()
+        return self._malloc_new_zspage(cls, handle)
 
+    def _malloc_new_zspage(self, cls: SizeClass, handle: int) -> int:
+        """The rest of zs_malloc when the class has no zspage with a free slot: allocate one
+        with no lock held, then take the object from it under class->lock."""
         try:
-            zspage = self._alloc_zspage(cls)       # no lock held, like the kernel
+            zspage = alloc_zspage(self, cls)
         except BaseException:
-            self._free_handle(handle)
+            self.handles.free(handle)
             raise
-        lock.acquire()
-        try:
-            obj = self._obj_malloc(zspage, handle)
-            newfg = self._fullness(cls, zspage.inuse)
-            self._insert_zspage(cls, zspage, newfg)
-            zspage.class_idx = cls.index        # set_zspage_mapping
-            zspage.fullness = newfg
-            self._cells[handle >> HANDLE_SHIFT] = obj
-            self._add_pages(cls.pages_per_zspage)
+        with cls.lock:
+            obj = obj_malloc(self, zspage, handle)
+            # get_fullness_group + insert_zspage + set_zspage_mapping
+            putback_zspage(cls, zspage)
+            self._cells[handle >> HANDLE_SHIFT] = obj               # record_obj
+            self.add_pages(cls.pages_per_zspage)
             cls.stats[OBJ_ALLOCATED] += cls.objs_per_zspage
             cls.stats[OBJ_USED] += 1
-            self._set_zspage_movable(zspage)
-        finally:
-            lock.release()
+            set_zspage_movable(self, zspage)
         return handle
 
     def free(self, handle: int) -> None:
@@ -677,14 +387,15 @@ class Pool:
             return
         ml = self.migrate_lock
         ml.read_lock()
-        # _checked_obj, inlined for the common case (every overwrite frees the old object)
+        # the handle check, inlined (HandleCache.checked_obj) for the common case: every
+        # overwrite frees the old object
         try:
             obj = self._cells[handle >> HANDLE_SHIFT]
         except (IndexError, TypeError):
             obj = -1
-        if obj < 0 or handle < 0 or handle & _HANDLE_LOW_BITS:
+        if obj < 0 or handle < 0 or handle & HANDLE_LOW_BITS:
             try:
-                obj = self._checked_obj(handle)
+                obj = self.handles.checked_obj(handle)
             except BaseException:
                 ml.read_unlock()
                 raise
@@ -696,7 +407,8 @@ class Pool:
         lock.acquire()
         ml.read_unlock()
         try:
-            # obj_free(class->size, obj), inlined: push the slot on the freelist (LIFO).
+            # obj_free(class->size, obj), inlined (zspage_ops.obj_free): push the slot on
+            # the freelist (LIFO).
             idx = obj & self.obj_index_mask
             if not zspage.huge:
                 # get_freeobj() is an unsigned int: the shift truncates to 32 bits (this
@@ -709,11 +421,11 @@ class Pool:
             zspage.freeobj = idx
             zspage.inuse -= 1
             cls.stats[OBJ_USED] -= 1
-            if self._fix_fullness_group(cls, zspage) == ZS_EMPTY:
-                self._free_zspage(cls, zspage)
+            if _fix_fullness_group(cls, zspage) == ZS_EMPTY:
+                free_zspage(self, cls, zspage)
         finally:
             lock.release()
-        # cache_free_handle, after class->lock is dropped
+        # cache_free_handle (HandleCache.free), after class->lock is dropped
         cidx = handle >> HANDLE_SHIFT
         self._cells[cidx] = FREE_CELL
         self._free_cells.append(cidx)
@@ -729,25 +441,12 @@ class Pool:
         until exit; a second mapping in the same thread raises NestedMappingError."""
         return _Mapping(self, handle, mode)
 
-    def _resolve_and_pin(self, handle: int) -> tuple[int, Zspage]:
-        """read(migrate_lock) -> handle_to_obj -> zspage -> read(zspage->lock) -> drop
-        migrate_lock.  Returns (obj, zspage) with the zspage read lock held."""
-        ml = self.migrate_lock
-        ml.read_lock()
-        try:
-            obj = self._checked_obj(handle)
-            zspage = self._private[obj >> (OBJ_TAG_BITS + self.obj_index_bits)]
-            zspage.lock.read_lock()
-        finally:
-            ml.read_unlock()
-        return obj, zspage
-
     def _map(self, m: _Mapping) -> memoryview:
         area = self._area
         if area.active:
             raise NestedMappingError("only one object can be mapped per thread at a time")
-        # _resolve_and_pin, inlined: read(migrate_lock) -> handle -> obj -> page -> zspage ->
-        # read(zspage->lock) -> read_unlock(migrate_lock)
+        # resolve-and-pin, inlined (zspage_ops.resolve_and_pin): read(migrate_lock) -> handle
+        # -> obj -> page -> zspage -> read(zspage->lock) -> read_unlock(migrate_lock)
         ml = self.migrate_lock
         ml.read_lock()
         try:
@@ -834,13 +533,14 @@ class Pool:
         ml = self.migrate_lock
         ml.read_lock()
         try:
-            # _checked_obj, inlined (the zram read path calls this once per page)
+            # resolve-and-pin with the handle check (HandleCache.checked_obj), inlined as in
+            # _map: the zram read path calls this once per page
             try:
                 obj = self._cells[handle >> HANDLE_SHIFT]
             except (IndexError, TypeError):
                 obj = -1
-            if obj < 0 or handle <= 0 or handle & _HANDLE_LOW_BITS:
-                obj = self._checked_obj(handle)         # raises the precise InvalidHandle
+            if obj < 0 or handle <= 0 or handle & HANDLE_LOW_BITS:
+                obj = self.handles.checked_obj(handle)  # raises the precise InvalidHandle
             pfn = obj >> (OBJ_TAG_BITS + self.obj_index_bits)
             zspage = self._private[pfn]
             zlock = zspage.lock
@@ -872,13 +572,14 @@ class Pool:
         ml = self.migrate_lock
         ml.read_lock()
         try:
-            # _checked_obj, inlined as in read_object (once per stored page)
+            # resolve-and-pin with the handle check, inlined as in read_object (once per
+            # stored page)
             try:
                 obj = self._cells[handle >> HANDLE_SHIFT]
             except (IndexError, TypeError):
                 obj = -1
-            if obj < 0 or handle <= 0 or handle & _HANDLE_LOW_BITS:
-                obj = self._checked_obj(handle)         # raises the precise InvalidHandle
+            if obj < 0 or handle <= 0 or handle & HANDLE_LOW_BITS:
+                obj = self.handles.checked_obj(handle)  # raises the precise InvalidHandle
             pfn = obj >> (OBJ_TAG_BITS + self.obj_index_bits)
             zspage = self._private[pfn]
             zlock = zspage.lock
@@ -906,24 +607,22 @@ class Pool:
             zlock.read_unlock()
 
     # ------------------------------------------------------------------ migration / compaction
+    # The pool is the MovableOps its frames are registered with (migrate.py).
     def isolate_page(self, pfn: int) -> bool:
-        from .migrate import zs_page_isolate
         return zs_page_isolate(self, pfn)
 
     def migrate_page(self, old_pfn: int, new_pfn: int) -> bool:
-        from .migrate import zs_page_migrate
         return zs_page_migrate(self, old_pfn, new_pfn)
 
     def putback_page(self, pfn: int) -> None:
-        from .migrate import zs_page_putback
         zs_page_putback(self, pfn)
 
     def compact(self) -> int:
-        from .compact import zs_compact
+        """zs_compact: pages freed."""
         return zs_compact(self)
 
     def freeable_pages(self) -> int:
-        from .compact import zs_shrinker_count
+        """zs_shrinker_count: pages a compaction could free now."""
         return zs_shrinker_count(self)
 
     def shrink(self) -> int:
@@ -931,9 +630,23 @@ class Pool:
         freed = self.compact()
         return freed if freed else SHRINK_STOP
 
+    # ------------------------------------------------------------------ stats and debug
+    # The walks are stats.py's; these are the ones the pool's users call as methods.
     def classes_table(self) -> str:
-        from .stats import classes_table
-        return classes_table(self)
+        """The debugfs classes file."""
+        return _stats.classes_table(self)
+
+    def handle_to_obj(self, handle: int) -> int:
+        """The obj word a live handle's cell holds (debug/test helper)."""
+        return self._cells[handle >> HANDLE_SHIFT]
+
+    def obj_location(self, handle: int) -> tuple[int, int, int]:
+        """(pfn, obj_idx, offset in that frame) of a live handle's object."""
+        return _stats.obj_location(self, handle)
+
+    def check_invariants(self) -> None:
+        """E11/E12/E24 on a quiescent pool; raises AssertionError with a message."""
+        _stats.check_invariants(self)
 
     # ------------------------------------------------------------------ destroy
     def destroy(self) -> None:
@@ -955,90 +668,4 @@ class Pool:
                            f"fullness group {fg}")
                     log.info("%s", msg)
                     self.destroy_messages.append(msg)
-        # Our 64-bit cast of the arena pins the mmap; drop it so PhysicalMemory.close() works.
-        # (The leaked zspages of a non-empty pool stay allocated in memory, as in 5.17.)
-        self._words.release()
-
-    # ------------------------------------------------------------------ debug helpers
-    def zspages(self) -> list[Zspage]:
-        """Every live zspage (on a list, isolated in compaction, or awaiting async free)."""
-        with self._zspages_lock:
-            return list(self._zspages)
-
-    def class_of(self, zspage: Zspage) -> SizeClass:
-        return self.size_class[zspage.class_idx]
-
-    def obj_location(self, handle: int) -> tuple[int, int, int]:
-        """(pfn, obj_idx, offset in that frame) of a live handle's object."""
-        obj = self._checked_obj(handle) >> OBJ_TAG_BITS
-        pfn = obj >> self.obj_index_bits
-        idx = obj & self.obj_index_mask
-        zspage = self._private[pfn]
-        cls = self.size_class[zspage.class_idx]
-        return pfn, idx, (cls.size * idx) & self.page_mask
-
-    def read_word(self, pfn: int, offset: int) -> int:
-        return self._words[(pfn << (self.page_shift - 3)) + (offset >> 3)]
-
-    def zspage_objects(self, zspage: Zspage) -> list[tuple[int, int, int, int]]:
-        """Every object start (phantom included) as (obj_idx, pfn, offset, first word or
-        huge page->index)."""
-        cls = self.size_class[zspage.class_idx]
-        out = []
-        idx = 0
-        page_size = self.page_size
-        for k, pfn in enumerate(zspage.pages):
-            off = self._page_type[pfn]
-            while off < page_size:
-                word = self._index[pfn] if zspage.huge else self.read_word(pfn, off)
-                out.append((idx, pfn, off, word))
-                idx += 1
-                off += cls.size
-        return out
-
-    def freelist(self, zspage: Zspage) -> list[int]:
-        """The free object indices, following the links from freeobj.
-
-        The list is walked for exactly objs_per_zspage - inuse entries: its tail is not
-        always the end marker, because a slot freed while the zspage was FULL links to the
-        truncated marker (freeobj is an unsigned int: 0xFFFFFFFF << 1 -> 0xFFFFFFFE)."""
-        cls = self.size_class[zspage.class_idx]
-        if zspage.huge:
-            return [0] if zspage.inuse == 0 else []
-        out: list[int] = []
-        idx = zspage.freeobj
-        for _ in range(cls.objs_per_zspage - zspage.inuse):
-            if idx >= cls.objs_per_zspage:
-                raise AssertionError(f"freelist reaches index {idx} in {zspage} after {out}")
-            out.append(idx)
-            offset = idx * cls.size
-            word = self.read_word(zspage.pages[offset >> self.page_shift],
-                                  offset & self.page_mask)
-            if word & OBJ_ALLOCATED_TAG:
-                raise AssertionError(f"freelist reaches allocated object {idx} in {zspage}")
-            idx = word >> OBJ_TAG_BITS
-        return out
-
-    def dump_zspage(self, zspage: Zspage) -> str:
-        lines = [repr(zspage)]
-        for idx, pfn, off, word in self.zspage_objects(zspage):
-            state = (f"handle {word & ~OBJ_ALLOCATED_TAG:#x}" if word & OBJ_ALLOCATED_TAG
-                     else ("end" if word == OBJ_END_MARKER else f"next {word >> 1}"))
-            lines.append(f"  obj {idx:4d} pfn {pfn} off {off:5d}: {state}")
-        return "\n".join(lines)
-
-    def check_invariants(self) -> None:
-        """E11/E12/E24 on a quiescent pool; raises AssertionError with a message."""
-        from .stats import check_invariants
-        check_invariants(self)
-
-
-SHRINK_STOP = -1
-
-# --------------------------------------------------------------------------------------------
-# memory adapters (the pool needs a few things allocator.memory offers only indirectly)
-
-
-def _wait_on_page_locked(mem: PhysicalMemory, pfn: int) -> None:
-    """wait_on_page_locked: block until the page lock is free, without keeping it."""
-    mem.wait_on_page_locked(pfn)
+        # The leaked zspages of a non-empty pool stay allocated in memory, as in 5.17.

@@ -210,6 +210,6 @@ def get_fullness_group(inuse: int, objs_per_zspage: int) -> int:
         return ZS_EMPTY
     if inuse == objs_per_zspage:
         return ZS_FULL
-    if inuse <= 3 * objs_per_zspage // FULLNESS_THRESHOLD_FRAC:
+    if inuse <= almost_empty_limit(objs_per_zspage):
         return ZS_ALMOST_EMPTY
     return ZS_ALMOST_FULL

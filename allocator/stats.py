@@ -1,6 +1,16 @@
-"""Statistics of the zsmalloc port: the debugfs `classes` file (zs_stats_size_show, reference
-§3.18) byte for byte, and `check_invariants`, the E11/E12/E24 consistency walk over a quiescent
-pool used by the tests.
+"""Statistics and debug walks of the zsmalloc port.
+
+This module owns everything that only *reads* a pool to show or check it:
+
+* ``classes_table``: the debugfs `classes` file (zs_stats_size_show, reference §3.18) byte for
+  byte;
+* the debug walks of one zspage or object: ``obj_location``, ``read_word``,
+  ``zspage_objects``, ``freelist``, ``dump_zspage``;
+* ``check_invariants``: the E11/E12/E24 consistency walk over a quiescent pool used by the
+  tests.
+
+`Pool` keeps thin methods for the ones its users call (``classes_table``, ``obj_location``,
+``check_invariants``); the others are called as functions of this module.
 """
 
 from __future__ import annotations
@@ -8,10 +18,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .compact import zs_can_compact
+from .handles import HANDLE_SHIFT
 from .sizeclass import (CLASS_ALMOST_EMPTY, CLASS_ALMOST_FULL, NR_ZS_FULLNESS, OBJ_ALLOCATED,
                         OBJ_ALLOCATED_TAG, OBJ_TAG_BITS, OBJ_USED, ZS_EMPTY, ZSPAGE_MAGIC,
                         get_fullness_group)
-from .zspage import OBJ_END_MARKER
+from .zspage import OBJ_END_MARKER, Zspage, location_to_obj, obj_to_location
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -21,7 +32,7 @@ _HEADER = (" %5s %5s %11s %12s %13s %10s %10s %16s %8s\n"
               "pages_used", "pages_per_zspage", "freeable"))
 
 
-def classes_table(pool: "Pool") -> str:
+def classes_table(pool: Pool) -> str:
     """zs_stats_size_show: one row per canonical class, a blank line, the totals."""
     out = [_HEADER]
     tot_af = tot_ae = tot_objs = tot_used = tot_pages = tot_freeable = 0
@@ -49,7 +60,73 @@ def classes_table(pool: "Pool") -> str:
     return "".join(out)
 
 
-def check_invariants(pool: "Pool") -> None:
+# ------------------------------------------------------------------------- debug walks
+
+def obj_location(pool: Pool, handle: int) -> tuple[int, int, int]:
+    """(pfn, obj_idx, offset in that frame) of a live handle's object."""
+    pfn, idx = obj_to_location(pool.handles.checked_obj(handle), pool.obj_index_bits)
+    cls = pool.size_class[pool.memory.private[pfn].class_idx]
+    return pfn, idx, (cls.size * idx) & pool.page_mask
+
+
+def read_word(pool: Pool, pfn: int, offset: int) -> int:
+    """The 64-bit word at byte `offset` (8-byte aligned) of frame `pfn`."""
+    return pool.memory.words[(pfn << (pool.page_shift - 3)) + (offset >> 3)]
+
+
+def zspage_objects(pool: Pool, zspage: Zspage) -> list[tuple[int, int, int, int]]:
+    """Every object start (phantom included) as (obj_idx, pfn, offset, first word or
+    huge page->index)."""
+    cls = pool.size_class[zspage.class_idx]
+    mem = pool.memory
+    out = []
+    idx = 0
+    for pfn in zspage.pages:
+        off = mem.page_type[pfn]
+        while off < pool.page_size:
+            word = mem.index[pfn] if zspage.huge else read_word(pool, pfn, off)
+            out.append((idx, pfn, off, word))
+            idx += 1
+            off += cls.size
+    return out
+
+
+def freelist(pool: Pool, zspage: Zspage) -> list[int]:
+    """The free object indices, following the links from freeobj.
+
+    The list is walked for exactly objs_per_zspage - inuse entries: its tail is not
+    always the end marker, because a slot freed while the zspage was FULL links to the
+    truncated marker (freeobj is an unsigned int: 0xFFFFFFFF << 1 -> 0xFFFFFFFE)."""
+    cls = pool.size_class[zspage.class_idx]
+    if zspage.huge:
+        return [0] if zspage.inuse == 0 else []
+    out: list[int] = []
+    idx = zspage.freeobj
+    for _ in range(cls.objs_per_zspage - zspage.inuse):
+        if idx >= cls.objs_per_zspage:
+            raise AssertionError(f"freelist reaches index {idx} in {zspage} after {out}")
+        out.append(idx)
+        offset = idx * cls.size
+        word = read_word(pool, zspage.pages[offset >> pool.page_shift], offset & pool.page_mask)
+        if word & OBJ_ALLOCATED_TAG:
+            raise AssertionError(f"freelist reaches allocated object {idx} in {zspage}")
+        idx = word >> OBJ_TAG_BITS
+    return out
+
+
+def dump_zspage(pool: Pool, zspage: Zspage) -> str:
+    """A zspage and each of its object slots (handle, freelist link or end), for a human."""
+    lines = [repr(zspage)]
+    for idx, pfn, off, word in zspage_objects(pool, zspage):
+        state = (f"handle {word & ~OBJ_ALLOCATED_TAG:#x}" if word & OBJ_ALLOCATED_TAG
+                 else ("end" if word == OBJ_END_MARKER else f"next {word >> OBJ_TAG_BITS}"))
+        lines.append(f"  obj {idx:4d} pfn {pfn} off {off:5d}: {state}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- invariants
+
+def check_invariants(pool: Pool) -> None:
     """Walk every class, list and live zspage of a quiescent pool and check:
 
     * E11: each listed zspage is on the list its `fullness` names and that equals
@@ -67,7 +144,9 @@ def check_invariants(pool: "Pool") -> None:
         live_by_class.setdefault(z.class_idx, []).append(z)
     total_pages = 0
     seen_handles: set[int] = set()
-    cells = pool._cells
+    cells = pool.handles.cells
+    private = pool.memory.private
+    index = pool.memory.index
     for cls in pool.classes:
         listed = []
         for fg in range(NR_ZS_FULLNESS):
@@ -99,13 +178,13 @@ def check_invariants(pool: "Pool") -> None:
             total_pages += len(z.pages)
             # chain in page->index and page->private
             for k, pfn in enumerate(z.pages):
-                assert pool._private[pfn] is z, f"pfn {pfn}: private is not {z!r}"
+                assert private[pfn] is z, f"pfn {pfn}: private is not {z!r}"
                 if not z.huge:
-                    nxt = pool._index[pfn]
+                    nxt = index[pfn]
                     want = z.pages[k + 1] if k + 1 < len(z.pages) else -1
                     assert nxt == want, f"pfn {pfn}: index {nxt} != next page {want}"
             allocated = 0
-            for idx, pfn, off, word in pool.zspage_objects(z):
+            for idx, pfn, off, word in zspage_objects(pool, z):
                 if idx >= cls.objs_per_zspage:       # the phantom is never allocated (E8)
                     assert not word & OBJ_ALLOCATED_TAG, f"phantom allocated in {z!r}"
                     continue
@@ -114,13 +193,13 @@ def check_invariants(pool: "Pool") -> None:
                     handle = word & ~OBJ_ALLOCATED_TAG
                     assert handle not in seen_handles, f"handle {handle:#x} twice"
                     seen_handles.add(handle)
-                    obj = cells[handle >> 3]
-                    want = ((pfn << pool.obj_index_bits) | idx) << OBJ_TAG_BITS
+                    obj = cells[handle >> HANDLE_SHIFT]
+                    want = location_to_obj(pfn, idx, pool.obj_index_bits)
                     assert obj == want, (
                         f"handle {handle:#x}: cell {obj:#x} != object at pfn {pfn} idx {idx}")
             assert allocated == z.inuse, f"{z!r}: {allocated} allocated headers"
             if z.inuse < cls.objs_per_zspage and not z.huge:
-                fl = pool.freelist(z)
+                fl = freelist(pool, z)
                 assert len(set(fl)) == len(fl), f"{z!r}: freelist repeats: {fl}"
             used += z.inuse
         assert cls.stats[OBJ_USED] == used, (

@@ -43,25 +43,12 @@ class ListHead:
     def empty(self) -> bool:
         return self.next is self
 
-    def first(self):
-        """The first entry or None (list_first_entry_or_null)."""
-        n = self.next
-        return None if n is self else n
-
     def __iter__(self):
         node = self.next
         while node is not self:
             nxt = node.next
             yield node
             node = nxt
-
-    def __len__(self) -> int:
-        n = 0
-        node = self.next
-        while node is not self:
-            n += 1
-            node = node.next
-        return n
 
 
 class Zspage:
@@ -120,23 +107,16 @@ def list_del_init(entry: Zspage) -> None:
 
 
 def location_to_obj(pfn: int, obj_idx: int, obj_index_bits: int) -> int:
+    """location_to_obj: the obj that names object `obj_idx` of the zspage, in frame `pfn`."""
     obj = pfn << obj_index_bits
     obj |= obj_idx & ((1 << obj_index_bits) - 1)
     return obj << OBJ_TAG_BITS
 
 
 def obj_to_location(obj: int, obj_index_bits: int) -> tuple[int, int]:
+    """obj_to_location: (pfn, obj_idx) of an obj."""
     obj >>= OBJ_TAG_BITS
     return obj >> obj_index_bits, obj & ((1 << obj_index_bits) - 1)
-
-
-def first_obj_offsets(size: int, pages: int, page_size: int) -> list[int]:
-    """first_obj_offset of each subpage (what init_zspage stores in page->page_type)."""
-    out = []
-    for k in range(pages):
-        start = k * page_size
-        out.append(-(-start // size) * size - start)
-    return out
 
 
 def init_zspage(words, page_type, size: int, pages: list[int], page_shift: int) -> None:

@@ -377,12 +377,14 @@ def read_object_bytes(pool: Any, handle: int, n: int) -> bytes:
 
 def insert_zspage(pool: Any, cls: Any, zspage: Any, fg: int) -> None:
     """insert_zspage (caller holds class->lock); also sets zspage->fullness like putback."""
-    pool._insert_zspage(cls, zspage, fg)
+    from allocator import fullness
+    fullness.insert_zspage(cls, zspage, fg)
     zspage.fullness = fg
 
 
 def remove_zspage(pool: Any, cls: Any, zspage: Any, fg: int) -> None:
-    pool._remove_zspage(cls, zspage, fg)
+    from allocator import fullness
+    fullness.remove_zspage(cls, zspage, fg)
 
 
 def trace_object_moves(pool: Any, monkeypatch: Any, moved: list[tuple[int, int]]) -> None:

@@ -10,6 +10,8 @@ import pytest
 
 from allocator import (InvalidHandle, MapMode, NestedMappingError, OutOfMemory, PhysicalMemory,
                        Pool, set_lockdep)
+from allocator import stats
+from allocator.fullness import insert_zspage, remove_zspage
 from allocator.zspage import Zspage
 from allocator.sizeclass import (CLASS_EMPTY, OBJ_ALLOCATED, OBJ_USED, ZS_ALMOST_EMPTY,
                                  ZS_ALMOST_FULL, ZS_EMPTY, ZS_FULL)
@@ -125,7 +127,7 @@ def test_spanning_objects_class_48(pool):
         pool.write_object(h, pattern(i, 40))
     for i in (85, 170):
         h = hs[i]
-        header_before = pool.read_word(*pool.obj_location(h)[::2])
+        header_before = stats.read_word(pool, *pool.obj_location(h)[::2])
         assert header_before == h | 1
         # RO: writes into the copy are discarded
         with pool.map_object(h, MapMode.RO) as buf:
@@ -141,7 +143,7 @@ def test_spanning_objects_class_48(pool):
         with pool.map_object(h, MapMode.WO) as buf:
             buf[:40] = pattern(i + 1000, 40)
         assert pool.read_object(h, 40) == pattern(i + 1000, 40)
-        assert pool.read_word(*pool.obj_location(h)[::2]) == h | 1   # header never written back
+        assert stats.read_word(pool, *pool.obj_location(h)[::2]) == h | 1   # header never written back
         pool.write_object(h, pattern(i, 40))
     for i, h in enumerate(hs):
         assert pool.read_object(h, 40) == pattern(i, 40)
@@ -159,12 +161,12 @@ def test_direct_mapping_is_live_and_mode_ignored(pool):
 def test_phantom_tail_class_80(pool):
     hs = [pool.malloc(72) for _ in range(51)]
     z = zspage_of(pool, hs[0])
-    objs = pool.zspage_objects(z)
+    objs = stats.zspage_objects(pool, z)
     assert len(objs) == 52 and objs[-1][2] == 4080     # phantom at 4080 (E8)
     assert objs[-1][3] & 1 == 0
     pool.free(hs[50])
     pool.free(hs[3])
-    assert pool.freelist(z) == [3, 50]
+    assert stats.freelist(pool, z) == [3, 50]
     pool.check_invariants()
 
 
@@ -247,19 +249,18 @@ def test_find_get_zspage_prefers_almost_full(pool):
 
 def test_insert_zspage_ordering(pool):
     """insert_zspage: head, unless inuse < head's inuse, then second (E11)."""
-    from allocator.zspage import Zspage
     cls = cls_of(pool, 120)                              # class 128, N = 32
     zs = []
     for inuse in (10, 20, 5, 20):
         z = Zspage(None)
         z.inuse = inuse
-        pool._insert_zspage(cls, z, ZS_ALMOST_EMPTY)
+        insert_zspage(cls, z, ZS_ALMOST_EMPTY)
         zs.append(z)
     order = [z.inuse for z in cls.fullness_list[ZS_ALMOST_EMPTY]]
     assert order == [20, 20, 5, 10]     # [10] -> [20,10] -> [20,5,10] -> [20,20,5,10]
     assert cls.stats[ZS_ALMOST_EMPTY] == 4
     for z in zs:
-        pool._remove_zspage(cls, z, ZS_ALMOST_EMPTY)
+        remove_zspage(cls, z, ZS_ALMOST_EMPTY)
     assert cls.stats[ZS_ALMOST_EMPTY] == 0 and cls.fullness_list[ZS_ALMOST_EMPTY].empty()
 
 
@@ -356,7 +357,6 @@ def test_freed_zspages_are_released_without_the_cycle_collector(pool, mem):
 
 
 def test_compaction_frees_pages_and_keeps_data(pool):
-    cls = cls_of(pool, 100)
     hs = [pool.malloc(100) for _ in range(73 * 10)]     # 10 zspages of class 112
     data = {h: pattern(i, 100) for i, h in enumerate(hs)}
     for h, d in data.items():
@@ -493,12 +493,12 @@ def test_out_of_memory():
     hs = [pool.malloc(3000) for _ in range(4)]          # class 3072: one 3-page zspage
     assert pool.total_pages == 3
     hs.append(pool.malloc(3500))                         # huge: the 4th and last frame
-    free_cells = len(pool._free_cells)
+    free_cells = len(pool.handles.free_cells)
     with pytest.raises(OutOfMemory):
         pool.malloc(3500)
     with pytest.raises(OutOfMemory):
         pool.malloc(100)                                 # class 112 needs 2 frames
-    assert len(pool._free_cells) == free_cells           # the handles went back
+    assert len(pool.handles.free_cells) == free_cells           # the handles went back
     assert pool.total_pages == 4 and mem.nr_used == 4
     pool.free(hs.pop())                                  # one frame free again
     with pytest.raises(OutOfMemory):
