@@ -2,17 +2,20 @@
 512-byte aligned but not page aligned either succeed with all their data or fail with EIO.
 
 Why such buffers: a loop request is handed to the image as one write, and FUSE carries at most
-``max_pages`` (32) pages of it per request.  A page-aligned 128 KiB request is exactly 32 pages;
-the same request from a buffer starting 512 bytes into a page touches 33, so FUSE cuts it in
-two.  If the second piece is the one refused at the limit, FUSE returns a short count and the
-loop driver (``lo_complete_rq``, Linux 6.18) completes a short *write* as success: data lost
-without an error.  The test therefore writes incompressible data (every page stored whole)
-until the limit refuses it, raises the limit by a random amount and goes on, so the limit is
-crossed many times at varying places inside a request; each write's outcome is checked against
-a per-block model, and everything is read back with O_DIRECT at the end.
+32 pages of memory per request.  A page-aligned 128 KiB request is exactly 32 pages; the same
+request from a buffer starting 512 bytes into a page touches 33, so FUSE cuts it in two (and a
+request from 1 KiB pieces each across a page boundary touches two pages per KiB).  If the
+later piece is the one refused at the limit, FUSE returns a short count and the loop driver
+(``lo_complete_rq``, Linux 6.18) completes a short *write* as success: data lost without an
+error.  zramfs.loopdev clamps loop requests to the size that always fits (16 KiB); with the
+former 128 KiB clamp these tests found lost sectors on every run.
 
-What may be in a block after a failed write: its old content or the new one (a block is never
-torn), as docs/guarantees.md §2 promises; after a successful write: only the new one.
+How: incompressible data (every page stored whole) is written until the limit refuses it a few
+times; then the limit goes up one page at a time and the refused write is retried at the same
+place, so the refusal walks through every page of a write, and through both pieces of any
+request FUSE cuts in two.  Every write's outcome is recorded in a per-sector model, and the
+whole range is read back with O_DIRECT at the end.  After a refused write each of its sectors
+may be old or new; after a successful one only new.
 """
 from __future__ import annotations
 
