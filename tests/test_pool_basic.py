@@ -167,6 +167,10 @@ def test_phantom_tail_class_80(pool):
     pool.free(hs[50])
     pool.free(hs[3])
     assert stats.freelist(pool, z) == [3, 50]
+    dump = stats.dump_zspage(pool, z).splitlines()
+    assert dump[0] == repr(z) and len(dump) == 1 + 52
+    assert dump[1 + 3].endswith("next 50") and dump[1 + 0].endswith(f"handle {hs[0]:#x}")
+    assert dump[1 + 51].endswith("end")                  # the phantom keeps the end marker
     pool.check_invariants()
 
 
