@@ -23,6 +23,7 @@ from .sizeclass import (CLASS_ALMOST_EMPTY, CLASS_ALMOST_FULL, NR_ZS_FULLNESS, O
                         OBJ_ALLOCATED_TAG, OBJ_TAG_BITS, OBJ_USED, ZS_EMPTY, ZSPAGE_MAGIC,
                         get_fullness_group)
 from .zspage import OBJ_END_MARKER, Zspage, location_to_obj, obj_to_location
+from .zspage_ops import handle_to_zspage
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -64,9 +65,9 @@ def classes_table(pool: Pool) -> str:
 
 def obj_location(pool: Pool, handle: int) -> tuple[int, int, int]:
     """(pfn, obj_idx, offset in that frame) of a live handle's object."""
-    pfn, idx = obj_to_location(pool.handles.checked_obj(handle), pool.obj_index_bits)
-    cls = pool.size_class[pool.memory.private[pfn].class_idx]
-    return pfn, idx, (cls.size * idx) & pool.page_mask
+    obj, zspage = handle_to_zspage(pool, handle)
+    pfn, idx = obj_to_location(obj, pool.obj_index_bits)
+    return pfn, idx, (pool.size_class[zspage.class_idx].size * idx) & pool.page_mask
 
 
 def read_word(pool: Pool, pfn: int, offset: int) -> int:

@@ -11,8 +11,8 @@ names:
 * the life cycle: ``alloc_zspage``; ``free_zspage`` (trylocks the pages, else defers),
   ``__free_zspage`` (here ``free_zspage_pages``), ``trylock_zspage``, ``lock_zspage`` and the
   body of the deferred free, ``async_free_zspage``;
-* ``resolve_and_pin``: handle -> obj -> zspage under read(migrate_lock), leaving the zspage
-  read-locked (the first half of zs_map_object).
+* ``handle_to_zspage`` and ``resolve_and_pin``: handle -> obj -> zspage, the latter under
+  read(migrate_lock), leaving the zspage read-locked (the first half of zs_map_object).
 
 These are the readable reference implementations.  zs_malloc, zs_free, zs_map_object and the
 pool's read/write paths run hand-inlined copies of ``obj_malloc``, ``obj_free`` and
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["ZsPool", "obj_malloc", "obj_free", "create_page_chain", "replace_sub_page",
            "get_next_page", "reset_page", "set_zspage_movable", "alloc_zspage",
            "trylock_zspage", "lock_zspage", "free_zspage_pages", "free_zspage",
-           "async_free_zspage", "resolve_and_pin"]
+           "async_free_zspage", "handle_to_zspage", "resolve_and_pin"]
 
 log = logging.getLogger("allocator.zsmalloc")
 
@@ -304,16 +304,22 @@ def async_free_zspage(pool: ZsPool) -> None:
 
 # ------------------------------------------------------------------------- handle -> zspage
 
+def handle_to_zspage(pool: ZsPool, handle: int) -> tuple[int, Zspage]:
+    """handle_to_obj (checked) -> obj_to_page -> get_zspage: (obj, zspage) of a live handle.
+    The caller holds migrate_lock, or the zspage could move under the answer."""
+    obj = pool.handles.checked_obj(handle)
+    pfn, _ = obj_to_location(obj, pool.obj_index_bits)
+    return obj, pool.memory.private[pfn]
+
+
 def resolve_and_pin(pool: ZsPool, handle: int) -> tuple[int, Zspage]:
-    """read(migrate_lock) -> handle_to_obj -> obj_to_page -> get_zspage -> read(zspage->lock)
-    -> read_unlock(migrate_lock), as zs_map_object begins.  Returns (obj, zspage) with the
-    zspage read-locked: migration cannot move its pages until the caller unlocks it."""
+    """read(migrate_lock) -> handle_to_zspage -> read(zspage->lock) -> read_unlock(migrate_lock),
+    as zs_map_object begins.  Returns (obj, zspage) with the zspage read-locked: migration
+    cannot move its pages until the caller unlocks it."""
     ml = pool.migrate_lock
     ml.read_lock()
     try:
-        obj = pool.handles.checked_obj(handle)
-        pfn, _ = obj_to_location(obj, pool.obj_index_bits)
-        zspage = pool.memory.private[pfn]
+        obj, zspage = handle_to_zspage(pool, handle)
         zspage.lock.read_lock()
     finally:
         ml.read_unlock()

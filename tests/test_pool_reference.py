@@ -32,7 +32,8 @@ from allocator.fullness import find_get_zspage, fix_fullness_group
 from allocator.handles import HANDLE_SHIFT
 from allocator.sizeclass import NR_ZS_FULLNESS, OBJ_USED, ZS_EMPTY, ZS_HANDLE_SIZE
 from allocator.zspage import obj_to_location
-from allocator.zspage_ops import free_zspage, obj_free, obj_malloc, resolve_and_pin
+from allocator.zspage_ops import (free_zspage, handle_to_zspage, obj_free, obj_malloc,
+                                  resolve_and_pin)
 
 # ------------------------------------------------------------------ zs_* from the references
 
@@ -59,9 +60,7 @@ def ref_free(pool: Pool, handle: int) -> None:
     ml = pool.migrate_lock
     ml.read_lock()
     try:
-        obj = pool.handles.checked_obj(handle)
-        pfn, _ = obj_to_location(obj, pool.obj_index_bits)
-        zspage = pool.memory.private[pfn]
+        obj, zspage = handle_to_zspage(pool, handle)
         cls = pool.size_class[zspage.class_idx]
         cls.lock.acquire()
     finally:
