@@ -75,9 +75,9 @@ class PoolStats:
 
     __slots__ = ("pages_compacted", "_lock")
 
-    def __init__(self, lock: _locks.Mutex | None = None) -> None:
+    def __init__(self, lock: _locks.Mutex | threading.Lock) -> None:
         self.pages_compacted = 0
-        self._lock = lock if lock is not None else _locks.hot_path_lock(_locks.PAGES_ALLOCATED_LOCK)
+        self._lock = lock           # the pool's pages_allocated leaf lock
 
     def add_pages_compacted(self, n: int) -> None:
         """atomic_long_add(n, &pool->stats.pages_compacted)."""

@@ -7,6 +7,7 @@
 Prints, each as the median of several runs:
   * malloc+free pairs/s and µs/pair, mixed sizes, on a pool in steady state
   * map+unmap (RO) of an object inside one frame and of an object spanning two frames (µs)
+  * read_object / write_object of 1500 bytes (zram's per-page fast paths, µs)
   * compaction of a fragmented pool: pages freed and pages freed/s
   * memory: pool bytes (total_pages * page size) and the process RSS delta, against the same
     objects kept as Python ``bytes`` in a dict (measured with tracemalloc)
@@ -115,6 +116,30 @@ def bench_map(n: int, spanning: bool) -> float:
     return dt / n * 1e6
 
 
+def bench_read_write(n: int, write: bool) -> float:
+    """µs per read_object (or write_object) of 1500 bytes, cycling over 64 live objects."""
+    pool = Pool("bench-rw", memory=PhysicalMemory(max_pages=1 << 12))
+    handles = [pool.malloc(1500) for _ in range(64)]
+    data = (bytes(range(256)) * 6)[:1500]
+    for h in handles:
+        pool.write_object(h, data)
+    seq = [handles[i % 64] for i in range(n)]
+    t0 = time.perf_counter()
+    if write:
+        wr = pool.write_object
+        for h in seq:
+            wr(h, data)
+    else:
+        rd = pool.read_object
+        for h in seq:
+            rd(h, 1500)
+    dt = time.perf_counter() - t0
+    for h in handles:
+        pool.free(h)
+    pool.destroy()
+    return dt / n * 1e6
+
+
 def build_fragmented(n_objs: int, free_frac: float, seed: int) -> tuple[Pool, PhysicalMemory, dict[int, int]]:
     rnd = random.Random(seed)
     mem = PhysicalMemory(max_pages=1 << 18)
@@ -202,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         us = median_of(runs, lambda: bench_map(n_map, spanning))
         flag = "ok" if us <= TARGET_MAP_US else "ABOVE TARGET"
         print(f"{label}: {us:8.2f} µs   (target <= {TARGET_MAP_US:.0f} µs: {flag})")
+    for label, write in (("read_object 1500 B  ", False), ("write_object 1500 B ", True)):
+        us = median_of(runs, lambda: bench_read_write(n_map, write))
+        print(f"{label}: {us:8.2f} µs")
     results = [bench_compact(n_frag, seed=s) for s in range(runs)]
     freed = statistics.median(r[0] for r in results)
     secs = statistics.median(r[1] for r in results)

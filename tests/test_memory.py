@@ -303,6 +303,9 @@ def test_metadata_arrays_grow_in_place_and_reset_on_free() -> None:
     mem.set_page_flag(p, PG_PRIVATE)
     mem.set_movable(p, owner)
     assert mem.flags[p] == PG_PRIVATE | PG_MOVABLE and mem.is_movable(p)
+    assert mem.test_page_flag(p, PG_PRIVATE) and not mem.test_page_flag(p, PG_ISOLATED)
+    mem.clear_page_flag(p, PG_PRIVATE)
+    assert not mem.test_page_flag(p, PG_PRIVATE) and mem.test_page_flag(p, PG_MOVABLE)
     mem.free_page(p)
     assert mem.private[p] is None and mem.index[p] == INDEX_NONE
     assert mem.page_type[p] == 0 and mem.flags[p] == 0 and not mem.is_movable(p)
