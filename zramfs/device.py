@@ -168,7 +168,7 @@ class ZramDevice(WritebackMixin, RecompressMixin, StatsMixin):
             # (A flush may have created them already: keep its count.)
             if not self._stripes:
                 self._stripes = new_stripes()
-            self._meta = _Meta(nr_pages, pool, comps, table)
+            self._meta = _Meta(pool, comps, table)
             self.pool = pool
             self.disksize = disksize
 

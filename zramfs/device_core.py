@@ -35,9 +35,7 @@ U64 = (1 << 64) - 1
 class _Meta:
     """Everything disksize creates and reset destroys (zram_meta_alloc + the comps)."""
 
-    def __init__(self, nr_pages: int, pool: Pool, comps: list[codecs.Codec | None],
-                 table: SlotTable) -> None:
-        self.nr_pages = nr_pages
+    def __init__(self, pool: Pool, comps: list[codecs.Codec | None], table: SlotTable) -> None:
         self.pool = pool
         self.comps = comps
         self.table = table

@@ -83,12 +83,11 @@ READ_NS = 14
 WRITE_IOS = 15
 WRITE_SECTORS = 16
 WRITE_NS = 17
-DISCARD_IOS = 18
-DISCARD_SECTORS = 19
-FLUSH_IOS = 20
-GENERATION = 21   # bumped on every slot update in the stripe (read-modify-write check)
-MAX_USED = 22     # highest pool page count this stripe saw (max over stripes = mem_used_max)
-NR_COUNTERS = 23
+# no discard counters: zram completes a discard before the block layer would account it
+FLUSH_IOS = 18
+GENERATION = 19   # bumped on every slot update in the stripe (read-modify-write check)
+MAX_USED = 20     # highest pool page count this stripe saw (max over stripes = mem_used_max)
+NR_COUNTERS = 21
 
 
 MADV_DONTNEED_LOCKED = 24      # uapi/asm-generic/mman-common.h (Linux 5.18+)
