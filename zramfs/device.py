@@ -1,18 +1,18 @@
 """ZramDevice and Registry: zram's block device and zram-control, on the allocator.
 
-A device is put together the way the kernel's config options split zram_drv.c, one
-module per part, each owning its share of the methods:
+Owns what drivers/block/zram/zram_drv.c does (zram.md §1–§5), put together the way the
+kernel's config options split it, one module per part:
 
-* here: lifecycle, configuration and zram-control (zram.md §1–§2) — struct zram's fields
-  (zram_add), open/close, disksize_store (zram_meta_alloc + comps), reset_store
-  (zram_reset_device, zram_meta_free), comp_algorithm / recomp_algorithm /
-  algorithm_params, mem_limit_store, compact_store, the device's locks (`dev_lock`, the
-  kernel's init_lock; `_compact_lock`), and `Registry` (hot_add / hot_remove);
-* `zramfs.device_io`: the data path (zram.md §3) — read, write, multi-page and partial
-  I/O, same-filled and HUGE pages, slot_free, discard, flush, punch_hole / zero_range;
-* `zramfs.device_writeback`: CONFIG_ZRAM_WRITEBACK (zram.md §4) — the backing device,
-  idle marking, writeback and its limits;
-* `zramfs.device_recompress`: CONFIG_ZRAM_MULTI_COMP (zram.md §5) — recompression;
+* here: lifecycle, configuration and zram-control — struct zram's fields (zram_add),
+  open/close, disksize_store (zram_meta_alloc + comps), reset_store (zram_reset_device,
+  zram_meta_free), comp_algorithm / recomp_algorithm / algorithm_params,
+  mem_limit_store, compact_store, the device's locks (`dev_lock`, the kernel's
+  init_lock, and `_compact_lock`), and `Registry` (hot_add / hot_remove);
+* `zramfs.device_io`: the data path — read, write, multi-page and partial I/O,
+  same-filled and HUGE pages, slot_free, discard, flush, punch_hole / zero_range;
+* `zramfs.device_writeback`: CONFIG_ZRAM_WRITEBACK — the backing device, idle marking,
+  writeback and its limits;
+* `zramfs.device_recompress`: CONFIG_ZRAM_MULTI_COMP — recompression;
 * `zramfs.device_stats`: `DeviceStats` and the numbers of mm_stat, io_stat, bd_stat,
   debug_stat and the block-layer stat;
 * `zramfs.device_core`: what they share (the typed fields, `_Meta`, the stripe helpers).
@@ -102,6 +102,7 @@ class ZramDevice(WritebackMixin, RecompressMixin, StatsMixin):
         self.comp_params: list[CompParams] = [CompParams() for _ in range(ZRAM_MAX_COMPS)]
         self.limit_pages = 0
         self._max_used_floor = 0
+        # CONFIG_ZRAM_WRITEBACK's fields (device_writeback)
         self.backing: _BackingDev | None = None
         self.wb_limit_enable = False
         self.bd_wb_limit = 0
@@ -235,6 +236,7 @@ class ZramDevice(WritebackMixin, RecompressMixin, StatsMixin):
             self.comp_algs[prio] = name
 
     def find_priority(self, algo: str) -> int | None:
+        """The priority `algo` is configured at (algorithm_params' algo=), or None."""
         for prio, name in enumerate(self.comp_algs):
             if name == algo:
                 return prio

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from allocator import PhysicalMemory, Pool
+from allocator import Pool
 from allocator.locks import Mutex
 
 from . import codecs
@@ -49,11 +49,11 @@ class DeviceCore:
     """The fields of struct zram the parts of a device share, and the helpers they all use.
 
     The parts (`IOPathMixin`, `WritebackMixin`, `RecompressMixin`, `StatsMixin` and
-    `ZramDevice` itself) derive from this class; only `ZramDevice` is ever instantiated.
+    `ZramDevice` itself) derive from this class; only `ZramDevice` is ever instantiated,
+    and its `__init__` sets every field; a field only one part uses is declared by that part.
     """
 
     name: str
-    memory: PhysicalMemory
     dev_lock: Mutex
     clock: Callable[[], float]
     disksize: int
@@ -66,7 +66,6 @@ class DeviceCore:
     #: mem_used_max is max(this, every stripe's MAX_USED): mem_used_max_store sets it
     _max_used_floor: int
     backing: _BackingDev | None
-    compressed_writeback: bool
 
     def _require_meta(self) -> _Meta:
         meta = self._meta

@@ -1,20 +1,28 @@
 """The data path of a zram device: reads, writes, discards and the slots they change.
 
-Owns what zram_drv.c does for a bio (zram.md §3): zram_bio_read() / zram_bio_write() of
-whole and partial pages (zram_read_page, zram_write_page, zram_bvec_write_partial's
-read-modify-write), same-filled pages (page_same_filled: no allocation), HUGE pages
-stored raw once the compressed length reaches the pool's huge_class_size
+Owns what zram_drv.c does for a bio: zram_bio_read() / zram_bio_write() of whole and
+partial pages (zram_read_page, zram_write_page, zram_bvec_write_partial's
+read-modify-write), same-filled pages (page_same_filled: no allocation), HUGE pages stored
+raw once the compressed length reaches the pool's huge_class_size
 (write_incompressible_page), the mem_limit check after zs_malloc (zram_can_store_page),
 slot_free(), zram_bio_discard(), REQ_PREFLUSH, and for files punch_hole / zero_range.
+
+One page read and one page store are written out plainly, as the kernel does them:
+`_load_page` (zram_read_page) and `_store_page` (zram_write_page).  They are the reference:
+the partial and unaligned paths use them, and the hot paths are hand-inlined copies of
+them — `read`'s 4 KiB branch and `_read_pages` of the read, `_write_page` and
+`_write_pages` of the store — which a test runs against the references on random devices
+(tests/test_device.py::test_hot_paths_agree_with_the_reference_page_read_and_store).  A
+change to what a page read or store does goes into the reference and every copy of it.
 
 Concurrency: the kernel's per-entry lock is a striped lock (`zramfs.slots`); a slot is
 only read or changed under its stripe, and the counters that change with a slot are kept
 per stripe, so the data path takes no device-wide lock.  Compression happens before the
-slot lock is taken, like zram_write_page(); a single-page read decompresses under the
-lock, like zram_read_page(), while a multi-page read copies each object out under its
-lock and decompresses after dropping it.  Sub-block writes check a per-stripe generation
-number when they commit, so two partial writers of one block never lose each other's
-bytes while both still compress outside the lock.
+slot lock is taken, like zram_write_page(); a page read decompresses under the lock,
+like zram_read_page(), except in a multi-page read, which copies each object out under
+its lock and decompresses after dropping it.  Sub-block writes check a per-stripe
+generation number when they commit, so two partial writers of one block never lose each
+other's bytes while both still compress outside the lock.
 """
 from __future__ import annotations
 
@@ -123,6 +131,7 @@ class IOPathMixin(DeviceCore):
         return meta.pool.read_object(h, size), (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
 
     def _decompress(self, meta: _Meta, data: bytes, prio: int) -> bytes:
+        """The page from `_decode_locked`'s bytes and priority (-1: they are the page)."""
         if prio < 0:
             return data
         comp = meta.comps[prio]
@@ -131,8 +140,8 @@ class IOPathMixin(DeviceCore):
         return comp.decompress(data, PAGE_SIZE)
 
     def _load_page(self, meta: _Meta, index: int, touch: bool) -> tuple[bytes, int]:
-        """zram_read_page(): the page at `index` and the stripe generation it was read at — the
-        reference page read.
+        """The reference page read (zram_read_page): the page at `index`, and the generation
+        of its stripe when it was read (for a read-modify-write's commit).
 
         Under the slot's stripe, as the kernel holds the slot lock: the slot's bytes (the
         fill word of a SAME slot, the pool object, the backing block), decompressed with the
@@ -240,9 +249,8 @@ class IOPathMixin(DeviceCore):
         t0 = _perf_ns()
         try:
             if not offset & (PAGE_SIZE - 1) and end - offset == PAGE_SIZE:
-                # One full page: _load_page inlined, and decompressed under the slot lock as
-                # zram_read_page() does (zram_read_from_zspool runs between slot lock and
-                # unlock), so the request is accounted in the same critical section.
+                # One full page: _load_page(touch=True) inlined, the request accounted in the
+                # same critical section (one stripe round trip).
                 t = meta.table
                 with first_stripe.lock:
                     f = t.flags[index]

@@ -1,11 +1,11 @@
 """Recompression of stored slots with secondary algorithms (CONFIG_ZRAM_MULTI_COMP).
 
-Owns zram.md §5: recompress_store after parsing (which priorities to try, the
-threshold and max_pages budget, the idle/huge filters), its scan of the slot table
-(scan_slots_for_recompress, largest objects first) and recompress_slot(): decompress,
-try each secondary compressor in priority order, keep the first result that lands in a
-smaller size class, mark INCOMPRESSIBLE what no algorithm could shrink.  Configuring the
-secondary algorithms (recomp_algorithm, algorithm_params) is lifecycle: `zramfs.device`.
+Owns recompress_store after parsing (which priorities to try, the threshold and
+max_pages budget, the idle/huge filters), its scan of the slot table
+(scan_slots_for_recompress, largest objects first) and recompress_slot(): decompress, try
+each secondary compressor in priority order, keep the first result that lands in a smaller
+size class, mark INCOMPRESSIBLE what no algorithm could shrink.  Configuring the secondary
+algorithms (recomp_algorithm, algorithm_params) is lifecycle: `zramfs.device`.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ RECOMP_HUGE = 2
 class RecompressMixin(IOPathMixin):
     """Recompression of `ZramDevice`'s slots with its secondary algorithms."""
 
+    # ---- recompression (zram.md §5)
     def recompress(self, *, mode: int = 0, threshold: int = 0, max_pages: int = U64,
                    algo: str | None = None, prio: int | None = None) -> None:
         """recompress_store after parsing (current kernels, chained recompression)."""

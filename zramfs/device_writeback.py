@@ -1,12 +1,12 @@
 """Writeback, idle marking and the backing device of a zram device (CONFIG_ZRAM_WRITEBACK).
 
-Owns zram.md §4: the backing file and its block bitmap (backing_dev_store,
-alloc_block_bdev / free_block_bdev), the writeback budget and knobs (writeback_limit,
-writeback_limit_enable, writeback_batch_size, compressed_writeback), idle marking with
-access times (idle_store, mark_idle) and writeback_store itself: scan_slots_for_writeback,
-the zram_pp_ctl largest-first order, zram_writeback_slots and zram_writeback_complete.
-Reading a written-back slot back (read_from_bdev) and freeing its block on overwrite or
-discard (slot_free) are the I/O path's, in `zramfs.device_io`.
+Owns the backing file and its block bitmap (backing_dev_store, alloc_block_bdev /
+free_block_bdev), the writeback budget and knobs (writeback_limit, writeback_limit_enable,
+writeback_batch_size, compressed_writeback), idle marking with access times (idle_store,
+mark_idle) and writeback_store itself: scan_slots_for_writeback, the zram_pp_ctl
+largest-first order, zram_writeback_slots and zram_writeback_complete.  Reading a
+written-back slot back (read_from_bdev) and freeing its block on overwrite or discard
+(slot_free) are the I/O path's, in `zramfs.device_io`.
 """
 from __future__ import annotations
 
@@ -100,6 +100,7 @@ class WritebackMixin(IOPathMixin):
     wb_limit_enable: bool
     bd_wb_limit: int
     wb_batch_size: int
+    compressed_writeback: bool
 
     def set_backing_dev(self, path: str) -> None:
         with self.dev_lock:
