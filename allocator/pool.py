@@ -248,10 +248,12 @@ class Pool:
             self.pages_allocated += n
 
     def track_zspage(self, zspage: Zspage) -> None:
+        """Remember a new zspage (alloc_zspage) for zspages() and destroy."""
         with self._zspages_lock:
             self._zspages.add(zspage)
 
     def untrack_zspage(self, zspage: Zspage) -> None:
+        """Forget a freed zspage (__free_zspage)."""
         with self._zspages_lock:
             self._zspages.discard(zspage)
 

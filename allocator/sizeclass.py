@@ -3,9 +3,12 @@
 This module owns every constant that zsmalloc derives from PAGE_SIZE, the chain size
 (ZS_MAX_PAGES_PER_ZSPAGE) and MAX_POSSIBLE_PHYSMEM_BITS, the page-count rule that picks
 pages_per_zspage for a class size, the class-building loop of zs_create_pool with its
-merging of equivalent slots, the (boot-global in the kernel) huge_class_size and
-get_size_class_index.  Nothing here allocates memory or takes locks; a `ClassTable` is an
-immutable description shared by every pool that uses the same parameters.
+merging of equivalent slots, the (boot-global in the kernel) huge_class_size,
+get_size_class_index, and the fullness rule: ``get_fullness_group`` with its threshold
+``almost_empty_limit``, the one statement of the rule (`allocator.fullness` moves zspages
+by it; the pool's inlined copy is checked against it by ``tests/test_pool_reference.py``).
+Nothing here allocates memory or takes locks; a `ClassTable` is an immutable description
+shared by every pool that uses the same parameters.
 
 Two page-count rules are supported:
 
