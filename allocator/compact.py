@@ -10,7 +10,7 @@ queued on migrate_lock after a destination fills up (rwlock_is_contended).
 
 This module owns that algorithm and the "how much could it free" counts (zs_can_compact,
 zs_shrinker_count).  The list and slot operations it uses are the readable ones of
-`allocator.fullness` and `allocator.zspage_ops`; it reads the pool, never imports it.
+`allocator.fullness` and `allocator.zspage_ops`; it imports the pool only for type checking.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Migration never fails in 5.17 (MIGRATE_SYNC_NO_COPY is the only -EINVAL, and the
 layer never asks for it).
 
 This module owns those three callbacks; the chain rebuild they end with is
-`allocator.zspage_ops.replace_sub_page`.  It reads the pool, never imports it.
+`allocator.zspage_ops.replace_sub_page`.  It imports the pool only for type checking.
 """
 
 from __future__ import annotations
