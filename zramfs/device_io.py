@@ -18,11 +18,10 @@ change to what a page read or store does goes into the reference and every copy 
 Concurrency: the kernel's per-entry lock is a striped lock (`zramfs.slots`); a slot is
 only read or changed under its stripe, and the counters that change with a slot are kept
 per stripe, so the data path takes no device-wide lock.  Compression happens before the
-slot lock is taken, like zram_write_page(); a page read decompresses under the lock,
-like zram_read_page(), except in a multi-page read, which copies each object out under
-its lock and decompresses after dropping it.  Sub-block writes check a per-stripe
-generation number when they commit, so two partial writers of one block never lose each
-other's bytes while both still compress outside the lock.
+slot lock is taken, like zram_write_page(); a page is decompressed under its slot lock,
+like zram_read_page().  Sub-block writes check a per-stripe generation number when they
+commit, so two partial writers of one block never lose each other's bytes while both
+still compress outside the lock.
 """
 from __future__ import annotations
 
@@ -295,12 +294,12 @@ class IOPathMixin(DeviceCore):
         """zram_bio_read() of whole pages: `_load_page(touch=True)` for each, hand-inlined.
 
         The hot loop of every multi-page read (128 KiB requests: a quarter of its CPU was
-        Python call overhead).  It differs from `_load_page` in one respect, on purpose: a
-        compressed object is copied out of the pool under its slot lock (zs_map_object RO)
-        and decompressed after the lock is dropped, so the page is marked accessed before
-        it is decompressed; `_unmark_accessed` takes the mark back from a page that then
-        fails, leaving it as the kernel does.  On an error the failing page's index is in
-        the exception's ``block`` attribute.
+        Python call overhead).  Each page is read as `_load_page` reads it: under its slot
+        lock the object is copied out of the pool (zs_map_object RO) and decompressed, and a
+        page that was read is marked accessed; the common case, a compressed object in the
+        pool, is inlined.  (Decompressing after dropping the lock, as this loop once did,
+        marked a page accessed before knowing it could be read, and was no faster.)  On an
+        error the failing page's index is in the exception's ``block`` attribute.
         """
         t = meta.table
         flags, handles, ac_time = t.flags, t.handle, t.ac_time
@@ -317,42 +316,24 @@ class IOPathMixin(DeviceCore):
                 with stripes[i & STRIPE_MASK].lock:
                     f = flags[i]
                     h = handles[i]
-                    if not f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE) and h:
-                        data = read_object(h, f & SIZE_MASK)       # compressed object
+                    if not f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE) and h:   # compressed object
+                        prio = (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
+                        comp = comps[prio]
+                        data = read_object(h, f & SIZE_MASK)
+                        append(comp.decompress(data, PAGE_SIZE) if comp is not None
+                               else self._decompress(meta, data, prio))   # raises: no compressor
                     elif f == 0 and h == 0:
                         append(_ZERO_PAGE)                         # never written: no mark
                         continue
-                    else:                                          # all under the lock
+                    else:
                         data, prio = self._decode_locked(meta, i, f, h)
                         append(data if prio < 0 else self._decompress(meta, data, prio))
-                        flags[i] = f & keep
-                        ac_time[i] = now
-                        continue
-                    ac = ac_time[i]
                     flags[i] = f & keep
                     ac_time[i] = now
-                prio = (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
-                comp = comps[prio]
-                try:
-                    append(comp.decompress(data, PAGE_SIZE) if comp is not None
-                           else self._decompress(meta, data, prio))   # raises: no compressor
-                except ZramError:
-                    self._unmark_accessed(meta, i, f, h, ac)
-                    raise
         except ZramError as exc:
             exc.block = i
             raise
         return out
-
-    def _unmark_accessed(self, meta: _Meta, index: int, f: int, h: int, ac: int) -> None:
-        """Give a page `_read_pages` marked accessed, then failed to decompress, its flags
-        `f` and access time `ac` back, unless the slot changed since (it no longer holds
-        handle `h` with the flags the mark left)."""
-        t = meta.table
-        with self._stripes[index & STRIPE_MASK].lock:
-            if t.handle[index] == h and t.flags[index] == f & ~ACCESS_CLEARED:
-                t.flags[index] = f
-                t.ac_time[index] = ac
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         """Write at any offset/length; partial blocks by read-modify-write.
