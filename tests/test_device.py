@@ -18,8 +18,8 @@ from zramfs.device import (RECOMP_HUGE, WB_HUGE, WB_IDLE, WB_INCOMPRESSIBLE, Com
 from zramfs.device_stats import _account
 from zramfs.errors import IOFailure, NoSpace, ZramError
 from zramfs.slots import (FAILED_READS, FLUSH_IOS, READ_IOS, READ_NS, READ_SECTORS, SIZE_MASK,
-                          SLOT_BYTES, STRIPE_MASK, WRITE_IOS, WRITE_NS, WRITE_SECTORS, ZRAM_HUGE, ZRAM_IDLE,
-                          ZRAM_INCOMPRESSIBLE, ZRAM_SAME, ZRAM_WB, SlotTable)
+                          SLOT_BYTES, STRIPE_MASK, WRITE_IOS, WRITE_NS, WRITE_SECTORS, ZRAM_HUGE,
+                          ZRAM_IDLE, ZRAM_INCOMPRESSIBLE, ZRAM_SAME, ZRAM_WB, SlotTable)
 
 from zram_data import PAGE, device_hash, half_page, mixed_page, random_page, same_page, text_page
 
@@ -797,6 +797,14 @@ def test_hot_paths_agree_with_the_reference_page_read_and_store(tmp_path, seed):
     def pages(n: int) -> bytes:
         return b"".join(rng.choice(kinds)(rng) for _ in range(n))
 
+    def write_both(offset: int, buf: bytes, payload=None) -> None:
+        """`payload` (default `buf`) to the fast twin, `buf` to the reference one."""
+        got = outcome(fast.write, offset, buf if payload is None else payload)
+        assert got == outcome(reference_write, ref, offset, buf)
+
+    def read_both(offset: int, n: int) -> None:
+        assert outcome(fast.read, offset, n) == outcome(reference_read, ref, offset, n)
+
     for _ in range(300):
         clock.t += 1
         op = rng.randrange(100)
@@ -804,27 +812,25 @@ def test_hot_paths_agree_with_the_reference_page_read_and_store(tmp_path, seed):
             i = rng.randrange(npages)
             if rng.random() < 0.5:
                 buf = pages(1)
-                payload = buf if rng.random() < 0.8 else bytearray(buf)
-                assert outcome(fast.write, i * PAGE, payload) == outcome(reference_write, ref, i * PAGE, buf)
+                write_both(i * PAGE, buf, buf if rng.random() < 0.8 else bytearray(buf))
             else:
-                assert outcome(fast.read, i * PAGE, PAGE) == outcome(reference_read, ref, i * PAGE, PAGE)
+                read_both(i * PAGE, PAGE)
         elif op < 50:                                 # runs of pages: _write_pages, _read_pages
             n = rng.randrange(2, 33)
             i = rng.randrange(npages - n + 1)
             if rng.random() < 0.5:
                 buf = pages(n)
-                payload = buf if rng.random() < 0.5 else bytearray(buf)   # FUSE gives bytes
-                assert outcome(fast.write, i * PAGE, payload) == outcome(reference_write, ref, i * PAGE, buf)
+                # FUSE gives bytes; the loop device's path and others may not
+                write_both(i * PAGE, buf, buf if rng.random() < 0.5 else bytearray(buf))
             else:
-                assert outcome(fast.read, i * PAGE, n * PAGE) == outcome(reference_read, ref, i * PAGE, n * PAGE)
+                read_both(i * PAGE, n * PAGE)
         elif op < 65:                                 # partial pages
             off = rng.randrange(MiB - 1)
             n = rng.randrange(1, min(3 * PAGE, MiB - off) + 1)
             if rng.random() < 0.5:
-                buf = pages(1 + n // PAGE)[:n]
-                assert outcome(fast.write, off, buf) == outcome(reference_write, ref, off, buf)
+                write_both(off, pages(1 + n // PAGE)[:n])
             else:
-                assert outcome(fast.read, off, n) == outcome(reference_read, ref, off, n)
+                read_both(off, n)
         elif op < 75:
             off, n = rng.randrange(MiB), rng.randrange(1, 40 * PAGE)
             for d in twins:
@@ -840,15 +846,17 @@ def test_hot_paths_agree_with_the_reference_page_read_and_store(tmp_path, seed):
             mode = rng.choice([WB_HUGE, WB_IDLE, WB_HUGE | WB_IDLE])
             lo = rng.randrange(npages)
             hi = min(npages, lo + rng.randrange(1, 64))
-            assert outcome(fast.writeback, [(mode, lo, hi)]) == outcome(ref.writeback, [(mode, lo, hi)])
+            assert outcome(fast.writeback, [(mode, lo, hi)]) == \
+                outcome(ref.writeback, [(mode, lo, hi)])
         elif op < 97:
             mode = rng.choice([0, RECOMP_HUGE])
             assert outcome(fast.recompress, mode=mode, max_pages=8) == \
                 outcome(ref.recompress, mode=mode, max_pages=8)
         else:                   # a compressed object goes bad: EIO, and read as every path does
             f = fast._meta.table.np_flags
-            objects = np.flatnonzero(((f & SIZE_MASK) != 0) & ((f & (ZRAM_SAME | ZRAM_HUGE)) == 0))
-            on_disk = np.flatnonzero(((f & SIZE_MASK) != 0) & ((f & ZRAM_WB) != 0))
+            sized = (f & SIZE_MASK) != 0
+            objects = np.flatnonzero(sized & ((f & (ZRAM_SAME | ZRAM_HUGE)) == 0))
+            on_disk = np.flatnonzero(sized & ((f & ZRAM_WB) != 0))
             if not objects.size:
                 continue
             i = int(rng.choice(on_disk if on_disk.size and rng.random() < 0.5 else objects))
@@ -858,7 +866,7 @@ def test_hot_paths_agree_with_the_reference_page_read_and_store(tmp_path, seed):
             lo = rng.randrange(max(0, i - 3), i + 1)
             off, n = rng.choice([(i * PAGE, PAGE), (lo * PAGE, (i - lo + 2) * PAGE),
                                  (i * PAGE + 100, 50), (lo * PAGE + 7, (i - lo + 1) * PAGE)])
-            assert outcome(fast.read, off, n) == outcome(reference_read, ref, off, n)
+            read_both(off, n)
         assert_twins_agree(fast, ref)
     for i in range(npages):
         assert outcome(fast._load_page, fast._meta, i, False) == \

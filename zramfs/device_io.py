@@ -379,8 +379,8 @@ class IOPathMixin(DeviceCore):
         started at `t0` (perf_counter_ns), is accounted in the commit's critical section, so
         a 4 KiB write takes its stripe once.  Not `_write_pages` with a count of one: setting
         up its loop (bound methods hoisted into locals) made a 4 KiB write 7 % slower and a
-        same-filled one 27 % (0.7 and 1 µs, scripts/bench_device_ab.py's pages).  A test keeps this copy and the reference in step
-        (see `_store_page`).
+        same-filled one 27 % (0.7 and 1 µs, scripts/bench_device_ab.py's pages).  A test
+        keeps this copy and the reference in step (see `_store_page`).
         """
         t = meta.table
         stripe = self._stripes[index & STRIPE_MASK]
@@ -476,7 +476,8 @@ class IOPathMixin(DeviceCore):
                 stripe = stripes[i & STRIPE_MASK]
                 first = page[:8]
                 if page[-8:] == first and page == first * (PAGE_SIZE // 8):   # same-filled
-                    handle, newflags, size, alloced = int.from_bytes(first, "little"), ZRAM_SAME, 0, 0
+                    handle, newflags = int.from_bytes(first, "little"), ZRAM_SAME
+                    size = alloced = 0
                 else:
                     comp = compress(page)                           # outside the slot lock
                     size = len(comp)
