@@ -820,7 +820,7 @@ def test_hot_paths_agree_with_the_reference_page_read_and_store(tmp_path, seed):
             i = rng.randrange(npages - n + 1)
             if rng.random() < 0.5:
                 buf = pages(n)
-                # FUSE gives bytes; the loop device's path and others may not
+                # FUSE gives bytes; other callers may not
                 write_both(i * PAGE, buf, buf if rng.random() < 0.5 else bytearray(buf))
             else:
                 read_both(i * PAGE, n * PAGE)
