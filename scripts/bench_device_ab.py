@@ -14,7 +14,8 @@ With two roots it imports both trees (each its own `allocator` and `zramfs`) int
 and interleaves their rounds, A B B A ... (best of 15 by default), so both see the same
 machine moment for moment: on a shared, noisy machine separate processes drift by several
 per cent between runs, and the second of two back-to-back processes tends to be the faster.
-It prints both and B/A:
+It prints both and B/A; running it again with the roots swapped shows what is left of the
+noise (on a 2-core shared machine: a tree against itself within ±5 %):
 
     python3 scripts/bench_device_ab.py /tmp/base . [ROUNDS]
 """
