@@ -202,7 +202,8 @@ class IOPathMixin(DeviceCore):
             except OutOfMemory:
                 raise IOFailure(f"{self.name}: out of memory for a {size}-byte object") from None
             alloced = pool.total_pages
-            if self.limit_pages and alloced > self.limit_pages:
+            limit = self.limit_pages   # read once: mem_limit_store may run meanwhile
+            if limit and alloced > limit:
                 pool.free(handle)
                 with stripe.lock:   # update_used_max() comes before the limit check
                     _update_used_max(stripe.counters, alloced)
@@ -442,17 +443,16 @@ class IOPathMixin(DeviceCore):
         """zram_bio_write() of whole pages: `_store_page` for each, hand-inlined, in one frame.
 
         The hot path of multi-page writes (128 KiB requests; also 4 KiB ones that are not
-        `bytes`): per page it
-        does what `_store_page` does — same-filled pages kept as their word, compression
-        outside the slot lock, zs_malloc, the mem_limit check (read per page, as the kernel
-        does, so a limit set during a long write applies from the next page), the copy, the
-        slot swapped under its stripe and the old object freed last — with the method calls
-        and attribute look-ups hoisted out of the loop (a quarter of a 128 KiB write's own
-        CPU was Python call overhead).  Only the old slot's common case (a compressed object
-        or nothing) is freed inline; SAME, HUGE and written-back slots go through
-        `_slot_free`.  The request, started at `t0` (perf_counter_ns), is accounted in the
-        last page's commit.  A test keeps this copy and the reference in step (see
-        `_store_page`).
+        `bytes`): per page it does what `_store_page` does — same-filled pages kept as their
+        word, compression outside the slot lock, zs_malloc, the mem_limit check (read per
+        page, as the kernel does, so a limit set during a long write applies from the next
+        page), the copy, the slot swapped under its stripe and the old object freed last —
+        with the method calls and attribute look-ups hoisted out of the loop (a quarter of a
+        128 KiB write's own CPU was Python call overhead).  Only the old slot's common case
+        (a compressed object or nothing) is freed inline; SAME, HUGE and written-back slots
+        go through `_slot_free`.  The request, started at `t0` (perf_counter_ns), is
+        accounted in the last page's commit.  A test keeps this copy and the reference in
+        step (see `_store_page`).
 
         On an error the failing page's index is in the exception's ``block`` attribute; the
         pages before it are written, it and the ones after it keep their old content.
@@ -472,7 +472,7 @@ class IOPathMixin(DeviceCore):
         try:
             for i in range(index, last + 1):
                 off = (i - index) << PAGE_SHIFT
-                page = data[off:off + PAGE_SIZE]     # the request itself when it is one page
+                page = data[off:off + PAGE_SIZE]
                 stripe = stripes[i & STRIPE_MASK]
                 first = page[:8]
                 if page[-8:] == first and page == first * (PAGE_SIZE // 8):   # same-filled
