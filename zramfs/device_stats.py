@@ -40,7 +40,8 @@ class DeviceStats:
 
 def _account(stripe: Stripe, ios: int, sectors: int, ticks: int, nbytes: int, ns: int) -> None:
     """The block layer's per-request accounting (ios, sectors, time), in the stripe of the
-    request's first page.  Single-page requests do it inline, inside their commit."""
+    request's first page.  4 KiB reads and whole-page writes do it inline instead, in the
+    critical section of their (last) page's commit."""
     with stripe.lock:
         c = stripe.counters
         c[ios] += 1

@@ -103,6 +103,7 @@ class WritebackMixin(IOPathMixin):
     compressed_writeback: bool
 
     def set_backing_dev(self, path: str) -> None:
+        """backing_dev_store: EBUSY once initialised; the old backing file is closed."""
         with self.dev_lock:
             if self._meta is not None:
                 raise DeviceBusy("Can't setup backing device for initialized device")
@@ -112,20 +113,24 @@ class WritebackMixin(IOPathMixin):
                 old.close()
 
     def set_writeback_limit(self, units: int) -> None:
+        """writeback_limit_store: the budget, in 4 KiB units, writeback may still use."""
         with self.dev_lock:
             self.bd_wb_limit = units  # 4 KiB units; PAGE_SIZE/4096 == 1 so no rounding here
 
     def set_writeback_limit_enable(self, enable: bool) -> None:
+        """writeback_limit_enable_store: whether writeback spends the budget."""
         with self.dev_lock:
             self.wb_limit_enable = bool(enable)
 
     def set_writeback_batch_size(self, n: int) -> None:
+        """writeback_batch_size_store: EINVAL for 0 (kept and shown; writes are synchronous)."""
         if n == 0:
             raise InvalidInput("writeback_batch_size: zero")
         with self.dev_lock:
             self.wb_batch_size = n
 
     def set_compressed_writeback(self, enable: bool) -> None:
+        """compressed_writeback_store: EBUSY once initialised."""
         with self.dev_lock:
             if self._meta is not None:
                 raise DeviceBusy("Can't change compressed writeback for initialized device")
