@@ -176,6 +176,7 @@ OTHER: dict[str, dict[bytes, int]] = {
     "sys/module/zramfs/parameters/compact_interval_ms": {
         **_KSTRTO_EINVAL, HUGE: errno.ERANGE, OVF: errno.ERANGE, BIN: errno.EINVAL,
         UNDERSCORE: errno.EINVAL},
+    "sys/module/zramfs/parameters/compact_policy": every(errno.EINVAL),
     "sys/module/zramfs/parameters/compact_threshold_pages": {
         **_KSTRTO_EINVAL, HUGE: errno.ERANGE, OVF: errno.ERANGE, BIN: errno.EINVAL,
         UNDERSCORE: errno.EINVAL},
