@@ -30,15 +30,6 @@ from zramfs.slots import STRIPE_LOCK
 PAGE = 4096
 
 
-@pytest.fixture
-def lockdep() -> Iterator[None]:
-    set_lockdep(True)
-    try:
-        yield
-    finally:
-        set_lockdep(False)
-
-
 def pages(n: int, seed: int) -> list[bytes]:
     """Pages of varied compressibility (several size classes), none same-filled."""
     out = []

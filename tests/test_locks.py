@@ -35,15 +35,6 @@ def fresh_class(rank: int | None = None, rw: bool = False) -> LockClass:
     return LockClass(f"test.{next(_uniq)}", rank, rw=rw)
 
 
-@pytest.fixture
-def lockdep() -> Iterator[None]:
-    set_lockdep(True)
-    try:
-        yield
-    finally:
-        set_lockdep(False)
-
-
 def run_threads(targets: list[Callable[[], None]], timeout: float = 10.0) -> None:
     """Start threads, join them with a watchdog; fail (instead of hanging) if one is stuck and
     re-raise the first exception a thread raised."""

@@ -27,15 +27,6 @@ from allocator.memory import (
 OWNER_LOCK = LockClass("test.owner_lock", 25)
 
 
-@pytest.fixture
-def lockdep() -> Iterator[None]:
-    set_lockdep(True)
-    try:
-        yield
-    finally:
-        set_lockdep(False)
-
-
 class FakeOwner:
     """A movable-page owner in the zsmalloc mould: objects -> frames, each frame stamped with its
     object id; migrate copies the frame and relinks; free trylocks the page (as free_zspage)."""
