@@ -1,5 +1,6 @@
 """Compaction of the zsmalloc port: __zs_compact / zs_compact / zs_can_compact and the shrinker
-count (Linux 5.17 after "replace per zpage lock with pool->migrate_lock", reference §3.16).
+count (Linux 5.17 after "replace per zpage lock with pool->migrate_lock"; docs/zsmalloc.md,
+"Compaction and the shrinker").
 
 Per class, objects move from source zspages (ALMOST_EMPTY first, then ALMOST_FULL) into
 destination zspages (ALMOST_FULL first, then ALMOST_EMPTY) until the source is drained (it is
@@ -71,7 +72,8 @@ class CompactControl:
 def _find_alloced_obj(pool: Pool, cls: SizeClass, zspage: Zspage, pfn: int,
                       obj_idx: int) -> tuple[int, int]:
     """find_alloced_obj: scan the objects that *start* in frame `pfn`, from the per-page
-    index `obj_idx` (counted from first_obj_offset, E9), for an allocated one.
+    index `obj_idx` (counted from first_obj_offset; docs/zsmalloc.md, edge case "Two object
+    indices"), for an allocated one.
     Returns (handle or 0, index where the scan stopped)."""
     ps = pool.page_size
     size = cls.size
@@ -164,7 +166,8 @@ def migrate_zspage(pool: Pool, cls: SizeClass, src: Zspage, dst: Zspage,
 
 
 def zs_compact_class(pool: Pool, cls: SizeClass) -> int:
-    """__zs_compact: pages freed in this class (a deferred free counts too, E14)."""
+    """__zs_compact: pages freed in this class (a deferred free counts too: docs/zsmalloc.md,
+    edge case "pages_compacted counts deferred frees")."""
     pages_freed = 0
     dst = None
     src = None

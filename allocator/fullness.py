@@ -42,7 +42,8 @@ class SizeClass:
         self.huge = pages == 1 and objs == 1
         # the largest inuse that is still ALMOST_EMPTY, for the inlined fullness rule
         self.almost_empty_max = almost_empty_limit(objs)
-        # zspages freed by the async worker: 5.17 never decrements CLASS_EMPTY for them (E13)
+        # zspages freed by the async worker: 5.17 never decrements CLASS_EMPTY for them
+        # (docs/zsmalloc.md, edge case "Deferred free when a page lock is busy")
         self.deferred_freed = 0
         # bytes a mapping of an object of this class exposes
         self.usable = size if self.huge else size - ZS_HANDLE_SIZE

@@ -6,7 +6,7 @@ the MovableOps the memory layer calls (Pool.isolate_page/migrate_page/putback_pa
 here).  The memory layer holds the old frame's page lock (and the new one's) around these
 calls, exactly as the kernel's migration core does.
 
-Locking of zs_page_migrate (reference §3.15 / §4):
+Locking of zs_page_migrate (docs/zsmalloc.md, "Page migration callbacks" and "Locking in 5.17"):
     write(pool.migrate_lock) -> class.lock -> write(zspage.lock)
 released as migrate_lock, class.lock, (isolated--), zspage.lock.
 Migration never fails in 5.17 (MIGRATE_SYNC_NO_COPY is the only -EINVAL, and the memory
@@ -45,7 +45,8 @@ def zs_page_isolate(pool: Pool, pfn: int) -> bool:
     """zs_page_isolate: always succeeds; counts the isolation under the zspage write lock.
 
     It checks neither inuse nor list membership, so pages of an EMPTY zspage waiting for the
-    deferred free can be isolated too (that is the race E19 is about)."""
+    deferred free can be isolated too (the race of docs/zsmalloc.md, edge case "Async free
+    racing with migration")."""
     zspage = _get_zspage(pool, pfn)
     lock = zspage.lock
     lock.write_lock()

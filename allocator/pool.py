@@ -22,7 +22,7 @@ primitives in `zspage_ops`, handles in `handles`, compaction in `compact`, page 
 `migrate`, debugfs and debug walks in `stats`; nothing imports this module except for type
 checking.
 
-Locking (reference §4), outermost first:
+Locking (docs/zsmalloc.md, "Locking in 5.17"), outermost first:
     page lock -> pool.migrate_lock (rw) -> class.lock -> zspage.lock (rw)
 * malloc takes only class.lock (a new zspage is allocated with no lock held);
 * free and map take migrate_lock for reading to resolve handle -> obj -> page -> zspage,
@@ -86,9 +86,10 @@ class PoolStats:
 
 
 class _MapArea(threading.local):
-    """The per-CPU `mapping_area`, per thread here: an in-use flag, an identity for the E22
-    check, and a PAGE_SIZE copy buffer that exists only once this thread has mapped an object
-    spanning two frames.
+    """The per-CPU `mapping_area`, per thread here: an in-use flag, an identity for the check
+    that the mapping thread unmaps (docs/zsmalloc.md, edge case "One mapping per CPU"), and a
+    PAGE_SIZE copy buffer that exists only once this thread has mapped an object spanning two
+    frames.
 
     Why lazy: the zram data path (read_object/write_object) only tests `active`, and mapping
     an object inside one frame copies nothing; yet a thread-local's __init__ runs for every
@@ -504,7 +505,8 @@ class Pool:
             return
         area = self._area
         if area.owner is not m.area:
-            # E22: zs_unmap_object must run where the map ran (per-CPU area + local_lock)
+            # zs_unmap_object must run where the map ran (per-CPU area + local_lock;
+            # docs/zsmalloc.md, edge case "One mapping per CPU")
             raise NestedMappingError("object unmapped by a thread that did not map it")
         m.zspage = None
         try:
@@ -647,7 +649,8 @@ class Pool:
         return _stats.obj_location(self, handle)
 
     def check_invariants(self) -> None:
-        """E11/E12/E24 on a quiescent pool; raises AssertionError with a message."""
+        """List membership, accounting and tag bits of a quiescent pool (`stats.check_invariants`);
+        raises AssertionError with a message."""
         _stats.check_invariants(self)
 
     # ------------------------------------------------------------------ destroy

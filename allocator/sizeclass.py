@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-# Constants that do not depend on the page size (reference §1).
+# Constants that do not depend on the page size (docs/zsmalloc.md, "Constants").
 ZSPAGE_MAGIC = 0x58
 ZS_ALIGN = 8
 ZS_HANDLE_SIZE = 8
@@ -150,7 +150,8 @@ def _div_round_up(a: int, b: int) -> int:
 @lru_cache(maxsize=None)
 def build_class_table(page_size: int = 4096, chain_size: int = 4, chain_rule: str = "max-used",
                       max_possible_physmem_bits: int = 52) -> ClassTable:
-    """Compute the class table exactly as zs_create_pool's loop does (reference §3.1–§3.3).
+    """Compute the class table exactly as zs_create_pool's loop does (docs/zsmalloc.md,
+    "Size classes, merging and the huge class").
 
     Cached per parameter set: in the kernel huge_class_size is a boot-global computed by the
     first pool; here every pool with the same parameters shares one table (and so one value).

@@ -2,12 +2,12 @@
 
 This module owns everything that only *reads* a pool to show or check it:
 
-* ``classes_table``: the debugfs `classes` file (zs_stats_size_show, reference §3.18) byte for
-  byte;
+* ``classes_table``: the debugfs `classes` file (zs_stats_size_show; docs/zsmalloc.md,
+  "Statistics and the debugfs classes file") byte for byte;
 * the debug walks of one zspage or object: ``obj_location``, ``read_word``,
   ``zspage_objects``, ``freelist``, ``dump_zspage``;
-* ``check_invariants``: the E11/E12/E24 consistency walk over a quiescent pool used by the
-  tests.
+* ``check_invariants``: the consistency walk over a quiescent pool used by the tests (list
+  membership, accounting, tag bits: the edge cases of docs/zsmalloc.md named below).
 
 `Pool` keeps thin methods for the ones its users call (``classes_table``, ``obj_location``,
 ``check_invariants``); the others are called as functions of this module.
@@ -130,13 +130,18 @@ def dump_zspage(pool: Pool, zspage: Zspage) -> str:
 def check_invariants(pool: Pool) -> None:
     """Walk every class, list and live zspage of a quiescent pool and check:
 
-    * E11: each listed zspage is on the list its `fullness` names and that equals
-      get_fullness_group(inuse); insert order is not checked (it is history-dependent);
-    * E12: stats[CLASS_*] == list lengths (+ zspages the async worker freed, whose
-      CLASS_EMPTY count 5.17 leaks), OBJ_ALLOCATED == live zspages * N, OBJ_USED == Σ inuse,
-      Σ pages == pages_allocated, inuse == allocated headers, freelist length;
-    * E24: every allocated header is handle|1 and that handle's cell points back to the
-      object; every live handle cell decodes to such an object.
+    * list membership ("List order and where zs_malloc looks"): each listed zspage is on the
+      list its `fullness` names and that equals get_fullness_group(inuse); insert order is not
+      checked (it is history-dependent);
+    * accounting ("Accounting invariants"): stats[CLASS_*] == list lengths (+ zspages the
+      async worker freed, whose CLASS_EMPTY count 5.17 leaks), OBJ_ALLOCATED == live zspages
+      * N, OBJ_USED == Σ inuse, Σ pages == pages_allocated, inuse == allocated headers,
+      freelist length;
+    * tag bits ("Tag bits in handles, headers and free slots"): every allocated header is
+      handle|1 and that handle's cell points back to the object; every live handle cell
+      decodes to such an object.
+
+    The quoted names are edge cases in docs/zsmalloc.md.
     """
     zspages = pool.zspages()
     live_by_class: dict[int, list] = {}
@@ -186,7 +191,7 @@ def check_invariants(pool: Pool) -> None:
                     assert nxt == want, f"pfn {pfn}: index {nxt} != next page {want}"
             allocated = 0
             for idx, pfn, off, word in zspage_objects(pool, z):
-                if idx >= cls.objs_per_zspage:       # the phantom is never allocated (E8)
+                if idx >= cls.objs_per_zspage:       # the phantom is never allocated
                     assert not word & OBJ_ALLOCATED_TAG, f"phantom allocated in {z!r}"
                     continue
                 if word & OBJ_ALLOCATED_TAG:

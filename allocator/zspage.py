@@ -14,7 +14,8 @@ This module owns:
   ``next_idx << OBJ_TAG_BITS`` (end of list ``-1UL << OBJ_TAG_BITS``), an allocated
   non-huge object's first word is ``handle | OBJ_ALLOCATED_TAG``.
 * `init_zspage`: the freelist layout of a fresh zspage, including the per-frame
-  first_obj_offset (page->page_type) and the "phantom" tail object (reference §3.5, E8).
+  first_obj_offset (page->page_type) and the "phantom" tail object (docs/zsmalloc.md,
+  "Zspages, page chains and the freelist" and edge case "The phantom freelist tail").
 
 Everything that touches page contents works on the arena viewed as 64-bit words
 (`words[byte_address >> 3]`): every header/link word is 8-byte aligned (ZS_ALIGN).
@@ -59,7 +60,8 @@ class Zspage:
 
     def __init__(self, lock) -> None:
         # cache_alloc_zspage uses kmem_cache_zalloc: every field starts at 0.  In particular
-        # class and fullness stay 0 until zs_malloc calls set_zspage_mapping (E20).
+        # class and fullness stay 0 until zs_malloc calls set_zspage_mapping (docs/zsmalloc.md,
+        # edge case "obj_malloc on a fresh zspage reads class 0").
         self.huge = False
         self.fullness = ZS_EMPTY
         self.class_idx = 0
@@ -126,8 +128,9 @@ def init_zspage(words, page_type, size: int, pages: list[int], page_shift: int) 
     starts in it lies, link every object that starts in the page to the next index, and let
     the last object that starts in the page link to the next index if there is a next page
     (that object may run into it) or carry the end marker otherwise.  One more "object" may
-    start in the last page than fits: the phantom, which receives the end marker (E8).  That happens whenever the zspage
-    has tail waste (sizes and waste are multiples of 16, so the phantom's header word fits).
+    start in the last page than fits: the phantom, which receives the end marker.  That
+    happens whenever the zspage has tail waste (sizes and waste are multiples of 16, so the
+    phantom's header word fits; docs/zsmalloc.md, edge case "The phantom freelist tail").
     """
     page_size = 1 << page_shift
     freeobj = 1

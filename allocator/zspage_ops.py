@@ -78,8 +78,9 @@ class ZsPool(MovableOps, Protocol):
 def obj_malloc(pool: ZsPool, zspage: Zspage, handle: int) -> int:
     """obj_malloc: pop the freelist head, write handle|OBJ_ALLOCATED_TAG in its header (a huge
     zspage keeps it in page->index instead); returns the obj.  Caller holds class->lock."""
-    # E20: for a fresh zspage class_idx is still 0 here; the lookup gives class 0, which
-    # is harmless because freeobj == 0 makes the offset 0 for any size.  Kept as in 5.17.
+    # For a fresh zspage class_idx is still 0 here; the lookup gives class 0, which is
+    # harmless because freeobj == 0 makes the offset 0 for any size.  Kept as in 5.17
+    # (docs/zsmalloc.md, edge case "obj_malloc on a fresh zspage reads class 0").
     cls = pool.size_class[zspage.class_idx]
     mem = pool.memory
     words = mem.words
@@ -220,7 +221,8 @@ def trylock_zspage(mem: PhysicalMemory, zspage: Zspage) -> bool:
 
 def lock_zspage(mem: PhysicalMemory, zspage: Zspage) -> None:
     """lock_zspage with the 2022 race fix (Sultan Alsawaf, "Fix races between
-    asynchronous zspage free and page migration"; reference §5 item 1, E19).
+    asynchronous zspage free and page migration"; docs/zsmalloc.md, "Async free made safe
+    against migration" and edge case "Async free racing with migration").
 
     5.17 walked the chain with sleeping lock_page and no zspage lock, so a concurrent
     migration could swap a subpage under it.  The fixed version only *tries* each page
@@ -289,7 +291,8 @@ def async_free_zspage(pool: ZsPool) -> None:
             head = cls.fullness_list[ZS_EMPTY]
             for zspage in list(head):
                 # list_splice_init: the zspages leave the class list, but 5.17 does not
-                # decrement stats[CLASS_EMPTY] for them (E13; fixed in later kernels).
+                # decrement stats[CLASS_EMPTY] for them (fixed in later kernels; docs/zsmalloc.md,
+                # edge case "Deferred free when a page lock is busy").
                 list_del_init(zspage)
                 free_pages.append(zspage)
     mem = pool.memory
