@@ -142,7 +142,9 @@ def image_digest(m: Mount, dev: int) -> str:
 _STAT_READ_FIELDS = {0, 1, 2, 3, 9, 10}
 
 # Files whose content changes by being read or by unrelated activity.
-_VOLATILE = {"hot_add", "lock_stat"}
+# hot_add allocates on read; lock_stat and compact_pressure (the host's PSI, read live by the
+# shrinker policy) move without any request.
+_VOLATILE = {"hot_add", "lock_stat", "compact_pressure"}
 
 
 def snapshot(m: Mount) -> dict[str, str]:

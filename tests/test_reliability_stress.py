@@ -50,7 +50,7 @@ from test_reliability_common import (
 )
 
 from allocator import PhysicalMemory, set_lockdep
-from zramfs.daemon import CompactionDaemon, CompactionPolicy
+from zramfs.daemon import CompactionDaemon, CompactionPolicy, PolicyKind
 from zramfs.device import Registry, ZramDevice
 
 SHORT_S = float(os.environ.get("ZRAMFS_RELIABILITY_SECONDS", "10"))
@@ -227,7 +227,9 @@ def in_process_run(seconds: float, size: int) -> None:
     reg = Registry(memory=PhysicalMemory(max_pages=1 << 16))
     dev = reg.devices[0]
     dev.set_disksize(size)
-    daemon = CompactionDaemon(reg, CompactionPolicy(threshold_pages=1, interval_ms=0))
+    # compact at the first freeable page, as often as the daemon can: the most contention
+    daemon = CompactionDaemon(
+        reg, CompactionPolicy(PolicyKind.THRESHOLD, threshold_pages=1, interval_ms=0))
     daemon.start()
     rng = random.Random(3)
 

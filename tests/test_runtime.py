@@ -36,6 +36,17 @@ def test_without_the_gil_devices_are_refused(monkeypatch: pytest.MonkeyPatch) ->
         runtime.require_gil()
 
 
+def test_a_registry_is_refused_without_the_gil(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process users (tests, replay, benchmarks) build devices through `Registry`: it
+    checks before building anything."""
+    from zramfs.device import Registry
+    simulate_no_gil(monkeypatch)
+    with pytest.raises(runtime.UnsupportedRuntime, match="without the GIL"):
+        Registry()
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: True, raising=False)
+    assert len(Registry().devices) == 1
+
+
 def test_mount_refuses_without_the_gil(monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str],
                                        tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """ZramDevice and Registry: zram's block device and zram-control, on the allocator.
 
-Owns what drivers/block/zram/zram_drv.c does (zram.md §1–§5), put together the way the
+Owns what drivers/block/zram/zram_drv.c does (docs/zram.md), put together the way the
 kernel's config options split it, one module per part:
 
 * here: lifecycle, configuration and zram-control — struct zram's fields (zram_add),
@@ -50,6 +50,7 @@ from .device_core import U64, ZRAM_MAX_COMPS, ZRAM_PRIMARY_COMP, _Meta
 from .device_recompress import RECOMP_HUGE, RECOMP_IDLE, RecompressMixin
 from .device_stats import DeviceStats, StatsMixin
 from .device_writeback import WB_HUGE, WB_IDLE, WB_INCOMPRESSIBLE, WritebackMixin, _BackingDev
+from .runtime import require_gil
 from .errors import DeviceBusy, InvalidInput, NoMemory, NoSuchDevice, ZramError
 from .slots import PAGE_SHIFT, PAGE_SIZE, STRIPE_MASK, SlotTable, Stripe, new_stripes
 
@@ -188,7 +189,7 @@ class ZramDevice(WritebackMixin, RecompressMixin, StatsMixin):
                 self._claimed = False
 
     def _reset_device(self) -> None:
-        # Latest semantics (zram.md §2.3): everything is reverted even on an uninitialised
+        # Latest semantics (docs/zram.md, "reset"): everything is reverted even on an uninitialised
         # device; wb_limit_enable, bd_wb_limit, wb_batch_size and compressed_writeback are
         # fields of struct zram, not of its stats, and survive.
         self.limit_pages = 0
@@ -283,6 +284,9 @@ class Registry:
 
     def __init__(self, *, memory: PhysicalMemory | None = None, chain_size: int = 4,
                  chain_rule: str = "max-used", num_devices: int = 1) -> None:
+        # Before anything is built: without the GIL the lock-free shortcuts listed in
+        # allocator/locks.py race (zramfs/runtime.py says why).
+        require_gil()
         self.memory = memory if memory is not None else PhysicalMemory()
         self.chain_size = chain_size
         self.chain_rule = chain_rule
