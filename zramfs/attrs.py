@@ -1,11 +1,11 @@
 """zram's sysfs attributes: parse, validate and format, with the kernel's errnos.
 
 Owns the text side of `/sys/block/zram<N>/*` and `/sys/class/zram-control/*`
-(zram.md §1–§2): the kernel's parsing helpers (memparse, kstrto*, kstrtobool,
-sysfs_streq, next_arg), one `Attr` per file with the kernel's name, mode and order,
-and the exact output formats of mm_stat, io_stat, bd_stat, debug_stat and the block
-layer's `stat`.  The device (`zramfs.device`) does the work; a store here first parses
-the whole input, so bad input raises `ZramError` before anything changes.
+(docs/zram.md, "Parsing conventions" and "Attributes"): the kernel's parsing helpers
+(memparse, kstrto*, kstrtobool, sysfs_streq, next_arg), one `Attr` per file with the
+kernel's name, mode and order, and the exact output formats of mm_stat, io_stat, bd_stat,
+debug_stat and the block layer's `stat`.  The device (`zramfs.device`) does the work; a store
+here first parses the whole input, so bad input raises `ZramError` before anything changes.
 """
 from __future__ import annotations
 
@@ -245,7 +245,8 @@ def _wb_mode(word: str) -> int:
 
 
 def parse_writeback(dev: ZramDevice, text: str) -> list[tuple[int, int, int]]:
-    """writeback_store's argument loop: a list of (mode, lo, hi) scans (zram.md §2.12)."""
+    """writeback_store's argument loop: a list of (mode, lo, hi) scans (docs/zram.md,
+    "writeback")."""
     nr_pages = dev.nr_pages
     mode, lo, hi = 0, 0, nr_pages
     scans: list[tuple[int, int, int]] = []

@@ -14,11 +14,11 @@ context per concurrent user, rather than kept per thread: FUSE callbacks may run
 Python thread state per request (see zramfs.fusethreads), where a `threading.local` would
 be empty and the ~35 µs of context construction paid on every page.
 
-Parameters follow `algorithm_params` (zram.md §2.7): `level` (per-backend meaning, as in
-the kernel: lz4 acceleration, lz4hc/zstd/deflate compression level), `dictionary` (raw
-bytes; zstd uses it as an auto-detected dictionary, lz4/lz4hc as a preset history like
-LZ4_loadDict, deflate as a zdict) and deflate's `winbits`.  lzo and lzo-rle take neither
-(their setup_params accepts and ignores both in 6.12 - 6.18).
+Parameters follow `algorithm_params` (docs/zram.md, "algorithm_params"): `level`
+(per-backend meaning, as in the kernel: lz4 acceleration, lz4hc/zstd/deflate compression
+level), `dictionary` (raw bytes; zstd uses it as an auto-detected dictionary, lz4/lz4hc as a
+preset history like LZ4_loadDict, deflate as a zdict) and deflate's `winbits`.  lzo and
+lzo-rle take neither (their setup_params accepts and ignores both in 6.12 - 6.18).
 
 lzo and lzo-rle (the kernel's default algorithm) are zramfs.lzo, a pure-Python port of
 lib/lzo that writes the kernel's bytes exactly; it is ~100x slower than the C libraries

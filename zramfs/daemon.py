@@ -1,5 +1,5 @@
-"""Background compaction for one mount (DESIGN §6): its policies, the memory-pressure sources,
-and the module-parameter type.
+"""Background compaction for one mount (docs/design.md, "The compaction daemon"): its policies,
+the memory-pressure sources, and the module-parameter type.
 
 Owns:
 - `ModuleParameter`: one file of ``MNT/sys/module/zramfs/parameters/`` (name, mode, get/set),

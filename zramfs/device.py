@@ -189,9 +189,9 @@ class ZramDevice(WritebackMixin, RecompressMixin, StatsMixin):
                 self._claimed = False
 
     def _reset_device(self) -> None:
-        # Latest semantics (docs/zram.md, "reset"): everything is reverted even on an uninitialised
-        # device; wb_limit_enable, bd_wb_limit, wb_batch_size and compressed_writeback are
-        # fields of struct zram, not of its stats, and survive.
+        # Latest semantics (docs/zram.md, "reset"): everything is reverted even on an
+        # uninitialised device; wb_limit_enable, bd_wb_limit, wb_batch_size and
+        # compressed_writeback are fields of struct zram, not of its stats, and survive.
         self.limit_pages = 0
         meta, self._meta = self._meta, None
         self.pool = None

@@ -28,7 +28,7 @@ RECOMP_HUGE = 2
 class RecompressMixin(IOPathMixin):
     """Recompression of `ZramDevice`'s slots with its secondary algorithms."""
 
-    # ---- recompression (zram.md §5)
+    # ---- recompression (docs/zram.md, "Recompression")
     def recompress(self, *, mode: int = 0, threshold: int = 0, max_pages: int = U64,
                    algo: str | None = None, prio: int | None = None) -> None:
         """recompress_store after parsing (current kernels, chained recompression)."""

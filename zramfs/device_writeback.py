@@ -157,7 +157,7 @@ class WritebackMixin(IOPathMixin):
                 f[idle] |= np.uint32(ZRAM_IDLE)
                 f[eligible & ~idle] &= np.uint32(~ZRAM_IDLE & 0xFFFFFFFF)
 
-    # ---- writeback (zram.md §4.1)
+    # ---- writeback (docs/zram.md, "Writeback, idle and the backing device")
     def writeback(self, requests: list[tuple[int, int, int]]) -> None:
         """writeback_store after parsing: `requests` = [(mode, lo, hi)] scans, in order.
 

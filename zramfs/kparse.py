@@ -1,4 +1,5 @@
-"""The kernel's text parsers, shared by every control file of a mount (zram.md §2).
+"""The kernel's text parsers, shared by every control file of a mount (docs/zram.md,
+"Parsing conventions").
 
 One implementation per kernel routine, so that a sysfs attribute, a module parameter and a
 sysctl answer exactly what their kernel counterparts answer:

@@ -1,6 +1,7 @@
 """The zram slot table: per 4 KiB block a handle, a size-and-flags word and an access time.
 
-Owns `struct zram_table_entry` (zram.md §3.1) for a whole device.  The three columns
+Owns `struct zram_table_entry` (docs/zram.md, "The slot table and its flags") for a whole
+device.  The three columns
 live in one anonymous `mmap`, so a device costs only virtual address space until blocks
 are written: an untouched page of the table is never faulted in, which is why a 100 GB
 device (LTP zram02) can be initialised for free.  Per touched slot the cost is 16 bytes:
@@ -127,7 +128,8 @@ class SlotTable:
         self.np_ac_time = np.frombuffer(self._mm, dtype=np.uint32, count=n, offset=12 * n)
 
     def allocated_mask(self) -> np.ndarray:
-        """slot_allocated(): a size, or SAME, or WB (zram.md §3.1)."""
+        """slot_allocated(): a size, or SAME, or WB (docs/zram.md, "The slot table and its
+        flags")."""
         f = self.np_flags
         return ((f & (SIZE_MASK | ZRAM_SAME | ZRAM_WB)) != 0)
 

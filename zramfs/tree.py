@@ -1,4 +1,5 @@
-"""The mirrored kernel tree of one mount: path → node, listing, file contents (DESIGN §5).
+"""The mirrored kernel tree of one mount: path → node, listing, file contents (docs/design.md,
+"What the tree mirrors").
 
 Owns the shape of the tree and what each non-image file reads and writes:
 
