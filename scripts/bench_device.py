@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """In-process benchmark of the zram device engine (no FUSE).
 
-Times are process CPU time (time.process_time), so a busy shared machine skews them
-less than wall-clock time would.  Measures, per codec, 4 KiB block writes and reads per second on mixed data (text,
-incompressible, half-and-half, zero and same-filled pages), the time per block spent
-outside the codec (the device run again with the codec replaced by a lookup of its own
-results) and how much of that is the allocator (malloc + write_object + free, read_object
-for the same objects), the
-per-slot metadata cost, and RSS against mem_used_total for a 1 GiB device holding 512 MiB
-of mixed data.  `--quick` shrinks everything for a smoke test.
+Times are process CPU time (time.process_time), so a busy shared machine skews them less
+than wall-clock time would.  Measures, per codec, 4 KiB block writes and reads per second on
+mixed data (text, incompressible, half-and-half, zero and same-filled pages:
+``bench.pages.mixed_pages``), the time per block spent outside the codec (the device run again
+with the codec replaced by a lookup of its own results) and how much of that is the allocator
+(malloc + write_object + free, read_object for the same objects), the per-slot metadata cost,
+and RSS against mem_used_total for a 1 GiB device holding 512 MiB of mixed data.  `--quick`
+shrinks everything for a smoke test.  128 KiB requests and A/B runs of two trees are
+``scripts/bench.py device-128k`` and ``device-ab``.
 
     python3 scripts/bench_device.py            # full run
     python3 scripts/bench_device.py --quick    # a few seconds
@@ -23,52 +24,14 @@ import os
 import pstats
 import random
 import sys
-import sysconfig
 import time
+from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from allocator import PhysicalMemory, Pool  # noqa: E402
-from zramfs import attrs, codecs  # noqa: E402
-from zramfs.device import Registry  # noqa: E402
-from zramfs.slots import SLOT_BYTES, SlotTable  # noqa: E402
-
-PAGE = 4096
-MiB = 1 << 20
-
-
-def corpus() -> bytes:
-    stdlib = sysconfig.get_path("stdlib")
-    out = []
-    for name in sorted(os.listdir(stdlib)):
-        if name.endswith(".py"):
-            with open(os.path.join(stdlib, name), "rb") as fh:
-                out.append(fh.read())
-        if sum(map(len, out)) > 8 * MiB:
-            break
-    return b"".join(out)
-
-
-def mixed_pages(n: int, seed: int = 1) -> list[bytes]:
-    """The mix: 50% text, 20% random, 10% half random/half text, 10% zero, 10% same-filled."""
-    rng = random.Random(seed)
-    text = corpus()
-    pages = []
-    for _ in range(n):
-        k = rng.randrange(10)
-        if k < 5:
-            off = rng.randrange(0, len(text) - PAGE)
-            pages.append(text[off:off + PAGE])
-        elif k < 7:
-            pages.append(rng.randbytes(PAGE))
-        elif k < 8:
-            off = rng.randrange(0, len(text) - PAGE)
-            pages.append(rng.randbytes(PAGE // 2) + text[off:off + PAGE // 2])
-        elif k < 9:
-            pages.append(bytes(PAGE))
-        else:
-            pages.append(rng.getrandbits(64).to_bytes(8, "little") * (PAGE // 8))
-    return pages
+from allocator import PhysicalMemory, Pool
+from bench.pages import PAGE, MiB, mixed_pages  # scripts/bench/ (this script's directory)
+from zramfs import attrs, codecs
+from zramfs.device import Registry
+from zramfs.slots import SLOT_BYTES, SlotTable
 
 
 def rss_kib() -> int:
@@ -152,22 +115,25 @@ def bench_codec(name: str, pages: list[bytes], rounds: int) -> dict:
     for i, p in enumerate(pages[:64]):
         assert dev.read(i * PAGE, PAGE) == p
     mm = attrs.show(dev, "mm_stat").split()
-    # the same work with the codec replaced by a lookup of its own results
-    real = dev._meta.comps[0]
-    dev._meta.comps[0] = ReplayCodec(real, pages)
+    # the same work with the codec replaced by a lookup of its own results (the device's
+    # parts are swapped in place: `meta` is untyped so a stand-in may take a part's place)
+    meta: Any = dev._meta
+    real = meta.comps[0]
+    meta.comps[0] = ReplayCodec(real, pages)
     out_w, out_r = run_device(dev, pages, rounds)
-    hcs = dev.pool.huge_class_size
+    hcs = meta.pool.huge_class_size
     dev.reset()
     # the engine alone: replayed codec and a dict for an allocator
     attrs.store(dev, "comp_algorithm", name)
     attrs.store(dev, "disksize", str(len(pages) * PAGE))
-    real_pool = dev._meta.pool
-    dev._meta.pool = DictPool(hcs)
-    dev._meta.comps[0] = ReplayCodec(real, pages)
+    meta = dev._meta
+    real_pool = meta.pool
+    meta.pool = DictPool(hcs)
+    meta.comps[0] = ReplayCodec(real, pages)
     eng_w, eng_r = run_device(dev, pages, rounds)
-    dev._meta.pool = real_pool
-    dev._meta.table.np_flags[:] = 0       # the dict pool's handles mean nothing to the real one
-    dev._meta.table.np_handle[:] = 0
+    meta.pool = real_pool
+    meta.table.np_flags[:] = 0       # the dict pool's handles mean nothing to the real one
+    meta.table.np_handle[:] = 0
     dev.reset()
     # the allocator's share: the same objects through a bare pool (overwrite = malloc + free)
     sizes = []
@@ -219,7 +185,9 @@ def bench_memory(disksize: int, data_bytes: int, pages: list[bytes]) -> dict:
             p = rng.randbytes(8) + p[8:]
         dev.write(i * PAGE, p)
     elapsed = time.process_time() - t0
-    dev.pool.flush_free_work()
+    pool = dev.pool
+    assert pool is not None      # set by disksize
+    pool.flush_free_work()
     gc.collect()
     after = rss_kib()
     mm = attrs.show(dev, "mm_stat").split()

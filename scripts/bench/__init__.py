@@ -5,6 +5,8 @@
     python3 scripts/bench.py --profile            # py-spy profile of zramfs-lz4 under the 4 KiB jobs
     python3 scripts/bench.py --micro              # in-process cost of each layer (no FUSE)
     python3 scripts/bench.py server-cpu PID MNT/dev/zram0 --jobs randwrite-4k   # a running server
+    python3 scripts/bench.py device-ab /tmp/base .   # in process: hot device paths, A/B of two trees
+    python3 scripts/bench.py device-128k [ROOT]      # in process: 128 KiB writes and reads
 
 Systems (``--systems``, comma-separated; default all):
 
@@ -53,5 +55,8 @@ scripts/ runs it too), one concern a module:
 - ``readings``: /proc figures of the servers, mm_stat and lock_stat parsers;
 - ``report``: results, medians, ratios, targets, the Markdown report and the chart;
 - ``profile``: ``--profile`` (py-spy);  ``micro``: ``--micro`` (in process, no FUSE);
-- ``server_cpu``: the ``server-cpu`` subcommand;  ``common``: errors, logging, signals.
+- ``server_cpu``: the ``server-cpu`` subcommand;  ``common``: errors, logging, signals;
+- ``device``: the ``device-ab`` and ``device-128k`` subcommands (in process, one checkout or an
+  A/B of two imported side by side);  ``pages``: the page contents the in-process benchmarks
+  write (also scripts/bench_device.py's).
 """

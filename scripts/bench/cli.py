@@ -1,13 +1,16 @@
 """The command line of the harness: the benchmark's options and defaults (``--quick``), and
-dispatch to the benchmark run, ``--profile``, ``--micro`` or the ``server-cpu`` subcommand."""
+dispatch to the benchmark run, ``--profile``, ``--micro`` or a subcommand (``server-cpu``,
+``device-ab``, ``device-128k``)."""
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
+from zramfs.codecs import AVAILABLE as CODECS
 from zramfs.units import parse_size
 
 from . import __doc__ as PACKAGE_DOC
+from . import device
 from .common import PAGE_SIZE, BenchError, MiB, log
 from .jobs import JOB_BY_NAME
 from .micro import micro
@@ -40,6 +43,16 @@ def _csv(choices: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1: {text!r}")
+    return n
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench.py", description=(PACKAGE_DOC or "").split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -70,7 +83,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s")
     p.add_argument("--profile-native", action="store_true", help="py-spy --native")
 
-    sub = p.add_subparsers(dest="command", metavar="{server-cpu}")
+    sub = p.add_subparsers(dest="command", metavar="{server-cpu,device-ab,device-128k}")
     s = sub.add_parser("server-cpu", help="CPU per I/O of a running server, per thread, while "
                                           "fio runs jobs on its image (instead of the benchmark)",
                        description="CPU µs, minor faults and context switches per I/O of each "
@@ -80,6 +93,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=_csv(tuple(JOB_BY_NAME)), default=["randwrite-4k"],
                    help="default: randwrite-4k")
     s.add_argument("--runtime", type=int, default=3, help="seconds per job (default 3)")
+    device.add_parsers(sub, _positive, _csv(CODECS))
     return p
 
 
@@ -87,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.command == "server-cpu":
         return server_cpu(args)
+    if args.command == "device-ab":
+        return device.device_ab(args)
+    if args.command == "device-128k":
+        return device.device_128k(args)
     quick = args.quick
     args.size = args.size or (16 * MiB if quick else 256 * MiB)
     args.runtime = args.runtime or (1 if quick else 4)
