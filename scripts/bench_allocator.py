@@ -23,13 +23,10 @@ import statistics
 import sys
 import time
 import tracemalloc
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from allocator import MapMode, Pool  # noqa: E402
-from allocator.memory import PhysicalMemory  # noqa: E402
+from allocator import MapMode, Pool
+from allocator.memory import PhysicalMemory
 
 TARGET_PAIR_US = 8.0
 TARGET_MAP_US = 4.0
@@ -82,10 +79,12 @@ def bench_malloc_free(n_pairs: int, live: int, seed: int) -> float:
 
 
 def _find_objects(pool: Pool) -> tuple[int, int]:
-    """An in-frame object (class 112) and a spanning one (class 48, index 85; §E5).
+    """An in-frame object (class 112) and a spanning one (class 48, index 85; docs/zsmalloc.md,
+    edge case "Objects that span two pages").
 
-    A fresh zspage hands out indices 0, 1, 2, ... (E10), so the 86th object of size 40 in a
-    fresh pool is index 85 of the first class-48 zspage, which starts at byte 4080 and spans.
+    A fresh zspage hands out indices 0, 1, 2, ... (edge case "The freelist is LIFO"), so the
+    86th object of size 40 in a fresh pool is index 85 of the first class-48 zspage, which
+    starts at byte 4080 and spans.
     """
     in_frame = pool.malloc(100)
     span = 0

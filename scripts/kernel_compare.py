@@ -5,10 +5,10 @@ The kernel side is ``/sys/block/zram0`` + ``/dev/zram0`` (``--algorithm``: lz4 b
 lzo-rle and lzo too; written sequentially in 4 KiB blocks with O_DIRECT, discarded block by
 block with the BLKDISCARD ioctl, compacted through ``compact``).  The zramfs side is a `zramfs.device.ZramDevice` of a
 ``Registry(chain_size=8, chain_rule="min-waste")`` — the class table of a current kernel
-with CONFIG_ZSMALLOC_CHAIN_SIZE=8 (zsmalloc-5.17.md §7.3) — driven through the same
-attribute texts (`zramfs.attrs`) as the kernel's sysfs files.
+with CONFIG_ZSMALLOC_CHAIN_SIZE=8 (docs/zsmalloc.md, "Size classes, merging and the huge
+class") — driven through the same attribute texts (`zramfs.attrs`) as the kernel's sysfs files.
 
-Three images (zram.md §2.18, §3.2, §3.10):
+Three images (docs/zram.md, "mm_stat", "Writing a page" and "huge_class_size"):
 
 * ``deterministic``: pages of L random bytes followed by zeros, plus same-filled pages.
   LZ4 encodes such a page as one literal run and one run of zeros, and every LZ4 version
@@ -37,7 +37,8 @@ compact behind the user's back (pages_compacted stays 0, as the kernel's does).
 The kernel's compaction is the ≥6.3 algorithm (fullness groups in 10 % steps,
 ZS_INUSE_RATIO_*, sources from the emptiest, destinations from the fullest, one destination
 kept across sources); ours is 5.17's (four fullness groups, the 3N/4 almost-empty rule):
-see zsmalloc-5.17.md §5.  The same difference in zs_malloc's choice of zspage
+see docs/zsmalloc.md, "Fullness in 10 % steps, configurable chain size, new compaction
+(6.3)".  The same difference in zs_malloc's choice of zspage
 (find_get_zspage) makes mem_used_total after ``churn``'s rewrites differ slightly
 (`REWRITE_PLACEMENT_TOLERANCE`).
 
@@ -97,7 +98,7 @@ MM_STAT_FIELDS: tuple[str, ...] = (
 
 
 def parse_mm_stat(text: str) -> dict[str, int]:
-    """The nine mm_stat columns by name (zram.md §2.18)."""
+    """The nine mm_stat columns by name (docs/zram.md, "mm_stat")."""
     values = [int(v) for v in text.split()]
     if len(values) != len(MM_STAT_FIELDS):
         raise ValueError(f"mm_stat has {len(values)} fields, expected 9: {text!r}")
@@ -540,7 +541,7 @@ def per_page_sizes(target: KernelZram | ModelZram, pages: Sequence[bytes]) -> li
     """What each page adds to compr_data_size when written alone, in order.
 
     0 for a same-filled page, PAGE_SIZE for a HUGE one, else the compressed length: the
-    codec's output length as the device sees it (zram.md §3.2).
+    codec's output length as the device sees it (docs/zram.md, "Writing a page").
     """
     sizes: list[int] = []
     prev = target.mm_stat()["compr_data_size"]
@@ -621,7 +622,8 @@ REWRITE_PLACEMENT_TOLERANCE = 0.025
 #: deterministic: allocator-only numbers are equal after writing and after discarding
 #: (no compaction yet: which zspages empty out depends only on the placement of objects);
 #: real: another LZ4 build, so sizes within 2.5 %; after compaction (different
-#: algorithms, zsmalloc-5.17.md §5) mem_used_total within 10 % for both.
+#: algorithms: docs/zsmalloc.md, "What later kernels changed") mem_used_total within 10 %
+#: for both.
 #: churn: all nine fields equal after writing and after the random discards, all but
 #: mem_used_total equal after the rewrites (`REWRITE_PLACEMENT_TOLERANCE`), then
 #: mem_used_total within 10 % after the explicit compaction.
