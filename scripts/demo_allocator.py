@@ -16,19 +16,16 @@ from __future__ import annotations
 import argparse
 import random
 import re
-import sys
 import time
 import zlib
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from allocator import Pool
+from allocator.memory import PhysicalMemory
 
-from allocator import Pool  # noqa: E402
-from allocator.memory import PhysicalMemory  # noqa: E402
-
-WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at "
+_TEXT = ("the of and to in is that for it as was with be by on not he this are or his from at "
          "which but have an they you were her she there been one all we their has would when "
-         "kernel page memory swap compress zram object class").split()
+         "kernel page memory swap compress zram object class")
+WORDS = _TEXT.split()
 
 
 def synthetic_page(rnd: random.Random, page_size: int) -> bytes:
