@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: real mounts (``zmount``, see tests/mountutil.py) and ``lockdep``.
+"""Shared pytest fixtures: real mounts (``zmount``, see tests/support/mountutil.py) and ``lockdep``.
 
 ``zmount`` (a factory of real zramfs mounts, always torn down) is available to every test.
 ``lockdep`` turns the lock checker on for one test and off again, even when the test fails.
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from allocator.locks import set_lockdep
-from mountutil import zmount  # noqa: F401  (re-exported fixture)
+from support.mountutil import zmount  # noqa: F401  (re-exported fixture)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import zstandard
 from zramfs import codecs
 from zramfs.errors import CodecError, ZramError
 
-from zram_data import PAGE, corpus, half_page, random_page, same_page, text_page
+from support.zram_data import PAGE, corpus, half_page, random_page, same_page, text_page
 
 ALGS = codecs.AVAILABLE
 

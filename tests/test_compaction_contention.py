@@ -27,8 +27,8 @@ from allocator import MapMode, Pool
 from allocator.locks import MIGRATE_LOCK, set_lockdep
 from allocator.memory import PhysicalMemory
 
-import alloc_invariants as ai
-from alloc_invariants import ZS_ALMOST_EMPTY, ZS_ALMOST_FULL, ZS_FULL, check_pool_invariants
+from support import alloc_invariants as ai
+from support.alloc_invariants import ZS_ALMOST_EMPTY, ZS_ALMOST_FULL, ZS_FULL, check_pool_invariants
 
 SIZE = 100  # class 112
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mountutil import expect_errno, opened, zramfs_cli
+from support.mountutil import expect_errno, opened, zramfs_cli
 from zramfs import attrs
 from zramfs.daemon import (DEFAULT_POLICY, MEM_LIMIT_MARGIN_MIN_PAGES, POLICY_SYNTAX,
                            PSI_SOME_AVG10_THRESHOLD, BadPolicy, CompactionDaemon,

@@ -21,7 +21,8 @@ from zramfs.slots import (FAILED_READS, FLUSH_IOS, READ_IOS, READ_NS, READ_SECTO
                           SLOT_BYTES, STRIPE_MASK, WRITE_IOS, WRITE_NS, WRITE_SECTORS, ZRAM_HUGE,
                           ZRAM_IDLE, ZRAM_INCOMPRESSIBLE, ZRAM_SAME, ZRAM_WB, SlotTable)
 
-from zram_data import PAGE, device_hash, half_page, mixed_page, random_page, same_page, text_page
+from support.zram_data import (PAGE, device_hash, half_page, mixed_page, random_page, same_page,
+                               text_page)
 
 MiB = 1 << 20
 

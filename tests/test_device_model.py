@@ -14,7 +14,7 @@ from allocator import PhysicalMemory
 from zramfs.device import RECOMP_HUGE, WB_HUGE, WB_IDLE, Registry
 from zramfs.slots import SIZE_MASK, ZRAM_HUGE, ZRAM_SAME, ZRAM_WB
 
-from zram_data import PAGE, corpus
+from support.zram_data import PAGE, corpus
 
 NR_PAGES = 48
 SIZE = NR_PAGES * PAGE

@@ -19,7 +19,7 @@ import pytest
 from allocator import PhysicalMemory, set_lockdep
 from zramfs.device import RECOMP_HUGE, WB_HUGE, WB_IDLE, Registry
 
-from zram_data import PAGE, mixed_page, text_page
+from support.zram_data import PAGE, mixed_page, text_page
 
 PRIVATE = 24          # blocks per worker
 SHARED = 16           # blocks every worker writes whole pages to

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from mountutil import Mount
-from test_reliability_common import Watchdog, kill_mount
+from support.mountutil import Mount
+from support.reliability import Watchdog, kill_mount
 from zramfs import loopdev
 
 pytestmark = pytest.mark.fuse

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import REPO, is_mounted, opened, require_fuse, run, unmount
-from test_reliability_common import MiB, data_for, punch_hole
+from support.mountutil import REPO, is_mounted, opened, require_fuse, run, unmount
+from support.reliability import MiB, data_for, punch_hole
 from test_reliability_stress import rss_kib
 from zramfs import cli
 

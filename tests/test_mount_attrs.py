@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from mountutil import expect_errno, opened, write_file
+from support.mountutil import expect_errno, opened, write_file
 
 pytestmark = pytest.mark.fuse
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from mountutil import DaemonMount, is_mounted, require_fuse, run, zramfs_cli
+from support.mountutil import DaemonMount, is_mounted, require_fuse, run, zramfs_cli
 
 pytestmark = pytest.mark.fuse
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import Mount, zramfs_cli
+from support.mountutil import Mount, zramfs_cli
 from test_loop_mem_limit import loop_unusable
-from zram_data import text_page
+from support.zram_data import text_page
 from zramfs import cli, codecs, loopdev
 
 PAGE = 4096

@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from mountutil import (
+from support.mountutil import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import run
+from support.mountutil import run
 
 pytestmark = pytest.mark.fuse
 

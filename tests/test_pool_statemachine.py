@@ -18,8 +18,8 @@ from allocator import MapMode, Pool
 from allocator.locks import set_lockdep
 from allocator.memory import PhysicalMemory
 
-from alloc_invariants import (PAGE_SIZE, REF_BY_INDEX, check_classes_table,
-                              check_pool_invariants, ref_class_for_alloc)
+from support.alloc_invariants import (PAGE_SIZE, REF_BY_INDEX, check_classes_table,
+                                      check_pool_invariants, ref_class_for_alloc)
 
 # Sizes: uniform over 1..4096 plus the class boundaries the reference names (E1, E2, E5, E7).
 INTERESTING_SIZES = [1, 8, 24, 25, 40, 41, 72, 120, 664, 1352, 2040, 3064, 3256, 3257, 4088, 4096]

@@ -23,7 +23,7 @@ from allocator import MapMode, Pool
 from allocator.locks import set_lockdep
 from allocator.memory import PhysicalMemory
 
-from alloc_invariants import check_pool_invariants
+from support.alloc_invariants import check_pool_invariants
 
 HANG_SECONDS = 30.0  # no I/O progress for this long = a hang (the machine is shared and slow)
 

@@ -28,8 +28,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from mountutil import Mount, expect_errno, opened, require_fuse
-from test_reliability_common import (
+from support.mountutil import Mount, expect_errno, opened, require_fuse
+from support.reliability import (
     PAGE,
     MiB,
     control_files,

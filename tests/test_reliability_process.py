@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mountutil import (
+from support.mountutil import (
     REPO,
     DaemonMount,
     expect_errno,
@@ -43,7 +43,7 @@ from mountutil import (
     write_file,
     zramfs_cli,
 )
-from test_reliability_common import PAGE, MiB, Watchdog
+from support.reliability import PAGE, MiB, Watchdog
 
 pytestmark = pytest.mark.fuse
 

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from mountutil import Mount, expect_errno, opened, write_file
-from test_reliability_common import (
+from support.mountutil import Mount, expect_errno, opened, write_file
+from support.reliability import (
     PAGE,
     MiB,
     Watchdog,

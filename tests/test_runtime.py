@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import REPO, is_mounted
+from support.mountutil import REPO, is_mounted
 from zramfs import cli, runtime
 
 

@@ -23,11 +23,12 @@ from allocator import MapMode, Pool
 from allocator.locks import LockOrderViolation, set_lockdep
 from allocator.memory import PhysicalMemory
 
-import alloc_invariants as ai
-from alloc_invariants import (HANDLE_SIZE, PAGE_SIZE, REF_BY_INDEX, REF_BY_SIZE,
-                              REF_HUGE_CLASS_SIZE, ZS_ALMOST_EMPTY, ZS_ALMOST_FULL, ZS_EMPTY,
-                              ZS_FULL, check_classes_table, check_pool_invariants,
-                              ref_class_for_alloc, ref_first_obj_offsets, ref_fullness)
+from support import alloc_invariants as ai
+from support.alloc_invariants import (HANDLE_SIZE, PAGE_SIZE, REF_BY_INDEX, REF_BY_SIZE,
+                                      REF_HUGE_CLASS_SIZE, ZS_ALMOST_EMPTY, ZS_ALMOST_FULL,
+                                      ZS_EMPTY, ZS_FULL, check_classes_table,
+                                      check_pool_invariants, ref_class_for_alloc,
+                                      ref_first_obj_offsets, ref_fullness)
 
 END_MARKER = ((1 << 64) - 1) << 1 & ((1 << 64) - 1)
 

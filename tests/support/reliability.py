@@ -22,7 +22,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from mountutil import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, Mount, fallocate  # noqa: F401 (re-exported)
+from support.mountutil import (  # noqa: F401 (re-exported)
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    Mount,
+    fallocate,
+)
 
 PAGE = 4096
 MiB = 1 << 20

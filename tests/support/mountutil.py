@@ -5,8 +5,8 @@ loop devices themselves, the FUSE mount, and the daemon process — even when a 
 Tests need root and /dev/fuse; without them they skip with a message, except when
 ``ZRAMFS_REQUIRE_FUSE=1`` (CI), where a missing FUSE is a failure.
 
-Fixtures exported (import them into the test module): ``zmount`` — a factory
-``zmount(*cli_args) -> Mount`` whose mounts are torn down at the end of the test.
+The ``zmount`` fixture defined here (a factory ``zmount(*cli_args) -> Mount`` whose mounts are
+torn down at the end of the test) is re-exported by tests/conftest.py to every test module.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Iterator
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CMD_TIMEOUT = 60
 
 
