@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import pytest
 
 from support.mountutil import Mount
-from support.reliability import Watchdog, kill_mount
+from support.reliability import Watchdog, daemon_killer
 from zramfs import loopdev
 
 pytestmark = pytest.mark.fuse
@@ -242,7 +242,7 @@ def loop_writes_at_mem_limit(zmount, *, layout: str, write_size: int, shift: int
     loop = m.losetup()                              # detached by the fixture, even on failure
     wait_clamped(loop, loopdev.whole_request_kb(MAX_IO // KiB))
     model = SectorModel(disksize)
-    with Watchdog(300, kill_mount(m), what="O_DIRECT loop writes at mem_limit"):
+    with Watchdog(300, daemon_killer(m), what="O_DIRECT loop writes at mem_limit"):
         fd = os.open(loop, os.O_RDWR | os.O_DIRECT)
         try:
             out = write_at_the_limit(m, fd, layout=layout, write_size=write_size, shift=shift,

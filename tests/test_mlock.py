@@ -29,8 +29,7 @@ from pathlib import Path
 import pytest
 
 from support.mountutil import REPO, is_mounted, opened, require_fuse, run, unmount
-from support.reliability import MiB, data_for, punch_hole
-from test_reliability_stress import rss_kib
+from support.reliability import MiB, punch_hole, rss_kib, varied_data
 from zramfs import cli
 
 pytestmark = pytest.mark.fuse
@@ -134,7 +133,7 @@ def test_mlock_data_round_trip_and_swap_on_a_loop(zmount) -> None:
     size = 32 * MiB
     m = zmount(*MLOCK, "--size", str(size), "--mem-limit", "64M")
     rng = random.Random(3)
-    blocks = {off: data_for(rng, 64 * 1024) for off in range(0, size, 64 * 1024)}
+    blocks = {off: varied_data(rng, 64 * 1024) for off in range(0, size, 64 * 1024)}
     with opened(m.image()) as fd:
         for off, data in blocks.items():
             os.pwrite(fd, data, off)

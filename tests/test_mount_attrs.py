@@ -10,13 +10,9 @@ import subprocess
 
 import pytest
 
-from support.mountutil import expect_errno, opened, write_file
+from support.mountutil import expect_errno, mode_of, opened, write_file
 
 pytestmark = pytest.mark.fuse
-
-
-def mode_of(path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 def test_layout_and_modes(zmount):

@@ -33,11 +33,11 @@ from support.reliability import (
     PAGE,
     MiB,
     control_files,
-    data_for,
-    diff,
     fallocate,
     mode_of,
     snapshot,
+    snapshot_diff,
+    varied_data,
 )
 
 pytestmark = pytest.mark.fuse
@@ -221,7 +221,7 @@ def loaded(zmount) -> Mount:
     rng = random.Random(6)
     with opened(m.image(0)) as fd:
         for off in range(0, 4 * MiB, 64 * 1024):
-            os.pwrite(fd, data_for(rng, 64 * 1024), off)
+            os.pwrite(fd, varied_data(rng, 64 * 1024), off)
     m.write_attr("reset", "1", dev=1)
     return m
 
@@ -252,7 +252,7 @@ def test_bad_input_on_every_control_file_changes_nothing(loaded: Mount) -> None:
             if got != want:
                 problems.append(f"{rel} <- {data[:40]!r}: {_name(got)}, kernel: {_name(want)}")
         after = snapshot(m)
-        changed = diff(before, after)
+        changed = snapshot_diff(before, after)
         if changed:
             problems.append(f"{rel}: bad input changed state: {changed}")
             before = after
@@ -277,7 +277,7 @@ def test_writes_at_an_offset_and_several_writes_on_one_open(loaded: Mount) -> No
     with opened(m.attr_path("mem_limit"), os.O_WRONLY) as fd:
         expect_errno(errno.EINVAL, os.write, fd, GARBAGE)
         expect_errno(errno.EINVAL, os.write, fd, NEG)
-    assert not diff(before, snapshot(m))
+    assert not snapshot_diff(before, snapshot(m))
     # A valid write at an offset is a whole store too (the position is ignored).
     assert write_once(m.attr_path("mem_used_max"), b"0", offset=100) == 1
     # "1" then "M" on one open of an uninitialised disksize: the first write alone is a store
@@ -316,7 +316,7 @@ def test_wrong_modes(loaded: Mount) -> None:
     assert checked > 20
     for d in ("dev", "sys/block/zram0", "proc"):
         expect_errno(errno.EISDIR, os.open, m.path / d, os.O_WRONLY)
-    assert not diff(before, snapshot(m))
+    assert not snapshot_diff(before, snapshot(m))
 
 
 def test_proc_vmstat_write_is_eio_like_procfs(loaded: Mount) -> None:
@@ -343,7 +343,7 @@ def test_compact_memory_parses_like_proc_dointvec(loaded: Mount) -> None:
     got = {d: _name(outcome(m.path / "proc/sys/vm/compact_memory", d))
            for d in (HUGE, OVF, BIN, PLUS)}
     assert got == {d: "EINVAL" for d in got}
-    assert not diff(before, snapshot(m))
+    assert not snapshot_diff(before, snapshot(m))
 
 
 def test_module_parameters_parse_like_the_kernel(loaded: Mount) -> None:
@@ -358,7 +358,7 @@ def test_module_parameters_parse_like_the_kernel(loaded: Mount) -> None:
             got[(p, d)] = _name(outcome(m.param_path(p), d))
     got[("compact_enabled", LEAD)] = _name(outcome(m.param_path("compact_enabled"), LEAD))
     assert got == {k: "EINVAL" for k in got}
-    assert not diff(before, snapshot(m))
+    assert not snapshot_diff(before, snapshot(m))
 
 
 # ---- bad requests on the image ---------------------------------------------------------------
@@ -405,7 +405,7 @@ def test_bad_image_requests_fail_cleanly(loaded: Mount) -> None:
         expect_errno(errno.ENOENT, os.stat, where)
     with pytest.raises(OSError):
         os.setxattr(img, "user.x", b"1")
-    assert not diff(before, snapshot(m))
+    assert not snapshot_diff(before, snapshot(m))
     # io_stat counts failed bios, not requests refused before they reach the device.
     assert m.read_attr("io_stat").split()[:2] == ["0", "0"]
     assert "Traceback" not in m.log.read_text(errors="replace")
@@ -423,7 +423,7 @@ def test_uninitialised_device_requests(loaded: Mount) -> None:
         os.ftruncate(fd, 0)                                  # its size already
         expect_errno(errno.EPERM, os.ftruncate, fd, PAGE)
         # the device stays uninitialised and can still be set up afterwards
-    assert not diff(before, snapshot(m))
+    assert not snapshot_diff(before, snapshot(m))
     assert m.read_attr("initstate", dev=1) == "0\n"
 
 
@@ -503,7 +503,7 @@ def test_private_mount_denies_other_users(zmount) -> None:
     got = _probe(m)
     assert got["stat_root"] == "EACCES", got          # FUSE without allow_other
     assert all(v == "EACCES" for v in got.values()), got
-    assert not diff(before, snapshot(m))
+    assert not snapshot_diff(before, snapshot(m))
 
 
 def test_allow_other_keeps_the_kernel_modes(zmount) -> None:
@@ -521,4 +521,4 @@ def test_allow_other_keeps_the_kernel_modes(zmount) -> None:
         assert got["read " + name] == want_read, (name, oct(mode), got)
         assert got["write " + name] == "EACCES", (name, oct(mode), got)
     # nobody's reads did not create a device (hot_add is 0400) or change anything
-    assert not diff(before, snapshot(m))
+    assert not snapshot_diff(before, snapshot(m))

@@ -43,10 +43,11 @@ from support.reliability import (
     PAGE,
     MiB,
     Watchdog,
-    data_for,
+    daemon_killer,
     join_all,
-    kill_mount,
     punch_hole,
+    rss_kib,
+    varied_data,
 )
 
 from allocator import PhysicalMemory, set_lockdep
@@ -91,7 +92,7 @@ def worker(w: int, region: int, io: Backend, stop: threading.Event, res: Result)
             op = rng.random()
             t0 = time.monotonic()
             if op < 0.45:
-                data = data_for(rng, n)
+                data = varied_data(rng, n)
                 assert io.write(base + off, data) == n
                 model[off:off + n] = data
             elif op < 0.85:
@@ -184,7 +185,7 @@ def mounted_run(zmount, seconds: float, size: int) -> None:
 
     try:
         res = run_workload(lambda w: fd_backend(fds[w]), size // THREADS, seconds, maintenance,
-                           watchdog_s=60, unblock=kill_mount(m))
+                           watchdog_s=60, unblock=daemon_killer(m))
     finally:
         for fd in fds:
             os.close(fd)
@@ -328,7 +329,7 @@ def _fio_mount(zmount, size: int) -> Mount:
 def test_fio_verify_mixed_sizes_unaligned_4_jobs(zmount, tmp_path) -> None:
     per_job = 16 * MiB
     m = _fio_mount(zmount, FIO_JOBS * per_job)
-    with Watchdog(600, kill_mount(m), what="fio verify"):
+    with Watchdog(600, daemon_killer(m), what="fio verify"):
         got = fio_verify(m, tmp_path, per_job=per_job, loops=1)
     # each group writes its 4 x 16 MiB and reads all of it back for the verify
     assert got["written"] == 2 * FIO_JOBS * per_job, got
@@ -343,7 +344,7 @@ def test_fio_verify_soak_4_gib(zmount, tmp_path) -> None:
     per_job = 64 * MiB
     loops = int(os.environ.get("ZRAMFS_SOAK_FIO_LOOPS", "4"))
     m = _fio_mount(zmount, FIO_JOBS * per_job)
-    with Watchdog(7200, kill_mount(m), what="fio verify soak"):
+    with Watchdog(7200, daemon_killer(m), what="fio verify soak"):
         got = fio_verify(m, tmp_path, per_job=per_job, loops=loops)
     moved = got["written"] + got["verified"]
     print(f"\nfio verify soak: {got['written'] / MiB:.0f} MiB written, "
@@ -362,10 +363,10 @@ def test_mem_limit_reached_mid_workload(zmount) -> None:
     rng = random.Random(55)
     pages = size // PAGE
     model: list[bytes] = [bytes(PAGE)] * pages
-    with opened(m.image()) as fd, Watchdog(120, kill_mount(m), what="mem_limit workload"):
+    with opened(m.image()) as fd, Watchdog(120, daemon_killer(m), what="mem_limit workload"):
         # Before the limit: text pages everywhere in the first half.
         for i in range(pages // 2):
-            model[i] = data_for(random.Random(i), PAGE) if i % 3 else rng.randbytes(PAGE)
+            model[i] = varied_data(random.Random(i), PAGE) if i % 3 else rng.randbytes(PAGE)
             os.pwrite(fd, model[i], i * PAGE)
         used = m.mm_stat()[2]
         headroom = 64
@@ -442,7 +443,7 @@ def test_mem_limit_write_error_reaches_a_loop_device_user(zmount, attempt: int) 
     with open(loop, "r+b", buffering=0) as f:
         os.pwrite(f.fileno(), first, 0)
         os.fsync(f.fileno())
-    with Watchdog(120, kill_mount(m), what="loop write past mem_limit"):
+    with Watchdog(120, daemon_killer(m), what="loop write past mem_limit"):
         fd = os.open(loop, os.O_RDWR | os.O_DIRECT)
         try:
             import mmap
@@ -531,7 +532,7 @@ def test_control_plane_churn_while_io_runs(zmount) -> None:
                threading.Thread(target=worker, name="io-0", daemon=True,
                                 args=(0, 8 * MiB, fd_backend(fd), io_stop, res))]
     try:
-        with Watchdog(SHORT_S + 90, kill_mount(m), what="control-plane churn"):
+        with Watchdog(SHORT_S + 90, daemon_killer(m), what="control-plane churn"):
             for t in threads:
                 t.start()
             stop.wait(SHORT_S)
@@ -551,13 +552,6 @@ def test_control_plane_churn_while_io_runs(zmount) -> None:
 
 
 # ---- memory: given back, and devices cheap -----------------------------------------------------
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def test_memory_is_given_back_after_discard_and_reset(zmount) -> None:
     """Stored pages cost the daemon real memory; discarding them gives most of it back at once
     (freed frames are MADV_DONTNEED'd), and fill/discard cycles do not make the daemon grow."""

@@ -15,6 +15,7 @@ import ctypes
 import errno
 import os
 import signal
+import stat
 import shutil
 import subprocess
 import sys
@@ -193,6 +194,11 @@ def write_file(path: Path | str, text: str) -> None:
         os.write(fd, text.encode())
     finally:
         os.close(fd)
+
+
+def mode_of(path: Path | str) -> int:
+    """The permission bits of a file of the tree (0o644 for disksize, as sysfs shows it)."""
+    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 def expect_errno(code: int, fn, *args) -> None:

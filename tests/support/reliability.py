@@ -6,7 +6,9 @@
 - `control_files` / `snapshot`: every file of a mount's control tree, and everything a bad
   request could change — each device's data hash and every statistic and setting that can be
   read — so a test can assert "nothing changed".
-- `fallocate`, `data_for`: the image's punch-hole call and deterministic page contents.
+- `punch_hole`, `varied_data`: the image's discard call and deterministic page contents of
+  varied compressibility.
+- `rss_kib`: a process's resident memory (the daemon's, for the memory tests).
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import faulthandler
 import hashlib
 import os
 import random
-import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from support.mountutil import (  # noqa: F401 (re-exported)
     FALLOC_FL_PUNCH_HOLE,
     Mount,
     fallocate,
+    mode_of,
 )
 
 PAGE = 4096
@@ -41,7 +43,7 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
 _WORDS = [b"zram", b"zsmalloc", b"page", b"compress", b"slot", b"handle", b"class", b"\n"]
 
 
-def data_for(rng: random.Random, n: int) -> bytes:
+def varied_data(rng: random.Random, n: int) -> bytes:
     """n bytes of one of four kinds: random (stored HUGE), text (compresses well), one repeated
     byte (same-filled pages), half random / half zeros."""
     kind = rng.randrange(4)
@@ -100,7 +102,7 @@ class Watchdog:
                                 f"(stacks on stderr); first error: {exc!r}")
 
 
-def kill_mount(m: Mount) -> Callable[[], None]:
+def daemon_killer(m: Mount) -> Callable[[], None]:
     """The unblock action for a mount: SIGKILL its daemon (our child); FUSE requests in flight
     then fail with ENOTCONN and the fixture removes the stale mount."""
     def unblock() -> None:
@@ -118,6 +120,14 @@ def join_all(threads: list[threading.Thread], deadline_s: float) -> list[str]:
     return [t.name for t in threads if t.is_alive()]
 
 
+def rss_kib(pid: int) -> int:
+    """VmRSS of a process (the FUSE daemon), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 # ---- the control tree and "nothing changed" ------------------------------------------------
 def control_files(m: Mount) -> list[Path]:
     """Every regular file of the mount except the images, sorted."""
@@ -128,10 +138,6 @@ def control_files(m: Mount) -> list[Path]:
             continue
         found.extend(Path(root) / f for f in files)
     return sorted(found)
-
-
-def mode_of(path: Path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 def image_digest(m: Mount, dev: int) -> str:
@@ -174,7 +180,8 @@ def snapshot(m: Mount) -> dict[str, str]:
     return out
 
 
-def diff(before: dict[str, str], after: dict[str, str]) -> list[str]:
+def snapshot_diff(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """What differs between two `snapshot`s, one ``name: before -> after`` line per entry."""
     keys = sorted(set(before) | set(after))
     return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in keys
             if before.get(k) != after.get(k)]
