@@ -26,7 +26,7 @@ from .fullness import SizeClass
 from .handles import InvalidHandle
 from .locks import LockOrderViolation, lock_stat_reset, lock_stat_text, set_lockdep
 from .memory import MovableOps, OutOfMemory, PhysicalMemory
-from .pool import MapMode, NestedMappingError, Pool, PoolStats, SHRINK_STOP
+from .pool import SHRINK_STOP, MapMode, NestedMappingError, Pool, PoolStats
 from .sizeclass import ClassTable, SizeClassSpec, build_class_table
 
 __all__ = [

@@ -21,8 +21,14 @@ from typing import TYPE_CHECKING
 
 from .fullness import SizeClass, putback_zspage, remove_zspage
 from .handles import HANDLE_SHIFT
-from .sizeclass import (OBJ_ALLOCATED, OBJ_ALLOCATED_TAG, OBJ_USED, ZS_ALMOST_EMPTY,
-                        ZS_ALMOST_FULL, ZS_EMPTY)
+from .sizeclass import (
+    OBJ_ALLOCATED,
+    OBJ_ALLOCATED_TAG,
+    OBJ_USED,
+    ZS_ALMOST_EMPTY,
+    ZS_ALMOST_FULL,
+    ZS_EMPTY,
+)
 from .zspage import Zspage, obj_to_location
 from .zspage_ops import free_zspage, get_next_page, obj_free, obj_malloc
 

@@ -17,8 +17,16 @@ reference, and ``tests/test_pool_reference.py`` checks that the copies agree wit
 from __future__ import annotations
 
 from . import locks as _locks
-from .sizeclass import (NR_ZS_FULLNESS, NR_ZS_STAT_TYPE, ZS_ALMOST_EMPTY, ZS_ALMOST_FULL,
-                        ZS_EMPTY, ZS_HANDLE_SIZE, almost_empty_limit, get_fullness_group)
+from .sizeclass import (
+    NR_ZS_FULLNESS,
+    NR_ZS_STAT_TYPE,
+    ZS_ALMOST_EMPTY,
+    ZS_ALMOST_FULL,
+    ZS_EMPTY,
+    ZS_HANDLE_SIZE,
+    almost_empty_limit,
+    get_fullness_group,
+)
 from .zspage import ListHead, Zspage, list_add, list_del_init
 
 __all__ = ["SizeClass", "insert_zspage", "remove_zspage", "fix_fullness_group",

@@ -50,13 +50,13 @@ import mmap
 import os
 import threading
 from array import array
+from collections.abc import Iterator
 from time import perf_counter_ns
-from typing import Iterator
+from typing import Any
 
 from . import locks as _locks
 from .locks import PAGE_LOCK, ZONE_LOCK, LockMode, Mutex
-from .mm_types import (INDEX_NONE, PG, PG_ISOLATED, PG_MOVABLE, PG_PRIVATE, MovableOps,
-                       OutOfMemory)
+from .mm_types import INDEX_NONE, PG, PG_ISOLATED, PG_MOVABLE, PG_PRIVATE, MovableOps, OutOfMemory
 from .page_migration import CompactResult, MigrateStatus, compact_memory, migrate_pfn_status
 
 __all__ = [
@@ -87,7 +87,7 @@ _NR_WAITQ = 64  # hashed page wait queues (kernel: PAGE_WAIT_TABLE_SIZE = 256)
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # Linux value; the mmap module omits it
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
-_fallocate = None   # libc fallocate(2) through ctypes, loaded by the first memfd arena
+_fallocate: Any = None  # libc fallocate(2) through ctypes, loaded by the first memfd arena
 
 
 def _libc_fallocate():
@@ -112,7 +112,7 @@ class _WaitQueue:
 class _PageGuard:
     __slots__ = ("_mem", "_pfn")
 
-    def __init__(self, mem: "PhysicalMemory", pfn: int) -> None:
+    def __init__(self, mem: PhysicalMemory, pfn: int) -> None:
         self._mem = mem
         self._pfn = pfn
 
@@ -205,7 +205,9 @@ class PhysicalMemory:
         self._cap = 0                   # length of the per-frame arrays
 
         # struct page fields, public (zsmalloc reads and writes them directly).
-        self.private: list[object | None] = []
+        # page->private: the owner's object (zsmalloc's Zspage), None when unused.  Any, as the
+        # kernel's unsigned long that only the owner casts back (no isinstance on the hot paths).
+        self.private: list[Any] = []
         self.index = array("q")
         self.page_type = array("i")
         self.flags = bytearray()
@@ -311,9 +313,10 @@ class PhysicalMemory:
 
         Its contents are dropped (MADV_DONTNEED, or a hole punched in a memfd arena, so the
         process gives the memory back) in batches of DIRTY_FRAMES, not one syscall per free:
-        zsmalloc frees and allocates zspages all the time under overwrites, and lowest-PFN allocation hands the frame just
-        freed out again, usually before the batch is due — then with its old bytes, like the
-        kernel's alloc_page without __GFP_ZERO.  At most DIRTY_FRAMES frames of RSS lag."""
+        zsmalloc frees and allocates zspages all the time under overwrites, and lowest-PFN
+        allocation hands the frame just freed out again, usually before the batch is due — then
+        with its old bytes, like the kernel's alloc_page without __GFP_ZERO.  At most
+        DIRTY_FRAMES frames of RSS lag."""
         dirty = self._dirty
         dirty.add(pfn)
         if len(dirty) >= DIRTY_FRAMES:

@@ -43,12 +43,22 @@ from .fullness import SizeClass, putback_zspage
 from .handles import FREE_CELL, HANDLE_LOW_BITS, HANDLE_SHIFT, HandleCache, InvalidHandle
 from .memory import INDEX_NONE, PhysicalMemory
 from .migrate import zs_page_isolate, zs_page_migrate, zs_page_putback
-from .sizeclass import (NR_ZS_FULLNESS, OBJ_ALLOCATED, OBJ_ALLOCATED_TAG, OBJ_TAG_BITS,
-                        OBJ_USED, ZS_ALMOST_EMPTY, ZS_ALMOST_FULL, ZS_EMPTY, ZS_FULL,
-                        ZS_HANDLE_SIZE, ClassTable, build_class_table)
+from .sizeclass import (
+    NR_ZS_FULLNESS,
+    OBJ_ALLOCATED,
+    OBJ_ALLOCATED_TAG,
+    OBJ_TAG_BITS,
+    OBJ_USED,
+    ZS_ALMOST_EMPTY,
+    ZS_ALMOST_FULL,
+    ZS_EMPTY,
+    ZS_FULL,
+    ZS_HANDLE_SIZE,
+    ClassTable,
+    build_class_table,
+)
 from .zspage import FREEOBJ_MASK, Zspage
-from .zspage_ops import (alloc_zspage, async_free_zspage, free_zspage, obj_malloc,
-                         set_zspage_movable)
+from .zspage_ops import alloc_zspage, async_free_zspage, free_zspage, obj_malloc, set_zspage_movable
 
 __all__ = ["Pool", "PoolStats", "SizeClass", "MapMode", "InvalidHandle", "NestedMappingError",
            "SHRINK_STOP"]
@@ -115,12 +125,19 @@ class _Mapping:
     """What map_object returns: maps on __enter__ (zs_map_object), unmaps on __exit__."""
 
     __slots__ = ("pool", "handle", "mode", "zspage", "pfn", "off", "size", "span", "view", "area")
+    # set by Pool._map while mapped (zspage is None when not)
+    pfn: int
+    off: int
+    size: int
+    span: bool
+    view: memoryview
+    area: object
 
     def __init__(self, pool: Pool, handle: int, mode: MapMode) -> None:
         self.pool = pool
         self.handle = handle
         self.mode = mode
-        self.zspage = None
+        self.zspage: Zspage | None = None
 
     def __enter__(self) -> memoryview:
         return self.pool._map(self)
@@ -225,8 +242,10 @@ class Pool:
         self._zspages: set[Zspage] = set()
         self._zspages_lock = _locks.hot_path_lock(_locks.ZSPAGE_SET_LOCK)
 
-        # deferred free (pool->free_work)
-        self._free_cond = threading.Condition(_locks.hot_path_lock(_locks.FREE_WORK_LOCK))
+        # deferred free (pool->free_work); Condition takes any lock with acquire/release (a
+        # lockdep Mutex too), typeshed names only threading's own
+        self._free_cond = threading.Condition(
+            _locks.hot_path_lock(_locks.FREE_WORK_LOCK))  # type: ignore[arg-type]
         self._free_pending = False
         self._free_running = False
         self._free_worker: threading.Thread | None = None

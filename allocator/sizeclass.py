@@ -22,7 +22,7 @@ Two page-count rules are supported:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 # Constants that do not depend on the page size (docs/zsmalloc.md, "Constants").
 ZSPAGE_MAGIC = 0x58
@@ -147,7 +147,7 @@ def _div_round_up(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@lru_cache(maxsize=None)
+@cache
 def build_class_table(page_size: int = 4096, chain_size: int = 4, chain_rule: str = "max-used",
                       max_possible_physmem_bits: int = 52) -> ClassTable:
     """Compute the class table exactly as zs_create_pool's loop does (docs/zsmalloc.md,

@@ -19,9 +19,18 @@ from typing import TYPE_CHECKING
 
 from .compact import zs_can_compact
 from .handles import HANDLE_SHIFT
-from .sizeclass import (CLASS_ALMOST_EMPTY, CLASS_ALMOST_FULL, NR_ZS_FULLNESS, OBJ_ALLOCATED,
-                        OBJ_ALLOCATED_TAG, OBJ_TAG_BITS, OBJ_USED, ZS_EMPTY, ZSPAGE_MAGIC,
-                        get_fullness_group)
+from .sizeclass import (
+    CLASS_ALMOST_EMPTY,
+    CLASS_ALMOST_FULL,
+    NR_ZS_FULLNESS,
+    OBJ_ALLOCATED,
+    OBJ_ALLOCATED_TAG,
+    OBJ_TAG_BITS,
+    OBJ_USED,
+    ZS_EMPTY,
+    ZSPAGE_MAGIC,
+    get_fullness_group,
+)
 from .zspage import OBJ_END_MARKER, Zspage, location_to_obj, obj_to_location
 from .zspage_ops import handle_to_zspage
 
@@ -190,7 +199,7 @@ def check_invariants(pool: Pool) -> None:
                     want = z.pages[k + 1] if k + 1 < len(z.pages) else -1
                     assert nxt == want, f"pfn {pfn}: index {nxt} != next page {want}"
             allocated = 0
-            for idx, pfn, off, word in zspage_objects(pool, z):
+            for idx, pfn, _off, word in zspage_objects(pool, z):
                 if idx >= cls.objs_per_zspage:       # the phantom is never allocated
                     assert not word & OBJ_ALLOCATED_TAG, f"phantom allocated in {z!r}"
                     continue

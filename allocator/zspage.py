@@ -23,7 +23,9 @@ Everything that touches page contents works on the arena viewed as 64-bit words
 
 from __future__ import annotations
 
-from .sizeclass import OBJ_TAG_BITS, ZSPAGE_MAGIC, ZS_EMPTY
+from typing import Any
+
+from .sizeclass import OBJ_TAG_BITS, ZS_EMPTY, ZSPAGE_MAGIC
 
 U64_MASK = (1 << 64) - 1
 # -1UL << OBJ_TAG_BITS: the freelist end marker stored in the last free slot.
@@ -38,8 +40,10 @@ class ListHead:
     __slots__ = ("prev", "next")
 
     def __init__(self) -> None:
-        self.prev = self
-        self.next = self
+        # Typed Any, like Zspage.prev/next: a link is this sentinel or a Zspage, and which one
+        # is the walker's knowledge (the kernel's container_of), checked by `is not head`.
+        self.prev: Any = self
+        self.next: Any = self
 
     def empty(self) -> bool:
         return self.next is self
@@ -76,8 +80,9 @@ class Zspage:
         # self-cycle would leave every freed zspage (and its lock and page list) to the cyclic
         # garbage collector, which the daemon runs rarely (zramfs.cli._tune_gc), so discarded
         # data would keep the daemon's memory until the next full collection.
-        self.prev: Zspage | ListHead | None = None
-        self.next: Zspage | ListHead | None = None
+        # A Zspage, a ListHead or None; Any because only the walker knows which (see ListHead).
+        self.prev: Any = None
+        self.next: Any = None
 
     def on_list(self) -> bool:
         return self.next is not None

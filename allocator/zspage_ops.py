@@ -31,8 +31,14 @@ from . import locks as _locks
 from .fullness import SizeClass, remove_zspage
 from .mm_types import INDEX_NONE, PG_PRIVATE, MovableOps, OutOfMemory
 from .sizeclass import OBJ_ALLOCATED, OBJ_ALLOCATED_TAG, OBJ_TAG_BITS, ZS_EMPTY
-from .zspage import (FREEOBJ_MASK, Zspage, init_zspage, list_del_init, location_to_obj,
-                     obj_to_location)
+from .zspage import (
+    FREEOBJ_MASK,
+    Zspage,
+    init_zspage,
+    list_del_init,
+    location_to_obj,
+    obj_to_location,
+)
 
 if TYPE_CHECKING:
     from .handles import HandleCache
