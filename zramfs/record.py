@@ -14,6 +14,7 @@ pieces other experiment tools build on: `device_sample` and `RecordWriter`.
 - `record_mount`: the sampling loop (fixed rate, SIGINT/SIGTERM or ``--duration`` end it, the
   file always ends with a complete line); `write_csv`: the ``--csv`` companion.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,27 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import IO, TYPE_CHECKING, Any
 
-from zramfs.record_schema import (CONFIG_PARAMS, DAEMON_PARAMS, DEVICE_FILES, MM_STAT_FIELDS,
-                                  SCHEMA, VERSION, BadAttribute, RecordError, flatten,
-                                  lock_stat_delta, parse_daemon, parse_device, parse_lock_stat,
-                                  parse_vmstat, read_record)
+from zramfs.record_schema import (
+    CONFIG_PARAMS,
+    DAEMON_PARAMS,
+    DEVICE_FILES,
+    MM_STAT_FIELDS,
+    SCHEMA,
+    VERSION,
+    BadAttribute,
+    RecordError,
+    flatten,
+    lock_stat_delta,
+    parse_daemon,
+    parse_device,
+    parse_lock_stat,
+    parse_vmstat,
+    read_record,
+)
 
 if TYPE_CHECKING:
     from zramfs.daemon import ModuleParameter
@@ -43,13 +58,13 @@ PARAMS_DIR = "sys/module/zramfs/parameters"
 
 
 # ---- in process --------------------------------------------------------------------------------
-def _has_classes(dev: "ZramDevice") -> bool:
+def _has_classes(dev: ZramDevice) -> bool:
     """Whether the mount shows debugfs zsmalloc/zram<N>/classes: the pool exists only while the
     device is initialised (zramfs.tree.Tree._initialised)."""
     return dev.pool is not None and dev.disksize > 0
 
 
-def device_sample(dev: "ZramDevice") -> dict[str, Any]:
+def device_sample(dev: ZramDevice) -> dict[str, Any]:
     """The per-device object of one sample for a live device (module docstring): the same keys
     and values `MountSampler` reads from the device's files in the same state."""
     from zramfs import attrs
@@ -60,7 +75,7 @@ def device_sample(dev: "ZramDevice") -> dict[str, Any]:
     return parse_device(texts)
 
 
-def daemon_sample(parameters: Iterable["ModuleParameter"]) -> dict[str, int]:
+def daemon_sample(parameters: Iterable[ModuleParameter]) -> dict[str, int]:
     """The compaction daemon's counters from its module parameters (e.g.
     ``CompactionDaemon.parameters()``), as `MountSampler` reads them from the files."""
     return parse_daemon({p.name: p.get() for p in parameters if p.name in DAEMON_PARAMS})
@@ -101,16 +116,26 @@ class RecordWriter:
     with `add_config(key, config)` and passes ``config_key=key`` to its samples and events.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, config: Mapping[str, Any], source: str,
-                 **header: Any) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, config: Mapping[str, Any], source: str, **header: Any
+    ) -> None:
         self.path = os.fspath(path)
-        self._file: IO[str] | None = open(self.path, "w", encoding="utf-8")
+        # the writer owns the file until close(): no with-block can span its lifetime
+        self._file: IO[str] | None = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
         self._lock = threading.Lock()
         self._keys: set[str] = set()
         self.samples = 0
         self.reason = "closed"
-        self._write({"schema": SCHEMA, "version": VERSION, "source": source,
-                     "config": dict(config), "created": time.time(), **header})
+        self._write(
+            {
+                "schema": SCHEMA,
+                "version": VERSION,
+                "source": source,
+                "config": dict(config),
+                "created": time.time(),
+                **header,
+            }
+        )
 
     def _write(self, obj: Mapping[str, Any]) -> None:
         line = _dumps(obj) + "\n"
@@ -134,8 +159,14 @@ class RecordWriter:
             obj["config_key"] = config_key
         return obj
 
-    def sample(self, t: float, devices: Mapping[str, Mapping[str, Any]],
-               extra: Mapping[str, Any] | None = None, *, config_key: str | None = None) -> None:
+    def sample(
+        self,
+        t: float,
+        devices: Mapping[str, Mapping[str, Any]],
+        extra: Mapping[str, Any] | None = None,
+        *,
+        config_key: str | None = None,
+    ) -> None:
         """One sample at ``t`` seconds (since the recording started, or trace time in a
         replay): ``devices`` maps a device name (``zram0``) to its `device_sample` object;
         ``extra`` adds top-level keys (``time``, ``vmstat``, ``lock_stat``, ``daemon``)."""
@@ -145,12 +176,12 @@ class RecordWriter:
         self._write(self._keyed(obj, config_key))
         self.samples += 1
 
-    def event(self, t: float, event: str, device: str, *, config_key: str | None = None,
-              **detail: Any) -> None:
+    def event(
+        self, t: float, event: str, device: str, *, config_key: str | None = None, **detail: Any
+    ) -> None:
         """A device came (``device_added``), went (``device_removed``), was initialised
         (``device_initialised``) or reset (``device_reset``)."""
-        obj = {"type": "event", "t": round(float(t), 6), "event": event, "device": device,
-               **detail}
+        obj = {"type": "event", "t": round(float(t), 6), "event": event, "device": device, **detail}
         self._write(self._keyed(obj, config_key))
 
     def close(self, t: float | None = None) -> None:
@@ -164,7 +195,7 @@ class RecordWriter:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -195,7 +226,10 @@ class MountSampler:
 
     def __init__(self, mnt: str | os.PathLike[str]) -> None:
         self.mnt = Path(mnt)
-        if not (self.mnt / "sys/block").is_dir() or not (self.mnt / "sys/class/zram-control").is_dir():
+        if (
+            not (self.mnt / "sys/block").is_dir()
+            or not (self.mnt / "sys/class/zram-control").is_dir()
+        ):
             raise NotAMount(f"{self.mnt} is not a zramfs mount")
         self._locks = LockStatDeltas(lambda: _read(self.mnt / "proc/lock_stat"))
         self._known: dict[str, dict[str, Any]] = {}
@@ -248,7 +282,7 @@ class MountSampler:
             try:
                 d = self.read_device(name)
             except BadAttribute:
-                d = None         # torn down between two of its files: counted as gone
+                d = None  # torn down between two of its files: counted as gone
             if d is not None:
                 devices[name] = d
         if not (self.mnt / "sys/block").is_dir():
@@ -286,10 +320,17 @@ class MountSampler:
 
 
 # counters that only a reset (zram_reset_device's memset of the stats) makes go down
-_MONOTONIC = (("mm_stat", "pages_compacted"), ("mm_stat", "huge_pages_since"),
-              ("io_stat", "failed_reads"), ("io_stat", "failed_writes"),
-              ("io_stat", "notify_free"), ("debug_stat", "miss_free"), ("stat", "read_ios"),
-              ("stat", "write_ios"), ("stat", "flush_ios"))
+_MONOTONIC = (
+    ("mm_stat", "pages_compacted"),
+    ("mm_stat", "huge_pages_since"),
+    ("io_stat", "failed_reads"),
+    ("io_stat", "failed_writes"),
+    ("io_stat", "notify_free"),
+    ("debug_stat", "miss_free"),
+    ("stat", "read_ios"),
+    ("stat", "write_ios"),
+    ("stat", "flush_ios"),
+)
 
 
 def _was_reset(before: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
@@ -301,9 +342,14 @@ def _was_reset(before: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
 
 
 # ---- the loop ----------------------------------------------------------------------------------
-def record_mount(mnt: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                 interval: float = DEFAULT_INTERVAL, duration: float | None = None,
-                 stop: threading.Event | None = None) -> RecordWriter:
+def record_mount(
+    mnt: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    interval: float = DEFAULT_INTERVAL,
+    duration: float | None = None,
+    stop: threading.Event | None = None,
+) -> RecordWriter:
     """Sample ``mnt`` into ``out`` every ``interval`` seconds until ``duration`` has passed,
     ``stop`` is set or the mount goes away; the last sample is taken at the stop.  Returns the
     closed writer (``samples``, ``reason``).  Raises `NotAMount` before creating ``out``."""
@@ -311,8 +357,13 @@ def record_mount(mnt: str | os.PathLike[str], out: str | os.PathLike[str], *,
     sampler = MountSampler(mnt)
     config = sampler.config()
     start = time.monotonic()
-    writer = RecordWriter(out, config=config, source=f"mount:{os.path.abspath(mnt)}",
-                          interval=interval, started=round(time.time(), 6))
+    writer = RecordWriter(
+        out,
+        config=config,
+        source=f"mount:{os.path.abspath(mnt)}",
+        interval=interval,
+        started=round(time.time(), 6),
+    )
     t = 0.0
     try:
         k = 0
@@ -361,14 +412,18 @@ def csv_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, An
             mount = dict(flatten({k: sample[k] for k in ("vmstat", "daemon") if k in sample}))
             lock = sample.get("lock_stat") or {}
             mount["lock_stat.contentions"] = sum(v["contentions"] for v in lock.values())
-            mount["lock_stat.wait_total_us"] = round(sum(v["wait_total_us"] for v in lock.values()), 2)
+            mount["lock_stat.wait_total_us"] = round(
+                sum(v["wait_total_us"] for v in lock.values()), 2
+            )
             mount["lock_stat.migrate_lock_contentions"] = sum(
-                v["contentions"] for k, v in lock.items() if "migrate_lock" in k)
+                v["contentions"] for k, v in lock.items() if "migrate_lock" in k
+            )
             for name, dev in sample["devices"].items():
                 row = {**top, "device": name}
                 row.update(flatten({k: v for k, v in dev.items() if k != "classes"}))
-                row.update({f"classes.{k}": v
-                            for k, v in _class_totals(dev.get("classes", [])).items()})
+                row.update(
+                    {f"classes.{k}": v for k, v in _class_totals(dev.get("classes", [])).items()}
+                )
                 row.update(mount)
                 rows.append(row)
     columns: list[str] = []
@@ -384,7 +439,7 @@ def csv_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, An
 def csv_path(out: str | os.PathLike[str]) -> str:
     """FILE.jsonl → FILE.csv; any other name gets .csv appended."""
     s = os.fspath(out)
-    return s[:-len(".jsonl")] + ".csv" if s.endswith(".jsonl") else s + ".csv"
+    return s[: -len(".jsonl")] + ".csv" if s.endswith(".jsonl") else s + ".csv"
 
 
 def write_csv(record_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> int:
@@ -400,8 +455,10 @@ def write_csv(record_path: str | os.PathLike[str], out: str | os.PathLike[str]) 
 # ---- the command -------------------------------------------------------------------------------
 def _one_line_errors(p: argparse.ArgumentParser, prog: str) -> None:
     """Bad arguments: one line on stderr and exit code 2, no usage dump."""
+
     def error(message: str) -> Any:
         p.exit(2, f"{prog}: {message}\n")
+
     p.error = error  # type: ignore[method-assign]
 
 
@@ -409,12 +466,23 @@ def add_parser(subparsers: Any) -> None:
     r = subparsers.add_parser("record", help="record a time series of a mount (JSON Lines)")
     r.add_argument("mountpoint", metavar="MNT")
     r.add_argument("--out", required=True, metavar="FILE", help="the record file (JSON Lines)")
-    r.add_argument("--interval", default=str(DEFAULT_INTERVAL), metavar="SECONDS",
-                   help=f"time between samples (default {DEFAULT_INTERVAL})")
-    r.add_argument("--duration", default=None, metavar="SECONDS",
-                   help="stop after this long (default: at SIGINT/SIGTERM)")
-    r.add_argument("--csv", action="store_true",
-                   help="also write FILE's CSV companion (FILE.csv), one row per sample per device")
+    r.add_argument(
+        "--interval",
+        default=str(DEFAULT_INTERVAL),
+        metavar="SECONDS",
+        help=f"time between samples (default {DEFAULT_INTERVAL})",
+    )
+    r.add_argument(
+        "--duration",
+        default=None,
+        metavar="SECONDS",
+        help="stop after this long (default: at SIGINT/SIGTERM)",
+    )
+    r.add_argument(
+        "--csv",
+        action="store_true",
+        help="also write FILE's CSV companion (FILE.csv), one row per sample per device",
+    )
     r.set_defaults(func=run)
     _one_line_errors(r, "zramfs record")
 
@@ -445,11 +513,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prog}: {out.parent}: no such directory", file=sys.stderr)
         return 2
     stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set())
-                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {
+        s: signal.signal(s, lambda *_: stop.set())
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     try:
-        writer = record_mount(args.mountpoint, out, interval=interval, duration=duration,
-                              stop=stop)
+        writer = record_mount(args.mountpoint, out, interval=interval, duration=duration, stop=stop)
     except NotAMount as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
@@ -471,6 +540,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["device_sample", "daemon_sample", "LockStatDeltas", "RecordWriter", "MountSampler",
-           "record_mount", "write_csv", "csv_rows", "csv_path", "add_parser", "run",
-           "MM_STAT_FIELDS"]
+__all__ = [
+    "device_sample",
+    "daemon_sample",
+    "LockStatDeltas",
+    "RecordWriter",
+    "MountSampler",
+    "record_mount",
+    "write_csv",
+    "csv_rows",
+    "csv_path",
+    "add_parser",
+    "run",
+    "MM_STAT_FIELDS",
+]

@@ -15,45 +15,88 @@ every further line is an object with a ``type``: ``sample``, ``event``, ``config
 configuration of a file that carries several, see ``config_key``) or ``end`` (written last when
 the recorder stops normally).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 SCHEMA = "zramfs-record"
 VERSION = 1
 
 # ---- attribute fields, in the order the kernel prints them (docs/zram.md §1) -------------------
-MM_STAT_FIELDS = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit",
-                  "mem_used_max", "same_pages", "pages_compacted", "huge_pages",
-                  "huge_pages_since")
+MM_STAT_FIELDS = (
+    "orig_data_size",
+    "compr_data_size",
+    "mem_used_total",
+    "mem_limit",
+    "mem_used_max",
+    "same_pages",
+    "pages_compacted",
+    "huge_pages",
+    "huge_pages_since",
+)
 IO_STAT_FIELDS = ("failed_reads", "failed_writes", "invalid_io", "notify_free")
 BD_STAT_FIELDS = ("bd_count", "bd_reads", "bd_writes")
 DEBUG_STAT_FIELDS = ("version", "writestall", "miss_free")
 # the block layer's /sys/block/<dev>/stat (Documentation/block/stat.rst)
-BLOCK_STAT_FIELDS = ("read_ios", "read_merges", "read_sectors", "read_ticks", "write_ios",
-                     "write_merges", "write_sectors", "write_ticks", "in_flight", "io_ticks",
-                     "time_in_queue", "discard_ios", "discard_merges", "discard_sectors",
-                     "discard_ticks", "flush_ios", "flush_ticks")
+BLOCK_STAT_FIELDS = (
+    "read_ios",
+    "read_merges",
+    "read_sectors",
+    "read_ticks",
+    "write_ios",
+    "write_merges",
+    "write_sectors",
+    "write_ticks",
+    "in_flight",
+    "io_ticks",
+    "time_in_queue",
+    "discard_ios",
+    "discard_merges",
+    "discard_sectors",
+    "discard_ticks",
+    "flush_ios",
+    "flush_ticks",
+)
 # zs_stats_size_show()'s columns (debugfs zsmalloc/<pool>/classes)
-CLASS_FIELDS = ("class", "size", "almost_full", "almost_empty", "obj_allocated", "obj_used",
-                "pages_used", "pages_per_zspage", "freeable")
+CLASS_FIELDS = (
+    "class",
+    "size",
+    "almost_full",
+    "almost_empty",
+    "obj_allocated",
+    "obj_used",
+    "pages_used",
+    "pages_per_zspage",
+    "freeable",
+)
 #: the attribute files a device sample reads, each with its fields (a dict in the sample)
 STAT_FILES: dict[str, tuple[str, ...]] = {
-    "mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS, "bd_stat": BD_STAT_FIELDS,
-    "debug_stat": DEBUG_STAT_FIELDS, "stat": BLOCK_STAT_FIELDS,
+    "mm_stat": MM_STAT_FIELDS,
+    "io_stat": IO_STAT_FIELDS,
+    "bd_stat": BD_STAT_FIELDS,
+    "debug_stat": DEBUG_STAT_FIELDS,
+    "stat": BLOCK_STAT_FIELDS,
 }
 #: single-value attribute files a device sample reads
 SCALAR_FILES = ("disksize", "initstate", "comp_algorithm")
 #: every device attribute file a sample reads (the ``classes`` table comes from debugfs)
 DEVICE_FILES = (*SCALAR_FILES, *STAT_FILES)
 #: the compaction daemon's counters (module parameters under MNT/sys/module/zramfs/parameters)
-DAEMON_PARAMS = ("compact_runs", "compact_pages_freed", "compact_runs_pressure",
-                 "compact_runs_mem_limit", "compact_runs_threshold", "compact_runs_interval")
+DAEMON_PARAMS = (
+    "compact_runs",
+    "compact_pages_freed",
+    "compact_runs_pressure",
+    "compact_runs_mem_limit",
+    "compact_runs_threshold",
+    "compact_runs_interval",
+)
 #: module parameters copied into the header's ``config`` of a mount recording
 CONFIG_PARAMS = ("chain_size", "chain_rule", "compact_policy", "num_devices", "lz4_path")
 #: lock_stat counters a sample carries as deltas since the previous sample
@@ -105,8 +148,17 @@ def parse_classes(text: str) -> list[dict[str, int]]:
         if not words or not words[0].isdigit():
             continue
         row = _ints("classes", line, CLASS_FIELDS)
-        if any(row[k] for k in ("almost_full", "almost_empty", "obj_allocated", "obj_used",
-                                "pages_used", "freeable")):
+        if any(
+            row[k]
+            for k in (
+                "almost_full",
+                "almost_empty",
+                "obj_allocated",
+                "obj_used",
+                "pages_used",
+                "freeable",
+            )
+        ):
             rows.append(row)
     return rows
 
@@ -118,6 +170,7 @@ def parse_device(texts: Mapping[str, str | None]) -> dict[str, Any]:
     Keys: ``disksize``, ``initstate`` (ints), ``comp_algorithm`` (str or None),
     ``mm_stat``/``io_stat``/``bd_stat``/``debug_stat``/``stat`` (dicts of named ints) and
     ``classes`` (list of row dicts, empty without a pool)."""
+
     def need(name: str) -> str:
         text = texts.get(name)
         if text is None:
@@ -152,7 +205,9 @@ def parse_vmstat(text: str) -> dict[str, int]:
     return out
 
 
-_LOCK_ROW = re.compile(r"^\s*(\S.*):\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s*$")
+_LOCK_ROW = re.compile(
+    r"^\s*(\S.*):\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s*$"
+)
 
 
 def parse_lock_stat(text: str) -> dict[str, dict[str, float]]:
@@ -165,15 +220,19 @@ def parse_lock_stat(text: str) -> dict[str, dict[str, float]]:
         if m is None:
             continue
         out[m.group(1)] = {
-            "contentions": int(m.group(2)), "wait_min_us": float(m.group(3)),
-            "wait_max_us": float(m.group(4)), "wait_total_us": float(m.group(5)),
-            "wait_avg_us": float(m.group(6)), "acquisitions": int(m.group(7)),
+            "contentions": int(m.group(2)),
+            "wait_min_us": float(m.group(3)),
+            "wait_max_us": float(m.group(4)),
+            "wait_total_us": float(m.group(5)),
+            "wait_avg_us": float(m.group(6)),
+            "acquisitions": int(m.group(7)),
         }
     return out
 
 
-def lock_stat_delta(prev: Mapping[str, Mapping[str, float]],
-                    cur: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+def lock_stat_delta(
+    prev: Mapping[str, Mapping[str, float]], cur: Mapping[str, Mapping[str, float]]
+) -> dict[str, dict[str, float]]:
     """What each lock class did between two readings: `LOCK_DELTA_FIELDS` as differences and
     ``wait_max_us`` as read (a maximum has no difference).  Classes that did nothing are left
     out.  A counter that went down was cleared (``echo 0 > lock_stat``): its delta is the new
@@ -228,7 +287,7 @@ class Record:
     path: str
     header: dict[str, Any]
     series: dict[str | None, Series]
-    ended: dict[str, Any] | None        # the ``end`` line, None if the recorder was killed
+    ended: dict[str, Any] | None  # the ``end`` line, None if the recorder was killed
 
 
 def _check_number(path: str, lineno: int, obj: Mapping[str, Any], key: str) -> None:
@@ -279,8 +338,10 @@ def read_record(path: str | os.PathLike[str]) -> Record:
     if header.get("schema") != SCHEMA:
         raise RecordError(spath, f"not a {SCHEMA} file (schema {header.get('schema')!r})")
     if header.get("version") != VERSION:
-        raise RecordError(spath, f"{SCHEMA} version {header.get('version')!r}; "
-                                 f"this zramfs reads version {VERSION}")
+        raise RecordError(
+            spath,
+            f"{SCHEMA} version {header.get('version')!r}; this zramfs reads version {VERSION}",
+        )
     if not isinstance(header.get("config"), dict):
         raise RecordError(spath, "header without a config object")
     series: dict[str | None, Series] = {}
