@@ -5,11 +5,13 @@
 #   unmount_device      undo what mount_device did (only what this script mounted)
 #   show_stats          labelled mm_stat and `zramfs status` of MNT/dev/zram0
 MNT=""; OWN_MNT=0
+# The installed `zramfs` command (scripts/test.sh --deps-only installs the checkout editable);
+# without it, this checkout's package through `python3 -m zramfs` (the one place the scripts run
+# the project from the checkout without an install).
 zramfs_cli() {
     if command -v zramfs >/dev/null 2>&1; then zramfs "$@"
-    else PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 -m zramfs.cli "$@"; fi
+    else PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 -m zramfs "$@"; fi
 }
-zramfs_mount_available() { [ -f "$REPO/zramfs/cli.py" ] && [ -f "$REPO/zramfs/fs.py" ]; }
 is_mounted() { [ -n "$1" ] && mountpoint -q "$1" 2>/dev/null; }
 mount_device() {  # [MNT] -> sets MNT (and OWN_MNT=1 when this script mounted it)
     if [ -n "${1:-}" ]; then
@@ -25,7 +27,6 @@ mount_device() {  # [MNT] -> sets MNT (and OWN_MNT=1 when this script mounted it
     MNT="$(mktemp -d /tmp/zramfs-mnt.XXXXXX)"; OWN_MNT=1
     case "$BACKEND" in
         zramfs)
-            zramfs_mount_available || die "zramfs mount is not there yet (zramfs/cli.py, zramfs/fs.py pending); try BACKEND=nullfs"
             log "zramfs mount $MNT --size $SIZE --algorithm $ALGORITHM"
             zramfs_cli mount "$MNT" --size "$SIZE" --algorithm "$ALGORITHM" ;;
         nullfs)
@@ -59,5 +60,5 @@ show_stats() {  # labelled mm_stat (+ zramfs status) of MNT/dev/zram0
     else
         echo "mm_stat: none ($BACKEND serves no zram attributes)"
     fi
-    if [ "$BACKEND" = zramfs ] && [ -f "$REPO/zramfs/cli.py" ]; then zramfs_cli status "$MNT" || true; fi
+    if [ "$BACKEND" = zramfs ]; then zramfs_cli status "$MNT" || true; fi
 }
