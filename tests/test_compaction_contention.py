@@ -1,4 +1,5 @@
-"""Compaction and migrate_lock contention (reference §3.16 note (a), E16, E17).
+"""Compaction and migrate_lock contention (docs/zsmalloc.md, "Compaction and the shrinker", and
+the edge cases "When compaction of a class stops" and "Compaction waits for mapped objects").
 
 The scenarios are made deterministic by holding a mapping: zs_map_object returns holding the
 zspage read lock, so a compactor that isolates that zspage blocks in migrate_write_lock while
@@ -183,11 +184,12 @@ def test_compaction_gives_way_to_a_queued_reader(pool: Pool) -> None:
     lay.verify()
 
 
-def test_e17_compactor_waits_for_a_mapped_destination(pool: Pool) -> None:
-    """E17: with an object of the destination mapped RW, compaction waits in
+def test_compactor_waits_for_a_mapped_destination(pool: Pool) -> None:
+    """With an object of the destination mapped RW, compaction waits in
     migrate_write_lock(dst); the write made through the mapping is not lost, and while it
     waits zs_free / zs_map_object on any class block, zs_malloc of another class proceeds
-    and zs_malloc of the class being compacted waits for its class lock."""
+    and zs_malloc of the class being compacted waits for its class lock (docs/zsmalloc.md,
+    edge case "Compaction waits for mapped objects")."""
     lay = Layout(pool)
     ml = ai.migrate_lock(pool)
     target = lay.d1_handles[5]

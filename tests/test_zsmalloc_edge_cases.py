@@ -1,15 +1,18 @@
-"""One test (or more) per edge case / invariant E1–E24 of the zsmalloc 5.17 reference (§6).
+"""One test (or more) per zsmalloc 5.17 edge case of docs/zsmalloc.md ("Edge cases").
 
-Internal state is read through the small accessor layer in `alloc_invariants` (handle cell,
-obj decoding, zspage of a handle, the class structs) and checked against independent oracles
-(the §7.1 class table written out, the 3N/4 rule, first_obj_offset arithmetic), and by reading
-the simulated frames directly.
+Each test's docstring names the edge-case subsection it pins down.  Internal state is read
+through the small accessor layer in `alloc_invariants` (handle cell, obj decoding, zspage of a
+handle, the class structs) and checked against independent oracles (the 5.17 class table
+written out, the 3N/4 rule, first_obj_offset arithmetic), and by reading the simulated frames
+directly.
 
-Where the port differs from the kernel by contract, the test checks the port's form:
-E1 zs_malloc(0) returning 0 -> ValueError (docs/INTERFACES.md); E19 the port implements the
-fixed lock_zspage (reference §5 item 1), so the race is tested to be *harmless*; E22 per-CPU
-map areas -> per-thread. No edge case is skipped: E16's contention stop and most of E17 are
-arranged deterministically in test_compaction_contention.py, with a short E17 test here.
+Where the port differs from the kernel by contract (docs/zsmalloc.md, "Where the port departs
+from 5.17"), the test checks the port's form: zs_malloc(0) returning 0 becomes ValueError
+(docs/INTERFACES.md); the port implements the fixed lock_zspage ("Async free made safe against
+migration"), so the async-free race is tested to be *harmless*; per-CPU map areas are
+per-thread.  No edge case is skipped: the stop on contention ("When compaction of a class
+stops") and most of "Compaction waits for mapped objects" are arranged deterministically in
+test_compaction_contention.py, with a short test of a mapped source here.
 """
 
 from __future__ import annotations
@@ -59,7 +62,9 @@ def row(pool: Pool, size: int) -> ai.ClassRow:
 # ---------------------------------------------------------------------------------------------
 # Sizing and classes
 
-def test_e1_size_limits(pool: Pool) -> None:
+def test_malloc_size_limits_and_free_of_zero(pool: Pool) -> None:
+    """zs_malloc(0) and PAGE_SIZE + 1 are refused, PAGE_SIZE goes to the huge class, zs_free(0)
+    does nothing (docs/zsmalloc.md, edge case "Size limits of zs_malloc and zs_free(0)")."""
     with pytest.raises(ValueError):
         pool.malloc(0)
     with pytest.raises(ValueError):
@@ -76,7 +81,10 @@ def test_e1_size_limits(pool: Pool) -> None:
     check_pool_invariants(pool, {})
 
 
-def test_e1_double_free_and_bad_handles_are_refused(pool: Pool) -> None:
+def test_double_free_and_bad_handles_are_refused(pool: Pool) -> None:
+    """A double free, a misaligned handle and a freed handle are refused, the pool intact
+    (docs/zsmalloc.md, edge case "Size limits of zs_malloc and zs_free(0)"; the port
+    raises)."""
     h = pool.malloc(100)
     keep = pool.malloc(100)
     pool.free(h)
@@ -92,8 +100,10 @@ def test_e1_double_free_and_bad_handles_are_refused(pool: Pool) -> None:
 @pytest.mark.parametrize("size,cls", [(1, 32), (24, 32), (25, 48), (40, 48), (41, 64),
                                       (648, 672), (649, 672), (664, 672), (665, 704),
                                       (3256, 3264), (3257, 4096), (4096, 4096)])
-def test_e2_class_boundaries(pool: Pool, size: int, cls: int) -> None:
-    assert ref_class_for_alloc(size).size == cls  # the oracle agrees with the reference text
+def test_class_lookup_adds_the_handle_size(pool: Pool, size: int, cls: int) -> None:
+    """Boundary sizes land in the class chosen for size + 8, alias slots in the class above
+    (docs/zsmalloc.md, edge case "Class lookup adds the handle size")."""
+    assert ref_class_for_alloc(size).size == cls  # the oracle agrees with the documented sizes
     h = pool.malloc(size)
     assert row(pool, cls).obj_used == 1
     assert check_classes_table(pool).total[3] == 1
@@ -102,7 +112,9 @@ def test_e2_class_boundaries(pool: Pool, size: int, cls: int) -> None:
     pool.free(h)
 
 
-def test_e2_every_size_maps_to_reference_class(pool: Pool) -> None:
+def test_every_size_lands_in_the_oracle_class(pool: Pool) -> None:
+    """Every size from 1 to 4096 lands where the written-out 5.17 table says (docs/zsmalloc.md,
+    edge case "Class lookup adds the handle size")."""
     live = {}
     for size in range(1, PAGE_SIZE + 1, 3):
         live[pool.malloc(size)] = size
@@ -113,11 +125,16 @@ def test_e2_every_size_maps_to_reference_class(pool: Pool) -> None:
         pool.free(h)
 
 
-def test_e2_huge_class_size(pool: Pool) -> None:
+def test_huge_class_size_is_3257_with_chain_4(pool: Pool) -> None:
+    """zs_huge_class_size() is 3257 for 4 KiB pages and chain 4 (docs/zsmalloc.md, edge case
+    "Class lookup adds the handle size")."""
     assert pool.huge_class_size == REF_HUGE_CLASS_SIZE == 3257
 
 
-def test_e3_sixty_nine_classes_and_global_huge_size(mem: PhysicalMemory) -> None:
+def test_sixty_nine_classes_and_one_huge_class_size_for_all_pools(mem: PhysicalMemory) -> None:
+    """69 canonical classes that match the oracle row for row, aliases resolved upward, and one
+    huge_class_size shared by two pools (docs/zsmalloc.md, edge case "Sixty-nine classes and
+    one global huge_class_size")."""
     p1 = Pool("a", memory=mem)
     p2 = Pool("b", memory=mem)
     t = check_classes_table(p1)
@@ -134,7 +151,10 @@ def test_e3_sixty_nine_classes_and_global_huge_size(mem: PhysicalMemory) -> None
 
 @pytest.mark.parametrize("size,objs", [(3256, 5), (1016, 4), (1352, 3), (2040, 2), (4096, 1),
                                        (100, 73)])
-def test_e4_fullness_three_quarters(pool: Pool, size: int, objs: int) -> None:
+def test_fullness_follows_the_three_quarters_rule(pool: Pool, size: int, objs: int) -> None:
+    """Fullness and the debugfs columns at every inuse for N = 1, 2, 3, 4, 5, 73: ALMOST_EMPTY
+    up to 3N/4, never ALMOST_FULL with N <= 4 (docs/zsmalloc.md, edge case "The three-quarters
+    fullness rule")."""
     cls = ref_class_for_alloc(size)
     assert cls.objs == objs
     hs = []
@@ -164,7 +184,10 @@ def _fresh_class48(pool: Pool, n: int) -> list[int]:
     return [pool.malloc(40) for _ in range(n)]
 
 
-def test_e5_spanning_objects_class48(pool: Pool, mem: PhysicalMemory) -> None:
+def test_class48_objects_85_and_170_span_two_pages(pool: Pool, mem: PhysicalMemory) -> None:
+    """Class 48 (3 pages): first_obj_offset [0, 32, 16], objects 85 and 170 span a page
+    boundary and round-trip through map/unmap (docs/zsmalloc.md, edge case "Objects that span
+    two pages")."""
     hs = _fresh_class48(pool, 256)
     z = ai.zspage_of(pool, hs[0])
     pages = ai.zspage_pfns(pool, z)
@@ -173,7 +196,7 @@ def test_e5_spanning_objects_class48(pool: Pool, mem: PhysicalMemory) -> None:
     spanning = []
     for i, h in enumerate(hs):
         pfn, idx = ai.location(pool, h)
-        assert idx == i, "a fresh zspage hands out indices in address order (E10)"
+        assert idx == i, "a fresh zspage hands out indices in address order"
         start = i * 48
         assert pfn == pages[start // PAGE_SIZE], "obj encodes the subpage the object starts in"
         if start % PAGE_SIZE + 48 > PAGE_SIZE:
@@ -192,8 +215,10 @@ def test_e5_spanning_objects_class48(pool: Pool, mem: PhysicalMemory) -> None:
     check_pool_invariants(pool, {h: 40 for h in hs})
 
 
-def test_e5_migrating_a_subpage_rewrites_only_objects_starting_in_it(pool: Pool,
-                                                                      mem: PhysicalMemory) -> None:
+def test_migrating_a_subpage_rewrites_only_objects_starting_in_it(pool: Pool,
+                                                                  mem: PhysicalMemory) -> None:
+    """Migrating the middle page of a class-48 zspage rewrites the handles of the objects that
+    start in it and no others (docs/zsmalloc.md, edge case "Objects that span two pages")."""
     filler = [mem.alloc_page() for _ in range(8)]  # keep low PFNs busy, then free them
     hs = _fresh_class48(pool, 256)
     for i, h in enumerate(hs):
@@ -208,7 +233,7 @@ def test_e5_migrating_a_subpage_rewrites_only_objects_starting_in_it(pool: Pool,
     new_pages = ai.zspage_pfns(pool, z)
     assert new_pages[0] == pages[0] and new_pages[2] == pages[2] and new_pages[1] != old
     assert new_pages[1] < old
-    assert mem.page_type[new_pages[1]] == 32, "first_obj_offset preserved (E18)"
+    assert mem.page_type[new_pages[1]] == 32, "first_obj_offset preserved by migration"
     for i, h in enumerate(hs):
         starts_in = (i * 48) // PAGE_SIZE
         if starts_in == 1:
@@ -224,7 +249,10 @@ def _spanning_pair(pool: Pool) -> tuple[list[int], int, int]:
     return hs, hs[85], hs[170]
 
 
-def test_e6_map_modes_spanning(pool: Pool, mem: PhysicalMemory) -> None:
+def test_map_modes_of_a_spanning_object(pool: Pool, mem: PhysicalMemory) -> None:
+    """RW copies in and back, RO discards writes, WO does not copy in but copies back; the
+    header is never written back (docs/zsmalloc.md, edge case "Map modes for spanning
+    objects")."""
     hs, a, b = _spanning_pair(pool)
     pool.write_object(a, fill(40, 1))
     pool.write_object(b, fill(40, 2))
@@ -255,7 +283,9 @@ def test_e6_map_modes_spanning(pool: Pool, mem: PhysicalMemory) -> None:
     check_pool_invariants(pool, {h: 40 for h in hs})
 
 
-def test_e6_in_page_mapping_is_direct(pool: Pool) -> None:
+def test_in_page_mapping_is_direct_whatever_the_mode(pool: Pool) -> None:
+    """An object inside one page is mapped directly: writes are visible at once, whatever the
+    mode (docs/zsmalloc.md, edge case "Map modes for spanning objects")."""
     h = pool.malloc(100)
     pool.write_object(h, fill(100, 1))
     with pool.map_object(h, MapMode.RO) as buf:
@@ -270,7 +300,9 @@ def test_e6_in_page_mapping_is_direct(pool: Pool) -> None:
         assert bytes(buf[:4]) == b"WXYZ", "in-page WO is a direct mapping: current bytes visible"
 
 
-def test_e7_huge_class(pool: Pool, mem: PhysicalMemory) -> None:
+def test_huge_object_keeps_its_handle_in_page_index(pool: Pool, mem: PhysicalMemory) -> None:
+    """A huge object: one page, no header, handle|1 in page->index, obj_idx 0; migration
+    carries the handle over (docs/zsmalloc.md, edge case "The huge class")."""
     filler = [mem.alloc_page() for _ in range(4)]
     h = pool.malloc(3257)
     z = ai.zspage_of(pool, h)
@@ -300,7 +332,9 @@ def test_e7_huge_class(pool: Pool, mem: PhysicalMemory) -> None:
     assert mem.private[new] is None
 
 
-def test_e8_phantom_tail(pool: Pool, mem: PhysicalMemory) -> None:
+def test_phantom_tail_of_class80_carries_the_end_marker(pool: Pool, mem: PhysicalMemory) -> None:
+    """Class 80: the phantom object at offset 4080 carries the end marker, the freelist ends on
+    it, it is never handed out (docs/zsmalloc.md, edge case "The phantom freelist tail")."""
     # class 80: 1 page, 51 objects, waste 16: a phantom object 51 at offset 4080.
     hs = [pool.malloc(72) for _ in range(51)]
     z = ai.zspage_of(pool, hs[0])
@@ -319,7 +353,9 @@ def test_e8_phantom_tail(pool: Pool, mem: PhysicalMemory) -> None:
     check_pool_invariants(pool, {hs[0]: 72, h52: 72})
 
 
-def test_e8_phantom_in_fresh_freelist_class1360_and_3264(pool: Pool) -> None:
+def test_fresh_freelists_of_1360_and_3264_end_on_the_phantom(pool: Pool) -> None:
+    """The fresh freelists of classes 1360 and 3264 end on the phantom index objs_per_zspage
+    (docs/zsmalloc.md, edge case "The phantom freelist tail")."""
     for size, objs in ((1352, 3), (3256, 5)):
         h = pool.malloc(size)
         z = ai.zspage_of(pool, h)
@@ -328,7 +364,9 @@ def test_e8_phantom_in_fresh_freelist_class1360_and_3264(pool: Pool) -> None:
         pool.free(h)
 
 
-def test_e9_zspage_wide_index(pool: Pool) -> None:
+def test_obj_index_is_zspage_wide(pool: Pool) -> None:
+    """Objects in later subpages carry the zspage-wide index (docs/zsmalloc.md, edge case "Two
+    object indices")."""
     hs = _fresh_class48(pool, 200)
     z = ai.zspage_of(pool, hs[0])
     pages = ai.zspage_pfns(pool, z)
@@ -339,7 +377,9 @@ def test_e9_zspage_wide_index(pool: Pool) -> None:
         assert (48 * idx) % PAGE_SIZE == (i * 48) - PAGE_SIZE * (i * 48 // PAGE_SIZE)
 
 
-def test_e10_lifo_freelist(pool: Pool) -> None:
+def test_freelist_is_lifo_and_fresh_zspages_go_in_address_order(pool: Pool) -> None:
+    """A fresh zspage hands out 0, 1, 2 ...; after freeing A then B the next allocations get
+    B's slot, then A's (docs/zsmalloc.md, edge case "The freelist is LIFO")."""
     hs = [pool.malloc(100) for _ in range(6)]
     locs = [ai.location(pool, h) for h in hs]
     assert [i for _, i in locs] == list(range(6)), "fresh zspage: indices 0,1,2,... in order"
@@ -354,7 +394,9 @@ def test_e10_lifo_freelist(pool: Pool) -> None:
 # ---------------------------------------------------------------------------------------------
 # Lists, stats and accounting
 
-def test_e11_equal_inuse_goes_to_head_and_find_get_zspage_takes_head(pool: Pool) -> None:
+def test_equal_inuse_goes_to_head_and_find_get_zspage_takes_head(pool: Pool) -> None:
+    """A zspage whose inuse is not lower than the head's goes to the head, and zs_malloc takes
+    the head (docs/zsmalloc.md, edge case "List order and where zs_malloc looks")."""
     # class 2048 (N=2): three zspages, then one object freed in each.
     size = 2040
     hs = [pool.malloc(size) for _ in range(6)]
@@ -372,8 +414,9 @@ def test_e11_equal_inuse_goes_to_head_and_find_get_zspage_takes_head(pool: Pool)
     check_pool_invariants(pool, {x: size for x in (hs[0], hs[2], hs[4], h)})
 
 
-def test_e11_lower_inuse_goes_second(pool: Pool) -> None:
-    """White-box: insert_zspage puts a zspage with lower inuse than the head second.
+def test_lower_inuse_goes_second(pool: Pool) -> None:
+    """White-box: insert_zspage puts a zspage with lower inuse than the head second
+    (docs/zsmalloc.md, edge case "List order and where zs_malloc looks").
 
     Through the public API a zspage only enters a list with an inuse the head cannot beat
     (single-threaded), so the rule is exercised on the pool's insert/remove helpers."""
@@ -399,7 +442,11 @@ def test_e11_lower_inuse_goes_second(pool: Pool) -> None:
     check_pool_invariants(pool, {**live, h: 100})
 
 
-def test_e11_almost_full_preferred_then_empty(pool: Pool, mem: PhysicalMemory) -> None:
+def test_malloc_prefers_almost_full_then_falls_back_to_empty(pool: Pool,
+                                                             mem: PhysicalMemory) -> None:
+    """zs_malloc takes ALMOST_FULL before ALMOST_EMPTY, and an EMPTY zspage still listed
+    (deferred free) after both (docs/zsmalloc.md, edge case "List order and where zs_malloc
+    looks")."""
     a = [pool.malloc(100) for _ in range(73)]
     b = [pool.malloc(100) for _ in range(73)]
     za, zb = ai.zspage_of(pool, a[0]), ai.zspage_of(pool, b[0])
@@ -409,7 +456,7 @@ def test_e11_almost_full_preferred_then_empty(pool: Pool, mem: PhysicalMemory) -
         pool.free(h)   # zb: 5 -> ALMOST_EMPTY, and it is the head of its list
     assert za.fullness == ZS_ALMOST_FULL and zb.fullness == ZS_ALMOST_EMPTY
     assert ai.zspage_of(pool, pool.malloc(100)) is za
-    # An EMPTY zspage left on the list (deferred free, E13) is used after the ALMOST_* ones.
+    # An EMPTY zspage left on the list (deferred free) is used after the ALMOST_* ones.
     c = [pool.malloc(2040) for _ in range(2)]
     zc = ai.zspage_of(pool, c[0])
     (p0,) = ai.zspage_pfns(pool, zc)
@@ -426,7 +473,9 @@ def test_e11_almost_full_preferred_then_empty(pool: Pool, mem: PhysicalMemory) -
     ai.flush_deferred(pool)
 
 
-def test_e12_invariants_after_mixed_workload(pool: Pool) -> None:
+def test_accounting_invariants_hold_after_a_mixed_workload(pool: Pool) -> None:
+    """A random workload and a compaction leave every counter, list and header consistent
+    (docs/zsmalloc.md, edge case "Accounting invariants")."""
     import random
     rnd = random.Random(12)
     live: dict[int, int] = {}
@@ -443,8 +492,9 @@ def test_e12_invariants_after_mixed_workload(pool: Pool) -> None:
     check_pool_invariants(pool, live)
 
 
-def test_e12_checker_detects_corruption(pool: Pool, mem: PhysicalMemory) -> None:
-    """The invariant checker must be able to fail: break one header and one stat."""
+def test_invariant_checker_detects_corruption(pool: Pool, mem: PhysicalMemory) -> None:
+    """The invariant checker must be able to fail: a lost header, then a live handle that does
+    not exist (docs/zsmalloc.md, edge case "Accounting invariants")."""
     hs = [pool.malloc(100) for _ in range(3)]
     live = {h: 100 for h in hs}
     check_pool_invariants(pool, live)
@@ -460,7 +510,11 @@ def test_e12_checker_detects_corruption(pool: Pool, mem: PhysicalMemory) -> None
         check_pool_invariants(pool, {**live, hs[0] + 8 * 1000: 100})
 
 
-def test_e13_deferred_free(pool: Pool, mem: PhysicalMemory) -> None:
+def test_deferred_free_keeps_the_zspage_listed_and_leaks_class_empty(pool: Pool,
+                                                                     mem: PhysicalMemory) -> None:
+    """With a page locked, the emptied zspage stays on the EMPTY list until the worker frees
+    it; the worker drops OBJ_ALLOCATED and the pages but not CLASS_EMPTY (docs/zsmalloc.md,
+    edge case "Deferred free when a page lock is busy")."""
     hs = [pool.malloc(2040) for _ in range(2)]
     z = ai.zspage_of(pool, hs[0])
     cls = ai.class_of(pool, z)
@@ -481,12 +535,14 @@ def test_e13_deferred_free(pool: Pool, mem: PhysicalMemory) -> None:
     st = ai.class_stats(cls)
     assert pool.total_pages == 0
     assert st[4] == stats0[4] - 2, "OBJ_ALLOCATED drops when the worker frees it"
-    assert st[ZS_EMPTY] == 1, "5.17 leaks the CLASS_EMPTY count on the async path (E13)"
+    assert st[ZS_EMPTY] == 1, "5.17 leaks the CLASS_EMPTY count on the async path"
     assert ai.fullness_list(cls, ZS_EMPTY) == []
     assert mem.private[pfn] is None
 
 
-def test_e14_pages_compacted_counts_deferred_frees(pool: Pool, mem: PhysicalMemory) -> None:
+def test_pages_compacted_counts_a_deferred_free(pool: Pool, mem: PhysicalMemory) -> None:
+    """A drained source whose free is deferred still counts in zs_compact's result and in
+    pages_compacted (docs/zsmalloc.md, edge case "pages_compacted counts deferred frees")."""
     # class 112 (N=73): two ALMOST_EMPTY zspages; compaction drains the head source into the
     # other one. Lock every page of both so whichever is drained is freed deferred.
     a = [pool.malloc(100) for _ in range(73)]
@@ -510,7 +566,7 @@ def test_e14_pages_compacted_counts_deferred_frees(pool: Pool, mem: PhysicalMemo
     finally:
         for p in pfns:
             mem.unlock_page(p)
-    assert freed == 2, "a deferred free of the drained source still counts (E14)"
+    assert freed == 2, "a deferred free of the drained source still counts"
     assert pool.stats.pages_compacted == pc + 2
     assert pool.total_pages == total, "the free was deferred"
     ai.flush_deferred(pool)
@@ -521,7 +577,9 @@ def test_e14_pages_compacted_counts_deferred_frees(pool: Pool, mem: PhysicalMemo
     check_pool_invariants(pool, {h: 100 for h in keep})
 
 
-def test_e14_shrinker_count(pool: Pool) -> None:
+def test_shrinker_count_equals_the_freeable_total(pool: Pool) -> None:
+    """The shrinker count equals the debugfs freeable total and what compaction frees
+    (docs/zsmalloc.md, edge case "pages_compacted counts deferred frees")."""
     hs = [pool.malloc(100) for _ in range(73 * 4)]
     for i, h in enumerate(hs):
         if i % 73 >= 3:
@@ -535,7 +593,10 @@ def test_e14_shrinker_count(pool: Pool) -> None:
 # ---------------------------------------------------------------------------------------------
 # Compaction
 
-def test_e15_source_and_destination_order(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compaction_source_and_destination_order(pool: Pool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources ALMOST_EMPTY head first, destination the ALMOST_FULL zspage; handles keep their
+    bytes (docs/zsmalloc.md, edge case "Compaction source and destination order")."""
     # class 112, N=73, almost-empty limit 54. zs1: 60 (ALMOST_FULL), zs2: 3, zs3: 2.
     groups = [[pool.malloc(100) for _ in range(73)] for _ in range(3)]
     zs = [ai.zspage_of(pool, g[0]) for g in groups]
@@ -568,7 +629,10 @@ def test_e15_source_and_destination_order(pool: Pool, monkeypatch: pytest.Monkey
     check_pool_invariants(pool, {h: 100 for h in keep})
 
 
-def test_e15_full_and_empty_never_used(pool: Pool) -> None:
+def test_compaction_never_uses_a_full_zspage(pool: Pool) -> None:
+    """A FULL zspage is neither source nor destination: one ALMOST_EMPTY zspage beside it gives
+    compaction nothing to do (docs/zsmalloc.md, edge case "Compaction source and destination
+    order")."""
     full = [pool.malloc(100) for _ in range(73)]
     part = [pool.malloc(100) for _ in range(73)]
     for h in part[2:]:
@@ -578,7 +642,9 @@ def test_e15_full_and_empty_never_used(pool: Pool) -> None:
     assert ai.zspage_of(pool, part[0]).inuse == 2
 
 
-def test_e16_stops_when_nothing_compactable(pool: Pool) -> None:
+def test_compaction_stops_when_nothing_is_compactable(pool: Pool) -> None:
+    """With zs_can_compact() 0 no object moves (docs/zsmalloc.md, edge case "When compaction of
+    a class stops")."""
     # Two zspages with 40 + 40 = 80 > 73 used: (146 - 80) // 73 == 0 -> nothing moves.
     a = [pool.malloc(100) for _ in range(73)]
     b = [pool.malloc(100) for _ in range(73)]
@@ -590,7 +656,10 @@ def test_e16_stops_when_nothing_compactable(pool: Pool) -> None:
     assert {h: ai.obj_of(pool, h) for h in locs} == locs, "no object may move"
 
 
-def test_e16_largest_class_first(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compaction_runs_the_largest_class_first(pool: Pool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Classes are compacted from the largest to the smallest (docs/zsmalloc.md, edge case
+    "When compaction of a class stops")."""
     for size in (100, 1000, 3000):
         hs = [pool.malloc(size) for _ in range(ref_class_for_alloc(size).objs * 2)]
         for i, h in enumerate(hs):
@@ -603,15 +672,17 @@ def test_e16_largest_class_first(pool: Pool, monkeypatch: pytest.MonkeyPatch) ->
     assert sizes == sorted(sizes, reverse=True) and len(sizes) >= 3, sizes
 
 
-# E16, contention: a queued migrate_lock waiter ends compaction of the class after the
-# current destination fills up; see test_compaction_contention.py
+# Contention (docs/zsmalloc.md, edge case "When compaction of a class stops"): a queued
+# migrate_lock waiter ends compaction of the class after the current destination fills up;
+# see test_compaction_contention.py
 # (test_compaction_gives_way_to_a_queued_reader), which arranges it deterministically.
 
 
-def test_e17_compactor_waits_for_mapped_source(pool: Pool) -> None:
-    """E17: with an object of the source mapped, compaction blocks holding migrate_lock;
-    zs_free on another class blocks, zs_malloc on another class proceeds; all finish after
-    the unmap. (More in test_compaction_contention.py.)"""
+def test_compactor_waits_for_a_mapped_source(pool: Pool) -> None:
+    """With an object of the source mapped, compaction blocks holding migrate_lock; zs_free on
+    another class blocks, zs_malloc on another class proceeds; all finish after the unmap
+    (docs/zsmalloc.md, edge case "Compaction waits for mapped objects"; more in
+    test_compaction_contention.py)."""
     a = [pool.malloc(100) for _ in range(73)]
     s = [pool.malloc(100) for _ in range(73)]
     for h in a[60:] + s[5:]:
@@ -657,7 +728,10 @@ def test_e17_compactor_waits_for_mapped_source(pool: Pool) -> None:
 # ---------------------------------------------------------------------------------------------
 # Migration
 
-def test_e18_isolate_putback_and_migrate(pool: Pool, mem: PhysicalMemory) -> None:
+def test_isolate_putback_and_migrate_page_zero(pool: Pool, mem: PhysicalMemory) -> None:
+    """Isolation counts and putback uncounts; migrating page 0 copies it verbatim, changes
+    first_page and keeps pages_allocated (docs/zsmalloc.md, edge case "Isolation, migration and
+    putback")."""
     filler = [mem.alloc_page() for _ in range(6)]
     hs = _fresh_class48(pool, 256)
     for i, h in enumerate(hs):
@@ -687,10 +761,11 @@ def test_e18_isolate_putback_and_migrate(pool: Pool, mem: PhysicalMemory) -> Non
     check_pool_invariants(pool, {h: 40 for h in hs})
 
 
-def test_e19_migrate_empty_zspage_waiting_for_deferred_free(pool: Pool,
-                                                                mem: PhysicalMemory) -> None:
-    """E19: an EMPTY zspage waiting for the async free can have a page migrated; the async
-    free must then free the *new* page (the fixed lock_zspage, or an equivalent)."""
+def test_migrated_page_of_a_deferred_empty_zspage_is_freed(pool: Pool,
+                                                           mem: PhysicalMemory) -> None:
+    """An EMPTY zspage waiting for the async free can have a page migrated; the async free
+    must then free the *new* page (the fixed lock_zspage, or an equivalent; docs/zsmalloc.md,
+    edge case "Async free racing with migration")."""
     filler = [mem.alloc_page() for _ in range(4)]
     hs = _fresh_class48(pool, 3)
     z = ai.zspage_of(pool, hs[0])
@@ -710,10 +785,11 @@ def test_e19_migrate_empty_zspage_waiting_for_deferred_free(pool: Pool,
     assert mem.nr_used == 0, "every frame of the deferred zspage, old or migrated, is freed"
 
 
-def test_e19_async_free_races_with_migration(pool: Pool, mem: PhysicalMemory,
-                                             caplog: pytest.LogCaptureFixture) -> None:
-    """E19, threaded: the async worker locks the pages of a deferred EMPTY zspage while a
-    migrator moves those very pages. With the fixed lock_zspage every frame is freed once."""
+def test_async_free_racing_with_migration_frees_every_frame_once(
+        pool: Pool, mem: PhysicalMemory, caplog: pytest.LogCaptureFixture) -> None:
+    """Threaded: the async worker locks the pages of a deferred EMPTY zspage while a migrator
+    moves those very pages. With the fixed lock_zspage every frame is freed once
+    (docs/zsmalloc.md, edge case "Async free racing with migration")."""
     base = mem.nr_used
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -749,9 +825,11 @@ def test_e19_async_free_races_with_migration(pool: Pool, mem: PhysicalMemory,
 
 
 # ---------------------------------------------------------------------------------------------
-# E20
+# A fresh zspage
 
-def test_e20_fresh_zspage_first_object_at_offset_zero(pool: Pool) -> None:
+def test_first_object_of_a_fresh_zspage_is_at_offset_zero(pool: Pool) -> None:
+    """The first object of a fresh zspage is at offset 0 with the right header and class
+    (docs/zsmalloc.md, edge case "obj_malloc on a fresh zspage reads class 0")."""
     for size in (100, 1000, 3000, 40):
         h = pool.malloc(size)
         z = ai.zspage_of(pool, h)
@@ -765,7 +843,9 @@ def test_e20_fresh_zspage_first_object_at_offset_zero(pool: Pool) -> None:
 # ---------------------------------------------------------------------------------------------
 # Locking and concurrency
 
-def test_e21_lock_order_violation_detected(pool: Pool) -> None:
+def test_lockdep_refuses_class_lock_then_migrate_lock(pool: Pool) -> None:
+    """migrate_lock -> class lock is allowed, the inversion is refused without leaving a lock
+    held (docs/zsmalloc.md, edge case "Lock order and trylocks under class->lock")."""
     h = pool.malloc(100)
     cls = ai.class_of(pool, ai.zspage_of(pool, h))
     mlock = ai.migrate_lock(pool)
@@ -786,8 +866,9 @@ def test_e21_lock_order_violation_detected(pool: Pool) -> None:
     check_pool_invariants(pool, {})
 
 
-def test_e21_free_zspage_only_trylocks_page_locks(pool: Pool, mem: PhysicalMemory) -> None:
-    """Holding a page lock in another thread must not block zs_free (it defers instead)."""
+def test_free_zspage_only_trylocks_page_locks(pool: Pool, mem: PhysicalMemory) -> None:
+    """Holding a page lock in another thread must not block zs_free (it defers instead;
+    docs/zsmalloc.md, edge case "Lock order and trylocks under class->lock")."""
     h = pool.malloc(2040)
     (pfn,) = ai.zspage_pfns(pool, ai.zspage_of(pool, h))
     held = threading.Event()
@@ -813,7 +894,9 @@ def test_e21_free_zspage_only_trylocks_page_locks(pool: Pool, mem: PhysicalMemor
     assert pool.total_pages == 0
 
 
-def test_e22_per_thread_map_buffers(pool: Pool) -> None:
+def test_each_thread_maps_spanning_objects_into_its_own_buffer(pool: Pool) -> None:
+    """Two threads' spanning mappings use separate buffers (docs/zsmalloc.md, edge case "One
+    mapping per CPU"; per thread in the port)."""
     hs, a, b = _spanning_pair(pool)
     pool.write_object(a, fill(40, 1))
     pool.write_object(b, fill(40, 2))
@@ -839,8 +922,11 @@ def test_e22_per_thread_map_buffers(pool: Pool) -> None:
     assert pool.read_object(b, 40) == fill(40, 3)
 
 
-def test_e23_destroy_with_live_objects(mem: PhysicalMemory, capsys: pytest.CaptureFixture,
-                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_destroy_with_live_objects_logs_each_list_and_leaks(
+        mem: PhysicalMemory, capsys: pytest.CaptureFixture,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """zs_destroy_pool logs one line per non-empty (class, fullness) list and leaks the pages
+    (docs/zsmalloc.md, edge case "Destroying a pool with live objects")."""
     pool = Pool("leaky", memory=mem)
     a = [pool.malloc(100) for _ in range(73)]       # class 112: one FULL zspage
     b = [pool.malloc(100) for _ in range(2)]        # ... and one ALMOST_EMPTY
@@ -860,7 +946,9 @@ def test_e23_destroy_with_live_objects(mem: PhysicalMemory, capsys: pytest.Captu
     del a, b, c
 
 
-def test_e24_handle_cell_and_header_tags(pool: Pool, mem: PhysicalMemory) -> None:
+def test_tag_bits_of_handle_cells_headers_and_free_slots(pool: Pool, mem: PhysicalMemory) -> None:
+    """Handle cells have bit 0 clear, headers hold handle|1, free slots' first word has bit 0
+    clear (docs/zsmalloc.md, edge case "Tag bits in handles, headers and free slots")."""
     hs = [pool.malloc(100) for _ in range(10)] + [pool.malloc(40) for _ in range(100)]
     for h in hs[::2]:
         pool.free(h)
@@ -879,10 +967,12 @@ def test_e24_handle_cell_and_header_tags(pool: Pool, mem: PhysicalMemory) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-# Beyond §6: contracts of the port around the edge cases (failure paths, shared memory,
+# Beyond the kernel's edge cases: contracts of the port around them (failure paths, shared memory,
 # the other class-table configurations).
 
-def test_e1_out_of_memory_leaves_the_pool_consistent() -> None:
+def test_out_of_memory_leaves_the_pool_consistent() -> None:
+    """Running out of frames mid-zspage gives the pages back and leaves the pool usable
+    (docs/zsmalloc.md, edge case "Size limits of zs_malloc and zs_free(0)")."""
     mem = PhysicalMemory(max_pages=5)
     pool = Pool("small", memory=mem)
     a = pool.malloc(3000)                      # class 3072: 3 pages
@@ -899,7 +989,9 @@ def test_e1_out_of_memory_leaves_the_pool_consistent() -> None:
     check_pool_invariants(pool, {c: 3256})
 
 
-def test_e14_shrinker_scan_returns_shrink_stop_when_nothing_freed(pool: Pool) -> None:
+def test_shrinker_scan_returns_shrink_stop_when_nothing_freed(pool: Pool) -> None:
+    """zs_shrinker_scan returns SHRINK_STOP when compaction frees nothing (docs/zsmalloc.md,
+    edge case "pages_compacted counts deferred frees")."""
     from allocator import SHRINK_STOP
     hs = [pool.malloc(100) for _ in range(73 * 2)]
     assert pool.shrink() == SHRINK_STOP
@@ -909,7 +1001,9 @@ def test_e14_shrinker_scan_returns_shrink_stop_when_nothing_freed(pool: Pool) ->
     assert pool.shrink() == SHRINK_STOP
 
 
-def test_e22_nested_mapping_is_refused_without_leaking_locks(pool: Pool, mem: PhysicalMemory) -> None:
+def test_nested_mapping_is_refused_without_leaking_locks(pool: Pool, mem: PhysicalMemory) -> None:
+    """A second mapping in the same thread is refused and leaves no zspage lock behind
+    (docs/zsmalloc.md, edge case "One mapping per CPU")."""
     hs, a, b = _spanning_pair(pool)
     pool.write_object(a, fill(40, 1))
     with pool.map_object(a, MapMode.RW) as buf:
@@ -974,10 +1068,12 @@ def test_two_pools_share_memory_and_migrate(mem: PhysicalMemory) -> None:
 @pytest.mark.parametrize("chain,rule,classes,huge", [(8, "max-used", 123, 3625),
                                                      (8, "min-waste", 119, 3625),
                                                      (4, "min-waste", 69, 3257)])
-def test_e3_other_chain_sizes(mem: PhysicalMemory, chain: int, rule: str, classes: int,
-                              huge: int) -> None:
-    """§7.3: 123 classes for chain 8 with the 5.17 rule ([DOC] oracle), 119 with the
-    min-waste rule of current kernels; huge_class_size 3625 for chain 8."""
+def test_class_tables_of_other_chain_sizes_and_rules(mem: PhysicalMemory, chain: int, rule: str,
+                                                     classes: int, huge: int) -> None:
+    """123 classes for chain 8 with the 5.17 rule (the count the kernel's
+    Documentation/mm/zsmalloc.rst gives), 119 with the min-waste rule of current kernels;
+    huge_class_size 3625 for chain 8 (docs/zsmalloc.md, "Size classes, merging and the huge
+    class", and edge case "Sixty-nine classes and one global huge_class_size")."""
     pool = Pool("c8", memory=mem, chain_size=chain, chain_rule=rule)
     t = ai.parse_classes_table(pool.classes_table())
     assert len(t.rows) == classes
@@ -1011,7 +1107,9 @@ def test_e3_other_chain_sizes(mem: PhysicalMemory, chain: int, rule: str, classe
     pool.check_invariants()
 
 
-def test_e18_migration_without_a_free_frame_puts_the_page_back() -> None:
+def test_migration_without_a_free_frame_puts_the_page_back() -> None:
+    """With no free frame the page is put back and nothing changes (docs/zsmalloc.md, edge case
+    "Isolation, migration and putback")."""
     mem = PhysicalMemory(max_pages=3)
     pool = Pool("full", memory=mem)
     hs = [pool.malloc(40) for _ in range(10)]          # class 48: 3 pages, memory now full
@@ -1029,8 +1127,9 @@ def test_e18_migration_without_a_free_frame_puts_the_page_back() -> None:
     check_pool_invariants(pool, {h: 40 for h in hs})
 
 
-def test_e18_migrate_pfn_refuses_frames_the_pool_does_not_own(pool: Pool,
-                                                             mem: PhysicalMemory) -> None:
+def test_migrate_pfn_refuses_frames_the_pool_does_not_own(pool: Pool, mem: PhysicalMemory) -> None:
+    """Frames the pool does not own, beyond the high-water mark, or locked, are refused
+    (docs/zsmalloc.md, edge case "Isolation, migration and putback")."""
     other = mem.alloc_page()                            # not movable: someone else's page
     h = pool.malloc(100)
     (pfn, _) = ai.location(pool, h)
@@ -1045,8 +1144,10 @@ def test_e18_migrate_pfn_refuses_frames_the_pool_does_not_own(pool: Pool,
     check_pool_invariants(pool, {h: 100})
 
 
-def test_e13_destroy_flushes_the_deferred_free(mem: PhysicalMemory,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_destroy_flushes_the_deferred_free(mem: PhysicalMemory,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """zs_destroy_pool waits for a pending deferred free instead of leaking its zspage
+    (docs/zsmalloc.md, edge case "Deferred free when a page lock is busy")."""
     pool = Pool("flush", memory=mem)
     h = pool.malloc(2040)
     (pfn,) = ai.zspage_pfns(pool, ai.zspage_of(pool, h))
