@@ -58,6 +58,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
+from zramfs import plot, record
 from zramfs.loopdev import LoopGuard, attached_loops
 from zramfs.units import parse_size
 
@@ -853,6 +854,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="include uninitialised devices")
     s.add_argument("--bytes", "-b", action="store_true", help="sizes in bytes")
     s.set_defaults(func=cmd_status)
+
+    record.add_parser(sub)
+    plot.add_parser(sub)
     return p
 
 
