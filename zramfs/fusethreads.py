@@ -6,8 +6,8 @@ thread the first creates a fresh ``PyThreadState`` and the second destroys it ag
 callback returns.  So every FUSE request starts on a brand-new thread state, and every
 ``threading.local`` it touches is rebuilt per request: the zstd contexts and the lz4 output
 buffer in `zramfs.codecs`, the allocator's map area in `allocator.pool`.  Measured on the
-project VM (docs/performance.md, proposal 1): an empty ctypes callback from a C pthread costs
-~8.5 µs with a fresh thread state and ~0.17 µs with a kept one.
+project VM (docs/performance.md, "In process: per-page and per-call costs"): an empty ctypes
+callback from a C pthread costs ~8.5 µs with a fresh thread state and ~0.17 µs with a kept one.
 
 How: on the first request a worker serves, call ``PyGILState_Ensure()`` once more and never
 release it.  The thread state's gilstate counter then never drops to 0, so ctypes' Release only
