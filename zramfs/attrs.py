@@ -10,20 +10,52 @@ here first parses the whole input, so bad input raises `ZramError` before anythi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from . import codecs, kparse
-from .device import (RECOMP_HUGE, RECOMP_IDLE, U64, WB_HUGE, WB_IDLE, WB_INCOMPRESSIBLE,
-                     ZRAM_MAX_COMPS, CompParams, Registry, ZramDevice)
+from .device import (
+    RECOMP_HUGE,
+    RECOMP_IDLE,
+    U64,
+    WB_HUGE,
+    WB_IDLE,
+    WB_INCOMPRESSIBLE,
+    ZRAM_MAX_COMPS,
+    CompParams,
+    Registry,
+    ZramDevice,
+)
 from .errors import DeviceBusy, InvalidInput, NameTooLong, NoSuchDevice, OutOfRange
-from .kparse import (kstrtobool, kstrtoint, kstrtoll, kstrtou16, kstrtouint, kstrtoull, memparse,
-                     next_args, sysfs_streq)
-from .slots import (FLUSH_IOS, PAGE_SHIFT, READ_IOS, READ_NS, READ_SECTORS, WRITE_IOS, WRITE_NS,
-                    WRITE_SECTORS, ZRAM_COMP_PRIORITY_MASK, ZRAM_HUGE, ZRAM_IDLE, ZRAM_INCOMPRESSIBLE,
-                    ZRAM_SAME, ZRAM_WB)
+from .kparse import (
+    kstrtobool,
+    kstrtoint,
+    kstrtoll,
+    kstrtou16,
+    kstrtouint,
+    kstrtoull,
+    memparse,
+    next_args,
+    sysfs_streq,
+)
+from .slots import (
+    FLUSH_IOS,
+    PAGE_SHIFT,
+    READ_IOS,
+    READ_NS,
+    READ_SECTORS,
+    WRITE_IOS,
+    WRITE_NS,
+    WRITE_SECTORS,
+    ZRAM_COMP_PRIORITY_MASK,
+    ZRAM_HUGE,
+    ZRAM_IDLE,
+    ZRAM_INCOMPRESSIBLE,
+    ZRAM_SAME,
+    ZRAM_WB,
+)
 
 RO = 0o444
 WO = 0o200
@@ -89,9 +121,10 @@ def format_block_state(dev: ZramDevice) -> str:
     """debugfs zram<N>/block_state (CONFIG_ZRAM_MEMORY_TRACKING, current format): one line per
     allocated slot — index, ac_time as seconds.micro (always .000000), and the flag letters
     s(ame) w(ritten back) h(uge) i(dle) r(ecompressed) n (incompressible), '.' when unset."""
-    if not dev.initialized:
+    meta = dev._meta            # None until disksize (not initialized)
+    if meta is None:
         return ""
-    t = dev._meta.table
+    t = meta.table
     lines = []
     for index in np.flatnonzero(t.allocated_mask()).tolist():
         _, f, ac = dev.slot_state(index)

@@ -30,7 +30,8 @@ import queue
 import threading
 import zlib
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import lz4.block
 import zstandard
@@ -141,8 +142,9 @@ class Lz4Codec(Codec):
     exactly the kernel's call; the ctypes call releases the GIL, so each thread has its own
     output buffer.  Where that function cannot be bound it falls back to lz4.block.compress,
     whose lengths differ; `lz4_path()` says which one is in use, and the mount shows it
-    (module parameter ``lz4_path``, ``zramfs status``, a warning at start-up).  With a dictionary the kernel uses LZ4_loadDict + LZ4_compress_fast_continue,
-    which is what lz4.block.compress(dict=...) does.
+    (module parameter ``lz4_path``, ``zramfs status``, a warning at start-up).  With a
+    dictionary the kernel uses LZ4_loadDict + LZ4_compress_fast_continue, which is what
+    lz4.block.compress(dict=...) does.
     """
 
     name = "lz4"
@@ -226,6 +228,7 @@ class ZstdCodec(Codec):
 
     name = "zstd"
     default_level = 3  # ZSTD_CLEVEL_DEFAULT
+    level: int         # never None here: default_level stands in
 
     def __init__(self, *, level: int | None = None, dictionary: bytes | None = None) -> None:
         if level is not None and level > zstandard.MAX_COMPRESSION_LEVEL:
@@ -288,6 +291,7 @@ class DeflateCodec(Codec):
 
     name = "deflate"
     default_level = zlib.Z_DEFAULT_COMPRESSION
+    level: int         # never None here: default_level stands in
     DEFAULT_WINBITS = 11
 
     def __init__(self, *, level: int | None = None, dictionary: bytes | None = None,
@@ -299,7 +303,7 @@ class DeflateCodec(Codec):
         if not -1 <= self.level <= 9:
             raise InvalidInput(f"deflate level {self.level} out of -1..9")
 
-    def _new_compressor(self) -> "zlib._Compress":
+    def _new_compressor(self) -> zlib._Compress:
         if self.dictionary:
             return zlib.compressobj(self.level, zlib.DEFLATED, -self.winbits, 9, zdict=self.dictionary)
         return zlib.compressobj(self.level, zlib.DEFLATED, -self.winbits, 9)
@@ -384,6 +388,6 @@ def get_codec(name: str, *, level: int | None = None, dictionary: bytes | None =
     return cls(level=level, dictionary=dictionary)
 
 
-__all__ = ["Codec", "LzoCodec", "LzoRleCodec", "Lz4Codec", "Lz4hcCodec", "ZstdCodec", "DeflateCodec", "BACKENDS", "AVAILABLE",
-           "DEFAULT_ALGORITHM", "PAGE_SIZE", "get_codec", "LZ4_PATH_EXACT", "LZ4_PATH_INEXACT",
-           "lz4_path", "lz4_path_warning"]
+__all__ = ["Codec", "LzoCodec", "LzoRleCodec", "Lz4Codec", "Lz4hcCodec", "ZstdCodec",
+           "DeflateCodec", "BACKENDS", "AVAILABLE", "DEFAULT_ALGORITHM", "PAGE_SIZE", "get_codec",
+           "LZ4_PATH_EXACT", "LZ4_PATH_INEXACT", "lz4_path", "lz4_path_warning"]

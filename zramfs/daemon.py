@@ -35,8 +35,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from zramfs.kparse import kstrtobool, kstrtouint
 
@@ -202,14 +203,16 @@ class CompactionPolicy:
             return PolicySpec(self.kind, self.interval_ms)
         return PolicySpec(self.kind)
 
-    def with_spec(self, spec: PolicySpec | str) -> "CompactionPolicy":
+    def with_spec(self, spec: PolicySpec | str) -> CompactionPolicy:
         """This policy switched to ``spec`` (a string is parsed first); the number of
         ``threshold``/``interval`` replaces threshold_pages/interval_ms, the other stays."""
         if isinstance(spec, str):
             spec = parse_policy(spec)
         if spec.kind is PolicyKind.THRESHOLD:
+            assert spec.value is not None       # PolicySpec checks kind.takes_value
             return replace(self, kind=spec.kind, threshold_pages=spec.value)
         if spec.kind is PolicyKind.INTERVAL:
+            assert spec.value is not None
             return replace(self, kind=spec.kind, interval_ms=spec.value)
         return replace(self, kind=spec.kind)
 
@@ -368,7 +371,7 @@ class CompactionDaemon:
     Under ``off`` the thread sleeps until a knob changes and scans nothing.
     """
 
-    registry: "Registry"
+    registry: Registry
     policy: CompactionPolicy = field(default_factory=CompactionPolicy)
     stats: CompactionStats = field(default_factory=CompactionStats)
     pressure: PressureSource = field(default_factory=PsiPressure)
@@ -484,7 +487,7 @@ class CompactionDaemon:
     def _read_pressure(self) -> PressureReading:
         try:
             reading = self.pressure.read()
-        except Exception as exc:              # a broken source is "no reading", not a crash
+        except Exception as exc:  # noqa: BLE001 - a broken source is "no reading", not a crash
             reading = PressureReading(None, "", f"{type(exc).__name__}: {exc}")
         self.stats.last_pressure = reading
         return reading
@@ -528,7 +531,7 @@ class CompactionDaemon:
     def _freeable(dev, pool) -> int:
         try:
             return int(pool.freeable_pages())  # zs_shrinker_count: Σ zs_can_compact
-        except Exception as exc:               # the pool went away under us (reset): skip it
+        except Exception as exc:  # noqa: BLE001 - the pool went away under us (reset): skip it
             log.debug("freeable_pages on %s failed: %s", getattr(dev, "name", dev), exc)
             return 0
 
@@ -536,14 +539,14 @@ class CompactionDaemon:
     def _used_pages(pool) -> int:
         try:
             return int(pool.total_pages)       # zs_get_total_pages, what mem_limit is checked on
-        except Exception:
+        except Exception:  # noqa: BLE001 - as in _freeable: a pool torn down by a reset
             return 0
 
     def _compact(self, dev, reason: Reason) -> int:
         try:
             # Through the device, not the pool: the device serialises compaction against reset.
             got = int(dev.compact() or 0)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - recorded and logged; the daemon goes on
             self.stats.last_error = f"{getattr(dev, 'name', '?')}: {exc}"
             log.warning("background compaction of %s failed: %s", getattr(dev, "name", dev), exc)
             return 0

@@ -50,8 +50,8 @@ from .device_core import U64, ZRAM_MAX_COMPS, ZRAM_PRIMARY_COMP, _Meta
 from .device_recompress import RECOMP_HUGE, RECOMP_IDLE, RecompressMixin
 from .device_stats import DeviceStats, StatsMixin
 from .device_writeback import WB_HUGE, WB_IDLE, WB_INCOMPRESSIBLE, WritebackMixin, _BackingDev
-from .runtime import require_gil
 from .errors import DeviceBusy, InvalidInput, NoMemory, NoSuchDevice, ZramError
+from .runtime import require_gil
 from .slots import PAGE_SHIFT, PAGE_SIZE, STRIPE_MASK, SlotTable, Stripe, new_stripes
 
 __all__ = ["ZramDevice", "Registry", "ZramError", "CompParams", "DeviceStats",
@@ -159,7 +159,8 @@ class ZramDevice(WritebackMixin, RecompressMixin, StatsMixin):
                                                    winbits=p.winbits)
                 except ZramError as exc:
                     table.release()
-                    raise InvalidInput(f"Cannot initialise {name} compressing backend: {exc.strerror}") from None
+                    raise InvalidInput(f"Cannot initialise {name} compressing backend: "
+                                       f"{exc.strerror}") from None
             try:
                 pool = Pool(self.name, memory=self.memory, chain_size=self.chain_size,
                             chain_rule=self.chain_rule)

@@ -13,7 +13,8 @@ this module owns what those parts have in common:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from allocator import Pool
 from allocator.locks import Mutex

@@ -35,12 +35,37 @@ from allocator import OutOfMemory
 from .device_core import SECTOR_SHIFT, ZRAM_PRIMARY_COMP, DeviceCore, _Meta
 from .device_stats import _account
 from .errors import InvalidInput, IOFailure, NoSpace, ZramError
-from .slots import (ACCESS_CLEARED, BD_COUNT, BD_READS, COMPR_DATA_SIZE, FAILED_READS,
-                    FAILED_WRITES, FLUSH_IOS, GENERATION, HUGE_PAGES, HUGE_PAGES_SINCE, MAX_USED,
-                    NOTIFY_FREE, PAGE_SHIFT, PAGE_SIZE, PAGES_STORED, READ_IOS, READ_NS,
-                    READ_SECTORS, SAME_PAGES, SIZE_MASK, STRIPE_MASK, WRITE_IOS, WRITE_NS,
-                    WRITE_SECTORS, ZRAM_COMP_PRIORITY_MASK, ZRAM_COMP_PRIORITY_SHIFT, ZRAM_HUGE,
-                    ZRAM_SAME, ZRAM_WB)
+from .slots import (
+    ACCESS_CLEARED,
+    BD_COUNT,
+    BD_READS,
+    COMPR_DATA_SIZE,
+    FAILED_READS,
+    FAILED_WRITES,
+    FLUSH_IOS,
+    GENERATION,
+    HUGE_PAGES,
+    HUGE_PAGES_SINCE,
+    MAX_USED,
+    NOTIFY_FREE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PAGES_STORED,
+    READ_IOS,
+    READ_NS,
+    READ_SECTORS,
+    SAME_PAGES,
+    SIZE_MASK,
+    STRIPE_MASK,
+    WRITE_IOS,
+    WRITE_NS,
+    WRITE_SECTORS,
+    ZRAM_COMP_PRIORITY_MASK,
+    ZRAM_COMP_PRIORITY_SHIFT,
+    ZRAM_HUGE,
+    ZRAM_SAME,
+    ZRAM_WB,
+)
 
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _SAME_FILL_CACHE: dict[int, bytes] = {0: _ZERO_PAGE}
@@ -192,7 +217,8 @@ class IOPathMixin(DeviceCore):
         if word is not None:
             handle, newflags, size, alloced = word, ZRAM_SAME, 0, 0
         else:
-            data = meta.comps[ZRAM_PRIMARY_COMP].compress(page)   # outside the slot lock
+            # outside the slot lock; the primary compressor is set whenever meta is
+            data = meta.comps[ZRAM_PRIMARY_COMP].compress(page)  # type: ignore[union-attr]
             if len(data) >= meta.huge_class_size:
                 data, size, newflags = page, PAGE_SIZE, ZRAM_HUGE | PAGE_SIZE
             else:
@@ -390,7 +416,8 @@ class IOPathMixin(DeviceCore):
             handle, newflags = int.from_bytes(first, "little"), ZRAM_SAME
         else:
             pool = meta.pool
-            comp = meta.comps[ZRAM_PRIMARY_COMP].compress(page)   # outside the slot lock
+            # outside the slot lock; the primary compressor is set whenever meta is
+            comp = meta.comps[ZRAM_PRIMARY_COMP].compress(page)  # type: ignore[union-attr]
             size = len(comp)
             if size >= meta.huge_class_size:
                 comp, size, newflags = page, PAGE_SIZE, ZRAM_HUGE | PAGE_SIZE
@@ -462,7 +489,7 @@ class IOPathMixin(DeviceCore):
         stripes = self._stripes
         pool = meta.pool
         malloc, write_object, free = pool.malloc, pool.write_object, pool.free
-        compress = meta.comps[ZRAM_PRIMARY_COMP].compress
+        compress = meta.comps[ZRAM_PRIMARY_COMP].compress  # type: ignore[union-attr]  # always set
         huge_size = meta.huge_class_size
         now = int(self.clock())
         last = index + count - 1
@@ -587,6 +614,7 @@ class IOPathMixin(DeviceCore):
             index += 1
         t = meta.table
         count = n >> PAGE_SHIFT
+        candidates: range | list[int]
         if count <= 64:
             candidates = range(index, index + count)
         else:

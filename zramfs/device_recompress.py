@@ -16,9 +16,21 @@ from allocator import OutOfMemory
 from .device_core import U64, ZRAM_MAX_COMPS, ZRAM_SECONDARY_COMP, _Meta
 from .device_io import IOPathMixin
 from .errors import InvalidInput, NoMemory, ZramError
-from .slots import (COMPR_DATA_SIZE, GENERATION, PAGES_STORED, SIZE_MASK, STRIPE_MASK,
-                    ZRAM_COMP_PRIORITY_MASK, ZRAM_COMP_PRIORITY_SHIFT, ZRAM_HUGE, ZRAM_IDLE,
-                    ZRAM_INCOMPRESSIBLE, ZRAM_PP_SLOT, ZRAM_SAME, ZRAM_WB)
+from .slots import (
+    COMPR_DATA_SIZE,
+    GENERATION,
+    PAGES_STORED,
+    SIZE_MASK,
+    STRIPE_MASK,
+    ZRAM_COMP_PRIORITY_MASK,
+    ZRAM_COMP_PRIORITY_SHIFT,
+    ZRAM_HUGE,
+    ZRAM_IDLE,
+    ZRAM_INCOMPRESSIBLE,
+    ZRAM_PP_SLOT,
+    ZRAM_SAME,
+    ZRAM_WB,
+)
 
 # recompress mode bits (the kernel's RECOMPRESS_IDLE, RECOMPRESS_HUGE)
 RECOMP_IDLE = 1

@@ -10,9 +10,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .device_core import SECTOR_SHIFT, DeviceCore
-from .slots import (BD_COUNT, BD_READS, BD_WRITES, COMPR_DATA_SIZE, FAILED_READS, FAILED_WRITES,
-                    HUGE_PAGES, HUGE_PAGES_SINCE, MAX_USED, MISS_FREE, NOTIFY_FREE, NR_COUNTERS,
-                    PAGES_STORED, SAME_PAGES, STRIPE_MASK, Stripe)
+from .slots import (
+    BD_COUNT,
+    BD_READS,
+    BD_WRITES,
+    COMPR_DATA_SIZE,
+    FAILED_READS,
+    FAILED_WRITES,
+    HUGE_PAGES,
+    HUGE_PAGES_SINCE,
+    MAX_USED,
+    MISS_FREE,
+    NOTIFY_FREE,
+    NR_COUNTERS,
+    PAGES_STORED,
+    SAME_PAGES,
+    STRIPE_MASK,
+    Stripe,
+)
 
 
 @dataclass

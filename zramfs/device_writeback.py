@@ -18,11 +18,32 @@ import numpy as np
 from allocator.locks import LEAF_RANK, LockClass, Mutex
 
 from .device_io import IOPathMixin
-from .errors import (DeviceBusy, InvalidInput, IOFailure, NoSpace, NoSuchDevice,
-                     NotBlockDevice, ZramError)
-from .slots import (BD_COUNT, BD_WRITES, GENERATION, PAGE_SHIFT, PAGE_SIZE, PAGES_STORED,
-                    SIZE_MASK, STRIPE_MASK, ZRAM_COMP_PRIORITY_MASK, ZRAM_HUGE, ZRAM_IDLE,
-                    ZRAM_INCOMPRESSIBLE, ZRAM_PP_SLOT, ZRAM_SAME, ZRAM_WB)
+from .errors import (
+    DeviceBusy,
+    InvalidInput,
+    IOFailure,
+    NoSpace,
+    NoSuchDevice,
+    NotBlockDevice,
+    ZramError,
+)
+from .slots import (
+    BD_COUNT,
+    BD_WRITES,
+    GENERATION,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PAGES_STORED,
+    SIZE_MASK,
+    STRIPE_MASK,
+    ZRAM_COMP_PRIORITY_MASK,
+    ZRAM_HUGE,
+    ZRAM_IDLE,
+    ZRAM_INCOMPRESSIBLE,
+    ZRAM_PP_SLOT,
+    ZRAM_SAME,
+    ZRAM_WB,
+)
 
 #: the backing device's bitmap lock: a leaf in the stack's lock order (allocator/locks.py)
 BITMAP_LOCK = LockClass("&zram->bitmap_lock", LEAF_RANK)
@@ -174,16 +195,16 @@ class WritebackMixin(IOPathMixin):
             selected: list[np.ndarray] = []
             with self._all_stripes():
                 for mode, lo, hi in requests:
-                    f = t.np_flags[lo:hi]
+                    fl = t.np_flags[lo:hi]  # the scanned flags (f below is one slot's)
                     # scan_slots_for_writeback: allocated, not SAME, not WB (== has a size)
-                    ok = (f & SIZE_MASK) != 0
-                    ok &= (f & (ZRAM_WB | ZRAM_SAME)) == 0
+                    ok = (fl & SIZE_MASK) != 0
+                    ok &= (fl & (ZRAM_WB | ZRAM_SAME)) == 0
                     if mode & WB_IDLE:
-                        ok &= (f & ZRAM_IDLE) != 0
+                        ok &= (fl & ZRAM_IDLE) != 0
                     if mode & WB_HUGE:
-                        ok &= (f & ZRAM_HUGE) != 0
+                        ok &= (fl & ZRAM_HUGE) != 0
                     if mode & WB_INCOMPRESSIBLE:
-                        ok &= (f & ZRAM_INCOMPRESSIBLE) != 0
+                        ok &= (fl & ZRAM_INCOMPRESSIBLE) != 0
                     idx = np.flatnonzero(ok) + lo
                     t.np_flags[idx] |= np.uint32(ZRAM_PP_SLOT)
                     selected.append(idx)
@@ -194,7 +215,7 @@ class WritebackMixin(IOPathMixin):
             order = np.argsort(-((t.np_flags[idx] & SIZE_MASK) // 64), kind="stable")
             err: ZramError | None = None
             pending = [int(i) for i in idx[order]]
-            for pos, index in enumerate(pending):
+            for index in pending:
                 if self.wb_limit_enable and self.bd_wb_limit == 0:
                     err = IOFailure("writeback limit exhausted")
                     break

@@ -15,6 +15,8 @@ class ZramError(OSError):
     """zram error"""
 
     errno_value: int = _errno.EIO
+    errno: int  # always set: __init__ passes an int code (OSError allows None)
+    block: int  # set by the device's request paths on the way out: the failing block
 
     def __init__(self, message: str | None = None, *, err: int | None = None) -> None:
         code = self.errno_value if err is None else err
@@ -83,7 +85,18 @@ class CodecError(IOFailure):
     """compressed data could not be decompressed to a full page"""
 
 
+class TraceError(ZramError):
+    """not a usable zramfs trace file"""
+
+    errno_value = _errno.EINVAL
+
+
+class InvalidSetting(InvalidInput):
+    """invalid replay setting"""
+
+
 __all__ = [
     "ZramError", "InvalidInput", "DeviceBusy", "NameTooLong", "OutOfRange", "NoSuchDevice",
-    "NoMemory", "IOFailure", "NoSpace", "NotBlockDevice", "CodecError",
+    "NoMemory", "IOFailure", "NoSpace", "NotBlockDevice", "CodecError", "TraceError",
+    "InvalidSetting",
 ]

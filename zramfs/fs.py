@@ -57,9 +57,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from zramfs.fusethreads import pinning_fuse
 from zramfs.image import BlockImage
@@ -136,7 +137,7 @@ class Handle:
     lock_: threading.Lock = field(default_factory=threading.Lock)
 
 
-class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
+class ZramFS(_fuse.Operations):  # type: ignore[name-defined]
     """Operations over an `ImageTree` (the full zram `Tree`, or the null backend's images only).
 
     Attribute names must not collide with FUSE operation names (``lock``, ``flush``…): the
@@ -237,7 +238,7 @@ class ZramFS(_fuse.Operations):  # type: ignore[misc,name-defined]
         procfs open rule).  Only meaningful inside a FUSE callback."""
         try:
             return _fuse.fuse_get_context()[0] == 0
-        except Exception:          # no request context (direct calls in tests)
+        except Exception:  # noqa: BLE001 - no request context (direct calls in tests)
             return os.geteuid() == 0
 
     def _handle(self, fh: Any) -> Handle:

@@ -270,11 +270,12 @@ def _wait_for_loop_event(sock: socket.socket, stop_fd: int, timeout: float) -> N
     """Return at the first uevent about a loop device (attach, detach), when `stop_fd` becomes
     readable, or after `timeout`."""
     deadline = time.monotonic() + timeout
+    watched: list[socket.socket | int] = [sock, stop_fd]
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             return
-        ready, _, _ = select.select([sock, stop_fd], [], [], left)
+        ready, _, _ = select.select(watched, [], [], left)
         if stop_fd in ready or not ready:
             return
         try:

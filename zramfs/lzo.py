@@ -62,8 +62,9 @@ memcmp (``bytes.startswith``, slice equality) before any per-byte work on zero r
 long matches, an M2 decode table and fewer per-instruction checks in the decompressor
 (see ``decompress``).  Tried and dropped as slower: ``range()`` loops per skip band, a
 table of encoded M2 instructions, dicts instead of ``(x & -x) % 37``, bulk hashing of all
-positions with big-int arithmetic (~50 µs a page for ``int.from_bytes``/``to_bytes``).  The C library behind the lz4 codec takes ~5 µs for a text
-page: use lzo / lzo-rle here for the kernel's sizes, not for speed.
+positions with big-int arithmetic (~50 µs a page for ``int.from_bytes``/``to_bytes``).  The
+C library behind the lz4 codec takes ~5 µs for a text page: use lzo / lzo-rle here for the
+kernel's sizes, not for speed.
 """
 from __future__ import annotations
 
@@ -532,13 +533,14 @@ def decompress(data: bytes, out_len: int) -> bytes:
 def _bench(rounds: int = 5) -> None:     # pragma: no cover - `python3 -m zramfs.lzo`
     """Print µs per 4 KiB page for the page kinds of the module docstring."""
     import glob
+    import pathlib
     import random
     import sysconfig
     import time
 
     rng = random.Random(1)
     stdlib = sorted(glob.glob(sysconfig.get_path("stdlib") + "/*.py"))
-    text = b"".join(open(p, "rb").read() for p in stdlib[:40])
+    text = b"".join(pathlib.Path(p).read_bytes() for p in stdlib[:40])
     kinds = {
         "text (stdlib .py)": [text[o:o + 4096] for o in range(0, 40 * 4096, 4096)],
         "random": [rng.randbytes(4096) for _ in range(40)],

@@ -37,8 +37,9 @@ import errno
 import os
 import re
 import stat as statmod
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from zramfs.daemon import ModuleParameter
 from zramfs.image import BlockImage
@@ -246,7 +247,7 @@ class Tree(ImageTree):
 
     _dirs = _FIXED_DIRS
 
-    def __init__(self, registry: "Registry", parameters: Iterable[ModuleParameter] = ()) -> None:
+    def __init__(self, registry: Registry, parameters: Iterable[ModuleParameter] = ()) -> None:
         # Imported here so that importing zramfs.tree (e.g. for the CLI's status) does not
         # need the whole device stack.
         from zramfs import attrs
@@ -256,10 +257,10 @@ class Tree(ImageTree):
         self.parameters: dict[str, ModuleParameter] = {p.name: p for p in parameters}
 
     # ---- devices ---------------------------------------------------------------------------
-    def images(self) -> "Mapping[int, ZramDevice]":
+    def images(self) -> Mapping[int, ZramDevice]:
         return self.registry.devices
 
-    def device(self, dev_id: int) -> "ZramDevice":
+    def device(self, dev_id: int) -> ZramDevice:
         return cast("ZramDevice", super().device(dev_id))
 
     def _attr_table(self) -> Mapping[str, Any]:
@@ -421,6 +422,6 @@ class Tree(ImageTree):
             return 0
         try:
             return int(pool.total_pages) * PAGE_SIZE
-        except Exception:      # pool being torn down by a concurrent reset
+        except Exception:  # noqa: BLE001 - pool being torn down by a concurrent reset
             return 0
 
