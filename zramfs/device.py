@@ -30,7 +30,7 @@ that disksize and reset replace (`_meta`, `_stripes`, `limit_pages`, `backing`) 
 be one more attribute hop away from each part (or copied into each, with several places
 to keep in step).  A method inherited from a mixin costs nothing: CPython caches
 attribute lookups per type, whatever the depth of the MRO.  The 4 KiB and 128 KiB paths
-of `zramfs.device_io` are thus unchanged by the split (scripts/bench_device_ab.py).
+of `zramfs.device_io` are thus unchanged by the split (`scripts/bench.py device-ab`).
 """
 from __future__ import annotations
 

@@ -406,7 +406,7 @@ class IOPathMixin(DeviceCore):
         started at `t0` (perf_counter_ns), is accounted in the commit's critical section, so
         a 4 KiB write takes its stripe once.  Not `_write_pages` with a count of one: setting
         up its loop (bound methods hoisted into locals) made a 4 KiB write 7 % slower and a
-        same-filled one 27 % (0.7 and 1 µs, scripts/bench_device_ab.py's pages).  A test
+        same-filled one 27 % (0.7 and 1 µs, scripts/bench.py device-ab's pages).  A test
         keeps this copy and the reference in step (see `_store_page`).
         """
         t = meta.table
