@@ -3,11 +3,12 @@
 The kernel device is ``/sys/block/zram0`` (lz4, CONFIG_ZSMALLOC_CHAIN_SIZE=8 on the
 machine these tests were written on); ours is a ``Registry(chain_size=8,
 chain_rule="min-waste")`` device — the class table of a ≥6.3 kernel with 8-page chains
-(zsmalloc-5.17.md §7.3, ``calculate_zspage_chain_size``).  Both get the same pages,
-written sequentially in 4 KiB blocks (O_DIRECT on the kernel side); then every odd block is
-discarded (BLKDISCARD per block / ``ZramDevice.discard``) and both pools are compacted
-(``echo 1 > compact``).  The work is done by ``scripts/kernel_compare.py`` (also the
-human-readable report: ``python3 scripts/kernel_compare.py --size 256M``).
+(``calculate_zspage_chain_size``; docs/zsmalloc.md, "Size classes, merging and the huge
+class").  Both get the same pages, written sequentially in 4 KiB blocks (O_DIRECT on the
+kernel side); then every odd block is discarded (BLKDISCARD per block /
+``ZramDevice.discard``) and both pools are compacted (``echo 1 > compact``).  The work is
+done by ``scripts/kernel_compare.py`` (also the human-readable report:
+``python3 scripts/kernel_compare.py --size 256M``).
 
 **Deterministic-size image.**  Each page is L random bytes followed by 4096 - L zeros
 (L mostly 500–3000, tails to 1 and 4096), plus zero and non-zero same-filled pages.  LZ4
@@ -28,14 +29,15 @@ mem_used_total and huge_pages only need to be within 2.5 %; orig_data_size and
 same_pages are exact.
 
 **After discard + compaction** mem_used_total is within 10 %.  It need not be equal:
-the kernel's __zs_compact is the ≥6.3 algorithm (zsmalloc-5.17.md §5 item 5): eleven
-fullness groups in 10 % steps (ZS_INUSE_RATIO_*), sources taken from the emptiest group
-and destinations from the fullest, one destination kept across sources, the loop run
-while zs_can_compact(); our allocator ports 5.17, with four fullness groups and the
-3N/4 almost-empty rule, sources ALMOST_EMPTY first, destinations ALMOST_FULL first.
-Both move objects until zs_can_compact() says nothing more can be freed, so on these
-images both end near the optimal packing; the order in which zspages are drained and
-filled differs, and so can the last few zspages of a class.
+the kernel's __zs_compact is the ≥6.3 algorithm (docs/zsmalloc.md, "Fullness in 10 % steps,
+configurable chain size, new compaction (6.3)"): twelve fullness groups, partly used ones in
+10 % steps (ZS_INUSE_RATIO_*), sources taken from the emptiest group and destinations from
+the fullest, one destination kept across sources, the loop run while zs_can_compact(); our
+allocator ports 5.17, with four fullness groups and the 3N/4 almost-empty rule, sources
+ALMOST_EMPTY first, destinations ALMOST_FULL first.  Both move objects until
+zs_can_compact() says nothing more can be freed, so on these images both end near the
+optimal packing; the order in which zspages are drained and filled differs, and so can the
+last few zspages of a class.
 
 **Churn, with the compaction daemon running.**  The deterministic pages, then a seeded
 random 60 % of the blocks discarded and a random 30 % rewritten with new deterministic
@@ -93,7 +95,8 @@ PAGE = kc.PAGE_SIZE
 IMAGE_PAGES = (64 << 20) // PAGE
 #: 32 MiB for the churn image (about a second on both sides together)
 CHURN_PAGES = (32 << 20) // PAGE
-#: zs_huge_class_size() with 8-page chains (first non-huge class 3632 - 7), zram.md §3.10
+#: zs_huge_class_size() with 8-page chains (first non-huge class 3632 - 7; docs/zram.md,
+#: "huge_class_size")
 HUGE_CLASS_SIZE = 3625
 
 
@@ -147,8 +150,8 @@ def test_deterministic_pages_compress_alike() -> None:
     except kc.KernelUnavailable as exc:
         pytest.skip(f"kernel zram not usable: {exc}")
     assert not agreement.mismatches, _sizes(agreement)
-    # The kernel's HUGE threshold is where the reference puts it for 8-page chains
-    # (zram.md §3.10: comp_len >= 3625), and both sides of it occur among these pages.
+    # The kernel's HUGE threshold is where docs/zram.md ("huge_class_size") puts it for 8-page
+    # chains (comp_len >= 3625), and both sides of it occur among these pages.
     lz4 = get_codec("lz4")
     stored = dict(zip((len(lz4.compress(p)) for p in pages), agreement.kernel))
     assert stored[HUGE_CLASS_SIZE - 1] == HUGE_CLASS_SIZE - 1, stored.get(HUGE_CLASS_SIZE - 1)

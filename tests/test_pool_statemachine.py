@@ -1,5 +1,6 @@
 """Model-based test of the zsmalloc pool: random malloc/map/free/compact/migrate sequences
-checked against a dict model after every step, plus the E12 invariants.
+checked against a dict model after every step, plus the accounting invariants (docs/zsmalloc.md,
+edge case "Accounting invariants").
 
 Default profile: bounded to well under a minute. ``pytest -m soak`` runs a bigger profile.
 """
@@ -21,7 +22,8 @@ from allocator.memory import PhysicalMemory
 from support.alloc_invariants import (PAGE_SIZE, REF_BY_INDEX, check_classes_table,
                                       check_pool_invariants, ref_class_for_alloc)
 
-# Sizes: uniform over 1..4096 plus the class boundaries the reference names (E1, E2, E5, E7).
+# Sizes: uniform over 1..4096 plus the boundaries of docs/zsmalloc.md's edge cases (size limits,
+# class lookup, spanning objects, the huge class).
 INTERESTING_SIZES = [1, 8, 24, 25, 40, 41, 72, 120, 664, 1352, 2040, 3064, 3256, 3257, 4088, 4096]
 SIZES = st.one_of(st.integers(1, PAGE_SIZE), st.sampled_from(INTERESTING_SIZES))
 # A few classes with few objects per zspage, so that zspages fill up, fragment, and
@@ -118,16 +120,19 @@ class PoolMachine(RuleBasedStateMachine):
         before = self.pool.total_pages
         pc_before = self.pool.stats.pages_compacted
         freeable = self.pool.freeable_pages()
-        # E14: the shrinker count is the sum of zs_can_compact, i.e. the table's freeable total.
+        # The shrinker count is the sum of zs_can_compact, i.e. the table's freeable total.
         assert freeable == check_classes_table(self.pool).total[5]
         freed = self.pool.compact()
         assert freed >= 0
-        # Single-threaded: no page is locked, so every free is synchronous (E13/E14).
+        # Single-threaded: no page is locked, so every free is synchronous (docs/zsmalloc.md,
+        # edge cases "Deferred free when a page lock is busy", "pages_compacted counts deferred
+        # frees").
         assert before - self.pool.total_pages == freed, (before, self.pool.total_pages, freed)
         assert self.pool.stats.pages_compacted == pc_before + freed
         # Each freed source needs zs_can_compact > 0 first, so no more than the count is freed.
         assert freed <= freeable, (freed, freeable)
-        # E16 post-condition without contention: a class either has nothing freeable left or
+        # Post-condition without contention (docs/zsmalloc.md, edge case "When compaction of a
+        # class stops"): a class either has nothing freeable left or
         # every ALMOST_* zspage but the last partly drained source has become a destination.
         t = check_classes_table(self.pool, self.model_sizes())
         for idx, r in t.rows.items():
@@ -148,7 +153,7 @@ class PoolMachine(RuleBasedStateMachine):
         event(f"migrate_pfn: {ok}")
         if ok:
             assert self.memory.private[pfn] is None, "migrated-away frame still owned by the pool"
-        assert self.pool.total_pages == total, "E18: migration must not change pages_allocated"
+        assert self.pool.total_pages == total, "migration must not change pages_allocated"
 
     @rule()
     def memory_compact(self) -> None:
@@ -210,8 +215,9 @@ def test_pool_state_machine_soak() -> None:
     _run(max_examples=200, steps=150)  # about 5 minutes
 
 
-def test_reference_oracle_self_check() -> None:
-    """The oracle itself: 69 classes, and the class boundaries the reference names (E2)."""
+def test_class_table_oracle_self_check() -> None:
+    """The oracle itself: 69 classes, and the class boundaries of docs/zsmalloc.md, edge case
+    "Class lookup adds the handle size"."""
     assert len(REF_BY_INDEX) == 69
     assert ref_class_for_alloc(24).size == 32 and ref_class_for_alloc(25).size == 48
     assert ref_class_for_alloc(3256).size == 3264 and ref_class_for_alloc(3257).size == 4096

@@ -430,8 +430,8 @@ def test_uninitialised_device_requests(loaded: Mount) -> None:
 def test_o_trunc_open_of_the_image_is_ignored_like_a_block_device(loaded: Mount) -> None:
     """`dd of=/dev/zram0` (no conv=notrunc) and `cat x > /dev/zram0` open with O_TRUNC, which a
     block device ignores; zram scripts do both.  With zramfs the open must succeed and leave
-    the rest of the device intact (DESIGN §7 refuses truncation to another *size*; an O_TRUNC
-    open is not a request to resize a block image)."""
+    the rest of the device intact (docs/design.md, "Errors": truncation to another *size* is
+    refused; an O_TRUNC open is not a request to resize a block image)."""
     m = loaded
     with opened(m.image(0), os.O_RDONLY) as fd:
         tail = os.pread(fd, PAGE, 2 * MiB)

@@ -1,6 +1,8 @@
-"""Class-table tests: the derived tables of the 5.17 reference (§7.1, §7.3), embedded as data.
+"""Class-table tests: the class tables derived from the 5.17 formulas (chain 4, and chain 8 with
+both page-count rules), embedded as data; docs/zsmalloc.md, "Size classes, merging and the huge
+class", says how they are derived and how to print them.
 
-Rows are "index size pages objs waste [aliases lo..hi]" exactly as the reference prints them.
+Rows are "index size pages objs waste [aliases lo..hi]", the shape that page's snippet prints.
 """
 
 from __future__ import annotations
@@ -210,8 +212,9 @@ CHAIN8_MAX_USED = """
  254  4096  1    1     0  aliases 226..253
 """
 
-# Reference §7.3 "Caveat": with calculate_zspage_chain_size (min waste) and chain 8 these classes
-# change (size: pages/objs), and four sizes stop being canonical (merged into the larger class).
+# With calculate_zspage_chain_size (min waste) and chain 8 these classes change (size:
+# pages/objs), and four sizes stop being canonical (merged into the larger class); see
+# docs/zsmalloc.md, "Size classes, merging and the huge class".
 MIN_WASTE_CHAIN8_CHANGES = {
     144: (7, 199), 208: (3, 59), 304: (7, 94), 352: (8, 93), 416: (6, 59), 432: (7, 66),
     464: (5, 44), 560: (7, 51), 592: (8, 55), 688: (8, 47), 752: (7, 38), 1056: (8, 31),
@@ -235,7 +238,7 @@ def parse(text: str) -> list[tuple[int, int, int, int, int, tuple[int, int] | No
 
 
 def table_rows(table):
-    """The implementation's table in the reference's row shape."""
+    """The implementation's table in the row shape of the tables above."""
     rows = []
     for c in table.classes:
         aliases = [i for i, t in enumerate(table.slot_to_class) if t == c.index and i != c.index]

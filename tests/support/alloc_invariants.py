@@ -1,9 +1,10 @@
-"""Independent oracles and invariant checks for the zsmalloc port (reference §6, E12).
+"""Independent oracles and invariant checks for the zsmalloc port (docs/zsmalloc.md, "Edge
+cases", above all "Accounting invariants").
 
-Nothing here trusts the allocator's own arithmetic: the class table is the derived 5.17 table
-(§7.1) written out literally, the fullness rule is re-stated, and the debugfs ``classes`` text
-is parsed and checked against the pool's internal lists and against a walk of the simulated
-physical pages.
+Nothing here trusts the allocator's own arithmetic: the class table is the 5.17 table derived
+from the formulas (docs/zsmalloc.md, "Size classes, merging and the huge class") written out
+literally, the fullness rule is re-stated, and the debugfs ``classes`` text is parsed and
+checked against the pool's internal lists and against a walk of the simulated physical pages.
 
 `check_pool_invariants(pool)` is the reusable entry point. It raises ``AssertionError`` with a
 readable message on the first broken invariant. It must be called while the pool is quiescent
@@ -22,7 +23,7 @@ TAG = 1  # OBJ_ALLOCATED_TAG
 # Fullness groups (enum fullness_group, 5.17).
 ZS_EMPTY, ZS_ALMOST_EMPTY, ZS_ALMOST_FULL, ZS_FULL = 0, 1, 2, 3
 
-# Reference §7.1, literally: "index:size:pages:objs" for the 69 canonical classes (chain 4,
+# The 5.17 class table, literally: "index:size:pages:objs" for the 69 canonical classes (chain 4,
 # 4 KiB pages, max-used rule). Aliases are the slots between two canonical indices; they
 # resolve to the next canonical index above them.
 _TABLE_5_17 = """
@@ -90,7 +91,8 @@ def ref_fullness(inuse: int, objs: int) -> int:
 
 
 def ref_first_obj_offsets(size: int, pages: int) -> list[int]:
-    """Offset, inside subpage k, of the first object that starts in it (§3.5)."""
+    """Offset, inside subpage k, of the first object that starts in it (docs/zsmalloc.md,
+    "Zspages, page chains and the freelist")."""
     out = []
     for k in range(pages):
         start = k * PAGE_SIZE
@@ -172,13 +174,13 @@ def check_classes_table(pool: Any, live_sizes: Iterable[int] | None = None) -> C
         zspages = r.obj_allocated // ref.objs
         assert r.almost_full + r.almost_empty <= zspages, f"class {idx}: list counts exceed zspages: {r}"
         if ref.objs <= 4:
-            assert r.almost_full == 0, f"class {idx}: ALMOST_FULL impossible for N={ref.objs} (E4)"
+            assert r.almost_full == 0, f"class {idx}: ALMOST_FULL impossible for N={ref.objs}"
         for k, v in enumerate((r.almost_full, r.almost_empty, r.obj_allocated, r.obj_used,
                                r.pages_used, r.freeable)):
             sums[k] += v
     assert tuple(sums) == t.total, f"totals {t.total} != column sums {tuple(sums)}"
     assert t.total[4] == pool.total_pages, (
-        f"E12: sum of pages_used {t.total[4]} != pool.total_pages {pool.total_pages}")
+        f"sum of pages_used {t.total[4]} != pool.total_pages {pool.total_pages}")
     if live_sizes is not None:
         per_class: dict[int, int] = {}
         for s in live_sizes:
@@ -425,7 +427,7 @@ def _check_internals(pool: Any, live: Mapping[int, int] | None) -> None:
     zset = {id(z) for z in zspages}
     assert len(zset) == len(zspages)
 
-    # E11: every zspage is on exactly the list its fullness names, in its own class.
+    # List membership: every zspage is on exactly the list its fullness names, in its own class.
     seen: dict[int, int] = {}
     canonical = {c.index: c for c in pool.size_class}
     assert sorted(canonical) == sorted(REF_BY_INDEX)
@@ -444,14 +446,14 @@ def _check_internals(pool: Any, live: Mapping[int, int] | None) -> None:
                 leaked = getattr(cls, "deferred_freed", 0)
                 assert cls.stats[fg] == len(lst) + leaked, (
                     f"class {cls.size}: stats[CLASS_EMPTY] {cls.stats[fg]} != {len(lst)} listed "
-                    f"+ {leaked} freed by the async worker (E13)")
+                    f"+ {leaked} freed by the async worker (the 5.17 CLASS_EMPTY leak)")
             else:
                 assert cls.stats[fg] == len(lst), (
                     f"class {cls.size}: stats[{fg}] {cls.stats[fg]} != list length {len(lst)}")
     unlisted = [z for z in zspages if id(z) not in seen]
     assert not unlisted, f"live zspages on no list (isolated? leaked?): {unlisted[:3]}"
 
-    # E12: per-class accounting and per-zspage contents.
+    # Accounting: per-class counters and per-zspage contents.
     per_class_zspages: dict[int, int] = {}
     per_class_inuse: dict[int, int] = {}
     handles_found: dict[int, tuple[int, int]] = {}
@@ -487,7 +489,7 @@ def _check_internals(pool: Any, live: Mapping[int, int] | None) -> None:
         allocated = []
         for idx, pfn, off in object_starts(pool, z):
             w = word(mem, pfn, off)
-            if idx >= ref.objs:  # the phantom (E8): never allocated
+            if idx >= ref.objs:  # the phantom tail object: never allocated
                 assert w & TAG == 0, f"phantom slot {idx} looks allocated: {w:#x}"
                 continue
             if w & TAG:
@@ -515,7 +517,7 @@ def _check_internals(pool: Any, live: Mapping[int, int] | None) -> None:
     frames = sum(1 for pfn in mem.used_pfns() if id(mem.private[pfn]) in zset)
     assert frames == owned_frames, f"{frames} frames point at live zspages, chains hold {owned_frames}"
 
-    # Every header's handle decodes back to the object that holds it (E24).
+    # Tag bits: every header's handle decodes back to the object that holds it.
     for h, (pfn, idx) in handles_found.items():
         obj = obj_of(pool, h)
         assert obj & TAG == 0, f"*handle {h:#x} = {obj:#x} has the tag bit set"
@@ -544,21 +546,24 @@ def _check_internals(pool: Any, live: Mapping[int, int] | None) -> None:
 
 
 def check_pool_invariants(pool: Any, live: Mapping[int, int] | None = None) -> None:
-    """Check the E11/E12/E24 invariants of a quiescent pool.
+    """Check the invariants of a quiescent pool (the docs/zsmalloc.md edge cases named below).
 
     * the debugfs table: exact format, the 69 classes, per-row arithmetic, totals, and
       Σ pages_used == total_pages;
-    * E11: every live zspage is on exactly one list, the one its fullness names, which is
-      the 3N/4 rule applied to its inuse; stats[CLASS_*] == list lengths (CLASS_EMPTY also
-      counts the zspages the async worker freed: the 5.17 leak, E13);
-    * E12: OBJ_ALLOCATED == zspages x N, OBJ_USED == Σ inuse, Σ pages == pages_allocated ==
-      frames owned; each chain (walked through page->index) has pages_per_zspage frames,
-      with page->private, PG_private, PG_movable and first_obj_offset right; inuse == headers
-      with tag bit 1; freelist length == N - inuse (+ the phantom);
-    * E24: every header holds handle|1 and that handle's cell (tag bit clear) decodes to it.
+    * "List order and where zs_malloc looks": every live zspage is on exactly one list, the
+      one its fullness names, which is the 3N/4 rule applied to its inuse; stats[CLASS_*] ==
+      list lengths (CLASS_EMPTY also counts the zspages the async worker freed: the 5.17 leak
+      of "Deferred free when a page lock is busy");
+    * "Accounting invariants": OBJ_ALLOCATED == zspages x N, OBJ_USED == Σ inuse, Σ pages ==
+      pages_allocated == frames owned; each chain (walked through page->index) has
+      pages_per_zspage frames, with page->private, PG_private, PG_movable and
+      first_obj_offset right; inuse == headers with tag bit 1; freelist length == N - inuse
+      (+ the phantom);
+    * "Tag bits in handles, headers and free slots": every header holds handle|1 and that
+      handle's cell (tag bit clear) decodes to it.
 
     `live`, when given, maps each live handle to its requested size: the handles found in
-    the frames must be exactly those, each in the class the reference table gives its size,
+    the frames must be exactly those, each in the class the 5.17 table gives its size,
     and the per-class obj_used must match. Also runs the pool's own `check_invariants`.
     """
     check_classes_table(pool, live.values() if live is not None else None)
