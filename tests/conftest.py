@@ -1,14 +1,37 @@
-"""Shared pytest fixtures: real mounts (``zmount``, see tests/support/mountutil.py) and ``lockdep``.
+"""The fixtures every test module shares, each defined here once (helpers: tests/support/).
 
-``zmount`` (a factory of real zramfs mounts, always torn down) is available to every test.
-``lockdep`` turns the lock checker on for one test and off again, even when the test fails.
+Allocator:
+
+- ``lockdep``: the lock checker on for one test, off again even when the test fails.
+- ``backing``: the arena ``mem`` is made on: ``"anon"`` unless the test parametrizes it;
+  ``@pytest.mark.parametrize("backing", ["anon", "memfd"])`` runs it on both the anonymous
+  mapping and the memfd of ``zramfs mount --mlock`` (allocator/memory.py).
+- ``mem``: fresh simulated RAM (``MEM_PAGES`` frames of 4 KiB) on that arena, unmapped after.
+- ``pool``: a zsmalloc `Pool` on ``mem`` with lockdep on; its deferred free is flushed and the
+  pool destroyed after the test.
+
+Mounts (tests/support/mountutil.py), torn down even when the test fails — file systems and swaps
+on loop devices over the images, the loop devices, the FUSE mount and the daemon — and checked
+to leave no mount and no loop device behind:
+
+- ``zmount``: a factory of real foreground mounts, ``m = zmount("--size", "16M")``; it serves
+  ``--backend null`` too.
+- ``daemon``: one daemonised ``zramfs mount`` (a `DaemonMount`: ``daemon.mount(*args)``).
 """
-from collections.abc import Iterator
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from allocator import PhysicalMemory, Pool
 from allocator.locks import set_lockdep
-from support.mountutil import zmount  # noqa: F401  (re-exported fixture)
+from support.mountutil import DaemonMount, Mount, is_mounted, loops_under, require_fuse, start_mount
+
+#: Frames of the ``mem`` fixture (64 MiB of address space; only touched frames cost memory).
+MEM_PAGES = 1 << 14
 
 
 @pytest.fixture
@@ -18,3 +41,72 @@ def lockdep() -> Iterator[None]:
         yield
     finally:
         set_lockdep(False)
+
+
+@pytest.fixture
+def backing() -> str:
+    return "anon"
+
+
+@pytest.fixture
+def mem(backing: str) -> Iterator[PhysicalMemory]:
+    memory = PhysicalMemory(max_pages=MEM_PAGES, backing=backing)
+    yield memory
+    # A view of a frame the test still holds keeps the mapping (BufferError): the garbage
+    # collector unmaps it later; the memfd's descriptor is what must not pile up.
+    with contextlib.suppress(BufferError):
+        memory.close()
+
+
+@pytest.fixture
+def pool(lockdep: None, mem: PhysicalMemory) -> Iterator[Pool]:
+    p = Pool("test", memory=mem)
+    yield p
+    p.flush_free_work()
+    p.destroy()
+
+
+def _assert_nothing_left(mnt: Path) -> None:
+    assert not is_mounted(mnt), f"mount left behind: {mnt}"
+    assert not loops_under(mnt), f"loop devices left behind on {mnt}: {loops_under(mnt)}"
+
+
+@pytest.fixture
+def zmount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
+    """Factory: ``m = zmount("--size", "16M")`` mounts in the foreground (a child we own) and
+    returns when the tree answers; every mount is torn down afterwards."""
+    mounts: list[Mount] = []
+
+    def factory(*args: str) -> Mount:
+        sub = tmp_path / f"m{len(mounts)}"
+        sub.mkdir()
+        m = start_mount(sub, *args)
+        mounts.append(m)
+        return m
+
+    try:
+        yield factory
+    finally:
+        errors = []
+        for m in reversed(mounts):
+            try:
+                m.close()
+            except Exception as exc:  # noqa: BLE001 - keep tearing down the others
+                errors.append(exc)
+        for m in mounts:
+            _assert_nothing_left(m.path)
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonMount]:
+    """A daemonised ``zramfs mount`` the test starts (``daemon.mount(*args)``); unmounted and
+    its daemons reaped afterwards."""
+    require_fuse()
+    d = DaemonMount(tmp_path)
+    try:
+        yield d
+    finally:
+        d.cleanup()
+    _assert_nothing_left(d.mnt)

@@ -598,8 +598,9 @@ def test_vmstat_text_format() -> None:
 # ---------------------------------------------------------------------------- stress
 
 
-def test_concurrent_owners_migrator_compactor(lockdep: None) -> None:
-    concurrent_owners(1.2)
+@pytest.mark.parametrize("backing", ["anon", "memfd"])
+def test_concurrent_owners_migrator_compactor(lockdep: None, backing: str) -> None:
+    concurrent_owners(1.2, backing)
 
 
 @pytest.mark.soak
@@ -607,10 +608,10 @@ def test_concurrent_owners_migrator_compactor_soak(lockdep: None) -> None:
     concurrent_owners(30.0)
 
 
-def concurrent_owners(seconds: float) -> None:
+def concurrent_owners(seconds: float, backing: str = "anon") -> None:
     """Owners allocate/check/free while a migrator moves random frames and a compactor runs:
     data and metadata stay consistent, nothing deadlocks, no frame is lost or reused twice."""
-    mem = PhysicalMemory(max_pages=600)
+    mem = PhysicalMemory(max_pages=600, backing=backing)
     owners = [FakeOwner(mem) for _ in range(3)]
     stop = threading.Event()
     ids = iter(range(10**9))

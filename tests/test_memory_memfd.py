@@ -1,8 +1,10 @@
 """allocator.memory with ``backing="memfd"`` (the arena of ``zramfs mount --mlock``): a sparse
 memfd mapped shared, whose freed frames are dropped by punching holes instead of MADV_DONTNEED.
 
-The allocator, migration and compaction must behave exactly as on the default anonymous arena;
-what differs is only how frames are dropped, and that dropping keeps working under mlockall.
+The allocator, migration and compaction must behave exactly as on the default anonymous arena
+(the tests parametrized over the ``backing`` fixture run on both: test_memory's concurrent
+owners, test_pool_basic's compaction and migration workloads); what differs is only how frames
+are dropped, and that dropping keeps working under mlockall.
 """
 from __future__ import annotations
 
@@ -15,8 +17,6 @@ from pathlib import Path
 import pytest
 
 import test_memory as tm            # module import: its tests are not collected again here
-import test_pool_basic as tpb
-from allocator import Pool
 from allocator.memory import DIRTY_FRAMES, PhysicalMemory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,30 +103,6 @@ def test_migrate_and_compact() -> None:
     mem.drop_free_frames()
     for obj in survivors:
         owner.check(obj)
-
-
-def test_concurrent_owners_migrator_compactor(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tm, "PhysicalMemory",
-                        lambda max_pages: PhysicalMemory(max_pages=max_pages, backing="memfd"))
-    tm.concurrent_owners(1.0)
-
-
-def test_pool_workloads() -> None:
-    """Short pool workloads of test_pool_basic on a memfd arena: compaction, migration of huge
-    objects with memory compaction, and the malloc/free/migrate/compact race."""
-    for test in (tpb.test_compaction_frees_pages_and_keeps_data,
-                 tpb.test_compaction_spanning_class):
-        pool = Pool("memfd", memory=memfd(1 << 13))
-        test(pool)
-        pool.flush_free_work()
-        pool.destroy()
-    mem = memfd(1 << 13)
-    pool = Pool("memfd", memory=mem)
-    tpb.test_migration_huge_and_memory_compaction(pool, mem)
-    tpb.test_migration_of_every_subpage_keeps_handles_and_data(pool, mem)
-    pool.flush_free_work()
-    pool.destroy()
-    tpb.test_concurrent_malloc_free_migrate_compact(memfd(1 << 13))
 
 
 _UNDER_MLOCK = textwrap.dedent("""

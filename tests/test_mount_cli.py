@@ -11,27 +11,13 @@ import time
 
 import pytest
 
-from support.mountutil import DaemonMount, is_mounted, require_fuse, run, zramfs_cli
+from support.mountutil import is_mounted, run, zramfs_cli
 
 pytestmark = pytest.mark.fuse
 
 
-Daemonised = DaemonMount   # the fixture below owns one
-
-
-@pytest.fixture
-def daemonised(tmp_path):
-    require_fuse()
-    d = Daemonised(tmp_path)
-    try:
-        yield d
-    finally:
-        d.cleanup()
-    assert not is_mounted(d.mnt)
-
-
-def test_mount_returns_ready_then_status_and_umount(daemonised):
-    d = daemonised
+def test_mount_returns_ready_then_status_and_umount(daemon):
+    d = daemon
     res = d.mount("--size", "8M", "--devices", "2", "--algorithm", "zstd")
     assert res.returncode == 0, res.stderr
     # Ready means usable right away: no polling.
@@ -56,8 +42,8 @@ def test_mount_returns_ready_then_status_and_umount(daemonised):
     assert d.wait_gone(pid), "daemon still running after umount"
 
 
-def test_umount_refuses_with_loop_attached(daemonised):
-    d = daemonised
+def test_umount_refuses_with_loop_attached(daemon):
+    d = daemon
     d.mount("--size", "8M")
     pid = d.pid
     loop = run("losetup", "-f", "--show", str(d.mnt / "dev/zram0")).stdout.strip()
@@ -77,8 +63,8 @@ def test_umount_refuses_with_loop_attached(daemonised):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_unmounts_cleanly(daemonised, sig):
-    d = daemonised
+def test_signal_unmounts_cleanly(daemon, sig):
+    d = daemon
     d.mount("--size", "4M")
     pid = d.pid
     os.kill(pid, sig)
@@ -86,10 +72,10 @@ def test_signal_unmounts_cleanly(daemonised, sig):
     assert not d.pidfile.exists()
 
 
-def test_stale_mount_after_sigkill(daemonised):
+def test_stale_mount_after_sigkill(daemon):
     """A SIGKILLed daemon leaves a stale mount: ``zramfs mount`` on the place cleans it up (and
     says so) before mounting anew; ``zramfs umount`` removes it too."""
-    d = daemonised
+    d = daemon
 
     def kill_daemon() -> None:
         pid = d.pid
@@ -113,8 +99,8 @@ def test_stale_mount_after_sigkill(daemonised):
     assert not is_mounted(d.mnt)
 
 
-def test_mount_errors_are_reported(daemonised, tmp_path):
-    d = daemonised
+def test_mount_errors_are_reported(daemon, tmp_path):
+    d = daemon
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
     res = zramfs_cli("mount", str(not_a_dir), check=False)
@@ -130,8 +116,8 @@ def test_mount_errors_are_reported(daemonised, tmp_path):
     assert res.returncode == 1 and "already" in res.stderr
 
 
-def test_allow_other_adds_default_permissions(daemonised):
-    d = daemonised
+def test_allow_other_adds_default_permissions(daemon):
+    d = daemon
     d.mount("--size", "1M", "--allow-other")
     opts = [ln.split()[3] for ln in open("/proc/self/mounts") if ln.split()[1] == str(d.mnt)]
     assert opts and "allow_other" in opts[0] and "default_permissions" in opts[0]

@@ -18,25 +18,11 @@ from allocator.sizeclass import (CLASS_EMPTY, OBJ_ALLOCATED, OBJ_USED, ZS_ALMOST
 
 PAGE = 4096
 
+# Every test runs under lockdep; `pool` and `mem` are tests/conftest.py's.
+pytestmark = pytest.mark.usefixtures("lockdep")
 
-@pytest.fixture(autouse=True)
-def lockdep():
-    set_lockdep(True)
-    yield
-    set_lockdep(False)
-
-
-@pytest.fixture
-def mem():
-    return PhysicalMemory(max_pages=1 << 13)
-
-
-@pytest.fixture
-def pool(mem):
-    p = Pool("test", memory=mem)
-    yield p
-    p.flush_free_work()
-    p.destroy()
+# The workloads also run on the memfd arena of `zramfs mount --mlock` (the `backing` fixture).
+on_both_arenas = pytest.mark.parametrize("backing", ["anon", "memfd"])
 
 
 def pattern(seed: int, n: int) -> bytes:
@@ -360,6 +346,7 @@ def test_freed_zspages_are_released_without_the_cycle_collector(pool, mem):
 # ---------------------------------------------------------------------------------- compaction
 
 
+@on_both_arenas
 def test_compaction_frees_pages_and_keeps_data(pool):
     hs = [pool.malloc(100) for _ in range(73 * 10)]     # 10 zspages of class 112
     data = {h: pattern(i, 100) for i, h in enumerate(hs)}
@@ -384,6 +371,7 @@ def test_compaction_frees_pages_and_keeps_data(pool):
     assert pool.compact() == 0
 
 
+@on_both_arenas
 def test_compaction_spanning_class(pool):
     hs = [pool.malloc(3000) for _ in range(4 * 6)]      # class 3072: 3 pages, 4 objects
     data = {h: pattern(i, 3000) for i, h in enumerate(hs)}
@@ -405,6 +393,7 @@ def test_compaction_spanning_class(pool):
 # ---------------------------------------------------------------------------------- migration
 
 
+@on_both_arenas
 def test_migration_of_every_subpage_keeps_handles_and_data(pool, mem):
     hs = [pool.malloc(40) for _ in range(200)]          # class 48, one 3-page zspage
     for i, h in enumerate(hs):
@@ -432,6 +421,7 @@ def test_migration_of_every_subpage_keeps_handles_and_data(pool, mem):
     pool.check_invariants()
 
 
+@on_both_arenas
 def test_migration_huge_and_memory_compaction(pool, mem):
     filler = [pool.malloc(4000) for _ in range(8)]
     keep = filler[4:]
@@ -558,6 +548,7 @@ def test_chain8_min_waste_pool(mem):
     pool.check_invariants()
 
 
+@on_both_arenas
 def test_concurrent_malloc_free_migrate_compact(mem):
     """A short race: writers/freers on a few classes while other threads migrate frames and
     compact the pool.  Every live object must read back intact at the end."""

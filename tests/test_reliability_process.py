@@ -28,7 +28,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,7 +37,6 @@ from support.mountutil import (
     expect_errno,
     is_mounted,
     loops_under,
-    require_fuse,
     run,
     write_file,
     zramfs_cli,
@@ -48,18 +46,7 @@ from support.reliability import PAGE, MiB, Watchdog
 pytestmark = pytest.mark.fuse
 
 
-Daemon = DaemonMount
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    require_fuse()
-    d = Daemon(tmp_path)
-    try:
-        yield d
-    finally:
-        d.cleanup()
-    assert not is_mounted(d.mnt), "mount left behind"
+Daemon = DaemonMount   # the ``daemon`` fixture (tests/conftest.py) is one
 
 
 class Writer(threading.Thread):

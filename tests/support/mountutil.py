@@ -5,8 +5,8 @@ loop devices themselves, the FUSE mount, and the daemon process — even when a 
 Tests need root and /dev/fuse; without them they skip with a message, except when
 ``ZRAMFS_REQUIRE_FUSE=1`` (CI), where a missing FUSE is a failure.
 
-The ``zmount`` fixture defined here (a factory ``zmount(*cli_args) -> Mount`` whose mounts are
-torn down at the end of the test) is re-exported by tests/conftest.py to every test module.
+The fixtures built on these (``zmount``, a factory of `Mount`s, and ``daemon``, a `DaemonMount`)
+are in tests/conftest.py.
 """
 from __future__ import annotations
 
@@ -210,7 +210,9 @@ def expect_errno(code: int, fn, *args) -> None:
 
 
 def start_mount(base: Path, *args: str, timeout: float = 30.0) -> Mount:
-    """Mount in the foreground (a child process we own) and wait until the tree answers."""
+    """Mount ``base/mnt`` in the foreground (a child process we own) and wait until the tree
+    answers: until ``dev/`` is there, which every backend serves (``--backend null`` has only
+    dev/zram0, no sys/block) — what ``zramfs mount`` itself waits for (zramfs/cli.py)."""
     require_fuse()
     mnt = base / "mnt"
     mnt.mkdir(exist_ok=True)
@@ -225,38 +227,11 @@ def start_mount(base: Path, *args: str, timeout: float = 30.0) -> Mount:
         if proc.poll() is not None:
             m.close()
             raise AssertionError(f"zramfs mount exited {proc.returncode}:\n{log.read_text()}")
-        if is_mounted(mnt) and (mnt / "sys" / "block").is_dir():
+        if is_mounted(mnt) and (mnt / "dev").is_dir():
             return m
         time.sleep(0.05)
     m.close()
     raise AssertionError(f"zramfs mount not ready after {timeout}s:\n{log.read_text()}")
-
-
-@pytest.fixture
-def zmount(tmp_path: Path) -> Iterator:
-    """Factory fixture: ``m = zmount("--size", "16M")``; every mount is torn down afterwards."""
-    mounts: list[Mount] = []
-
-    def factory(*args: str) -> Mount:
-        sub = tmp_path / f"m{len(mounts)}"
-        sub.mkdir()
-        m = start_mount(sub, *args)
-        mounts.append(m)
-        return m
-
-    try:
-        yield factory
-    finally:
-        errors = []
-        for m in reversed(mounts):
-            try:
-                m.close()
-            except Exception as exc:  # keep tearing down the others
-                errors.append(exc)
-        leftovers = [str(m.path) for m in mounts if is_mounted(m.path)]
-        assert not leftovers, f"mounts left behind: {leftovers}"
-        if errors:
-            raise errors[0]
 
 
 @contextlib.contextmanager
