@@ -1,4 +1,5 @@
-"""Reliability, part 1: bad input and bad requests change nothing (issue 6, items 1, 2, 8).
+"""Reliability, part 1: bad input and bad requests change nothing (docs/guarantees.md, "Bad
+input changes nothing" and "Bad requests on the image fail cleanly").
 
 Every control file of a real mount (the directory is walked, so a file added later without an
 entry in the tables below fails the test) gets empty writes, garbage, non-UTF-8 bytes,

@@ -1,5 +1,5 @@
 """Reliability, part 2: concurrency, fio verify and mem_limit — nothing lost, nothing hung
-(issue 6, items 3, 4, 5).
+(docs/guarantees.md, "Nothing lost").
 
 - 8 threads do random reads, writes and discards (fallocate PUNCH_HOLE) of mixed sizes and
   alignments on a mounted image, each in its own region with a byte model, while the
