@@ -29,7 +29,7 @@ from typing import Any
 SCHEMA = "zramfs-record"
 VERSION = 1
 
-# ---- attribute fields, in the order the kernel prints them (docs/zram.md §1) -------------------
+# ---- attribute fields, in the order the kernel prints them (docs/zram.md, "Statistics formats")
 MM_STAT_FIELDS = (
     "orig_data_size",
     "compr_data_size",
