@@ -1,0 +1,335 @@
+"""Replay a trace on a fresh device, in process, under one configuration.
+
+Owns `replay_trace` and `ReplayResult` (docs/trace-format.md, "Replay"; the settings are
+`zramfs.replay_settings`).  A replay builds a new `ZramDevice` on its own `PhysicalMemory`
+(no FUSE, no mount) and applies the trace's records to it in order: writes with their data,
+reads, discards, flushes, control-file writes through the same `zramfs.attrs.store` a
+mount's tree calls (disksize, comp_algorithm, mem_limit, reset, compact, idle, ...).  The
+settings of the configuration replace what the trace recorded:
+
+* `algorithm` / `level` / `mem_limit`: the device gets them when it is created and after
+  every reset, and the trace's own comp_algorithm / algorithm_params / mem_limit stores
+  are skipped;
+* `chain_size` / `chain_rule`: the pool is built with them;
+* `compact_policy` / `compact_interval`: a `CompactionDaemon` on the replay device, driven
+  by trace time instead of a thread: before a record at trace time t, the daemon's scan
+  runs for every tick of its timer (its interval_ms, at least daemon.MIN_SLEEP_S) up to t,
+  with its clock set to the tick.  `shrinker` sees no host pressure (SimulatedPressure 0),
+  so it compacts only near mem_limit; a knob write the trace has (compact_policy, ...) is
+  applied unless the configuration sets that knob.  `recorded` instead replays the live
+  daemon's own compactions where the trace has them.
+
+Control writes that failed on the live mount (errno recorded) are skipped: they changed
+nothing there (a reset refused while the image was open would succeed here).  Data writes
+are replayed whatever their live outcome; those failing here (mem_limit, pool full) are
+counted in `write_failures`.  Replaying a trace under the configuration it was recorded
+with gives the live device's final mm_stat, exactly, when the trace has no record flagged
+as overlapping (`ReplayResult.overlapping == 0`; see zramfs.trace_hook) and the compaction
+policy was off or did not act.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from allocator import PhysicalMemory
+
+from . import attrs, codecs
+from .daemon import CompactionDaemon, CompactionPolicy, SimulatedPressure, parse_policy
+from .device import ZramDevice
+from .errors import InvalidSetting, ZramError
+from .kparse import proc_dointvec
+from .replay_settings import RECORDED_POLICY, parse_config, recorded_config
+from .slots import PAGE_SHIFT, PAGE_SIZE
+from .trace import (CTRL_READ, OP_DISCARD, OP_PUNCH_HOLE, BackgroundCompact, Control, Discard,
+                    Flush, Read, TraceReader, Write)
+
+#: mm_stat's nine columns, in the kernel's order (docs/zram.md)
+MM_STAT_FIELDS = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit",
+                  "mem_used_max", "same_pages", "pages_compacted", "huge_pages",
+                  "huge_pages_since")
+_DAEMON_KNOBS = {"compact_policy": "compact_policy", "compact_enabled": "compact_policy",
+                 "compact_threshold_pages": "compact_policy",
+                 "compact_interval_ms": "compact_interval"}
+_MIN_TICK_NS = 5_000_000     # zramfs.daemon.MIN_SLEEP_S
+
+
+@dataclass
+class ReplayResult:
+    """What one configuration did with the trace (docs/trace-format.md, "Replay")."""
+
+    config: dict[str, str]
+    mm_stat: dict[str, int]
+    peak_mem_used: int
+    mean_mem_used: float
+    pages_compacted: int
+    write_failures: int
+    seconds: float
+    #: operation records applied; those flagged as overlapping another (see trace_hook)
+    records: int = 0
+    overlapping: int = 0
+    #: trace time covered (seconds) and whether the trace ended with its END record
+    trace_seconds: float = 0.0
+    trace_complete: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The issue's JSON object (config, mm_stat, peak_mem_used, seconds) and the rest."""
+        return {"config": dict(self.config), "mm_stat": dict(self.mm_stat),
+                "peak_mem_used": self.peak_mem_used, "mean_mem_used": self.mean_mem_used,
+                "pages_compacted": self.pages_compacted,
+                "write_failures": self.write_failures, "seconds": self.seconds,
+                "records": self.records, "overlapping": self.overlapping,
+                "trace_seconds": self.trace_seconds, "trace_complete": self.trace_complete}
+
+
+def mm_stat_of(dev: ZramDevice | None) -> dict[str, int]:
+    """mm_stat as named fields, from the text a mount serves (zramfs.attrs.format_mm_stat)."""
+    if dev is None:
+        return dict.fromkeys(MM_STAT_FIELDS, 0)
+    return dict(zip(MM_STAT_FIELDS, map(int, attrs.format_mm_stat(dev).split())))
+
+
+def _device_id(device: str | None) -> int:
+    if device is None:
+        return 0
+    text = device[4:] if device.startswith("zram") else device
+    if not text.isdigit():
+        raise InvalidSetting(f"device {device!r}: expected zramN or N")
+    return int(text)
+
+
+class _Replay:
+    """The state of one replay (see the module docstring)."""
+
+    def __init__(self, reader: TraceReader, settings: dict[str, Any], dev_id: int,
+                 config: Mapping[str, str]) -> None:
+        self.reader = reader
+        self.settings = settings
+        self.dev_id = dev_id
+        rec = recorded_config(reader.mount)
+        self.effective: dict[str, str] = {**rec}
+        self.effective.update(config)          # as typed: "64M" stays "64M"
+        self.chain_size = int(settings.get("chain_size", rec["chain_size"]))
+        self.chain_rule = str(settings.get("chain_rule", rec["chain_rule"]))
+        self.memory = PhysicalMemory()
+        self.boottime0 = float(reader.header.get("boottime_start", 0.0))
+        self.t_ns = 0
+        self.dev: ZramDevice | None = None
+        if dev_id < int(reader.mount.get("devices", 1)):
+            self.dev = self._new_device()
+        policy_text = str(settings.get("compact_policy", rec["compact_policy"]))
+        self.recorded_policy = policy_text == RECORDED_POLICY
+        interval = int(settings.get("compact_interval", rec["compact_interval"]))
+        policy = CompactionPolicy(interval_ms=interval)
+        if not self.recorded_policy:
+            policy = policy.with_spec(parse_policy(policy_text))
+        else:
+            policy = policy.with_spec(parse_policy("off"))
+        self.daemon = CompactionDaemon(self, policy, pressure=SimulatedPressure(0.0),
+                                       clock=lambda: self.t_ns / 1e9)
+        self.knobs = {p.name: p for p in self.daemon.parameters()}
+        self.next_tick = 0
+        self.write_failures = 0
+        self.records = 0
+        self.overlapping = 0
+        self.peak = 0
+        self.area = 0.0          # ∫ mem_used dt, bytes × ns
+        self.last_used = 0
+
+    # CompactionDaemon's view of a registry: the replayed device only
+    @property
+    def devices(self) -> dict[int, ZramDevice]:
+        return {} if self.dev is None else {self.dev_id: self.dev}
+
+    def _clock(self) -> float:
+        return self.boottime0 + self.t_ns / 1e9
+
+    def _new_device(self) -> ZramDevice:
+        dev = ZramDevice(self.dev_id, memory=self.memory, chain_size=self.chain_size,
+                         chain_rule=self.chain_rule)
+        dev.clock = self._clock
+        self._apply_overrides(dev)
+        return dev
+
+    def _apply_overrides(self, dev: ZramDevice) -> None:
+        s = self.settings
+        if "algorithm" in s:
+            dev.set_comp_algorithm(s["algorithm"])
+        if "level" in s:
+            attrs.store(dev, "algorithm_params", f"priority=0 level={s['level']}")
+        if "mem_limit" in s:
+            dev.set_mem_limit(s["mem_limit"])
+
+    # ---- trace time ---------------------------------------------------------------------
+    def advance(self, t_ns: int) -> None:
+        """Move trace time to t_ns: account memory, run the daemon's ticks up to it."""
+        if t_ns < self.t_ns:
+            t_ns = self.t_ns           # never backwards (a clock step between two threads)
+        daemon = self.daemon
+        while daemon.policy.enabled and self.next_tick <= t_ns:
+            self._account(self.next_tick)
+            daemon.scan_once()
+            self._measure()
+            self.next_tick += max(daemon.policy.interval_ms * 1_000_000, _MIN_TICK_NS)
+        if not daemon.policy.enabled:
+            self.next_tick = t_ns      # a policy switched on scans at once, as a kick does
+        self._account(t_ns)
+
+    def _account(self, t_ns: int) -> None:
+        if t_ns > self.t_ns:
+            self.area += self.last_used * (t_ns - self.t_ns)
+            self.t_ns = t_ns
+
+    def _measure(self) -> None:
+        dev = self.dev
+        pool = dev.pool if dev is not None else None
+        used = pool.total_pages << PAGE_SHIFT if pool is not None else 0
+        self.last_used = used
+        if used > self.peak:
+            self.peak = used
+
+    # ---- records ------------------------------------------------------------------------
+    def apply(self, rec: Any) -> None:
+        dev = self.dev
+        kind = type(rec)
+        if kind is Write:
+            if rec.dev == self.dev_id and dev is not None:
+                try:
+                    dev.write(rec.offset, rec.data)
+                except ZramError:
+                    self.write_failures += 1
+        elif kind is Read:
+            if rec.dev == self.dev_id and dev is not None:
+                try:
+                    dev.read(rec.offset, rec.length)
+                except ZramError:
+                    pass
+        elif kind is Discard:
+            if rec.dev == self.dev_id and dev is not None:
+                op = (dev.discard if rec.op == OP_DISCARD else
+                      dev.punch_hole if rec.op == OP_PUNCH_HOLE else dev.zero_range)
+                try:
+                    op(rec.offset, rec.length)
+                except ZramError:
+                    pass
+        elif kind is Flush:
+            if rec.dev == self.dev_id and dev is not None:
+                dev.flush()
+        elif kind is Control:
+            if rec.errno == 0:
+                self._control(rec)
+        elif kind is BackgroundCompact:
+            if self.recorded_policy and rec.dev == self.dev_id and dev is not None:
+                try:
+                    dev.compact()
+                except ZramError:
+                    pass
+
+    def _control(self, rec: Control) -> None:
+        path = rec.path
+        text = rec.text[:PAGE_SIZE].decode("utf-8", "surrogateescape")
+        parent, _, name = path.rpartition("/")
+        if parent.startswith("/sys/block/zram"):
+            if parent != f"/sys/block/zram{self.dev_id}" or self.dev is None:
+                return
+            s = self.settings
+            if (name == "comp_algorithm" and "algorithm" in s) \
+                    or (name == "algorithm_params" and "level" in s) \
+                    or (name == "mem_limit" and "mem_limit" in s):
+                return
+            try:
+                attrs.store(self.dev, name, text)
+            except (ZramError, PermissionError):
+                return
+            if name == "reset":
+                self._apply_overrides(self.dev)
+        elif path == "/sys/class/zram-control/hot_add" and rec.direction == CTRL_READ:
+            if text.strip() == str(self.dev_id) and self.dev is None:
+                self.dev = self._new_device()
+        elif path == "/sys/class/zram-control/hot_remove":
+            if text.strip() == str(self.dev_id) and self.dev is not None:
+                try:
+                    self.dev.reset()
+                except ZramError:
+                    return
+                self.dev = None
+        elif parent == "/sys/module/zramfs/parameters":
+            knob = self.knobs.get(name)
+            setting = _DAEMON_KNOBS.get(name)
+            if knob is None or knob.set is None or setting is None or setting in self.settings:
+                return
+            if self.recorded_policy:
+                return
+            try:
+                knob.set(text)
+            except OSError:
+                return
+        elif path == "/proc/sys/vm/compact_memory":
+            if rec.offset == 0:
+                try:
+                    value, _ = proc_dointvec(rec.text)
+                except OSError:
+                    return
+                if value == 1:
+                    self.memory.compact()
+
+
+def replay_trace(trace_path: str | os.PathLike[str], config: Mapping[str, str], *,
+                 device: str | None = None,
+                 on_sample: Callable[[float, ZramDevice], None] | None = None,
+                 sample_interval: float = 0.5) -> ReplayResult:
+    """Replay `trace_path` under `config` (setting NAME -> value text; unset names keep the
+    recorded value) on device `device` ("zram0" or "0"; None: zram0).  `on_sample(t, dev)`
+    is called every `sample_interval` seconds of trace time and once at the end.
+
+    Raises `InvalidSetting` for a bad name or value and `TraceError` for a missing, foreign
+    or damaged trace, before anything is replayed; a trace cut short replays up to its last
+    complete record.
+    """
+    settings = parse_config(config)
+    dev_id = _device_id(device)
+    if not sample_interval > 0:
+        raise InvalidSetting(f"sample_interval must be positive, not {sample_interval!r}")
+    sample_ns = int(sample_interval * 1e9)
+    started = time.perf_counter()
+    with TraceReader(trace_path) as reader:
+        r = _Replay(reader, settings, dev_id, config)
+        next_sample = 0
+        for rec in reader.records():
+            t = rec.t_ns
+            if on_sample is not None:
+                while next_sample <= t:
+                    r.advance(next_sample)
+                    if r.dev is not None:
+                        on_sample(next_sample / 1e9, r.dev)
+                    next_sample += sample_ns
+            r.advance(t)
+            r.apply(rec)
+            r._measure()
+            r.records += 1
+            r.overlapping += rec.flags & 1
+        complete = reader.complete
+    if on_sample is not None and r.dev is not None:
+        on_sample(r.t_ns / 1e9, r.dev)
+    duration = r.t_ns
+    mean = r.area / duration if duration > 0 else float(r.last_used)
+    mm = mm_stat_of(r.dev)
+    eff = dict(r.effective)
+    eff.setdefault("algorithm", _in_force_algorithm(r.dev))
+    eff.setdefault("mem_limit", str(mm["mem_limit"]))
+    return ReplayResult(config=eff, mm_stat=mm, peak_mem_used=r.peak, mean_mem_used=mean,
+                        pages_compacted=mm["pages_compacted"],
+                        write_failures=r.write_failures,
+                        seconds=time.perf_counter() - started, records=r.records,
+                        overlapping=r.overlapping, trace_seconds=duration / 1e9,
+                        trace_complete=complete)
+
+
+def _in_force_algorithm(dev: ZramDevice | None) -> str:
+    if dev is None:
+        return codecs.DEFAULT_ALGORITHM
+    return dev.comp_algs[0] or codecs.DEFAULT_ALGORITHM

@@ -1,0 +1,200 @@
+"""Where a mount's operations reach the devices: the `--trace FILE` hook.
+
+Owns `MountTracer`, which records into a `zramfs.trace.TraceWriter` every operation that
+reaches a device of one mount:
+
+* the data path, as `zramfs.fs` calls it on a `ZramDevice`: `write` (with the data),
+  `read`, `discard`, `punch_hole`, `zero_range`, `flush`;
+* every write to a control file, by its path in the mount, as `zramfs.tree.Tree.write_file`
+  receives it — disksize, comp_algorithm, algorithm_params, mem_limit, mem_used_max, reset,
+  compact, idle, writeback*, recompress, backing_dev, hot_remove, the module parameters
+  (compact_policy ...), /proc/sys/vm/compact_memory — and the reads of hot_add (a read
+  creates a device); the stores `zramfs mount` makes before serving (`store`);
+* the compactions the mount's daemon runs on its own (`BackgroundCompact`).
+
+How: the tracer replaces those methods *on the instances* (the device objects, the tree, the
+daemon) with wrappers that call the original and push a record.  Nothing in the device's
+code tests for tracing, so a mount without `--trace` runs exactly the code it ran before
+(zero cost, not a cheap check); hot_add's devices get their wrappers when they are created.
+
+Order and concurrency (docs/trace-format.md, "Order"): a replay reproduces mm_stat exactly
+only if the trace orders state-changing operations as they changed the allocator.  zram's
+data path holds no device-wide lock (compression and zs_malloc run outside the slot lock,
+per stripe), so no lock orders two concurrent writes' allocations; the tracer does not add
+one.  Instead every state-changing operation takes a ticket when it starts and one, under
+the tracer's lock, when it ends and is queued: an operation whose two tickets are not
+consecutive overlapped another one and is flagged `F_OVERLAP`.  A trace without flagged
+records was made one state change at a time (e.g. fio with one job at iodepth 1, or any
+QD1 swap), and its order is the allocator's order: replay is then exact.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from .trace import (CTRL_READ, CTRL_WRITE, F_OVERLAP, NO_DEVICE, OP_DISCARD, OP_PUNCH_HOLE,
+                    OP_ZERO_RANGE, T_BGCOMPACT, T_CONTROL, T_DISCARD, T_FLUSH, T_READ,
+                    T_WRITE, TraceWriter)
+
+if TYPE_CHECKING:
+    from .daemon import CompactionDaemon
+    from .device import Registry, ZramDevice
+    from .tree import Node, Tree
+
+
+def _errno_of(exc: BaseException) -> int:
+    code = getattr(exc, "errno", None)
+    return code if isinstance(code, int) and 0 < code < 0xFFFF else errno.EIO
+
+
+class MountTracer:
+    """Record one mount's device operations into a trace file (see the module docstring)."""
+
+    def __init__(self, writer: TraceWriter) -> None:
+        self.writer = writer
+        self._tick = itertools.count().__next__
+        self._lock = threading.Lock()
+
+    # ---- attaching ----------------------------------------------------------------------
+    def attach(self, registry: Registry, tree: Tree | None = None,
+               daemon: CompactionDaemon | None = None) -> None:
+        """Wrap every device of `registry` (and those hot_add creates), the tree's control
+        file writes and the daemon's compactions."""
+        for dev in list(registry.devices.values()):
+            self.attach_device(dev)
+        orig_hot_add = registry.hot_add
+
+        def hot_add() -> int:
+            dev_id = orig_hot_add()
+            self.attach_device(registry.devices[dev_id])
+            return dev_id
+
+        registry.hot_add = hot_add  # type: ignore[method-assign]
+        if tree is not None:
+            self.attach_tree(tree)
+        if daemon is not None:
+            self.attach_daemon(daemon)
+
+    def _done(self, start: int, item: list[Any]) -> None:
+        """Queue a state-changing operation that took ticket `start`, flagging overlap."""
+        with self._lock:
+            if self._tick() != start + 1:
+                item[3] = F_OVERLAP
+            item[1] = self.writer.now()
+            self.writer.push(tuple(item))
+
+    def attach_device(self, dev: ZramDevice) -> None:
+        push, now, tick, done = self.writer.push, self.writer.now, self._tick, self._done
+        dev_id = dev.id
+        orig_write, orig_read, orig_discard = dev.write, dev.read, dev.discard
+        orig_punch, orig_zero, orig_flush = dev.punch_hole, dev.zero_range, dev.flush
+
+        def write(offset: int, data: bytes | bytearray | memoryview) -> int:
+            if type(data) is not bytes:
+                data = bytes(data)       # the caller may reuse its buffer after we return
+            start = tick()
+            try:
+                n = orig_write(offset, data)
+            except OSError as exc:
+                done(start, [T_WRITE, 0, dev_id, 0, offset, data, _errno_of(exc)])
+                raise
+            done(start, [T_WRITE, 0, dev_id, 0, offset, data, 0])
+            return n
+
+        def read(offset: int, length: int) -> bytes:
+            # A read changes no allocator state (only the slot's access time): no ticket.
+            try:
+                out = orig_read(offset, length)
+            except OSError as exc:
+                push((T_READ, now(), dev_id, 0, offset, length, _errno_of(exc)))
+                raise
+            push((T_READ, now(), dev_id, 0, offset, length, 0))
+            return out
+
+        def ranged(op: int, orig: Callable[[int, int], None]) -> Callable[[int, int], None]:
+            def call(offset: int, length: int) -> None:
+                start = tick()
+                try:
+                    orig(offset, length)
+                except OSError as exc:
+                    done(start, [T_DISCARD, 0, dev_id, 0, op, offset, length, _errno_of(exc)])
+                    raise
+                done(start, [T_DISCARD, 0, dev_id, 0, op, offset, length, 0])
+            return call
+
+        def flush() -> None:
+            orig_flush()
+            push((T_FLUSH, now(), dev_id, 0))
+
+        dev.write = write  # type: ignore[method-assign]
+        dev.read = read  # type: ignore[method-assign]
+        dev.discard = ranged(OP_DISCARD, orig_discard)  # type: ignore[method-assign]
+        dev.punch_hole = ranged(OP_PUNCH_HOLE, orig_punch)  # type: ignore[method-assign]
+        dev.zero_range = ranged(OP_ZERO_RANGE, orig_zero)  # type: ignore[method-assign]
+        dev.flush = flush  # type: ignore[method-assign]
+
+    def attach_tree(self, tree: Tree) -> None:
+        from .tree import Kind
+
+        orig_write_file, orig_read_file = tree.write_file, tree.read_file
+
+        def write_file(node: Node, data: bytes, offset: int = 0) -> int:
+            start = self._tick()
+            try:
+                n = orig_write_file(node, data, offset)
+            except OSError as exc:
+                self._done(start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_WRITE, node.path,
+                                   bytes(data), offset, _errno_of(exc)])
+                raise
+            self._done(start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_WRITE, node.path,
+                               bytes(data), offset, 0])
+            return n
+
+        def read_file(node: Node) -> bytes:
+            if node.kind is not Kind.HOT_ADD:     # only hot_add's read changes anything
+                return orig_read_file(node)
+            start = self._tick()
+            try:
+                out = orig_read_file(node)
+            except OSError as exc:
+                self._done(start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_READ, node.path, b"", 0,
+                                   _errno_of(exc)])
+                raise
+            self._done(start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_READ, node.path, out, 0, 0])
+            return out
+
+        tree.write_file = write_file  # type: ignore[method-assign]
+        tree.read_file = read_file  # type: ignore[method-assign]
+
+    def attach_daemon(self, daemon: CompactionDaemon) -> None:
+        orig = daemon._compact
+
+        def compact(dev: Any, reason: Any) -> int:
+            start = self._tick()
+            got = orig(dev, reason)
+            self._done(start, [T_BGCOMPACT, 0, int(getattr(dev, "id", NO_DEVICE)), 0,
+                               str(getattr(reason, "value", reason)), int(got)])
+            return got
+
+        daemon._compact = compact  # type: ignore[method-assign]
+
+    # ---- the mount's own stores ---------------------------------------------------------
+    def store(self, dev: ZramDevice, name: str, text: str) -> None:
+        """`zramfs.attrs.store`, recorded as the write to /sys/block/<dev>/<name> it stands
+        for (zramfs mount's --algorithm, --size, --mem-limit)."""
+        from . import attrs
+
+        start = self._tick()
+        path = f"/sys/block/{dev.name}/{name}"
+        try:
+            attrs.store(dev, name, text)
+        except OSError as exc:
+            self._done(start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_WRITE, path, text.encode(), 0,
+                               _errno_of(exc)])
+            raise
+        self._done(start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_WRITE, path, text.encode(), 0, 0])
+
+    def close(self) -> None:
+        self.writer.close()
