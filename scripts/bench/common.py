@@ -50,7 +50,7 @@ def write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
-def install_signal_handlers() -> dict[int, Any]:
+def install_signal_handlers() -> dict[signal.Signals, Any]:
     """Make the interrupt signals raise `Interrupted`; returns the handlers to put back."""
     def handler(signum: int, frame: Any) -> None:
         raise Interrupted(signal.Signals(signum).name)
@@ -58,6 +58,6 @@ def install_signal_handlers() -> dict[int, Any]:
     return {sig: signal.signal(sig, handler) for sig in INTERRUPT_SIGNALS}
 
 
-def restore_signal_handlers(saved: dict[int, Any]) -> None:
+def restore_signal_handlers(saved: dict[signal.Signals, Any]) -> None:
     for sig, handler in saved.items():
         signal.signal(sig, handler)

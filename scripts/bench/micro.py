@@ -9,18 +9,20 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 from .common import MiB, log
+
 
 def micro(args: argparse.Namespace) -> int:
     """Per-call cost of each layer a 4 KiB FUSE request goes through below the binding, measured
     in this process (no FUSE, no kernel): codec, allocator, device, the fs callbacks, and the
     null backend's work (its image alone and under the same fs callbacks); plus device.write
     from 1 and 4 threads."""
-    from zramfs.cli import build_mount, make_parser as zramfs_parser
+    from zramfs.cli import build_mount
+    from zramfs.cli import make_parser as zramfs_parser
     from zramfs.codecs import get_codec
 
     rng = random.Random(1234)

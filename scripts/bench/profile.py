@@ -15,8 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import (MiB, Interrupted, install_signal_handlers, log, read_text,
-                     restore_signal_handlers)
+from .common import (
+    Interrupted,
+    MiB,
+    install_signal_handlers,
+    log,
+    read_text,
+    restore_signal_handlers,
+)
 from .jobs import JOB_BY_NAME, PREFILL, run_fio
 from .systems import make_system, teardown
 

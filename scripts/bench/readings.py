@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: the lock class whose contention the report shows (zsmalloc's pool migrate_lock)

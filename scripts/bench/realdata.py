@@ -8,8 +8,9 @@ import mmap
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REALDATA_ROOTS = (os.path.join(sys.base_prefix, "lib", "python%d.%d" % sys.version_info[:2]),
                   "/usr/lib/python3", "/usr/bin", "/usr/lib/x86_64-linux-gnu",

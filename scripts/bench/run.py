@@ -16,8 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import (MiB, ROOT, BenchError, Interrupted, install_signal_handlers, log,
-                     restore_signal_handlers)
+from .common import (
+    ROOT,
+    BenchError,
+    Interrupted,
+    MiB,
+    install_signal_handlers,
+    log,
+    restore_signal_handlers,
+)
 from .jobs import JOB_BY_NAME, PREFILL, Job, run_fio
 from .readings import MIGRATE_LOCK, cpu_seconds, lock_delta, rss_kib
 from .realdata import build_realdata, write_image

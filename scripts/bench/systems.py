@@ -10,11 +10,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from .common import (INTERRUPT_SIGNALS, ROOT, BenchError, log, mounted, read_text,
-                     restore_signal_handlers, write_text)
+from .common import (
+    INTERRUPT_SIGNALS,
+    ROOT,
+    BenchError,
+    log,
+    mounted,
+    read_text,
+    restore_signal_handlers,
+    write_text,
+)
 from .readings import LockRow, parse_lock_stat, parse_mm_stat
 
 #: the system every other is compared with (the × column, the targets)
@@ -349,7 +358,7 @@ def teardown(systems: Sequence[System]) -> None:
         for s in reversed(systems):
             try:
                 s.stop()
-            except Exception as exc:  # keep tearing the others down
+            except Exception as exc:  # noqa: BLE001 - keep tearing the others down
                 log(f"bench: teardown of {s.name} failed: {exc}")
     finally:
         restore_signal_handlers(saved)
