@@ -25,8 +25,7 @@ from typing import Callable
 import pytest
 
 from allocator import MapMode, Pool
-from allocator.locks import MIGRATE_LOCK, set_lockdep
-from allocator.memory import PhysicalMemory
+from allocator.locks import MIGRATE_LOCK
 
 from support import alloc_invariants as ai
 from support.alloc_invariants import ZS_ALMOST_EMPTY, ZS_ALMOST_FULL, ZS_FULL, check_pool_invariants
@@ -125,14 +124,6 @@ class Runner(threading.Thread):
         assert self.done.wait(timeout), f"{self.name} did not finish"
         assert self.error is None, f"{self.name} failed: {self.error!r}"
         return self.result
-
-
-@pytest.fixture
-def pool():
-    set_lockdep(True)
-    p = Pool("contention", memory=PhysicalMemory(max_pages=1 << 12))
-    yield p
-    set_lockdep(False)
 
 
 def test_uncontended_baseline(pool: Pool) -> None:

@@ -35,18 +35,7 @@ from support.alloc_invariants import (HANDLE_SIZE, PAGE_SIZE, REF_BY_INDEX, REF_
 
 END_MARKER = ((1 << 64) - 1) << 1 & ((1 << 64) - 1)
 
-
-@pytest.fixture
-def mem() -> PhysicalMemory:
-    return PhysicalMemory(max_pages=1 << 14)
-
-
-@pytest.fixture
-def pool(mem: PhysicalMemory):
-    set_lockdep(True)
-    p = Pool("edge", memory=mem)
-    yield p
-    set_lockdep(False)
+# `pool` (lockdep on) and `mem` are tests/conftest.py's.
 
 
 def fill(n: int, seed: int = 0) -> bytes:
