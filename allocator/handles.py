@@ -12,9 +12,9 @@ This module owns what a handle is and the one readable check of a handle:
   pool's hot paths (zs_malloc, zs_free, read_object, write_object) inline their own copies
   of the pop and of the check; ``tests/test_pool_reference.py`` checks that they agree.
 
-The cache takes no lock on its hot path (GIL shortcut 5 in `allocator.locks`): ``free_cells``
-is popped and appended as single list operations and ``cells`` is indexed by every thread while
-``grow`` extends it in place under its leaf lock.
+The cache takes no lock on its hot path (the handle-cache entry of "Shortcuts that rely on the
+GIL" in `allocator/locks.py`): ``free_cells`` is popped and appended as single list operations
+and ``cells`` is indexed by every thread while ``grow`` extends it in place under its leaf lock.
 """
 
 from __future__ import annotations
