@@ -48,7 +48,7 @@ def test_bad_sizes_and_free_zero(pool):
         pool.malloc(0)
     with pytest.raises(ValueError):
         pool.malloc(PAGE + 1)
-    h = pool.malloc(PAGE)                       # 4104 clamps to the huge class (E1)
+    h = pool.malloc(PAGE)                       # 4104 clamps to the huge class
     assert h and zspage_of(pool, h).huge
     pool.free(0)                                # no-op like the kernel
     pool.free(h)
@@ -105,7 +105,8 @@ def test_spanning_objects_class_48(pool):
     z = zspage_of(pool, hs[0])
     assert all(zspage_of(pool, h) is z for h in hs) and z.fullness == ZS_FULL
     assert [pool.memory.page_type[p] for p in z.pages] == [0, 32, 16]
-    # E10: a fresh zspage hands out 0, 1, 2 ... in address order
+    # A fresh zspage hands out 0, 1, 2 ... in address order (docs/zsmalloc.md, edge case
+    # "The freelist is LIFO")
     locs = [pool.obj_location(h) for h in hs]
     assert [idx for _, idx, _ in locs] == list(range(256))
     assert locs[85] == (z.pages[0], 85, 4080) and locs[170] == (z.pages[1], 170, 4064)
@@ -148,7 +149,7 @@ def test_phantom_tail_class_80(pool):
     hs = [pool.malloc(72) for _ in range(51)]
     z = zspage_of(pool, hs[0])
     objs = stats.zspage_objects(pool, z)
-    assert len(objs) == 52 and objs[-1][2] == 4080     # phantom at 4080 (E8)
+    assert len(objs) == 52 and objs[-1][2] == 4080     # the phantom tail object at 4080
     assert objs[-1][3] & 1 == 0
     pool.free(hs[50])
     pool.free(hs[3])
@@ -175,7 +176,7 @@ def test_huge_object(pool, mem):
     z = zspage_of(pool, h)
     assert z.huge and len(z.pages) == 1
     pfn = z.first_page
-    assert mem.index[pfn] == h | 1                       # handle|1 in page->index (E7)
+    assert mem.index[pfn] == h | 1                       # a huge object's handle|1: page->index
     assert pool.obj_location(h) == (pfn, 0, 0)
     with pool.map_object(h, MapMode.WO) as buf:
         assert len(buf) == PAGE                          # no header: the whole page
@@ -238,7 +239,8 @@ def test_find_get_zspage_prefers_almost_full(pool):
 
 
 def test_insert_zspage_ordering(pool):
-    """insert_zspage: head, unless inuse < head's inuse, then second (E11)."""
+    """insert_zspage: head, unless inuse < head's inuse, then second (docs/zsmalloc.md, edge
+    case "List order and where zs_malloc looks")."""
     cls = cls_of(pool, 120)                              # class 128, N = 32
     zs = []
     for inuse in (10, 20, 5, 20):
@@ -267,7 +269,8 @@ def test_deferred_free_when_page_locked(pool, mem):
     mem.lock_page(pfn)
     try:
         pool.free(h)
-        # trylock failed: the EMPTY zspage stays listed, the work is kicked (E13)
+        # trylock failed: the EMPTY zspage stays listed, the work is kicked (docs/zsmalloc.md,
+        # edge case "Deferred free when a page lock is busy")
         assert z.fullness == ZS_EMPTY and z in list(cls.fullness_list[ZS_EMPTY])
         assert pool.free_work_pending
         assert pool.total_pages == cls.pages_per_zspage == 2
@@ -281,7 +284,7 @@ def test_deferred_free_when_page_locked(pool, mem):
     assert pool.flush_free_work(timeout=10)
     assert pool.total_pages == 0 and mem.nr_used == 0
     assert cls.stats[OBJ_ALLOCATED] == 0
-    assert cls.stats[CLASS_EMPTY] == 1                   # 5.17 leaks this count (E13)
+    assert cls.stats[CLASS_EMPTY] == 1                   # 5.17 leaks this count
     pool.check_invariants()
 
 
@@ -516,7 +519,7 @@ def test_destroy_non_empty(mem):
         "Freeing non-empty class with size 112b, fullness group 1",
         "Freeing non-empty class with size 3072b, fullness group 1",
     ]
-    assert pool.total_pages == 2 + 3                     # leaked, not reset (E23)
+    assert pool.total_pages == 2 + 3                     # leaked, not reset, as in 5.17
 
 
 def test_classes_table_format(pool):
