@@ -22,8 +22,6 @@ import threading
 import time
 from typing import Callable
 
-import pytest
-
 from allocator import MapMode, Pool
 from allocator.locks import MIGRATE_LOCK
 
