@@ -6,12 +6,12 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from allocator import locks
-from allocator.locks import CLASS_LOCK, PAGE_LOCK, LockClass, LockOrderViolation, Mutex, set_lockdep
+from allocator.locks import CLASS_LOCK, PAGE_LOCK, LockClass, LockOrderViolation, Mutex
 from allocator.memory import (
     INDEX_NONE,
     PG_ISOLATED,
