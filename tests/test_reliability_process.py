@@ -1,4 +1,5 @@
-"""Reliability, part 3: process faults and swap (issue 6, items 6 and 7).
+"""Reliability, part 3: process faults and swap (docs/guarantees.md, "Faults: nothing hung",
+and the swap cases of "Nothing lost").
 
 tests/test_mount_cli.py already shows: SIGTERM/SIGINT of an idle daemon unmount cleanly,
 ``zramfs umount`` cleans the stale mount a SIGKILL leaves, and refuses while a loop device is
