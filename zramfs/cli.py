@@ -443,6 +443,10 @@ def _serve(args: argparse.Namespace, on_ready) -> int:
     from zramfs import fs
 
     tree, daemon, ops_cls, registry = build_mount(args, protection)
+    tracer = None
+    if getattr(args, "trace", None) and registry is not None:   # --trace FILE (trace_hook)
+        from zramfs.trace_hook import start_mount_trace
+        tracer = start_mount_trace(args, registry, tree, daemon)
     # Keeps loop requests within one FUSE request, so a failed write fails whole (loopdev).
     guard = LoopGuard(args.mountpoint, fs.MAX_IO // 1024)
     if registry is not None:   # the zram tree: loop devices the guard could not clamp
@@ -470,6 +474,8 @@ def _serve(args: argparse.Namespace, on_ready) -> int:
     finally:
         guard.stop()
         daemon.stop()
+        if tracer is not None:
+            tracer.close()
         if args.pidfile:
             with contextlib.suppress(OSError):
                 os.unlink(args.pidfile)
@@ -486,6 +492,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
     # The daemon chdirs to / : make every path it keeps absolute.
     args.pidfile = os.path.abspath(args.pidfile) if args.pidfile else None
     args.log = os.path.abspath(args.log) if args.log else None
+    args.trace = os.path.abspath(args.trace) if getattr(args, "trace", None) else None
+    if args.trace:
+        from zramfs.trace_hook import trace_path_problem
+        problem = ("--trace needs the zram backend" if args.backend == "null"
+                   else trace_path_problem(args.trace))
+        if problem:
+            print(f"zramfs: {problem}", file=sys.stderr)
+            return 2
     if args.devices < 0:
         print("zramfs: --devices must be >= 0", file=sys.stderr)
         return 1
@@ -841,6 +855,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="let other users in (adds default_permissions)")
     m.add_argument("--log", default=None, help="daemon stderr goes here (default /dev/null)")
     m.add_argument("--pidfile", default=None, help="write the serving process's pid here")
+    m.add_argument("--trace", default=None, metavar="FILE",
+                   help="record every operation reaching the devices into FILE, for "
+                        "`zramfs replay` (docs/trace-format.md)")
     m.add_argument("--ready-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     m.set_defaults(func=cmd_mount)
 
