@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from allocator import PhysicalMemory, Pool, locks
+from allocator import lockdep as lockdep_checker  # the fixture `lockdep` shadows the name
 from allocator.locks import (
     CLASS_LOCK,
     LEAF_RANK,
@@ -66,8 +67,8 @@ def test_every_lock_of_the_stack_is_ranked_and_taken_in_rank_order(lockdep: None
     reg = Registry(memory=PhysicalMemory(max_pages=1 << 12))
     churn(reg)
     assert lockdep_stats()["violations"] == 0
-    with locks._graph_lock:
-        edges = [(a, b) for a, succ in locks._graph.items() for b in succ]
+    with lockdep_checker._graph_lock:
+        edges = [(a, b) for a, succ in lockdep_checker._graph.items() for b in succ]
     assert edges, "lockdep recorded no nesting at all"
     unranked = {c.name for e in edges for c in e if c.rank is None}
     assert not unranked, f"locks of the stack outside the documented order: {unranked}"

@@ -4,7 +4,8 @@
 one ``RWLock`` or ``Mutex``.  The explorer runs the scenario's threads as real threads, but only
 one at a time: a thread runs until its next *preemption point* and there the scheduler decides
 which thread runs next.  Preemption points are every ``line`` event in a frame of
-``allocator/locks.py`` (``sys.settrace`` in each controlled thread; other code runs untraced)
+``allocator/locks.py`` or of ``allocator/lockdep.py`` (the lock_stat bookkeeping of the slow
+path; ``sys.settrace`` in each controlled thread; other code runs untraced)
 and the boundaries between a program's operations.  A thread that would block (on the lock's
 internal ``threading.Lock`` or in a ``Condition.wait``) yields instead and is not scheduled again
 until it can go on.
@@ -33,12 +34,12 @@ of ``is_contended``/``locked`` against what the threads are doing; at the end, a
 every counter back to zero and lock_stat agreeing with the successful acquisitions.
 
 **How blocking is made cooperative.**  For the duration of an exploration, the ``threading``
-name in ``allocator.locks`` is replaced by ``SIM_THREADING``, whose ``Lock`` and ``Condition``
-cooperate with the scheduler (everything else passes through), and ``perf_counter_ns`` by a
-logical clock (the step number), so that lock_stat's wait-time bookkeeping runs the same lines
-on every re-execution.  Each run creates its lock class and lock afterwards, so all their
-internal locks are simulated ones.  The scheduler itself synchronises with the real
-``threading`` module.
+name in ``allocator.locks`` and ``allocator.lockdep`` is replaced by ``SIM_THREADING``, whose
+``Lock`` and ``Condition`` cooperate with the scheduler (everything else passes through), and
+``perf_counter_ns`` by a logical clock (the step number), so that lock_stat's wait-time
+bookkeeping runs the same lines on every re-execution.  Each run creates its lock class and
+lock afterwards, so all their internal locks are simulated ones.  The scheduler itself
+synchronises with the real ``threading`` module.
 
 **Limits.**  The granularity is one source line: a line runs atomically.  That matches the
 code it is meant for: each line of the RWLock fast path is one GIL-atomic list or attribute
@@ -68,9 +69,10 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Literal, NamedTuple, Union
 
-from allocator import locks
+from allocator import lockdep, locks
 
-LOCKS_FILE: str = locks.__file__
+# The lock primitives and the lock_stat counters they update on the slow path.
+LOCKS_FILES: tuple[str, ...] = (locks.__file__, lockdep.__file__)
 
 # ------------------------------------------------------------------------------------------
 # Scenarios: programs of lock operations
@@ -151,7 +153,7 @@ class Scenario:
     """Threads running programs on one fresh lock of kind ``lock``.
 
     ``traced_files`` adds source files whose lines are preemption points too (besides
-    ``allocator/locks.py``), for a lock method replaced by a test (bug injection)."""
+    ``LOCKS_FILES``), for a lock method replaced by a test (bug injection)."""
 
     name: str
     lock: Literal["rwlock", "mutex"]
@@ -384,7 +386,8 @@ class SimCondition:
 
 
 class _SimThreading:
-    """What ``allocator.locks`` sees as ``threading`` during an exploration."""
+    """What ``allocator.locks`` and ``allocator.lockdep`` see as ``threading`` during an
+    exploration."""
 
     Lock = SimLock
     Condition = SimCondition
@@ -406,16 +409,17 @@ def _logical_clock() -> int:
 
 @contextmanager
 def simulated() -> Iterator[None]:
-    """Make ``allocator.locks`` use the cooperative primitives and the logical clock."""
+    """Make ``allocator.locks`` (and the lock_stat counters of ``allocator.lockdep``) use the
+    cooperative primitives and the logical clock."""
     if locks.lockdep_enabled():
         raise RuntimeError("the explorer does not model lockdep: switch it off")
-    saved = locks.threading, locks.perf_counter_ns
-    locks.threading = SIM_THREADING  # type: ignore[assignment]
+    saved = locks.threading, lockdep.threading, locks.perf_counter_ns
+    locks.threading = lockdep.threading = SIM_THREADING  # type: ignore[assignment]
     locks.perf_counter_ns = _logical_clock
     try:
         yield
     finally:
-        locks.threading, locks.perf_counter_ns = saved
+        locks.threading, lockdep.threading, locks.perf_counter_ns = saved
 
 
 # ------------------------------------------------------------------------------------------
@@ -506,7 +510,7 @@ class _Run:
         self.choose = choose
         self.max_steps = max_steps
         self.methods = METHODS[scenario.lock]
-        self.traced = frozenset((LOCKS_FILE, *scenario.traced_files))
+        self.traced = frozenset((*LOCKS_FILES, *scenario.traced_files))
         rw = scenario.lock == "rwlock"
         self.lock_class = locks.LockClass(f"interleave.{scenario.name}.{next(_run_ids)}", rw=rw)
         self.lock: locks.RWLock | locks.Mutex = (locks.RWLock if rw else locks.Mutex)(self.lock_class)
