@@ -29,10 +29,15 @@ QD1 swap), and its order is the allocator's order: replay is then exact.
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import itertools
+import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .daemon import DEFAULT_POLICY
 
 from .trace import (CTRL_READ, CTRL_WRITE, F_OVERLAP, NO_DEVICE, OP_DISCARD, OP_PUNCH_HOLE,
                     OP_ZERO_RANGE, T_BGCOMPACT, T_CONTROL, T_DISCARD, T_FLUSH, T_READ,
@@ -56,6 +61,8 @@ class MountTracer:
         self.writer = writer
         self._tick = itertools.count().__next__
         self._lock = threading.Lock()
+        #: per thread: inside a traced operation whose own calls are not operations
+        self._inner = threading.local()
 
     # ---- attaching ----------------------------------------------------------------------
     def attach(self, registry: Registry, tree: Tree | None = None,
@@ -113,14 +120,21 @@ class MountTracer:
             push((T_READ, now(), dev_id, 0, offset, length, 0))
             return out
 
+        inner = self._inner
+
         def ranged(op: int, orig: Callable[[int, int], None]) -> Callable[[int, int], None]:
             def call(offset: int, length: int) -> None:
+                if getattr(inner, "busy", False):
+                    return orig(offset, length)   # punch_hole's own discard: part of it
                 start = tick()
+                inner.busy = True
                 try:
                     orig(offset, length)
                 except OSError as exc:
                     done(start, [T_DISCARD, 0, dev_id, 0, op, offset, length, _errno_of(exc)])
                     raise
+                finally:
+                    inner.busy = False
                 done(start, [T_DISCARD, 0, dev_id, 0, op, offset, length, 0])
             return call
 
@@ -196,5 +210,53 @@ class MountTracer:
             raise
         self._done(start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_WRITE, path, text.encode(), 0, 0])
 
+    def snapshot(self, dev: ZramDevice) -> None:
+        """Record `dev`'s configuration as the stores that would give it (a device the trace
+        finds already configured, still empty: a mount's devices when serving starts)."""
+        path = f"/sys/block/{dev.name}/"
+        stores = [("comp_algorithm", dev.comp_algs[0] or "")]
+        if dev.disksize:
+            stores.append(("disksize", str(dev.disksize)))
+        if dev.limit_pages:
+            stores.append(("mem_limit", str(dev.limit_pages * 4096)))
+        for name, text in stores:
+            self.writer.push((T_CONTROL, self.writer.now(), NO_DEVICE, 0, CTRL_WRITE,
+                              path + name, text.encode(), 0, 0))
+
     def close(self) -> None:
         self.writer.close()
+
+
+# ---------------------------------------------------------------------------- zramfs mount
+def trace_path_problem(path: str) -> str | None:
+    """Why `zramfs mount --trace PATH` cannot write its trace there, or None (checked in the
+    caller's terminal, before the mount daemonises)."""
+    if os.path.isdir(path):
+        return f"--trace {path}: is a directory"
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        return f"--trace {path}: no directory {parent}"
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"--trace {path}: not writable"
+    return None
+
+
+def mount_header(args: argparse.Namespace) -> dict[str, Any]:
+    """The mount-wide settings a trace header records (zramfs.replay_settings reads them)."""
+    return {"chain_size": args.chain_size, "chain_rule": args.chain_rule,
+            "compact_policy": str(args.compact_policy or DEFAULT_POLICY),
+            "compact_interval": args.compact_interval, "devices": args.devices}
+
+
+def start_mount_trace(args: argparse.Namespace, registry: Registry, tree: Tree,
+                      daemon: CompactionDaemon) -> MountTracer:
+    """Open `args.trace` and attach a tracer to a mount `zramfs.cli.build_mount` built.
+
+    The devices exist and are configured already (--algorithm, --size, --mem-limit): their
+    configuration is recorded first, as the stores a script would have made (comp_algorithm,
+    disksize, mem_limit per device), so a replay starts from the same devices."""
+    tracer = MountTracer(TraceWriter(args.trace, mount_header(args)))
+    for dev in [registry.devices[i] for i in sorted(registry.devices)]:
+        tracer.snapshot(dev)
+    tracer.attach(registry, tree, daemon)
+    return tracer
