@@ -201,36 +201,15 @@ def test_sigterm_tears_down(tmp_path: Path) -> None:
     assert not os.path.exists(workdir)
 
 
-def test_server_cpu_on_a_null_mount(tmp_path: Path) -> None:
-    """The server-cpu subcommand: per-thread CPU per I/O of a server we start by hand."""
+def test_server_cpu_on_a_null_mount(zmount) -> None:
+    """The server-cpu subcommand: per-thread CPU per I/O of a server we start by hand (the
+    fixture's foreground ``zramfs mount --backend null``, unmounted after)."""
     _need_run()
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    image = mnt / "dev" / "zram0"
-    with open(tmp_path / "server.log", "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "zramfs", "mount", str(mnt),
-                                   "--foreground", "--backend", "null", "--size", "8M"],
-                                  stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 30
-        while not (_mounts_under(str(mnt)) and image.exists()):
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "null mount not ready in 30 s"
-            time.sleep(0.05)
-        p = subprocess.run([sys.executable, str(SCRIPT), "server-cpu", str(server.pid),
-                            str(image), "--jobs", "randwrite-4k,randread-4k", "--runtime", "1"],
-                           cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
-        for job in ("randwrite-4k", "randread-4k"):
-            assert f"{job}: ios=" in p.stdout, p.stdout
-        assert p.stdout.count("  total user ") == 2, p.stdout
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
-        if _mounts_under(str(mnt)):
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-    assert not _mounts_under(str(mnt))
+    m = zmount("--backend", "null", "--size", "8M")
+    p = subprocess.run([sys.executable, str(SCRIPT), "server-cpu", str(m.proc.pid),
+                        str(m.image()), "--jobs", "randwrite-4k,randread-4k", "--runtime", "1"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    for job in ("randwrite-4k", "randread-4k"):
+        assert f"{job}: ios=" in p.stdout, p.stdout
+    assert p.stdout.count("  total user ") == 2, p.stdout
