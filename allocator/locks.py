@@ -198,7 +198,7 @@ def lockdep_stats() -> dict[str, int | str]:
     return {"lockdep": int(_lockdep), **_checker.violation_stats()}
 
 
-def hot_path_lock(lock_class: LockClass) -> "Mutex | threading.Lock":
+def hot_path_lock(lock_class: LockClass) -> Mutex | threading.Lock:
     """A lock of ``lock_class`` for a hot path: a checked ``Mutex`` when lockdep is on at the
     time it is created, else a plain ``threading.Lock`` (a ``with`` on it is one C call; a
     Mutex's is a Python frame, which the pool's per-zspage counters and the slot stripes would
@@ -287,7 +287,7 @@ class Mutex:
         elif not self._lock.locked():
             raise LockOrderViolation(f"{self._cls.name} is not held")
 
-    def __enter__(self) -> "Mutex":
+    def __enter__(self) -> Mutex:
         if _lockdep:
             lockdep_before(self, self._cls, _WRITE)
         if not self._lock.acquire(False):
@@ -322,10 +322,10 @@ _SLOW_READERS: bool = not getattr(sys, "_is_gil_enabled", lambda: True)()
 class _ReadGuard:
     __slots__ = ("_l",)
 
-    def __init__(self, lock: "RWLock") -> None:
+    def __init__(self, lock: RWLock) -> None:
         self._l = lock
 
-    def __enter__(self) -> "RWLock":
+    def __enter__(self) -> RWLock:
         self._l.read_lock()
         return self._l
 
@@ -336,10 +336,10 @@ class _ReadGuard:
 class _WriteGuard:
     __slots__ = ("_l",)
 
-    def __init__(self, lock: "RWLock") -> None:
+    def __init__(self, lock: RWLock) -> None:
         self._l = lock
 
-    def __enter__(self) -> "RWLock":
+    def __enter__(self) -> RWLock:
         self._l.write_lock()
         return self._l
 
