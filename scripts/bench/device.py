@@ -18,6 +18,7 @@ B/A is printed; running again with the roots swapped shows what is left of the n
 2-core shared machine a tree against itself stays within ±5 %).  Every device's data is read
 back and checked after the timed rounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,7 +89,7 @@ class Workload(Protocol):
 def interleave(loads: Sequence[Workload], rounds: int) -> None:
     """`rounds` rounds of every workload, the order reversed every other round (A B B A …)."""
     for n in range(rounds):
-        for w in (loads if n % 2 == 0 else loads[::-1]):
+        for w in loads if n % 2 == 0 else loads[::-1]:
             w.round()
 
 
@@ -96,8 +97,10 @@ def report(loads: Sequence[Workload], names: Sequence[str], unit: Sequence[str])
     """One line per workload, and B/A when there are two."""
     for w in loads:
         w.check()
-        print(f"{w.label}: " + ", ".join(f"{n} {v:.2f} {u}" for n, v, u in zip(names, w.us(), unit)),
-              flush=True)
+        print(
+            f"{w.label}: " + ", ".join(f"{n} {v:.2f} {u}" for n, v, u in zip(names, w.us(), unit)),
+            flush=True,
+        )
     if len(loads) == 2:
         a, b = loads[0].us(), loads[1].us()
         print("B/A: " + ", ".join(f"{n} {y / x:.3f}" for n, x, y in zip(names, a, b)), flush=True)
@@ -105,12 +108,13 @@ def report(loads: Sequence[Workload], names: Sequence[str], unit: Sequence[str])
 
 # ------------------------------------------------------------------------------ device-ab
 
-AB_PAGES = 4096          # 16 MiB
+AB_PAGES = 4096  # 16 MiB
 AB_OPS = 20000
 
 
-def _hot_round(dev: Any, pages: list[bytes], idx: list[int], nreqs: int
-               ) -> tuple[float, float, float]:
+def _hot_round(
+    dev: Any, pages: list[bytes], idx: list[int], nreqs: int
+) -> tuple[float, float, float]:
     """One round: the 4 KiB overwrites, the 4 KiB reads, the 128 KiB reads (CPU seconds)."""
     t0 = time.process_time()
     for k, i in enumerate(idx):
@@ -132,8 +136,7 @@ class HotPaths:
         self.label = label
         rnd = random.Random(seed)
         self.pages = fio_like_pages(AB_PAGES, rnd)
-        self.reqs = [b"".join(self.pages[i:i + REQ_PAGES])
-                     for i in range(0, AB_PAGES, REQ_PAGES)]
+        self.reqs = [b"".join(self.pages[i : i + REQ_PAGES]) for i in range(0, AB_PAGES, REQ_PAGES)]
         self.idx = [rnd.randrange(AB_PAGES) for _ in range(AB_OPS)]
         self.dev = new_device(root, "lz4", AB_PAGES, 1 << 16)
         for k, r in enumerate(self.reqs):
@@ -161,13 +164,14 @@ def device_ab(args: argparse.Namespace) -> int:
     roots = checked_roots(args.roots)
     rounds = args.rounds or (7 if len(roots) == 1 else 15)
     loads = [HotPaths(r, label) for r, label in roots.items()]
-    gc.freeze()   # as the serving process does before it serves (zramfs mount)
+    gc.freeze()  # as the serving process does before it serves (zramfs mount)
     interleave(loads, rounds)
     report(loads, ("4 KiB write", "4 KiB read", "128 KiB read"), ("µs", "µs", "µs/page"))
     return 0
 
 
 # ---------------------------------------------------------------------------- device-128k
+
 
 def _large_round(dev: Any, reqs: list[bytes]) -> tuple[float, float]:
     """One round: every request written, then read back (CPU seconds)."""
@@ -210,12 +214,14 @@ class LargeRequests:
 
 def device_128k(args: argparse.Namespace) -> int:
     if args.pages % REQ_PAGES:
-        print(f"bench.py device-128k: --pages {args.pages} is not a multiple of {REQ_PAGES}",
-              file=sys.stderr)
+        print(
+            f"bench.py device-128k: --pages {args.pages} is not a multiple of {REQ_PAGES}",
+            file=sys.stderr,
+        )
         return 2
     roots = checked_roots(args.roots)
     pages = mixed_pages(args.pages)
-    reqs = [b"".join(pages[i:i + REQ_PAGES]) for i in range(0, len(pages), REQ_PAGES)]
+    reqs = [b"".join(pages[i : i + REQ_PAGES]) for i in range(0, len(pages), REQ_PAGES)]
     for algorithm in args.codecs:
         loads = [LargeRequests(r, label, algorithm, reqs) for r, label in roots.items()]
         interleave(loads, args.rounds)
@@ -227,6 +233,7 @@ def device_128k(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------ arguments
 
+
 def checked_roots(given: Sequence[str]) -> dict[Path, str]:
     """The trees to measure (this checkout when none is given), each with its label; one
     line on stderr and exit code 2 for more than two or one that is not a checkout."""
@@ -237,8 +244,10 @@ def checked_roots(given: Sequence[str]) -> dict[Path, str]:
     for text in given or [str(ROOT)]:
         root = Path(text).resolve()
         if not all((root / pkg / "__init__.py").is_file() for pkg in PACKAGES):
-            print(f"bench.py: {text}: not a checkout (no allocator/ and zramfs/ packages)",
-                  file=sys.stderr)
+            print(
+                f"bench.py: {text}: not a checkout (no allocator/ and zramfs/ packages)",
+                file=sys.stderr,
+            )
             raise SystemExit(2)
         if root in roots:
             print(f"bench.py: {text}: given twice", file=sys.stderr)
@@ -256,20 +265,33 @@ def _help(part: int) -> str:
 def add_parsers(sub: Any, positive: Any, codec_list: Any) -> None:
     """The two subcommands' parsers (`positive`: an argparse type for counts ≥ 1;
     `codec_list`: one for a comma-separated list of codecs)."""
-    ab = sub.add_parser("device-ab", help="in process: µs per request of the hot device paths, "
-                                          "one tree or an A/B of two",
-                        description=_help(1),
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ab = sub.add_parser(
+        "device-ab",
+        help="in process: µs per request of the hot device paths, one tree or an A/B of two",
+        description=_help(1),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ab.add_argument("roots", nargs="*", metavar="ROOT", help="a checkout (default: this one)")
-    ab.add_argument("--rounds", type=positive, default=None,
-                    help="best of N rounds (default 7, with two roots 15)")
-    large = sub.add_parser("device-128k", help="in process: µs per page of 128 KiB writes and "
-                                               "reads, one tree or an A/B of two",
-                           description=_help(2),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    ab.add_argument(
+        "--rounds",
+        type=positive,
+        default=None,
+        help="best of N rounds (default 7, with two roots 15)",
+    )
+    large = sub.add_parser(
+        "device-128k",
+        help="in process: µs per page of 128 KiB writes and reads, one tree or an A/B of two",
+        description=_help(2),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     large.add_argument("roots", nargs="*", metavar="ROOT", help="a checkout (default: this one)")
     large.add_argument("--rounds", type=positive, default=5, help="best of N rounds (default 5)")
-    large.add_argument("--pages", type=positive, default=8192,
-                       help="4 KiB pages per device, a multiple of 32 (default 8192)")
-    large.add_argument("--codecs", type=codec_list, default=["lz4", "zstd"],
-                       help="default: lz4,zstd")
+    large.add_argument(
+        "--pages",
+        type=positive,
+        default=8192,
+        help="4 KiB pages per device, a multiple of 32 (default 8192)",
+    )
+    large.add_argument(
+        "--codecs", type=codec_list, default=["lz4", "zstd"], help="default: lz4,zstd"
+    )

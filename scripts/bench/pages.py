@@ -2,6 +2,7 @@
 half-and-half, zero and same-filled pages; scripts/bench_device.py and ``device-128k``) and
 `fio_like_pages` (half random, half zeros, like fio's ``buffer_compress_percentage=50``;
 ``device-ab``).  Seeded, so two trees or two runs write the same bytes."""
+
 from __future__ import annotations
 
 import os
@@ -35,12 +36,12 @@ def mixed_pages(n: int, seed: int = 1) -> list[bytes]:
         k = rng.randrange(10)
         if k < 5:
             off = rng.randrange(0, len(text) - PAGE)
-            pages.append(text[off:off + PAGE])
+            pages.append(text[off : off + PAGE])
         elif k < 7:
             pages.append(rng.randbytes(PAGE))
         elif k < 8:
             off = rng.randrange(0, len(text) - PAGE)
-            pages.append(rng.randbytes(PAGE // 2) + text[off:off + PAGE // 2])
+            pages.append(rng.randbytes(PAGE // 2) + text[off : off + PAGE // 2])
         elif k < 9:
             pages.append(bytes(PAGE))
         else:
