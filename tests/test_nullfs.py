@@ -14,11 +14,12 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from support.mountutil import is_mounted, require_fuse, start_mount
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "nullfs.py"
@@ -46,70 +47,24 @@ def test_command_is_a_null_backend_mount():
             ns.make_parser().parse_args(["/m", "--size", bad])
 
 
-def _fuse_problem() -> str | None:
-    if not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse"
-    if os.geteuid() != 0:
-        return "not root"
-    if not (shutil.which("fusermount3") or shutil.which("fusermount") or shutil.which("umount")):
-        return "no fusermount/umount"
-    return None
+@pytest.fixture
+def need_fuse() -> None:
+    require_fuse()
 
 
 @pytest.fixture
-def need_fuse():
-    problem = _fuse_problem()
-    if problem:
-        if os.environ.get("ZRAMFS_REQUIRE_FUSE") == "1":
-            pytest.fail(f"FUSE required (ZRAMFS_REQUIRE_FUSE=1) but unusable: {problem}")
-        pytest.skip(problem)
-
-
-def _mounted(mnt: Path) -> bool:
-    target = os.fsencode(str(mnt))
-    with open("/proc/mounts", "rb") as f:
-        return any(line.split()[1] == target for line in f if len(line.split()) > 2)
-
-
-def _unmount(mnt: Path) -> None:
-    for cmd in (["fusermount3", "-u", str(mnt)], ["fusermount", "-u", str(mnt)],
-                ["umount", str(mnt)], ["umount", "-l", str(mnt)]):
-        if not _mounted(mnt):
-            return
-        if shutil.which(cmd[0]):
-            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
-
-
-@pytest.fixture
-def nullfs_mount(tmp_path, need_fuse, request):
-    """A foreground nullfs.py mount; ``@pytest.mark.parametrize("nullfs_mount", [binding],
-    indirect=True)`` picks the FUSE binding."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    log = tmp_path / "nullfs.log"
+def nullfs_mount(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A foreground nullfs.py mount (tests/support/mountutil.py's `start_mount`, unmounted
+    after); ``@pytest.mark.parametrize("nullfs_mount", [binding], indirect=True)`` picks the
+    FUSE binding."""
     binding = getattr(request, "param", None)
     extra = ["--binding", binding] if binding else []
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen([sys.executable, str(SCRIPT), str(mnt), "--size", str(SIZE),
-                                 "--foreground", *extra], stdout=logf, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+    m = start_mount(tmp_path, "--size", str(SIZE), *extra, program=(str(SCRIPT),))
     try:
-        deadline = time.monotonic() + 30
-        while not (_mounted(mnt) and (mnt / "dev" / "zram0").exists()):
-            if proc.poll() is not None:
-                pytest.fail(f"nullfs exited {proc.returncode}: {log.read_text(errors='replace')}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"nullfs did not mount in 30 s: {log.read_text(errors='replace')}")
-            time.sleep(0.05)
-        yield mnt
+        yield m.path
     finally:
-        _unmount(mnt)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        assert not _mounted(mnt), "nullfs left mounted"
+        m.close()
+    assert not is_mounted(m.path), "nullfs left mounted"
 
 
 def _fstype(mnt: Path) -> str:

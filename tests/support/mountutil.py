@@ -14,15 +14,15 @@ import contextlib
 import ctypes
 import errno
 import os
+import shutil
 import signal
 import stat
-import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -209,18 +209,22 @@ def expect_errno(code: int, fn, *args) -> None:
         f"{info.value}")
 
 
-def start_mount(base: Path, *args: str, timeout: float = 30.0) -> Mount:
+def start_mount(base: Path, *args: str, timeout: float = 30.0,
+                program: tuple[str, ...] = ("-m", "zramfs", "mount")) -> Mount:
     """Mount ``base/mnt`` in the foreground (a child process we own) and wait until the tree
     answers: until ``dev/`` is there, which every backend serves (``--backend null`` has only
-    dev/zram0, no sys/block) — what ``zramfs mount`` itself waits for (zramfs/cli.py)."""
+    dev/zram0, no sys/block) — what ``zramfs mount`` itself waits for (zramfs/cli.py).
+    ``program``: what Python runs, given ``MNT --foreground *args`` (scripts/nullfs.py takes
+    the same)."""
     require_fuse()
     mnt = base / "mnt"
     mnt.mkdir(exist_ok=True)
     log = base / "zramfs.log"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "zramfs", "mount", str(mnt), "--foreground",
-                             *args], stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
-                            cwd=str(REPO), env=env)
+    with open(log, "wb") as log_file:       # the child has its own descriptor of it
+        proc = subprocess.Popen([sys.executable, *program, str(mnt), "--foreground", *args],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=log_file, cwd=str(REPO), env=env)
     m = Mount(mnt, proc, log, tuple(args))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
