@@ -1,0 +1,326 @@
+"""The trace file (zramfs/trace.py, zramfs/trace_hook.py; docs/trace-format.md).
+
+In process: a `MountTracer` on a `Registry` and its `Tree` records what reaches the device,
+and the reader gives it back — records, data, control writes, dedup of page contents, the
+overlap flag; a trace cut anywhere reads up to its last complete record; foreign and damaged
+files raise `TraceError` with one line; a device that is not traced runs its class's
+methods untouched.  On a real mount: `zramfs mount --trace`, killed with SIGKILL, leaves a
+trace that replays to the mm_stat the mount showed.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from zramfs import trace
+from zramfs.device import Registry, ZramDevice
+from zramfs.device_io import IOPathMixin
+from zramfs.errors import TraceError
+from zramfs.replay import mm_stat_of, replay_trace
+from zramfs.trace import (F_OVERLAP, OP_DISCARD, OP_PUNCH_HOLE, Control, Discard, Flush, Read,
+                          TraceReader, TraceWriter, Write)
+from zramfs.trace_hook import MountTracer
+from zramfs.tree import Tree
+
+MOUNT = {"chain_size": 4, "chain_rule": "max-used", "compact_policy": "off",
+         "compact_interval": 1000, "devices": 1}
+
+
+def _page(rnd: random.Random, words: list[bytes]) -> bytes:
+    """A compressible page: a random run of a few 16-byte words, zero-padded."""
+    n = rnd.randrange(1, 200)
+    return (b"".join(rnd.choice(words) for _ in range(n)) + bytes(4096))[:4096]
+
+
+class Traced:
+    """A registry with one device, its tree, and a tracer writing `path`."""
+
+    def __init__(self, path: Path, size: str = "16M") -> None:
+        self.registry = Registry(num_devices=1)
+        self.tree = Tree(self.registry)
+        self.tracer = MountTracer(TraceWriter(path, dict(MOUNT)))
+        self.tracer.attach(self.registry, self.tree)
+        self.dev: ZramDevice = self.registry.devices[0]
+        self.tracer.store(self.dev, "disksize", size)
+
+    def attr(self, name: str, text: bytes) -> None:
+        self.tree.write_file(self.tree.lookup(f"/sys/block/zram0/{name}"), text)
+
+    def close(self) -> None:
+        self.tracer.close()
+
+
+def _workload(t: Traced, seed: int = 1, n: int = 400) -> None:
+    rnd = random.Random(seed)
+    words = [rnd.randbytes(16) for _ in range(40)]
+    pages = t.dev.disksize // 4096
+    for i in range(n):
+        t.dev.write(rnd.randrange(pages) * 4096, _page(rnd, words))
+        if i % 7 == 0:
+            t.dev.discard(rnd.randrange(pages) * 4096, 4096 * rnd.randrange(1, 4))
+        if i % 11 == 0:
+            t.dev.read(rnd.randrange(pages) * 4096, 4096)
+    t.attr("compact", b"1\n")
+
+
+def test_round_trip_gives_back_every_operation(tmp_path: Path) -> None:
+    path = tmp_path / "t.trace"
+    t = Traced(path)
+    rnd = random.Random(3)
+    unaligned = rnd.randbytes(5000)
+    big = b"".join(rnd.randbytes(64) * 64 for _ in range(32))           # 128 KiB
+    t.dev.write(0, big)
+    t.dev.write(4096 * 100 + 123, unaligned)
+    t.dev.read(8192, 4096)
+    t.dev.discard(4096 * 10, 8192)
+    t.dev.punch_hole(4096 * 20 + 5, 10000)
+    t.dev.flush()
+    t.attr("mem_limit", b"8M\n")
+    with pytest.raises(OSError):
+        t.attr("comp_algorithm", b"zstd")           # EBUSY: initialised
+    t.close()
+
+    with TraceReader(path) as r:
+        assert r.header["format"] == "zramfs-trace" and r.mount == MOUNT
+        recs = list(r.records())
+        assert r.complete and r.stopped_at is None
+        assert r.end is not None and r.end["records"] == len(recs)
+    kinds = [type(x) for x in recs]
+    assert kinds == [Control, Write, Write, Read, Discard, Discard, Flush, Control, Control]
+    assert recs[0].path == "/sys/block/zram0/disksize" and recs[0].text == b"16M"
+    assert recs[1].data == big and recs[1].offset == 0 and recs[1].errno == 0
+    assert recs[2].data == unaligned and recs[2].offset == 4096 * 100 + 123
+    assert (recs[3].offset, recs[3].length) == (8192, 4096)
+    assert (recs[4].op, recs[4].offset, recs[4].length) == (OP_DISCARD, 40960, 8192)
+    assert (recs[5].op, recs[5].offset, recs[5].length) == (OP_PUNCH_HOLE, 4096 * 20 + 5, 10000)
+    assert recs[7].text == b"8M\n" and recs[7].errno == 0
+    assert recs[8].path.endswith("comp_algorithm") and recs[8].errno == 16   # EBUSY kept
+    times = [x.t_ns for x in recs]
+    assert times == sorted(times)
+    assert not any(x.flags for x in recs)
+
+
+def test_page_contents_are_stored_once(tmp_path: Path) -> None:
+    path = tmp_path / "t.trace"
+    t = Traced(path, "64M")
+    rnd = random.Random(5)
+    distinct = [rnd.randbytes(4096) for _ in range(8)]          # incompressible
+    for i in range(4000):
+        t.dev.write((i % 16000) * 4096, distinct[i % 8])
+    for i in range(2000):
+        t.dev.write(i * 4096, bytes(4096))
+    t.close()
+    with TraceReader(path) as r:
+        writes = [x for x in r.records() if type(x) is Write]
+        assert r.end is not None and r.end["blobs"] == 9
+    assert len(writes) == 6000 and writes[5].data == distinct[5]
+    # 6000 pages (24 MB) of writes: 9 blobs and 42 bytes per write record (frame 8, head 12,
+    # offset/length/errno/count 18, one blob id 4)
+    assert path.stat().st_size < 9 * 4200 + 6000 * 42 + 1000
+
+
+def _cut(src: Path, dst: Path, n: int) -> Path:
+    dst.write_bytes(src.read_bytes()[:n])
+    return dst
+
+
+def test_a_trace_cut_anywhere_reads_up_to_its_last_complete_record(tmp_path: Path) -> None:
+    path = tmp_path / "t.trace"
+    t = Traced(path)
+    _workload(t, n=300)
+    t.close()
+    with TraceReader(path) as r:
+        full = list(r.records())
+    data = path.read_bytes()
+    ends = _record_ends(data)
+    rnd = random.Random(7)
+    for n in sorted(rnd.sample(range(ends[0], len(data) - 1), 25)) + [len(data) - 1]:
+        cut = _cut(path, tmp_path / "cut.trace", n)
+        with TraceReader(cut) as r:
+            got = list(r.records())
+            assert not r.complete
+            # it stopped exactly after the last record wholly inside the cut
+            assert r.stopped_at == max(e for e in ends if e <= n)
+            assert r.stopped_at + r.trailing_bytes == n
+        assert got == full[:len(got)]
+        result = replay_trace(cut, {})
+        assert result.records == len(got) and not result.trace_complete
+
+
+def _record_ends(data: bytes) -> list[int]:
+    """Where the header and each record end, by the framing alone (docs/trace-format.md)."""
+    (hlen,) = struct.unpack_from("<I", data, 12)
+    pos = 16 + hlen + 4
+    ends = [pos]
+    while pos < len(data):
+        (length,) = struct.unpack_from("<I", data, pos)
+        pos += 8 + length
+        ends.append(pos)
+    return ends
+
+
+def test_a_damaged_record_stops_the_reading_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "t.trace"
+    t = Traced(path)
+    _workload(t, n=100)
+    t.close()
+    with TraceReader(path) as r:
+        full = list(r.records())
+    data = bytearray(path.read_bytes())
+    at = len(data) // 2
+    data[at] ^= 0xFF
+    bad = tmp_path / "bad.trace"
+    bad.write_bytes(bytes(data))
+    with TraceReader(bad) as r:
+        got = list(r.records())
+        assert not r.complete and r.stopped_at is not None and r.stopped_at <= at
+    assert 0 < len(got) < len(full) and got == full[:len(got)]
+
+
+@pytest.mark.parametrize("content", [
+    b"",
+    b"hello, world\n" * 100,
+    b"\x89PNG\r\n\x1a\n" + bytes(100),
+    trace.MAGIC[:5],
+])
+def test_a_foreign_file_is_a_trace_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "foreign"
+    path.write_bytes(content)
+    with pytest.raises(TraceError) as info:
+        TraceReader(path)
+    assert "not a zramfs trace" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(TraceError):
+        replay_trace(path, {})
+
+
+def test_missing_directory_wrong_version_and_damaged_header(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="no such trace file"):
+        TraceReader(tmp_path / "missing.trace")
+    with pytest.raises(TraceError, match="is a directory"):
+        TraceReader(tmp_path)
+    path = tmp_path / "t.trace"
+    Traced(path).close()
+    data = bytearray(path.read_bytes())
+    newer = bytearray(data)
+    struct.pack_into("<H", newer, 8, trace.VERSION + 1)
+    (tmp_path / "v.trace").write_bytes(bytes(newer))
+    with pytest.raises(TraceError, match="version 2"):
+        TraceReader(tmp_path / "v.trace")
+    data[20] ^= 0x20                                # inside the JSON header
+    (tmp_path / "h.trace").write_bytes(bytes(data))
+    with pytest.raises(TraceError, match="damaged trace header"):
+        TraceReader(tmp_path / "h.trace")
+
+
+def test_an_untraced_device_runs_its_class_methods(tmp_path: Path) -> None:
+    """Zero cost when off: nothing on the instance, the classes' functions are the same
+    objects before and after another device was traced."""
+    before = {name: getattr(ZramDevice, name) for name in
+              ("write", "read", "discard", "punch_hole", "zero_range", "flush")}
+    plain = Registry(num_devices=1).devices[0]
+    t = Traced(tmp_path / "t.trace")
+    traced = t.dev
+    t.close()
+    for name, fn in before.items():
+        assert getattr(ZramDevice, name) is fn
+        assert name not in vars(plain)
+        assert name in vars(traced)
+    assert ZramDevice.write is IOPathMixin.write
+
+
+def test_overlapping_operations_are_flagged(tmp_path: Path) -> None:
+    """Two writes in flight at once: the one finishing last saw the other's ticket."""
+    entered, release = threading.Event(), threading.Event()
+    orig = ZramDevice.write
+
+    def slow_write(self: ZramDevice, offset: int, data: bytes) -> int:
+        if offset == 0:
+            entered.set()
+            release.wait(10)
+        return orig(self, offset, data)
+
+    ZramDevice.write = slow_write  # type: ignore[method-assign]
+    try:
+        # a fresh tracer on a fresh device, so its wrappers capture slow_write
+        reg = Registry(num_devices=1)
+        tr = MountTracer(TraceWriter(tmp_path / "o.trace", dict(MOUNT)))
+        tr.attach(reg)
+        dev = reg.devices[0]
+        dev.set_disksize(1 << 20)
+        a = threading.Thread(target=dev.write, args=(0, b"a" * 4096))
+        a.start()
+        assert entered.wait(10)
+        dev.write(4096, b"b" * 4096)        # starts and ends while the first is in flight
+        release.set()
+        a.join()
+        dev.write(8192, b"c" * 4096)        # alone
+        tr.close()
+    finally:
+        ZramDevice.write = orig  # type: ignore[method-assign]
+    with TraceReader(tmp_path / "o.trace") as r:
+        writes = [x for x in r.records() if type(x) is Write]
+        assert r.end is not None and r.end["overlapping"] == 1
+    assert [(w.offset, w.flags) for w in writes] == [(4096, 0), (0, F_OVERLAP), (8192, 0)]
+    assert replay_trace(tmp_path / "o.trace", {}).overlapping == 1
+
+
+def test_writers_taking_turns_replay_exactly(tmp_path: Path) -> None:
+    """The condition for exactness: one state change at a time, whatever the thread."""
+    path = tmp_path / "t.trace"
+    t = Traced(path, "32M")
+    turn = threading.Lock()
+    rnd = random.Random(11)
+    words = [rnd.randbytes(16) for _ in range(40)]
+
+    def writer(seed: int) -> None:
+        r = random.Random(seed)
+        for i in range(300):
+            page = _page(r, words)
+            with turn:
+                t.dev.write(r.randrange(8192) * 4096, page)
+                if i % 5 == 0:
+                    t.dev.discard(r.randrange(8192) * 4096, 4096)
+
+    threads = [threading.Thread(target=writer, args=(s,)) for s in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    t.attr("compact", b"1")
+    live = mm_stat_of(t.dev)
+    t.close()
+    result = replay_trace(path, {})
+    assert result.overlapping == 0
+    assert result.mm_stat == live
+
+
+def test_killed_mount_leaves_a_trace_that_replays(zmount, tmp_path: Path) -> None:
+    """SIGKILL: the records flushed before the kill replay to the mm_stat the mount showed."""
+    path = tmp_path / "killed.trace"
+    m = zmount("--size", "16M", "--no-compact", "--trace", str(path))
+    rnd = random.Random(2)
+    words = [rnd.randbytes(16) for _ in range(40)]
+    fd = os.open(m.image(), os.O_RDWR)
+    try:
+        for _ in range(500):
+            os.pwrite(fd, _page(rnd, words), rnd.randrange(4096) * 4096)
+    finally:
+        os.close(fd)
+    m.write_attr("compact", "1")
+    live = m.mm_stat()
+    time.sleep(0.6)                    # > the writer's flush interval: the records are out
+    os.kill(m.proc.pid, signal.SIGKILL)
+    m.proc.wait(timeout=10)
+    with TraceReader(path) as r:
+        recs = list(r.records())
+        assert not r.complete
+    assert sum(type(x) is Write for x in recs) == 500
+    result = replay_trace(path, {})
+    assert list(result.mm_stat.values()) == live
