@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from zramfs import plot, record
+from zramfs import plot, record, sweep
 from zramfs.loopdev import LoopGuard, attached_loops
 from zramfs.units import parse_size
 
@@ -874,6 +874,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     record.add_parser(sub)
     plot.add_parser(sub)
+    sweep.add_parser(sub)
     return p
 
 
