@@ -12,11 +12,10 @@ import pytest
 import zstandard
 
 from allocator import PhysicalMemory
+from support.zram_data import PAGE, mixed_page, random_page, text_page
 from zramfs import attrs, codecs, kparse
 from zramfs.device import Registry
 from zramfs.errors import ZramError
-
-from support.zram_data import PAGE, mixed_page, random_page, text_page
 
 MiB = 1 << 20
 STATE_ATTRS = ("disksize", "initstate", "comp_algorithm", "recomp_algorithm", "mm_stat", "io_stat",

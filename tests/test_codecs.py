@@ -10,10 +10,9 @@ import zlib
 import pytest
 import zstandard
 
+from support.zram_data import PAGE, corpus, half_page, random_page, same_page, text_page
 from zramfs import codecs
 from zramfs.errors import CodecError, ZramError
-
-from support.zram_data import PAGE, corpus, half_page, random_page, same_page, text_page
 
 ALGS = codecs.AVAILABLE
 

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from allocator import MapMode, Pool
 from allocator.locks import MIGRATE_LOCK
-
 from support import alloc_invariants as ai
 from support.alloc_invariants import ZS_ALMOST_EMPTY, ZS_ALMOST_FULL, ZS_FULL, check_pool_invariants
 

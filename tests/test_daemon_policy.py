@@ -22,12 +22,27 @@ from hypothesis import strategies as st
 
 from support.mountutil import expect_errno, opened, zramfs_cli
 from zramfs import attrs
-from zramfs.daemon import (DEFAULT_POLICY, MEM_LIMIT_MARGIN_MIN_PAGES, POLICY_SYNTAX,
-                           PSI_SOME_AVG10_THRESHOLD, BadPolicy, CompactionDaemon,
-                           CompactionPolicy, PolicyKind, PolicySpec, PressureReading,
-                           PsiPressure, Reason, SimulatedPressure, format_policy,
-                           mem_limit_margin, near_mem_limit, own_cgroup_pressure_file,
-                           parse_policy, parse_psi_some_avg10)
+from zramfs.daemon import (
+    DEFAULT_POLICY,
+    MEM_LIMIT_MARGIN_MIN_PAGES,
+    POLICY_SYNTAX,
+    PSI_SOME_AVG10_THRESHOLD,
+    BadPolicy,
+    CompactionDaemon,
+    CompactionPolicy,
+    PolicyKind,
+    PolicySpec,
+    PressureReading,
+    PsiPressure,
+    Reason,
+    SimulatedPressure,
+    format_policy,
+    mem_limit_margin,
+    near_mem_limit,
+    own_cgroup_pressure_file,
+    parse_policy,
+    parse_psi_some_avg10,
+)
 from zramfs.device import Registry
 
 PAGE = 4096
@@ -538,4 +553,5 @@ def test_mount_policy_through_the_command_line(zmount, tmp_path: Path) -> None:
         assert res.returncode == 2, (bad, res.stdout, res.stderr)
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and bad[0] in lines[0] and POLICY_SYNTAX in lines[0], lines
-        assert not any(line.split()[1] == str(mnt) for line in open("/proc/self/mounts"))
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        assert not any(line.split()[1] == str(mnt) for line in mounts)

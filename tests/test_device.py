@@ -12,17 +12,46 @@ import numpy as np
 import pytest
 
 from allocator import PhysicalMemory
+from support.zram_data import (
+    PAGE,
+    device_hash,
+    half_page,
+    mixed_page,
+    random_page,
+    same_page,
+    text_page,
+)
 from zramfs import codecs
-from zramfs.device import (RECOMP_HUGE, WB_HUGE, WB_IDLE, WB_INCOMPRESSIBLE, CompParams, Registry,
-                           ZramDevice)
+from zramfs.device import (
+    RECOMP_HUGE,
+    WB_HUGE,
+    WB_IDLE,
+    WB_INCOMPRESSIBLE,
+    CompParams,
+    Registry,
+    ZramDevice,
+)
 from zramfs.device_stats import _account
 from zramfs.errors import IOFailure, NoSpace, ZramError
-from zramfs.slots import (FAILED_READS, FLUSH_IOS, READ_IOS, READ_NS, READ_SECTORS, SIZE_MASK,
-                          SLOT_BYTES, STRIPE_MASK, WRITE_IOS, WRITE_NS, WRITE_SECTORS, ZRAM_HUGE,
-                          ZRAM_IDLE, ZRAM_INCOMPRESSIBLE, ZRAM_SAME, ZRAM_WB, SlotTable)
-
-from support.zram_data import (PAGE, device_hash, half_page, mixed_page, random_page, same_page,
-                               text_page)
+from zramfs.slots import (
+    FAILED_READS,
+    FLUSH_IOS,
+    READ_IOS,
+    READ_NS,
+    READ_SECTORS,
+    SIZE_MASK,
+    SLOT_BYTES,
+    STRIPE_MASK,
+    WRITE_IOS,
+    WRITE_NS,
+    WRITE_SECTORS,
+    ZRAM_HUGE,
+    ZRAM_IDLE,
+    ZRAM_INCOMPRESSIBLE,
+    ZRAM_SAME,
+    ZRAM_WB,
+    SlotTable,
+)
 
 MiB = 1 << 20
 

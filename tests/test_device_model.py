@@ -11,10 +11,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from allocator import PhysicalMemory
+from support.zram_data import PAGE, corpus
 from zramfs.device import RECOMP_HUGE, WB_HUGE, WB_IDLE, Registry
 from zramfs.slots import SIZE_MASK, ZRAM_HUGE, ZRAM_SAME, ZRAM_WB
-
-from support.zram_data import PAGE, corpus
 
 NR_PAGES = 48
 SIZE = NR_PAGES * PAGE
@@ -50,7 +49,7 @@ class DeviceModel(RuleBasedStateMachine):
                 compressed_wb=st.booleans())
     def setup(self, chain, alg, compressed_wb):
         import tempfile
-        self.tmp = tempfile.NamedTemporaryFile(prefix="zram-bd-")
+        self.tmp = tempfile.NamedTemporaryFile(prefix="zram-bd-")  # noqa: SIM115 - closed in teardown
         self.tmp.truncate(16 * PAGE)
         self.reg = Registry(memory=PhysicalMemory(max_pages=4096), chain_size=chain[0],
                             chain_rule=chain[1])

@@ -17,9 +17,8 @@ import time
 import pytest
 
 from allocator import PhysicalMemory, set_lockdep
-from zramfs.device import RECOMP_HUGE, WB_HUGE, WB_IDLE, Registry
-
 from support.zram_data import PAGE, mixed_page, text_page
+from zramfs.device import RECOMP_HUGE, WB_HUGE, WB_IDLE, Registry
 
 PRIVATE = 24          # blocks per worker
 SHARED = 16           # blocks every worker writes whole pages to
@@ -29,7 +28,7 @@ SLICE = 64            # bytes per worker in the sub-block-shared block
 def run_stress(duration: float, workers: int = 4, *, lockdep: bool = True,
                kinds: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6)) -> dict:
     set_lockdep(lockdep)
-    tmp = tempfile.NamedTemporaryFile(prefix="zram-stress-bd-")
+    tmp = tempfile.NamedTemporaryFile(prefix="zram-stress-bd-")  # noqa: SIM115 - closed at the end
     nr_pages = workers * PRIVATE + SHARED + 1
     tmp.truncate(nr_pages * PAGE)
     reg = Registry(memory=PhysicalMemory(max_pages=1 << 14))

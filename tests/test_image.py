@@ -12,7 +12,7 @@ import errno
 import inspect
 import mmap
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -8,12 +8,11 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from allocator import PhysicalMemory, Pool, locks
+from allocator import PhysicalMemory, Pool, locks, migrate
 from allocator import lockdep as lockdep_checker  # the fixture `lockdep` shadows the name
 from allocator.locks import (
     CLASS_LOCK,
@@ -24,7 +23,6 @@ from allocator.locks import (
     lockdep_stats,
     set_lockdep,
 )
-from allocator import migrate
 from zramfs.device import COMPACT_LOCK, INIT_LOCK, REGISTRY_LOCK, Registry
 from zramfs.slots import STRIPE_LOCK
 

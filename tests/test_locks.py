@@ -281,7 +281,7 @@ def test_rwlock_writers_queue_fifo() -> None:
         t = threading.Thread(target=writer, args=(i,), daemon=True)
         t.start()
         ts.append(t)
-        wait_until(lambda: rw._wwait == i + 1)
+        wait_until(lambda: rw._wwait == i + 1)  # noqa: B023 - called in this iteration
     assert not rw.try_write_lock()
     rw.read_unlock()
     for t in ts:

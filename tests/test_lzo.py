@@ -373,7 +373,7 @@ def test_lengths_match_kernel_zram(alg: str, rle: bool) -> None:
     """Each page written alone to the kernel's zram0 (block 0, O_DIRECT, overwritten):
     compr_data_size equals len(compress(page)) — or PAGE when that length reaches the
     huge class (zram stores such pages raw); same-filled pages (0 bytes) are skipped."""
-    import test_kernel_diff as kdiff    # its scripts/kernel_compare.py helpers: kdiff.kc
+    import test_kernel_diff as kdiff  # its scripts/kernel_compare.py helpers: kdiff.kc
 
     kc = kdiff.kc
     try:

@@ -9,6 +9,9 @@ import time
 from collections.abc import Callable
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from allocator import locks
 from allocator.locks import CLASS_LOCK, PAGE_LOCK, LockClass, LockOrderViolation, Mutex
@@ -717,10 +720,6 @@ def test_compact_scan_counts_and_concurrent_runs() -> None:
 
 
 # ---------------------------------------------------------------------------- model-based
-
-
-from hypothesis import settings, strategies as st  # noqa: E402
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: E402
 
 
 class MemoryMachine(RuleBasedStateMachine):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import test_memory as tm            # module import: its tests are not collected again here
+import test_memory as tm  # module import: its tests are not collected again here
 from allocator.memory import DIRTY_FRAMES, PhysicalMemory
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,11 +30,11 @@ import pytest
 
 from support.mountutil import REPO, is_mounted, opened, require_fuse, run, unmount
 from support.reliability import MiB, punch_hole, rss_kib, varied_data
-from zramfs import cli
+from zramfs import process_protect
 
 pytestmark = pytest.mark.fuse
 
-CAN_IO_FLUSHER = cli._has_cap(cli.CAP_SYS_RESOURCE)
+CAN_IO_FLUSHER = process_protect.has_cap(process_protect.CAP_SYS_RESOURCE)
 MLOCK = ("--mlock",) if CAN_IO_FLUSHER else ("--mlock", "--no-io-flusher")
 ARENA_KIB = (1 << 22) * 4          # PhysicalMemory's default max_pages x 4 KiB
 
@@ -235,7 +235,7 @@ def test_no_io_flusher_needs_mlock(tmp_path) -> None:
 
 
 class _FakeLibc:
-    """Stands in for cli._libc: mlockall/prctl fail with a chosen errno."""
+    """Stands in for process_protect._libc: mlockall/prctl fail with a chosen errno."""
 
     def __init__(self, mlock_errno: int = 0, prctl_errno: int = 0) -> None:
         self.mlock_errno, self.prctl_errno = mlock_errno, prctl_errno
@@ -266,20 +266,20 @@ def test_protect_process_errors_in_process(monkeypatch) -> None:
     import resource
     monkeypatch.setattr(resource, "setrlimit", lambda *a: None)
     fake = _FakeLibc(prctl_errno=errno.EINVAL)
-    monkeypatch.setattr(cli, "_libc", fake)
-    with pytest.raises(cli.MlockError) as info:
-        cli.protect_process()
+    monkeypatch.setattr(process_protect, "_libc", fake)
+    with pytest.raises(process_protect.MlockError) as info:
+        process_protect.protect_process()
     assert info.value.errno == errno.EINVAL
     assert "prctl(PR_SET_IO_FLUSHER, 1) failed: EINVAL" in str(info.value)
     assert "Linux 5.6+" in str(info.value)
     assert fake.calls == ["mlockall 7", "prctl 57", "munlockall"]
     fake = _FakeLibc(mlock_errno=errno.ENOMEM)
-    monkeypatch.setattr(cli, "_libc", fake)
-    with pytest.raises(cli.MlockError) as info:
-        cli.protect_process()
+    monkeypatch.setattr(process_protect, "_libc", fake)
+    with pytest.raises(process_protect.MlockError) as info:
+        process_protect.protect_process()
     assert info.value.errno == errno.ENOMEM and "mlockall" in str(info.value)
     assert fake.calls == ["mlockall 7"]                       # no prctl after a failed mlockall
     fake = _FakeLibc()
-    monkeypatch.setattr(cli, "_libc", fake)
-    assert cli.protect_process(io_flusher=False) == {"mlock": True, "io_flusher": False}
+    monkeypatch.setattr(process_protect, "_libc", fake)
+    assert process_protect.protect_process(io_flusher=False) == {"mlock": True, "io_flusher": False}
     assert fake.calls == ["mlockall 7"]

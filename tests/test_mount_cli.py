@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +35,8 @@ def test_mount_returns_ready_then_status_and_umount(daemon):
     assert [x["name"] for x in devs] == [str(d.mnt / "dev/zram0"), str(d.mnt / "dev/zram1")]
     assert devs[0]["data"] == 12 * 1024 and devs[0]["algorithm"] == "zstd"
     # The mount is private: no allow_other.
-    opts = [ln.split()[3] for ln in open("/proc/self/mounts") if ln.split()[1] == str(d.mnt)]
+    opts = [ln.split()[3] for ln in Path("/proc/self/mounts").read_text().splitlines()
+            if ln.split()[1] == str(d.mnt)]
     assert opts and "allow_other" not in opts[0]
     pid = d.pid
     res = zramfs_cli("umount", str(d.mnt))
@@ -119,7 +121,8 @@ def test_mount_errors_are_reported(daemon, tmp_path):
 def test_allow_other_adds_default_permissions(daemon):
     d = daemon
     d.mount("--size", "1M", "--allow-other")
-    opts = [ln.split()[3] for ln in open("/proc/self/mounts") if ln.split()[1] == str(d.mnt)]
+    opts = [ln.split()[3] for ln in Path("/proc/self/mounts").read_text().splitlines()
+            if ln.split()[1] == str(d.mnt)]
     assert opts and "allow_other" in opts[0] and "default_permissions" in opts[0]
     pid = d.pid
     zramfs_cli("umount", str(d.mnt))

@@ -15,8 +15,14 @@ import time
 import pytest
 
 from zramfs import attrs
-from zramfs.daemon import (CompactionDaemon, CompactionPolicy, ModuleParameter, PolicyKind,
-                           parse_bool, parse_uint)
+from zramfs.daemon import (
+    CompactionDaemon,
+    CompactionPolicy,
+    ModuleParameter,
+    PolicyKind,
+    parse_bool,
+    parse_uint,
+)
 from zramfs.device import Registry
 from zramfs.tree import Kind, Tree
 

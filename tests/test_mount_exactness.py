@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from support.mountutil import Mount, zramfs_cli
-from test_loop_mem_limit import loop_unusable
 from support.zram_data import text_page
+from test_loop_mem_limit import loop_unusable
 from zramfs import cli, codecs, loopdev
 
 PAGE = 4096

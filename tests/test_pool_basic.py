@@ -8,13 +8,27 @@ import threading
 
 import pytest
 
-from allocator import (InvalidHandle, MapMode, NestedMappingError, OutOfMemory, PhysicalMemory,
-                       Pool, set_lockdep)
-from allocator import stats
+from allocator import (
+    InvalidHandle,
+    MapMode,
+    NestedMappingError,
+    OutOfMemory,
+    PhysicalMemory,
+    Pool,
+    set_lockdep,
+    stats,
+)
 from allocator.fullness import insert_zspage, remove_zspage
+from allocator.sizeclass import (
+    CLASS_EMPTY,
+    OBJ_ALLOCATED,
+    OBJ_USED,
+    ZS_ALMOST_EMPTY,
+    ZS_ALMOST_FULL,
+    ZS_EMPTY,
+    ZS_FULL,
+)
 from allocator.zspage import Zspage
-from allocator.sizeclass import (CLASS_EMPTY, OBJ_ALLOCATED, OBJ_USED, ZS_ALMOST_EMPTY,
-                                 ZS_ALMOST_FULL, ZS_EMPTY, ZS_FULL)
 
 PAGE = 4096
 

@@ -21,7 +21,8 @@ compared on its own, error by error.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -32,8 +33,13 @@ from allocator.fullness import find_get_zspage, fix_fullness_group
 from allocator.handles import HANDLE_SHIFT
 from allocator.sizeclass import NR_ZS_FULLNESS, OBJ_USED, ZS_EMPTY, ZS_HANDLE_SIZE
 from allocator.zspage import obj_to_location
-from allocator.zspage_ops import (free_zspage, handle_to_zspage, obj_free, obj_malloc,
-                                  resolve_and_pin)
+from allocator.zspage_ops import (
+    free_zspage,
+    handle_to_zspage,
+    obj_free,
+    obj_malloc,
+    resolve_and_pin,
+)
 
 # ------------------------------------------------------------------ zs_* from the references
 

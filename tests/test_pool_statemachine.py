@@ -12,15 +12,26 @@ import os
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant,
-                                 rule, run_state_machine_as_test)
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from allocator import MapMode, Pool
 from allocator.locks import set_lockdep
 from allocator.memory import PhysicalMemory
-
-from support.alloc_invariants import (PAGE_SIZE, REF_BY_INDEX, check_classes_table,
-                                      check_pool_invariants, ref_class_for_alloc)
+from support.alloc_invariants import (
+    PAGE_SIZE,
+    REF_BY_INDEX,
+    check_classes_table,
+    check_pool_invariants,
+    ref_class_for_alloc,
+)
 
 # Sizes: uniform over 1..4096 plus the boundaries of docs/zsmalloc.md's edge cases (size limits,
 # class lookup, spanning objects, the huge class).

@@ -22,7 +22,6 @@ import pytest
 from allocator import MapMode, Pool
 from allocator.locks import set_lockdep
 from allocator.memory import PhysicalMemory
-
 from support.alloc_invariants import check_pool_invariants
 
 HANG_SECONDS = 30.0  # no I/O progress for this long = a hang (the machine is shared and slow)

@@ -450,3 +450,22 @@ def test_header_line_is_json(tmp_path: Path) -> None:
     header, end = (json.loads(line) for line in path.read_text().splitlines())
     assert header["schema"] == "zramfs-record" and header["config"] == {"a": "1"}
     assert end["type"] == "end" and end["samples"] == 0
+
+
+def test_mount_gone(zmount, tmp_path: Path) -> None:
+    """The mount's daemon killed while recording: the recorder stops by itself, the file ends
+    with reason "mount gone"."""
+    m = zmount("--size", "8M")
+    out = tmp_path / "g.jsonl"
+    proc = start_record(m.path, out, "--interval", "0.1")
+    try:
+        wait_samples(out, 2)
+        m.proc.kill()
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    rec = read_record(out)
+    assert rec.ended is not None and rec.ended["reason"] == "mount gone"

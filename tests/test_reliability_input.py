@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from support.mountutil import Mount, expect_errno, opened, require_fuse
 from support.reliability import (
     PAGE,
@@ -476,7 +477,8 @@ mnt = sys.argv[1]
 out = {"stat_root": try_(lambda: os.stat(mnt)),
        "listdir": try_(lambda: os.listdir(mnt)),
        "mkdir": try_(lambda: os.mkdir(os.path.join(mnt, "x"))),
-       "create": try_(lambda: os.close(os.open(os.path.join(mnt, "sys/block/zram0/x"), os.O_CREAT | os.O_WRONLY, 0o644)))}
+       "create": try_(lambda: os.close(os.open(os.path.join(mnt, "sys/block/zram0/x"),
+                                               os.O_CREAT | os.O_WRONLY, 0o644)))}
 for name in sys.argv[2:]:
     p = os.path.join(mnt, name)
     out["read " + name] = try_(lambda: read(p))

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from support.mountutil import (
     REPO,
     DaemonMount,

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from allocator import PhysicalMemory, set_lockdep
 from support.mountutil import Mount, expect_errno, opened, write_file
 from support.reliability import (
     PAGE,
@@ -49,8 +51,6 @@ from support.reliability import (
     rss_kib,
     varied_data,
 )
-
-from allocator import PhysicalMemory, set_lockdep
 from zramfs.daemon import CompactionDaemon, CompactionPolicy, PolicyKind
 from zramfs.device import Registry, ZramDevice
 
@@ -504,7 +504,7 @@ def test_control_plane_churn_while_io_runs(zmount) -> None:
 
     def reader() -> None:
         while not stop.is_set():
-            for root, dirs, files in os.walk(m.path / "sys"):
+            for root, _dirs, files in os.walk(m.path / "sys"):
                 for name in files:
                     p = Path(root) / name
                     if name in ("hot_add",):

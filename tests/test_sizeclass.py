@@ -10,8 +10,13 @@ from __future__ import annotations
 import pytest
 
 from allocator.sizeclass import (
-    ZS_FULL, ZS_ALMOST_FULL, ZS_ALMOST_EMPTY, ZS_EMPTY,
-    build_class_table, get_fullness_group, almost_empty_limit,
+    ZS_ALMOST_EMPTY,
+    ZS_ALMOST_FULL,
+    ZS_EMPTY,
+    ZS_FULL,
+    almost_empty_limit,
+    build_class_table,
+    get_fullness_group,
 )
 
 CHAIN4_MAX_USED = """

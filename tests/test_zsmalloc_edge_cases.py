@@ -25,13 +25,23 @@ import pytest
 from allocator import MapMode, Pool
 from allocator.locks import LockOrderViolation, set_lockdep
 from allocator.memory import PhysicalMemory
-
 from support import alloc_invariants as ai
-from support.alloc_invariants import (HANDLE_SIZE, PAGE_SIZE, REF_BY_INDEX, REF_BY_SIZE,
-                                      REF_HUGE_CLASS_SIZE, ZS_ALMOST_EMPTY, ZS_ALMOST_FULL,
-                                      ZS_EMPTY, ZS_FULL, check_classes_table,
-                                      check_pool_invariants, ref_class_for_alloc,
-                                      ref_first_obj_offsets, ref_fullness)
+from support.alloc_invariants import (
+    HANDLE_SIZE,
+    PAGE_SIZE,
+    REF_BY_INDEX,
+    REF_BY_SIZE,
+    REF_HUGE_CLASS_SIZE,
+    ZS_ALMOST_EMPTY,
+    ZS_ALMOST_FULL,
+    ZS_EMPTY,
+    ZS_FULL,
+    check_classes_table,
+    check_pool_invariants,
+    ref_class_for_alloc,
+    ref_first_obj_offsets,
+    ref_fullness,
+)
 
 END_MARKER = ((1 << 64) - 1) << 1 & ((1 << 64) - 1)
 
@@ -128,7 +138,7 @@ def test_sixty_nine_classes_and_one_huge_class_size_for_all_pools(mem: PhysicalM
     p2 = Pool("b", memory=mem)
     t = check_classes_table(p1)
     assert len(t.rows) == 69
-    for idx, r in t.rows.items():
+    for idx in t.rows:
         ref = REF_BY_INDEX[idx]
         c = ai.class_by_index(p1, idx)
         assert (c.size, c.pages_per_zspage, c.objs_per_zspage) == (ref.size, ref.pages, ref.objs)
@@ -468,7 +478,7 @@ def test_accounting_invariants_hold_after_a_mixed_workload(pool: Pool) -> None:
     import random
     rnd = random.Random(12)
     live: dict[int, int] = {}
-    for step in range(3000):
+    for _ in range(3000):
         if live and rnd.random() < 0.45:
             h = rnd.choice(list(live))
             del live[h]
@@ -925,7 +935,8 @@ def test_destroy_with_live_objects_logs_each_list_and_leaks(
     pool.destroy()
     out = capsys.readouterr()
     text = out.out + out.err + caplog.text
-    lines = sorted(l[l.index("Freeing"):] for l in text.splitlines() if "Freeing non-empty" in l)
+    lines = sorted(line[line.index("Freeing"):] for line in text.splitlines()
+                   if "Freeing non-empty" in line)
     assert lines == sorted([
         "Freeing non-empty class with size 112b, fullness group 1",
         "Freeing non-empty class with size 112b, fullness group 3",

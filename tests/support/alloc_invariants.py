@@ -13,8 +13,9 @@ readable message on the first broken invariant. It must be called while the pool
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 PAGE_SIZE = 4096
 HANDLE_SIZE = 8

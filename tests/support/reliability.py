@@ -132,7 +132,7 @@ def rss_kib(pid: int) -> int:
 def control_files(m: Mount) -> list[Path]:
     """Every regular file of the mount except the images, sorted."""
     found: list[Path] = []
-    for root, dirs, files in os.walk(m.path):
+    for root, _dirs, files in os.walk(m.path):
         rel = os.path.relpath(root, m.path)
         if rel == "dev":
             continue

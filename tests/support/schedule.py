@@ -67,7 +67,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Literal, NamedTuple, Union
+from typing import Literal, NamedTuple
 
 from allocator import lockdep, locks
 
@@ -102,7 +102,7 @@ class Try:
         return f"{self.method}()"
 
 
-Op = Union[Call, Try]
+Op = Call | Try
 
 
 @dataclass(frozen=True)
