@@ -5,8 +5,10 @@ writes of mixed compressibility, discards and an explicit compact, as a mount's 
 would.  Every executor (in process, ``--jobs 2``, a Dask ``LocalCluster``, real ``dask
 scheduler`` + ``dask worker`` processes) must give the same JSON, bar ``seconds``.
 """
+
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -30,9 +32,17 @@ from zramfs.trace import TraceWriter
 from zramfs.trace_hook import MountTracer
 
 REPO = Path(__file__).resolve().parents[1]
-MM_STAT_FIELDS = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit",
-                  "mem_used_max", "same_pages", "pages_compacted", "huge_pages",
-                  "huge_pages_since")
+MM_STAT_FIELDS = (
+    "orig_data_size",
+    "compr_data_size",
+    "mem_used_total",
+    "mem_limit",
+    "mem_used_max",
+    "same_pages",
+    "pages_compacted",
+    "huge_pages",
+    "huge_pages_since",
+)
 SWEEP = ["--set", "algorithm=lz4,zstd", "--set", "chain_size=4,8"]
 SWEEP_ORDER = [("lz4", "4"), ("lz4", "8"), ("zstd", "4"), ("zstd", "8")]
 
@@ -43,8 +53,13 @@ def make_trace(path: Path, pages: int = 192, seed: int = 14) -> Path:
     rng = random.Random(seed)
     registry = Registry(chain_size=4, chain_rule="max-used", num_devices=1)
     dev = registry.devices[0]
-    mount = {"chain_size": 4, "chain_rule": "max-used", "compact_policy": "off",
-             "compact_interval": 1000, "devices": 1}
+    mount = {
+        "chain_size": 4,
+        "chain_rule": "max-used",
+        "compact_policy": "off",
+        "compact_interval": 1000,
+        "devices": 1,
+    }
     tracer = MountTracer(TraceWriter(path, mount))
     tracer.attach(registry)
     tracer.store(dev, "comp_algorithm", "lzo-rle")
@@ -56,8 +71,8 @@ def make_trace(path: Path, pages: int = 192, seed: int = 14) -> Path:
             data = bytes(4096)
         elif kind == 4:
             data = rng.randbytes(4096)
-        else:    # text with a random tail: 3 sizes of compressed object
-            text = b"".join(rng.choice(words) for _ in range(700))[:4096 - 600 * kind]
+        else:  # text with a random tail: 3 sizes of compressed object
+            text = b"".join(rng.choice(words) for _ in range(700))[: 4096 - 600 * kind]
             data = text + rng.randbytes(4096 - len(text))
         dev.write(i * 4096, data)
     for i in range(0, pages, 3):
@@ -83,31 +98,43 @@ def without_seconds(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "zramfs", *argv], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "zramfs", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 # ---- configurations ----------------------------------------------------------------------
 def test_cross_product_first_set_slowest() -> None:
     sets = parse_sets(["algorithm=lz4,zstd,lzo", "chain_size=4,8", "mem_limit=1M"])
-    assert sets == [("algorithm", ["lz4", "zstd", "lzo"]), ("chain_size", ["4", "8"]),
-                    ("mem_limit", ["1M"])]
+    assert sets == [
+        ("algorithm", ["lz4", "zstd", "lzo"]),
+        ("chain_size", ["4", "8"]),
+        ("mem_limit", ["1M"]),
+    ]
     configs = configurations(sets)
     assert [(c["algorithm"], c["chain_size"], c["mem_limit"]) for c in configs] == [
-        (a, c, "1M") for a in ("lz4", "zstd", "lzo") for c in ("4", "8")]
+        (a, c, "1M") for a in ("lz4", "zstd", "lzo") for c in ("4", "8")
+    ]
     assert configurations([]) == [{}]
 
 
-@pytest.mark.parametrize("items, why", [
-    (["algorithm=lz4", "algorithm=zstd"], "given twice"),
-    (["algorithm"], "expected NAME=V1,V2"),
-    (["=lz4"], "expected NAME=V1,V2"),
-    (["algorithm=lz4,,zstd"], "empty value"),
-    (["algorithm=lz4,lz4"], "listed twice"),
-    (["nosuch=1"], "unknown setting 'nosuch'"),
-    (["chain_size=4,99"], "chain_size=99"),
-    (["compact_policy=sometimes"], "compact_policy=sometimes"),
-])
+@pytest.mark.parametrize(
+    "items, why",
+    [
+        (["algorithm=lz4", "algorithm=zstd"], "given twice"),
+        (["algorithm"], "expected NAME=V1,V2"),
+        (["=lz4"], "expected NAME=V1,V2"),
+        (["algorithm=lz4,,zstd"], "empty value"),
+        (["algorithm=lz4,lz4"], "listed twice"),
+        (["nosuch=1"], "unknown setting 'nosuch'"),
+        (["chain_size=4,99"], "chain_size=99"),
+        (["compact_policy=sometimes"], "compact_policy=sometimes"),
+    ],
+)
 def test_parse_sets_refuses(items: list[str], why: str) -> None:
     with pytest.raises(SweepInputError) as info:
         parse_sets(items)
@@ -115,14 +142,21 @@ def test_parse_sets_refuses(items: list[str], why: str) -> None:
 
 
 # ---- output ------------------------------------------------------------------------------
-def test_json_one_object_per_configuration_in_order(trace: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_one_object_per_configuration_in_order(
+    trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     results = replay_json(capsys, str(trace), *SWEEP)
-    assert [(r["config"]["algorithm"], r["config"]["chain_size"]) for r in results] \
-        == SWEEP_ORDER
+    assert [(r["config"]["algorithm"], r["config"]["chain_size"]) for r in results] == SWEEP_ORDER
     for r in results:
-        assert {"config", "mm_stat", "peak_mem_used", "seconds", "mean_mem_used",
-                "pages_compacted", "write_failures"} <= r.keys()
+        assert {
+            "config",
+            "mm_stat",
+            "peak_mem_used",
+            "seconds",
+            "mean_mem_used",
+            "pages_compacted",
+            "write_failures",
+        } <= r.keys()
         assert tuple(r["mm_stat"]) == MM_STAT_FIELDS
         assert all(isinstance(v, int) for v in r["mm_stat"].values())
         # the settings not swept keep the trace's: chain_rule, and no mem_limit
@@ -152,8 +186,9 @@ def test_table_one_row_per_configuration(trace: Path, capsys: pytest.CaptureFixt
     assert "8 configuration(s)" in err
 
 
-def test_no_set_replays_the_recorded_configuration(trace: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_set_replays_the_recorded_configuration(
+    trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     [result] = replay_json(capsys, str(trace))
     assert result["config"]["algorithm"] == "lzo-rle" and result["config"]["chain_size"] == "4"
     [same] = replay_json(capsys, str(trace), "--set", "algorithm=lzo-rle")
@@ -161,20 +196,31 @@ def test_no_set_replays_the_recorded_configuration(trace: Path,
 
 
 # ---- executors ---------------------------------------------------------------------------
-def test_jobs_2_gives_the_results_of_jobs_1(trace: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_jobs_2_gives_the_results_of_jobs_1(
+    trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     one = replay_json(capsys, str(trace), *SWEEP)
     two = replay_json(capsys, str(trace), *SWEEP, "--jobs", "2")
     assert without_seconds(two) == without_seconds(one)
 
 
-def test_record_one_file_keyed_by_configuration(trace: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_record_one_file_keyed_by_configuration(
+    trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     files = {}
     for jobs in ("1", "2"):
         files[jobs] = tmp_path / f"sweep-{jobs}.jsonl"
-        results = replay_json(capsys, str(trace), *SWEEP, "--record", str(files[jobs]),
-                              "--interval", "0.004", "--jobs", jobs)
+        results = replay_json(
+            capsys,
+            str(trace),
+            *SWEEP,
+            "--record",
+            str(files[jobs]),
+            "--interval",
+            "0.004",
+            "--jobs",
+            jobs,
+        )
         rec = read_record(files[jobs])
         assert list(rec.series) == [f"algorithm={a} chain_size={c}" for a, c in SWEEP_ORDER]
         for series, result in zip(rec.series.values(), results, strict=True):
@@ -186,8 +232,10 @@ def test_record_one_file_keyed_by_configuration(trace: Path, tmp_path: Path,
             assert series.samples[-1]["devices"]["zram0"]["mm_stat"] == result["mm_stat"]
     # the same time series whichever executor took the samples, bar the block layer's times
     # (/sys/block/zram0/stat's *_ticks, io_ticks, time_in_queue: this replay's wall time)
-    lines = [[without_times(json.loads(x)) for x in f.read_text().splitlines()[1:]]
-             for f in files.values()]
+    lines = [
+        [without_times(json.loads(x)) for x in f.read_text().splitlines()[1:]]
+        for f in files.values()
+    ]
     assert lines[0] == lines[1]
 
 
@@ -201,17 +249,23 @@ def without_times(line: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def distributed_module() -> Any:
-    return pytest.importorskip("distributed", reason="dask[distributed] is not installed "
-                               "(pip install 'zramfs[dask]'; the test extra has it)")
+    return pytest.importorskip(
+        "distributed",
+        reason="dask[distributed] is not installed "
+        "(pip install 'zramfs[dask]'; the test extra has it)",
+    )
 
 
 def test_dask_local_cluster_gives_the_results_of_jobs_1(
-        trace: Path, capsys: pytest.CaptureFixture[str], distributed_module: Any) -> None:
+    trace: Path, capsys: pytest.CaptureFixture[str], distributed_module: Any
+) -> None:
     one = replay_json(capsys, str(trace), *SWEEP)
-    with distributed_module.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                         protocol="tcp", dashboard_address=None) as cluster:
-        on_cluster = replay_json(capsys, str(trace), *SWEEP,
-                                 "--scheduler", cluster.scheduler_address)
+    with distributed_module.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", dashboard_address=None
+    ) as cluster:
+        on_cluster = replay_json(
+            capsys, str(trace), *SWEEP, "--scheduler", cluster.scheduler_address
+        )
     assert without_seconds(on_cluster) == without_seconds(one)
 
 
@@ -251,29 +305,65 @@ def dask_processes(tmp_path: Path, distributed_module: Any) -> Iterator[tuple[st
     env = {**os.environ, "TMPDIR": str(worker_tmp), "PYTHONPATH": str(REPO)}
     dask = [sys.executable, "-m", "dask"]
     procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(subprocess.Popen(
-            [*dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "wb"),
-            start_new_session=True, env=env))
-        procs.append(subprocess.Popen(
-            [*dask, "worker", address, "--host", "127.0.0.1", "--nworkers", "2", "--nthreads",
-             "1", "--no-dashboard", "--death-timeout", "60",
-             "--local-directory", str(tmp_path / "dask-worker-space")],
-            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "wb"),
-            start_new_session=True, env=env, cwd=tmp_path))
-        with distributed_module.Client(address, timeout=60, set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=60)
-            # where the workers put their copy of a trace (checked empty after the sweep)
-            assert set(client.run(tempfile.gettempdir).values()) == {str(worker_tmp)}
-        yield address, worker_tmp
-    finally:
-        for proc in reversed(procs):
-            stop_group(proc)
+    with contextlib.ExitStack() as logs:
+        scheduler_log = logs.enter_context(open(tmp_path / "scheduler.log", "wb"))
+        worker_log = logs.enter_context(open(tmp_path / "worker.log", "wb"))
+        try:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *dask,
+                        "scheduler",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--no-dashboard",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=scheduler_log,
+                    start_new_session=True,
+                    env=env,
+                )
+            )
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *dask,
+                        "worker",
+                        address,
+                        "--host",
+                        "127.0.0.1",
+                        "--nworkers",
+                        "2",
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--death-timeout",
+                        "60",
+                        "--local-directory",
+                        str(tmp_path / "dask-worker-space"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=worker_log,
+                    start_new_session=True,
+                    env=env,
+                    cwd=tmp_path,
+                )
+            )
+            with distributed_module.Client(address, timeout=60, set_as_default=False) as client:
+                client.wait_for_workers(2, timeout=60)
+                # where the workers put their copy of a trace (checked empty after the sweep)
+                assert set(client.run(tempfile.gettempdir).values()) == {str(worker_tmp)}
+            yield address, worker_tmp
+        finally:
+            for proc in reversed(procs):
+                stop_group(proc)
 
 
-def test_dask_scheduler_and_worker_processes(trace: Path, capsys: pytest.CaptureFixture[str],
-                                             dask_processes: tuple[str, Path]) -> None:
+def test_dask_scheduler_and_worker_processes(
+    trace: Path, capsys: pytest.CaptureFixture[str], dask_processes: tuple[str, Path]
+) -> None:
     address, worker_tmp = dask_processes
     one = replay_json(capsys, str(trace), *SWEEP)
     on_cluster = replay_json(capsys, str(trace), *SWEEP, "--scheduler", address)
@@ -290,21 +380,25 @@ def garbage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("argv, why", [
-    (["{missing}"], "no such trace file"),
-    (["{garbage}"], "not a zramfs trace"),
-    (["{trace}", "--set", "nosuch=1"], "unknown setting 'nosuch'"),
-    (["{trace}", "--set", "algorithm=lz4,nosuch"], "algorithm='nosuch'"),
-    (["{trace}", "--set", "chain_size=4", "--set", "chain_size=8"], "given twice"),
-    (["{trace}", "--jobs", "0"], "--jobs '0'"),
-    (["{trace}", "--jobs", "two"], "--jobs 'two'"),
-    (["{trace}", "--scheduler", "localhost:8786"], "expected tcp://HOST:PORT"),
-    (["{trace}", "--scheduler", "tcp://127.0.0.1:99999"], "expected tcp://HOST:PORT"),
-    (["{trace}", "--scheduler", "tcp://127.0.0.1:8786", "--jobs", "2"], "exclude each other"),
-    (["{trace}", "--record", "{missing}/r.jsonl"], "no such directory"),
-])
-def test_bad_input_one_line_exit_2(argv: list[str], why: str, trace: Path, garbage: Path,
-                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "argv, why",
+    [
+        (["{missing}"], "no such trace file"),
+        (["{garbage}"], "not a zramfs trace"),
+        (["{trace}", "--set", "nosuch=1"], "unknown setting 'nosuch'"),
+        (["{trace}", "--set", "algorithm=lz4,nosuch"], "algorithm='nosuch'"),
+        (["{trace}", "--set", "chain_size=4", "--set", "chain_size=8"], "given twice"),
+        (["{trace}", "--jobs", "0"], "--jobs '0'"),
+        (["{trace}", "--jobs", "two"], "--jobs 'two'"),
+        (["{trace}", "--scheduler", "localhost:8786"], "expected tcp://HOST:PORT"),
+        (["{trace}", "--scheduler", "tcp://127.0.0.1:99999"], "expected tcp://HOST:PORT"),
+        (["{trace}", "--scheduler", "tcp://127.0.0.1:8786", "--jobs", "2"], "exclude each other"),
+        (["{trace}", "--record", "{missing}/r.jsonl"], "no such directory"),
+    ],
+)
+def test_bad_input_one_line_exit_2(
+    argv: list[str], why: str, trace: Path, garbage: Path, tmp_path: Path
+) -> None:
     names = {"trace": trace, "garbage": garbage, "missing": tmp_path / "nothing-here"}
     res = run_cli("replay", *(a.format(**names) for a in argv))
     assert res.returncode == 2, res.stderr
@@ -315,29 +409,39 @@ def test_bad_input_one_line_exit_2(argv: list[str], why: str, trace: Path, garba
 
 def test_unreachable_scheduler_one_line_exit_2(trace: Path, distributed_module: Any) -> None:
     started = time.monotonic()
-    res = run_cli("replay", str(trace), "--scheduler", f"tcp://127.0.0.1:{free_port()}",
-                  "--connect-timeout", "1")
+    res = run_cli(
+        "replay",
+        str(trace),
+        "--scheduler",
+        f"tcp://127.0.0.1:{free_port()}",
+        "--connect-timeout",
+        "1",
+    )
     assert res.returncode == 2 and res.stdout == ""
     assert len(res.stderr.splitlines()) == 1 and "no Dask scheduler answered" in res.stderr
     assert time.monotonic() - started < 20
 
 
 def test_scheduler_without_dask_one_line_exit_2(trace: Path) -> None:
-    code = ("import sys; sys.modules['distributed'] = None; from zramfs.cli import main; "
-            f"sys.exit(main(['replay', {str(trace)!r}, '--scheduler', 'tcp://127.0.0.1:8786']))")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, cwd=REPO)
+    code = (
+        "import sys; sys.modules['distributed'] = None; from zramfs.cli import main; "
+        f"sys.exit(main(['replay', {str(trace)!r}, '--scheduler', 'tcp://127.0.0.1:8786']))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr == "zramfs replay: --scheduler needs pip install 'zramfs[dask]'\n"
 
 
 def test_truncated_trace_replays_up_to_its_last_complete_record(
-        trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     [whole] = replay_json(capsys, str(trace))
     cut = tmp_path / "cut.ztrace"
     data = trace.read_bytes()
-    cut.write_bytes(data[:len(data) * 2 // 3])
+    cut.write_bytes(data[: len(data) * 2 // 3])
     [part] = replay_json(capsys, str(cut), "--set", "chain_size=4,8")[:1]
     assert not part["trace_complete"] and whole["trace_complete"]
     assert 0 < part["records"] < whole["records"]
-    assert 0 < part["mm_stat"]["orig_data_size"]
+    assert part["mm_stat"]["orig_data_size"] > 0

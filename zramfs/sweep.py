@@ -18,6 +18,7 @@ would share one GIL.  The pool starts its processes with ``forkserver`` (or ``sp
 never ``fork``: a device starts threads, and a forked child of a threaded parent can inherit
 a lock some other thread held.  See docs/replay.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from zramfs.device import ZramDevice
@@ -85,8 +87,9 @@ def parse_sets(items: Sequence[str]) -> list[tuple[str, list[str]]]:
         if not sep or not name:
             raise SweepInputError(f"--set {item!r}: expected NAME=V1,V2,...")
         if name in seen:
-            raise SweepInputError(f"--set {name}: given twice (list every value in one --set "
-                                  f"{name}=V1,V2,...)")
+            raise SweepInputError(
+                f"--set {name}: given twice (list every value in one --set {name}=V1,V2,...)"
+            )
         values = [v.strip() for v in text.split(",")]
         if any(not v for v in values):
             raise SweepInputError(f"--set {item!r}: empty value")
@@ -112,13 +115,16 @@ def configurations(sets: Sequence[tuple[str, Sequence[str]]]) -> list[Config]:
     """The cross product of the values, first NAME slowest; ``[{}]`` (the trace's own
     configuration) when nothing is set."""
     names = [name for name, _ in sets]
-    return [dict(zip(names, combo, strict=True))
-            for combo in itertools.product(*(values for _, values in sets))]
+    return [
+        dict(zip(names, combo, strict=True))
+        for combo in itertools.product(*(values for _, values in sets))
+    ]
 
 
 # ---- the task every executor runs ---------------------------------------------------------
-def replay_one(trace: str, config: Config, record: bool,
-               interval: float = DEFAULT_SAMPLE_INTERVAL) -> Outcome:
+def replay_one(
+    trace: str, config: Config, record: bool, interval: float = DEFAULT_SAMPLE_INTERVAL
+) -> Outcome:
     """Replay ``trace`` under ``config``; with ``record``, sample the device as `zramfs
     record` would (`zramfs.record.device_sample`, the same per-device object the mount
     sampler produces from the attribute files) every ``interval`` seconds of trace time."""
@@ -153,8 +159,9 @@ def _local_copy(data: bytes, digest: str) -> str:
         return path
 
 
-def replay_shipped(data: bytes, digest: str, config: Config, record: bool,
-                   interval: float) -> Outcome:
+def replay_shipped(
+    data: bytes, digest: str, config: Config, record: bool, interval: float
+) -> Outcome:
     """`replay_one` on a Dask worker: ``data`` is the trace the client scattered to every
     worker once; the first task on a worker writes it to a temporary file, the others reuse
     it."""
@@ -174,8 +181,9 @@ def forget_trace(digest: str) -> bool:
 
 # ---- executors ----------------------------------------------------------------------------
 class Executor(Protocol):
-    def map(self, trace: Path, configs: list[Config], *, record: bool,
-            interval: float) -> list[Outcome]:
+    def map(
+        self, trace: Path, configs: list[Config], *, record: bool, interval: float
+    ) -> list[Outcome]:
         """One `Outcome` per configuration, in the order of ``configs``."""
         ...
 
@@ -183,8 +191,9 @@ class Executor(Protocol):
 class InProcess:
     """``--jobs 1``: the replays one after the other in this process."""
 
-    def map(self, trace: Path, configs: list[Config], *, record: bool,
-            interval: float) -> list[Outcome]:
+    def map(
+        self, trace: Path, configs: list[Config], *, record: bool, interval: float
+    ) -> list[Outcome]:
         return [replay_one(str(trace), cfg, record, interval) for cfg in configs]
 
 
@@ -194,15 +203,17 @@ class LocalProcesses:
 
     jobs: int
 
-    def map(self, trace: Path, configs: list[Config], *, record: bool,
-            interval: float) -> list[Outcome]:
+    def map(
+        self, trace: Path, configs: list[Config], *, record: bool, interval: float
+    ) -> list[Outcome]:
         methods = multiprocessing.get_all_start_methods()
         # Never fork: the device's threads (and this process's) may hold locks at fork time.
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         workers = max(1, min(self.jobs, len(configs)))
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [pool.submit(replay_one, str(trace), cfg, record, interval)
-                       for cfg in configs]
+            futures = [
+                pool.submit(replay_one, str(trace), cfg, record, interval) for cfg in configs
+            ]
             return [f.result() for f in futures]
 
 
@@ -216,8 +227,9 @@ class DaskCluster:
     address: str
     timeout: float = CONNECT_TIMEOUT_S
 
-    def map(self, trace: Path, configs: list[Config], *, record: bool,
-            interval: float) -> list[Outcome]:
+    def map(
+        self, trace: Path, configs: list[Config], *, record: bool, interval: float
+    ) -> list[Outcome]:
         try:
             import distributed
         except ImportError:
@@ -227,8 +239,10 @@ class DaskCluster:
             data = trace.read_bytes()
             digest = hashlib.sha256(data).hexdigest()
             shipped = client.scatter(data, broadcast=True, hash=False)
-            futures = [client.submit(replay_shipped, shipped, digest, cfg, record, interval,
-                                     pure=False) for cfg in configs]
+            futures = [
+                client.submit(replay_shipped, shipped, digest, cfg, record, interval, pure=False)
+                for cfg in configs
+            ]
             try:
                 return list(client.gather(futures))
             finally:
@@ -243,19 +257,24 @@ class DaskCluster:
         twice ``timeout`` (the scheduler, then a worker)."""
         with _quiet_dask():
             try:
-                client = distributed.Client(self.address, timeout=self.timeout,
-                                            set_as_default=False)
+                client = distributed.Client(
+                    self.address, timeout=self.timeout, set_as_default=False
+                )
             except (OSError, TimeoutError) as exc:
-                raise SweepInputError(f"--scheduler {self.address}: no Dask scheduler answered "
-                                      f"within {self.timeout:g} s ({_reason(exc)})") from None
+                raise SweepInputError(
+                    f"--scheduler {self.address}: no Dask scheduler answered "
+                    f"within {self.timeout:g} s ({_reason(exc)})"
+                ) from None
         try:
             client.wait_for_workers(1, timeout=self.timeout)
         except (OSError, TimeoutError):
             with _quiet_dask():
                 client.close()
-            raise SweepInputError(f"--scheduler {self.address}: no worker joined the "
-                                  f"scheduler within {self.timeout:g} s (start `dask worker "
-                                  f"{self.address}`)") from None
+            raise SweepInputError(
+                f"--scheduler {self.address}: no worker joined the "
+                f"scheduler within {self.timeout:g} s (start `dask worker "
+                f"{self.address}`)"
+            ) from None
         return client
 
 
@@ -293,8 +312,10 @@ def _check_options(args: argparse.Namespace) -> tuple[int, str | None]:
         if not match or not 0 < int(match.group(3)) < 65536:
             raise SweepInputError(f"--scheduler {scheduler!r}: expected tcp://HOST:PORT")
         if jobs != 1:
-            raise SweepInputError("--jobs and --scheduler exclude each other (the cluster's "
-                                  "workers decide how many replays run at once)")
+            raise SweepInputError(
+                "--jobs and --scheduler exclude each other (the cluster's "
+                "workers decide how many replays run at once)"
+            )
     if not args.connect_timeout > 0:
         raise SweepInputError(f"--connect-timeout {args.connect_timeout:g}: must be > 0")
     if not args.interval > 0:
@@ -302,11 +323,17 @@ def _check_options(args: argparse.Namespace) -> tuple[int, str | None]:
     return jobs, scheduler
 
 
-def sweep(trace: Path, configs: list[Config], executor: Executor, *, record: bool = False,
-          interval: float = DEFAULT_SAMPLE_INTERVAL) -> list[Outcome]:
+def sweep(
+    trace: Path,
+    configs: list[Config],
+    executor: Executor,
+    *,
+    record: bool = False,
+    interval: float = DEFAULT_SAMPLE_INTERVAL,
+) -> list[Outcome]:
     """Replay ``trace`` under each configuration with ``executor``; outcomes in order."""
     outcomes = executor.map(trace, configs, record=record, interval=interval)
-    if len(outcomes) != len(configs):   # an executor bug, not bad input
+    if len(outcomes) != len(configs):  # an executor bug, not bad input
         raise RuntimeError(f"{len(outcomes)} results for {len(configs)} configurations")
     return outcomes
 
@@ -326,21 +353,22 @@ def run(args: argparse.Namespace) -> int:
         sets = parse_sets(args.set or [])
         if args.record is not None:
             _check_record_path(args.record)
-        with TraceReader(trace):   # a garbage or foreign file fails here, before any replay
+        with TraceReader(trace):  # a garbage or foreign file fails here, before any replay
             pass
         configs = configurations(sets)
         executor = make_executor(jobs, scheduler, args.connect_timeout)
         started = time.monotonic()
-        outcomes = sweep(trace, configs, executor, record=args.record is not None,
-                         interval=args.interval)
+        outcomes = sweep(
+            trace, configs, executor, record=args.record is not None, interval=args.interval
+        )
         wall = time.monotonic() - started
     except SweepInputError as exc:
         return fail(str(exc))
     except TraceError as exc:
-        return fail(_reason(exc))   # names the file
+        return fail(_reason(exc))  # names the file
     except KeyboardInterrupt:
         return fail("interrupted", 130)
-    except Exception as exc:   # noqa: BLE001 - a replay that failed: one line, not a traceback
+    except Exception as exc:  # noqa: BLE001 - a replay that failed: one line, not a traceback
         return fail(f"a replay failed: {type(exc).__name__}: {_reason(exc)}", 1)
     names = [name for name, _ in sets]
     if args.record is not None:
@@ -352,8 +380,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(sweep_output.to_json([o.result for o in outcomes]))
     else:
         sys.stdout.write(sweep_output.format_table([o.result for o in outcomes], names))
-        print(f"{len(configs)} configuration(s) in {wall:.2f} s ({executor_name(jobs, scheduler)})",
-              file=sys.stderr)
+        print(
+            f"{len(configs)} configuration(s) in {wall:.2f} s ({executor_name(jobs, scheduler)})",
+            file=sys.stderr,
+        )
     if args.record is not None:
         print(f"recorded {args.record}", file=sys.stderr)
     return 0
@@ -380,26 +410,53 @@ def executor_name(jobs: int, scheduler: str | None) -> str:
 def add_parser(subparsers: Any) -> None:
     """Register ``zramfs replay`` on the ``zramfs`` command's subparsers."""
     r = subparsers.add_parser(
-        "replay", help="replay a trace (mount --trace) under each configuration of a sweep",
+        "replay",
+        help="replay a trace (mount --trace) under each configuration of a sweep",
         description="Replay TRACE in process (no FUSE) on a fresh device for each "
-                    "configuration in the cross product of the --set values; one row (or one "
-                    "JSON object) per configuration.  See docs/replay.md.")
+        "configuration in the cross product of the --set values; one row (or one "
+        "JSON object) per configuration.  See docs/replay.md.",
+    )
     r.add_argument("trace", metavar="TRACE", help="a trace written by zramfs mount --trace")
-    r.add_argument("--set", action="append", metavar="NAME=V1,V2,...",
-                   help="a setting and the values to sweep (repeatable; settings not given "
-                        "keep the value the trace was recorded with)")
-    r.add_argument("--record", metavar="FILE", default=None,
-                   help="also write the time series zramfs record writes, every configuration "
-                        "in this one file (each sample carries its config_key)")
-    r.add_argument("--interval", type=float, default=DEFAULT_SAMPLE_INTERVAL, metavar="SECONDS",
-                   help="with --record: trace seconds between two samples (default 0.5)")
+    r.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=V1,V2,...",
+        help="a setting and the values to sweep (repeatable; settings not given "
+        "keep the value the trace was recorded with)",
+    )
+    r.add_argument(
+        "--record",
+        metavar="FILE",
+        default=None,
+        help="also write the time series zramfs record writes, every configuration "
+        "in this one file (each sample carries its config_key)",
+    )
+    r.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_SAMPLE_INTERVAL,
+        metavar="SECONDS",
+        help="with --record: trace seconds between two samples (default 0.5)",
+    )
     r.add_argument("--json", action="store_true", help="a JSON list, one object per configuration")
-    r.add_argument("--jobs", default="1", metavar="N",
-                   help="replay in N local processes (default 1: in this process)")
-    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="replay on the Dask distributed cluster at tcp://HOST:PORT (zramfs "
-                        "installed on its workers; pip install 'zramfs[dask]' here)")
-    r.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S, metavar="SECONDS",
-                   help="with --scheduler: how long to wait for the scheduler, then for a "
-                        "worker (default 10)")
+    r.add_argument(
+        "--jobs",
+        default="1",
+        metavar="N",
+        help="replay in N local processes (default 1: in this process)",
+    )
+    r.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="replay on the Dask distributed cluster at tcp://HOST:PORT (zramfs "
+        "installed on its workers; pip install 'zramfs[dask]' here)",
+    )
+    r.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=CONNECT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="with --scheduler: how long to wait for the scheduler, then for a worker (default 10)",
+    )
     r.set_defaults(func=run)

@@ -8,10 +8,12 @@ Owns the presentation of a sweep's `zramfs.replay.ReplayResult` list:
   every configuration in one file, each sample tagged with its configuration's key, so
   ``zramfs plot`` overlays the configurations of one sweep.
 """
+
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from zramfs.replay import ReplayResult
@@ -48,16 +50,25 @@ def format_table(results: Sequence[ReplayResult], names: Sequence[str]) -> str:
     rows = [heads]
     for r in results:
         row = [r.config.get(n, "") for n in names] if names else [AS_RECORDED]
-        row += [human(r.mm_stat[f]) if size else str(r.mm_stat[f])
-                for _, f, size in MM_STAT_COLUMNS]
-        row += [human(r.peak_mem_used), human(round(r.mean_mem_used)),
-                str(r.write_failures), f"{r.seconds:.2f}"]
+        row += [
+            human(r.mm_stat[f]) if size else str(r.mm_stat[f]) for _, f, size in MM_STAT_COLUMNS
+        ]
+        row += [
+            human(r.peak_mem_used),
+            human(round(r.mean_mem_used)),
+            str(r.write_failures),
+            f"{r.seconds:.2f}",
+        ]
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(heads))]
-    left = max(1, len(names))   # settings left-aligned, numbers right-aligned, as zramctl
-    lines = [" ".join(v.ljust(w) if i < left else v.rjust(w)
-                      for i, (v, w) in enumerate(zip(row, widths, strict=True))).rstrip()
-             for row in rows]
+    left = max(1, len(names))  # settings left-aligned, numbers right-aligned, as zramctl
+    lines = [
+        " ".join(
+            v.ljust(w) if i < left else v.rjust(w)
+            for i, (v, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -66,8 +77,9 @@ def to_json(results: Sequence[ReplayResult]) -> str:
     return json.dumps([r.to_json() for r in results], indent=2) + "\n"
 
 
-def write_record(path: str, outcomes: Sequence[Outcome], *, source: str,
-                 names: Sequence[str]) -> str:
+def write_record(
+    path: str, outcomes: Sequence[Outcome], *, source: str, names: Sequence[str]
+) -> str:
     """Write the samples of every configuration to the record file ``path`` (schema
     ``zramfs-record``, docs/experiments.md) and return it.
 
@@ -79,10 +91,14 @@ def write_record(path: str, outcomes: Sequence[Outcome], *, source: str,
     from zramfs.record import RecordWriter
 
     configs = [o.result.config for o in outcomes]
-    shared = {k: v for k, v in configs[0].items()
-              if all(c.get(k) == v for c in configs[1:])} if configs else {}
-    with RecordWriter(path, config=shared, source=source,
-                      replay={"settings": list(names)}) as writer:
+    shared = (
+        {k: v for k, v in configs[0].items() if all(c.get(k) == v for c in configs[1:])}
+        if configs
+        else {}
+    )
+    with RecordWriter(
+        path, config=shared, source=source, replay={"settings": list(names)}
+    ) as writer:
         for outcome in outcomes:
             key = None
             if names:
