@@ -203,22 +203,25 @@ class RecordWriter:
 
 
 # ---- a mount -----------------------------------------------------------------------------------
-def _read(path: Path) -> str | None:
-    """The whole text of a control file; None if it is gone (a device removed meanwhile)."""
-    try:
-        return path.read_text()
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR):
-            return None
-        raise
-
-
 class NotAMount(Exception):
     """MNT is not a zramfs mount"""
 
 
 class MountGone(Exception):
     """the mount went away"""
+
+
+def _read(path: Path) -> str | None:
+    """The whole text of a control file; None if it is gone (a device removed meanwhile).
+    `MountGone` when the mount's daemon is gone (ENOTCONN: killed, its mount left stale)."""
+    try:
+        return path.read_text()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR):
+            return None
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            raise MountGone(f"{path}: {exc.strerror}") from None
+        raise
 
 
 class MountSampler:
@@ -519,7 +522,7 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         writer = record_mount(args.mountpoint, out, interval=interval, duration=duration, stop=stop)
-    except NotAMount as exc:
+    except (NotAMount, MountGone) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
