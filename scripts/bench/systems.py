@@ -30,8 +30,9 @@ from .readings import LockRow, parse_lock_stat, parse_mm_stat
 REFERENCE = "zramfs-lz4"
 DEFAULT_SYSTEMS = ("zramfs-lz4", "zramfs-zstd", "zramfs-lz4-nocompact", "nullfs", "nbdkit-zstd",
                    "kernel-lz4")
-# not in the default run: the compaction daemon as busy as it goes (every 10 ms, any freeable page)
-ALL_SYSTEMS = (*DEFAULT_SYSTEMS, "zramfs-lz4-aggressive")
+# not in the default run: the compaction daemon as busy as it goes (every 10 ms, any freeable page);
+# zramfs-lz4 recording every operation with --trace (the overhead docs/trace-format.md quotes)
+ALL_SYSTEMS = (*DEFAULT_SYSTEMS, "zramfs-lz4-aggressive", "zramfs-lz4-trace")
 
 
 class System:
@@ -342,6 +343,9 @@ def make_system(name: str, size: int, workdir: Path) -> System:
     if name == "zramfs-lz4-aggressive":
         return ZramfsSystem(size, workdir, name, "lz4", True,
                             ["--compact-threshold", "1", "--compact-interval", "10"])
+    if name == "zramfs-lz4-trace":
+        return ZramfsSystem(size, workdir, name, "lz4", True,
+                            ["--trace", str(workdir / name / "mount.trace")])
     if name == "nullfs":
         return NullfsSystem(size, workdir)
     if name == "nbdkit-zstd":
