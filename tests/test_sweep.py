@@ -294,71 +294,60 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-@pytest.fixture
-def dask_processes(tmp_path: Path, distributed_module: Any) -> Iterator[tuple[str, Path]]:
-    """A real ``dask scheduler`` and ``dask worker`` (two worker processes) on localhost,
-    on free ports, always stopped at teardown; (scheduler address, the workers' TMPDIR)."""
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
+@contextlib.contextmanager
+def dask_on_localhost(
+    tmp_path: Path, distributed: Any, *, workers: int, worker_python: list[str], nanny: bool = True
+) -> Iterator[tuple[str, Path]]:
+    """A real ``dask scheduler`` and a ``dask worker`` with `workers` worker processes on
+    localhost, on a free port, always stopped on the way out; yields (scheduler address, the
+    workers' TMPDIR).  `worker_python` is how the worker's Python starts (``-m dask`` or a
+    ``-c`` that launches the same command line); without a `nanny` the worker runs in the
+    process `worker_python` started."""
+    address = f"tcp://127.0.0.1:{free_port()}"
     worker_tmp = tmp_path / "worker-tmp"
     worker_tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(worker_tmp), "PYTHONPATH": str(REPO)}
-    dask = [sys.executable, "-m", "dask"]
+    scheduler = f"scheduler --host 127.0.0.1 --port {address.rsplit(':', 1)[1]} --no-dashboard"
+    worker = (
+        f"worker {address} --host 127.0.0.1 --nworkers {workers} --nthreads 1 --no-dashboard"
+        f" --death-timeout 60 --local-directory {tmp_path / 'dask-worker-space'}"
+        + ("" if nanny else " --no-nanny")
+    )
     procs: list[subprocess.Popen[bytes]] = []
     with contextlib.ExitStack() as logs:
-        scheduler_log = logs.enter_context(open(tmp_path / "scheduler.log", "wb"))
-        worker_log = logs.enter_context(open(tmp_path / "worker.log", "wb"))
         try:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        *dask,
-                        "scheduler",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--no-dashboard",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=scheduler_log,
-                    start_new_session=True,
-                    env=env,
+            for argv, log in (
+                ([sys.executable, "-m", "dask", *scheduler.split()], "scheduler.log"),
+                ([*worker_python, *worker.split()], "worker.log"),
+            ):
+                out = logs.enter_context(open(tmp_path / log, "wb"))
+                procs.append(
+                    subprocess.Popen(
+                        argv,
+                        stdout=out,
+                        stderr=out,
+                        start_new_session=True,
+                        env=env,
+                        cwd=tmp_path,
+                    )
                 )
-            )
-            procs.append(
-                subprocess.Popen(
-                    [
-                        *dask,
-                        "worker",
-                        address,
-                        "--host",
-                        "127.0.0.1",
-                        "--nworkers",
-                        "2",
-                        "--nthreads",
-                        "1",
-                        "--no-dashboard",
-                        "--death-timeout",
-                        "60",
-                        "--local-directory",
-                        str(tmp_path / "dask-worker-space"),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=worker_log,
-                    start_new_session=True,
-                    env=env,
-                    cwd=tmp_path,
-                )
-            )
-            with distributed_module.Client(address, timeout=60, set_as_default=False) as client:
-                client.wait_for_workers(2, timeout=60)
-                # where the workers put their copy of a trace (checked empty after the sweep)
+            with distributed.Client(address, timeout=60, set_as_default=False) as client:
+                client.wait_for_workers(workers, timeout=60)
+                # where the workers put their copy of a trace (checked empty after a sweep)
                 assert set(client.run(tempfile.gettempdir).values()) == {str(worker_tmp)}
             yield address, worker_tmp
         finally:
             for proc in reversed(procs):
                 stop_group(proc)
+
+
+@pytest.fixture
+def dask_processes(tmp_path: Path, distributed_module: Any) -> Iterator[tuple[str, Path]]:
+    """`dask_on_localhost` with two worker processes (a nanny each)."""
+    with dask_on_localhost(
+        tmp_path, distributed_module, workers=2, worker_python=[sys.executable, "-m", "dask"]
+    ) as cluster:
+        yield cluster
 
 
 def test_dask_scheduler_and_worker_processes(
@@ -370,6 +359,28 @@ def test_dask_scheduler_and_worker_processes(
     assert without_seconds(on_cluster) == without_seconds(one)
     # each worker's copy of the trace is gone once the sweep is over
     assert [p.name for p in worker_tmp.iterdir() if p.name.startswith("zramfs-trace-")] == []
+
+
+def test_worker_without_zramfs_one_line_exit_2(
+    trace: Path, tmp_path: Path, distributed_module: Any
+) -> None:
+    """A worker that cannot import zramfs would die unpickling the first task (and lose the
+    scattered trace): the sweep asks the workers first and stops with one line."""
+    no_zramfs = (
+        "import sys; sys.modules['zramfs'] = None; "
+        "sys.argv[0] = 'dask'; from dask.cli import run_cli; run_cli()"
+    )
+    with dask_on_localhost(
+        tmp_path,
+        distributed_module,
+        workers=1,
+        worker_python=[sys.executable, "-c", no_zramfs],
+        nanny=False,
+    ) as (address, _):
+        res = run_cli("replay", str(trace), "--scheduler", address)
+    assert res.returncode == 2 and res.stdout == ""
+    assert len(res.stderr.splitlines()) == 1, res.stderr
+    assert "cannot import zramfs" in res.stderr and "install zramfs on every worker" in res.stderr
 
 
 # ---- bad input ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import itertools
 import logging
 import multiprocessing
@@ -266,16 +267,37 @@ class DaskCluster:
                     f"within {self.timeout:g} s ({_reason(exc)})"
                 ) from None
         try:
-            client.wait_for_workers(1, timeout=self.timeout)
-        except (OSError, TimeoutError):
+            self._check_workers(client)
+        except BaseException:
             with _quiet_dask():
                 client.close()
-            raise SweepInputError(
-                f"--scheduler {self.address}: no worker joined the "
-                f"scheduler within {self.timeout:g} s (start `dask worker "
-                f"{self.address}`)"
-            ) from None
+            raise
         return client
+
+    def _check_workers(self, client: Any) -> None:
+        """At least one worker, and every worker can import this module.  A worker that
+        cannot unpickle a task (zramfs not installed there) dies with the task and takes the
+        scattered trace with it: ask first, with a function of the standard library."""
+        try:
+            client.wait_for_workers(1, timeout=self.timeout)
+        except (OSError, TimeoutError):
+            raise SweepInputError(
+                f"--scheduler {self.address}: no worker joined the scheduler within "
+                f"{self.timeout:g} s (start `dask worker {self.address}`)"
+            ) from None
+        try:
+            specs = client.run(importlib.util.find_spec, __name__)
+        except Exception as exc:  # noqa: BLE001 - whatever the import raised on the worker
+            specs = {"a worker": None}
+            why = _reason(exc)
+        else:
+            why = f"no module named {__name__!r}"
+        missing = sorted(worker for worker, spec in specs.items() if spec is None)
+        if missing:
+            raise SweepInputError(
+                f"--scheduler {self.address}: {missing[0]} cannot import zramfs ({why}); "
+                "install zramfs on every worker (docs/replay.md)"
+            )
 
 
 @contextlib.contextmanager
