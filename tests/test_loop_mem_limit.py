@@ -23,8 +23,6 @@ import errno
 import mmap
 import os
 import random
-import shutil
-import subprocess
 import time
 from array import array
 from collections.abc import Callable, Iterator
@@ -33,7 +31,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from support.mountutil import Mount
+from support.mountutil import Mount, loop_unusable
 from support.reliability import Watchdog, daemon_killer
 from zramfs import loopdev
 
@@ -44,21 +42,6 @@ SECTOR = 512
 KiB = 1 << 10
 MiB = 1 << 20
 ZERO_SECTOR = bytes(SECTOR)
-
-
-def loop_unusable() -> str | None:
-    """Why no loop device can be attached here (None: one can).  Asked before mounting, so a
-    losetup failure afterwards is the image's fault, not the machine's."""
-    if os.geteuid() != 0:
-        return "needs root for loop devices"
-    if shutil.which("losetup") is None:
-        return "needs losetup"
-    if not os.path.exists("/dev/loop-control"):
-        return "no /dev/loop-control (loop driver unavailable)"
-    res = subprocess.run(["losetup", "-f"], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0:
-        return f"losetup -f: {res.stderr.strip() or 'no free loop device'}"
-    return None
 
 
 @contextmanager

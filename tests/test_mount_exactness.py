@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from support.mountutil import Mount, zramfs_cli
+from support.mountutil import Mount, loop_unusable, zramfs_cli
 from support.zram_data import text_page
-from test_loop_mem_limit import loop_unusable
 from zramfs import cli, codecs, loopdev
 
 PAGE = 4096

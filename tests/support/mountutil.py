@@ -86,6 +86,21 @@ def is_mounted(path: Path | str) -> bool:
         return any(line.split()[1] == target for line in f if len(line.split()) > 2)
 
 
+def loop_unusable() -> str | None:
+    """Why no loop device can be attached here (None: one can).  Asked before mounting, so a
+    losetup failure afterwards is the image's fault, not the machine's."""
+    if os.geteuid() != 0:
+        return "needs root for loop devices"
+    if shutil.which("losetup") is None:
+        return "needs losetup"
+    if not os.path.exists("/dev/loop-control"):
+        return "no /dev/loop-control (loop driver unavailable)"
+    res = subprocess.run(["losetup", "-f"], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        return f"losetup -f: {res.stderr.strip() or 'no free loop device'}"
+    return None
+
+
 def loops_under(mnt: Path | str) -> list[str]:
     """Loop devices whose backing file lies under ``mnt``."""
     prefix = os.path.realpath(mnt).rstrip("/") + "/"
