@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import test_memory as tm  # module import: its tests are not collected again here
 from allocator.memory import DIRTY_FRAMES, PhysicalMemory
+from support.fake_owner import FakeOwner, rss_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,14 +71,14 @@ def test_rss_follows_frames_in_use() -> None:
     mem = memfd(1 << 22)
     n = 8192                                   # 32 MiB
     pfns = [mem.alloc_page() for _ in range(n)]
-    before = tm._rss_bytes()
+    before = rss_bytes()
     for p in pfns:
         mem.view(p)[::1024] = b"\x5a" * 4
-    touched = tm._rss_bytes()
+    touched = rss_bytes()
     assert touched - before > n * 4096 * 3 // 4
     for p in pfns:
         mem.free_page(p)
-    after = tm._rss_bytes()
+    after = rss_bytes()
     assert touched - after > n * 4096 * 3 // 4
     assert mem.high_water == 0 and mem.nr_used == 0 and _blocks(mem) < DIRTY_FRAMES * 4096
 
@@ -87,7 +87,7 @@ def test_migrate_and_compact() -> None:
     """The memory-compaction test of test_memory on a memfd arena (data copied frame to frame,
     the old frames dropped by hole punching)."""
     mem = memfd(128)
-    owner = tm.FakeOwner(mem)
+    owner = FakeOwner(mem)
     for obj in range(40):
         owner.alloc(obj)
     for obj in range(40):
