@@ -60,44 +60,21 @@ device is always reset afterwards and its comp_algorithm selection restored.
 """
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from support.kernel import HUGE_CLASS_SIZE, kc
 from zramfs.codecs import get_codec
 from zramfs.daemon import DEFAULT_POLICY, SimulatedPressure, format_policy
 
 pytestmark = pytest.mark.kernel
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_kernel_compare() -> ModuleType:
-    name = "kernel_compare"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "kernel_compare.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module   # dataclasses look the module up while the body runs
-    spec.loader.exec_module(module)
-    return module
-
-
-kc = _load_kernel_compare()
 
 PAGE = kc.PAGE_SIZE
 #: 64 MiB per image: ~5 s per image on the kernel and zramfs together
 IMAGE_PAGES = (64 << 20) // PAGE
 #: 32 MiB for the churn image (about a second on both sides together)
 CHURN_PAGES = (32 << 20) // PAGE
-#: zs_huge_class_size() with 8-page chains (first non-huge class 3632 - 7; docs/zram.md,
-#: "huge_class_size")
-HUGE_CLASS_SIZE = 3625
 
 
 @pytest.fixture(scope="module", autouse=True)

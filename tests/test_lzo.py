@@ -373,9 +373,7 @@ def test_lengths_match_kernel_zram(alg: str, rle: bool) -> None:
     """Each page written alone to the kernel's zram0 (block 0, O_DIRECT, overwritten):
     compr_data_size equals len(compress(page)) — or PAGE when that length reaches the
     huge class (zram stores such pages raw); same-filled pages (0 bytes) are skipped."""
-    import test_kernel_diff as kdiff  # its scripts/kernel_compare.py helpers: kdiff.kc
-
-    kc = kdiff.kc
+    from support.kernel import HUGE_CLASS_SIZE, kc
     try:
         kc.KernelZram(algorithm=alg).check()
     except kc.KernelUnavailable as exc:
@@ -395,7 +393,7 @@ def test_lengths_match_kernel_zram(alg: str, rle: bool) -> None:
     for i, (k, m) in enumerate(zip(kernel, ours)):
         if k == 0:                          # same-filled: no object stored
             continue
-        if m >= kdiff.HUGE_CLASS_SIZE:
+        if m >= HUGE_CLASS_SIZE:
             huge += 1
             expected = PAGE
         else:
@@ -414,9 +412,7 @@ def test_real_image_mm_stat_equals_kernel(alg: str) -> None:
     "real" image (files of this machine, zero/same-filled/random pages in between) written,
     every odd block discarded — mm_stat EQUAL to the kernel's field by field (the lz4
     comparison of test_kernel_diff needs tolerances only because liblz4 differs)."""
-    import test_kernel_diff as kdiff
-
-    kc = kdiff.kc
+    from support.kernel import kc
     try:
         kc.KernelZram(algorithm=alg).check()
     except kc.KernelUnavailable as exc:
