@@ -405,6 +405,10 @@ def garbage(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["{trace}", "--scheduler", "tcp://127.0.0.1:99999"], "expected tcp://HOST:PORT"),
         (["{trace}", "--scheduler", "tcp://127.0.0.1:8786", "--jobs", "2"], "exclude each other"),
         (["{trace}", "--record", "{missing}/r.jsonl"], "no such directory"),
+        ([], "required: TRACE"),
+        (["{trace}", "--interval", "abc"], "invalid float value"),
+        (["{trace}", "--interval", "0"], "--interval 0: must be > 0"),
+        (["{trace}", "--connect-timeout", "-1"], "--connect-timeout -1: must be > 0"),
     ],
 )
 def test_bad_input_one_line_exit_2(

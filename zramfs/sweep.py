@@ -482,3 +482,9 @@ def add_parser(subparsers: Any) -> None:
         help="with --scheduler: how long to wait for the scheduler, then for a worker (default 10)",
     )
     r.set_defaults(func=run)
+
+    def one_line_error(message: str) -> Any:
+        # a bad argument is one line and exit code 2, like every other bad input here
+        r.exit(2, f"zramfs replay: {message}\n")
+
+    r.error = one_line_error  # type: ignore[method-assign]
