@@ -100,7 +100,8 @@ def parse_sets(items: Sequence[str]) -> list[tuple[str, list[str]]]:
             try:
                 validate_setting(name, value)
             except (OSError, ValueError) as exc:
-                raise SweepInputError(f"--set {name}={value}: {_reason(exc)}") from None
+                # the engine's message names the setting and the value
+                raise SweepInputError(f"--set: {_reason(exc)}") from None
         seen.add(name)
         sets.append((name, values))
     return sets
