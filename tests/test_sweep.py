@@ -132,7 +132,7 @@ def test_cross_product_first_set_slowest() -> None:
         (["algorithm=lz4,lz4"], "listed twice"),
         (["nosuch=1"], "unknown setting 'nosuch'"),
         (["chain_size=4,99"], "chain_size='99'"),
-        (["compact_policy='sometimes'"], "compact_policy='sometimes'"),
+        (["compact_policy=sometimes"], "compact_policy='sometimes'"),
     ],
 )
 def test_parse_sets_refuses(items: list[str], why: str) -> None:
