@@ -10,6 +10,9 @@ Allocator:
 - ``pool``: a zsmalloc `Pool` on ``mem`` with lockdep on; its deferred free is flushed and the
   pool destroyed after the test.
 
+Device: ``reg``, a zram `Registry` (zram0 only, uninitialised) on its own simulated RAM; every
+device is reset after the test, even one the test left open.
+
 Mounts (tests/support/mountutil.py), torn down even when the test fails — file systems and swaps
 on loop devices over the images, the loop devices, the FUSE mount and the daemon — and checked
 to leave no mount and no loop device behind:
@@ -29,9 +32,12 @@ import pytest
 from allocator import PhysicalMemory, Pool
 from allocator.locks import set_lockdep
 from support.mountutil import DaemonMount, Mount, is_mounted, loops_under, require_fuse, start_mount
+from zramfs.device import Registry
 
 #: Frames of the ``mem`` fixture (64 MiB of address space; only touched frames cost memory).
 MEM_PAGES = 1 << 14
+#: Frames of the ``reg`` fixture's memory (256 MiB of address space, far more than any test stores).
+REG_PAGES = 1 << 16
 
 
 @pytest.fixture
@@ -64,6 +70,15 @@ def pool(lockdep: None, mem: PhysicalMemory) -> Iterator[Pool]:
     yield p
     p.flush_free_work()
     p.destroy()
+
+
+@pytest.fixture
+def reg() -> Iterator[Registry]:
+    r = Registry(memory=PhysicalMemory(max_pages=REG_PAGES))
+    yield r
+    for d in list(r.devices.values()):
+        d.open_count = 0            # reset refuses an open device (-EBUSY), as zram's does
+        d.reset()
 
 
 def _assert_nothing_left(mnt: Path) -> None:

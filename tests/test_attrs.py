@@ -11,25 +11,14 @@ import random
 import pytest
 import zstandard
 
-from allocator import PhysicalMemory
 from support.zram_data import PAGE, mixed_page, random_page, text_page
 from zramfs import attrs, codecs, kparse
-from zramfs.device import Registry
 from zramfs.errors import ZramError
 
 MiB = 1 << 20
 STATE_ATTRS = ("disksize", "initstate", "comp_algorithm", "recomp_algorithm", "mm_stat", "io_stat",
                "bd_stat", "debug_stat", "backing_dev", "writeback_limit", "writeback_limit_enable",
                "writeback_batch_size", "compressed_writeback", "size")
-
-
-@pytest.fixture
-def reg():
-    r = Registry(memory=PhysicalMemory(max_pages=1 << 15), num_devices=1)
-    yield r
-    for d in list(r.devices.values()):
-        d.open_count = 0
-        d.reset()
 
 
 @pytest.fixture

@@ -65,15 +65,6 @@ class FakeClock:
 
 
 @pytest.fixture
-def reg():
-    r = Registry(memory=PhysicalMemory(max_pages=1 << 16))
-    yield r
-    for d in list(r.devices.values()):
-        d.open_count = 0
-        d.reset()
-
-
-@pytest.fixture
 def dev(reg) -> ZramDevice:
     d = reg.devices[0]
     d.set_disksize(4 * MiB)
