@@ -29,9 +29,10 @@ policy was off or did not act.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +45,8 @@ from .errors import InvalidSetting, ZramError
 from .kparse import proc_dointvec
 from .replay_settings import RECORDED_POLICY, parse_config, recorded_config
 from .slots import PAGE_SHIFT, PAGE_SIZE
-from .trace import (CTRL_READ, OP_DISCARD, OP_PUNCH_HOLE, BackgroundCompact, Control, Discard,
-                    Flush, Read, TraceReader, Write)
+from .trace import (CTRL_READ, F_OVERLAP, OP_DISCARD, OP_PUNCH_HOLE, T_BGCOMPACT, T_CONTROL,
+                    T_DISCARD, T_FLUSH, T_READ, T_WRITE, Control, TraceReader)
 
 #: mm_stat's nine columns, in the kernel's order (docs/zram.md)
 MM_STAT_FIELDS = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit",
@@ -118,6 +119,7 @@ class _Replay:
         self.memory = PhysicalMemory()
         self.boottime0 = float(reader.header.get("boottime_start", 0.0))
         self.t_ns = 0
+        self.now_s = self.boottime0
         self.dev: ZramDevice | None = None
         if dev_id < int(reader.mount.get("devices", 1)):
             self.dev = self._new_device()
@@ -133,6 +135,7 @@ class _Replay:
                                        clock=lambda: self.t_ns / 1e9)
         self.knobs = {p.name: p for p in self.daemon.parameters()}
         self.next_tick = 0
+        self.ticking = self.daemon.policy.enabled
         self.write_failures = 0
         self.records = 0
         self.overlapping = 0
@@ -145,13 +148,12 @@ class _Replay:
     def devices(self) -> dict[int, ZramDevice]:
         return {} if self.dev is None else {self.dev_id: self.dev}
 
-    def _clock(self) -> float:
-        return self.boottime0 + self.t_ns / 1e9
 
     def _new_device(self) -> ZramDevice:
         dev = ZramDevice(self.dev_id, memory=self.memory, chain_size=self.chain_size,
                          chain_rule=self.chain_rule)
-        dev.clock = self._clock
+        # the device's clock (ac_time) is trace time: a C-level call, as the live one is
+        dev.clock = functools.partial(getattr, self, "now_s")
         self._apply_overrides(dev)
         return dev
 
@@ -170,19 +172,25 @@ class _Replay:
         if t_ns < self.t_ns:
             t_ns = self.t_ns           # never backwards (a clock step between two threads)
         daemon = self.daemon
-        while daemon.policy.enabled and self.next_tick <= t_ns:
+        while self.ticking and self.next_tick <= t_ns:
             self._account(self.next_tick)
             daemon.scan_once()
             self._measure()
             self.next_tick += max(daemon.policy.interval_ms * 1_000_000, _MIN_TICK_NS)
-        if not daemon.policy.enabled:
-            self.next_tick = t_ns      # a policy switched on scans at once, as a kick does
         self._account(t_ns)
+
+    def _policy_changed(self) -> None:
+        """After a knob write: a policy switched on scans at once, as the daemon's kick does."""
+        on = self.daemon.policy.enabled
+        if on and not self.ticking:
+            self.next_tick = self.t_ns
+        self.ticking = on
 
     def _account(self, t_ns: int) -> None:
         if t_ns > self.t_ns:
             self.area += self.last_used * (t_ns - self.t_ns)
             self.t_ns = t_ns
+            self.now_s = self.boottime0 + t_ns * 1e-9
 
     def _measure(self) -> None:
         dev = self.dev
@@ -193,41 +201,67 @@ class _Replay:
             self.peak = used
 
     # ---- records ------------------------------------------------------------------------
-    def apply(self, rec: Any) -> None:
+    def run(self, records: Iterator[tuple[Any, ...]],
+            on_sample: Callable[[float, ZramDevice], None] | None, sample_ns: int) -> None:
+        """Apply every record (TraceReader.raw_records tuples) in order."""
+        dev_id = self.dev_id
+        boottime0 = self.boottime0
+        next_sample = 0
+        for rec in records:
+            kind, t = rec[0], rec[1]
+            if on_sample is not None:
+                while next_sample <= t:
+                    self.advance(next_sample)
+                    if self.dev is not None:
+                        on_sample(next_sample / 1e9, self.dev)
+                    next_sample += sample_ns
+            if self.ticking and self.next_tick <= t:
+                self.advance(t)
+            elif t > self.t_ns:                # `_account`, inline
+                self.area += self.last_used * (t - self.t_ns)
+                self.t_ns = t
+                self.now_s = boottime0 + t * 1e-9
+            dev = self.dev
+            if kind == T_WRITE:               # the common case, inline
+                if rec[2] == dev_id and dev is not None:
+                    try:
+                        dev.write(rec[4], rec[5])
+                    except ZramError:
+                        self.write_failures += 1
+            else:
+                self.apply(rec)
+            dev = self.dev
+            pool = dev.pool if dev is not None else None
+            used = pool.total_pages << PAGE_SHIFT if pool is not None else 0
+            self.last_used = used
+            if used > self.peak:
+                self.peak = used
+            self.records += 1
+            self.overlapping += rec[3] & F_OVERLAP
+
+    def apply(self, rec: tuple[Any, ...]) -> None:
+        """One record other than a write (see `run`)."""
+        kind = rec[0]
         dev = self.dev
-        kind = type(rec)
-        if kind is Write:
-            if rec.dev == self.dev_id and dev is not None:
-                try:
-                    dev.write(rec.offset, rec.data)
-                except ZramError:
-                    self.write_failures += 1
-        elif kind is Read:
-            if rec.dev == self.dev_id and dev is not None:
-                try:
-                    dev.read(rec.offset, rec.length)
-                except ZramError:
-                    pass
-        elif kind is Discard:
-            if rec.dev == self.dev_id and dev is not None:
-                op = (dev.discard if rec.op == OP_DISCARD else
-                      dev.punch_hole if rec.op == OP_PUNCH_HOLE else dev.zero_range)
-                try:
-                    op(rec.offset, rec.length)
-                except ZramError:
-                    pass
-        elif kind is Flush:
-            if rec.dev == self.dev_id and dev is not None:
+        if kind == T_CONTROL:
+            if rec[8] == 0:
+                self._control(Control(rec[1], rec[3], rec[4], rec[5], rec[6], rec[7], rec[8]))
+            return
+        if rec[2] != self.dev_id or dev is None:
+            return
+        try:
+            if kind == T_READ:
+                dev.read(rec[4], rec[5])
+            elif kind == T_DISCARD:
+                op = rec[4]
+                (dev.discard if op == OP_DISCARD else
+                 dev.punch_hole if op == OP_PUNCH_HOLE else dev.zero_range)(rec[5], rec[6])
+            elif kind == T_FLUSH:
                 dev.flush()
-        elif kind is Control:
-            if rec.errno == 0:
-                self._control(rec)
-        elif kind is BackgroundCompact:
-            if self.recorded_policy and rec.dev == self.dev_id and dev is not None:
-                try:
-                    dev.compact()
-                except ZramError:
-                    pass
+            elif kind == T_BGCOMPACT and self.recorded_policy:
+                dev.compact()
+        except ZramError:
+            pass
 
     def _control(self, rec: Control) -> None:
         path = rec.path
@@ -268,6 +302,7 @@ class _Replay:
                 knob.set(text)
             except OSError:
                 return
+            self._policy_changed()
         elif path == "/proc/sys/vm/compact_memory":
             if rec.offset == 0:
                 try:
@@ -298,20 +333,7 @@ def replay_trace(trace_path: str | os.PathLike[str], config: Mapping[str, str], 
     started = time.perf_counter()
     with TraceReader(trace_path) as reader:
         r = _Replay(reader, settings, dev_id, config)
-        next_sample = 0
-        for rec in reader.records():
-            t = rec.t_ns
-            if on_sample is not None:
-                while next_sample <= t:
-                    r.advance(next_sample)
-                    if r.dev is not None:
-                        on_sample(next_sample / 1e9, r.dev)
-                    next_sample += sample_ns
-            r.advance(t)
-            r.apply(rec)
-            r._measure()
-            r.records += 1
-            r.overlapping += rec.flags & 1
+        r.run(reader.raw_records(), on_sample, sample_ns)
         complete = reader.complete
     if on_sample is not None and r.dev is not None:
         on_sample(r.t_ns / 1e9, r.dev)

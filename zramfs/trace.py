@@ -386,26 +386,68 @@ class TraceReader:
 
     def records(self) -> Iterator[Record]:
         """Every operation record in file order (blobs are resolved, not returned)."""
+        for r in self.raw_records():
+            kind = r[0]
+            if kind == T_WRITE:
+                yield Write(r[1], r[2], r[3], r[4], r[5], r[6])
+            elif kind == T_READ:
+                yield Read(r[1], r[2], r[3], r[4], r[5], r[6])
+            elif kind == T_DISCARD:
+                yield Discard(r[1], r[2], r[3], r[4], r[5], r[6], r[7])
+            elif kind == T_FLUSH:
+                yield Flush(r[1], r[2], r[3])
+            elif kind == T_CONTROL:
+                yield Control(r[1], r[3], r[4], r[5], r[6], r[7], r[8])
+            else:
+                yield BackgroundCompact(r[1], r[2], r[3], r[4], r[5])
+
+    def raw_records(self) -> Iterator[tuple[Any, ...]]:
+        """`records` as plain tuples, the shapes `TraceWriter.push` takes: (type, t_ns, dev,
+        flags, fields...) — what a replay iterates (a tuple costs less than a NamedTuple)."""
         m = self._map
         view = self._view
         size = self.size
         pos = self._first
-        self._blob_at = []
-        frame, body_s = _FRAME, _BODY
-        while pos < size:
-            if pos + 8 > size:
-                break
-            length, crc = frame.unpack_from(m, pos)
+        self._blob_at = blob_at = []
+        frame_unpack, body_unpack, body_size = _FRAME.unpack_from, _BODY.unpack_from, _BODY.size
+        write_unpack, blob_unpack = _WRITE.unpack_from, _BLOB.unpack_from
+        crc32, blob = zlib.crc32, self.blob
+        errors = (struct.error, IndexError, ValueError, zstandard.ZstdError,
+                  lz4.block.LZ4BlockError)
+        while pos + 8 <= size:
+            length, crc = frame_unpack(m, pos)
             start = pos + 8
             stop = start + length
-            if length < body_s.size or length > MAX_BODY or stop > size \
-                    or zlib.crc32(view[start:stop]) != crc:
+            if length < body_size or length > MAX_BODY or stop > size \
+                    or crc32(view[start:stop]) != crc:
                 break
-            kind, flags, dev, t_ns = body_s.unpack_from(m, start)
-            p = start + body_s.size
+            kind, flags, dev, t_ns = body_unpack(m, start)
+            p = start + body_size
+            rec: tuple[Any, ...] | None
             try:
-                rec = self._decode(kind, flags, dev, t_ns, p, stop)
-            except (struct.error, IndexError, ValueError, zstandard.ZstdError, lz4.block.LZ4BlockError):
+                if kind == T_BLOB:            # the common two inline
+                    blob_id, codec, raw = blob_unpack(m, p)
+                    if blob_id != len(blob_at) or codec > CODEC_LZ4:
+                        raise ValueError("blob out of sequence")
+                    blob_at.append((p + _BLOB.size, stop, codec, raw))
+                    rec = None
+                elif kind == T_WRITE:
+                    offset, length, err, count = write_unpack(m, p)
+                    q = p + _WRITE.size
+                    if q + 4 * count != stop:
+                        raise ValueError("blob list length")
+                    if count == 1:
+                        data = blob(int.from_bytes(m[q:q + 4], "little"))
+                    else:
+                        ids = array("I")
+                        ids.frombytes(m[q:stop])
+                        data = b"".join([blob(i) for i in ids])
+                    if len(data) != length:
+                        raise ValueError("write length does not match its blobs")
+                    rec = (T_WRITE, t_ns, dev, flags, offset, data, err)
+                else:
+                    rec = self._decode(kind, flags, dev, t_ns, p, stop)
+            except errors:
                 break         # a body that passed its CRC yet does not parse: stop here
             pos = stop
             if rec is None:
@@ -419,43 +461,28 @@ class TraceReader:
             self.trailing_bytes = size - pos
 
     def _decode(self, kind: int, flags: int, dev: int, t_ns: int, p: int,
-                stop: int) -> Record | None:
+                stop: int) -> tuple[Any, ...] | None:
         m = self._map
-        if kind == T_BLOB:
-            blob_id, codec, raw = _BLOB.unpack_from(m, p)
-            if blob_id != len(self._blob_at) or codec not in (CODEC_RAW, CODEC_ZSTD, CODEC_LZ4):
-                raise ValueError("blob out of sequence")
-            self._blob_at.append((p + _BLOB.size, stop, codec, raw))
-            return None
-        if kind == T_WRITE:
-            offset, length, err, count = _WRITE.unpack_from(m, p)
-            ids = array("I")
-            ids.frombytes(m[p + _WRITE.size:p + _WRITE.size + 4 * count])
-            if len(ids) != count:
-                raise ValueError("short blob list")
-            data = b"".join([self.blob(i) for i in ids])
-            if len(data) != length:
-                raise ValueError("write length does not match its blobs")
-            return Write(t_ns, dev, flags, offset, data, err)
         if kind == T_READ:
             offset, length, err = _READ.unpack_from(m, p)
-            return Read(t_ns, dev, flags, offset, length, err)
+            return (T_READ, t_ns, dev, flags, offset, length, err)
         if kind == T_DISCARD:
             op, offset, length, err = _DISCARD.unpack_from(m, p)
-            return Discard(t_ns, dev, flags, op, offset, length, err)
+            return (T_DISCARD, t_ns, dev, flags, op, offset, length, err)
         if kind == T_FLUSH:
-            return Flush(t_ns, dev, flags)
+            return (T_FLUSH, t_ns, dev, flags)
         if kind == T_CONTROL:
             direction, err, offset, plen, tlen = _CONTROL.unpack_from(m, p)
             q = p + _CONTROL.size
             if q + plen + tlen != stop:
                 raise ValueError("control record length")
             path = bytes(m[q:q + plen]).decode()
-            return Control(t_ns, flags, direction, path, bytes(m[q + plen:stop]), offset, err)
+            return (T_CONTROL, t_ns, dev, flags, direction, path, bytes(m[q + plen:stop]),
+                    offset, err)
         if kind == T_BGCOMPACT:
             freed, rlen = _BGCOMPACT.unpack_from(m, p)
             q = p + _BGCOMPACT.size
-            return BackgroundCompact(t_ns, dev, flags, bytes(m[q:q + rlen]).decode(), freed)
+            return (T_BGCOMPACT, t_ns, dev, flags, bytes(m[q:q + rlen]).decode(), freed)
         if kind == T_END:
             self.end = json.loads(bytes(m[p:stop]))
             return None

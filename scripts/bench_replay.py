@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Replay speed-up: a traced fio run on a real mount against replaying its trace in process.
+
+Mounts ``zramfs mount MNT --size SIZE --no-compact --trace FILE`` in a temporary directory,
+runs a fio job on MNT/dev/zram0 (4 KiB random writes, psync, iodepth 1, compressible buffers,
+then random trims through fio's falloc engine; --mixed adds a 70/30 read/write phase), unmounts, and replays the trace with
+`zramfs.replay.replay_trace` under the recorded configuration.  Prints the live run's wall
+time (fio's own runtime: the workload, not the mount's start-up), the replay's, the ratio,
+the trace's size, and whether the replay's mm_stat equals the live one (it must: one job at
+QD1 changes the device one operation at a time, docs/trace-format.md "Order").
+
+    python3 scripts/bench_replay.py              # 16,384 writes (the 64 MiB region) + trims
+    python3 scripts/bench_replay.py --mixed      # with a 70/30 read/write phase
+    python3 scripts/bench_replay.py --quick      # 2,000 writes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from zramfs.replay import replay_trace  # noqa: E402 - after the sys.path line above
+from zramfs.trace import TraceReader  # noqa: E402
+
+JOB = """\
+[global]
+filename={image}
+direct=1
+bs=4k
+iodepth=1
+size={size}
+buffer_compress_percentage=50
+buffer_compress_chunk=4k
+refill_buffers=1
+randrepeat=1
+randseed=1234
+
+[write]
+ioengine=psync
+rw=randwrite
+number_ios={writes}
+
+{mixed}
+[trim]
+stonewall
+ioengine=falloc
+rw=randtrim
+number_ios={trims}
+"""
+
+#: --mixed: a 70 % read / 30 % write phase between the writes and the trims
+MIXED = """[mixed]
+stonewall
+ioengine=psync
+rw=randrw
+rwmixread=70
+number_ios={writes}
+"""
+
+
+def run_fio(image: Path, size: str, writes: int, workdir: Path, mixed: bool) -> float:
+    """fio's runtime of the job (seconds, every group)."""
+    job = workdir / "replay-bench.fio"
+    job.write_text(JOB.format(image=image, size=size, writes=writes, trims=writes // 5,
+                              mixed=MIXED.format(writes=writes) if mixed else ""))
+    out = subprocess.run(["fio", str(job), "--output-format=json"], capture_output=True,
+                         text=True, check=True, timeout=3600)
+    data = json.loads(out.stdout)
+    return sum(j["job_runtime"] for j in data["jobs"]) / 1000.0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="2,000 writes instead of 20,000")
+    p.add_argument("--size", default="64M", help="disksize and fio's region (default 64M)")
+    p.add_argument("--mixed", action="store_true",
+                   help="add a 70/30 random read/write phase (as many I/Os as the writes)")
+    args = p.parse_args()
+    writes = 2000 if args.quick else 20000
+    with tempfile.TemporaryDirectory(prefix="zramfs-replay-bench-") as tmp:
+        work = Path(tmp)
+        mnt = work / "mnt"
+        mnt.mkdir()
+        trace = work / "run.trace"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        zramfs = [sys.executable, "-m", "zramfs"]
+        subprocess.run([*zramfs, "mount", str(mnt), "--size", args.size, "--no-compact",
+                        "--trace", str(trace)], check=True, env=env, cwd=ROOT)
+        try:
+            live_s = run_fio(mnt / "dev/zram0", args.size, writes, work, args.mixed)
+            live = [int(x) for x in (mnt / "sys/block/zram0/mm_stat").read_text().split()]
+        finally:
+            subprocess.run([*zramfs, "umount", str(mnt)], check=True, env=env, cwd=ROOT)
+        deadline = time.monotonic() + 30
+        while os.path.ismount(mnt) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        result = replay_trace(trace, {})
+        with TraceReader(trace) as reader:
+            kinds = Counter(type(rec).__name__ for rec in reader.records())
+        ops = ", ".join(f"{n} {kind.lower()}s" for kind, n in sorted(kinds.items()))
+        print(f"live fio run:  {live_s:8.3f} s  ({ops}; QD1)")
+        print(f"replay:        {result.seconds:8.3f} s  ({result.records} records)")
+        print(f"speed-up:      {live_s / result.seconds:8.1f}x")
+        print(f"trace:         {trace.stat().st_size / 1e6:8.2f} MB "
+              f"({result.mm_stat['orig_data_size'] / 1e6:.1f} MB stored at the end)")
+        same = list(result.mm_stat.values()) == live
+        print(f"mm_stat equal: {same}" + ("" if same else f"  live {live} replay "
+                                           f"{list(result.mm_stat.values())}"))
+        return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
