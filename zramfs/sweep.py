@@ -212,11 +212,15 @@ class LocalProcesses:
         # Never fork: the device's threads (and this process's) may hold locks at fork time.
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         workers = max(1, min(self.jobs, len(configs)))
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        try:
             futures = [
                 pool.submit(replay_one, str(trace), cfg, record, interval) for cfg in configs
             ]
             return [f.result() for f in futures]
+        finally:
+            # a failed replay or ^C: the configurations not started yet are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
