@@ -492,4 +492,4 @@ def add_parser(subparsers: Any) -> None:
         # a bad argument is one line and exit code 2, like every other bad input here
         r.exit(2, f"zramfs replay: {message}\n")
 
-    r.error = one_line_error  # type: ignore[method-assign]
+    r.error = one_line_error
