@@ -3,8 +3,9 @@
 
 Mounts ``zramfs mount MNT --size SIZE --no-compact --trace FILE`` in a temporary directory,
 runs a fio job on MNT/dev/zram0 (4 KiB random writes, psync, iodepth 1, compressible buffers,
-then random trims through fio's falloc engine; --mixed adds a 70/30 read/write phase), unmounts, and replays the trace with
-`zramfs.replay.replay_trace` under the recorded configuration.  Prints the live run's wall
+then random trims through fio's falloc engine; --mixed adds a 70/30 read/write phase),
+unmounts, and replays the trace with `zramfs.replay.replay_trace` under the recorded
+configuration.  Prints the live run's wall
 time (fio's own runtime: the workload, not the mount's start-up), the replay's, the ratio,
 the trace's size, and whether the replay's mm_stat equals the live one (it must: one job at
 QD1 changes the device one operation at a time, docs/trace-format.md "Order").
@@ -13,6 +14,7 @@ QD1 changes the device one operation at a time, docs/trace-format.md "Order").
     python3 scripts/bench_replay.py --mixed      # with a 70/30 read/write phase
     python3 scripts/bench_replay.py --quick      # 2,000 writes
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,10 +72,22 @@ number_ios={writes}
 def run_fio(image: Path, size: str, writes: int, workdir: Path, mixed: bool) -> float:
     """fio's runtime of the job (seconds, every group)."""
     job = workdir / "replay-bench.fio"
-    job.write_text(JOB.format(image=image, size=size, writes=writes, trims=writes // 5,
-                              mixed=MIXED.format(writes=writes) if mixed else ""))
-    out = subprocess.run(["fio", str(job), "--output-format=json"], capture_output=True,
-                         text=True, check=True, timeout=3600)
+    job.write_text(
+        JOB.format(
+            image=image,
+            size=size,
+            writes=writes,
+            trims=writes // 5,
+            mixed=MIXED.format(writes=writes) if mixed else "",
+        )
+    )
+    out = subprocess.run(
+        ["fio", str(job), "--output-format=json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=3600,
+    )
     data = json.loads(out.stdout)
     return sum(j["job_runtime"] for j in data["jobs"]) / 1000.0
 
@@ -82,8 +96,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2,000 writes instead of 20,000")
     p.add_argument("--size", default="64M", help="disksize and fio's region (default 64M)")
-    p.add_argument("--mixed", action="store_true",
-                   help="add a 70/30 random read/write phase (as many I/Os as the writes)")
+    p.add_argument(
+        "--mixed",
+        action="store_true",
+        help="add a 70/30 random read/write phase (as many I/Os as the writes)",
+    )
     args = p.parse_args()
     writes = 2000 if args.quick else 20000
     with tempfile.TemporaryDirectory(prefix="zramfs-replay-bench-") as tmp:
@@ -93,8 +110,21 @@ def main() -> int:
         trace = work / "run.trace"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         zramfs = [sys.executable, "-m", "zramfs"]
-        subprocess.run([*zramfs, "mount", str(mnt), "--size", args.size, "--no-compact",
-                        "--trace", str(trace)], check=True, env=env, cwd=ROOT)
+        subprocess.run(
+            [
+                *zramfs,
+                "mount",
+                str(mnt),
+                "--size",
+                args.size,
+                "--no-compact",
+                "--trace",
+                str(trace),
+            ],
+            check=True,
+            env=env,
+            cwd=ROOT,
+        )
         try:
             live_s = run_fio(mnt / "dev/zram0", args.size, writes, work, args.mixed)
             live = [int(x) for x in (mnt / "sys/block/zram0/mm_stat").read_text().split()]
@@ -110,11 +140,15 @@ def main() -> int:
         print(f"live fio run:  {live_s:8.3f} s  ({ops}; QD1)")
         print(f"replay:        {result.seconds:8.3f} s  ({result.records} records)")
         print(f"speed-up:      {live_s / result.seconds:8.1f}x")
-        print(f"trace:         {trace.stat().st_size / 1e6:8.2f} MB "
-              f"({result.mm_stat['orig_data_size'] / 1e6:.1f} MB stored at the end)")
+        print(
+            f"trace:         {trace.stat().st_size / 1e6:8.2f} MB "
+            f"({result.mm_stat['orig_data_size'] / 1e6:.1f} MB stored at the end)"
+        )
         same = list(result.mm_stat.values()) == live
-        print(f"mm_stat equal: {same}" + ("" if same else f"  live {live} replay "
-                                           f"{list(result.mm_stat.values())}"))
+        print(
+            f"mm_stat equal: {same}"
+            + ("" if same else f"  live {live} replay {list(result.mm_stat.values())}")
+        )
         return 0 if same else 1
 
 

@@ -6,6 +6,7 @@ with, to the live device's final mm_stat, every field.  Settings: chain_size, al
 mem_limit, compact_policy (deterministic against trace time) change what they should; bad
 names and values are one-line `InvalidSetting` errors raised before anything runs.
 """
+
 from __future__ import annotations
 
 import random
@@ -23,12 +24,18 @@ from zramfs.trace import TraceWriter
 from zramfs.trace_hook import MountTracer
 from zramfs.tree import Tree
 
-MOUNT = {"chain_size": 4, "chain_rule": "max-used", "compact_policy": "off",
-         "compact_interval": 1000, "devices": 1}
+MOUNT = {
+    "chain_size": 4,
+    "chain_rule": "max-used",
+    "compact_policy": "off",
+    "compact_interval": 1000,
+    "devices": 1,
+}
 
 
-def _make_trace(path: Path, *, n: int = 3000, seed: int = 1, algorithm: str = "lz4",
-                mount: dict | None = None) -> dict[str, int]:
+def _make_trace(
+    path: Path, *, n: int = 3000, seed: int = 1, algorithm: str = "lz4", mount: dict | None = None
+) -> dict[str, int]:
     """An in-process traced device: random compressible writes, discards, a compact.
     Returns the live mm_stat."""
     registry = Registry(num_devices=1)
@@ -62,7 +69,7 @@ def test_recorded_configuration_reproduces_mm_stat(small_trace) -> None:
     path, live = small_trace
     r = replay_trace(path, {})
     assert r.mm_stat == live
-    assert r.mm_stat["pages_compacted"] > 0                   # the explicit compact freed pages
+    assert r.mm_stat["pages_compacted"] > 0  # the explicit compact freed pages
     assert r.pages_compacted == live["pages_compacted"]
     assert r.peak_mem_used >= r.mm_stat["mem_used_total"] and r.write_failures == 0
     assert 0 < r.mean_mem_used <= r.peak_mem_used
@@ -74,8 +81,15 @@ def test_to_json_has_the_issue_shape(small_trace) -> None:
     r = replay_trace(small_trace[0], {"chain_size": "8"})
     j = r.to_json()
     assert list(j["mm_stat"]) == list(MM_STAT_FIELDS)
-    for key in ("config", "mm_stat", "peak_mem_used", "seconds", "mean_mem_used",
-                "pages_compacted", "write_failures"):
+    for key in (
+        "config",
+        "mm_stat",
+        "peak_mem_used",
+        "seconds",
+        "mean_mem_used",
+        "pages_compacted",
+        "write_failures",
+    ):
         assert key in j
     assert j["config"]["chain_size"] == "8"
     assert isinstance(r, ReplayResult)
@@ -116,7 +130,7 @@ def test_compaction_policies_run_in_trace_time(small_trace) -> None:
     busy = replay_trace(path, {"compact_policy": "interval:0"})
     again = replay_trace(path, {"compact_policy": "interval:0"})
     assert busy.mm_stat["pages_compacted"] > off.mm_stat["pages_compacted"]
-    assert busy.mm_stat == again.mm_stat             # trace time, not wall time
+    assert busy.mm_stat == again.mm_stat  # trace time, not wall time
     thr = replay_trace(path, {"compact_policy": "threshold:1", "compact_interval": "1"})
     assert thr.mm_stat["pages_compacted"] > off.mm_stat["pages_compacted"]
 
@@ -124,8 +138,12 @@ def test_compaction_policies_run_in_trace_time(small_trace) -> None:
 def test_on_sample_follows_trace_time(small_trace) -> None:
     path, _ = small_trace
     seen: list[tuple[float, int]] = []
-    r = replay_trace(path, {}, sample_interval=0.05,
-                     on_sample=lambda t, dev: seen.append((t, mm_stat_of(dev)["orig_data_size"])))
+    r = replay_trace(
+        path,
+        {},
+        sample_interval=0.05,
+        on_sample=lambda t, dev: seen.append((t, mm_stat_of(dev)["orig_data_size"])),
+    )
     times = [t for t, _ in seen]
     assert times == sorted(times) and len(seen) >= 2
     assert times[-1] == pytest.approx(r.trace_seconds)
@@ -133,19 +151,21 @@ def test_on_sample_follows_trace_time(small_trace) -> None:
     assert seen[-1][1] == r.mm_stat["orig_data_size"]
 
 
-@pytest.mark.parametrize(("name", "value", "words"), [
-    ("chain_sise", "8", "unknown setting 'chain_sise'"),
-    ("chain_size", "3", "4..16"),
-    ("chain_size", "eight", "not an integer"),
-    ("algorithm", "lz5", "unknown algorithm"),
-    ("chain_rule", "best", "max-used"),
-    ("compact_policy", "sometimes", "unknown policy"),
-    ("compact_policy", "threshold", "needs a value"),
-    ("mem_limit", "lots", "a size"),
-    ("compact_interval", "-1", "milliseconds"),
-])
-def test_bad_settings_are_one_line_errors(small_trace, name: str, value: str,
-                                          words: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("chain_sise", "8", "unknown setting 'chain_sise'"),
+        ("chain_size", "3", "4..16"),
+        ("chain_size", "eight", "not an integer"),
+        ("algorithm", "lz5", "unknown algorithm"),
+        ("chain_rule", "best", "max-used"),
+        ("compact_policy", "sometimes", "unknown policy"),
+        ("compact_policy", "threshold", "needs a value"),
+        ("mem_limit", "lots", "a size"),
+        ("compact_interval", "-1", "milliseconds"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(small_trace, name: str, value: str, words: str) -> None:
     with pytest.raises(InvalidSetting) as info:
         validate_setting(name, value)
     msg = str(info.value)
@@ -153,8 +173,11 @@ def test_bad_settings_are_one_line_errors(small_trace, name: str, value: str,
     assert isinstance(info.value, InvalidInput) and info.value.errno == 22
     calls: list[float] = []
     with pytest.raises(InvalidSetting):
-        replay_trace(small_trace[0], {"chain_size": "4", name: value},
-                     on_sample=lambda t, dev: calls.append(t))
+        replay_trace(
+            small_trace[0],
+            {"chain_size": "4", name: value},
+            on_sample=lambda t, dev: calls.append(t),
+        )
     assert calls == []
 
 
@@ -207,10 +230,10 @@ number_ios={reads}
 
 def _fio(image: Path, tmp: Path, *, seed: int, ios: int) -> None:
     job = tmp / f"job{seed}.fio"
-    job.write_text(FIO_JOB.format(image=image, seed=seed, ios=ios, trims=ios // 5,
-                                  reads=ios // 10))
-    res = subprocess.run(["fio", str(job), "--output-format=terse"], capture_output=True,
-                         text=True, timeout=600)
+    job.write_text(FIO_JOB.format(image=image, seed=seed, ios=ios, trims=ios // 5, reads=ios // 10))
+    res = subprocess.run(
+        ["fio", str(job), "--output-format=terse"], capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -223,9 +246,9 @@ def _live_vs_replay(zmount, tmp_path: Path, ios: int) -> None:
     _fio(m.image(), tmp_path, seed=2, ios=ios // 2)
     m.write_attr("compact", "1")
     live = m.mm_stat()
-    m.close()                                           # clean exit: the END record
+    m.close()  # clean exit: the END record
     r = replay_trace(path, {})
-    assert r.trace_complete and r.overlapping == 0      # fio at QD1: one change at a time
+    assert r.trace_complete and r.overlapping == 0  # fio at QD1: one change at a time
     assert list(r.mm_stat.values()) == live
     assert r.mm_stat["pages_compacted"] > 0 and r.mm_stat["orig_data_size"] > 0
     chain8 = replay_trace(path, {"chain_size": "8"})
@@ -251,8 +274,9 @@ def test_recorded_policy_replays_the_daemons_compactions(tmp_path: Path) -> None
     path = tmp_path / "bg.trace"
     registry = Registry(num_devices=1)
     tree = Tree(registry)
-    daemon = CompactionDaemon(registry, CompactionPolicy().with_spec("threshold:1"),
-                              pressure=SimulatedPressure(0.0))
+    daemon = CompactionDaemon(
+        registry, CompactionPolicy().with_spec("threshold:1"), pressure=SimulatedPressure(0.0)
+    )
     tracer = MountTracer(TraceWriter(path, {**MOUNT, "compact_policy": "threshold:1"}))
     tracer.attach(registry, tree, daemon)
     dev = registry.devices[0]
@@ -261,12 +285,14 @@ def test_recorded_policy_replays_the_daemons_compactions(tmp_path: Path) -> None
     words = [rnd.randbytes(16) for _ in range(60)]
     for i in range(2000):
         k = rnd.randrange(1, 230)
-        dev.write(rnd.randrange(4096) * 4096,
-                  (b"".join(rnd.choice(words) for _ in range(k)) + bytes(4096))[:4096])
+        dev.write(
+            rnd.randrange(4096) * 4096,
+            (b"".join(rnd.choice(words) for _ in range(k)) + bytes(4096))[:4096],
+        )
         if i % 2 == 0:
             dev.discard(rnd.randrange(4096) * 4096, 8192)
         if i % 400 == 399:
-            daemon.scan_once()            # the daemon's tick, at a point the trace records
+            daemon.scan_once()  # the daemon's tick, at a point the trace records
     live = mm_stat_of(dev)
     tracer.close()
     assert live["pages_compacted"] > 0

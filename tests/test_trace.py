@@ -7,6 +7,7 @@ files raise `TraceError` with one line; a device that is not traced runs its cla
 methods untouched.  On a real mount: `zramfs mount --trace`, killed with SIGKILL, leaves a
 trace that replays to the mm_stat the mount showed.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ import struct
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,13 +26,28 @@ from zramfs.device import Registry, ZramDevice
 from zramfs.device_io import IOPathMixin
 from zramfs.errors import TraceError
 from zramfs.replay import mm_stat_of, replay_trace
-from zramfs.trace import (F_OVERLAP, OP_DISCARD, OP_PUNCH_HOLE, Control, Discard, Flush, Read,
-                          TraceReader, TraceWriter, Write)
+from zramfs.trace import (
+    F_OVERLAP,
+    OP_DISCARD,
+    OP_PUNCH_HOLE,
+    Control,
+    Discard,
+    Flush,
+    Read,
+    TraceReader,
+    TraceWriter,
+    Write,
+)
 from zramfs.trace_hook import MountTracer
 from zramfs.tree import Tree
 
-MOUNT = {"chain_size": 4, "chain_rule": "max-used", "compact_policy": "off",
-         "compact_interval": 1000, "devices": 1}
+MOUNT = {
+    "chain_size": 4,
+    "chain_rule": "max-used",
+    "compact_policy": "off",
+    "compact_interval": 1000,
+    "devices": 1,
+}
 
 
 def _page(rnd: random.Random, words: list[bytes]) -> bytes:
@@ -75,7 +92,7 @@ def test_round_trip_gives_back_every_operation(tmp_path: Path) -> None:
     t = Traced(path)
     rnd = random.Random(3)
     unaligned = rnd.randbytes(5000)
-    big = b"".join(rnd.randbytes(64) * 64 for _ in range(32))           # 128 KiB
+    big = b"".join(rnd.randbytes(64) * 64 for _ in range(32))  # 128 KiB
     t.dev.write(0, big)
     t.dev.write(4096 * 100 + 123, unaligned)
     t.dev.read(8192, 4096)
@@ -84,12 +101,12 @@ def test_round_trip_gives_back_every_operation(tmp_path: Path) -> None:
     t.dev.flush()
     t.attr("mem_limit", b"8M\n")
     with pytest.raises(OSError):
-        t.attr("comp_algorithm", b"zstd")           # EBUSY: initialised
+        t.attr("comp_algorithm", b"zstd")  # EBUSY: initialised
     t.close()
 
     with TraceReader(path) as r:
         assert r.header["format"] == "zramfs-trace" and r.mount == MOUNT
-        recs = list(r.records())
+        recs: list[Any] = list(r.records())
         assert r.complete and r.stopped_at is None
         assert r.end is not None and r.end["records"] == len(recs)
     kinds = [type(x) for x in recs]
@@ -101,7 +118,7 @@ def test_round_trip_gives_back_every_operation(tmp_path: Path) -> None:
     assert (recs[4].op, recs[4].offset, recs[4].length) == (OP_DISCARD, 40960, 8192)
     assert (recs[5].op, recs[5].offset, recs[5].length) == (OP_PUNCH_HOLE, 4096 * 20 + 5, 10000)
     assert recs[7].text == b"8M\n" and recs[7].errno == 0
-    assert recs[8].path.endswith("comp_algorithm") and recs[8].errno == 16   # EBUSY kept
+    assert recs[8].path.endswith("comp_algorithm") and recs[8].errno == 16  # EBUSY kept
     times = [x.t_ns for x in recs]
     assert times == sorted(times)
     assert not any(x.flags for x in recs)
@@ -111,7 +128,7 @@ def test_page_contents_are_stored_once(tmp_path: Path) -> None:
     path = tmp_path / "t.trace"
     t = Traced(path, "64M")
     rnd = random.Random(5)
-    distinct = [rnd.randbytes(4096) for _ in range(8)]          # incompressible
+    distinct = [rnd.randbytes(4096) for _ in range(8)]  # incompressible
     for i in range(4000):
         t.dev.write((i % 16000) * 4096, distinct[i % 8])
     for i in range(2000):
@@ -149,7 +166,7 @@ def test_a_trace_cut_anywhere_reads_up_to_its_last_complete_record(tmp_path: Pat
             # it stopped exactly after the last record wholly inside the cut
             assert r.stopped_at == max(e for e in ends if e <= n)
             assert r.stopped_at + r.trailing_bytes == n
-        assert got == full[:len(got)]
+        assert got == full[: len(got)]
         result = replay_trace(cut, {})
         assert result.records == len(got) and not result.trace_complete
 
@@ -181,15 +198,18 @@ def test_a_damaged_record_stops_the_reading_before_it(tmp_path: Path) -> None:
     with TraceReader(bad) as r:
         got = list(r.records())
         assert not r.complete and r.stopped_at is not None and r.stopped_at <= at
-    assert 0 < len(got) < len(full) and got == full[:len(got)]
+    assert 0 < len(got) < len(full) and got == full[: len(got)]
 
 
-@pytest.mark.parametrize("content", [
-    b"",
-    b"hello, world\n" * 100,
-    b"\x89PNG\r\n\x1a\n" + bytes(100),
-    trace.MAGIC[:5],
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"hello, world\n" * 100,
+        b"\x89PNG\r\n\x1a\n" + bytes(100),
+        trace.MAGIC[:5],
+    ],
+)
 def test_a_foreign_file_is_a_trace_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "foreign"
     path.write_bytes(content)
@@ -213,7 +233,7 @@ def test_missing_directory_wrong_version_and_damaged_header(tmp_path: Path) -> N
     (tmp_path / "v.trace").write_bytes(bytes(newer))
     with pytest.raises(TraceError, match="version 2"):
         TraceReader(tmp_path / "v.trace")
-    data[20] ^= 0x20                                # inside the JSON header
+    data[20] ^= 0x20  # inside the JSON header
     (tmp_path / "h.trace").write_bytes(bytes(data))
     with pytest.raises(TraceError, match="damaged trace header"):
         TraceReader(tmp_path / "h.trace")
@@ -222,8 +242,10 @@ def test_missing_directory_wrong_version_and_damaged_header(tmp_path: Path) -> N
 def test_an_untraced_device_runs_its_class_methods(tmp_path: Path) -> None:
     """Zero cost when off: nothing on the instance, the classes' functions are the same
     objects before and after another device was traced."""
-    before = {name: getattr(ZramDevice, name) for name in
-              ("write", "read", "discard", "punch_hole", "zero_range", "flush")}
+    before = {
+        name: getattr(ZramDevice, name)
+        for name in ("write", "read", "discard", "punch_hole", "zero_range", "flush")
+    }
     plain = Registry(num_devices=1).devices[0]
     t = Traced(tmp_path / "t.trace")
     traced = t.dev
@@ -246,7 +268,7 @@ def test_overlapping_operations_are_flagged(tmp_path: Path) -> None:
             release.wait(10)
         return orig(self, offset, data)
 
-    ZramDevice.write = slow_write  # type: ignore[method-assign]
+    ZramDevice.write = slow_write  # type: ignore[method-assign,assignment]
     try:
         # a fresh tracer on a fresh device, so its wrappers capture slow_write
         reg = Registry(num_devices=1)
@@ -257,10 +279,10 @@ def test_overlapping_operations_are_flagged(tmp_path: Path) -> None:
         a = threading.Thread(target=dev.write, args=(0, b"a" * 4096))
         a.start()
         assert entered.wait(10)
-        dev.write(4096, b"b" * 4096)        # starts and ends while the first is in flight
+        dev.write(4096, b"b" * 4096)  # starts and ends while the first is in flight
         release.set()
         a.join()
-        dev.write(8192, b"c" * 4096)        # alone
+        dev.write(8192, b"c" * 4096)  # alone
         tr.close()
     finally:
         ZramDevice.write = orig  # type: ignore[method-assign]
@@ -315,7 +337,7 @@ def test_killed_mount_leaves_a_trace_that_replays(zmount, tmp_path: Path) -> Non
         os.close(fd)
     m.write_attr("compact", "1")
     live = m.mm_stat()
-    time.sleep(0.6)                    # > the writer's flush interval: the records are out
+    time.sleep(0.6)  # > the writer's flush interval: the records are out
     os.kill(m.proc.pid, signal.SIGKILL)
     m.proc.wait(timeout=10)
     with TraceReader(path) as r:

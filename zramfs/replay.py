@@ -27,6 +27,7 @@ with gives the live device's final mm_stat, exactly, when the trace has no recor
 as overlapping (`ReplayResult.overlapping == 0`; see zramfs.trace_hook) and the compaction
 policy was off or did not act.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,7 +35,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from allocator import PhysicalMemory
 
@@ -45,17 +46,43 @@ from .errors import InvalidSetting, ZramError
 from .kparse import proc_dointvec
 from .replay_settings import RECORDED_POLICY, parse_config, recorded_config
 from .slots import PAGE_SHIFT, PAGE_SIZE
-from .trace import (CTRL_READ, F_OVERLAP, OP_DISCARD, OP_PUNCH_HOLE, T_BGCOMPACT, T_CONTROL,
-                    T_DISCARD, T_FLUSH, T_READ, T_WRITE, Control, TraceReader)
+from .trace import (
+    CTRL_READ,
+    F_OVERLAP,
+    OP_DISCARD,
+    OP_PUNCH_HOLE,
+    T_BGCOMPACT,
+    T_CONTROL,
+    T_DISCARD,
+    T_FLUSH,
+    T_READ,
+    T_WRITE,
+    Control,
+    TraceReader,
+)
+
+if TYPE_CHECKING:
+    from .device import Registry
 
 #: mm_stat's nine columns, in the kernel's order (docs/zram.md)
-MM_STAT_FIELDS = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit",
-                  "mem_used_max", "same_pages", "pages_compacted", "huge_pages",
-                  "huge_pages_since")
-_DAEMON_KNOBS = {"compact_policy": "compact_policy", "compact_enabled": "compact_policy",
-                 "compact_threshold_pages": "compact_policy",
-                 "compact_interval_ms": "compact_interval"}
-_MIN_TICK_NS = 5_000_000     # zramfs.daemon.MIN_SLEEP_S
+MM_STAT_FIELDS = (
+    "orig_data_size",
+    "compr_data_size",
+    "mem_used_total",
+    "mem_limit",
+    "mem_used_max",
+    "same_pages",
+    "pages_compacted",
+    "huge_pages",
+    "huge_pages_since",
+)
+_DAEMON_KNOBS = {
+    "compact_policy": "compact_policy",
+    "compact_enabled": "compact_policy",
+    "compact_threshold_pages": "compact_policy",
+    "compact_interval_ms": "compact_interval",
+}
+_MIN_TICK_NS = 5_000_000  # zramfs.daemon.MIN_SLEEP_S
 
 
 @dataclass
@@ -79,12 +106,19 @@ class ReplayResult:
 
     def to_json(self) -> dict[str, Any]:
         """The issue's JSON object (config, mm_stat, peak_mem_used, seconds) and the rest."""
-        return {"config": dict(self.config), "mm_stat": dict(self.mm_stat),
-                "peak_mem_used": self.peak_mem_used, "mean_mem_used": self.mean_mem_used,
-                "pages_compacted": self.pages_compacted,
-                "write_failures": self.write_failures, "seconds": self.seconds,
-                "records": self.records, "overlapping": self.overlapping,
-                "trace_seconds": self.trace_seconds, "trace_complete": self.trace_complete}
+        return {
+            "config": dict(self.config),
+            "mm_stat": dict(self.mm_stat),
+            "peak_mem_used": self.peak_mem_used,
+            "mean_mem_used": self.mean_mem_used,
+            "pages_compacted": self.pages_compacted,
+            "write_failures": self.write_failures,
+            "seconds": self.seconds,
+            "records": self.records,
+            "overlapping": self.overlapping,
+            "trace_seconds": self.trace_seconds,
+            "trace_complete": self.trace_complete,
+        }
 
 
 def mm_stat_of(dev: ZramDevice | None) -> dict[str, int]:
@@ -106,14 +140,15 @@ def _device_id(device: str | None) -> int:
 class _Replay:
     """The state of one replay (see the module docstring)."""
 
-    def __init__(self, reader: TraceReader, settings: dict[str, Any], dev_id: int,
-                 config: Mapping[str, str]) -> None:
+    def __init__(
+        self, reader: TraceReader, settings: dict[str, Any], dev_id: int, config: Mapping[str, str]
+    ) -> None:
         self.reader = reader
         self.settings = settings
         self.dev_id = dev_id
         rec = recorded_config(reader.mount)
         self.effective: dict[str, str] = {**rec}
-        self.effective.update(config)          # as typed: "64M" stays "64M"
+        self.effective.update(config)  # as typed: "64M" stays "64M"
         self.chain_size = int(settings.get("chain_size", rec["chain_size"]))
         self.chain_rule = str(settings.get("chain_rule", rec["chain_rule"]))
         self.memory = PhysicalMemory()
@@ -131,8 +166,14 @@ class _Replay:
             policy = policy.with_spec(parse_policy(policy_text))
         else:
             policy = policy.with_spec(parse_policy("off"))
-        self.daemon = CompactionDaemon(self, policy, pressure=SimulatedPressure(0.0),
-                                       clock=lambda: self.t_ns / 1e9)
+        # The daemon asks its registry for `.devices` only: this replay is one (the replayed
+        # device), and its clock is trace time.
+        self.daemon = CompactionDaemon(
+            cast("Registry", self),
+            policy,
+            pressure=SimulatedPressure(0.0),
+            clock=lambda: self.t_ns / 1e9,
+        )
         self.knobs = {p.name: p for p in self.daemon.parameters()}
         self.next_tick = 0
         self.ticking = self.daemon.policy.enabled
@@ -140,7 +181,7 @@ class _Replay:
         self.records = 0
         self.overlapping = 0
         self.peak = 0
-        self.area = 0.0          # ∫ mem_used dt, bytes × ns
+        self.area = 0.0  # ∫ mem_used dt, bytes × ns
         self.last_used = 0
 
     # CompactionDaemon's view of a registry: the replayed device only
@@ -148,10 +189,10 @@ class _Replay:
     def devices(self) -> dict[int, ZramDevice]:
         return {} if self.dev is None else {self.dev_id: self.dev}
 
-
     def _new_device(self) -> ZramDevice:
-        dev = ZramDevice(self.dev_id, memory=self.memory, chain_size=self.chain_size,
-                         chain_rule=self.chain_rule)
+        dev = ZramDevice(
+            self.dev_id, memory=self.memory, chain_size=self.chain_size, chain_rule=self.chain_rule
+        )
         # the device's clock (ac_time) is trace time: a C-level call, as the live one is
         dev.clock = functools.partial(getattr, self, "now_s")
         self._apply_overrides(dev)
@@ -170,7 +211,7 @@ class _Replay:
     def advance(self, t_ns: int) -> None:
         """Move trace time to t_ns: account memory, run the daemon's ticks up to it."""
         if t_ns < self.t_ns:
-            t_ns = self.t_ns           # never backwards (a clock step between two threads)
+            t_ns = self.t_ns  # never backwards (a clock step between two threads)
         daemon = self.daemon
         while self.ticking and self.next_tick <= t_ns:
             self._account(self.next_tick)
@@ -201,8 +242,12 @@ class _Replay:
             self.peak = used
 
     # ---- records ------------------------------------------------------------------------
-    def run(self, records: Iterator[tuple[Any, ...]],
-            on_sample: Callable[[float, ZramDevice], None] | None, sample_ns: int) -> None:
+    def run(
+        self,
+        records: Iterator[tuple[Any, ...]],
+        on_sample: Callable[[float, ZramDevice], None] | None,
+        sample_ns: int,
+    ) -> None:
         """Apply every record (TraceReader.raw_records tuples) in order."""
         dev_id = self.dev_id
         boottime0 = self.boottime0
@@ -217,12 +262,12 @@ class _Replay:
                     next_sample += sample_ns
             if self.ticking and self.next_tick <= t:
                 self.advance(t)
-            elif t > self.t_ns:                # `_account`, inline
+            elif t > self.t_ns:  # `_account`, inline
                 self.area += self.last_used * (t - self.t_ns)
                 self.t_ns = t
                 self.now_s = boottime0 + t * 1e-9
             dev = self.dev
-            if kind == T_WRITE:               # the common case, inline
+            if kind == T_WRITE:  # the common case, inline
                 if rec[2] == dev_id and dev is not None:
                     try:
                         dev.write(rec[4], rec[5])
@@ -254,8 +299,13 @@ class _Replay:
                 dev.read(rec[4], rec[5])
             elif kind == T_DISCARD:
                 op = rec[4]
-                (dev.discard if op == OP_DISCARD else
-                 dev.punch_hole if op == OP_PUNCH_HOLE else dev.zero_range)(rec[5], rec[6])
+                (
+                    dev.discard
+                    if op == OP_DISCARD
+                    else dev.punch_hole
+                    if op == OP_PUNCH_HOLE
+                    else dev.zero_range
+                )(rec[5], rec[6])
             elif kind == T_FLUSH:
                 dev.flush()
             elif kind == T_BGCOMPACT and self.recorded_policy:
@@ -271,9 +321,11 @@ class _Replay:
             if parent != f"/sys/block/zram{self.dev_id}" or self.dev is None:
                 return
             s = self.settings
-            if (name == "comp_algorithm" and "algorithm" in s) \
-                    or (name == "algorithm_params" and "level" in s) \
-                    or (name == "mem_limit" and "mem_limit" in s):
+            if (
+                (name == "comp_algorithm" and "algorithm" in s)
+                or (name == "algorithm_params" and "level" in s)
+                or (name == "mem_limit" and "mem_limit" in s)
+            ):
                 return
             try:
                 attrs.store(self.dev, name, text)
@@ -303,20 +355,23 @@ class _Replay:
             except OSError:
                 return
             self._policy_changed()
-        elif path == "/proc/sys/vm/compact_memory":
-            if rec.offset == 0:
-                try:
-                    value, _ = proc_dointvec(rec.text)
-                except OSError:
-                    return
-                if value == 1:
-                    self.memory.compact()
+        elif path == "/proc/sys/vm/compact_memory" and rec.offset == 0:
+            try:
+                value, _ = proc_dointvec(rec.text)
+            except OSError:
+                return
+            if value == 1:
+                self.memory.compact()
 
 
-def replay_trace(trace_path: str | os.PathLike[str], config: Mapping[str, str], *,
-                 device: str | None = None,
-                 on_sample: Callable[[float, ZramDevice], None] | None = None,
-                 sample_interval: float = 0.5) -> ReplayResult:
+def replay_trace(
+    trace_path: str | os.PathLike[str],
+    config: Mapping[str, str],
+    *,
+    device: str | None = None,
+    on_sample: Callable[[float, ZramDevice], None] | None = None,
+    sample_interval: float = 0.5,
+) -> ReplayResult:
     """Replay `trace_path` under `config` (setting NAME -> value text; unset names keep the
     recorded value) on device `device` ("zram0" or "0"; None: zram0).  `on_sample(t, dev)`
     is called every `sample_interval` seconds of trace time and once at the end.
@@ -343,12 +398,19 @@ def replay_trace(trace_path: str | os.PathLike[str], config: Mapping[str, str], 
     eff = dict(r.effective)
     eff.setdefault("algorithm", _in_force_algorithm(r.dev))
     eff.setdefault("mem_limit", str(mm["mem_limit"]))
-    return ReplayResult(config=eff, mm_stat=mm, peak_mem_used=r.peak, mean_mem_used=mean,
-                        pages_compacted=mm["pages_compacted"],
-                        write_failures=r.write_failures,
-                        seconds=time.perf_counter() - started, records=r.records,
-                        overlapping=r.overlapping, trace_seconds=duration / 1e9,
-                        trace_complete=complete)
+    return ReplayResult(
+        config=eff,
+        mm_stat=mm,
+        peak_mem_used=r.peak,
+        mean_mem_used=mean,
+        pages_compacted=mm["pages_compacted"],
+        write_failures=r.write_failures,
+        seconds=time.perf_counter() - started,
+        records=r.records,
+        overlapping=r.overlapping,
+        trace_seconds=duration / 1e9,
+        trace_complete=complete,
+    )
 
 
 def _in_force_algorithm(dev: ZramDevice | None) -> str:

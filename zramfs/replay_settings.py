@@ -11,6 +11,7 @@ level), the allocator (`chain_size`, `chain_rule`: zsmalloc's pages per zspage a
 choosing them), the limit (`mem_limit`) and background compaction (`compact_policy`,
 `compact_interval`).  disksize comes from the trace.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -71,6 +72,7 @@ def _compact_policy(text: str) -> str:
     if text == RECORDED_POLICY:
         return text
     from .daemon import BadPolicy, format_policy, parse_policy
+
     try:
         return format_policy(parse_policy(text))
     except BadPolicy as exc:
@@ -91,20 +93,39 @@ def _mem_limit(text: str) -> int:
     return value
 
 
-SETTINGS: dict[str, Setting] = {s.name: s for s in (
-    Setting("algorithm", "comp_algorithm of the device (every comp_algorithm store of the trace "
-            "is replaced)", _algorithm),
-    Setting("level", "algorithm_params level of the primary algorithm", _level),
-    Setting("chain_size", "zsmalloc pages per zspage, 4..16 (4 = Linux 5.17, 8 = current)",
-            _chain_size),
-    Setting("chain_rule", "how a size class picks its chain: max-used or min-waste", _chain_rule),
-    Setting("mem_limit", "mem_limit of the device, held for the whole replay (0: none)",
-            _mem_limit),
-    Setting("compact_policy", "off, shrinker, threshold:PAGES, interval:MS (run against trace "
-            f"time) or {RECORDED_POLICY} (the live daemon's own compactions)", _compact_policy),
-    Setting("compact_interval", "the compaction daemon's timer in ms, in trace time",
-            _compact_interval),
-)}
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting(
+            "algorithm",
+            "comp_algorithm of the device (every comp_algorithm store of the trace is replaced)",
+            _algorithm,
+        ),
+        Setting("level", "algorithm_params level of the primary algorithm", _level),
+        Setting(
+            "chain_size",
+            "zsmalloc pages per zspage, 4..16 (4 = Linux 5.17, 8 = current)",
+            _chain_size,
+        ),
+        Setting(
+            "chain_rule", "how a size class picks its chain: max-used or min-waste", _chain_rule
+        ),
+        Setting(
+            "mem_limit", "mem_limit of the device, held for the whole replay (0: none)", _mem_limit
+        ),
+        Setting(
+            "compact_policy",
+            "off, shrinker, threshold:PAGES, interval:MS (run against trace "
+            f"time) or {RECORDED_POLICY} (the live daemon's own compactions)",
+            _compact_policy,
+        ),
+        Setting(
+            "compact_interval",
+            "the compaction daemon's timer in ms, in trace time",
+            _compact_interval,
+        ),
+    )
+}
 
 
 def validate_setting(name: str, value: str) -> Any:

@@ -15,6 +15,7 @@ lz4-compressed); a WRITE names the blobs of its 4 KiB chunks.
 
 What the records mean, and which operations they capture, is `zramfs.trace_hook`'s side.
 """
+
 from __future__ import annotations
 
 import collections
@@ -38,21 +39,21 @@ from .errors import TraceError
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"\x89ZRTRC\r\n"        # 8 bytes; the \x89 and \r\n catch text-mode mangling, as PNG's
+MAGIC = b"\x89ZRTRC\r\n"  # 8 bytes; the \x89 and \r\n catch text-mode mangling, as PNG's
 VERSION = 1
-PAGE_SIZE = 4096                 # the chunk a write's data is deduplicated by
+PAGE_SIZE = 4096  # the chunk a write's data is deduplicated by
 #: the framing of the file header: magic, version, reserved, JSON length (then JSON, CRC-32)
 _FILE_HEAD = struct.Struct("<8sHHI")
 #: the framing of one record: body length, CRC-32 of the body
 _FRAME = struct.Struct("<II")
 #: the start of every record body: type, flags, device id, nanoseconds since the trace began
 _BODY = struct.Struct("<BBHQ")
-_BLOB = struct.Struct("<IBI")          # id, codec, raw length; then the stored bytes
-_WRITE = struct.Struct("<QIHI")        # offset, length, errno, chunk count; then u32 blob ids
-_READ = struct.Struct("<QIH")          # offset, length, errno
-_DISCARD = struct.Struct("<BQQH")      # op, offset, length, errno
-_CONTROL = struct.Struct("<BHIHI")     # direction, errno, file offset, path length, text length
-_BGCOMPACT = struct.Struct("<IB")      # pages freed, reason length; then the reason
+_BLOB = struct.Struct("<IBI")  # id, codec, raw length; then the stored bytes
+_WRITE = struct.Struct("<QIHI")  # offset, length, errno, chunk count; then u32 blob ids
+_READ = struct.Struct("<QIH")  # offset, length, errno
+_DISCARD = struct.Struct("<BQQH")  # op, offset, length, errno
+_CONTROL = struct.Struct("<BHIHI")  # direction, errno, file offset, path length, text length
+_BGCOMPACT = struct.Struct("<IB")  # pages freed, reason length; then the reason
 
 #: a record body longer than this is damage, not data (a 128 KiB write is ~150 bytes)
 MAX_BODY = 16 << 20
@@ -95,7 +96,7 @@ class Discard(NamedTuple):
     t_ns: int
     dev: int
     flags: int
-    op: int          # OP_DISCARD, OP_PUNCH_HOLE or OP_ZERO_RANGE
+    op: int  # OP_DISCARD, OP_PUNCH_HOLE or OP_ZERO_RANGE
     offset: int
     length: int
     errno: int
@@ -113,7 +114,7 @@ class Control(NamedTuple):
 
     t_ns: int
     flags: int
-    direction: int   # CTRL_WRITE or CTRL_READ
+    direction: int  # CTRL_WRITE or CTRL_READ
     path: str
     text: bytes
     offset: int
@@ -148,8 +149,14 @@ class TraceWriter:
     tracing stops with one logged error and the I/O path goes on untraced.
     """
 
-    def __init__(self, path: str | os.PathLike[str], mount: dict[str, Any], *,
-                 flush_interval: float = 0.1, max_pending: int = 4096) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        mount: dict[str, Any],
+        *,
+        flush_interval: float = 0.1,
+        max_pending: int = 4096,
+    ) -> None:
         self.path = os.fspath(path)
         self.flush_interval = flush_interval
         self.max_pending = max_pending
@@ -157,8 +164,11 @@ class TraceWriter:
         self.t0 = time.monotonic_ns()
         self._fh = open(self.path, "wb", buffering=1 << 20)  # noqa: SIM115 - closed by close()
         header = {
-            "format": "zramfs-trace", "version": VERSION, "page_size": PAGE_SIZE,
-            "blob_codec": "lz4", "created_unix": time.time(),
+            "format": "zramfs-trace",
+            "version": VERSION,
+            "page_size": PAGE_SIZE,
+            "blob_codec": "lz4",
+            "created_unix": time.time(),
             # the device clock (CLOCK_BOOTTIME, ac_time) at t=0, so a replay's idle ages match
             "boottime_start": time.clock_gettime(time.CLOCK_BOOTTIME),
             "mount": mount,
@@ -171,7 +181,7 @@ class TraceWriter:
         self._blobs: dict[bytes, int] = {}
         self.records = 0
         self.overlapping = 0
-        self.bytes_in = 0       # page bytes the writes carried
+        self.bytes_in = 0  # page bytes the writes carried
         self.failed: str | None = None
         self._stop = False
         self._wake = threading.Event()
@@ -191,8 +201,11 @@ class TraceWriter:
 
     def _throttle(self) -> None:
         self._wake.set()
-        while len(self._pending) > self.max_pending // 2 and self.failed is None \
-                and self._thread.is_alive():
+        while (
+            len(self._pending) > self.max_pending // 2
+            and self.failed is None
+            and self._thread.is_alive()
+        ):
             time.sleep(0.0005)
 
     # ---- the writer thread -------------------------------------------------------------
@@ -252,8 +265,10 @@ class TraceWriter:
                 codec, stored = CODEC_LZ4, packed
             else:
                 codec, stored = CODEC_RAW, chunk
-            self._frame(_BODY.pack(T_BLOB, 0, dev, t_ns) + _BLOB.pack(blob_id, codec, len(chunk))
-                        + stored, out)
+            self._frame(
+                _BODY.pack(T_BLOB, 0, dev, t_ns) + _BLOB.pack(blob_id, codec, len(chunk)) + stored,
+                out,
+            )
         return blob_id
 
     def _encode(self, item: tuple[Any, ...], out: Any) -> None:
@@ -261,8 +276,13 @@ class TraceWriter:
         head = _BODY.pack(kind, flags, dev, t_ns)
         if kind == T_WRITE:
             offset, data, err = item[4], item[5], item[6]
-            ids = array("I", [self._blob(data[i:i + PAGE_SIZE], t_ns, dev, out)
-                              for i in range(0, len(data), PAGE_SIZE)])
+            ids = array(
+                "I",
+                [
+                    self._blob(data[i : i + PAGE_SIZE], t_ns, dev, out)
+                    for i in range(0, len(data), PAGE_SIZE)
+                ],
+            )
             body = head + _WRITE.pack(offset, len(data), err, len(ids)) + ids.tobytes()
             self.bytes_in += len(data)
         elif kind == T_READ:
@@ -289,9 +309,13 @@ class TraceWriter:
 
     # ---- closing -----------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        return {"records": self.records, "blobs": len(self._blobs),
-                "overlapping": self.overlapping, "page_bytes": self.bytes_in,
-                "duration_ns": self.now()}
+        return {
+            "records": self.records,
+            "blobs": len(self._blobs),
+            "overlapping": self.overlapping,
+            "page_bytes": self.bytes_in,
+            "duration_ns": self.now(),
+        }
 
     def close(self) -> None:
         """Write what is queued and an END record, flush, fsync and close.  Idempotent."""
@@ -353,21 +377,23 @@ class TraceReader:
             raise TraceError(f"{self.path}: not a zramfs trace (bad magic)")
         if version != VERSION:
             self.close()
-            raise TraceError(f"{self.path}: trace format version {version}, this zramfs reads "
-                             f"version {VERSION}")
+            raise TraceError(
+                f"{self.path}: trace format version {version}, this zramfs reads version {VERSION}"
+            )
         end = _FILE_HEAD.size + hlen
-        if end + 4 > size or struct.unpack_from("<I", self._map, end)[0] != \
-                zlib.crc32(self._view[8:end]):
+        if end + 4 > size or struct.unpack_from("<I", self._map, end)[0] != zlib.crc32(
+            self._view[8:end]
+        ):
             self.close()
             raise TraceError(f"{self.path}: damaged trace header")
         try:
-            self.header: dict[str, Any] = json.loads(bytes(self._view[_FILE_HEAD.size:end]))
+            self.header: dict[str, Any] = json.loads(bytes(self._view[_FILE_HEAD.size : end]))
         except ValueError:
             self.close()
             raise TraceError(f"{self.path}: damaged trace header (not JSON)") from None
         self.mount: dict[str, Any] = self.header.get("mount", {})
         self._first = end + 4
-        self._blob_at: list[tuple[int, int, int, int]] = []   # (start, end, codec, raw length)
+        self._blob_at: list[tuple[int, int, int, int]] = []  # (start, end, codec, raw length)
         self._zstd = zstandard.ZstdDecompressor()
         self.complete = False
         self.end: dict[str, Any] | None = None
@@ -408,24 +434,34 @@ class TraceReader:
         view = self._view
         size = self.size
         pos = self._first
-        self._blob_at = blob_at = []
+        blob_at: list[tuple[int, int, int, int]] = []
+        self._blob_at = blob_at
         frame_unpack, body_unpack, body_size = _FRAME.unpack_from, _BODY.unpack_from, _BODY.size
         write_unpack, blob_unpack = _WRITE.unpack_from, _BLOB.unpack_from
         crc32, blob = zlib.crc32, self.blob
-        errors = (struct.error, IndexError, ValueError, zstandard.ZstdError,
-                  lz4.block.LZ4BlockError)
+        errors = (
+            struct.error,
+            IndexError,
+            ValueError,
+            zstandard.ZstdError,
+            lz4.block.LZ4BlockError,
+        )
         while pos + 8 <= size:
             length, crc = frame_unpack(m, pos)
             start = pos + 8
             stop = start + length
-            if length < body_size or length > MAX_BODY or stop > size \
-                    or crc32(view[start:stop]) != crc:
+            if (
+                length < body_size
+                or length > MAX_BODY
+                or stop > size
+                or crc32(view[start:stop]) != crc
+            ):
                 break
             kind, flags, dev, t_ns = body_unpack(m, start)
             p = start + body_size
             rec: tuple[Any, ...] | None
             try:
-                if kind == T_BLOB:            # the common two inline
+                if kind == T_BLOB:  # the common two inline
                     blob_id, codec, raw = blob_unpack(m, p)
                     if blob_id != len(blob_at) or codec > CODEC_LZ4:
                         raise ValueError("blob out of sequence")
@@ -437,7 +473,7 @@ class TraceReader:
                     if q + 4 * count != stop:
                         raise ValueError("blob list length")
                     if count == 1:
-                        data = blob(int.from_bytes(m[q:q + 4], "little"))
+                        data = blob(int.from_bytes(m[q : q + 4], "little"))
                     else:
                         ids = array("I")
                         ids.frombytes(m[q:stop])
@@ -448,7 +484,7 @@ class TraceReader:
                 else:
                     rec = self._decode(kind, flags, dev, t_ns, p, stop)
             except errors:
-                break         # a body that passed its CRC yet does not parse: stop here
+                break  # a body that passed its CRC yet does not parse: stop here
             pos = stop
             if rec is None:
                 if kind == T_END:
@@ -460,8 +496,9 @@ class TraceReader:
             self.stopped_at = pos
             self.trailing_bytes = size - pos
 
-    def _decode(self, kind: int, flags: int, dev: int, t_ns: int, p: int,
-                stop: int) -> tuple[Any, ...] | None:
+    def _decode(
+        self, kind: int, flags: int, dev: int, t_ns: int, p: int, stop: int
+    ) -> tuple[Any, ...] | None:
         m = self._map
         if kind == T_READ:
             offset, length, err = _READ.unpack_from(m, p)
@@ -476,13 +513,22 @@ class TraceReader:
             q = p + _CONTROL.size
             if q + plen + tlen != stop:
                 raise ValueError("control record length")
-            path = bytes(m[q:q + plen]).decode()
-            return (T_CONTROL, t_ns, dev, flags, direction, path, bytes(m[q + plen:stop]),
-                    offset, err)
+            path = bytes(m[q : q + plen]).decode()
+            return (
+                T_CONTROL,
+                t_ns,
+                dev,
+                flags,
+                direction,
+                path,
+                bytes(m[q + plen : stop]),
+                offset,
+                err,
+            )
         if kind == T_BGCOMPACT:
             freed, rlen = _BGCOMPACT.unpack_from(m, p)
             q = p + _BGCOMPACT.size
-            return (T_BGCOMPACT, t_ns, dev, flags, bytes(m[q:q + rlen]).decode(), freed)
+            return (T_BGCOMPACT, t_ns, dev, flags, bytes(m[q : q + rlen]).decode(), freed)
         if kind == T_END:
             self.end = json.loads(bytes(m[p:stop]))
             return None
@@ -497,7 +543,7 @@ class TraceReader:
             try:
                 self._map.close()
             except BufferError:
-                pass              # a caller still holds a view of a blob: the GC closes it
+                pass  # a caller still holds a view of a blob: the GC closes it
         self._fh.close()
 
     def __enter__(self) -> TraceReader:

@@ -27,6 +27,7 @@ consecutive overlapped another one and is flagged `F_OVERLAP`.  A trace without 
 records was made one state change at a time (e.g. fio with one job at iodepth 1, or any
 QD1 swap), and its order is the allocator's order: replay is then exact.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,22 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .daemon import DEFAULT_POLICY
-
-from .trace import (CTRL_READ, CTRL_WRITE, F_OVERLAP, NO_DEVICE, OP_DISCARD, OP_PUNCH_HOLE,
-                    OP_ZERO_RANGE, T_BGCOMPACT, T_CONTROL, T_DISCARD, T_FLUSH, T_READ,
-                    T_WRITE, TraceWriter)
+from .trace import (
+    CTRL_READ,
+    CTRL_WRITE,
+    F_OVERLAP,
+    NO_DEVICE,
+    OP_DISCARD,
+    OP_PUNCH_HOLE,
+    OP_ZERO_RANGE,
+    T_BGCOMPACT,
+    T_CONTROL,
+    T_DISCARD,
+    T_FLUSH,
+    T_READ,
+    T_WRITE,
+    TraceWriter,
+)
 
 if TYPE_CHECKING:
     from .daemon import CompactionDaemon
@@ -66,8 +79,9 @@ class MountTracer:
         self._inner = threading.local()
 
     # ---- attaching ----------------------------------------------------------------------
-    def attach(self, registry: Registry, tree: Tree | None = None,
-               daemon: CompactionDaemon | None = None) -> None:
+    def attach(
+        self, registry: Registry, tree: Tree | None = None, daemon: CompactionDaemon | None = None
+    ) -> None:
         """Wrap every device of `registry` (and those hot_add creates), the tree's control
         file writes and the daemon's compactions."""
         for dev in list(registry.devices.values()):
@@ -103,7 +117,7 @@ class MountTracer:
         def write(offset: int, data: bytes | bytearray | memoryview) -> int:
             # The hot one (every swap-out, every fio write): `_done` inlined.
             if type(data) is not bytes:
-                data = bytes(data)       # the caller may reuse its buffer after we return
+                data = bytes(data)  # the caller may reuse its buffer after we return
             start = tick()
             try:
                 n = orig_write(offset, data)
@@ -111,8 +125,17 @@ class MountTracer:
                 done(start, [T_WRITE, 0, dev_id, 0, offset, data, _errno_of(exc)])
                 raise
             with lock:
-                push((T_WRITE, mono() - t0, dev_id, 0 if tick() == start + 1 else F_OVERLAP,
-                      offset, data, 0))
+                push(
+                    (
+                        T_WRITE,
+                        mono() - t0,
+                        dev_id,
+                        0 if tick() == start + 1 else F_OVERLAP,
+                        offset,
+                        data,
+                        0,
+                    )
+                )
             return n
 
         def read(offset: int, length: int) -> bytes:
@@ -130,7 +153,7 @@ class MountTracer:
         def ranged(op: int, orig: Callable[[int, int], None]) -> Callable[[int, int], None]:
             def call(offset: int, length: int) -> None:
                 if getattr(inner, "busy", False):
-                    return orig(offset, length)   # punch_hole's own discard: part of it
+                    return orig(offset, length)  # punch_hole's own discard: part of it
                 start = tick()
                 inner.busy = True
                 try:
@@ -141,6 +164,7 @@ class MountTracer:
                 finally:
                     inner.busy = False
                 done(start, [T_DISCARD, 0, dev_id, 0, op, offset, length, 0])
+
             return call
 
         def flush() -> None:
@@ -149,9 +173,9 @@ class MountTracer:
 
         dev.write = write  # type: ignore[method-assign]
         dev.read = read  # type: ignore[method-assign]
-        dev.discard = ranged(OP_DISCARD, orig_discard)  # type: ignore[method-assign]
-        dev.punch_hole = ranged(OP_PUNCH_HOLE, orig_punch)  # type: ignore[method-assign]
-        dev.zero_range = ranged(OP_ZERO_RANGE, orig_zero)  # type: ignore[method-assign]
+        dev.discard = ranged(OP_DISCARD, orig_discard)  # type: ignore[method-assign,assignment]
+        dev.punch_hole = ranged(OP_PUNCH_HOLE, orig_punch)  # type: ignore[method-assign,assignment]
+        dev.zero_range = ranged(OP_ZERO_RANGE, orig_zero)  # type: ignore[method-assign,assignment]
         dev.flush = flush  # type: ignore[method-assign]
 
     def attach_tree(self, tree: Tree) -> None:
@@ -164,22 +188,37 @@ class MountTracer:
             try:
                 n = orig_write_file(node, data, offset)
             except OSError as exc:
-                self._done(start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_WRITE, node.path,
-                                   bytes(data), offset, _errno_of(exc)])
+                self._done(
+                    start,
+                    [
+                        T_CONTROL,
+                        0,
+                        NO_DEVICE,
+                        0,
+                        CTRL_WRITE,
+                        node.path,
+                        bytes(data),
+                        offset,
+                        _errno_of(exc),
+                    ],
+                )
                 raise
-            self._done(start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_WRITE, node.path,
-                               bytes(data), offset, 0])
+            self._done(
+                start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_WRITE, node.path, bytes(data), offset, 0]
+            )
             return n
 
         def read_file(node: Node) -> bytes:
-            if node.kind is not Kind.HOT_ADD:     # only hot_add's read changes anything
+            if node.kind is not Kind.HOT_ADD:  # only hot_add's read changes anything
                 return orig_read_file(node)
             start = self._tick()
             try:
                 out = orig_read_file(node)
             except OSError as exc:
-                self._done(start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_READ, node.path, b"", 0,
-                                   _errno_of(exc)])
+                self._done(
+                    start,
+                    [T_CONTROL, 0, NO_DEVICE, 0, CTRL_READ, node.path, b"", 0, _errno_of(exc)],
+                )
                 raise
             self._done(start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_READ, node.path, out, 0, 0])
             return out
@@ -193,8 +232,17 @@ class MountTracer:
         def compact(dev: Any, reason: Any) -> int:
             start = self._tick()
             got = orig(dev, reason)
-            self._done(start, [T_BGCOMPACT, 0, int(getattr(dev, "id", NO_DEVICE)), 0,
-                               str(getattr(reason, "value", reason)), int(got)])
+            self._done(
+                start,
+                [
+                    T_BGCOMPACT,
+                    0,
+                    int(getattr(dev, "id", NO_DEVICE)),
+                    0,
+                    str(getattr(reason, "value", reason)),
+                    int(got),
+                ],
+            )
             return got
 
         daemon._compact = compact  # type: ignore[method-assign]
@@ -210,8 +258,10 @@ class MountTracer:
         try:
             attrs.store(dev, name, text)
         except OSError as exc:
-            self._done(start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_WRITE, path, text.encode(), 0,
-                               _errno_of(exc)])
+            self._done(
+                start,
+                [T_CONTROL, 0, NO_DEVICE, 0, CTRL_WRITE, path, text.encode(), 0, _errno_of(exc)],
+            )
             raise
         self._done(start, [T_CONTROL, 0, NO_DEVICE, 0, CTRL_WRITE, path, text.encode(), 0, 0])
 
@@ -225,8 +275,19 @@ class MountTracer:
         if dev.limit_pages:
             stores.append(("mem_limit", str(dev.limit_pages * 4096)))
         for name, text in stores:
-            self.writer.push((T_CONTROL, self.writer.now(), NO_DEVICE, 0, CTRL_WRITE,
-                              path + name, text.encode(), 0, 0))
+            self.writer.push(
+                (
+                    T_CONTROL,
+                    self.writer.now(),
+                    NO_DEVICE,
+                    0,
+                    CTRL_WRITE,
+                    path + name,
+                    text.encode(),
+                    0,
+                    0,
+                )
+            )
 
     def close(self) -> None:
         self.writer.close()
@@ -248,13 +309,18 @@ def trace_path_problem(path: str) -> str | None:
 
 def mount_header(args: argparse.Namespace) -> dict[str, Any]:
     """The mount-wide settings a trace header records (zramfs.replay_settings reads them)."""
-    return {"chain_size": args.chain_size, "chain_rule": args.chain_rule,
-            "compact_policy": str(args.compact_policy or DEFAULT_POLICY),
-            "compact_interval": args.compact_interval, "devices": args.devices}
+    return {
+        "chain_size": args.chain_size,
+        "chain_rule": args.chain_rule,
+        "compact_policy": str(args.compact_policy or DEFAULT_POLICY),
+        "compact_interval": args.compact_interval,
+        "devices": args.devices,
+    }
 
 
-def start_mount_trace(args: argparse.Namespace, registry: Registry, tree: Tree,
-                      daemon: CompactionDaemon) -> MountTracer:
+def start_mount_trace(
+    args: argparse.Namespace, registry: Registry, tree: Tree, daemon: CompactionDaemon
+) -> MountTracer:
     """Open `args.trace` and attach a tracer to a mount `zramfs.cli.build_mount` built.
 
     The devices exist and are configured already (--algorithm, --size, --mem-limit): their
