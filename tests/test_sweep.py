@@ -232,11 +232,13 @@ def test_record_one_file_keyed_by_configuration(
             assert series.samples[-1]["devices"]["zram0"]["mm_stat"] == result["mm_stat"]
     # the same time series whichever executor took the samples, bar the block layer's times
     # (/sys/block/zram0/stat's *_ticks, io_ticks, time_in_queue: this replay's wall time)
-    lines = [
-        [without_times(json.loads(x)) for x in f.read_text().splitlines()[1:]]
-        for f in files.values()
-    ]
-    assert lines[0] == lines[1]
+    assert record_lines(files["1"]) == record_lines(files["2"])
+
+
+def record_lines(path: Path) -> list[dict[str, Any]]:
+    """A record file's lines after the header (its creation time), without the block
+    layer's times."""
+    return [without_times(json.loads(x)) for x in path.read_text().splitlines()[1:]]
 
 
 def without_times(line: dict[str, Any]) -> dict[str, Any]:
@@ -354,9 +356,14 @@ def test_dask_scheduler_and_worker_processes(
     trace: Path, capsys: pytest.CaptureFixture[str], dask_processes: tuple[str, Path]
 ) -> None:
     address, worker_tmp = dask_processes
-    one = replay_json(capsys, str(trace), *SWEEP)
-    on_cluster = replay_json(capsys, str(trace), *SWEEP, "--scheduler", address)
+    records = [worker_tmp.parent / "here.jsonl", worker_tmp.parent / "cluster.jsonl"]
+    one = replay_json(capsys, str(trace), *SWEEP, "--record", str(records[0]))
+    on_cluster = replay_json(
+        capsys, str(trace), *SWEEP, "--scheduler", address, "--record", str(records[1])
+    )
     assert without_seconds(on_cluster) == without_seconds(one)
+    # the samples the workers took came back whole, in sweep order
+    assert record_lines(records[1]) == record_lines(records[0])
     # each worker's copy of the trace is gone once the sweep is over
     assert [p.name for p in worker_tmp.iterdir() if p.name.startswith("zramfs-trace-")] == []
 
