@@ -298,3 +298,54 @@ def test_recorded_policy_replays_the_daemons_compactions(tmp_path: Path) -> None
     assert live["pages_compacted"] > 0
     assert replay_trace(path, {"compact_policy": "recorded"}).mm_stat == live
     assert replay_trace(path, {"compact_policy": "off"}).mm_stat["pages_compacted"] == 0
+
+
+def test_hot_add_reset_and_hot_remove_are_replayed(tmp_path: Path) -> None:
+    """A device created by reading hot_add, written, reset, reconfigured and written again
+    replays on its own (device="zram1"); after hot_remove it is gone."""
+    path = tmp_path / "hot.trace"
+    registry = Registry(num_devices=1)
+    tree = Tree(registry)
+    tracer = MountTracer(TraceWriter(path, dict(MOUNT)))
+    tracer.attach(registry, tree)
+    assert tree.read_file(tree.lookup("/sys/class/zram-control/hot_add")) == b"1\n"
+
+    def attr(name: str, text: bytes) -> None:
+        tree.write_file(tree.lookup(f"/sys/block/zram1/{name}"), text)
+
+    dev = registry.devices[1]
+    rnd = random.Random(9)
+    words = [rnd.randbytes(16) for _ in range(30)]
+
+    def fill(n: int) -> None:
+        for _ in range(n):
+            k = rnd.randrange(1, 200)
+            page = (b"".join(rnd.choice(words) for _ in range(k)) + bytes(4096))[:4096]
+            dev.write(rnd.randrange(2048) * 4096, page)
+
+    attr("comp_algorithm", b"zstd")
+    attr("disksize", b"8M")
+    fill(500)
+    attr("reset", b"1")
+    attr("comp_algorithm", b"lz4")
+    attr("disksize", b"8M")
+    attr("mem_limit", b"1M")
+    fill(700)
+    live = mm_stat_of(dev)
+    tracer.close()
+    assert live["mem_limit"] == 1 << 20
+    r = replay_trace(path, {}, device="zram1")
+    assert r.mm_stat == live and r.config["algorithm"] == "lz4"
+    assert replay_trace(path, {}, device="0").mm_stat["orig_data_size"] == 0
+
+    path2 = tmp_path / "removed.trace"
+    registry = Registry(num_devices=2)
+    tree = Tree(registry)
+    tracer = MountTracer(TraceWriter(path2, {**MOUNT, "devices": 2}))
+    tracer.attach(registry, tree)
+    dev = registry.devices[1]
+    tree.write_file(tree.lookup("/sys/block/zram1/disksize"), b"8M")
+    fill(100)
+    tree.write_file(tree.lookup("/sys/class/zram-control/hot_remove"), b"1")
+    tracer.close()
+    assert replay_trace(path2, {}, device="zram1").mm_stat == dict.fromkeys(MM_STAT_FIELDS, 0)
