@@ -44,7 +44,13 @@ from .daemon import CompactionDaemon, CompactionPolicy, SimulatedPressure, parse
 from .device import ZramDevice
 from .errors import InvalidSetting, ZramError
 from .kparse import proc_dointvec
-from .replay_settings import RECORDED_POLICY, parse_config, recorded_config
+from .replay_settings import (
+    RECORDED_POLICY,
+    SETTINGS,
+    parse_config,
+    recorded_config,
+    validate_setting,
+)
 from .slots import PAGE_SHIFT, PAGE_SIZE
 from .trace import (
     CTRL_READ,
@@ -63,6 +69,15 @@ from .trace import (
 
 if TYPE_CHECKING:
     from .device import Registry
+
+__all__ = [
+    "MM_STAT_FIELDS",
+    "SETTINGS",
+    "ReplayResult",
+    "mm_stat_of",
+    "replay_trace",
+    "validate_setting",
+]
 
 #: mm_stat's nine columns, in the kernel's order (docs/zram.md)
 MM_STAT_FIELDS = (
