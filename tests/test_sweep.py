@@ -412,6 +412,7 @@ def garbage(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["{trace}", "--scheduler", "tcp://127.0.0.1:99999"], "expected tcp://HOST:PORT"),
         (["{trace}", "--scheduler", "tcp://127.0.0.1:8786", "--jobs", "2"], "exclude each other"),
         (["{trace}", "--record", "{missing}/r.jsonl"], "no such directory"),
+        (["{trace}", "--record", "{trace}"], "is the trace itself"),
         ([], "required: TRACE"),
         (["{trace}", "--interval", "abc"], "invalid float value"),
         (["{trace}", "--interval", "0"], "--interval 0: must be > 0"),

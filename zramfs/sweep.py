@@ -379,7 +379,7 @@ def run(args: argparse.Namespace) -> int:
         jobs, scheduler = _check_options(args)
         sets = parse_sets(args.set or [])
         if args.record is not None:
-            _check_record_path(args.record)
+            _check_record_path(args.record, trace)
         with TraceReader(trace):  # a garbage or foreign file fails here, before any replay
             pass
         configs = configurations(sets)
@@ -416,9 +416,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_record_path(path: str) -> None:
-    """Refuse a --record FILE that cannot be written before any replay runs."""
+def _check_record_path(path: str, trace: Path) -> None:
+    """Refuse a --record FILE that cannot be written, or is the trace, before any replay."""
     target = Path(path)
+    if target.exists() and trace.exists() and os.path.samefile(target, trace):
+        raise SweepInputError(f"--record {path}: is the trace itself")
     parent = target.parent if str(target.parent) else Path(".")
     if target.is_dir():
         raise SweepInputError(f"--record {path}: is a directory")
