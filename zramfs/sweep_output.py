@@ -3,7 +3,7 @@
 Owns the presentation of a sweep's `zramfs.replay.ReplayResult` list:
 - `format_table`: one row per configuration, zramctl-like (sizes through
   ``size_to_human_string`` as ``zramfs status`` shows them, counts raw);
-- `to_json`: the JSON list of issue 14 (``ReplayResult.to_json()`` of each configuration);
+- `to_json`: the JSON list (``ReplayResult.to_json()`` of each configuration, docs/replay.md);
 - `write_record`: the time series ``zramfs record`` writes (`zramfs.record.RecordWriter`),
   every configuration in one file, each sample tagged with its configuration's key, so
   ``zramfs plot`` overlays the configurations of one sweep.
@@ -73,7 +73,7 @@ def format_table(results: Sequence[ReplayResult], names: Sequence[str]) -> str:
 
 
 def to_json(results: Sequence[ReplayResult]) -> str:
-    """The JSON list of issue 14, one object per configuration, in sweep order."""
+    """The JSON list, one object per configuration, in sweep order (docs/replay.md)."""
     return json.dumps([r.to_json() for r in results], indent=2) + "\n"
 
 
