@@ -49,7 +49,8 @@ def test_default_levels_match_kernel_backends():
     assert codecs.get_codec("lz4hc").level == 9        # LZ4HC_DEFAULT_CLEVEL
     assert codecs.get_codec("zstd").level == 3         # ZSTD_CLEVEL_DEFAULT
     assert codecs.get_codec("deflate").level == zlib.Z_DEFAULT_COMPRESSION
-    assert codecs.get_codec("deflate").winbits == 11   # DEFLATE_DEF_WINBITS
+    deflate = codecs.get_codec("deflate")
+    assert isinstance(deflate, codecs.DeflateCodec) and deflate.winbits == 11  # DEFLATE_DEF_WINBITS
 
 
 def test_levels_change_output():
@@ -85,7 +86,8 @@ def test_dictionary_improves_ratio_and_is_required(name):
     text = corpus()
     samples = [text_page(rng) for _ in range(300)]
     if name == "zstd":
-        dictionary = zstandard.train_dictionary(16384, samples).as_bytes()
+        # the stub wants an invariant list[bytes | bytearray | memoryview]
+        dictionary = zstandard.train_dictionary(16384, samples).as_bytes()  # type: ignore[arg-type]
     else:
         dictionary = text[: 32768]
     plain = codecs.get_codec(name)
@@ -160,6 +162,7 @@ def test_zstd_contexts_are_pooled_and_reused():
     thread state, where a threading.local would be empty): reused across calls and threads,
     never lent to two calls at once, and a read builds no compressor."""
     c = codecs.get_codec("zstd")
+    assert isinstance(c, codecs.ZstdCodec)
     page = text_page(random.Random(7))
     assert c._cctxs.qsize() == 1 and c._dctxs.qsize() == 1     # built (and checked) up front
     for _ in range(3):
@@ -174,15 +177,16 @@ def test_zstd_contexts_are_pooled_and_reused():
     assert c._cctxs.qsize() == 1 and c._cctxs.get_nowait() is not held   # a second one
     blob = c.compress(page)
     d = codecs.get_codec("zstd")
+    assert isinstance(d, codecs.ZstdCodec)
     d._cctxs.get_nowait()
     assert d.decompress(blob) == page and d._cctxs.qsize() == 0  # a read builds no compressor
 
 
 def test_parameters_are_checked_when_the_codec_is_created():
     assert codecs.get_codec("zstd", level=100).level == zstandard.MAX_COMPRESSION_LEVEL  # clamped
-    for kw in ({"level": 10}, {"level": -2}):
+    for level in (10, -2):
         with pytest.raises(ZramError) as ei:
-            codecs.get_codec("deflate", **kw)
+            codecs.get_codec("deflate", level=level)
         assert ei.value.errno == errno.EINVAL
     c = codecs.get_codec("lz4", level=-3)      # acceleration < 1 means the default
     page = text_page(random.Random(8))
@@ -194,19 +198,23 @@ def test_lz4_uses_lz4_compress_fast_like_the_kernel():
     the lengths must be those of LZ4_compress_fast, which differ from lz4.block.compress."""
     import lz4.block
     c = codecs.get_codec("lz4")
+    assert isinstance(c, codecs.Lz4Codec)
     assert codecs._LZ4_COMPRESS_FAST is not None and c._fast is not None
     rng = random.Random(9)
     pages = [text_page(rng) for _ in range(50)]
     ours = [c.compress(p) for p in pages]
     assert [c.decompress(o) for o in ours] == pages
-    assert c.compress(bytearray(pages[0])) == c.compress(memoryview(pages[0])) == ours[0]
+    # bytes-like pages work at run time (the annotation says bytes)
+    assert (c.compress(bytearray(pages[0])) == c.compress(memoryview(pages[0]))  # type: ignore[arg-type]
+            == ours[0])
     stream = [len(lz4.block.compress(p, store_size=False)) for p in pages]
     assert sum(len(o) != s for o, s in zip(ours, stream)) > 25
     # acceleration is the level, as the kernel passes params->level
     fast8 = codecs.get_codec("lz4", level=8)
     assert sum(len(fast8.compress(p)) for p in pages) > sum(map(len, ours))
     # with a dictionary the stream API is the kernel's path too (LZ4_loadDict + _continue)
-    assert codecs.get_codec("lz4", dictionary=corpus()[:4096])._fast is None
+    with_dict = codecs.get_codec("lz4", dictionary=corpus()[:4096])
+    assert isinstance(with_dict, codecs.Lz4Codec) and with_dict._fast is None
 
 
 def test_lz4_exact_path_is_the_one_installed():
@@ -219,7 +227,8 @@ def test_lz4_exact_path_is_the_one_installed():
         f"{codecs._LZ4_BINDING}")
     assert codecs.lz4_path_warning() is None
     assert ".so" in codecs._LZ4_BINDING          # the library it came from
-    assert codecs.get_codec("lz4")._fast is codecs._LZ4_COMPRESS_FAST
+    c = codecs.get_codec("lz4")
+    assert isinstance(c, codecs.Lz4Codec) and c._fast is codecs._LZ4_COMPRESS_FAST
 
 
 def test_lz4_binding_failure_is_reported_with_the_reason(monkeypatch):
@@ -256,7 +265,7 @@ def test_lz4_fallback_is_visible(monkeypatch):
     assert warning is not None and "\n" not in warning
     assert "lz4.block" in warning and "simulated: no LZ4_compress_fast" in warning
     c = codecs.get_codec("lz4")
-    assert c._fast is None
+    assert isinstance(c, codecs.Lz4Codec) and c._fast is None
     rng = random.Random(10)
     pages = [text_page(rng) for _ in range(5)]
     for p in pages:

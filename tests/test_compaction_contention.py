@@ -199,6 +199,7 @@ def test_compactor_waits_for_a_mapped_destination(pool: Pool) -> None:
     other_class_malloc = Runner(lambda: pool.malloc(1000), "malloc-other-class")
     other_class_malloc.start()
     h_other = other_class_malloc.finish(5)  # only class.lock of class 1024: proceeds
+    assert isinstance(h_other, int)
     time.sleep(0.1)
     for r in (free_other, map_src, same_class_malloc):
         assert not r.done.is_set(), f"{r.name} must wait while compaction is blocked"

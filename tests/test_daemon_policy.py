@@ -15,6 +15,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -243,6 +244,7 @@ def test_shrinker_compacts_a_device_near_its_mem_limit() -> None:
     dev = reg.devices[0]
     daemon = CompactionDaemon(reg, pressure=SimulatedPressure(0.0))
     churn(reg, None)
+    assert dev.pool is not None
     used = dev.pool.total_pages
     attrs.store(dev, "mem_limit", str(2 * used * PAGE))         # far from it: nothing
     assert daemon.scan_once() == 0 and daemon.stats.runs == 0
@@ -347,7 +349,7 @@ def test_pages_compacted_counts_background_and_explicit_compactions() -> None:
     explicit = mm_stat(reg)[6] - background
     assert explicit > 0
     assert mm_stat(reg)[6] == daemon.stats.pages_freed + explicit
-    assert dev.pool.stats.pages_compacted == mm_stat(reg)[6]
+    assert dev.pool is not None and dev.pool.stats.pages_compacted == mm_stat(reg)[6]
 
 
 # ---- the pressure sources ------------------------------------------------------------------------
@@ -409,7 +411,7 @@ def test_module_parameters_set_and_show_the_policy() -> None:
     reg = new_registry()
     pressure = SimulatedPressure(0.0)
     daemon = CompactionDaemon(reg, pressure=pressure)
-    params = {p.name: p for p in daemon.parameters()}
+    params: dict[str, Any] = {p.name: p for p in daemon.parameters()}  # .set: None if 0444
     writable = {n for n, p in params.items() if p.set is not None}
     assert writable == {"compact_policy", "compact_enabled", "compact_threshold_pages",
                         "compact_interval_ms"}

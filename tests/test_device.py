@@ -72,6 +72,7 @@ def dev(reg) -> ZramDevice:
 
 
 def settle(d: ZramDevice) -> None:
+    assert d.pool is not None
     d.pool.flush_free_work()
 
 
@@ -179,6 +180,7 @@ def test_registry_shares_memory_with_own_pools():
     a, b = r.devices[0], r.devices[1]
     a.set_disksize(MiB)
     b.set_disksize(MiB)
+    assert a.pool is not None and b.pool is not None
     assert a.pool is not b.pool and a.pool.memory is mem and b.pool.memory is mem
     rng = random.Random(3)
     for i in range(50):
@@ -197,7 +199,7 @@ def test_modern_kernel_geometry():
     d = r.devices[0]
     d.set_comp_algorithm("lz4")
     d.set_disksize(MiB)
-    assert d.pool.huge_class_size == 3625
+    assert d.pool is not None and d.pool.huge_class_size == 3625
     rng = random.Random(4)
     pages = [mixed_page(rng) for _ in range(64)]
     for i, p in enumerate(pages):
@@ -256,7 +258,7 @@ def test_huge_threshold_is_pool_huge_class_size(dev):
     assert hcs == 3257
     comp = dev._meta.comps[0]
     rng = random.Random(6)
-    found = {}
+    found: dict[int, bytes] = {}
     for _ in range(4000):
         n = rng.randrange(3200, 3260)
         page = rng.randbytes(n) + bytes(PAGE - n)
@@ -559,7 +561,7 @@ def test_writeback_idle_page_index_ranges(reg, backing, compressed):
     assert all(d.slot_state(i)[1] & ZRAM_WB for i in (0, 2, 4, 8, 9))
     assert d.stats().bd_writes == 9
     for i, p in enumerate(pages):
-        assert d.read(i * PAGE, p and PAGE) == p
+        assert d.read(i * PAGE, PAGE) == p
     # partial writes of a written-back block work (read from the file, rewrite in memory)
     d.write(4 * PAGE + 10, b"patch")
     assert d.read(4 * PAGE, PAGE) == pages[4][:10] + b"patch" + pages[4][15:]
@@ -720,6 +722,7 @@ def reference_write(d: ZramDevice, offset: int, data) -> int:
     end = min(offset + n, d.disksize)
     index = offset // PAGE
     t0 = time.perf_counter_ns()
+    assert d._meta is not None
     try:
         d._write_unaligned(d._meta, index, offset, end, data)
     except ZramError as exc:
@@ -737,6 +740,7 @@ def reference_read(d: ZramDevice, offset: int, length: int) -> bytes:
     first = offset // PAGE
     t0 = time.perf_counter_ns()
     parts = []
+    assert d._meta is not None
     for index in range(first, (end + PAGE - 1) // PAGE):
         try:
             parts.append(d._load_page(d._meta, index, True)[0])
@@ -758,8 +762,10 @@ def corrupt(d: ZramDevice, index: int) -> None:
     if not size or f & (ZRAM_SAME | ZRAM_HUGE):
         return
     if f & ZRAM_WB:
+        assert d.backing is not None
         os.pwrite(d.backing.fd, b"\xff" * size, h * PAGE)
     else:
+        assert d.pool is not None
         d.pool.write_object(h, b"\xff" * size)
 
 
@@ -774,6 +780,7 @@ def outcome(fn, *args, **kw):
 def assert_twins_agree(fast: ZramDevice, ref: ZramDevice) -> None:
     """The same slots (flags, handles, access times), pool size and counters: every field of
     mm_stat, io_stat, bd_stat and the block stat (time spent aside)."""
+    assert fast._meta is not None and ref._meta is not None
     a, b = fast._meta.table, ref._meta.table
     for column in ("np_flags", "np_ac_time", "np_handle"):
         differ = np.flatnonzero(getattr(a, column) != getattr(b, column))
@@ -859,6 +866,7 @@ def test_hot_paths_agree_with_the_reference_page_read_and_store(tmp_path, seed):
         elif op < 82:
             extra = rng.choice([None, 0, 1, 4]) if seed % 2 else None
             for d in twins:
+                assert d.pool is not None
                 d.set_mem_limit(0 if extra is None else (d.pool.total_pages + extra) * PAGE)
         elif op < 87:
             for d in twins:
@@ -874,6 +882,7 @@ def test_hot_paths_agree_with_the_reference_page_read_and_store(tmp_path, seed):
             assert outcome(fast.recompress, mode=mode, max_pages=8) == \
                 outcome(ref.recompress, mode=mode, max_pages=8)
         else:                   # a compressed object goes bad: EIO, and read as every path does
+            assert fast._meta is not None
             f = fast._meta.table.np_flags
             sized = (f & SIZE_MASK) != 0
             objects = np.flatnonzero(sized & ((f & (ZRAM_SAME | ZRAM_HUGE)) == 0))
@@ -927,7 +936,7 @@ def test_multi_page_write_that_runs_out_of_memory_keeps_the_rest(limit):
     assert s.pages_stored == sum(1 for f in flags if f)
     assert s.huge_pages == sum(bool(f & ZRAM_HUGE) for f in flags) == done
     assert s.compr_data_size == sum(f & 0x1FFF for f in flags)
-    assert s.mem_used_pages == d.pool.total_pages
+    assert d.pool is not None and s.mem_used_pages == d.pool.total_pages
 
 
 def test_failed_reads_counted_on_corruption(dev):
@@ -1026,6 +1035,7 @@ def test_device_hash_unchanged_by_read_only_activity(dev):
 
 def test_os_file_is_not_left_open_after_reset(reg, backing):
     d = wb_dev(reg, backing)
+    assert d.backing is not None
     fd = d.backing.fd
     d.reset()
     assert d.backing is None

@@ -89,6 +89,7 @@ class DeviceModel(RuleBasedStateMachine):
     @rule(extra=st.sampled_from([None, 0, 1, 3]))
     def mem_limit(self, extra):
         """None lifts the limit; otherwise cap the pool a few pages above its current size."""
+        assert self.dev.pool is not None
         self.dev.pool.flush_free_work()
         self.dev.set_mem_limit(0 if extra is None else (self.dev.pool.total_pages + extra) * PAGE)
 
@@ -122,6 +123,7 @@ class DeviceModel(RuleBasedStateMachine):
 
     @rule()
     def migrate(self):
+        assert self.dev.pool is not None
         self.dev.pool.flush_free_work()
         self.reg.memory.compact()
 
@@ -145,6 +147,7 @@ class DeviceModel(RuleBasedStateMachine):
     def counters_match_slot_table(self):
         d = self.dev
         s = d.stats()
+        assert d._meta is not None and d.pool is not None and d.backing is not None
         t = d._meta.table
         flags = [t.flags[i] for i in range(NR_PAGES)]
         stored = [f for i, f in enumerate(flags) if f or t.handle[i]]
@@ -161,6 +164,7 @@ class DeviceModel(RuleBasedStateMachine):
     def spot_check(self):
         self.checks = getattr(self, "checks", 0) + 1
         i = (self.checks * 7) % NR_PAGES
+        assert self.dev._meta is not None
         assert self.dev._load_page(self.dev._meta, i, False)[0] == bytes(self.model[i * PAGE:(i + 1) * PAGE])
 
 

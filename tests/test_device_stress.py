@@ -145,7 +145,9 @@ def run_stress(duration: float, workers: int = 4, *, lockdep: bool = True,
                 if last_slice[w] and got != last_slice[w]:
                     errors.append(f"slice of worker {w} lost its last update")
             s = dev.stats()
-            t_ = dev._meta.table
+            meta = dev._meta
+            assert meta is not None
+            t_ = meta.table
             stored = sum(1 for i in range(nr_pages) if t_.flags[i] or t_.handle[i])
             if s.pages_stored != stored:
                 errors.append(f"pages_stored {s.pages_stored} != {stored} slots")

@@ -24,7 +24,7 @@ PAGE = 4096
 SIZE = 1 << 20
 
 
-def _errno_of(fn, *args) -> int:
+def _errno_of(fn, *args) -> int | None:
     with pytest.raises(OSError) as info:
         fn(*args)
     return info.value.errno

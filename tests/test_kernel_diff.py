@@ -61,12 +61,16 @@ device is always reset afterwards and its comp_algorithm selection restored.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import pytest
 
 from support.kernel import HUGE_CLASS_SIZE, kc
 from zramfs.codecs import get_codec
 from zramfs.daemon import DEFAULT_POLICY, SimulatedPressure, format_policy
+
+if TYPE_CHECKING:  # the module `kc` below, loaded by path (scripts/ is no package)
+    from kernel_compare import Comparison, SizeAgreement
 
 pytestmark = pytest.mark.kernel
 
@@ -87,7 +91,7 @@ def kernel_device() -> None:
 
 
 def _compare(image: str, n_pages: int = IMAGE_PAGES, *,
-             policy: str = "shrinker") -> kc.Comparison:
+             policy: str = "shrinker") -> Comparison:
     """The comparison of `image` (its default seeds), the zramfs side's daemon running under
     `policy` with a pressure source that reports none."""
     pages = kc.IMAGES[image](n_pages, kc.DEFAULT_SEEDS[image])
@@ -107,11 +111,11 @@ def _compare(image: str, n_pages: int = IMAGE_PAGES, *,
     return c
 
 
-def _explain(c: kc.Comparison) -> str:
+def _explain(c: Comparison) -> str:
     return "\n" + kc.format_table(c) + "\n-- checks\n" + kc.format_checks(c)
 
 
-def _sizes(agreement: kc.SizeAgreement) -> str:
+def _sizes(agreement: SizeAgreement) -> str:
     return agreement.summary()
 
 

@@ -11,6 +11,7 @@ import os
 import random
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -65,6 +66,7 @@ def test_scan_compacts_past_threshold_and_counts_in_mm_stat():
     reg = fragmented_registry()
     dev = reg.devices[0]
     pool = dev.pool
+    assert pool is not None
     freeable = pool.freeable_pages()
     assert freeable > 0
     daemon = CompactionDaemon(reg, threshold(freeable + 1))
@@ -120,7 +122,7 @@ def test_uninitialised_and_reset_devices_are_skipped():
 def test_parameters_are_the_knobs():
     reg = Registry(num_devices=1)
     daemon = CompactionDaemon(reg)
-    params = {p.name: p for p in daemon.parameters()}
+    params: dict[str, Any] = {p.name: p for p in daemon.parameters()}  # .set: all writable
     assert params["compact_policy"].get() == "shrinker"
     assert params["compact_enabled"].get() == "Y"
     params["compact_enabled"].set("N\n")

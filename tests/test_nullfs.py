@@ -28,6 +28,7 @@ SIZE = 8 << 20
 
 def _load_script():
     spec = importlib.util.spec_from_file_location("nullfs_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -289,7 +289,7 @@ def test_handle_check_copies_agree_with_checked_obj(data: st.DataObject) -> None
     live = [h for h in live if h not in freed]
     cells = len(pool.handles.cells)
     known = live + freed if live + freed else [8]
-    handle = data.draw(st.one_of(
+    handle: Any = data.draw(st.one_of(    # deliberately of any type: bad ones raise TypeError
         st.sampled_from(known),
         st.builds(int.__add__, st.sampled_from(known), st.integers(-7, 7)),    # misaligned
         st.integers(min_value=-64, max_value=(cells + 4) << HANDLE_SHIFT),

@@ -7,6 +7,8 @@ Rows are "index size pages objs waste [aliases lo..hi]", the shape that page's s
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from allocator.sizeclass import (
@@ -283,7 +285,7 @@ def _min_waste_expected():
     base = parse(CHAIN8_MAX_USED)
     merged_sizes = set(MIN_WASTE_CHAIN8_MERGED)
     by_size = {r[1]: r for r in base}
-    out = []
+    out: list[list[Any]] = []
     for idx, size, pages, objs, waste, alias in base:
         if size in merged_sizes:
             continue

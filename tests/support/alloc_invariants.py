@@ -150,7 +150,7 @@ def parse_classes_table(text: str) -> ClassesTable:
     assert f[0] == "Total" and len(f) == 7, f"bad total line: {total_line!r}"
     tot = tuple(int(x) for x in f[1:])
     expect = (" %5s %5s %11u %12u %13u %10u %10u %16s %8u"
-              % ("Total", "", *tot[:5], "", tot[5]))
+              % ("Total", "", tot[0], tot[1], tot[2], tot[3], tot[4], "", tot[5]))
     assert total_line == expect, f"total not in the kernel format:\n{total_line!r}\n{expect!r}"
     assert lines[i + 2:] == [""], f"trailing text after the total line: {lines[i + 2:]!r}"
     return ClassesTable(rows=rows, total=tot)  # type: ignore[arg-type]
@@ -283,7 +283,7 @@ def zspage_pfns(pool: Any, zspage: Any) -> list[int]:
     pfn = zspage.first_page
     if zspage.huge:
         return [pfn]
-    out = []
+    out: list[int] = []
     while pfn != -1:
         assert len(out) <= 16, f"page chain loop from {zspage.first_page}"
         out.append(pfn)

@@ -220,7 +220,7 @@ def expect_errno(code: int, fn, *args) -> None:
     with pytest.raises(OSError) as info:
         fn(*args)
     assert info.value.errno == code, (
-        f"expected {errno.errorcode[code]}, got {errno.errorcode.get(info.value.errno)}: "
+        f"expected {errno.errorcode[code]}, got {errno.errorcode.get(info.value.errno or 0)}: "
         f"{info.value}")
 
 

@@ -67,9 +67,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Literal, NamedTuple
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from allocator import lockdep, locks
+
+if TYPE_CHECKING:
+    from _typeshed import TraceFunction
 
 # The lock primitives and the lock_stat counters they update on the slow path.
 LOCKS_FILES: tuple[str, ...] = (locks.__file__, lockdep.__file__)
@@ -585,17 +589,17 @@ class _Run:
             if last:
                 self._all_ended.release()
 
-    def _tracer(self, t: _Thread) -> Callable[..., object]:
+    def _tracer(self, t: _Thread) -> TraceFunction:
         traced = self.traced
 
-        def local(frame: object, event: str, arg: object) -> object:
+        def local(frame: FrameType, event: str, arg: object) -> TraceFunction | None:
             if event == "line":
-                code = frame.f_code  # type: ignore[attr-defined]
-                self.yield_point(t, (code.co_filename, frame.f_lineno, code.co_name))  # type: ignore[attr-defined]
+                code = frame.f_code
+                self.yield_point(t, (code.co_filename, frame.f_lineno, code.co_name))
             return local
 
-        def global_(frame: object, event: str, arg: object) -> object:
-            return local if frame.f_code.co_filename in traced else None  # type: ignore[attr-defined]
+        def global_(frame: FrameType, event: str, arg: object) -> TraceFunction | None:
+            return local if frame.f_code.co_filename in traced else None
 
         return global_
 
@@ -865,7 +869,9 @@ def _next_prefix(points: list[ChoicePoint], bound: int
         for alt in p.options[p.options.index(p.chosen) + 1:]:
             cost = p.preemptions + (p.current_runnable and alt != p.options[0])
             if cost <= bound:
-                return [(q.chosen, q.options) for q in points[:i]] + [(alt, p.options)]
+                prefix: list[tuple[int, tuple[int, ...] | None]] = [
+                    (q.chosen, q.options) for q in points[:i]]
+                return prefix + [(alt, p.options)]
     return None
 
 
@@ -907,10 +913,10 @@ def explore_random(scenario: Scenario, *, executions: int, seed: int = 0) -> Exp
 
 def compress(schedule: Sequence[str]) -> str:
     """``("B", "B", "S")`` -> ``"B*2 S"``: a schedule as a failure message prints it."""
-    runs: list[list[object]] = []
+    runs: list[list[Any]] = []      # [name, count]
     for name in schedule:
         if runs and runs[-1][0] == name:
-            runs[-1][1] += 1  # type: ignore[operator]
+            runs[-1][1] += 1
         else:
             runs.append([name, 1])
     return " ".join(f"{name}*{n}" if n > 1 else str(name) for name, n in runs)
