@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/demo.sh - the main job on a fresh machine: install what is missing, mount a zramfs
 # device, run a workload on MNT/dev/zram0, show what zram would show (mm_stat, io_stat,
-# `zramfs status`), unmount. Run as root from a checkout:
+# `zramfs status`), then fragmentation and compaction: discard a random part of the data, plot,
+# compact, plot; unmount. Run as root from a checkout:
 #
 #   scripts/demo.sh
 #
@@ -12,6 +13,9 @@
 #   BACKEND=zramfs   zramfs | nullfs (scripts/nullfs.py: the same FUSE image without compression)
 #   NO_INSTALL=1     do not install anything
 #   NO_FIO=1         use the Python workload even when fio is installed
+#   DISCARD_PCT=60   per cent of the written 4 KiB blocks discarded at random before compaction
+#   RECORD=1         record the mount (zramfs record) and plot it (zramfs plot); RECORD=0 skips
+#   RECORD_DIR=DIR   where the records and plots go (default /tmp/zramfs-record.XXXXXX)
 #
 # Workload: fio when installed (scripts/fio/verify-crc32c.fio, then compressible.fio), else a
 # Python writer of mixed pages (same-filled, text, half random, random) that reads them back.
@@ -42,6 +46,7 @@ allocator_demo() {  # when the mount fails: show the allocator alone, then fail
 cleanup() {
     local rc=$?
     set +e
+    stop_record
     unmount_device
     [ "$rc" = 0 ] || log "failed (exit $rc); cleaned up"
     exit "$rc"
@@ -77,6 +82,7 @@ log "mounted: $DEV ($(stat -c %s "$DEV") bytes)"
 if [ -d "$MNT/sys/block/zram0" ]; then
     echo "comp_algorithm: $(cat "$MNT/sys/block/zram0/comp_algorithm")"
 fi
+start_record 1-fill-discard
 
 # 3. workload
 if [ -z "${NO_FIO:-}" ] && command -v fio >/dev/null 2>&1; then
@@ -123,10 +129,39 @@ fi
 # 4. what zram would show
 show_stats
 [ -r "$MNT/sys/block/zram0/io_stat" ] && echo "io_stat: $(cat "$MNT/sys/block/zram0/io_stat")"
+
+# 5. fragmentation and compaction: discard a random part of the blocks (as swap frees slots and
+# a filesystem trims: fallocate PUNCH_HOLE), which leaves the zspages partly used; plot; compact,
+# which moves the survivors together and frees the emptied zspages; plot.
 if [ -e "$MNT/sys/block/zram0/compact" ]; then
-    echo 1 > "$MNT/sys/block/zram0/compact" && log "after echo 1 > compact:" && show_stats
+    DISCARD_PCT="${DISCARD_PCT:-60}"
+    log "discarding ${DISCARD_PCT}% of the written blocks at random"
+    python3 - "$DEV" "$(numfmt --from=iec "${IO_SIZE%B}")" "$DISCARD_PCT" <<'PY'
+import ctypes, os, random, sys
+dev, nbytes, pct = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+PUNCH_HOLE_KEEP_SIZE = 0x02 | 0x01
+n = nbytes // 4096
+fd = os.open(dev, os.O_RDWR)
+for i in random.Random(14).sample(range(n), n * pct // 100):
+    if libc.fallocate(fd, PUNCH_HOLE_KEEP_SIZE, i * 4096, 4096) != 0:
+        sys.exit(f"fallocate: {os.strerror(ctypes.get_errno())}")
+os.close(fd)
+print(f"discarded {n * pct // 100} of {n} blocks")
+PY
+    show_stats
+    sleep 1
+    stop_record
+    start_record 2-compact
+    sleep 1
+    echo 1 > "$MNT/sys/block/zram0/compact"
+    log "after echo 1 > compact:"
+    show_stats
+    sleep 1
+    stop_record
 fi
 
-# 5. unmount (the trap does it; done here to report it)
+# 6. unmount (the trap does it; done here to report it)
 unmount_device
 log "unmounted; done"

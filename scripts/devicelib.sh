@@ -62,3 +62,35 @@ show_stats() {  # labelled mm_stat (+ zramfs status) of MNT/dev/zram0
     fi
     if [ "$BACKEND" = zramfs ]; then zramfs_cli status "$MNT" || true; fi
 }
+# Recording (docs/experiments.md): RECORD=1 (default) records MNT while the script runs and plots
+# it; RECORD=0 skips it. RECORD_DIR (default: a new /tmp/zramfs-record.XXXXXX) keeps the files.
+#   start_record NAME   zramfs record MNT into RECORD_DIR/NAME.jsonl (+ .csv) in the background
+#   stop_record         stop it (SIGINT), zramfs plot into RECORD_DIR/NAME/, say where (idempotent)
+REC_PID=""; REC_NAME=""; REC_DIR=""
+start_record() {
+    [ "${RECORD:-1}" = 1 ] && [ "$BACKEND" = zramfs ] || return 0
+    [ -n "$REC_DIR" ] || REC_DIR="${RECORD_DIR:-$(mktemp -d /tmp/zramfs-record.XXXXXX)}"
+    mkdir -p "$REC_DIR"
+    REC_NAME="$1"
+    # Not through the zramfs_cli function: a function in the background is a subshell, whose
+    # pid (in $!) would get the signal instead of the recorder.
+    local cmd=(zramfs)
+    command -v zramfs >/dev/null 2>&1 || cmd=(env "PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 -m zramfs)
+    "${cmd[@]}" record "$MNT" --out "$REC_DIR/$REC_NAME.jsonl" --interval "${RECORD_INTERVAL:-0.5}" \
+        --csv 2>>"$REC_DIR/record.log" &
+    REC_PID=$!
+    log "recording $MNT into $REC_DIR/$REC_NAME.jsonl (RECORD=0 skips it)"
+}
+stop_record() {
+    [ -n "$REC_PID" ] || return 0
+    kill -TERM "$REC_PID" 2>/dev/null || true   # it writes its last sample and the end line
+    wait "$REC_PID" || log "zramfs record exited $? (see $REC_DIR/record.log)"
+    REC_PID=""
+    local out="$REC_DIR/$REC_NAME"
+    if zramfs_cli plot "$REC_DIR/$REC_NAME.jsonl" --out "$out" > "$out.txt" 2>&1; then
+        log "plots of $REC_NAME: $out/ ($(grep -c '\.png$' "$out.txt") PNGs; record $out.jsonl, $out.csv)"
+        grep -v '\.png$' "$out.txt" | sed 's/^/  /' >&2
+    else
+        log "no plots of $REC_NAME: $(tail -n 1 "$out.txt")"
+    fi
+}

@@ -11,6 +11,9 @@
 #   BACKEND=zramfs zramfs | nullfs (scripts/nullfs.py: same FUSE image, no compression; a baseline)
 #   SRC="/usr/lib/python3 /usr/share/doc"   directories copied onto the filesystem
 #   LOOP_DIO=off   losetup --direct-io=on|off
+#   RECORD=1       record the mount while the demo runs (zramfs record, RECORD_INTERVAL=0.5 s)
+#                  and plot it at the end (zramfs plot; the paths are printed); RECORD=0 skips
+#   RECORD_DIR=DIR where the record, its CSV and the plots go (default /tmp/zramfs-record.XXXXXX)
 #
 # Needs root (losetup, mount). Cleans up on any failure: filesystem, loop device, its own mount.
 set -euo pipefail
@@ -42,6 +45,7 @@ cleanup() {
         rmdir "$FSDIR" 2>/dev/null
     fi
     [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null
+    stop_record
     unmount_device
     [ -n "$WORK" ] && rm -rf "$WORK"
     [ "$rc" = 0 ] || log "failed (exit $rc); cleaned up"
@@ -51,6 +55,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 mount_device "${1:-}"
+start_record fs
 DEV="$MNT/dev/zram0"
 WORK="$(mktemp -d /tmp/fs_demo.XXXXXX)"
 FSDIR="$WORK/fs"; mkdir "$FSDIR"
@@ -103,4 +108,5 @@ show_stats
 
 umount "$FSDIR"
 losetup -d "$LOOP"; LOOP=""
+stop_record
 log "done"

@@ -19,6 +19,9 @@
 #   MLOCK=1        mount zramfs with --mlock (daemon pinned in RAM, PR_SET_IO_FLUSHER; plus
 #                  --no-io-flusher, said in the log, when this process lacks CAP_SYS_RESOURCE,
 #                  which the prctl needs); MLOCK=0 mounts without. An existing MNT is used as is.
+#   RECORD=1       record the mount while the experiment runs (zramfs record, RECORD_INTERVAL=0.5
+#                  s) and plot it at the end (zramfs plot; the paths are printed); RECORD=0 skips
+#   RECORD_DIR=DIR where the record, its CSV and the plots go (default /tmp/zramfs-record.XXXXXX)
 #
 # cgroups: v2 (memory.max + memory.swap.max) when the memory controller is on the unified
 # hierarchy, else v1 (memory.limit_in_bytes, memory.swappiness=100), else systemd-run --scope.
@@ -172,6 +175,7 @@ cleanup() {
         for _ in $(seq 50); do rmdir "$CG" 2>/dev/null && break; sleep 0.1; done
         [ -d "$CG" ] && log "could not remove cgroup $CG"
     fi
+    stop_record
     unmount_device
     [ "$rc" = 0 ] || log "failed (exit $rc); cleaned up"
     exit "$rc"
@@ -180,6 +184,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 mount_device "${1:-}"
+start_record swap
 DEV="$MNT/dev/zram0"
 PARAMS="$MNT/sys/module/zramfs/parameters"
 [ -r "$PARAMS/mlock" ] && log "daemon pinned (mlock): $(cat "$PARAMS/mlock"), io_flusher: $(cat "$PARAMS/io_flusher")"
@@ -215,6 +220,7 @@ show_stats
 
 swapoff "$LOOP"; SWAP_ON=0
 losetup -d "$LOOP"; LOOP=""
+stop_record
 if [ "$wrc" = 0 ]; then
     log "PASS: $ALLOC written and read back through swap with a $LIMIT limit"
 else
