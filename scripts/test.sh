@@ -5,8 +5,11 @@
 #   scripts/test.sh -k nullfs -x    # extra arguments go to pytest
 #   scripts/test.sh --deps-only     # only install what is missing (used by the other scripts)
 #   ZRAMFS_NO_INSTALL=1 scripts/test.sh   # never install anything, just run pytest
+#   ZRAMFS_NO_LINT=1 scripts/test.sh      # skip the lint and type checks (quick local runs)
 #   ZRAMFS_TEST_TIMEOUT=3600              # seconds before the whole pytest run is stopped
 #
+# Before the suite it runs `ruff check .`, `ruff format --check .` and `mypy` (configured in
+# pyproject.toml); any of them failing fails the script (exit 1) before pytest starts.
 # It is the README's test command and what CI (.ci/run) runs. It exits with pytest's exit code.
 # Installing needs root (apt-get, modprobe, pip); without root it only reports what is missing.
 set -euo pipefail
@@ -116,12 +119,45 @@ install_deps() {
     install_python
 }
 
+run_check() {  # NAME CMD...: one log line; the tool's own output only when it fails
+    local name="$1" out rc t0="$SECONDS"
+    shift
+    out="$("$@" 2>&1)" && rc=0 || rc=$?
+    if [ "$rc" = 0 ]; then
+        log "$name: ok ($((SECONDS - t0))s)"
+        return 0
+    fi
+    printf '%s\n' "$out" >&2
+    log "$name: FAILED (exit $rc, $((SECONDS - t0))s): $*"
+    return 1
+}
+
+lint() {  # ruff and mypy from the interpreter's environment (the test extra installs both)
+    if ! "$PY" -c 'import ruff, mypy' 2>/dev/null; then
+        log "lint: ruff or mypy is not installed for $PY (pip install -e '.[lint]'; ZRAMFS_NO_LINT=1 skips)"
+        exit 1
+    fi
+    local failed=()
+    run_check "ruff check" "$PY" -m ruff check . || failed+=("ruff check")
+    run_check "ruff format --check" "$PY" -m ruff format --check . || failed+=("ruff format")
+    run_check "mypy" "$PY" -m mypy || failed+=("mypy")
+    if [ "${#failed[@]}" -gt 0 ]; then
+        local IFS=,
+        log "lint failed (${failed[*]}): fix the findings above before the suite runs (ZRAMFS_NO_LINT=1 skips the checks for a local run)"
+        exit 1
+    fi
+}
+
 if [ "${1:-}" = "--deps-only" ]; then
     install_deps
     exit 0
 fi
 
 install_deps
+
+if [ -z "${ZRAMFS_NO_LINT:-}" ]; then
+    lint
+fi
 
 # In CI the FUSE tests must run, not skip: check the prerequisites up front and tell the tests
 # (tests that honour ZRAMFS_REQUIRE_FUSE=1 fail instead of skipping when FUSE is unusable).
