@@ -340,9 +340,21 @@ def test_killed_mount_leaves_a_trace_that_replays(zmount, tmp_path: Path) -> Non
     time.sleep(0.6)  # > the writer's flush interval: the records are out
     os.kill(m.proc.pid, signal.SIGKILL)
     m.proc.wait(timeout=10)
+    _wait_until_unchanged(path)  # the sink writes what it got, then exits
     with TraceReader(path) as r:
         recs = list(r.records())
         assert not r.complete
     assert sum(type(x) is Write for x in recs) == 500
     result = replay_trace(path, {})
     assert list(result.mm_stat.values()) == live
+
+
+def _wait_until_unchanged(path: Path, quiet: float = 0.5, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        size = path.stat().st_size
+        if size == last:
+            return
+        last = size
+        time.sleep(quiet)

@@ -6,9 +6,10 @@ so a trace cut short by a crash or SIGKILL reads up to its last complete record 
 before it can be damaged.  Page contents are stored once per distinct content (BLOB records,
 lz4-compressed); a WRITE names the blobs of its 4 KiB chunks.
 
-* `TraceWriter`: the file side.  Producers (the I/O path, through `zramfs.trace_hook`) only
-  append a tuple to a deque; a writer thread hashes, deduplicates, compresses, frames and
-  writes, and flushes the file at most `flush_interval` seconds after a record arrived.
+* `TraceWriter`: the file side.  Producers (the I/O path, through `zramfs.trace_hook`) write
+  each record as a tuple into a pipe to a sink process (`zramfs.trace_sink`) that hashes,
+  deduplicates, compresses, frames and writes them, and flushes the file at most
+  `flush_interval` seconds after a record arrived.
 * `TraceReader`: opens, checks and iterates a trace (`Write`, `Read`, `Discard`, `Flush`,
   `Control`, `BackgroundCompact` records), reassembling a write's data from its blobs.
   A missing, foreign or damaged file raises `zramfs.errors.TraceError` with one line.
@@ -18,13 +19,15 @@ What the records mean, and which operations they capture, is `zramfs.trace_hook`
 
 from __future__ import annotations
 
-import collections
-import hashlib
+import fcntl
 import json
 import logging
+import marshal
 import mmap
 import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -55,6 +58,15 @@ _READ = struct.Struct("<QIH")  # offset, length, errno
 _DISCARD = struct.Struct("<BQQH")  # op, offset, length, errno
 _CONTROL = struct.Struct("<BHIHI")  # direction, errno, file offset, path length, text length
 _BGCOMPACT = struct.Struct("<IB")  # pages freed, reason length; then the reason
+
+#: records are sent to the sink in batches of this many bytes (one pipe write and one wake-up
+#: of the sink per batch: a write per record cost the mount's process ~19 µs per 4 KiB write
+#: in wake-ups), or when a batch waited half the flush interval
+BATCH_BYTES = 256 << 10
+#: fcntl: set a pipe's capacity (Linux)
+F_SETPIPE_SZ = 1031
+#: the framing of one message in the pipe to the sink: its length (then a marshal'd tuple)
+_PIPE_LEN = struct.Struct("<I")
 
 #: a record body longer than this is damage, not data (a 128 KiB write is ~150 bytes)
 MAX_BODY = 16 << 20
@@ -137,33 +149,30 @@ Record = Write | Read | Discard | Flush | Control | BackgroundCompact
 
 # ---------------------------------------------------------------------------- writer
 class TraceWriter:
-    """Append records to a new trace file from any thread; a writer thread does the work.
+    """Append records to a new trace file from any thread; a sink process does the work.
 
-    `push` is the producers' only call: it appends one tuple (the record's type first, see
-    `_encode`) to a deque, without a lock or any I/O.  The writer thread drains the deque,
-    turns each tuple into framed records (new page contents become BLOB records first) in a
-    buffered file, and flushes it to the kernel at least every `flush_interval` seconds
-    while records arrive: a killed mount loses at most that much, and the file always ends
-    in whole records or in one partial record the reader drops.  When more than
-    `max_pending` tuples wait, `push` waits for the writer (back-pressure, so a workload
-    faster than the writer cannot fill memory).  If the file cannot be written (disk full)
-    tracing stops with one logged error and the I/O path goes on untraced.
+    The file's header is written here; the records, one length-prefixed marshal'd tuple
+    (type, t_ns, dev, flags, fields... — the shapes `TraceReader.raw_records` gives back)
+    each, are batched under `lock` (their order is the trace's order) and sent through a
+    pipe to a sink process (`zramfs.trace_sink`: its own interpreter and GIL) that hashes,
+    deduplicates, compresses, frames and appends them, flushing the file at least every
+    `flush_interval` seconds while records arrive.  A producer pays a marshal and an append;
+    every `BATCH_BYTES` the one that fills the batch writes it to the pipe (the GIL released
+    meanwhile), and a timer thread sends a batch that waited half of `flush_interval`.  The
+    pipe holds 1 MiB: a producer waits only when the sink is that far behind
+    (back-pressure, never a wait on the disk).  A killed mount loses its unsent batch
+    (at most `BATCH_BYTES` or half of `flush_interval`); the sink writes everything it
+    received, and the file ends in whole records or in one partial record the reader drops.
+    If the sink fails (disk full: it says why on the mount's stderr) tracing stops with one
+    logged error and the I/O path goes on untraced.
     """
 
     def __init__(
-        self,
-        path: str | os.PathLike[str],
-        mount: dict[str, Any],
-        *,
-        flush_interval: float = 0.1,
-        max_pending: int = 4096,
+        self, path: str | os.PathLike[str], mount: dict[str, Any], *, flush_interval: float = 0.1
     ) -> None:
         self.path = os.fspath(path)
-        self.flush_interval = flush_interval
-        self.max_pending = max_pending
         #: CLOCK_MONOTONIC (ns) at t=0 of the trace
         self.t0 = time.monotonic_ns()
-        self._fh = open(self.path, "wb", buffering=1 << 20)  # noqa: SIM115 - closed by close()
         header = {
             "format": "zramfs-trace",
             "version": VERSION,
@@ -176,187 +185,101 @@ class TraceWriter:
         }
         text = json.dumps(header, sort_keys=True).encode()
         head = _FILE_HEAD.pack(MAGIC, VERSION, 0, len(text)) + text
-        self._fh.write(head + struct.pack("<I", zlib.crc32(head[8:])))
-        self._fh.flush()
-        self._pending: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._blobs: dict[bytes, int] = {}
-        self.records = 0
-        self.overlapping = 0
-        self.bytes_in = 0  # page bytes the writes carried
+        with open(self.path, "wb") as fh:
+            fh.write(head + struct.pack("<I", zlib.crc32(head[8:])))
+        # Its own session: a Ctrl-C meant for a foreground mount must not kill the sink
+        # before it has written what it was sent.
+        self._sink = subprocess.Popen(
+            [sys.executable, "-m", "zramfs.trace_sink", self.path, str(flush_interval)],
+            stdin=subprocess.PIPE,
+            start_new_session=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        assert self._sink.stdin is not None
+        self._pipe = self._sink.stdin.fileno()
+        try:
+            fcntl.fcntl(self._pipe, F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass  # above /proc/sys/fs/pipe-max-size: the default 64 KiB works, waits more
+        #: held while a record is batched or the batch goes into the pipe (the order of the
+        #: records is the trace's order)
+        self.lock = threading.Lock()
+        self.flush_interval = flush_interval
         self.failed: str | None = None
-        self._stop = False
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="zramfs-trace", daemon=True)
-        self._thread.start()
+        self._closed = False
+        self._buf: list[bytes] = []
+        self._buffered = 0
+        self._sent_at = time.monotonic()
+        self._timer_stop = threading.Event()
+        self._timer = threading.Thread(target=self._run_timer, name="zramfs-trace", daemon=True)
+        self._timer.start()
 
     def now(self) -> int:
         """Nanoseconds since the trace began (CLOCK_MONOTONIC)."""
         return time.monotonic_ns() - self.t0
 
     def push(self, item: tuple[Any, ...]) -> None:
-        """Queue one record tuple; (type, t_ns, dev, flags, ...fields) as `_encode` reads it."""
-        pending = self._pending
-        pending.append(item)
-        if len(pending) > self.max_pending and not self._stop:
-            self._throttle()
+        """Record one tuple, (type, t_ns, dev, flags, ...fields)."""
+        with self.lock:
+            self.push_locked(item)
 
-    def _throttle(self) -> None:
-        self._wake.set()
-        while (
-            len(self._pending) > self.max_pending // 2
-            and self.failed is None
-            and self._thread.is_alive()
-        ):
-            time.sleep(0.0005)
+    def push_locked(self, item: tuple[Any, ...]) -> None:
+        """`push` for a caller holding `lock` (the tracer orders its records under it)."""
+        m = marshal.dumps(item)
+        buf = self._buf
+        buf.append(_PIPE_LEN.pack(len(m)))
+        buf.append(m)
+        self._buffered += len(m)
+        if self._buffered >= BATCH_BYTES:
+            self._send_locked()
 
-    # ---- the writer thread -------------------------------------------------------------
-    def _run(self) -> None:
-        pending = self._pending
-        last_flush = time.monotonic()
-        dirty = False
-        while True:
-            stopping = self._stop
-            batch = []
-            while pending:
-                batch.append(pending.popleft())
-            if batch and self.failed is None:
-                try:
-                    out = self._fh
-                    for item in batch:
-                        self._encode(item, out)
-                    dirty = True
-                except (OSError, ValueError) as exc:
-                    self.failed = f"{self.path}: {exc}"
-                    log.error("trace: writing stopped: %s", self.failed)
-            now = time.monotonic()
-            if dirty and (now - last_flush >= self.flush_interval or stopping):
-                self._flush()
-                dirty = False
-                last_flush = now
-            if stopping and not pending:
-                return
-            if not batch:
-                self._wake.wait(min(0.01, self.flush_interval))
-                self._wake.clear()
-
-    def _flush(self) -> None:
-        if self.failed is None:
-            try:
-                self._fh.flush()
-            except OSError as exc:
-                self.failed = f"{self.path}: {exc}"
-                log.error("trace: writing stopped: %s", self.failed)
-
-    def _frame(self, body: bytes, out: Any) -> None:
-        out.write(_FRAME.pack(len(body), zlib.crc32(body)) + body)
-
-    def _blob(self, chunk: bytes, t_ns: int, dev: int, out: Any) -> int:
-        # SHA-1 names the content: the fastest digest hashlib has here (3.8 µs per 4 KiB
-        # against 6.3 for blake2b), and collisions need a deliberate attack on one's own trace.
-        # lz4 stores it (4.9 µs per page against zstd -1's 9.3): the writer's cost per new
-        # page is what the traced mount pays in CPU (docs/trace-format.md, "Overhead").
-        key = hashlib.sha1(chunk).digest()
-        blob_id = self._blobs.get(key)
-        if blob_id is None:
-            blob_id = self._store_blob(key, chunk, t_ns, dev, out)
-        return blob_id
-
-    def _store_blob(self, key: bytes, chunk: bytes, t_ns: int, dev: int, out: Any) -> int:
-        """A content seen for the first time: the next blob id, and its BLOB record."""
-        blob_id = len(self._blobs)
-        self._blobs[key] = blob_id
-        packed = lz4.block.compress(chunk, store_size=False)
-        if len(packed) < len(chunk):
-            codec, stored = CODEC_LZ4, packed
-        else:
-            codec, stored = CODEC_RAW, chunk
-        self._frame(
-            _BODY.pack(T_BLOB, 0, dev, t_ns) + _BLOB.pack(blob_id, codec, len(chunk)) + stored, out
-        )
-        return blob_id
-
-    def _encode(self, item: tuple[Any, ...], out: Any) -> None:
-        kind, t_ns, dev, flags = item[0], item[1], item[2], item[3]
-        if kind == T_WRITE and len(item[5]) == PAGE_SIZE:
-            # The common record (a 4 KiB write: swap, fio's 4k jobs), without the general
-            # loop: one blob looked up (or stored) and the record framed in one write.
-            data = item[5]
-            key = hashlib.sha1(data).digest()
-            blob_id = self._blobs.get(key)
-            if blob_id is None:
-                blob_id = self._store_blob(key, data, t_ns, dev, out)
-            body = _BODY.pack(kind, flags, dev, t_ns) + _WRITE_ONE.pack(
-                item[4], PAGE_SIZE, item[6], 1, blob_id
-            )
-            out.write(_FRAME.pack(len(body), zlib.crc32(body)) + body)
-            self.bytes_in += PAGE_SIZE
-            self.records += 1
-            if flags & F_OVERLAP:
-                self.overlapping += 1
+    def _send_locked(self) -> None:
+        """Write the batch to the pipe (caller holds `lock`)."""
+        data = b"".join(self._buf)
+        self._buf.clear()
+        self._buffered = 0
+        self._sent_at = time.monotonic()
+        if self.failed is not None:
             return
-        head = _BODY.pack(kind, flags, dev, t_ns)
-        if kind == T_WRITE:
-            offset, data, err = item[4], item[5], item[6]
-            ids = array(
-                "I",
-                [
-                    self._blob(data[i : i + PAGE_SIZE], t_ns, dev, out)
-                    for i in range(0, len(data), PAGE_SIZE)
-                ],
-            )
-            body = head + _WRITE.pack(offset, len(data), err, len(ids)) + ids.tobytes()
-            self.bytes_in += len(data)
-        elif kind == T_READ:
-            body = head + _READ.pack(item[4], item[5], item[6])
-        elif kind == T_DISCARD:
-            body = head + _DISCARD.pack(item[4], item[5], item[6], item[7])
-        elif kind == T_FLUSH:
-            body = head
-        elif kind == T_CONTROL:
-            direction, path, text, offset, err = item[4:9]
-            p = path.encode()
-            body = head + _CONTROL.pack(direction, err, offset, len(p), len(text)) + p + text
-        elif kind == T_BGCOMPACT:
-            reason = item[4].encode()
-            body = head + _BGCOMPACT.pack(item[5], len(reason)) + reason
-        elif kind == T_END:
-            body = head + json.dumps(item[4], sort_keys=True).encode()
-        else:
-            raise ValueError(f"unknown trace record type {kind}")
-        if flags & F_OVERLAP:
-            self.overlapping += 1
-        self.records += 1
-        self._frame(body, out)
-
-    # ---- closing -----------------------------------------------------------------------
-    def summary(self) -> dict[str, Any]:
-        return {
-            "records": self.records,
-            "blobs": len(self._blobs),
-            "overlapping": self.overlapping,
-            "page_bytes": self.bytes_in,
-            "duration_ns": self.now(),
-        }
-
-    def close(self) -> None:
-        """Write what is queued and an END record, flush, fsync and close.  Idempotent."""
-        if self._fh.closed:
-            return
-        self._stop = True
-        self._wake.set()
-        self._thread.join()
-        if self.failed is None:
-            try:
-                self._encode((T_END, self.now(), NO_DEVICE, 0, self.summary()), self._fh)
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-            except OSError as exc:
-                self.failed = f"{self.path}: {exc}"
-                log.error("trace: closing failed: %s", self.failed)
         try:
-            self._fh.close()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._pipe, view) :]
+        except OSError as exc:
+            self.failed = f"{self.path}: the trace sink is gone ({exc.strerror})"
+            log.error("trace: writing stopped: %s", self.failed)
+
+    def _run_timer(self) -> None:
+        """Send a batch that waited `flush_interval` (a workload that went quiet)."""
+        while not self._timer_stop.wait(self.flush_interval / 2):
+            with self.lock:
+                if self._buf and time.monotonic() - self._sent_at >= self.flush_interval / 2:
+                    self._send_locked()
+
+    def close(self, timeout: float = 300.0) -> None:
+        """Send the END record and wait for the sink to write, fsync and close the file (at
+        most `timeout` seconds).  Idempotent."""
+        with self.lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.push_locked((T_END, self.now(), NO_DEVICE, 0, {"duration_ns": self.now()}))
+            self._send_locked()
+            self.failed = self.failed or "closed"
+        self._timer_stop.set()
+        self._timer.join()
+        assert self._sink.stdin is not None
+        try:
+            self._sink.stdin.close()
         except OSError:
             pass
+        try:
+            code = self._sink.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("trace: the sink still writes %s after %.0f s", self.path, timeout)
+            return
+        if code != 0:
+            log.error("trace: the sink of %s exited with %d", self.path, code)
 
     def __enter__(self) -> TraceWriter:
         return self

@@ -22,7 +22,7 @@ only if the trace orders state-changing operations as they changed the allocator
 data path holds no device-wide lock (compression and zs_malloc run outside the slot lock,
 per stripe), so no lock orders two concurrent writes' allocations; the tracer does not add
 one.  Instead every state-changing operation takes a ticket when it starts and one, under
-the tracer's lock, when it ends and is queued: an operation whose two tickets are not
+the tracer's lock, when it ends and is recorded: an operation whose two tickets are not
 consecutive overlapped another one and is flagged `F_OVERLAP`.  A trace without flagged
 records was made one state change at a time (e.g. fio with one job at iodepth 1, or any
 QD1 swap), and its order is the allocator's order: replay is then exact.
@@ -74,7 +74,8 @@ class MountTracer:
     def __init__(self, writer: TraceWriter) -> None:
         self.writer = writer
         self._tick = itertools.count().__next__
-        self._lock = threading.Lock()
+        #: the writer's lock: a record's ticket and its place in the pipe are taken together
+        self._lock = writer.lock
         #: per thread: inside a traced operation whose own calls are not operations
         self._inner = threading.local()
 
@@ -100,16 +101,17 @@ class MountTracer:
             self.attach_daemon(daemon)
 
     def _done(self, start: int, item: list[Any]) -> None:
-        """Queue a state-changing operation that took ticket `start`, flagging overlap."""
+        """Record a state-changing operation that took ticket `start`, flagging overlap."""
         with self._lock:
             if self._tick() != start + 1:
                 item[3] = F_OVERLAP
             item[1] = self.writer.now()
-            self.writer.push(tuple(item))
+            self.writer.push_locked(tuple(item))
 
     def attach_device(self, dev: ZramDevice) -> None:
         push, now, tick, done = self.writer.push, self.writer.now, self._tick, self._done
         lock, mono, t0 = self._lock, time.monotonic_ns, self.writer.t0
+        push_locked = self.writer.push_locked
         dev_id = dev.id
         orig_write, orig_read, orig_discard = dev.write, dev.read, dev.discard
         orig_punch, orig_zero, orig_flush = dev.punch_hole, dev.zero_range, dev.flush
@@ -125,7 +127,7 @@ class MountTracer:
                 done(start, [T_WRITE, 0, dev_id, 0, offset, data, _errno_of(exc)])
                 raise
             with lock:
-                push(
+                push_locked(
                     (
                         T_WRITE,
                         mono() - t0,
