@@ -142,7 +142,7 @@ def summary(c: Curves) -> str:
 
 
 # ---- drawing -----------------------------------------------------------------------------------
-def _markers(ax: Any, c: Curves, y: np.ndarray, colour: Any, *, legend: bool) -> None:
+def _markers(ax: Any, c: Curves, y: np.ndarray, colour: Any) -> None:
     """Compaction (▼) and migration (●) at the samples where their counters went up."""
     grew = np.diff(c.compacted, prepend=c.compacted[:1]) > 0
     moved = np.diff(c.migrated, prepend=c.migrated[:1]) > 0
@@ -154,7 +154,6 @@ def _markers(ax: Any, c: Curves, y: np.ndarray, colour: Any, *, legend: bool) ->
         color=colour,
         edgecolors="black",
         zorder=3,
-        label="compaction" if legend else None,
     )
     ax.scatter(
         c.t[moved],
@@ -164,8 +163,35 @@ def _markers(ax: Any, c: Curves, y: np.ndarray, colour: Any, *, legend: bool) ->
         color=colour,
         edgecolors="grey",
         zorder=3,
-        label="migration" if legend else None,
     )
+
+
+def _legends(
+    ax: Any, labels: list[tuple[str, Any]], styles: dict[str, Any], *, markers: bool = False
+) -> None:
+    """Two legends instead of one entry per curve: the configurations (colours) and what the
+    line styles (and markers) stand for, so N configurations × M quantities stay readable."""
+    from matplotlib.lines import Line2D
+
+    configs = [Line2D([], [], color=col, label=text) for text, col in labels]
+    kinds = [Line2D([], [], color="black", linestyle=ls, label=name) for name, ls in styles.items()]
+    if markers:
+        kinds += [
+            Line2D(
+                [],
+                [],
+                color="grey",
+                marker="v",
+                markeredgecolor="black",
+                linestyle="",
+                label="compaction",
+            ),
+            Line2D([], [], color="grey", marker="o", linestyle="", label="migration"),
+        ]
+    first = ax.legend(handles=configs, fontsize=7, loc="upper left")
+    if len(kinds) > 1:
+        ax.add_artist(first)
+        ax.legend(handles=kinds, fontsize=7, loc="upper right")
 
 
 def _events(ax: Any, c: Curves, colour: Any) -> None:
@@ -210,6 +236,8 @@ def draw(all_curves: list[Curves], out: Path) -> list[Path]:
     def colour(i: int) -> Any:
         return colours[i % len(colours)]
 
+    labels = [(c.label, colour(i)) for i, c in enumerate(all_curves)]
+
     styles = {
         "orig_data_size": "-",
         "compr_data_size": "--",
@@ -223,12 +251,14 @@ def draw(all_curves: list[Curves], out: Path) -> list[Path]:
             y = c.mm[f] / MIB
             if f == "mem_limit" and not y.any():
                 continue
-            ax.plot(c.t, y, linestyle=ls, color=colour(i), label=f"{c.label} {f}")
-        _markers(ax, c, c.mm["mem_used_total"] / MIB, colour(i), legend=i == 0)
+            ax.plot(c.t, y, linestyle=ls, color=colour(i))
+        _markers(ax, c, c.mm["mem_used_total"] / MIB, colour(i))
         _events(ax, c, colour(i))
     ax.set(xlabel="time (s)", ylabel="MiB", title="Memory (mm_stat, all devices)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    if not any(c.mm["mem_limit"].any() for c in all_curves):
+        styles.pop("mem_limit")
+    _legends(ax, labels, styles, markers=True)
     fig.tight_layout()
     save(fig, "memory.png")
 
@@ -238,11 +268,11 @@ def draw(all_curves: list[Curves], out: Path) -> list[Path]:
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = np.where(c.mm["compr_data_size"] > 0, orig / c.mm["compr_data_size"], np.nan)
             eff = np.where(c.mm["mem_used_total"] > 0, orig / c.mm["mem_used_total"], np.nan)
-        ax.plot(c.t, ratio, color=colour(i), label=f"{c.label} orig/compr")
-        ax.plot(c.t, eff, color=colour(i), linestyle="--", label=f"{c.label} orig/mem_used_total")
+        ax.plot(c.t, ratio, color=colour(i))
+        ax.plot(c.t, eff, color=colour(i), linestyle="--")
     ax.set(xlabel="time (s)", ylabel="ratio", title="Compression ratio")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legends(ax, labels, {"orig/compr": "-", "orig/mem_used_total": "--"})
     fig.tight_layout()
     save(fig, "ratio.png")
 
@@ -277,30 +307,24 @@ def draw(all_curves: list[Curves], out: Path) -> list[Path]:
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     for i, c in enumerate(all_curves):
-        top.plot(c.t, c.compacted, color=colour(i), label=c.label)
-        _markers(top, c, c.compacted, colour(i), legend=i == 0)
-        bottom.plot(c.t, c.migrated, color=colour(i), label=c.label)
+        top.plot(c.t, c.compacted, color=colour(i))
+        _markers(top, c, c.compacted, colour(i))
+        bottom.plot(c.t, c.migrated, color=colour(i))
     top.set(ylabel="pages compacted", title="Compaction and migration (cumulative)")
     bottom.set(xlabel="time (s)", ylabel="pages migrated (pgmigrate_success)")
+    _legends(top, labels, {}, markers=True)
     for a in (top, bottom):
         a.grid(alpha=0.3)
-        a.legend(fontsize=7)
     fig.tight_layout()
     save(fig, "compaction.png")
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for i, c in enumerate(all_curves):
-        ax.plot(c.t, _rate(c.t, c.write_bytes) / MIB, color=colour(i), label=f"{c.label} write")
-        ax.plot(
-            c.t,
-            _rate(c.t, c.read_bytes) / MIB,
-            color=colour(i),
-            linestyle="--",
-            label=f"{c.label} read",
-        )
+        ax.plot(c.t, _rate(c.t, c.write_bytes) / MIB, color=colour(i))
+        ax.plot(c.t, _rate(c.t, c.read_bytes) / MIB, color=colour(i), linestyle="--")
     ax.set(xlabel="time (s)", ylabel="MiB/s", title="I/O rates (block stat, all devices)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legends(ax, labels, {"write": "-", "read": "--"})
     fig.tight_layout()
     save(fig, "io.png")
 
@@ -312,22 +336,20 @@ def draw(all_curves: list[Curves], out: Path) -> list[Path]:
                 _rate(c.t, np.cumsum(c.lock_contentions[side])),
                 color=colour(i),
                 linestyle=ls,
-                label=f"{c.label} {side}",
             )
             bottom.plot(
                 c.t,
                 _rate(c.t, np.cumsum(c.lock_wait_us[side])) / 1000,
                 color=colour(i),
                 linestyle=ls,
-                label=f"{c.label} {side}",
             )
     if not any(c.has_locks for c in all_curves):
         top.text(0.5, 0.5, "no lock_stat in these records", ha="center", transform=top.transAxes)
     top.set(ylabel="contentions / s", title="migrate_lock contention (lock_stat deltas)")
     bottom.set(xlabel="time (s)", ylabel="wait (ms / s)")
+    _legends(top, labels, {"read side": "-", "write side": "--"})
     for a in (top, bottom):
         a.grid(alpha=0.3)
-        a.legend(fontsize=7)
     fig.tight_layout()
     save(fig, "locks.png")
     return written
