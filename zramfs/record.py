@@ -256,6 +256,19 @@ class MountSampler:
         texts["classes"] = _read(self.mnt / "sys/kernel/debug/zsmalloc" / name / "classes")
         return parse_device(texts)
 
+    def _devices(self) -> dict[str, dict[str, Any]]:
+        """Every device's sample object now; a device that vanished while being read (or was
+        torn down between two of its files) is left out, as gone."""
+        devices: dict[str, dict[str, Any]] = {}
+        for name in self.device_names():
+            try:
+                d = self.read_device(name)
+            except BadAttribute:
+                d = None
+            if d is not None:
+                devices[name] = d
+        return devices
+
     def params(self, names: Iterable[str]) -> dict[str, str | None]:
         out = {}
         for n in names:
@@ -268,7 +281,7 @@ class MountSampler:
         algorithm, disksize and mem_limit of its first initialised device (zram0 if none
         is); every sample has each device's own."""
         cfg: dict[str, Any] = {k: v for k, v in self.params(CONFIG_PARAMS).items() if v is not None}
-        devices = {n: d for n in self.device_names() if (d := self.read_device(n)) is not None}
+        devices = self._devices()
         first = next((d for d in devices.values() if d["initstate"]), None)
         first = first or next(iter(devices.values()), None)
         if first is not None:
@@ -280,14 +293,7 @@ class MountSampler:
     def sample(self) -> tuple[dict[str, dict[str, Any]], dict[str, Any], list[tuple[str, str]]]:
         """(devices, extra, events) now; events are (event, device) since the last call."""
         wall = time.time()
-        devices: dict[str, dict[str, Any]] = {}
-        for name in self.device_names():
-            try:
-                d = self.read_device(name)
-            except BadAttribute:
-                d = None  # torn down between two of its files: counted as gone
-            if d is not None:
-                devices[name] = d
+        devices = self._devices()
         if not (self.mnt / "sys/block").is_dir():
             raise MountGone(f"{self.mnt} is no longer mounted")
         extra: dict[str, Any] = {"time": round(wall, 6)}
