@@ -18,7 +18,7 @@ from zramfs import attrs, cli
 from zramfs.device import Registry
 from zramfs.plot import MISSING_MATPLOTLIB
 from zramfs.record import LockStatDeltas, RecordWriter, device_sample
-from zramfs.record_schema import parse_vmstat, read_record
+from zramfs.record_schema import MM_STAT_FIELDS, parse_vmstat, read_record
 
 PAGE = 4096
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -254,3 +254,31 @@ def test_without_matplotlib(tmp_path: Path, monkeypatch, capsys) -> None:
     assert cli.main(["plot", str(good), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == MISSING_MATPLOTLIB + "\n"
     assert not (tmp_path / "o").exists()
+
+
+def test_curves_numbers(tmp_path: Path) -> None:
+    """What the figures draw: sums over devices, the heatmap's obj_used / obj_allocated per
+    class, and counters that survive a reset (pages_compacted falls back to zero)."""
+    from zramfs.plot_figures import curves
+
+    def dev(compacted: int, classes: list[tuple[int, int, int]]) -> dict:
+        mm = dict.fromkeys(MM_STAT_FIELDS, 0)
+        mm.update(orig_data_size=4096 * 10, compr_data_size=1000, pages_compacted=compacted)
+        rows = [
+            {"class": 0, "size": size, "obj_used": used, "obj_allocated": alloc}
+            for size, used, alloc in classes
+        ]
+        return {"mm_stat": mm, "classes": rows, "stat": {"write_sectors": 8 * compacted}}
+
+    path = tmp_path / "c.jsonl"
+    with RecordWriter(path, config={}, source="test") as w:
+        w.sample(0.0, {"zram0": dev(5, [(32, 1, 4)]), "zram1": dev(1, [(32, 3, 4)])})
+        w.sample(1.0, {"zram0": dev(7, [(48, 2, 2)]), "zram1": dev(0, [])})  # zram1 was reset
+        w.sample(2.0, {"zram0": dev(7, []), "zram1": dev(4, [(32, 0, 8)])})
+    c = curves(read_record(path).series[None], "x")
+    assert c.mm["orig_data_size"].tolist() == [81920.0] * 3
+    assert c.compacted.tolist() == [6.0, 8.0, 12.0]  # 5+1, +2 on zram0, +4 after the reset
+    assert c.class_sizes == [32, 48]
+    assert c.fill[0].tolist()[0] == 0.5 and c.fill[0].tolist()[2] == 0.0
+    assert c.fill[1].tolist()[1] == 1.0
+    assert [v != v for v in (c.fill[0][1], c.fill[1][0], c.fill[1][2])] == [True] * 3  # NaN
