@@ -228,22 +228,24 @@ number_ios={reads}
 """
 
 
-def _fio(image: Path, tmp: Path, *, seed: int, ios: int) -> None:
+def _fio(image: Path, tmp: Path, *, seed: int, ios: int, size: str) -> None:
     job = tmp / f"job{seed}.fio"
-    job.write_text(FIO_JOB.format(image=image, seed=seed, ios=ios, trims=ios // 5, reads=ios // 10))
+    job.write_text(
+        FIO_JOB.format(image=image, seed=seed, ios=ios, trims=ios // 5, reads=ios // 10, size=size)
+    )
     res = subprocess.run(
         ["fio", str(job), "--output-format=terse"], capture_output=True, text=True, timeout=600
     )
     assert res.returncode == 0, res.stderr
 
 
-def _live_vs_replay(zmount, tmp_path: Path, ios: int) -> None:
+def _live_vs_replay(zmount, tmp_path: Path, ios: int, disksize: str, region: str) -> None:
     path = tmp_path / "fio.trace"
-    m = zmount("--size", "32M", "--algorithm", "lz4", "--no-compact", "--trace", str(path))
-    _fio(m.image(), tmp_path, seed=1, ios=ios)
+    m = zmount("--size", disksize, "--algorithm", "lz4", "--no-compact", "--trace", str(path))
+    _fio(m.image(), tmp_path, seed=1, ios=ios, size=region)
     m.write_attr("compact", "1")
-    m.write_attr("mem_limit", "64M")
-    _fio(m.image(), tmp_path, seed=2, ios=ios // 2)
+    m.write_attr("mem_limit", "256M")
+    _fio(m.image(), tmp_path, seed=2, ios=ios // 2, size=region)
     m.write_attr("compact", "1")
     live = m.mm_stat()
     m.close()  # clean exit: the END record
@@ -257,13 +259,13 @@ def _live_vs_replay(zmount, tmp_path: Path, ios: int) -> None:
 
 @pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
 def test_fio_run_on_a_mount_replays_exactly(zmount, tmp_path: Path) -> None:
-    _live_vs_replay(zmount, tmp_path, ios=1500)
+    _live_vs_replay(zmount, tmp_path, ios=1500, disksize="32M", region="24M")
 
 
 @pytest.mark.soak
 @pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
 def test_fio_run_on_a_mount_replays_exactly_soak(zmount, tmp_path: Path) -> None:
-    _live_vs_replay(zmount, tmp_path, ios=20000)
+    _live_vs_replay(zmount, tmp_path, ios=40000, disksize="192M", region="160M")
 
 
 def test_recorded_policy_replays_the_daemons_compactions(tmp_path: Path) -> None:
