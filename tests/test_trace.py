@@ -14,6 +14,8 @@ import os
 import random
 import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -358,3 +360,28 @@ def _wait_until_unchanged(path: Path, quiet: float = 0.5, timeout: float = 20.0)
             return
         last = size
         time.sleep(quiet)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--trace", "/nonexistent-dir/x.trace"], "no directory /nonexistent-dir"),
+        (["--trace", "/"], "is a directory"),
+        (["--backend", "null", "--size", "1M", "--trace", "x.trace"], "needs the zram backend"),
+    ],
+)
+def test_mount_refuses_an_unusable_trace_path(tmp_path: Path, args: list[str], words: str) -> None:
+    """Checked in the caller's terminal before anything is mounted: one line, exit code 2."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "zramfs", "mount", str(mnt), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+    )
+    assert res.returncode == 2
+    assert words in res.stderr and res.stderr.count("\n") == 1
+    assert not os.path.ismount(mnt)

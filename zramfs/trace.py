@@ -256,7 +256,7 @@ class TraceWriter:
                 if self._buf and time.monotonic() - self._sent_at >= self.flush_interval / 2:
                     self._send_locked()
 
-    def close(self, timeout: float = 300.0) -> None:
+    def close(self, timeout: float = 60.0) -> None:
         """Send the END record and wait for the sink to write, fsync and close the file (at
         most `timeout` seconds).  Idempotent."""
         with self.lock:
