@@ -54,6 +54,9 @@ _BODY = struct.Struct("<BBHQ")
 _BLOB = struct.Struct("<IBI")  # id, codec, raw length; then the stored bytes
 _WRITE = struct.Struct("<QIHI")  # offset, length, errno, chunk count; then u32 blob ids
 _WRITE_ONE = struct.Struct("<QIHII")  # the same with its one blob id (a 4 KiB write)
+#: a 4 KiB write of a content never seen before, the content inside: offset, errno, codec,
+#: raw length (4096); then the stored bytes — the next blob id, and one frame, not two
+_WRITE_NEW = struct.Struct("<QHBI")
 _READ = struct.Struct("<QIH")  # offset, length, errno
 _DISCARD = struct.Struct("<BQQH")  # op, offset, length, errno
 _CONTROL = struct.Struct("<BHIHI")  # direction, errno, file offset, path length, text length
@@ -72,7 +75,9 @@ _PIPE_LEN = struct.Struct("<I")
 MAX_BODY = 16 << 20
 
 # record types
-T_BLOB, T_WRITE, T_READ, T_DISCARD, T_FLUSH, T_CONTROL, T_BGCOMPACT, T_END = range(1, 9)
+T_BLOB, T_WRITE, T_READ, T_DISCARD, T_FLUSH, T_CONTROL, T_BGCOMPACT, T_END, T_WRITE_NEW = range(
+    1, 10
+)
 #: flags bit 0: the operation overlapped another state-changing one in time (see trace_hook)
 F_OVERLAP = 1
 #: `Control.direction`
@@ -382,6 +387,7 @@ class TraceReader:
         self._blob_at = blob_at
         frame_unpack, body_unpack, body_size = _FRAME.unpack_from, _BODY.unpack_from, _BODY.size
         write_unpack, blob_unpack = _WRITE.unpack_from, _BLOB.unpack_from
+        write_new_unpack = _WRITE_NEW.unpack_from
         crc32, blob = zlib.crc32, self.blob
         errors = (
             struct.error,
@@ -405,12 +411,21 @@ class TraceReader:
             p = start + body_size
             rec: tuple[Any, ...] | None
             try:
-                if kind == T_BLOB:  # the common two inline
+                if kind == T_BLOB:  # the common three inline
                     blob_id, codec, raw = blob_unpack(m, p)
                     if blob_id != len(blob_at) or codec > CODEC_LZ4:
                         raise ValueError("blob out of sequence")
                     blob_at.append((p + _BLOB.size, stop, codec, raw))
                     rec = None
+                elif kind == T_WRITE_NEW:
+                    offset, err, codec, raw = write_new_unpack(m, p)
+                    if codec > CODEC_LZ4:
+                        raise ValueError("unknown codec")
+                    blob_at.append((p + _WRITE_NEW.size, stop, codec, raw))
+                    data = blob(len(blob_at) - 1)
+                    if len(data) != raw:
+                        raise ValueError("blob length")
+                    rec = (T_WRITE, t_ns, dev, flags, offset, data, err)
                 elif kind == T_WRITE:
                     offset, length, err, count = write_unpack(m, p)
                     q = p + _WRITE.size

@@ -38,6 +38,7 @@ from .trace import (
     _PIPE_LEN,
     _READ,
     _WRITE,
+    _WRITE_NEW,
     _WRITE_ONE,
     CODEC_LZ4,
     CODEC_RAW,
@@ -51,6 +52,7 @@ from .trace import (
     T_FLUSH,
     T_READ,
     T_WRITE,
+    T_WRITE_NEW,
 )
 
 
@@ -108,11 +110,19 @@ class RecordEncoder:
             data = item[5]
             key = hashlib.sha1(data).digest()
             blob_id = self.blobs.get(key)
-            if blob_id is None:
-                blob_id = self._store_blob(key, data, t_ns, dev, out)
-            body = _BODY.pack(kind, flags, dev, t_ns) + _WRITE_ONE.pack(
-                item[4], PAGE_SIZE, item[6], 1, blob_id
-            )
+            if blob_id is None:  # a new content travels inside its first write
+                self.blobs[key] = len(self.blobs)
+                packed = lz4.block.compress(data, store_size=False)
+                codec = CODEC_LZ4 if len(packed) < PAGE_SIZE else CODEC_RAW
+                body = (
+                    _BODY.pack(T_WRITE_NEW, flags, dev, t_ns)
+                    + _WRITE_NEW.pack(item[4], item[6], codec, PAGE_SIZE)
+                    + (packed if codec == CODEC_LZ4 else data)
+                )
+            else:
+                body = _BODY.pack(kind, flags, dev, t_ns) + _WRITE_ONE.pack(
+                    item[4], PAGE_SIZE, item[6], 1, blob_id
+                )
             out.write(_FRAME.pack(len(body), zlib.crc32(body)) + body)
             self.bytes_in += PAGE_SIZE
             self.records += 1
