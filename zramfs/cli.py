@@ -34,42 +34,44 @@ Owns the command line and the process life cycle of a mount:
 - ``zramfs status [MNT] [--json]``: a zramctl-like table read from the mounted files only; a
   mount whose daemon does not answer is reported and skipped, not waited for.
 
-Every look at a mount that may have no working daemon goes through `_probe` / `_bounded`,
-which ask in a child process with a deadline: a request to a hung FUSE daemon can block the
-asking thread uninterruptibly, and a stuck thread would keep this process from exiting.
+Every look at a mount that may have no working daemon goes through `zramfs.mount_probe`
+(a child process with a deadline).  Pinning the serving process and its exit signals are
+`zramfs.process_protect`; the status table is `zramfs.status`.  Names imported ``as``
+themselves are re-exported: importers know them as this module's (docs/INTERFACES.md).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import errno
 import functools
 import json
 import logging
 import os
-import pickle
 import select
 import signal
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any
 
 from zramfs import plot, record, sweep
 from zramfs.loopdev import LoopGuard, attached_loops
+from zramfs.mount_probe import bounded, probe, unmount_without_daemon, zramfs_mounts
+from zramfs.process_protect import MlockError as MlockError
+from zramfs.process_protect import (
+    block_exit_signals,
+    io_flusher_set,
+    protect_process,
+    watch_exit_signals,
+)
+from zramfs.status import STATUS_COLUMNS as STATUS_COLUMNS
+from zramfs.status import format_table, mount_status, status_warnings
+from zramfs.status import human as human
 from zramfs.units import parse_size
 
-FSTYPE = "fuse.zramfs"
 READY = b"READY\n"
-# How long a mount's daemon may take to answer one look (stat, or the status files).
-PROBE_TIMEOUT_S = 5.0
-# The signals that end a mount (libfuse's own handlers would fuse_exit() on each of them).
-EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-STATUS_COLUMNS = ("NAME", "DISKSIZE", "DATA", "COMPR", "ALGORITHM", "STREAMS", "ZERO-PAGES",
-                  "TOTAL", "MEM-LIMIT", "MEM-USED", "MIGRATED")
 
 
 # ---- helpers shared by the subcommands ---------------------------------------------------------
@@ -84,208 +86,7 @@ def uint_arg(text: str) -> int:
         ) from None
 
 
-def human(n: int) -> str:
-    """util-linux ``size_to_human_string(SIZE_SUFFIX_1LETTER)``: 0B, 4K, 1.5M, 2G."""
-    if n < 1024:
-        return f"{n}B"
-    value = float(n)
-    for suffix in "KMGTPE":
-        value /= 1024
-        if value < 1024 or suffix == "E":
-            text = f"{value:.1f}".rstrip("0").rstrip(".")
-            return f"{text}{suffix}"
-    raise AssertionError("unreachable")
-
-
-def zramfs_mounts() -> list[str]:
-    """Mount points of zramfs mounts, from /proc/self/mounts."""
-    found = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3 and parts[2] == FSTYPE:
-                found.append(parts[1].encode().decode("unicode_escape"))
-    return found
-
-
-def _bounded(fn: Callable[[], Any], timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, Any]:
-    """Run ``fn`` in a child process; (True, its result) or (False, None) after ``timeout``.
-
-    A child, not a thread: a FUSE request the daemon never answers may leave the asker in an
-    uninterruptible wait, and a thread there would keep this process from exiting.  The
-    child is killed on timeout and left to init.  ``fn`` must return something picklable
-    (exceptions are returned, not raised, by the callers' functions).
-    """
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(rfd)
-        code = 0
-        try:
-            payload = pickle.dumps(fn())
-        except BaseException as exc:   # noqa: BLE001 - everything goes back to the parent
-            payload = pickle.dumps(RuntimeError(str(exc)))
-            code = 1
-        try:
-            os.write(wfd, payload)
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([rfd], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                _reap(pid, 2.0)
-                return False, None
-            data = os.read(rfd, 65536)
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(rfd)
-    os.waitpid(pid, 0)
-    result = pickle.loads(b"".join(chunks)) if chunks else RuntimeError("probe died")
-    return True, result
-
-
-def _reap(pid: int, timeout: float) -> None:
-    """Wait up to ``timeout`` for a killed child: until it has exited, the request it was
-    stuck in still pins the mount (an unmount right away would see EBUSY).  A child the kernel
-    cannot kill (its request already read by a deadlocked daemon) is left to init."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.waitpid(pid, os.WNOHANG)[0]:
-            return
-        time.sleep(0.02)
-
-
-MountState = Literal["ok", "stale", "hung"]
-
-
-def _stat_errno(path: str) -> int:
-    try:
-        os.stat(path)
-    except OSError as exc:
-        return exc.errno or errno.EIO
-    return 0
-
-
-def _probe(mnt: str) -> MountState:
-    """"ok" (the daemon answers), "stale" (daemon gone: ENOTCONN) or "hung" (no answer)."""
-    answered, code = _bounded(functools.partial(_stat_errno, mnt))
-    if not answered:
-        return "hung"
-    return "stale" if code == errno.ENOTCONN else "ok"
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-MNT_DETACH = 2
-
-
-def _umount2(mnt: str, flags: int = 0) -> int:
-    """umount2(2) directly: 0 or the errno.  Unlike fusermount/umount(8) it never stats the
-    mount point (the kernel resolves it with LOOKUP_MOUNTPOINT), so a dead or hung daemon
-    cannot block it; the kernel aborts the FUSE connection when the mount goes."""
-    if _libc.umount2(os.fsencode(mnt), flags) == 0:
-        return 0
-    return ctypes.get_errno()
-
-
-def _unmount_without_daemon(mnt: str, state: MountState) -> str | None:
-    """Remove a mount whose daemon is gone or does not answer; None, or why it failed."""
-    if os.geteuid() != 0:
-        res = subprocess.run(["fusermount", "-u", "-z", mnt], capture_output=True, text=True,
-                             timeout=30, check=False)
-        return None if res.returncode == 0 else (res.stderr.strip() or "fusermount failed")
-    code = _umount2(mnt)
-    if code == errno.EBUSY and state == "stale":
-        # Still referenced (an open file of a dead daemon): nothing can be served any more,
-        # detach it lazily so the place is usable again.
-        code = _umount2(mnt, MNT_DETACH)
-    if code == 0:
-        return None
-    if code == errno.EBUSY:
-        return "it is busy (a file of it is open)"
-    return os.strerror(code)
-
-
 # ---- --mlock: pin the serving process ------------------------------------------------------------
-MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
-PR_SET_IO_FLUSHER, PR_GET_IO_FLUSHER = 57, 58     # Linux 5.6+
-CAP_IPC_LOCK, CAP_SYS_RESOURCE = 14, 24
-
-
-class MlockError(OSError):
-    """--mlock could not protect the process (the message names the call and its errno)."""
-
-
-def _has_cap(cap: int) -> bool:
-    """Whether the calling thread has ``cap`` in its effective set (/proc/self/status)."""
-    try:
-        with open("/proc/thread-self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> cap & 1)
-    except OSError:
-        pass
-    return False
-
-
-def _prctl(option: int, arg2: int = 0) -> int:
-    """prctl(2) through libc: its result, or -1 with errno set (ctypes.get_errno)."""
-    ul = ctypes.c_ulong
-    return _libc.prctl(ctypes.c_int(option), ul(arg2), ul(0), ul(0), ul(0))
-
-
-def io_flusher_set() -> bool | None:
-    """PR_GET_IO_FLUSHER of the calling thread; None when the kernel does not answer (it needs
-    CAP_SYS_RESOURCE, like the set, and Linux 5.6+)."""
-    r = _prctl(PR_GET_IO_FLUSHER)
-    return None if r < 0 else bool(r)
-
-
-def _errno_text(code: int) -> str:
-    return f"{errno.errorcode.get(code, code)} ({os.strerror(code)})"
-
-
-def protect_process(*, io_flusher: bool = True) -> dict[str, bool]:
-    """What ``zramfs mount --mlock`` does in the serving process before anything else: pin every
-    page of it now and later (mlockall), and mark it an I/O flusher.  Call it before any
-    thread exists (the IO_FLUSHER flag is per task, inherited by threads created afterwards).
-    Raises `MlockError` naming what failed; on success returns ``{"mlock": True,
-    "io_flusher": io_flusher}``.  Never leaves the process half protected: when the prctl
-    fails the pages are unlocked again (munlockall) before the error is raised."""
-    import resource
-    lim = resource.RLIMIT_MEMLOCK
-    try:   # as mount helpers do; raising the hard limit needs CAP_SYS_RESOURCE
-        resource.setrlimit(lim, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    except (ValueError, OSError):
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(lim, (resource.getrlimit(lim)[1],) * 2)
-    if _libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
-        code = ctypes.get_errno()
-        soft = resource.getrlimit(lim)[0]
-        limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
-        cap = "present" if _has_cap(CAP_IPC_LOCK) else "missing"
-        raise MlockError(code, f"--mlock: mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT) failed: "
-                               f"{_errno_text(code)}; RLIMIT_MEMLOCK is {limit}, CAP_IPC_LOCK is "
-                               f"{cap} (the daemon maps far more than any small limit)")
-    if io_flusher and _prctl(PR_SET_IO_FLUSHER, 1) != 0:
-        code = ctypes.get_errno()
-        _libc.munlockall()
-        why = ("it needs CAP_SYS_RESOURCE, which this process "
-               + ("has" if _has_cap(CAP_SYS_RESOURCE) else "lacks"))
-        if code == errno.EINVAL:
-            why = "the kernel has no PR_SET_IO_FLUSHER (Linux 5.6+)"
-        raise MlockError(code, f"--mlock: prctl(PR_SET_IO_FLUSHER, 1) failed: "
-                               f"{_errno_text(code)}; {why}; --no-io-flusher mounts pinned "
-                               f"without it (allocations may then recurse into I/O)")
-    return {"mlock": True, "io_flusher": io_flusher}
-
-
 def _yn(flag: bool | None) -> str:
     return "Y" if flag else "N"
 
@@ -376,42 +177,6 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
     return tree, daemon, ZramFS, registry
 
 
-def _block_exit_signals() -> None:
-    """Block SIGINT/SIGTERM/SIGHUP in the calling thread, so in every thread it creates later:
-    call it first thing in the serving process, before imports that start threads (numpy's
-    BLAS pool), or the kernel may deliver the signal to a thread that has it unblocked."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, EXIT_SIGNALS)
-
-
-def _watch_exit_signals(ops: Any, mnt: str) -> None:
-    """Take SIGINT/SIGTERM/SIGHUP away from libfuse and decide here whether to leave.
-
-    They are blocked in every thread (the FUSE workers are created later and inherit the
-    mask) and received by one thread with sigwait().  libfuse's handlers would fuse_exit()
-    at once; with a loop device backed by the image that yanks the device from under the
-    loop's user — swap or a filesystem gets EIO and loses data, which is what ``zramfs
-    umount`` refuses to do.  So while a loop is attached the signal is refused with a line in
-    the log and the mount keeps serving; otherwise ``ops.request_exit`` ends the FUSE loop
-    exactly as libfuse's handler would (files still open get ENOTCONN).  SIGKILL stays the
-    way to force it.  The signals must already be blocked (`_block_exit_signals`).
-    """
-    log = logging.getLogger("zramfs.cli")
-
-    def watch() -> None:
-        while True:
-            sig = signal.Signals(signal.sigwait(EXIT_SIGNALS))
-            loops = attached_loops(mnt)
-            if loops:
-                listing = ", ".join(f"{dev} ({path})" for dev, path in loops)
-                log.warning("%s: not exiting on %s: loop device(s) still attached: %s; detach "
-                            "them (swapoff/umount, losetup -d) and signal again (SIGKILL forces "
-                            "it, and the loop's user then gets I/O errors)", mnt, sig.name, listing)
-                continue
-            ops.request_exit(mnt)
-
-    threading.Thread(target=watch, name="zramfs-signals", daemon=True).start()
-
-
 # The cyclic collector's generation thresholds in the serving process (CPython's: 700, 10, 10).
 GC_THRESHOLDS = (10_000, 20, 20)
 
@@ -434,7 +199,7 @@ def _tune_gc() -> None:
 
 
 def _serve(args: argparse.Namespace, on_ready) -> int:
-    _block_exit_signals()
+    block_exit_signals()
     protection = None
     if getattr(args, "mlock", False):
         # Before any import that starts a thread (numpy's BLAS pool) and before libfuse's
@@ -468,7 +233,7 @@ def _serve(args: argparse.Namespace, on_ready) -> int:
     ops = ops_cls(tree, image_cache=args.image_cache, on_init=ready, on_destroy=destroy,
                   on_image_open=guard.image_opened)
     _tune_gc()
-    _watch_exit_signals(ops, args.mountpoint)
+    watch_exit_signals(ops, args.mountpoint)
     try:
         fs.serve(ops, args.mountpoint, allow_other=args.allow_other)
     finally:
@@ -516,7 +281,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.backend == "zram" and (warning := codecs.lz4_path_warning()) is not None:
         print(f"zramfs: warning: {warning}", file=sys.stderr)
     if mnt in zramfs_mounts():
-        found = _probe(mnt)
+        found = probe(mnt)
         if found == "ok":
             print(f"zramfs: {mnt} is already a zramfs mount", file=sys.stderr)
             return 1
@@ -532,7 +297,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                   f"{', '.join(dev for dev, _ in loops)}; detach them (losetup -d) first",
                   file=sys.stderr)
             return 1
-        why = _unmount_without_daemon(mnt, "stale")
+        why = unmount_without_daemon(mnt, "stale")
         if why is not None:
             print(f"zramfs: {mnt} holds a stale zramfs mount that cannot be removed: {why}",
                   file=sys.stderr)
@@ -640,7 +405,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
         print(f"zramfs: {mnt} is busy: loop device(s) still attached: {listing}; "
               "unmount/swapoff them and run `losetup -d` first", file=sys.stderr)
         return 1
-    state = _probe(mnt)
+    state = probe(mnt)
     if state != "ok":
         if state == "stale":
             print(f"zramfs: {mnt}: stale mount (its daemon is gone: transport endpoint not "
@@ -648,7 +413,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
         else:
             print(f"zramfs: {mnt}: its daemon does not respond; removing the mount without it",
                   file=sys.stderr)
-        why = _unmount_without_daemon(mnt, state)
+        why = unmount_without_daemon(mnt, state)
         if why is None:
             return 0
         print(f"zramfs: cannot unmount {mnt}: {why}"
@@ -671,91 +436,6 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 # ---- status ------------------------------------------------------------------------------------
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
-        return None
-
-
-def device_rows(mnt: str, *, include_all: bool = False) -> list[dict[str, Any]]:
-    base = Path(mnt)
-    rows: list[dict[str, Any]] = []
-    try:
-        names = sorted((p.name for p in (base / "sys/block").iterdir()),
-                       key=lambda n: int(n.removeprefix("zram")))
-    except OSError:
-        return rows
-    for name in names:
-        sysdir = base / "sys/block" / name
-        disksize = int((_read(sysdir / "disksize") or "0").strip() or 0)
-        if disksize == 0 and not include_all:
-            continue  # zramctl lists only initialised devices
-        mm = (_read(sysdir / "mm_stat") or "").split()
-        mm_vals = [int(x) for x in mm] + [0] * (9 - len(mm))
-        algo_text = _read(sysdir / "comp_algorithm") or ""
-        if "[" in algo_text:
-            algo = algo_text[algo_text.rindex("[") + 1:algo_text.rindex("]")]
-        else:
-            algo = algo_text.strip()
-        streams = (_read(sysdir / "max_comp_streams") or "").strip()
-        rows.append({
-            "name": str(base / "dev" / name), "disksize": disksize, "data": mm_vals[0],
-            "compr": mm_vals[1], "algorithm": algo, "streams": streams,
-            "zero-pages": mm_vals[5], "total": mm_vals[2], "mem-limit": mm_vals[3],
-            "mem-used": mm_vals[4], "migrated": mm_vals[6],
-        })
-    return rows
-
-
-def format_table(rows: list[dict[str, Any]], *, raw_bytes: bool = False) -> str:
-    def cell(key: str, value: Any) -> str:
-        # As zramctl (zram.md §7.1): ZERO-PAGES is always the raw count, MIGRATED (pages_compacted,
-        # a page count) goes through size_to_human_string like the byte columns.
-        if key in ("name", "algorithm", "streams", "zero-pages") or raw_bytes:
-            return str(value)
-        return human(int(value))
-
-    table = [list(STATUS_COLUMNS)]
-    for row in rows:
-        table.append([cell(c.lower(), row[c.lower()]) for c in STATUS_COLUMNS])
-    widths = [max(len(r[i]) for r in table) for i in range(len(STATUS_COLUMNS))]
-    lines = []
-    for r in table:
-        # NAME and ALGORITHM left-aligned, numbers right-aligned, like zramctl.
-        cells = [v.ljust(w) if i in (0, 4) else v.rjust(w)
-                 for i, (v, w) in enumerate(zip(r, widths, strict=True))]
-        lines.append(" ".join(cells).rstrip())
-    return "\n".join(lines) + "\n"
-
-
-def mount_status(mnt: str, *, include_all: bool = False) -> dict[str, Any]:
-    """One mount's part of ``zramfs status``: its ``devices`` (`device_rows`) and two module
-    parameters that say whether its numbers and its loop devices can be trusted: ``lz4_path``
-    (str) and ``unclamped_loops`` (list of loop devices).  Either is None when the mount does
-    not serve it (``--backend null``)."""
-    params = Path(mnt) / "sys/module/zramfs/parameters"
-    lz4 = _read(params / "lz4_path")
-    loops = _read(params / "unclamped_loops")
-    return {"devices": device_rows(mnt, include_all=include_all),
-            "lz4_path": None if lz4 is None else lz4.strip(),
-            "unclamped_loops": None if loops is None else loops.split()}
-
-
-def status_warnings(status: dict[str, Any]) -> list[str]:
-    """What the text output of ``zramfs status`` says below the table about one mount."""
-    from zramfs.codecs import LZ4_PATH_EXACT
-    found = []
-    if status["lz4_path"] not in (None, LZ4_PATH_EXACT):
-        found.append(f"lz4_path is {status['lz4_path']}: lz4 compressed sizes and mm_stat "
-                     "are not the kernel's")
-    if status["unclamped_loops"]:
-        found.append(f"unclamped_loops: {' '.join(status['unclamped_loops'])}: a write refused "
-                     "part-way (mem_limit) through these loop devices can be lost silently "
-                     "(see the mount's log)")
-    return found
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     mounts = [os.path.abspath(args.mountpoint)] if args.mountpoint else zramfs_mounts()
     if args.mountpoint and mounts[0] not in zramfs_mounts():
@@ -764,7 +444,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     result: dict[str, dict[str, Any]] = {}
     code = 0
     for m in mounts:
-        answered, got = _bounded(functools.partial(mount_status, m, include_all=args.all))
+        answered, got = bounded(functools.partial(mount_status, m, include_all=args.all))
         if not answered or not isinstance(got, dict):
             why = "its daemon does not respond" if not answered else str(got)
             print(f"zramfs: {m}: {why}; skipped", file=sys.stderr)
