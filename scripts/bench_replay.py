@@ -27,11 +27,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from zramfs.replay import replay_trace  # noqa: E402 - after the sys.path line above
-from zramfs.trace import TraceReader  # noqa: E402
+from zramfs.replay import replay_trace
+from zramfs.trace import TraceReader
 
 JOB = """\
 [global]
@@ -108,8 +105,7 @@ def main() -> int:
         mnt = work / "mnt"
         mnt.mkdir()
         trace = work / "run.trace"
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        zramfs = [sys.executable, "-m", "zramfs"]
+        zramfs = [sys.executable, "-m", "zramfs"]  # the installed project (pip install -e .)
         subprocess.run(
             [
                 *zramfs,
@@ -122,14 +118,12 @@ def main() -> int:
                 str(trace),
             ],
             check=True,
-            env=env,
-            cwd=ROOT,
         )
         try:
             live_s = run_fio(mnt / "dev/zram0", args.size, writes, work, args.mixed)
             live = [int(x) for x in (mnt / "sys/block/zram0/mm_stat").read_text().split()]
         finally:
-            subprocess.run([*zramfs, "umount", str(mnt)], check=True, env=env, cwd=ROOT)
+            subprocess.run([*zramfs, "umount", str(mnt)], check=True)
         deadline = time.monotonic() + 30
         while os.path.ismount(mnt) and time.monotonic() < deadline:
             time.sleep(0.1)
