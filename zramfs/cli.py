@@ -129,11 +129,10 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
     if getattr(args, "backend", "zram") == "null":
         return _build_null_mount(args)
     from allocator import PhysicalMemory
-    from zramfs import attrs
     from allocator.locks import lockdep_stats, set_lockdep
+    from zramfs import attrs
     from zramfs.codecs import lz4_path
-    from zramfs.daemon import (DEFAULT_POLICY, CompactionDaemon, CompactionPolicy,
-                               ModuleParameter)
+    from zramfs.daemon import DEFAULT_POLICY, CompactionDaemon, CompactionPolicy, ModuleParameter
     from zramfs.device import Registry
     from zramfs.fs import ZramFS
     from zramfs.tree import Tree
@@ -342,7 +341,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     code = 1
     try:
         code = _serve(args, report_ready)
-    except BaseException as exc:  # report everything, including libfuse's RuntimeError
+    except BaseException as exc:  # noqa: BLE001 - report everything, libfuse's RuntimeError too
         fd = state.pop("fd", None)
         if fd is not None:
             os.write(fd, f"mount failed: {exc}\n".encode())
