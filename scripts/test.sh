@@ -139,7 +139,9 @@ lint() {  # ruff and mypy from the interpreter's environment (the test extra ins
     fi
     local failed=()
     run_check "ruff check" "$PY" -m ruff check . || failed+=("ruff check")
-    run_check "ruff format --check" "$PY" -m ruff format --check . || failed+=("ruff format")
+    # concise: one line per file to reformat (the fix is `ruff format FILE`), not the whole diff
+    run_check "ruff format --check" "$PY" -m ruff format --check --output-format concise . \
+        || failed+=("ruff format")
     run_check "mypy" "$PY" -m mypy || failed+=("mypy")
     if [ "${#failed[@]}" -gt 0 ]; then
         local IFS=,
