@@ -196,10 +196,12 @@ def test_accepts_bytes_like() -> None:
     page = text(13)
     ref = lzo.compress(page, rle=True)
     # what this checks: bytes-like input works at run time (the annotations say bytes)
-    assert (lzo.compress(bytearray(page), rle=True)  # type: ignore[arg-type]
-            == lzo.compress(memoryview(page), rle=True) == ref)  # type: ignore[arg-type]
-    assert (lzo.decompress(bytearray(ref), PAGE)  # type: ignore[arg-type]
-            == lzo.decompress(memoryview(ref), PAGE) == page)  # type: ignore[arg-type]
+    from_bytearray = lzo.compress(bytearray(page), rle=True)  # type: ignore[arg-type]
+    from_memoryview = lzo.compress(memoryview(page), rle=True)  # type: ignore[arg-type]
+    assert from_bytearray == from_memoryview == ref
+    from_bytearray = lzo.decompress(bytearray(ref), PAGE)  # type: ignore[arg-type]
+    from_memoryview = lzo.decompress(memoryview(ref), PAGE)  # type: ignore[arg-type]
+    assert from_bytearray == from_memoryview == page
 
 
 # ------------------------------------------------------------------ malformed input
