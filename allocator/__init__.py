@@ -20,17 +20,35 @@ nobody but for type checking):
     migrate         zsmalloc's movable-page callbacks (zs_page_isolate/migrate/putback)
     stats           the debugfs classes table, debug walks, check_invariants
     pool            Pool: zs_malloc/zs_free/map and the read/write fast paths
+
+Every module but this one, ``locks``, ``lockdep``, ``mm_types`` and ``buildmode`` is compiled
+by mypyc at install time where a C compiler exists (setup.py); ``build_mode()`` says which
+build this process runs, and ``ZRAMFS_PURE_PYTHON=1`` selects the pure sources
+(``allocator.buildmode``).
 """
 
-from .fullness import SizeClass
-from .handles import InvalidHandle
-from .locks import LockOrderViolation, lock_stat_reset, lock_stat_text, set_lockdep
-from .memory import MovableOps, OutOfMemory, PhysicalMemory
-from .pool import SHRINK_STOP, MapMode, NestedMappingError, Pool, PoolStats
-from .sizeclass import ClassTable, SizeClassSpec, build_class_table
+from . import buildmode as _buildmode
+
+# Before any submodule is imported: compiled or pure, for the whole package.
+_BUILD_MODE = _buildmode.select(__name__, __path__)
+
+from . import pool as _pool_module  # noqa: E402  (after the build is chosen)
+from .fullness import SizeClass  # noqa: E402
+from .handles import InvalidHandle  # noqa: E402
+from .locks import LockOrderViolation, lock_stat_reset, lock_stat_text, set_lockdep  # noqa: E402
+from .memory import MovableOps, OutOfMemory, PhysicalMemory  # noqa: E402
+from .pool import SHRINK_STOP, MapMode, NestedMappingError, Pool, PoolStats  # noqa: E402
+from .sizeclass import ClassTable, SizeClassSpec, build_class_table  # noqa: E402
 
 __all__ = [
     "Pool", "PoolStats", "SizeClass", "MapMode", "InvalidHandle", "NestedMappingError",
     "SHRINK_STOP", "PhysicalMemory", "MovableOps", "OutOfMemory", "ClassTable", "SizeClassSpec",
     "build_class_table", "LockOrderViolation", "set_lockdep", "lock_stat_text", "lock_stat_reset",
+    "build_mode",
 ]
+
+
+def build_mode() -> str:
+    """``"compiled"`` when this process runs the mypyc-compiled modules, else ``"pure"``."""
+    return _buildmode.loaded_mode(_pool_module)
+

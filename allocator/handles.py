@@ -20,14 +20,15 @@ and ``cells`` is indexed by every thread while ``grow`` extends it in place unde
 from __future__ import annotations
 
 from array import array
+from typing import Final
 
 from . import locks as _locks
 
 __all__ = ["HANDLE_SHIFT", "FREE_CELL", "HANDLE_LOW_BITS", "InvalidHandle", "HandleCache"]
 
-HANDLE_SHIFT = 3  # handle = cell index * ZS_HANDLE_SIZE
-HANDLE_LOW_BITS = (1 << HANDLE_SHIFT) - 1
-FREE_CELL = -1
+HANDLE_SHIFT: Final = 3  # handle = cell index * ZS_HANDLE_SIZE
+HANDLE_LOW_BITS: Final = (1 << HANDLE_SHIFT) - 1
+FREE_CELL: Final = -1
 
 
 class InvalidHandle(ValueError):

@@ -14,7 +14,7 @@ to import another sideways:
 from __future__ import annotations
 
 from enum import IntFlag
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 __all__ = ["PG", "PG_PRIVATE", "PG_MOVABLE", "PG_ISOLATED", "INDEX_NONE", "MovableOps",
            "OutOfMemory"]
@@ -33,11 +33,11 @@ class PG(IntFlag):
 
 
 # Plain ints for hot paths (IntFlag arithmetic is slow).
-PG_PRIVATE = 0x01
-PG_MOVABLE = 0x02
-PG_ISOLATED = 0x04
+PG_PRIVATE: Final = 0x01
+PG_MOVABLE: Final = 0x02
+PG_ISOLATED: Final = 0x04
 # page->index of a frame that links to no next page (PFN 0 exists, so not 0).
-INDEX_NONE = -1
+INDEX_NONE: Final = -1
 
 
 @runtime_checkable

@@ -36,6 +36,8 @@ import enum
 import logging
 import threading
 
+from mypy_extensions import mypyc_attr
+
 from . import locks as _locks
 from . import stats as _stats
 from .compact import zs_compact, zs_shrinker_count
@@ -76,6 +78,8 @@ class MapMode(enum.Enum):
     WO = 2
 
 
+# A Python class even when compiled: mypyc's native classes cannot derive from RuntimeError.
+@mypyc_attr(native_class=False)
 class NestedMappingError(RuntimeError):
     """A thread mapped a second object before unmapping the first (one mapping per CPU)."""
 

@@ -23,37 +23,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from typing import Final
 
 # Constants that do not depend on the page size (docs/zsmalloc.md, "Constants").
-ZSPAGE_MAGIC = 0x58
-ZS_ALIGN = 8
-ZS_HANDLE_SIZE = 8
-OBJ_ALLOCATED_TAG = 1
-OBJ_TAG_BITS = 1
-CLASS_BITS = 8
-HUGE_BITS = 1
-FULLNESS_BITS = 2
-ISOLATED_BITS = 3
-MAGIC_VAL_BITS = 8
-BITS_PER_LONG = 64
-FULLNESS_THRESHOLD_FRAC = 4
+ZSPAGE_MAGIC: Final = 0x58
+ZS_ALIGN: Final = 8
+ZS_HANDLE_SIZE: Final = 8
+OBJ_ALLOCATED_TAG: Final = 1
+OBJ_TAG_BITS: Final = 1
+CLASS_BITS: Final = 8
+HUGE_BITS: Final = 1
+FULLNESS_BITS: Final = 2
+ISOLATED_BITS: Final = 3
+MAGIC_VAL_BITS: Final = 8
+BITS_PER_LONG: Final = 64
+FULLNESS_THRESHOLD_FRAC: Final = 4
 
 # enum fullness_group (and the first four class_stat_type entries, which equal it on purpose).
-ZS_EMPTY = 0
-ZS_ALMOST_EMPTY = 1
-ZS_ALMOST_FULL = 2
-ZS_FULL = 3
-NR_ZS_FULLNESS = 4
+ZS_EMPTY: Final = 0
+ZS_ALMOST_EMPTY: Final = 1
+ZS_ALMOST_FULL: Final = 2
+ZS_FULL: Final = 3
+NR_ZS_FULLNESS: Final = 4
 # enum class_stat_type
-CLASS_EMPTY = ZS_EMPTY
-CLASS_ALMOST_EMPTY = ZS_ALMOST_EMPTY
-CLASS_ALMOST_FULL = ZS_ALMOST_FULL
-CLASS_FULL = ZS_FULL
-OBJ_ALLOCATED = 4
-OBJ_USED = 5
-NR_ZS_STAT_TYPE = 6
+CLASS_EMPTY: Final = ZS_EMPTY
+CLASS_ALMOST_EMPTY: Final = ZS_ALMOST_EMPTY
+CLASS_ALMOST_FULL: Final = ZS_ALMOST_FULL
+CLASS_FULL: Final = ZS_FULL
+OBJ_ALLOCATED: Final = 4
+OBJ_USED: Final = 5
+NR_ZS_STAT_TYPE: Final = 6
 
-CHAIN_RULES = ("max-used", "min-waste")
+CHAIN_RULES: Final = ("max-used", "min-waste")
 
 
 def get_pages_per_zspage(class_size: int, page_size: int, max_pages: int) -> int:

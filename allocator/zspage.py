@@ -23,15 +23,15 @@ Everything that touches page contents works on the arena viewed as 64-bit words
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from .sizeclass import OBJ_TAG_BITS, ZS_EMPTY, ZSPAGE_MAGIC
 
-U64_MASK = (1 << 64) - 1
+U64_MASK: Final = (1 << 64) - 1
 # -1UL << OBJ_TAG_BITS: the freelist end marker stored in the last free slot.
-OBJ_END_MARKER = (U64_MASK << OBJ_TAG_BITS) & U64_MASK
+OBJ_END_MARKER: Final = (U64_MASK << OBJ_TAG_BITS) & U64_MASK
 # struct zspage's freeobj is an unsigned int: reading the end marker truncates to this.
-FREEOBJ_MASK = 0xFFFFFFFF
+FREEOBJ_MASK: Final = 0xFFFFFFFF
 
 
 class ListHead:

@@ -1,0 +1,111 @@
+"""Which build of a package runs: its mypyc-compiled modules or their pure-Python sources.
+
+The install compiles the hot modules from the same ``.py`` files (setup.py, docs/performance.md
+"Compiled build"); each compiled module is an extension module next to its source, which
+Python's import system prefers.  A package's ``__init__`` (never compiled) calls ``select``
+before it imports any submodule, and the pure sources are imported instead when
+
+* ``ZRAMFS_PURE_PYTHON=1`` (any value but empty or ``0``) is in the environment, or
+* a compiled module is stale: its source no longer hashes to what ``_compiled.json`` recorded
+  at build time (an edited checkout of an editable install), or its extension is missing.
+  That case prints one line on stderr, so an edit is never silently shadowed.
+
+Either way the choice is made once per process for the whole package, never module by module:
+compiled modules call each other natively and assume their neighbours are compiled too.
+
+Nothing here is compiled, and nothing here imports the package it serves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+
+PURE_ENV = "ZRAMFS_PURE_PYTHON"
+MANIFEST = "_compiled.json"
+
+COMPILED = "compiled"
+PURE = "pure"
+
+
+def pure_requested() -> bool:
+    """``ZRAMFS_PURE_PYTHON`` is set to something other than empty or 0."""
+    return os.environ.get(PURE_ENV, "") not in ("", "0")
+
+
+class PureSourceFinder:
+    """A meta path finder, first on ``sys.meta_path``, that imports the submodules of one
+    package from their ``.py`` files, skipping the extension modules beside them."""
+
+    def __init__(self, package: str, path: Sequence[str]) -> None:
+        self.prefix = package + "."
+        self.path = list(path)
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        if not fullname.startswith(self.prefix):
+            return None
+        name = fullname[len(self.prefix):]
+        if "." in name:             # no subpackages: nothing deeper to redirect
+            return None
+        for d in self.path:
+            src = os.path.join(d, name + ".py")
+            if os.path.isfile(src):
+                return importlib.util.spec_from_file_location(fullname, src)
+        return None                 # not a source module (e.g. the mypyc shared library)
+
+
+def _compiled_problem(pkg_dir: str, modules: dict[str, str]) -> str | None:
+    """Why the compiled modules recorded in the manifest cannot be used, or None."""
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    stale, missing = [], []
+    for mod, digest in sorted(modules.items()):
+        src = os.path.join(pkg_dir, mod + ".py")
+        try:
+            with open(src, "rb") as f:
+                if hashlib.sha256(f.read()).hexdigest() != digest:
+                    stale.append(mod + ".py")
+        except OSError:
+            continue                # no source (an install without .py files): nothing to shadow
+        if not any(os.path.exists(os.path.join(pkg_dir, mod + s)) for s in suffixes):
+            missing.append(mod)
+    if stale:
+        return f"{', '.join(stale)} changed since the build"
+    if missing:
+        return f"no extension module for {', '.join(missing)}"
+    return None
+
+
+def select(package: str, path: Sequence[str]) -> str:
+    """Choose the build of ``package`` (whose ``__path__`` is ``path``) for this process and
+    return it: ``"compiled"`` or ``"pure"``.  Call it from the package's ``__init__`` before
+    any submodule is imported."""
+    pkg_dir = path[0]
+    try:
+        with open(os.path.join(pkg_dir, MANIFEST)) as f:
+            modules: dict[str, str] = json.load(f)["modules"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return PURE                 # never compiled here: plain imports find the sources
+    if not modules:
+        return PURE
+    problem = None if pure_requested() else _compiled_problem(pkg_dir, modules)
+    if problem is not None:
+        print(f"{package}: running the pure-Python sources: {problem} "
+              f"(rebuild with pip install -e .)", file=sys.stderr)
+    if pure_requested() or problem is not None:
+        sys.meta_path.insert(0, PureSourceFinder(package, path))
+        return PURE
+    return COMPILED
+
+
+def loaded_mode(module: ModuleType) -> str:
+    """How ``module`` was actually loaded: ``"compiled"`` for an extension module."""
+    file = getattr(module, "__file__", None) or ""
+    return COMPILED if file.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)) else PURE

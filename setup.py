@@ -1,0 +1,153 @@
+"""Build step of the install: compile the hot modules with mypyc, from the same .py files.
+
+``pip install -e '.[test]'`` (the README's command, scripts/test.sh and .ci/run) and ``pip
+install .`` run this through setuptools.  The metadata lives in pyproject.toml; this file only
+adds the extension modules:
+
+* the modules in ``COMPILED`` are compiled by mypyc (docs/performance.md, "Compiled build") into
+  extension modules that sit next to their sources and are imported in their place;
+* the package's ``_compiled.json`` records a hash of each compiled source, so that an edited
+  source is never shadowed by a stale extension (``allocator.buildmode``);
+* where mypyc, a C compiler or the Python headers are missing, or the compilation fails, the
+  install goes on with the pure-Python modules and prints one line saying why;
+  ``ZRAMFS_PURE_PYTHON=1`` at install time skips the compilation on purpose.
+
+Not compiled, on purpose: the packages' ``__init__`` (they choose the build at import time),
+``allocator.locks`` and ``allocator.lockdep`` (the interleaving explorer traces their lines and
+swaps their ``threading``; compiling them measured no gain) and ``allocator.mm_types`` (a
+runtime-checkable Protocol, which mypyc cannot compile).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import sysconfig
+from typing import Any
+
+from setuptools import Distribution, setup
+from setuptools.command.build_ext import build_ext
+
+# package -> modules compiled by mypyc (one shared library per package)
+COMPILED: dict[str, tuple[str, ...]] = {
+    "allocator": (
+        "sizeclass",
+        "zspage",
+        "handles",
+        "fullness",
+        "memory",
+        "page_migration",
+        "zspage_ops",
+        "compact",
+        "migrate",
+        "stats",
+        "pool",
+    ),
+}
+MANIFEST = "_compiled.json"
+PURE_ENV = "ZRAMFS_PURE_PYTHON"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def notice(why: str) -> None:
+    print(f"zramfs: installing the pure-Python build ({why})", file=sys.stderr)
+
+
+def source_hash(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def cannot_compile() -> str | None:
+    """Why this machine cannot compile the extensions, or None."""
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return f"{PURE_ENV} is set"
+    try:
+        import mypyc.build  # noqa: F401  (the build requirement; absent in a --no-build-isolation env)
+    except ImportError:
+        return "mypyc is not installed"
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(os.environ.get("CC", cc).split()[0]) is None:
+        return f"no C compiler ({cc})"
+    include = sysconfig.get_paths()["include"]
+    if not os.path.exists(os.path.join(include, "Python.h")):
+        return f"no Python headers ({include}/Python.h; Debian: apt-get install python3-dev)"
+    return None
+
+
+class BuildCompiled(build_ext):
+    """build_ext that asks mypyc for the extensions when it runs, and falls back to pure
+    Python (one line on stderr) when it cannot compile them."""
+
+    def finalize_options(self) -> None:
+        # mypyc type-checks and generates C here, only when build_ext is really used (not
+        # for the metadata steps pip runs first)
+        if not self.distribution.ext_modules:
+            self.distribution.ext_modules = self._mypyc_extensions()
+        super().finalize_options()
+
+    def _mypyc_extensions(self) -> list[Any]:
+        why = cannot_compile()
+        if why is not None:
+            notice(why)
+            return []
+        from mypyc.build import mypycify
+
+        exts: list[Any] = []
+        try:
+            for pkg, mods in COMPILED.items():
+                paths = [os.path.join(pkg, m + ".py") for m in mods]
+                exts += mypycify(paths, opt_level="3", group_name=f"{pkg}._mypyc")
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - mypy's errors exit; install pure
+            notice(f"mypyc failed: {e!r}")
+            return []
+        return exts
+
+    extensions: list[Any]
+
+    def run(self) -> None:
+        if not self.extensions:
+            return
+        try:
+            super().run()
+        except Exception as e:  # noqa: BLE001 - any compiler failure means: install pure
+            notice(f"compilation failed: {e}")
+            self.extensions = []
+            return
+        self._write_manifests()
+
+    def _write_manifests(self) -> None:
+        """Each package's _compiled.json: the hash of every compiled source, in the build
+        tree and, for an in-place (editable) build, next to the sources."""
+        for pkg, mods in COMPILED.items():
+            text = json.dumps(
+                {"compiler": "mypyc",
+                 "modules": {m: source_hash(os.path.join(HERE, pkg, m + ".py")) for m in mods}},
+                indent=1, sort_keys=True) + "\n"
+            dirs = [os.path.join(self.build_lib, pkg)]
+            if self.inplace or getattr(self, "editable_mode", False):
+                dirs.append(os.path.join(HERE, pkg))
+            for d in dirs:
+                os.makedirs(d, exist_ok=True)
+                with open(os.path.join(d, MANIFEST), "w") as f:
+                    f.write(text)
+
+    def get_outputs(self) -> list[str]:
+        outs = list(super().get_outputs())
+        if self.extensions:
+            outs += [os.path.join(self.build_lib, pkg, MANIFEST) for pkg in COMPILED]
+        return outs
+
+
+class MaybeBinary(Distribution):
+    """Always schedules build_ext (which decides, when it runs, whether there is anything to
+    compile): the extension list is only known once mypyc has run."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
+setup(distclass=MaybeBinary, cmdclass={"build_ext": BuildCompiled})
