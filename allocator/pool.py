@@ -99,6 +99,8 @@ class PoolStats:
             self.pages_compacted += n
 
 
+# A Python class even when compiled: a native class cannot derive from threading.local.
+@mypyc_attr(native_class=False)
 class _MapArea(threading.local):
     """The per-CPU `mapping_area`, per thread here: an in-use flag, an identity for the check
     that the mapping thread unmaps (docs/zsmalloc.md, edge case "One mapping per CPU"), and a
