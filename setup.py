@@ -14,8 +14,9 @@ adds the extension modules:
 
 Not compiled, on purpose: the packages' ``__init__`` (they choose the build at import time),
 ``allocator.locks`` and ``allocator.lockdep`` (the interleaving explorer traces their lines and
-swaps their ``threading``; compiling them measured no gain) and ``allocator.mm_types`` (a
-runtime-checkable Protocol, which mypyc cannot compile).
+swaps their ``threading``; compiling them measured no gain), ``allocator.mm_types`` (a
+runtime-checkable Protocol) and ``allocator.map_area`` (a ``threading.local`` subclass): mypyc
+compiles neither of the last two correctly.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from . import stats as _stats
 from .compact import zs_compact, zs_shrinker_count
 from .fullness import SizeClass, putback_zspage
 from .handles import FREE_CELL, HANDLE_LOW_BITS, HANDLE_SHIFT, HandleCache, InvalidHandle
+from .map_area import MapArea
 from .memory import INDEX_NONE, PhysicalMemory
 from .migrate import zs_page_isolate, zs_page_migrate, zs_page_putback
 from .sizeclass import (
@@ -97,34 +98,6 @@ class PoolStats:
         """atomic_long_add(n, &pool->stats.pages_compacted)."""
         with self._lock:
             self.pages_compacted += n
-
-
-# A Python class even when compiled: a native class cannot derive from threading.local.
-@mypyc_attr(native_class=False)
-class _MapArea(threading.local):
-    """The per-CPU `mapping_area`, per thread here: an in-use flag, an identity for the check
-    that the mapping thread unmaps (docs/zsmalloc.md, edge case "One mapping per CPU"), and a
-    PAGE_SIZE copy buffer that exists only once this thread has mapped an object spanning two
-    frames.
-
-    Why lazy: the zram data path (read_object/write_object) only tests `active`, and mapping
-    an object inside one frame copies nothing; yet a thread-local's __init__ runs for every
-    new Python thread state, and a FUSE callback may get a fresh one per request — a buffer
-    built here was a 4 KiB bytearray per request."""
-
-    def __init__(self, page_size: int) -> None:
-        self.page_size = page_size
-        self.active = False
-        # identifies this thread's area (the threading.local object itself is shared)
-        self.owner = object()
-        self.bufmv: memoryview | None = None
-
-    def buffer(self) -> memoryview:
-        """This thread's copy buffer, allocated on first use."""
-        mv = self.bufmv
-        if mv is None:
-            mv = self.bufmv = memoryview(bytearray(self.page_size))
-        return mv
 
 
 class _Mapping:
@@ -243,7 +216,7 @@ class Pool:
         self._grow_cells = self.handles.grow
         self._checked_obj = self.handles.checked_obj
 
-        self._area = _MapArea(page_size)
+        self._area = MapArea(page_size)
         # every live zspage (debug walks, destroy); only touched when zspages come and go
         self._zspages: set[Zspage] = set()
         self._zspages_lock = _locks.hot_path_lock(_locks.ZSPAGE_SET_LOCK)
