@@ -10,6 +10,11 @@ Allocator:
 - ``pool``: a zsmalloc `Pool` on ``mem`` with lockdep on; its deferred free is flushed and the
   pool destroyed after the test.
 
+Builds: a test marked ``@pytest.mark.pure_python`` patches allocator functions or a pool's
+methods to instrument them; the compiled build (setup.py) calls those natively, past the patch,
+so there it is skipped, and it runs in the suite's pure pass (``ZRAMFS_PURE_PYTHON=1``,
+scripts/test.sh).
+
 Device: ``reg``, a zram `Registry` (zram0 only, uninitialised) on its own simulated RAM; every
 device is reset after the test, even one the test left open.
 
@@ -29,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+import allocator
 from allocator import PhysicalMemory, Pool
 from allocator.locks import set_lockdep
 from support.mountutil import DaemonMount, Mount, is_mounted, loops_under, require_fuse, start_mount
@@ -38,6 +44,16 @@ from zramfs.device import Registry
 MEM_PAGES = 1 << 14
 #: Frames of the ``reg`` fixture's memory (256 MiB of address space, far more than any test stores).
 REG_PAGES = 1 << 16
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if allocator.build_mode() != "compiled":
+        return
+    skip = pytest.mark.skip(reason="patches allocator code the compiled build calls natively; "
+                                   "runs in the pure pass (ZRAMFS_PURE_PYTHON=1)")
+    for item in items:
+        if item.get_closest_marker("pure_python") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -122,6 +122,7 @@ def test_a_stripe_taken_under_migrate_lock_is_an_inversion(lockdep: None) -> Non
     assert lockdep_stats()["violations"] == 0
 
 
+@pytest.mark.pure_python
 def test_compaction_does_not_hold_the_device_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     """open, close, configuration and statistics go on while a compaction runs; reset waits
     for it (compact_store holds init_lock for read only)."""
@@ -158,6 +159,7 @@ def test_compaction_does_not_hold_the_device_lock(monkeypatch: pytest.MonkeyPatc
     assert not dev.initialized
 
 
+@pytest.mark.pure_python
 @pytest.mark.parametrize("where", ["lookup", "move"])
 def test_a_failed_migration_releases_every_lock(monkeypatch: pytest.MonkeyPatch,
                                                 where: str) -> None:

@@ -594,6 +594,7 @@ def test_shrinker_count_equals_the_freeable_total(pool: Pool) -> None:
 # ---------------------------------------------------------------------------------------------
 # Compaction
 
+@pytest.mark.pure_python
 def test_compaction_source_and_destination_order(pool: Pool,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Sources ALMOST_EMPTY head first, destination the ALMOST_FULL zspage; handles keep their
@@ -657,6 +658,7 @@ def test_compaction_stops_when_nothing_is_compactable(pool: Pool) -> None:
     assert {h: ai.obj_of(pool, h) for h in locs} == locs, "no object may move"
 
 
+@pytest.mark.pure_python
 def test_compaction_runs_the_largest_class_first(pool: Pool,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Classes are compacted from the largest to the smallest (docs/zsmalloc.md, edge case
