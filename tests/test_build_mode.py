@@ -1,0 +1,196 @@
+"""The compiled and the pure-Python builds (setup.py, allocator.buildmode).
+
+* ``allocator.build_mode()`` says what this process runs, and agrees with the modules loaded;
+* ``ZRAMFS_PURE_PYTHON=1`` selects the sources in a fresh process even where extensions exist;
+* a compiled module whose source changed since the build is never used (one line on stderr);
+* the same seeded workload gives identical pools (classes table, handle -> obj, contents) and
+  an identical zram device (mm_stat, io_stat, the data read back) in both builds.
+
+The comparisons need the compiled build: they are skipped where the install fell back to pure
+Python (no C compiler), with the reason.  The finder itself is tested on a package made here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import allocator
+from allocator import buildmode
+
+REPO = Path(__file__).resolve().parent.parent
+PKG_DIR = Path(allocator.__file__).parent
+HAS_COMPILED = (PKG_DIR / buildmode.MANIFEST).exists()
+needs_compiled = pytest.mark.skipif(
+    not HAS_COMPILED, reason="no compiled build here (the install fell back to pure Python)")
+
+
+def run_py(code: str, *, pure: bool, cwd: Path = REPO,
+           path: tuple[Path, ...] = (REPO,)) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter with ``path`` first on sys.path, in the pure build
+    when ``pure`` (the variable is removed otherwise, whatever this process has)."""
+    env = {k: v for k, v in os.environ.items() if k != buildmode.PURE_ENV}
+    if pure:
+        env[buildmode.PURE_ENV] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in path)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+MODE_PROBE = """
+    import json, allocator, allocator.pool, allocator.zspage_ops, allocator.locks
+    print(json.dumps({"mode": allocator.build_mode(), "pool": allocator.pool.__file__,
+                      "zspage_ops": allocator.zspage_ops.__file__,
+                      "locks": allocator.locks.__file__}))
+"""
+
+
+def test_build_mode_matches_the_loaded_modules() -> None:
+    import allocator.pool as pool_mod
+    import allocator.zspage_ops as ops_mod
+
+    mode = allocator.build_mode()
+    assert mode in ("compiled", "pure")
+    # never a mix: compiled modules call their neighbours natively
+    assert {buildmode.loaded_mode(pool_mod), buildmode.loaded_mode(ops_mod)} == {mode}
+    if buildmode.pure_requested() or not HAS_COMPILED:
+        assert mode == "pure"
+    # the explorer traces lines of locks.py: it is never compiled
+    assert buildmode.loaded_mode(allocator.locks) == "pure"
+
+
+def test_pure_python_env_selects_the_sources_in_a_new_process() -> None:
+    out = run_py(MODE_PROBE, pure=True)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["mode"] == "pure"
+    assert got["pool"].endswith("pool.py") and got["zspage_ops"].endswith("zspage_ops.py")
+    assert out.stderr == ""
+
+
+@needs_compiled
+def test_without_the_env_the_compiled_build_is_used() -> None:
+    out = run_py(MODE_PROBE, pure=False)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["mode"] == "compiled", out.stderr
+    assert not got["pool"].endswith(".py") and got["locks"].endswith("locks.py")
+
+
+@needs_compiled
+def test_a_stale_compiled_module_is_not_used(tmp_path: Path) -> None:
+    """An edited source with its old extension beside it: the sources run, and one line on
+    stderr names the file; an extension gone missing is refused the same way."""
+    copy = tmp_path / "allocator"
+    shutil.copytree(PKG_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / "handles.py", "a") as f:
+        f.write("\n# edited after the build\n")
+    out = run_py(MODE_PROBE, pure=False, cwd=tmp_path, path=(tmp_path,))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["mode"] == "pure"
+    assert out.stderr.count("\n") == 1 and "handles.py changed since the build" in out.stderr
+
+    shutil.copy(PKG_DIR / "handles.py", copy / "handles.py")
+    for ext in copy.glob("zspage_ops.*.so"):
+        ext.unlink()
+    out = run_py(MODE_PROBE, pure=False, cwd=tmp_path, path=(tmp_path,))
+    assert json.loads(out.stdout)["mode"] == "pure"
+    assert "no extension module for zspage_ops" in out.stderr
+
+
+def test_the_finder_skips_an_extension_module(tmp_path: Path) -> None:
+    """On a package made here: its manifest names module m, whose "extension" cannot load;
+    ZRAMFS_PURE_PYTHON=1 imports m.py instead, without it the extension is tried."""
+    import hashlib
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    pkg = tmp_path / "bmpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "from allocator import buildmode\nMODE = buildmode.select(__name__, __path__)\n")
+    src = b"WHERE = 'source'\n"
+    (pkg / "m.py").write_bytes(src)
+    (pkg / ("m" + EXTENSION_SUFFIXES[0])).write_bytes(b"not an ELF file")
+    (pkg / buildmode.MANIFEST).write_text(json.dumps(
+        {"compiler": "test", "modules": {"m": hashlib.sha256(src).hexdigest()}}))
+    code = "import bmpkg, bmpkg.m; print(bmpkg.MODE, bmpkg.m.WHERE)"
+    out = run_py(code, pure=True, cwd=tmp_path, path=(tmp_path, REPO))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["pure", "source"]
+    out = run_py(code, pure=False, cwd=tmp_path, path=(tmp_path, REPO))
+    assert out.returncode != 0 and "ImportError" in out.stderr   # the extension was tried
+
+
+WORKLOAD = """
+    import hashlib, json, random
+    import allocator
+    from allocator import PhysicalMemory, Pool
+    from zramfs import attrs
+    from zramfs.device import Registry
+
+    rnd = random.Random(20260415)
+    mem = PhysicalMemory(max_pages=1 << 14)
+    pool = Pool("same", memory=mem)
+    live = {}
+    for step in range(6000):
+        if live and rnd.random() < 0.45:
+            h = rnd.choice(list(live))
+            assert pool.read_object(h, len(live[h])) == live[h]
+            pool.free(h)
+            del live[h]
+        else:
+            size = rnd.choice([rnd.randint(1, 200), rnd.randint(600, 2400),
+                               rnd.randint(2400, 3400), 4096])
+            data = rnd.randbytes(size)
+            h = pool.malloc(size)
+            pool.write_object(h, data)
+            live[h] = data
+        if step % 1500 == 1499:
+            pool.compact()
+    pool.flush_free_work()
+    pool.check_invariants()
+    objs = sorted((h, pool.handle_to_obj(h), hashlib.sha1(live[h]).hexdigest()) for h in live)
+
+    reg = Registry(memory=PhysicalMemory(max_pages=1 << 14))
+    dev = reg.devices[0]
+    attrs.store(dev, "comp_algorithm", "lz4")
+    dev.set_disksize(8 << 20)
+    pages = 8 << 20 >> 12
+    for _ in range(3000):
+        i = rnd.randrange(pages)
+        kind = rnd.random()
+        if kind < 0.2:
+            data = bytes(4096)
+        elif kind < 0.6:
+            data = (rnd.randbytes(64) * 64)
+        else:
+            data = rnd.randbytes(rnd.randint(500, 4096)).ljust(4096, b"z")
+        dev.write(i * 4096, data)
+    attrs.store(dev, "compact", "1")
+    image = hashlib.sha1(b"".join(dev.read(i * 4096, 4096) for i in range(pages))).hexdigest()
+    print(json.dumps({"mode": allocator.build_mode(), "classes": pool.classes_table(),
+                      "total_pages": pool.total_pages, "objs": objs,
+                      "mm_stat": attrs.show(dev, "mm_stat"), "io_stat": attrs.show(dev, "io_stat"),
+                      "image": image}))
+"""
+
+
+@needs_compiled
+def test_compiled_and_pure_give_identical_pools_and_devices() -> None:
+    results = {}
+    for pure in (False, True):
+        out = run_py(WORKLOAD, pure=pure)
+        assert out.returncode == 0, out.stderr
+        results[pure] = json.loads(out.stdout)
+    compiled, pure_ = results[False], results[True]
+    assert (compiled.pop("mode"), pure_.pop("mode")) == ("compiled", "pure")
+    assert compiled["total_pages"] > 0 and compiled["mm_stat"].split()[0] != "0"
+    for key in compiled:
+        assert compiled[key] == pure_[key], key
