@@ -4,7 +4,8 @@
 * ``ZRAMFS_PURE_PYTHON=1`` selects the sources in a fresh process even where extensions exist;
 * a compiled module whose source changed since the build is never used (one line on stderr);
 * the same seeded workload gives identical pools (classes table, handle -> obj, contents) and
-  an identical zram device (mm_stat, io_stat, the data read back) in both builds.
+  an identical zram device (mm_stat, io_stat, the data read back) in both builds;
+* a mount says which build it runs (module parameter build_mode, ``zramfs status --json``).
 
 The comparisons need the compiled build: they are skipped where the install fell back to pure
 Python (no C compiler), with the reason.  The finder itself is tested on a package made here.
@@ -19,11 +20,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import allocator
 from allocator import buildmode
+from support.mountutil import zramfs_cli
 
 REPO = Path(__file__).resolve().parent.parent
 PKG_DIR = Path(allocator.__file__).parent
@@ -194,3 +197,16 @@ def test_compiled_and_pure_give_identical_pools_and_devices() -> None:
     assert compiled["total_pages"] > 0 and compiled["mm_stat"].split()[0] != "0"
     for key in compiled:
         assert compiled[key] == pure_[key], key
+
+
+@pytest.mark.fuse
+def test_a_mount_says_which_build_it_runs(daemon: Any) -> None:
+    """The module parameter build_mode and ``zramfs status --json``: the daemon inherits this
+    process's environment, so it runs the same build."""
+    res = daemon.mount("--size", "4M")
+    assert res.returncode == 0, res.stderr
+    param = daemon.mnt / "sys/module/zramfs/parameters/build_mode"
+    assert param.read_text() == allocator.build_mode() + "\n"
+    assert param.stat().st_mode & 0o777 == 0o444
+    data = json.loads(zramfs_cli("status", str(daemon.mnt), "--json").stdout)
+    assert data["mounts"][0]["build_mode"] == allocator.build_mode()

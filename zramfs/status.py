@@ -89,16 +89,19 @@ def format_table(rows: list[dict[str, Any]], *, raw_bytes: bool = False) -> str:
 
 
 def mount_status(mnt: str, *, include_all: bool = False) -> dict[str, Any]:
-    """One mount's part of ``zramfs status``: its ``devices`` (`device_rows`) and two module
-    parameters that say whether its numbers and its loop devices can be trusted: ``lz4_path``
-    (str) and ``unclamped_loops`` (list of loop devices).  Either is None when the mount does
+    """One mount's part of ``zramfs status``: its ``devices`` (`device_rows`) and three module
+    parameters: two that say whether its numbers and its loop devices can be trusted,
+    ``lz4_path`` (str) and ``unclamped_loops`` (list of loop devices), and ``build_mode``, the
+    allocator build its daemon runs ("compiled" or "pure").  Each is None when the mount does
     not serve it (``--backend null``)."""
     params = Path(mnt) / "sys/module/zramfs/parameters"
     lz4 = _read(params / "lz4_path")
     loops = _read(params / "unclamped_loops")
+    build = _read(params / "build_mode")
     return {"devices": device_rows(mnt, include_all=include_all),
             "lz4_path": None if lz4 is None else lz4.strip(),
-            "unclamped_loops": None if loops is None else loops.split()}
+            "unclamped_loops": None if loops is None else loops.split(),
+            "build_mode": None if build is None else build.strip()}
 
 
 def status_warnings(status: dict[str, Any]) -> list[str]:
