@@ -124,10 +124,19 @@ class BuildCompiled(build_ext):
         """Each package's _compiled.json: the hash of every compiled source, in the build
         tree and, for an in-place (editable) build, next to the sources."""
         for pkg, mods in COMPILED.items():
-            text = json.dumps(
-                {"compiler": "mypyc",
-                 "modules": {m: source_hash(os.path.join(HERE, pkg, m + ".py")) for m in mods}},
-                indent=1, sort_keys=True) + "\n"
+            text = (
+                json.dumps(
+                    {
+                        "compiler": "mypyc",
+                        "modules": {
+                            m: source_hash(os.path.join(HERE, pkg, m + ".py")) for m in mods
+                        },
+                    },
+                    indent=1,
+                    sort_keys=True,
+                )
+                + "\n"
+            )
             dirs = [os.path.join(self.build_lib, pkg)]
             if self.inplace or getattr(self, "editable_mode", False):
                 dirs.append(os.path.join(HERE, pkg))

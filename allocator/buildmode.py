@@ -48,18 +48,19 @@ class PureSourceFinder:
         self.prefix = package + "."
         self.path = list(path)
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
-                  target: ModuleType | None = None) -> ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
         if not fullname.startswith(self.prefix):
             return None
-        name = fullname[len(self.prefix):]
-        if "." in name:             # no subpackages: nothing deeper to redirect
+        name = fullname[len(self.prefix) :]
+        if "." in name:  # no subpackages: nothing deeper to redirect
             return None
         for d in self.path:
             src = os.path.join(d, name + ".py")
             if os.path.isfile(src):
                 return importlib.util.spec_from_file_location(fullname, src)
-        return None                 # not a source module (e.g. the mypyc shared library)
+        return None  # not a source module (e.g. the mypyc shared library)
 
 
 def _compiled_problem(pkg_dir: str, modules: dict[str, str]) -> str | None:
@@ -73,7 +74,7 @@ def _compiled_problem(pkg_dir: str, modules: dict[str, str]) -> str | None:
                 if hashlib.sha256(f.read()).hexdigest() != digest:
                     stale.append(mod + ".py")
         except OSError:
-            continue                # no source (an install without .py files): nothing to shadow
+            continue  # no source (an install without .py files): nothing to shadow
         if not any(os.path.exists(os.path.join(pkg_dir, mod + s)) for s in suffixes):
             missing.append(mod)
     if stale:
@@ -92,13 +93,16 @@ def select(package: str, path: Sequence[str]) -> str:
         with open(os.path.join(pkg_dir, MANIFEST)) as f:
             modules: dict[str, str] = json.load(f)["modules"]
     except (OSError, ValueError, KeyError, TypeError):
-        return PURE                 # never compiled here: plain imports find the sources
+        return PURE  # never compiled here: plain imports find the sources
     if not modules:
         return PURE
     problem = None if pure_requested() else _compiled_problem(pkg_dir, modules)
     if problem is not None:
-        print(f"{package}: running the pure-Python sources: {problem} "
-              f"(rebuild with pip install -e .)", file=sys.stderr)
+        print(
+            f"{package}: running the pure-Python sources: {problem} "
+            f"(rebuild with pip install -e .)",
+            file=sys.stderr,
+        )
     if pure_requested() or problem is not None:
         sys.meta_path.insert(0, PureSourceFinder(package, path))
         return PURE

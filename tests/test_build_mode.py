@@ -32,19 +32,28 @@ REPO = Path(__file__).resolve().parent.parent
 PKG_DIR = Path(allocator.__file__).parent
 HAS_COMPILED = (PKG_DIR / buildmode.MANIFEST).exists()
 needs_compiled = pytest.mark.skipif(
-    not HAS_COMPILED, reason="no compiled build here (the install fell back to pure Python)")
+    not HAS_COMPILED, reason="no compiled build here (the install fell back to pure Python)"
+)
 
 
-def run_py(code: str, *, pure: bool, cwd: Path = REPO,
-           path: tuple[Path, ...] = (REPO,)) -> subprocess.CompletedProcess[str]:
+def run_py(
+    code: str, *, pure: bool, cwd: Path = REPO, path: tuple[Path, ...] = (REPO,)
+) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter with ``path`` first on sys.path, in the pure build
     when ``pure`` (the variable is removed otherwise, whatever this process has)."""
     env = {k: v for k, v in os.environ.items() if k != buildmode.PURE_ENV}
     if pure:
         env[buildmode.PURE_ENV] = "1"
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in path)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 MODE_PROBE = """
@@ -117,18 +126,20 @@ def test_the_finder_skips_an_extension_module(tmp_path: Path) -> None:
     pkg = tmp_path / "bmpkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text(
-        "from allocator import buildmode\nMODE = buildmode.select(__name__, __path__)\n")
+        "from allocator import buildmode\nMODE = buildmode.select(__name__, __path__)\n"
+    )
     src = b"WHERE = 'source'\n"
     (pkg / "m.py").write_bytes(src)
     (pkg / ("m" + EXTENSION_SUFFIXES[0])).write_bytes(b"not an ELF file")
-    (pkg / buildmode.MANIFEST).write_text(json.dumps(
-        {"compiler": "test", "modules": {"m": hashlib.sha256(src).hexdigest()}}))
+    (pkg / buildmode.MANIFEST).write_text(
+        json.dumps({"compiler": "test", "modules": {"m": hashlib.sha256(src).hexdigest()}})
+    )
     code = "import bmpkg, bmpkg.m; print(bmpkg.MODE, bmpkg.m.WHERE)"
     out = run_py(code, pure=True, cwd=tmp_path, path=(tmp_path, REPO))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["pure", "source"]
     out = run_py(code, pure=False, cwd=tmp_path, path=(tmp_path, REPO))
-    assert out.returncode != 0 and "ImportError" in out.stderr   # the extension was tried
+    assert out.returncode != 0 and "ImportError" in out.stderr  # the extension was tried
 
 
 WORKLOAD = """
