@@ -6,7 +6,13 @@
 #   scripts/test.sh --deps-only     # only install what is missing (used by the other scripts)
 #   ZRAMFS_NO_INSTALL=1 scripts/test.sh   # never install anything, just run pytest
 #   ZRAMFS_NO_LINT=1 scripts/test.sh      # skip the lint and type checks (quick local runs)
-#   ZRAMFS_TEST_TIMEOUT=3600              # seconds before the whole pytest run is stopped
+#   ZRAMFS_TEST_TIMEOUT=3600              # seconds before a pytest pass is stopped
+#   ZRAMFS_TEST_BUILDS="compiled pure"    # which builds the suite runs in (default: both when
+#                                         # the install compiled the allocator, else "pure")
+#
+# The suite runs twice: on the compiled build (mypyc, setup.py) and on the pure-Python sources
+# (ZRAMFS_PURE_PYTHON=1); an install that could not compile (no C compiler or Python headers)
+# says so in one line and runs the pure pass only.  The exit code is the first failing pass's.
 #
 # Before the suite it runs `ruff check .`, `ruff format --check .` and `mypy` (configured in
 # pyproject.toml); any of them failing fails the script (exit 1) before pytest starts.
@@ -90,6 +96,13 @@ try:  # the project itself, installed editable from *this* checkout
         missing.append("zramfs(installed from %s)" % (url or "elsewhere"))
 except md.PackageNotFoundError:
     missing.append("zramfs")
+# the compiled build (setup.py), where this machine can compile it and nobody asked for pure
+import shutil, sysconfig
+if os.environ.get("ZRAMFS_PURE_PYTHON", "") in ("", "0") and not os.path.exists(
+        os.path.join(repo, "allocator", "_compiled.json")):
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) and os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        missing.append("compiled modules")
 print(" ".join(missing))
 PY
 }
@@ -181,14 +194,46 @@ sys.exit(1)' || problems+=("no usable FUSE binding (mfusepy/fusepy + libfuse)")
     fi
 fi
 
-# A hung FUSE request must not eat CI's 90 minutes silently: cap the whole run (default 60 min).
-limit="${ZRAMFS_TEST_TIMEOUT:-3600}"
-log "$("$PY" --version 2>&1); running: $PY -m pytest -q $* (time limit ${limit}s)"
-set +e
-timeout --kill-after=30 "$limit" "$PY" -m pytest -q "$@"
-rc=$?
-set -e
-if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    log "pytest did not finish in ${limit}s (exit $rc); FUSE mounts now: $(grep -c ' fuse' /proc/mounts || true)"
+# The builds: the compiled one where the install made it, and the pure sources.
+installed="$(cd "$REPO" && env -u ZRAMFS_PURE_PYTHON "$PY" -c 'import allocator; print(allocator.build_mode())' 2>/dev/null || echo unknown)"
+if [ "$installed" = compiled ]; then
+    log "allocator build: compiled (mypyc)"
+    default_builds="compiled pure"
+else
+    log "allocator build: pure Python only (the install compiled nothing: no C compiler or Python headers, or mypyc failed; pip install -v -e . says why)"
+    default_builds="pure"
+    if [ "${CI:-}" = "true" ] && command -v gcc >/dev/null 2>&1 \
+        && "$PY" -c 'import os,sys,sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+        log "CI: gcc and the Python headers are here, so the compiled build must be too"
+        exit 1
+    fi
 fi
+if [ -n "${ZRAMFS_PURE_PYTHON:-}" ] && [ "${ZRAMFS_PURE_PYTHON}" != 0 ]; then
+    default_builds="pure"
+fi
+builds="${ZRAMFS_TEST_BUILDS:-$default_builds}"
+
+# A hung FUSE request must not eat CI's 90 minutes silently: cap each pass (default 60 min).
+limit="${ZRAMFS_TEST_TIMEOUT:-3600}"
+rc=0
+prev=""
+for build in $builds; do
+    case "$build" in
+        compiled) mode=(env -u ZRAMFS_PURE_PYTHON) ;;
+        pure) mode=(env ZRAMFS_PURE_PYTHON=1) ;;
+        *) log "ZRAMFS_TEST_BUILDS: unknown build '$build' (compiled, pure)"; exit 2 ;;
+    esac
+    # the previous pass's time is logged here, so that pytest's summary stays the last line
+    log "${prev}$("$PY" --version 2>&1), $build build; running: $PY -m pytest -q $* (time limit ${limit}s)"
+    t0="$SECONDS"
+    set +e
+    timeout --kill-after=30 "$limit" "${mode[@]}" "$PY" -m pytest -q "$@"
+    prc=$?
+    set -e
+    if [ "$prc" = 124 ] || [ "$prc" = 137 ]; then
+        log "pytest did not finish in ${limit}s (exit $prc); FUSE mounts now: $(grep -c ' fuse' /proc/mounts || true)"
+    fi
+    prev="$build pass: exit $prc in $((SECONDS - t0))s; "
+    if [ "$rc" = 0 ]; then rc="$prc"; fi
+done
 exit "$rc"
