@@ -330,7 +330,9 @@ class Pool:
         lock.acquire()
         # find_get_zspage, inlined (fullness.find_get_zspage): ALMOST_FULL, ALMOST_EMPTY, EMPTY
         lists = cls.fullness_list
-        zspage = None
+        # typed: a list link is Any (a ListHead or a Zspage), and compiled code reaches the
+        # fields of a Zspage-typed local directly (docs/performance.md, "Compiled build")
+        zspage: Zspage | None = None
         for fg in (ZS_ALMOST_FULL, ZS_ALMOST_EMPTY, ZS_EMPTY):
             head = lists[fg]
             first = head.next
@@ -402,7 +404,7 @@ class Pool:
                 raise
         obj >>= OBJ_TAG_BITS
         pfn = obj >> self.obj_index_bits
-        zspage = self._private[pfn]
+        zspage: Zspage = self._private[pfn]
         cls = self.size_class[zspage.class_idx]
         lock = cls.lock
         lock.acquire()
@@ -454,7 +456,7 @@ class Pool:
             obj = self._checked_obj(m.handle)
             obj >>= OBJ_TAG_BITS
             pfn = obj >> self.obj_index_bits
-            zspage = self._private[pfn]
+            zspage: Zspage = self._private[pfn]
             zspage.lock.read_lock()
         finally:
             ml.read_unlock()
@@ -544,7 +546,7 @@ class Pool:
             if obj < 0 or handle <= 0 or handle & HANDLE_LOW_BITS:
                 obj = self.handles.checked_obj(handle)  # raises the precise InvalidHandle
             pfn = obj >> (OBJ_TAG_BITS + self.obj_index_bits)
-            zspage = self._private[pfn]
+            zspage: Zspage = self._private[pfn]
             zlock = zspage.lock
             zlock.read_lock()
         finally:
@@ -583,7 +585,7 @@ class Pool:
             if obj < 0 or handle <= 0 or handle & HANDLE_LOW_BITS:
                 obj = self.handles.checked_obj(handle)  # raises the precise InvalidHandle
             pfn = obj >> (OBJ_TAG_BITS + self.obj_index_bits)
-            zspage = self._private[pfn]
+            zspage: Zspage = self._private[pfn]
             zlock = zspage.lock
             zlock.read_lock()
         finally:
