@@ -27,7 +27,8 @@ PY="${PYTHON:-python3}"
 log() { printf '[test.sh] %s\n' "$*" >&2; }
 
 # Debian package names (bookworm; trixie renamed libfuse2 -> libfuse2t64).
-APT_PKGS=(fuse3 fio e2fsprogs util-linux procps kmod nbdkit libnbd-bin)
+# gcc, libc6-dev and python3-dev: what setup.py needs to compile the allocator (mypyc).
+APT_PKGS=(fuse3 fio e2fsprogs util-linux procps kmod nbdkit libnbd-bin gcc libc6-dev python3-dev)
 
 apt_candidate() {  # prints the first of the given names that apt can install
     local p
@@ -42,7 +43,7 @@ apt_candidate() {  # prints the first of the given names that apt can install
 
 system_missing() {  # prints a reason for each system prerequisite that is absent
     local c
-    for c in fio mkfs.ext4 losetup mkswap swapon fusermount3 modprobe nbdkit nbdfuse; do
+    for c in fio mkfs.ext4 losetup mkswap swapon fusermount3 modprobe nbdkit nbdfuse gcc; do
         command -v "$c" >/dev/null 2>&1 || echo "command $c"
     done
     local libs; libs="$(ldconfig -p 2>/dev/null || true)"
