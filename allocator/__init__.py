@@ -51,6 +51,6 @@ __all__ = [
 
 
 def build_mode() -> str:
-    """``"compiled"`` when this process runs the mypyc-compiled modules, else ``"pure"``."""
+    """``"compiled"`` when this process runs the mypyc-compiled modules, else ``"pure"``
+    (``allocator.buildmode.why_pure("allocator")`` says why, when a compiled build is there)."""
     return _buildmode.loaded_mode(_pool_module)
-

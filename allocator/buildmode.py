@@ -8,7 +8,9 @@ before it imports any submodule, and the pure sources are imported instead when
 * ``ZRAMFS_PURE_PYTHON=1`` (any value but empty or ``0``) is in the environment, or
 * a compiled module is stale: its source no longer hashes to what ``_compiled.json`` recorded
   at build time (an edited checkout of an editable install), or its extension is missing.
-  That case prints one line on stderr, so an edit is never silently shadowed.
+  So an edit is never shadowed by the build of the code before it.  ``why_pure`` says why;
+  nothing is printed (every subprocess of a test would print it); ``scripts/test.sh`` and the
+  in-process benchmarks print the build and that reason.
 
 Either way the choice is made once per process for the whole package, never module by module:
 compiled modules call each other natively and assume their neighbours are compiled too.
@@ -33,6 +35,9 @@ MANIFEST = "_compiled.json"
 
 COMPILED = "compiled"
 PURE = "pure"
+
+# package -> why select() chose the sources over a compiled build that is there
+_why_pure: dict[str, str] = {}
 
 
 def pure_requested() -> bool:
@@ -96,17 +101,23 @@ def select(package: str, path: Sequence[str]) -> str:
         return PURE  # never compiled here: plain imports find the sources
     if not modules:
         return PURE
-    problem = None if pure_requested() else _compiled_problem(pkg_dir, modules)
+    if pure_requested():
+        problem: str | None = f"{PURE_ENV} is set"
+    else:
+        problem = _compiled_problem(pkg_dir, modules)
+        if problem is not None:
+            problem += " (rebuild: pip install -e .)"
     if problem is not None:
-        print(
-            f"{package}: running the pure-Python sources: {problem} "
-            f"(rebuild with pip install -e .)",
-            file=sys.stderr,
-        )
-    if pure_requested() or problem is not None:
+        _why_pure[package] = problem
         sys.meta_path.insert(0, PureSourceFinder(package, path))
         return PURE
     return COMPILED
+
+
+def why_pure(package: str) -> str | None:
+    """Why ``package`` runs its sources although it was compiled (the variable, or which
+    module is stale or missing), or None."""
+    return _why_pure.get(package)
 
 
 def loaded_mode(module: ModuleType) -> str:

@@ -25,7 +25,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
-from allocator import MapMode, Pool
+from allocator import MapMode, Pool, build_mode, buildmode
 from allocator.memory import PhysicalMemory
 
 TARGET_PAIR_US = 8.0
@@ -206,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     n_frag = 3_000 if q else 60_000
     n_mem = 3_000 if q else 50_000
 
+    why = buildmode.why_pure("allocator")
     print(f"zsmalloc port benchmark ({'quick' if q else 'full'}; median of {runs} runs; "
-          f"Python {sys.version.split()[0]})")
+          f"Python {sys.version.split()[0]}; allocator build {build_mode()}"
+          f"{f' ({why})' if why else ''})")
     # Memory first, while the process heap is fresh (later runs leave freed arenas behind
     # that would absorb the pool's Python-side metadata and hide it from the RSS delta).
     m = bench_memory(n_mem, seed=7)

@@ -27,7 +27,8 @@ import sys
 import time
 from typing import Any
 
-from allocator import PhysicalMemory, Pool
+import allocator
+from allocator import PhysicalMemory, Pool, buildmode
 from bench.pages import PAGE, MiB, mixed_pages  # scripts/bench/ (this script's directory)
 from zramfs import attrs, codecs
 from zramfs.device import Registry
@@ -243,7 +244,8 @@ def main() -> None:
         profile(pages)
         return
     print(f"# zramfs device bench: {nblocks} mixed 4 KiB blocks, best of {rounds} (CPU time), "
-          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, allocator build "
+          f"{allocator.build_mode()} {buildmode.why_pure('allocator') or ''}".rstrip())
     print("outside = device time with the codec replaced by a replay of its results;")
     print("allocator = bare-pool malloc+write+free / read of the same objects; engine = device")
     print("with replayed codec and a dict as allocator (locks, slot table, counters, checks)")

@@ -196,10 +196,15 @@ sys.exit(1)' || problems+=("no usable FUSE binding (mfusepy/fusepy + libfuse)")
 fi
 
 # The builds: the compiled one where the install made it, and the pure sources.
-installed="$(cd "$REPO" && env -u ZRAMFS_PURE_PYTHON "$PY" -c 'import allocator; print(allocator.build_mode())' 2>/dev/null || echo unknown)"
-if [ "$installed" = compiled ]; then
+installed="$(cd "$REPO" && env -u ZRAMFS_PURE_PYTHON "$PY" -c 'import allocator
+from allocator import buildmode
+print((allocator.build_mode() + " " + (buildmode.why_pure("allocator") or "")).strip())' 2>/dev/null || echo unknown)"
+if [ "${installed%% *}" = compiled ]; then
     log "allocator build: compiled (mypyc)"
     default_builds="compiled pure"
+elif [ "${installed%% *}" = pure ] && [ -n "${installed#pure}" ]; then
+    log "allocator build: pure Python only, as the compiled one is unusable:${installed#pure}"
+    default_builds="pure"
 else
     log "allocator build: pure Python only (the install compiled nothing: no C compiler or Python headers, or mypyc failed; pip install -v -e . says why)"
     default_builds="pure"

@@ -58,7 +58,9 @@ def run_py(
 
 MODE_PROBE = """
     import json, allocator, allocator.pool, allocator.zspage_ops, allocator.locks
+    from allocator import buildmode
     print(json.dumps({"mode": allocator.build_mode(), "pool": allocator.pool.__file__,
+                      "why": buildmode.why_pure("allocator"),
                       "zspage_ops": allocator.zspage_ops.__file__,
                       "locks": allocator.locks.__file__}))
 """
@@ -85,6 +87,7 @@ def test_pure_python_env_selects_the_sources_in_a_new_process() -> None:
     assert got["mode"] == "pure"
     assert got["pool"].endswith("pool.py") and got["zspage_ops"].endswith("zspage_ops.py")
     assert out.stderr == ""
+    assert got["why"] == (f"{buildmode.PURE_ENV} is set" if HAS_COMPILED else None)
 
 
 @needs_compiled
@@ -92,29 +95,31 @@ def test_without_the_env_the_compiled_build_is_used() -> None:
     out = run_py(MODE_PROBE, pure=False)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
-    assert got["mode"] == "compiled", out.stderr
+    assert got["mode"] == "compiled" and got["why"] is None, out.stderr
     assert not got["pool"].endswith(".py") and got["locks"].endswith("locks.py")
 
 
 @needs_compiled
 def test_a_stale_compiled_module_is_not_used(tmp_path: Path) -> None:
-    """An edited source with its old extension beside it: the sources run, and one line on
-    stderr names the file; an extension gone missing is refused the same way."""
+    """An edited source with its old extension beside it: the sources run, silently (every
+    subprocess would print it), and why_pure names the file; an extension gone missing is
+    refused the same way."""
     copy = tmp_path / "allocator"
     shutil.copytree(PKG_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     with open(copy / "handles.py", "a") as f:
         f.write("\n# edited after the build\n")
     out = run_py(MODE_PROBE, pure=False, cwd=tmp_path, path=(tmp_path,))
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["mode"] == "pure"
-    assert out.stderr.count("\n") == 1 and "handles.py changed since the build" in out.stderr
+    got = json.loads(out.stdout)
+    assert got["mode"] == "pure" and out.stderr == ""
+    assert got["why"].startswith("handles.py changed since the build")
 
     shutil.copy(PKG_DIR / "handles.py", copy / "handles.py")
     for ext in copy.glob("zspage_ops.*.so"):
         ext.unlink()
     out = run_py(MODE_PROBE, pure=False, cwd=tmp_path, path=(tmp_path,))
-    assert json.loads(out.stdout)["mode"] == "pure"
-    assert "no extension module for zspage_ops" in out.stderr
+    got = json.loads(out.stdout)
+    assert got["mode"] == "pure" and got["why"].startswith("no extension module for zspage_ops")
 
 
 def test_the_finder_skips_an_extension_module(tmp_path: Path) -> None:
