@@ -175,6 +175,10 @@ def markdown(report: dict[str, Any], jobs: list[Job]) -> str:
             lines += ["", "Compaction daemon at the end: " + "; ".join(
                 f"{n}: enabled={e.get('compact_enabled')}, runs={e.get('compact_runs')}, "
                 f"pages freed={e.get('compact_pages_freed')}" for n, e in comp.items()) + "."]
+        builds = {n: e["build_mode"] for n, e in report["extra"].items() if "build_mode" in e}
+        if builds:
+            lines += ["", "Allocator build (docs/performance.md, \"Compiled build\"): " + "; ".join(
+                f"{n}: {b}" for n, b in builds.items()) + "."]
     mem = report["memory"]
     if mem:
         rd = report.get("realdata")

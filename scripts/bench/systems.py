@@ -199,7 +199,7 @@ class ZramfsSystem(FuseServerSystem):
         params = self.mnt / "sys/module/zramfs/parameters"
         out: dict[str, Any] = {}
         for name in ("compact_enabled", "compact_threshold_pages", "compact_interval_ms",
-                     "compact_runs", "compact_pages_freed"):
+                     "compact_runs", "compact_pages_freed", "build_mode"):
             text = read_text(params / name)
             if text is not None:
                 out[name] = text.strip()
