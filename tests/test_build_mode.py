@@ -226,3 +226,24 @@ def test_a_mount_says_which_build_it_runs(daemon: Any) -> None:
     assert param.stat().st_mode & 0o777 == 0o444
     data = json.loads(zramfs_cli("status", str(daemon.mnt), "--json").stdout)
     assert data["mounts"][0]["build_mode"] == allocator.build_mode()
+
+
+def test_the_pool_runs_under_lockdep_in_this_build(pool: Any) -> None:
+    """Whatever the build, the pool's locks are checked: the ``pool`` fixture turns lockdep on,
+    a workload with compaction takes every lock class in order without a report, and an
+    inversion taken around the pool's own locks is refused before it blocks."""
+    from allocator.locks import CLASS_LOCK, MIGRATE_LOCK, LockOrderViolation, lockdep_stats
+
+    before = (CLASS_LOCK.acquisitions, MIGRATE_LOCK.acquisitions)
+    handles = [pool.malloc(size) for size in range(40, 4000, 37)]
+    for h in handles[::2]:
+        pool.free(h)
+    pool.compact()
+    for h in handles[1::2]:
+        pool.free(h)
+    pool.flush_free_work()
+    assert lockdep_stats()["lockdep"] == 1 and lockdep_stats()["violations"] == 0
+    assert CLASS_LOCK.acquisitions > before[0] and MIGRATE_LOCK.acquisitions > before[1]
+    cls = pool.size_class[0]
+    with cls.lock, pytest.raises(LockOrderViolation):
+        pool.migrate_lock.write_lock()  # migrate_lock (rank 20) under class->lock (rank 30)
