@@ -43,9 +43,23 @@ from .pool import SHRINK_STOP, MapMode, NestedMappingError, Pool, PoolStats  # n
 from .sizeclass import ClassTable, SizeClassSpec, build_class_table  # noqa: E402
 
 __all__ = [
-    "Pool", "PoolStats", "SizeClass", "MapMode", "InvalidHandle", "NestedMappingError",
-    "SHRINK_STOP", "PhysicalMemory", "MovableOps", "OutOfMemory", "ClassTable", "SizeClassSpec",
-    "build_class_table", "LockOrderViolation", "set_lockdep", "lock_stat_text", "lock_stat_reset",
+    "Pool",
+    "PoolStats",
+    "SizeClass",
+    "MapMode",
+    "InvalidHandle",
+    "NestedMappingError",
+    "SHRINK_STOP",
+    "PhysicalMemory",
+    "MovableOps",
+    "OutOfMemory",
+    "ClassTable",
+    "SizeClassSpec",
+    "build_class_table",
+    "LockOrderViolation",
+    "set_lockdep",
+    "lock_stat_text",
+    "lock_stat_reset",
     "build_mode",
 ]
 

@@ -75,8 +75,9 @@ class CompactControl:
         self.obj_idx = 0
 
 
-def _find_alloced_obj(pool: Pool, cls: SizeClass, zspage: Zspage, pfn: int,
-                      obj_idx: int) -> tuple[int, int]:
+def _find_alloced_obj(
+    pool: Pool, cls: SizeClass, zspage: Zspage, pfn: int, obj_idx: int
+) -> tuple[int, int]:
     """find_alloced_obj: scan the objects that *start* in frame `pfn`, from the per-page
     index `obj_idx` (counted from first_obj_offset; docs/zsmalloc.md, edge case "Two object
     indices"), for an allocated one.
@@ -116,9 +117,9 @@ def _read_raw(pool: Pool, size: int, obj: int) -> bytes:
     mem = pool.memory
     arena = mem.arena
     if off + size <= ps:
-        return arena[base + off:base + off + size].tobytes()
+        return arena[base + off : base + off + size].tobytes()
     nb = mem.index[pfn] << pool.page_shift
-    return arena[base + off:base + ps].tobytes() + arena[nb:nb + size - (ps - off)].tobytes()
+    return arena[base + off : base + ps].tobytes() + arena[nb : nb + size - (ps - off)].tobytes()
 
 
 def _write_raw(pool: Pool, size: int, obj: int, data: bytes) -> None:
@@ -128,16 +129,17 @@ def _write_raw(pool: Pool, size: int, obj: int, data: bytes) -> None:
     mem = pool.memory
     arena = mem.arena
     if off + size <= ps:
-        arena[base + off:base + off + size] = data
+        arena[base + off : base + off + size] = data
         return
     s0 = ps - off
     nb = mem.index[pfn] << pool.page_shift
-    arena[base + off:base + ps] = data[:s0]
-    arena[nb:nb + size - s0] = data[s0:]
+    arena[base + off : base + ps] = data[:s0]
+    arena[nb : nb + size - s0] = data[s0:]
 
 
-def migrate_zspage(pool: Pool, cls: SizeClass, src: Zspage, dst: Zspage,
-                   cc: CompactControl) -> bool:
+def migrate_zspage(
+    pool: Pool, cls: SizeClass, src: Zspage, dst: Zspage, cc: CompactControl
+) -> bool:
     """migrate_zspage: move objects from cc.s_page onwards into dst.
 
     Returns True when the source is exhausted (ret 0), False when dst filled up (-ENOMEM).
@@ -157,14 +159,14 @@ def migrate_zspage(pool: Pool, cls: SizeClass, src: Zspage, dst: Zspage,
                 break
             obj_idx = 0
             continue
-        if dst.inuse == cls.objs_per_zspage:      # zspage_full(class, dst)
+        if dst.inuse == cls.objs_per_zspage:  # zspage_full(class, dst)
             drained = False
             break
         used_obj = cells[handle >> HANDLE_SHIFT]
         free_obj = obj_malloc(pool, dst, handle)
         _object_copy(pool, size, free_obj, used_obj)
         obj_idx += 1
-        cells[handle >> HANDLE_SHIFT] = free_obj   # record_obj
+        cells[handle >> HANDLE_SHIFT] = free_obj  # record_obj
         obj_free(pool, size, used_obj)
     cc.s_page = s_page
     cc.obj_idx = obj_idx
@@ -187,39 +189,39 @@ def zs_compact_class(pool: Pool, cls: SizeClass) -> int:
             src = isolate_zspage(cls, True)
             if src is None:
                 break
-            src.lock.write_lock()                   # migrate_write_lock(src)
+            src.lock.write_lock()  # migrate_write_lock(src)
             if not zs_can_compact(cls):
-                break                               # src stays isolated; put back below
+                break  # src stays isolated; put back below
             cc.obj_idx = 0
             cc.s_page = src.first_page
             while True:
                 dst = isolate_zspage(cls, False)
                 if dst is None:
                     break
-                dst.lock.write_lock_nested()        # migrate_write_lock_nested(dst)
+                dst.lock.write_lock_nested()  # migrate_write_lock_nested(dst)
                 cc.d_page = dst.first_page
                 if migrate_zspage(pool, cls, src, dst, cc):
-                    break                           # src drained; keep dst
-                putback_zspage(cls, dst)      # dst full
+                    break  # src drained; keep dst
+                putback_zspage(cls, dst)  # dst full
                 dst.lock.write_unlock()
                 dst = None
                 if ml.is_contended():
                     break
             if dst is None:
-                break                               # no destination or contention
+                break  # no destination or contention
             putback_zspage(cls, dst)
             dst.lock.write_unlock()
             dst = None
             if putback_zspage(cls, src) == ZS_EMPTY:
                 src.lock.write_unlock()
-                free_zspage(pool, cls, src)         # may be deferred
+                free_zspage(pool, cls, src)  # may be deferred
                 pages_freed += cls.pages_per_zspage
             else:
                 src.lock.write_unlock()
             src = None
             lock.release()
             ml.write_unlock()
-            time.sleep(0)                           # cond_resched()
+            time.sleep(0)  # cond_resched()
             ml.write_lock()
             lock.acquire()
         if src is not None:

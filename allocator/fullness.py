@@ -29,15 +29,32 @@ from .sizeclass import (
 )
 from .zspage import ListHead, Zspage, list_add, list_del_init
 
-__all__ = ["SizeClass", "insert_zspage", "remove_zspage", "fix_fullness_group",
-           "putback_zspage", "find_get_zspage"]
+__all__ = [
+    "SizeClass",
+    "insert_zspage",
+    "remove_zspage",
+    "fix_fullness_group",
+    "putback_zspage",
+    "find_get_zspage",
+]
 
 
 class SizeClass:
     """struct size_class: the runtime state of one canonical class."""
 
-    __slots__ = ("lock", "fullness_list", "size", "objs_per_zspage", "pages_per_zspage",
-                 "index", "stats", "huge", "almost_empty_max", "deferred_freed", "usable")
+    __slots__ = (
+        "lock",
+        "fullness_list",
+        "size",
+        "objs_per_zspage",
+        "pages_per_zspage",
+        "index",
+        "stats",
+        "huge",
+        "almost_empty_max",
+        "deferred_freed",
+        "usable",
+    )
 
     def __init__(self, index: int, size: int, pages: int, objs: int) -> None:
         self.lock = _locks.Mutex(_locks.CLASS_LOCK)
@@ -57,8 +74,10 @@ class SizeClass:
         self.usable = size if self.huge else size - ZS_HANDLE_SIZE
 
     def __repr__(self) -> str:
-        return (f"<SizeClass {self.index} size={self.size} pages={self.pages_per_zspage} "
-                f"objs={self.objs_per_zspage}>")
+        return (
+            f"<SizeClass {self.index} size={self.size} pages={self.pages_per_zspage} "
+            f"objs={self.objs_per_zspage}>"
+        )
 
 
 def insert_zspage(cls: SizeClass, zspage: Zspage, fg: int) -> None:
@@ -87,7 +106,7 @@ def fix_fullness_group(cls: SizeClass, zspage: Zspage) -> int:
     if newfg != currfg:
         remove_zspage(cls, zspage, currfg)
         insert_zspage(cls, zspage, newfg)
-        zspage.fullness = newfg                 # set_zspage_mapping
+        zspage.fullness = newfg  # set_zspage_mapping
     return newfg
 
 

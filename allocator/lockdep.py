@@ -73,6 +73,7 @@ __all__ = [
     "lock_stat_reset",
 ]
 
+
 class LockOrderViolation(AssertionError):
     """lockdep found an acquisition that can deadlock (order inversion, recursion, bad release).
 
@@ -98,8 +99,11 @@ def violation_stats() -> dict[str, int | str]:
     """How many violations lockdep reported since it was last switched, and the first of them
     (``debug_locks`` is 0 once one was reported, as in the kernel); ``lockdep_stats()`` in
     allocator.locks adds whether it is on."""
-    return {"violations": _violations, "debug_locks": int(_violations == 0),
-            "first_violation": _first_violation}
+    return {
+        "violations": _violations,
+        "debug_locks": int(_violations == 0),
+        "first_violation": _first_violation,
+    }
 
 
 class LockMode(IntEnum):
@@ -126,8 +130,16 @@ class LockStat:
     the slow path, under a private leaf lock.
     """
 
-    __slots__ = ("_acq", "_acq_base", "contentions", "wait_total_ns", "wait_min_ns", "wait_max_ns",
-                 "points", "_lock")
+    __slots__ = (
+        "_acq",
+        "_acq_base",
+        "contentions",
+        "wait_total_ns",
+        "wait_min_ns",
+        "wait_max_ns",
+        "points",
+        "_lock",
+    )
 
     def __init__(self) -> None:
         self._acq = itertools.count()
@@ -136,7 +148,7 @@ class LockStat:
         self.wait_total_ns = 0
         self.wait_min_ns = 0
         self.wait_max_ns = 0
-        self.points: Counter[str] = Counter()   # contending call sites (kernel: "contention points")
+        self.points: Counter[str] = Counter()  # contending call sites (kernel: "contention points")
         self._lock = threading.Lock()
 
     @property
@@ -190,7 +202,9 @@ class LockClass:
             existing = cls._registry.get(name)
             if existing is not None:
                 if existing.rank != rank:
-                    raise ValueError(f"lock class {name!r} already registered with rank {existing.rank}")
+                    raise ValueError(
+                        f"lock class {name!r} already registered with rank {existing.rank}"
+                    )
                 existing.rw = existing.rw or rw
                 return existing
             self = object.__new__(cls)
@@ -248,7 +262,13 @@ CLASS_LOCK = LockClass("&class->lock", 30)
 ZSPAGE_LOCK = LockClass("&zspage->lock", 40, rw=True)
 MAP_AREA_LOCK = LockClass("zs_map_area.lock", 50)
 MAP_BUFFER_LOCK = MAP_AREA_LOCK
-LOCK_ORDER: tuple[LockClass, ...] = (PAGE_LOCK, MIGRATE_LOCK, CLASS_LOCK, ZSPAGE_LOCK, MAP_AREA_LOCK)
+LOCK_ORDER: tuple[LockClass, ...] = (
+    PAGE_LOCK,
+    MIGRATE_LOCK,
+    CLASS_LOCK,
+    ZSPAGE_LOCK,
+    MAP_AREA_LOCK,
+)
 # The page allocator's lock (allocator.memory's free-frame lists): a leaf under every zsmalloc
 # lock, as the buddy allocator's zone->lock is. Not part of zsmalloc's documented order.
 ZONE_LOCK = LockClass("&zone->lock", 60)
@@ -307,8 +327,8 @@ _HERE = __file__.rsplit("/", 1)[0]
 _LOCK_FILES = frozenset({__file__, _HERE + "/locks.py", _HERE + "/memory.py"})
 
 _tls = threading.local()
-_all_held: dict[int, list[_Held]] = {}           # thread ident -> its held stack (lockdep on)
-_graph: dict[LockClass, set[LockClass]] = {}     # class dependency edges (held -> acquired)
+_all_held: dict[int, list[_Held]] = {}  # thread ident -> its held stack (lockdep on)
+_graph: dict[LockClass, set[LockClass]] = {}  # class dependency edges (held -> acquired)
 _graph_lock = threading.Lock()
 
 
@@ -377,7 +397,8 @@ def lockdep_before(key: object, cls: LockClass, mode: LockMode, trylock: bool = 
             what = "recursive read" if mode == _READ and h[2] == _READ else "recursive"
             raise LockOrderViolation(
                 f"{what} acquisition of {cls.name} {_describe(key)} already held by this thread"
-                f" (would deadlock); held: {_fmt_held(held)}")
+                f" (would deadlock); held: {_fmt_held(held)}"
+            )
     if trylock:
         return
     rank = cls.rank
@@ -387,7 +408,8 @@ def lockdep_before(key: object, cls: LockClass, mode: LockMode, trylock: bool = 
             if r is not None and r > rank:
                 raise LockOrderViolation(
                     f"lock order inversion: acquiring {cls.name} (rank {rank}) while holding "
-                    f"{h[1].name} (rank {r}); held: {_fmt_held(held)}")
+                    f"{h[1].name} (rank {r}); held: {_fmt_held(held)}"
+                )
     # Dependency graph: held class -> cls. A new edge closing a cycle is an inversion. Known
     # edges are checked without the graph lock (set/dict reads are atomic under the GIL).
     for h in held:
@@ -409,7 +431,8 @@ def lockdep_before(key: object, cls: LockClass, mode: LockMode, trylock: bool = 
             if _reaches(cls, hc):
                 raise LockOrderViolation(
                     f"lock order inversion: {cls.name} is acquired before {hc.name} elsewhere, "
-                    f"now after it; held: {_fmt_held(held)}")
+                    f"now after it; held: {_fmt_held(held)}"
+                )
             _graph.setdefault(hc, set()).add(cls)
 
 
@@ -478,8 +501,15 @@ def lock_stat_text() -> str:
     """The MNT/proc/lock_stat file, laid out like the kernel's /proc/lock_stat (version 0.4):
     times in microseconds; hold times and bounce counts are not tracked and not shown. Under each
     contended class, up to four contention points (the callers that had to wait) are listed."""
-    cols = ("class name", "contentions", "waittime-min", "waittime-max", "waittime-total",
-            "waittime-avg", "acquisitions")
+    cols = (
+        "class name",
+        "contentions",
+        "waittime-min",
+        "waittime-max",
+        "waittime-total",
+        "waittime-avg",
+        "acquisitions",
+    )
     header = f"{cols[0]:>40} " + " ".join(f"{c:>14}" for c in cols[1:])
     rule = "-" * len(header)
     out = ["lock_stat version 0.4", rule, header, rule]
@@ -490,8 +520,10 @@ def lock_stat_text() -> str:
             continue
         avg = st.wait_total_ns // con if con else 0
         out.append("")
-        out.append(f"{name + ':':>40} {con:>14} {_us(st.wait_min_ns):>14} {_us(st.wait_max_ns):>14} "
-                   f"{_us(st.wait_total_ns):>14} {_us(avg):>14} {acq:>14}")
+        out.append(
+            f"{name + ':':>40} {con:>14} {_us(st.wait_min_ns):>14} {_us(st.wait_max_ns):>14} "
+            f"{_us(st.wait_total_ns):>14} {_us(avg):>14} {acq:>14}"
+        )
         if con:
             with st._lock:
                 points = st.points.most_common(4)

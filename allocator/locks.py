@@ -231,7 +231,7 @@ class Mutex:
         self._lock = threading.Lock()
         self._cls = cls
         self._stat = cls.write
-        self._acq = cls.write._acq     # lock_stat's acquisition counter (never replaced)
+        self._acq = cls.write._acq  # lock_stat's acquisition counter (never replaced)
         self._owner = 0
 
     @property
@@ -270,7 +270,9 @@ class Mutex:
         if _lockdep:
             owner = self._owner
             if owner and owner != threading.get_ident():
-                raise LockOrderViolation(f"{self._cls.name} released by a thread that does not own it")
+                raise LockOrderViolation(
+                    f"{self._cls.name} released by a thread that does not own it"
+                )
             self._owner = 0
             lockdep_released(self, strict=bool(owner))
         self._lock.release()
@@ -381,23 +383,39 @@ class RWLock:
     path.
     """
 
-    __slots__ = ("_lock", "_cls", "_readers", "_writer", "_waiters", "_wwait", "_rwait", "_rgrant",
-                 "_rcond", "_wcond", "_rg", "_wg", "_fast", "_wbusy", "_racq", "__weakref__")
+    __slots__ = (
+        "_lock",
+        "_cls",
+        "_readers",
+        "_writer",
+        "_waiters",
+        "_wwait",
+        "_rwait",
+        "_rgrant",
+        "_rcond",
+        "_wcond",
+        "_rg",
+        "_wg",
+        "_fast",
+        "_wbusy",
+        "_racq",
+        "__weakref__",
+    )
 
     def __init__(self, lock_class: LockClass | None = None) -> None:
         cls = lock_class if lock_class is not None else _site_class(True)
         cls.rw = True
         self._lock = threading.Lock()
         self._cls = cls
-        self._readers = 0          # readers holding the lock (including granted, not yet awake)
-        self._writer = False       # a writer holds the lock
-        self._waiters = 0          # threads queued in read_lock/write_lock (is_contended)
-        self._wwait = 0            # queued writers (they block new readers)
-        self._rwait = 0            # queued readers
-        self._rgrant = 0           # queued readers already admitted by a write_unlock hand-off
+        self._readers = 0  # readers holding the lock (including granted, not yet awake)
+        self._writer = False  # a writer holds the lock
+        self._waiters = 0  # threads queued in read_lock/write_lock (is_contended)
+        self._wwait = 0  # queued writers (they block new readers)
+        self._rwait = 0  # queued readers
+        self._rgrant = 0  # queued readers already admitted by a write_unlock hand-off
         self._fast: list[None] = []  # one token per reader that came in by the fast path
         self._wbusy = _SLOW_READERS  # a writer holds or waits: readers must take the slow path
-        self._racq = cls.read._acq     # lock_stat's acquisition counter (never replaced)
+        self._racq = cls.read._acq  # lock_stat's acquisition counter (never replaced)
         self._rcond: threading.Condition | None = None
         self._wcond: threading.Condition | None = None
         self._rg: _ReadGuard | None = None
@@ -414,8 +432,8 @@ class RWLock:
             lockdep_before(self, self._cls, _READ)
         if not self._wbusy:
             fast = self._fast
-            fast.append(None)          # publish the reader first ...
-            if not self._wbusy:        # ... then look for a writer (see the class docstring)
+            fast.append(None)  # publish the reader first ...
+            if not self._wbusy:  # ... then look for a writer (see the class docstring)
                 next(self._racq)
                 if _lockdep:
                     lockdep_acquired(self, self._cls, _READ)
@@ -492,7 +510,7 @@ class RWLock:
         if fast:
             try:
                 fast.pop()
-            except IndexError:         # another thread took the last token in between
+            except IndexError:  # another thread took the last token in between
                 self._read_unlock_slow()
             else:
                 if self._wbusy and not fast:
@@ -525,7 +543,7 @@ class RWLock:
         try:
             self._fast.pop()
         except IndexError:
-            self._read_unlock_slow()    # wakes a waiting writer if that was the last reader
+            self._read_unlock_slow()  # wakes a waiting writer if that was the last reader
         else:
             self._fast_drained()
 
@@ -551,7 +569,7 @@ class RWLock:
             lockdep_before(self, self._cls, _WRITE)
         lk = self._lock
         lk.acquire()
-        self._wbusy = True             # before counting _fast: see the class docstring
+        self._wbusy = True  # before counting _fast: see the class docstring
         if self._writer or self._readers or self._fast or self._wwait:
             self._write_wait()
         self._writer = True
@@ -584,11 +602,11 @@ class RWLock:
             if not self._writer:
                 if self._wwait:
                     if not self._readers and not self._fast:
-                        cond.notify()       # pass our turn on
+                        cond.notify()  # pass our turn on
                 else:
                     self._wbusy = _SLOW_READERS
                     if self._rwait:
-                        self._wake_readers()    # readers we were holding back may go on now
+                        self._wake_readers()  # readers we were holding back may go on now
             self._lock.release()
             raise
         self._waiters -= 1

@@ -78,8 +78,8 @@ _WRITE = LockMode.WRITE
 # Frame states (internal ``_state`` bytearray). ABOVE: at or above the bump pointer.
 _ABOVE = 0
 _USED = 1
-_FREE = 2       # free, below the high-water mark, in the free heap
-_ZOMBIE = 3     # freed by its owner while a migrator still pins it; freed by the last unpin
+_FREE = 2  # free, below the high-water mark, in the free heap
+_ZOMBIE = 3  # freed by its owner while a migrator still pins it; freed by the last unpin
 _FREE_B = bytes([_FREE])
 _ONE_B = b"\x01"
 
@@ -146,8 +146,9 @@ DIRTY_FRAMES = 256
 class PhysicalMemory:
     """Simulated RAM shared by any number of pools. Thread-safe."""
 
-    def __init__(self, max_pages: int = 1 << 22, page_size: int = 4096, *,
-                 backing: str = "anon") -> None:
+    def __init__(
+        self, max_pages: int = 1 << 22, page_size: int = 4096, *, backing: str = "anon"
+    ) -> None:
         """``backing``: "anon" (a private anonymous mapping, the default) or "memfd" (a sparse
         memfd mapped shared, whose freed frames are dropped by punching holes: the arena for a
         process that mlockall()s itself, where MADV_DONTNEED fails)."""
@@ -175,8 +176,9 @@ class PhysicalMemory:
             fd = os.memfd_create("zramfs-arena", os.MFD_CLOEXEC)
             try:
                 os.ftruncate(fd, size)
-                self._mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
-                                     prot=mmap.PROT_READ | mmap.PROT_WRITE)
+                self._mm = mmap.mmap(
+                    fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
+                )
             except BaseException:
                 os.close(fd)
                 raise
@@ -197,12 +199,12 @@ class PhysicalMemory:
         # Free-frame allocator. Its lock is a leaf (never held while calling out of this module);
         # a ranked Mutex so lock_stat shows allocator contention as the kernel's &zone->lock.
         self._lock = Mutex(ZONE_LOCK)
-        self._top = 0                   # bump pointer == high-water mark
-        self._heap: list[int] = []      # free PFNs below _top (may hold stale entries)
-        self._nr_free_below = 0         # frames in state _FREE
+        self._top = 0  # bump pointer == high-water mark
+        self._heap: list[int] = []  # free PFNs below _top (may hold stale entries)
+        self._nr_free_below = 0  # frames in state _FREE
         self._nr_used = 0
         self._refs: dict[int, int] = {}  # migrator pins (extra page refcounts)
-        self._cap = 0                   # length of the per-frame arrays
+        self._cap = 0  # length of the per-frame arrays
 
         # struct page fields, public (zsmalloc reads and writes them directly).
         # page->private: the owner's object (zsmalloc's Zspage), None when unused.  Any, as the
@@ -214,7 +216,7 @@ class PhysicalMemory:
         # Internal per-frame state.
         self._state = bytearray()
         self._pglocked = bytearray()
-        self._movable = bytearray()     # 1 when registered movable (scanned with rfind)
+        self._movable = bytearray()  # 1 when registered movable (scanned with rfind)
         self._mops: list[MovableOps | None] = []
         self._flags_lock = _locks.hot_path_lock(_locks.PAGE_FLAGS_LOCK)
 
@@ -281,7 +283,7 @@ class PhysicalMemory:
             self._vm["pgalloc_normal"] += 1
             dirty = self._dirty
             if pfn in dirty:
-                dirty.discard(pfn)       # stale contents, as a kernel alloc_page without __GFP_ZERO
+                dirty.discard(pfn)  # stale contents, as a kernel alloc_page without __GFP_ZERO
             return pfn
 
     def free_page(self, pfn: int) -> None:
@@ -352,7 +354,7 @@ class PhysicalMemory:
         if not self._madvise:
             zero = self._zero
             for pfn in dirty:
-                self._mv[pfn * ps:(pfn + 1) * ps] = zero
+                self._mv[pfn * ps : (pfn + 1) * ps] = zero
             return
         drop = self._drop
         start = prev = dirty[0] if dirty else 0
@@ -376,8 +378,10 @@ class PhysicalMemory:
         256 MiB -> 0, /proc/meminfo Mlocked down by 256 MiB, the range reads as zeros."""
         if _fallocate(self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, off, length) != 0:
             code = ctypes.get_errno()
-            raise OSError(code, f"fallocate(PUNCH_HOLE) of the memfd arena at {off}+{length}: "
-                                f"{os.strerror(code)}")
+            raise OSError(
+                code,
+                f"fallocate(PUNCH_HOLE) of the memfd arena at {off}+{length}: {os.strerror(code)}",
+            )
 
     def drop_free_frames(self) -> None:
         """Give back the memory of every free frame now (after a reset, or before measuring
@@ -436,7 +440,7 @@ class PhysicalMemory:
         off = pfn * ps
         if not 0 <= pfn < self.max_pages:
             raise IndexError(f"pfn {pfn} out of range")
-        return self._mv[off:off + ps]
+        return self._mv[off : off + ps]
 
     # -------------------------------------------------------------- page flags
 
@@ -581,9 +585,9 @@ class PhysicalMemory:
         migrator's reference is dropped (kernel: the final put_page of the old page)."""
         with self._lock:
             if self._state[pfn] != _USED:
-                return   # the owner freed it itself (then it is a zombie until the put_page)
+                return  # the owner freed it itself (then it is a zombie until the put_page)
             self._reset_page(pfn)
-            self._state[pfn] = _ZOMBIE   # completed by the migrator's put_page
+            self._state[pfn] = _ZOMBIE  # completed by the migrator's put_page
 
     # -------------------------------------------------------------- migration, compaction
     # The algorithms are allocator.page_migration's; these are the entry points.
@@ -652,6 +656,7 @@ class PhysicalMemory:
             self._fd = -1
 
     def __repr__(self) -> str:
-        return (f"<PhysicalMemory {self._nr_used}/{self.max_pages} frames used, "
-                f"high_water={self._top}, page_size={self.page_size}, backing={self.backing}>")
-
+        return (
+            f"<PhysicalMemory {self._nr_used}/{self.max_pages} frames used, "
+            f"high_water={self._top}, page_size={self.page_size}, backing={self.backing}>"
+        )

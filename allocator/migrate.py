@@ -29,8 +29,8 @@ from .zspage_ops import replace_sub_page, reset_page
 if TYPE_CHECKING:
     from .pool import Pool
 
-_ISOLATED_MAX = (1 << ISOLATED_BITS) - 1     # 5.17: 3 bits, enough for 4-page zspages
-_ISOLATED_MAX_LONG_CHAIN = (1 << 5) - 1      # kernels with a configurable chain use 5 bits
+_ISOLATED_MAX = (1 << ISOLATED_BITS) - 1  # 5.17: 3 bits, enough for 4-page zspages
+_ISOLATED_MAX_LONG_CHAIN = (1 << 5) - 1  # kernels with a configurable chain use 5 bits
 
 
 def _get_zspage(pool: Pool, pfn: int) -> Zspage:
@@ -128,7 +128,7 @@ def _move_page(pool: Pool, cls: SizeClass, zspage: Zspage, old: int, new: int) -
     arena = mem.arena
     ob = old << shift
     nb = new << shift
-    arena[nb:nb + ps] = arena[ob:ob + ps]
+    arena[nb : nb + ps] = arena[ob : ob + ps]
 
     size = cls.size
     cells = pool.handles.cells
@@ -136,7 +136,7 @@ def _move_page(pool: Pool, cls: SizeClass, zspage: Zspage, old: int, new: int) -
     oib = pool.obj_index_bits
     mask = pool.obj_index_mask
     wbase = old << (shift - 3)
-    addr = mem.page_type[old]           # first_obj_offset
+    addr = mem.page_type[old]  # first_obj_offset
     while addr < ps:
         # obj_allocated(): the huge handle lives in page->index, others in the header
         if zspage.huge:
@@ -147,7 +147,7 @@ def _move_page(pool: Pool, cls: SizeClass, zspage: Zspage, old: int, new: int) -
         if word & OBJ_ALLOCATED_TAG:
             hidx = (word & ~OBJ_ALLOCATED_TAG) >> HANDLE_SHIFT
             obj_idx = (cells[hidx] >> OBJ_TAG_BITS) & mask
-            cells[hidx] = location_to_obj(new, obj_idx, oib)    # record_obj
+            cells[hidx] = location_to_obj(new, obj_idx, oib)  # record_obj
         addr += size
 
     replace_sub_page(pool, cls, zspage, new, old)

@@ -16,8 +16,15 @@ from __future__ import annotations
 from enum import IntFlag
 from typing import Final, Protocol, runtime_checkable
 
-__all__ = ["PG", "PG_PRIVATE", "PG_MOVABLE", "PG_ISOLATED", "INDEX_NONE", "MovableOps",
-           "OutOfMemory"]
+__all__ = [
+    "PG",
+    "PG_PRIVATE",
+    "PG_MOVABLE",
+    "PG_ISOLATED",
+    "INDEX_NONE",
+    "MovableOps",
+    "OutOfMemory",
+]
 
 
 class OutOfMemory(MemoryError):
@@ -27,9 +34,9 @@ class OutOfMemory(MemoryError):
 class PG(IntFlag):
     """Bits of ``PhysicalMemory.flags`` (the struct page flags zsmalloc uses)."""
 
-    PRIVATE = 0x01    # PG_private: first page of a zspage
-    MOVABLE = 0x02    # __SetPageMovable: registered with movable ops (set_movable)
-    ISOLATED = 0x04   # PG_isolated: taken off by a migrator (between isolate and migrate/putback)
+    PRIVATE = 0x01  # PG_private: first page of a zspage
+    MOVABLE = 0x02  # __SetPageMovable: registered with movable ops (set_movable)
+    ISOLATED = 0x04  # PG_isolated: taken off by a migrator (between isolate and migrate/putback)
 
 
 # Plain ints for hot paths (IntFlag arithmetic is slow).

@@ -25,19 +25,24 @@ from .mm_types import PG_ISOLATED, MovableOps, OutOfMemory
 if TYPE_CHECKING:
     from .memory import PhysicalMemory
 
-__all__ = ["MigrateStatus", "CompactResult", "migrate_pfn_status", "migrate_pinned",
-           "compact_memory"]
+__all__ = [
+    "MigrateStatus",
+    "CompactResult",
+    "migrate_pfn_status",
+    "migrate_pinned",
+    "compact_memory",
+]
 
 
 class MigrateStatus(IntEnum):
     """Outcome of one migration attempt (``PhysicalMemory.migrate_pfn_status``)."""
 
     SUCCESS = 0
-    NOT_MOVABLE = 1     # free, unowned, not registered movable, or already isolated
-    BUSY = 2            # page lock held by someone else (trylock failed)
+    NOT_MOVABLE = 1  # free, unowned, not registered movable, or already isolated
+    BUSY = 2  # page lock held by someone else (trylock failed)
     ISOLATE_FAILED = 3  # ops.isolate_page said no
-    NO_TARGET = 4       # no free frame (or none below it when one was required)
-    FAILED = 5          # ops.migrate_page said no; put back
+    NO_TARGET = 4  # no free frame (or none below it when one was required)
+    FAILED = 5  # ops.migrate_page said no; put back
 
 
 @dataclass
@@ -45,14 +50,14 @@ class CompactResult:
     """What one ``compact()`` run did."""
 
     migrated: int = 0
-    failed: int = 0             # isolated but migrate_page failed (pgmigrate_fail)
-    skipped: int = 0            # movable frames not migrated: busy, isolated elsewhere, refused
+    failed: int = 0  # isolated but migrate_page failed (pgmigrate_fail)
+    skipped: int = 0  # movable frames not migrated: busy, isolated elsewhere, refused
     migrate_scanned: int = 0
     free_scanned: int = 0
     isolated: int = 0
     high_water_before: int = 0
     high_water_after: int = 0
-    success: bool = False       # scanners met and nothing failed or was skipped
+    success: bool = False  # scanners met and nothing failed or was skipped
 
 
 def migrate_pfn_status(mem: PhysicalMemory, pfn: int, *, lower_only: bool = False) -> MigrateStatus:
@@ -95,7 +100,7 @@ def migrate_pinned(mem: PhysicalMemory, pfn: int, target: int, lower_only: bool)
             _putback(mem, pfn, ops)
             return MigrateStatus.NO_TARGET
         # move_to_new_folio: both pages locked while the owner copies and relinks.
-        if not mem.trylock_page(target):   # a fresh frame nobody else can hold
+        if not mem.trylock_page(target):  # a fresh frame nobody else can hold
             raise AssertionError(f"freshly allocated frame {target} is locked")
         ok = False
         try:
@@ -148,10 +153,10 @@ def compact_memory(mem: PhysicalMemory, *, direct: bool = False) -> CompactResul
     # No lock is held across the run (several compactions may run at once, as kcompactd and
     # direct compaction do): every frame is claimed, pinned and page-locked individually.
     res.high_water_before = mem.high_water
-    free_pos = 0                 # free scanner: next PFN to examine (upward)
-    mig_pos = mem.high_water     # migrate scanner: exclusive bound (downward)
-    free_seen = 0                # frames below this were counted as free-scanned
-    mig_seen = mig_pos           # frames from this up were counted as migrate-scanned
+    free_pos = 0  # free scanner: next PFN to examine (upward)
+    mig_pos = mem.high_water  # migrate scanner: exclusive bound (downward)
+    free_seen = 0  # frames below this were counted as free-scanned
+    mig_seen = mig_pos  # frames from this up were counted as migrate-scanned
     while True:
         cand = mem.last_movable_in(free_pos, mig_pos)
         if cand < 0:
@@ -164,17 +169,17 @@ def compact_memory(mem: PhysicalMemory, *, direct: bool = False) -> CompactResul
         tgt = mem.first_free_in(free_pos, cand)
         if tgt < 0:
             res.free_scanned += max(0, cand - free_seen)
-            break                # the scanners met
+            break  # the scanners met
         if tgt + 1 > free_seen:
             res.free_scanned += tgt + 1 - max(free_seen, free_pos)
             free_seen = tgt + 1
         free_pos = tgt
         if not mem.claim_free_page(tgt):
-            mig_pos = cand + 1   # lost the frame to an allocation: rescan both
+            mig_pos = cand + 1  # lost the frame to an allocation: rescan both
             continue
         if not mem.get_page_unless_zero(cand):
             mem.free_page(tgt)
-            continue             # freed or no longer movable under us
+            continue  # freed or no longer movable under us
         try:
             status = migrate_pinned(mem, cand, tgt, True)
         finally:

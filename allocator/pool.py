@@ -63,8 +63,15 @@ from .sizeclass import (
 from .zspage import FREEOBJ_MASK, Zspage
 from .zspage_ops import alloc_zspage, async_free_zspage, free_zspage, obj_malloc, set_zspage_movable
 
-__all__ = ["Pool", "PoolStats", "SizeClass", "MapMode", "InvalidHandle", "NestedMappingError",
-           "SHRINK_STOP"]
+__all__ = [
+    "Pool",
+    "PoolStats",
+    "SizeClass",
+    "MapMode",
+    "InvalidHandle",
+    "NestedMappingError",
+    "SHRINK_STOP",
+]
 
 log = logging.getLogger("allocator.zsmalloc")
 
@@ -92,7 +99,7 @@ class PoolStats:
 
     def __init__(self, lock: _locks.Mutex | threading.Lock) -> None:
         self.pages_compacted = 0
-        self._lock = lock           # the pool's pages_allocated leaf lock
+        self._lock = lock  # the pool's pages_allocated leaf lock
 
     def add_pages_compacted(self, n: int) -> None:
         """atomic_long_add(n, &pool->stats.pages_compacted)."""
@@ -152,7 +159,7 @@ def _fix_fullness_group(cls: SizeClass, zspage: Zspage) -> int:
         head = cls.fullness_list[newfg]
         first = head.next
         if first is not head and inuse < first.inuse:
-            head = first                    # second place: list_add after the head entry
+            head = first  # second place: list_add after the head entry
         nxt = head.next
         zspage.prev = head
         zspage.next = nxt
@@ -165,15 +172,23 @@ def _fix_fullness_group(cls: SizeClass, zspage: Zspage) -> int:
 class Pool:
     """A zsmalloc pool on simulated physical memory (see the module docstring)."""
 
-    def __init__(self, name: str, memory: PhysicalMemory | None = None, *, chain_size: int = 4,
-                 chain_rule: str = "max-used", max_possible_physmem_bits: int = 52) -> None:
+    def __init__(
+        self,
+        name: str,
+        memory: PhysicalMemory | None = None,
+        *,
+        chain_size: int = 4,
+        chain_rule: str = "max-used",
+        max_possible_physmem_bits: int = 52,
+    ) -> None:
         if memory is None:
             memory = PhysicalMemory()
         self.name = name
         self.memory = memory
         page_size = memory.page_size
-        self.table: ClassTable = build_class_table(page_size, chain_size, chain_rule,
-                                                   max_possible_physmem_bits)
+        self.table: ClassTable = build_class_table(
+            page_size, chain_size, chain_rule, max_possible_physmem_bits
+        )
         t = self.table
         self.page_size = page_size
         self.page_shift = t.page_shift
@@ -193,18 +208,24 @@ class Pool:
         self._index = memory.index
 
         # pool->size_class[]: 255 slots, aliases share the larger canonical class.
-        by_index = {c.index: SizeClass(c.index, c.size, c.pages_per_zspage, c.objs_per_zspage)
-                    for c in t.classes}
-        self.size_class: list[SizeClass] = [by_index[t.slot_to_class[i]]
-                                            for i in range(t.nr_size_classes)]
+        by_index = {
+            c.index: SizeClass(c.index, c.size, c.pages_per_zspage, c.objs_per_zspage)
+            for c in t.classes
+        }
+        self.size_class: list[SizeClass] = [
+            by_index[t.slot_to_class[i]] for i in range(t.nr_size_classes)
+        ]
         self.classes: list[SizeClass] = [by_index[c.index] for c in t.classes]  # canonical
         # request size -> class, i.e. size_class[get_size_class_index(size + ZS_HANDLE_SIZE)]
         self._class_for_size: list[SizeClass | None] = [None] + [
             self.size_class[t.get_size_class_index(s + ZS_HANDLE_SIZE)]
-            for s in range(1, t.max_alloc_size + 1)]
+            for s in range(1, t.max_alloc_size + 1)
+        ]
 
         self.migrate_lock = _locks.RWLock(_locks.MIGRATE_LOCK)
-        self._pages_lock = _locks.hot_path_lock(_locks.PAGES_ALLOCATED_LOCK)   # atomic_long_t pages_allocated
+        self._pages_lock = _locks.hot_path_lock(
+            _locks.PAGES_ALLOCATED_LOCK
+        )  # atomic_long_t pages_allocated
         self.pages_allocated = 0
         self.stats = PoolStats(self._pages_lock)
 
@@ -223,8 +244,7 @@ class Pool:
 
         # deferred free (pool->free_work); Condition takes any lock with acquire/release (a
         # lockdep Mutex too), typeshed names only threading's own
-        self._free_cond = threading.Condition(
-            _locks.hot_path_lock(_locks.FREE_WORK_LOCK))  # type: ignore[arg-type]
+        self._free_cond = threading.Condition(_locks.hot_path_lock(_locks.FREE_WORK_LOCK))  # type: ignore[arg-type]
         self._free_pending = False
         self._free_running = False
         self._free_worker: threading.Thread | None = None
@@ -267,9 +287,9 @@ class Pool:
         with self._free_cond:
             self._free_pending = True
             if self._free_worker is None:
-                self._free_worker = threading.Thread(target=self._free_worker_main,
-                                                     name=f"zs_free_work:{self.name}",
-                                                     daemon=True)
+                self._free_worker = threading.Thread(
+                    target=self._free_worker_main, name=f"zs_free_work:{self.name}", daemon=True
+                )
                 self._free_worker.start()
             self._free_cond.notify_all()
 
@@ -310,7 +330,8 @@ class Pool:
         """flush_work(&pool->free_work): wait until no deferred free is pending or running."""
         with self._free_cond:
             return self._free_cond.wait_for(
-                lambda: not self._free_pending and not self._free_running, timeout)
+                lambda: not self._free_pending and not self._free_running, timeout
+            )
 
     # ------------------------------------------------------------------ malloc / free
     def malloc(self, size: int) -> int:
@@ -322,7 +343,7 @@ class Pool:
             cls = None
         if cls is None or size <= 0:
             raise ValueError(f"zs_malloc: bad size {size!r} (1..{self.max_alloc_size})")
-        try:                                    # cache_alloc_handle (HandleCache.alloc)
+        try:  # cache_alloc_handle (HandleCache.alloc)
             handle = self._free_cells.pop() << HANDLE_SHIFT
         except IndexError:
             handle = self._grow_cells() << HANDLE_SHIFT
@@ -340,7 +361,7 @@ class Pool:
                 zspage = first
                 break
         if zspage is not None:
-            try:   # try blocks cost nothing in 3.11; a bug must not leave class->lock held
+            try:  # try blocks cost nothing in 3.11; a bug must not leave class->lock held
                 # obj_malloc, inlined (zspage_ops.obj_malloc) for the common case: a listed
                 # zspage of this class, so cls is the zspage's class.
                 idx = zspage.freeobj
@@ -356,7 +377,7 @@ class Pool:
                 zspage.inuse += 1
                 obj = ((pfn << self.obj_index_bits) | idx) << OBJ_TAG_BITS
                 _fix_fullness_group(cls, zspage)
-                self._cells[handle >> HANDLE_SHIFT] = obj       # record_obj
+                self._cells[handle >> HANDLE_SHIFT] = obj  # record_obj
                 cls.stats[OBJ_USED] += 1
             finally:
                 lock.release()
@@ -376,7 +397,7 @@ class Pool:
             obj = obj_malloc(self, zspage, handle)
             # get_fullness_group + insert_zspage + set_zspage_mapping
             putback_zspage(cls, zspage)
-            self._cells[handle >> HANDLE_SHIFT] = obj               # record_obj
+            self._cells[handle >> HANDLE_SHIFT] = obj  # record_obj
             self.add_pages(cls.pages_per_zspage)
             cls.stats[OBJ_ALLOCATED] += cls.objs_per_zspage
             cls.stats[OBJ_USED] += 1
@@ -416,9 +437,9 @@ class Pool:
             if not zspage.huge:
                 # get_freeobj() is an unsigned int: the shift truncates to 32 bits (this
                 # matters only for the end marker that a FULL zspage's freeobj holds)
-                self._words[(pfn << (self.page_shift - 3)) +
-                            (((cls.size * idx) & self.page_mask) >> 3)] = \
-                    (zspage.freeobj << OBJ_TAG_BITS) & FREEOBJ_MASK
+                self._words[
+                    (pfn << (self.page_shift - 3)) + (((cls.size * idx) & self.page_mask) >> 3)
+                ] = (zspage.freeobj << OBJ_TAG_BITS) & FREEOBJ_MASK
             else:
                 self._index[pfn] = 0
             zspage.freeobj = idx
@@ -472,7 +493,7 @@ class Pool:
                 start = base + off
                 if not zspage.huge:
                     start += ZS_HANDLE_SIZE
-                view = self._arena[start:base + off + size]
+                view = self._arena[start : base + off + size]
             else:
                 # __zs_map_object: copy both parts (header included) unless WO
                 m.span = True
@@ -483,9 +504,9 @@ class Pool:
                 if m.mode is not MapMode.WO:
                     s0 = page_size - off
                     arena = self._arena
-                    buf[0:s0] = arena[base + off:base + page_size]
+                    buf[0:s0] = arena[base + off : base + page_size]
                     nb = nxt << self.page_shift
-                    buf[s0:size] = arena[nb:nb + size - s0]
+                    buf[s0:size] = arena[nb : nb + size - s0]
                 view = buf[ZS_HANDLE_SIZE:size]
         except BaseException:
             zspage.lock.read_unlock()
@@ -495,7 +516,7 @@ class Pool:
         m.off = off
         m.size = size
         m.view = view
-        m.area = area.owner       # identifies this thread's area (the local object is shared)
+        m.area = area.owner  # identifies this thread's area (the local object is shared)
         area.active = True
         return view
 
@@ -510,9 +531,9 @@ class Pool:
             raise NestedMappingError("object unmapped by a thread that did not map it")
         m.zspage = None
         try:
-            m.view.release()        # a stale view must not reach the page after unmap
+            m.view.release()  # a stale view must not reach the page after unmap
         except BufferError:
-            pass                    # something still exports it; nothing else to do
+            pass  # something still exports it; nothing else to do
         try:
             if m.span and m.mode is not MapMode.RO:
                 # __zs_unmap_object: copy back size-8 bytes starting at off+8; the 8 header
@@ -522,10 +543,10 @@ class Pool:
                 s0 = self.page_size - off
                 base = m.pfn << self.page_shift
                 arena = self._arena
-                buf = area.buffer()     # the one _map used: same thread (checked above)
-                arena[base + off:base + off + s0] = buf[ZS_HANDLE_SIZE:ZS_HANDLE_SIZE + s0]
+                buf = area.buffer()  # the one _map used: same thread (checked above)
+                arena[base + off : base + off + s0] = buf[ZS_HANDLE_SIZE : ZS_HANDLE_SIZE + s0]
                 nb = self._index[m.pfn] << self.page_shift
-                arena[nb:nb + size - s0] = buf[ZS_HANDLE_SIZE + s0:ZS_HANDLE_SIZE + size]
+                arena[nb : nb + size - s0] = buf[ZS_HANDLE_SIZE + s0 : ZS_HANDLE_SIZE + size]
         finally:
             area.active = False
             zspage.lock.read_unlock()
@@ -561,10 +582,10 @@ class Pool:
             start = (pfn << self.page_shift) + off
             s0 = self.page_size - off
             if length <= s0:
-                return self._arena[start:start + length].tobytes()
+                return self._arena[start : start + length].tobytes()
             nb = self._index[pfn] << self.page_shift
             arena = self._arena
-            return arena[start:start + s0].tobytes() + arena[nb:nb + length - s0].tobytes()
+            return arena[start : start + s0].tobytes() + arena[nb : nb + length - s0].tobytes()
         finally:
             zlock.read_unlock()
 
@@ -601,12 +622,12 @@ class Pool:
             start = (pfn << self.page_shift) + off
             s0 = self.page_size - off
             if length <= s0:
-                self._arena[start:start + length] = data
+                self._arena[start : start + length] = data
                 return
             nb = self._index[pfn] << self.page_shift
             mv = memoryview(data)
-            self._arena[start:start + s0] = mv[:s0]
-            self._arena[nb:nb + length - s0] = mv[s0:]
+            self._arena[start : start + s0] = mv[:s0]
+            self._arena[nb : nb + length - s0] = mv[s0:]
         finally:
             zlock.read_unlock()
 
@@ -669,8 +690,7 @@ class Pool:
         for cls in self.classes:
             for fg in range(NR_ZS_FULLNESS):
                 if not cls.fullness_list[fg].empty():
-                    msg = (f"Freeing non-empty class with size {cls.size}b, "
-                           f"fullness group {fg}")
+                    msg = f"Freeing non-empty class with size {cls.size}b, fullness group {fg}"
                     log.info("%s", msg)
                     self.destroy_messages.append(msg)
         # The leaked zspages of a non-empty pool stay allocated in memory, as in 5.17.

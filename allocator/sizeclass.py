@@ -149,8 +149,12 @@ def _div_round_up(a: int, b: int) -> int:
 
 
 @cache
-def build_class_table(page_size: int = 4096, chain_size: int = 4, chain_rule: str = "max-used",
-                      max_possible_physmem_bits: int = 52) -> ClassTable:
+def build_class_table(
+    page_size: int = 4096,
+    chain_size: int = 4,
+    chain_rule: str = "max-used",
+    max_possible_physmem_bits: int = 52,
+) -> ClassTable:
     """Compute the class table exactly as zs_create_pool's loop does (docs/zsmalloc.md,
     "Size classes, merging and the huge class").
 
@@ -194,12 +198,21 @@ def build_class_table(page_size: int = 4096, chain_size: int = 4, chain_rule: st
         slot_to_class[i] = i
     classes.reverse()
     return ClassTable(
-        page_size=page_size, page_shift=page_shift, chain_size=chain_size, chain_rule=chain_rule,
-        max_possible_physmem_bits=max_possible_physmem_bits, pfn_bits=pfn_bits,
-        obj_index_bits=obj_index_bits, obj_index_mask=(1 << obj_index_bits) - 1,
-        min_alloc_size=min_alloc_size, max_alloc_size=max_alloc_size, size_class_delta=delta,
-        nr_size_classes=nr_classes, huge_class_size=huge_class_size,
-        slot_to_class=tuple(slot_to_class), classes=tuple(classes),
+        page_size=page_size,
+        page_shift=page_shift,
+        chain_size=chain_size,
+        chain_rule=chain_rule,
+        max_possible_physmem_bits=max_possible_physmem_bits,
+        pfn_bits=pfn_bits,
+        obj_index_bits=obj_index_bits,
+        obj_index_mask=(1 << obj_index_bits) - 1,
+        min_alloc_size=min_alloc_size,
+        max_alloc_size=max_alloc_size,
+        size_class_delta=delta,
+        nr_size_classes=nr_classes,
+        huge_class_size=huge_class_size,
+        slot_to_class=tuple(slot_to_class),
+        classes=tuple(classes),
         by_index={c.index: c for c in classes},
     )
 

@@ -37,9 +37,17 @@ from .zspage_ops import handle_to_zspage
 if TYPE_CHECKING:
     from .pool import Pool
 
-_HEADER = (" %5s %5s %11s %12s %13s %10s %10s %16s %8s\n"
-           % ("class", "size", "almost_full", "almost_empty", "obj_allocated", "obj_used",
-              "pages_used", "pages_per_zspage", "freeable"))
+_HEADER = " %5s %5s %11s %12s %13s %10s %10s %16s %8s\n" % (
+    "class",
+    "size",
+    "almost_full",
+    "almost_empty",
+    "obj_allocated",
+    "obj_used",
+    "pages_used",
+    "pages_per_zspage",
+    "freeable",
+)
 
 
 def classes_table(pool: Pool) -> str:
@@ -55,9 +63,20 @@ def classes_table(pool: Pool) -> str:
             freeable = zs_can_compact(cls)
         objs_per_zspage = cls.objs_per_zspage
         pages_used = obj_allocated // objs_per_zspage * cls.pages_per_zspage
-        out.append(" %5u %5u %11u %12u %13u %10u %10u %16d %8u\n" % (
-            cls.index, cls.size, almost_full, almost_empty, obj_allocated, obj_used,
-            pages_used, cls.pages_per_zspage, freeable))
+        out.append(
+            " %5u %5u %11u %12u %13u %10u %10u %16d %8u\n"
+            % (
+                cls.index,
+                cls.size,
+                almost_full,
+                almost_empty,
+                obj_allocated,
+                obj_used,
+                pages_used,
+                cls.pages_per_zspage,
+                freeable,
+            )
+        )
         tot_af += almost_full
         tot_ae += almost_empty
         tot_objs += obj_allocated
@@ -65,12 +84,15 @@ def classes_table(pool: Pool) -> str:
         tot_pages += pages_used
         tot_freeable += freeable
     out.append("\n")
-    out.append(" %5s %5s %11u %12u %13u %10u %10u %16s %8u\n" % (
-        "Total", "", tot_af, tot_ae, tot_objs, tot_used, tot_pages, "", tot_freeable))
+    out.append(
+        " %5s %5s %11u %12u %13u %10u %10u %16s %8u\n"
+        % ("Total", "", tot_af, tot_ae, tot_objs, tot_used, tot_pages, "", tot_freeable)
+    )
     return "".join(out)
 
 
 # ------------------------------------------------------------------------- debug walks
+
 
 def obj_location(pool: Pool, handle: int) -> tuple[int, int, int]:
     """(pfn, obj_idx, offset in that frame) of a live handle's object."""
@@ -128,13 +150,17 @@ def dump_zspage(pool: Pool, zspage: Zspage) -> str:
     """A zspage and each of its object slots (handle, freelist link or end), for a human."""
     lines = [repr(zspage)]
     for idx, pfn, off, word in zspage_objects(pool, zspage):
-        state = (f"handle {word & ~OBJ_ALLOCATED_TAG:#x}" if word & OBJ_ALLOCATED_TAG
-                 else ("end" if word == OBJ_END_MARKER else f"next {word >> OBJ_TAG_BITS}"))
+        state = (
+            f"handle {word & ~OBJ_ALLOCATED_TAG:#x}"
+            if word & OBJ_ALLOCATED_TAG
+            else ("end" if word == OBJ_END_MARKER else f"next {word >> OBJ_TAG_BITS}")
+        )
         lines.append(f"  obj {idx:4d} pfn {pfn} off {off:5d}: {state}")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------- invariants
+
 
 def check_invariants(pool: Pool) -> None:
     """Walk every class, list and live zspage of a quiescent pool and check:
@@ -170,21 +196,25 @@ def check_invariants(pool: Pool) -> None:
                 assert z.fullness == fg, f"class {cls.index}: {z!r} on list {fg}"
                 assert z.class_idx == cls.index, f"class {cls.index}: foreign zspage {z!r}"
                 assert get_fullness_group(z.inuse, cls.objs_per_zspage) == fg, (
-                    f"class {cls.index}: {z!r} on the wrong list {fg}")
+                    f"class {cls.index}: {z!r} on the wrong list {fg}"
+                )
                 listed.append(z)
                 n += 1
             expect = n + (cls.deferred_freed if fg == ZS_EMPTY else 0)
             assert cls.stats[fg] == expect, (
                 f"class {cls.index}: stats[{fg}]={cls.stats[fg]} but {n} listed "
-                f"(+{cls.deferred_freed} deferred)")
+                f"(+{cls.deferred_freed} deferred)"
+            )
         live = live_by_class.get(cls.index, [])
         assert {id(z) for z in listed} <= {id(z) for z in live}, "listed zspage not live"
         assert len(listed) == len(live), (
             f"class {cls.index}: {len(live)} live zspages but {len(listed)} listed "
-            "(pool not quiescent?)")
+            "(pool not quiescent?)"
+        )
         assert cls.stats[OBJ_ALLOCATED] == len(live) * cls.objs_per_zspage, (
             f"class {cls.index}: OBJ_ALLOCATED {cls.stats[OBJ_ALLOCATED]} != "
-            f"{len(live)} zspages * {cls.objs_per_zspage}")
+            f"{len(live)} zspages * {cls.objs_per_zspage}"
+        )
         used = 0
         for z in live:
             assert len(z.pages) == cls.pages_per_zspage, z
@@ -200,7 +230,7 @@ def check_invariants(pool: Pool) -> None:
                     assert nxt == want, f"pfn {pfn}: index {nxt} != next page {want}"
             allocated = 0
             for idx, pfn, _off, word in zspage_objects(pool, z):
-                if idx >= cls.objs_per_zspage:       # the phantom is never allocated
+                if idx >= cls.objs_per_zspage:  # the phantom is never allocated
                     assert not word & OBJ_ALLOCATED_TAG, f"phantom allocated in {z!r}"
                     continue
                 if word & OBJ_ALLOCATED_TAG:
@@ -211,17 +241,21 @@ def check_invariants(pool: Pool) -> None:
                     obj = cells[handle >> HANDLE_SHIFT]
                     want = location_to_obj(pfn, idx, pool.obj_index_bits)
                     assert obj == want, (
-                        f"handle {handle:#x}: cell {obj:#x} != object at pfn {pfn} idx {idx}")
+                        f"handle {handle:#x}: cell {obj:#x} != object at pfn {pfn} idx {idx}"
+                    )
             assert allocated == z.inuse, f"{z!r}: {allocated} allocated headers"
             if z.inuse < cls.objs_per_zspage and not z.huge:
                 fl = freelist(pool, z)
                 assert len(set(fl)) == len(fl), f"{z!r}: freelist repeats: {fl}"
             used += z.inuse
         assert cls.stats[OBJ_USED] == used, (
-            f"class {cls.index}: OBJ_USED {cls.stats[OBJ_USED]} != Σ inuse {used}")
+            f"class {cls.index}: OBJ_USED {cls.stats[OBJ_USED]} != Σ inuse {used}"
+        )
     assert total_pages == pool.pages_allocated, (
-        f"Σ pages {total_pages} != pages_allocated {pool.pages_allocated}")
+        f"Σ pages {total_pages} != pages_allocated {pool.pages_allocated}"
+    )
     live_cells = sum(1 for i in range(1, len(cells)) if cells[i] >= 0)
     assert live_cells == len(seen_handles), (
-        f"{live_cells} live handle cells but {len(seen_handles)} allocated headers")
+        f"{live_cells} live handle cells but {len(seen_handles)} allocated headers"
+    )
     assert OBJ_END_MARKER & 1 == 0

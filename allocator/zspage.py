@@ -59,8 +59,20 @@ class ListHead:
 class Zspage:
     """struct zspage.  Fields mirror the kernel; `pages` caches the PFN chain."""
 
-    __slots__ = ("huge", "fullness", "class_idx", "isolated", "magic", "inuse", "freeobj",
-                 "first_page", "pages", "lock", "prev", "next")
+    __slots__ = (
+        "huge",
+        "fullness",
+        "class_idx",
+        "isolated",
+        "magic",
+        "inuse",
+        "freeobj",
+        "first_page",
+        "pages",
+        "lock",
+        "prev",
+        "next",
+    )
 
     def __init__(self, lock) -> None:
         # cache_alloc_zspage uses kmem_cache_zalloc: every field starts at 0.  In particular
@@ -75,7 +87,7 @@ class Zspage:
         self.freeobj = 0
         self.first_page = -1
         self.pages: list[int] = []
-        self.lock = lock                # the zspage rwlock (migrate_read/write_lock)
+        self.lock = lock  # the zspage rwlock (migrate_read/write_lock)
         # INIT_LIST_HEAD(&zspage->list): not on any list.  None, not the kernel's self-link: a
         # self-cycle would leave every freed zspage (and its lock and page list) to the cyclic
         # garbage collector, which the daemon runs rarely (zramfs.cli._tune_gc), so discarded
@@ -88,9 +100,11 @@ class Zspage:
         return self.next is not None
 
     def __repr__(self) -> str:
-        return (f"<Zspage class={self.class_idx} fg={self.fullness} inuse={self.inuse} "
-                f"freeobj={self.freeobj} pages={self.pages} huge={self.huge} "
-                f"isolated={self.isolated}>")
+        return (
+            f"<Zspage class={self.class_idx} fg={self.fullness} inuse={self.inuse} "
+            f"freeobj={self.freeobj} pages={self.pages} huge={self.huge} "
+            f"isolated={self.isolated}>"
+        )
 
 
 def list_add(entry: Zspage, head) -> None:

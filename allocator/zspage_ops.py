@@ -44,10 +44,24 @@ if TYPE_CHECKING:
     from .handles import HandleCache
     from .memory import PhysicalMemory
 
-__all__ = ["ZsPool", "obj_malloc", "obj_free", "create_page_chain", "replace_sub_page",
-           "get_next_page", "reset_page", "set_zspage_movable", "alloc_zspage",
-           "trylock_zspage", "lock_zspage", "free_zspage_pages", "free_zspage",
-           "async_free_zspage", "handle_to_zspage", "resolve_and_pin"]
+__all__ = [
+    "ZsPool",
+    "obj_malloc",
+    "obj_free",
+    "create_page_chain",
+    "replace_sub_page",
+    "get_next_page",
+    "reset_page",
+    "set_zspage_movable",
+    "alloc_zspage",
+    "trylock_zspage",
+    "lock_zspage",
+    "free_zspage_pages",
+    "free_zspage",
+    "async_free_zspage",
+    "handle_to_zspage",
+    "resolve_and_pin",
+]
 
 log = logging.getLogger("allocator.zsmalloc")
 
@@ -61,8 +75,8 @@ class ZsPool(MovableOps, Protocol):
     page_mask: int
     obj_index_bits: int
     obj_index_mask: int
-    size_class: list[SizeClass]         # by class index (alias slots share a SizeClass)
-    classes: list[SizeClass]            # the canonical classes
+    size_class: list[SizeClass]  # by class index (alias slots share a SizeClass)
+    classes: list[SizeClass]  # the canonical classes
     handles: HandleCache
     migrate_lock: _locks.RWLock
 
@@ -81,6 +95,7 @@ class ZsPool(MovableOps, Protocol):
 
 # ------------------------------------------------------------------------- object slots
 
+
 def obj_malloc(pool: ZsPool, zspage: Zspage, handle: int) -> int:
     """obj_malloc: pop the freelist head, write handle|OBJ_ALLOCATED_TAG in its header (a huge
     zspage keeps it in page->index instead); returns the obj.  Caller holds class->lock."""
@@ -94,7 +109,7 @@ def obj_malloc(pool: ZsPool, zspage: Zspage, handle: int) -> int:
     offset = obj * cls.size
     pfn = zspage.pages[offset >> pool.page_shift]
     wi = (pfn << (pool.page_shift - 3)) + ((offset & pool.page_mask) >> 3)
-    zspage.freeobj = (words[wi] >> OBJ_TAG_BITS) & FREEOBJ_MASK     # get_freeobj of the link
+    zspage.freeobj = (words[wi] >> OBJ_TAG_BITS) & FREEOBJ_MASK  # get_freeobj of the link
     if not zspage.huge:
         words[wi] = handle | OBJ_ALLOCATED_TAG
     else:
@@ -113,8 +128,9 @@ def obj_free(pool: ZsPool, class_size: int, obj: int) -> Zspage:
         # get_freeobj() is an unsigned int, so the shift truncates to 32 bits (matters
         # only for the end marker a FULL zspage's freeobj holds)
         offset = (class_size * idx) & pool.page_mask
-        mem.words[(pfn << (pool.page_shift - 3)) + (offset >> 3)] = \
-            (zspage.freeobj << OBJ_TAG_BITS) & FREEOBJ_MASK
+        mem.words[(pfn << (pool.page_shift - 3)) + (offset >> 3)] = (
+            zspage.freeobj << OBJ_TAG_BITS
+        ) & FREEOBJ_MASK
     else:
         mem.index[pfn] = 0
     zspage.freeobj = idx
@@ -124,8 +140,10 @@ def obj_free(pool: ZsPool, class_size: int, obj: int) -> Zspage:
 
 # ------------------------------------------------------------------------- the page chain
 
-def create_page_chain(mem: PhysicalMemory, cls: SizeClass, zspage: Zspage,
-                      pages: list[int]) -> None:
+
+def create_page_chain(
+    mem: PhysicalMemory, cls: SizeClass, zspage: Zspage, pages: list[int]
+) -> None:
     """create_page_chain: private = zspage on every subpage, PG_private on the first,
     page->index links the chain.  The kernel zeroes page->index (NULL) first; in this
     port "no next page" is INDEX_NONE (PFN 0 exists), while a huge page's index is the
@@ -190,6 +208,7 @@ def set_zspage_movable(pool: ZsPool, zspage: Zspage) -> None:
 
 # ------------------------------------------------------------------------- life cycle
 
+
 def alloc_zspage(pool: ZsPool, cls: SizeClass) -> Zspage:
     """alloc_zspage: a zeroed zspage, its frames, the chain and the freelist (no lock held;
     all frames are given back if one allocation fails)."""
@@ -207,7 +226,7 @@ def alloc_zspage(pool: ZsPool, cls: SizeClass) -> Zspage:
     init_zspage(mem.words, mem.page_type, cls.size, pages, pool.page_shift)
     zspage.freeobj = 0
     pool.track_zspage(zspage)
-    mem.mod_vmstat("nr_zspages", cls.pages_per_zspage)   # inc_zone_page_state(NR_ZSPAGES)
+    mem.mod_vmstat("nr_zspages", cls.pages_per_zspage)  # inc_zone_page_state(NR_ZSPAGES)
     return zspage
 
 
@@ -263,7 +282,7 @@ def free_zspage_pages(pool: ZsPool, cls: SizeClass, zspage: Zspage) -> None:
     mem = pool.memory
     pfn = zspage.first_page
     while pfn != -1:
-        nxt = get_next_page(mem, zspage, pfn)     # taken before reset_page
+        nxt = get_next_page(mem, zspage, pfn)  # taken before reset_page
         reset_page(mem, pfn)
         mem.unlock_page(pfn)
         mem.free_page(pfn)
@@ -312,6 +331,7 @@ def async_free_zspage(pool: ZsPool) -> None:
 
 
 # ------------------------------------------------------------------------- handle -> zspage
+
 
 def handle_to_zspage(pool: ZsPool, handle: int) -> tuple[int, Zspage]:
     """handle_to_obj (checked) -> obj_to_page -> get_zspage: (obj, zspage) of a live handle.

@@ -2,6 +2,7 @@
 """Entry point of the benchmark harness, the ``scripts/bench/`` package (its docstring says
 what it runs; ``python3 scripts/bench.py --help`` lists the options).  Python puts this
 script's directory first on sys.path, so ``bench`` is that package."""
+
 import sys
 
 from bench.cli import main

@@ -43,13 +43,13 @@ def mixed_sizes(rnd: random.Random, n: int) -> list[int]:
     for _ in range(n):
         r = rnd.random()
         if r < 0.10:
-            out.append(rnd.randint(20, 200))        # highly compressible
+            out.append(rnd.randint(20, 200))  # highly compressible
         elif r < 0.75:
-            out.append(rnd.randint(600, 2400))      # typical lz4/zstd output
+            out.append(rnd.randint(600, 2400))  # typical lz4/zstd output
         elif r < 0.92:
-            out.append(rnd.randint(2400, 3400))     # poorly compressible
+            out.append(rnd.randint(2400, 3400))  # poorly compressible
         else:
-            out.append(4096)                        # incompressible, stored huge
+            out.append(4096)  # incompressible, stored huge
     return out
 
 
@@ -139,7 +139,9 @@ def bench_read_write(n: int, write: bool) -> float:
     return dt / n * 1e6
 
 
-def build_fragmented(n_objs: int, free_frac: float, seed: int) -> tuple[Pool, PhysicalMemory, dict[int, int]]:
+def build_fragmented(
+    n_objs: int, free_frac: float, seed: int
+) -> tuple[Pool, PhysicalMemory, dict[int, int]]:
     rnd = random.Random(seed)
     mem = PhysicalMemory(max_pages=1 << 18)
     pool = Pool("bench-frag", memory=mem)
@@ -190,8 +192,13 @@ def bench_memory(n_objs: int, seed: int) -> dict[str, float]:
     for h in handles:
         pool.free(h)
     pool.destroy()
-    return {"objects": n_objs, "payload": payload_bytes, "pool": pool_bytes,
-            "rss_delta": rss1 - rss0, "dict": dict_bytes}
+    return {
+        "objects": n_objs,
+        "payload": payload_bytes,
+        "pool": pool_bytes,
+        "rss_delta": rss1 - rss0,
+        "dict": dict_bytes,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,23 +214,33 @@ def main(argv: list[str] | None = None) -> int:
     n_mem = 3_000 if q else 50_000
 
     why = buildmode.why_pure("allocator")
-    print(f"zsmalloc port benchmark ({'quick' if q else 'full'}; median of {runs} runs; "
-          f"Python {sys.version.split()[0]}; allocator build {build_mode()}"
-          f"{f' ({why})' if why else ''})")
+    print(
+        f"zsmalloc port benchmark ({'quick' if q else 'full'}; median of {runs} runs; "
+        f"Python {sys.version.split()[0]}; allocator build {build_mode()}"
+        f"{f' ({why})' if why else ''})"
+    )
     # Memory first, while the process heap is fresh (later runs leave freed arenas behind
     # that would absorb the pool's Python-side metadata and hide it from the RSS delta).
     m = bench_memory(n_mem, seed=7)
     print(f"memory ({m['objects']:.0f} objects, {m['payload'] / 2**20:.1f} MiB payload):")
-    print(f"  pool total_pages*page_size : {m['pool'] / 2**20:8.2f} MiB  "
-          f"({m['pool'] / m['payload']:.3f} x payload)")
-    print(f"  process RSS delta          : {m['rss_delta'] / 2**20:8.2f} MiB  "
-          f"(pool pages + allocator metadata)")
-    print(f"  dict of bytes (tracemalloc): {m['dict'] / 2**20:8.2f} MiB  "
-          f"({m['dict'] / m['payload']:.3f} x payload)")
+    print(
+        f"  pool total_pages*page_size : {m['pool'] / 2**20:8.2f} MiB  "
+        f"({m['pool'] / m['payload']:.3f} x payload)"
+    )
+    print(
+        f"  process RSS delta          : {m['rss_delta'] / 2**20:8.2f} MiB  "
+        f"(pool pages + allocator metadata)"
+    )
+    print(
+        f"  dict of bytes (tracemalloc): {m['dict'] / 2**20:8.2f} MiB  "
+        f"({m['dict'] / m['payload']:.3f} x payload)"
+    )
     us = median_of(runs, lambda: bench_malloc_free(n_pairs, live=2_000, seed=1))
     flag = "ok" if us <= TARGET_PAIR_US else "ABOVE TARGET"
-    print(f"malloc+free      : {1e6 / us:12,.0f} pairs/s  {us:8.2f} µs/pair   "
-          f"(target <= {TARGET_PAIR_US:.0f} µs: {flag})")
+    print(
+        f"malloc+free      : {1e6 / us:12,.0f} pairs/s  {us:8.2f} µs/pair   "
+        f"(target <= {TARGET_PAIR_US:.0f} µs: {flag})"
+    )
     for label, spanning in (("map+unmap RO in-frame ", False), ("map+unmap RO spanning ", True)):
         us = median_of(runs, lambda: bench_map(n_map, spanning))
         flag = "ok" if us <= TARGET_MAP_US else "ABOVE TARGET"
@@ -235,8 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     freed = statistics.median(r[0] for r in results)
     secs = statistics.median(r[1] for r in results)
     rate = statistics.median(r[0] / r[1] if r[1] else 0.0 for r in results)
-    print(f"compaction       : {freed:8.0f} pages freed in {secs * 1e3:8.1f} ms  "
-          f"({rate:,.0f} pages/s; {n_frag} objects, 60% freed at random)")
+    print(
+        f"compaction       : {freed:8.0f} pages freed in {secs * 1e3:8.1f} ms  "
+        f"({rate:,.0f} pages/s; {n_frag} objects, 60% freed at random)"
+    )
     return 0
 
 

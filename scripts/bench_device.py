@@ -15,6 +15,7 @@ shrinks everything for a smoke test.  128 KiB requests and A/B runs of two trees
     python3 scripts/bench_device.py --quick    # a few seconds
     python3 scripts/bench_device.py --profile  # cProfile of the lz4 write+read hot path
 """
+
 from __future__ import annotations
 
 import argparse
@@ -133,7 +134,7 @@ def bench_codec(name: str, pages: list[bytes], rounds: int) -> dict:
     meta.comps[0] = ReplayCodec(real, pages)
     eng_w, eng_r = run_device(dev, pages, rounds)
     meta.pool = real_pool
-    meta.table.np_flags[:] = 0       # the dict pool's handles mean nothing to the real one
+    meta.table.np_flags[:] = 0  # the dict pool's handles mean nothing to the real one
     meta.table.np_handle[:] = 0
     dev.reset()
     # the allocator's share: the same objects through a bare pool (overwrite = malloc + free)
@@ -163,11 +164,18 @@ def bench_codec(name: str, pages: list[bytes], rounds: int) -> dict:
     for h in handles:
         pool.free(h)
     pool.destroy()
-    return {"codec": name, "write_bps": n / best_w, "read_bps": n / best_r,
-            "write_outside_us": out_w / n * 1e6, "read_outside_us": out_r / n * 1e6,
-            "alloc_write_us": aw / n * 1e6, "alloc_read_us": ar / n * 1e6,
-            "engine_write_us": eng_w / n * 1e6, "engine_read_us": eng_r / n * 1e6,
-            "ratio": int(mm[0]) / max(1, int(mm[2]))}
+    return {
+        "codec": name,
+        "write_bps": n / best_w,
+        "read_bps": n / best_r,
+        "write_outside_us": out_w / n * 1e6,
+        "read_outside_us": out_r / n * 1e6,
+        "alloc_write_us": aw / n * 1e6,
+        "alloc_read_us": ar / n * 1e6,
+        "engine_write_us": eng_w / n * 1e6,
+        "engine_read_us": eng_r / n * 1e6,
+        "ratio": int(mm[0]) / max(1, int(mm[2])),
+    }
 
 
 def bench_memory(disksize: int, data_bytes: int, pages: list[bytes]) -> dict:
@@ -187,14 +195,20 @@ def bench_memory(disksize: int, data_bytes: int, pages: list[bytes]) -> dict:
         dev.write(i * PAGE, p)
     elapsed = time.process_time() - t0
     pool = dev.pool
-    assert pool is not None      # set by disksize
+    assert pool is not None  # set by disksize
     pool.flush_free_work()
     gc.collect()
     after = rss_kib()
     mm = attrs.show(dev, "mm_stat").split()
-    res = {"disksize": disksize, "data": n * PAGE, "orig_data_size": int(mm[0]),
-           "compr_data_size": int(mm[1]), "mem_used_total": int(mm[2]),
-           "rss_growth": (after - before) * 1024, "write_s": elapsed}
+    res = {
+        "disksize": disksize,
+        "data": n * PAGE,
+        "orig_data_size": int(mm[0]),
+        "compr_data_size": int(mm[1]),
+        "mem_used_total": int(mm[2]),
+        "rss_growth": (after - before) * 1024,
+        "write_s": elapsed,
+    }
     dev.reset()
     return res
 
@@ -204,13 +218,16 @@ def slot_cost(n: int) -> dict:
     before = rss_kib()
     t = SlotTable(n)
     mid = rss_kib()
-    for i in range(n):            # touch every slot like written blocks do
+    for i in range(n):  # touch every slot like written blocks do
         t.handle[i] = i + 1
         t.flags[i] = 100
         t.ac_time[i] = 7
     after = rss_kib()
-    return {"declared": SLOT_BYTES, "untouched_kib": mid - before,
-            "touched_bytes_per_slot": (after - before) * 1024 / n}
+    return {
+        "declared": SLOT_BYTES,
+        "untouched_kib": mid - before,
+        "touched_bytes_per_slot": (after - before) * 1024 / n,
+    }
 
 
 def profile(pages: list[bytes]) -> None:
@@ -230,12 +247,15 @@ def profile(pages: list[bytes]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes, one round (smoke test)")
     ap.add_argument("--profile", action="store_true", help="cProfile the lz4 hot path and exit")
     # lzo/lzo-rle (pure Python, ~100x slower) only on request: --codecs lzo-rle,lz4
-    ap.add_argument("--codecs", default=",".join(a for a in codecs.AVAILABLE
-                                                  if not a.startswith("lzo")))
+    ap.add_argument(
+        "--codecs", default=",".join(a for a in codecs.AVAILABLE if not a.startswith("lzo"))
+    )
     args = ap.parse_args()
     nblocks = 1000 if args.quick else 8192
     rounds = 2 if args.quick else 3
@@ -243,31 +263,45 @@ def main() -> None:
     if args.profile:
         profile(pages)
         return
-    print(f"# zramfs device bench: {nblocks} mixed 4 KiB blocks, best of {rounds} (CPU time), "
-          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, allocator build "
-          f"{allocator.build_mode()} {buildmode.why_pure('allocator') or ''}".rstrip())
+    print(
+        f"# zramfs device bench: {nblocks} mixed 4 KiB blocks, best of {rounds} (CPU time), "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, allocator build "
+        f"{allocator.build_mode()} {buildmode.why_pure('allocator') or ''}".rstrip()
+    )
     print("outside = device time with the codec replaced by a replay of its results;")
     print("allocator = bare-pool malloc+write+free / read of the same objects; engine = device")
     print("with replayed codec and a dict as allocator (locks, slot table, counters, checks)")
-    print(f"{'codec':8} {'write blk/s':>12} {'read blk/s':>11} {'wr outside µs':>14} {'(alloc)':>8} "
-          f"{'(engine)':>9} {'rd outside µs':>14} {'(alloc)':>8} {'(engine)':>9} {'orig/mem_used':>14}")
+    print(
+        f"{'codec':8} {'write blk/s':>12} {'read blk/s':>11} {'wr outside µs':>14} {'(alloc)':>8} "
+        f"{'(engine)':>9} {'rd outside µs':>14} {'(alloc)':>8} {'(engine)':>9} {'orig/mem_used':>14}"
+    )
     for name in args.codecs.split(","):
         r = bench_codec(name, pages, rounds)
-        print(f"{name:8} {r['write_bps']:12.0f} {r['read_bps']:11.0f} {r['write_outside_us']:14.2f} "
-              f"{r['alloc_write_us']:8.2f} {r['engine_write_us']:9.2f} {r['read_outside_us']:14.2f} "
-              f"{r['alloc_read_us']:8.2f} {r['engine_read_us']:9.2f} {r['ratio']:14.3f}")
+        print(
+            f"{name:8} {r['write_bps']:12.0f} {r['read_bps']:11.0f} {r['write_outside_us']:14.2f} "
+            f"{r['alloc_write_us']:8.2f} {r['engine_write_us']:9.2f} {r['read_outside_us']:14.2f} "
+            f"{r['alloc_read_us']:8.2f} {r['engine_read_us']:9.2f} {r['ratio']:14.3f}"
+        )
     sc = slot_cost(1 << 16 if args.quick else 1 << 20)
-    print(f"\nslot metadata: {sc['declared']} bytes declared per slot, "
-          f"{sc['touched_bytes_per_slot']:.1f} bytes RSS per touched slot, "
-          f"{sc['untouched_kib']} KiB RSS for an untouched table")
+    print(
+        f"\nslot metadata: {sc['declared']} bytes declared per slot, "
+        f"{sc['touched_bytes_per_slot']:.1f} bytes RSS per touched slot, "
+        f"{sc['untouched_kib']} KiB RSS for an untouched table"
+    )
     disksize, data = (64 * MiB, 32 * MiB) if args.quick else (1 << 30, 512 * MiB)
     m = bench_memory(disksize, data, pages)
-    print(f"\nmemory: disksize {m['disksize'] >> 20} MiB, wrote {m['data'] >> 20} MiB mixed "
-          f"in {m['write_s']:.1f} s ({m['data'] / PAGE / m['write_s']:.0f} blk/s)")
-    print(f"  mm_stat orig_data_size {m['orig_data_size'] >> 20} MiB, compr_data_size "
-          f"{m['compr_data_size'] / MiB:.1f} MiB, mem_used_total {m['mem_used_total'] / MiB:.1f} MiB")
-    print(f"  process RSS growth {m['rss_growth'] / MiB:.1f} MiB = "
-          f"{m['rss_growth'] / max(1, m['mem_used_total']):.2f} x mem_used_total")
+    print(
+        f"\nmemory: disksize {m['disksize'] >> 20} MiB, wrote {m['data'] >> 20} MiB mixed "
+        f"in {m['write_s']:.1f} s ({m['data'] / PAGE / m['write_s']:.0f} blk/s)"
+    )
+    print(
+        f"  mm_stat orig_data_size {m['orig_data_size'] >> 20} MiB, compr_data_size "
+        f"{m['compr_data_size'] / MiB:.1f} MiB, mem_used_total {m['mem_used_total'] / MiB:.1f} MiB"
+    )
+    print(
+        f"  process RSS growth {m['rss_growth'] / MiB:.1f} MiB = "
+        f"{m['rss_growth'] / max(1, m['mem_used_total']):.2f} x mem_used_total"
+    )
 
 
 if __name__ == "__main__":

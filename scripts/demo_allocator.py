@@ -22,9 +22,11 @@ import zlib
 from allocator import Pool
 from allocator.memory import PhysicalMemory
 
-_TEXT = ("the of and to in is that for it as was with be by on not he this are or his from at "
-         "which but have an they you were her she there been one all we their has would when "
-         "kernel page memory swap compress zram object class")
+_TEXT = (
+    "the of and to in is that for it as was with be by on not he this are or his from at "
+    "which but have an they you were her she there been one all we their has would when "
+    "kernel page memory swap compress zram object class"
+)
 WORDS = _TEXT.split()
 
 
@@ -36,11 +38,13 @@ def synthetic_page(rnd: random.Random, page_size: int) -> bytes:
         b = bytearray(page_size)
         for _ in range(rnd.randint(1, 40)):
             off = rnd.randrange(page_size - 64)
-            b[off:off + 64] = rnd.randbytes(64)
+            b[off : off + 64] = rnd.randbytes(64)
         out = bytes(b)
     elif kind < 0.85:  # binary-like: small integers, pointers
-        out = b"".join(rnd.randint(0, 1 << rnd.choice((8, 16, 40))).to_bytes(8, "little")
-                       for _ in range(page_size // 8))
+        out = b"".join(
+            rnd.randint(0, 1 << rnd.choice((8, 16, 40))).to_bytes(8, "little")
+            for _ in range(page_size // 8)
+        )
     else:  # incompressible
         out = rnd.randbytes(page_size)
     return out[:page_size].ljust(page_size, b"\0")
@@ -73,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", type=int, default=20_000, help="pages to store (default 20000)")
     ap.add_argument("--free-frac", type=float, default=0.6, help="fraction freed (default 0.6)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--all-rows", action="store_true", help="print every class row, even empty ones")
+    ap.add_argument(
+        "--all-rows", action="store_true", help="print every class row, even empty ones"
+    )
     args = ap.parse_args(argv)
 
     rnd = random.Random(args.seed)
@@ -103,10 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         del live[h]
     t_fill = time.perf_counter() - t0
 
-    print(f"stored {args.pages} pages ({stored_raw / 2**20:.1f} MiB raw) in {filled_pages} pool pages; "
-          f"freed {args.free_frac:.0%} at random ({t_fill:.2f} s)")
-    print(f"\n== classes before compaction (total_pages {pool.total_pages}, "
-          f"high_water PFN {memory.high_water}, freeable {pool.freeable_pages()})")
+    print(
+        f"stored {args.pages} pages ({stored_raw / 2**20:.1f} MiB raw) in {filled_pages} pool pages; "
+        f"freed {args.free_frac:.0%} at random ({t_fill:.2f} s)"
+    )
+    print(
+        f"\n== classes before compaction (total_pages {pool.total_pages}, "
+        f"high_water PFN {memory.high_water}, freeable {pool.freeable_pages()})"
+    )
     print(summary_rows(pool.classes_table(), args.all_rows))
 
     before_pages = pool.total_pages
@@ -122,16 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     migrated = vm1.get("pgmigrate_success", 0) - vm0.get("pgmigrate_success", 0)
     failed = vm1.get("pgmigrate_fail", 0) - vm0.get("pgmigrate_fail", 0)
 
-    print(f"\n== classes after pool.compact() and memory.compact() (total_pages {pool.total_pages}, "
-          f"high_water PFN {memory.high_water}, freeable {pool.freeable_pages()})")
+    print(
+        f"\n== classes after pool.compact() and memory.compact() (total_pages {pool.total_pages}, "
+        f"high_water PFN {memory.high_water}, freeable {pool.freeable_pages()})"
+    )
     print(summary_rows(pool.classes_table(), args.all_rows))
-    print(f"\npool.compact(): {freed} pages freed ({before_pages} -> {pool.total_pages}) in "
-          f"{t_compact * 1e3:.0f} ms; pages_compacted {pool.stats.pages_compacted}")
-    print(f"memory.compact(): {migrated} pages migrated, {failed} failed, high water "
-          f"{before_hw} -> {memory.high_water} in {t_migrate * 1e3:.0f} ms  ({result})")
+    print(
+        f"\npool.compact(): {freed} pages freed ({before_pages} -> {pool.total_pages}) in "
+        f"{t_compact * 1e3:.0f} ms; pages_compacted {pool.stats.pages_compacted}"
+    )
+    print(
+        f"memory.compact(): {migrated} pages migrated, {failed} failed, high water "
+        f"{before_hw} -> {memory.high_water} in {t_migrate * 1e3:.0f} ms  ({result})"
+    )
 
     bad = [h for h, img in live.items() if pool.read_object(h, len(img)) != img]
-    print(f"verified {len(live)} surviving objects: {'all intact' if not bad else f'{len(bad)} CORRUPTED'}")
+    print(
+        f"verified {len(live)} surviving objects: {'all intact' if not bad else f'{len(bad)} CORRUPTED'}"
+    )
     for h in live:
         pool.free(h)
     pool.destroy()

@@ -58,6 +58,7 @@ Usage (root, /dev/zram0 unused and uninitialised)::
 
 The module is also the library of tests/test_kernel_diff.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,8 +101,16 @@ CHAIN_SIZE = 8
 CHAIN_RULE = "min-waste"
 
 MM_STAT_FIELDS: tuple[str, ...] = (
-    "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
-    "same_pages", "pages_compacted", "huge_pages", "huge_pages_since")
+    "orig_data_size",
+    "compr_data_size",
+    "mem_used_total",
+    "mem_limit",
+    "mem_used_max",
+    "same_pages",
+    "pages_compacted",
+    "huge_pages",
+    "huge_pages_since",
+)
 
 
 def parse_mm_stat(text: str) -> dict[str, int]:
@@ -121,6 +130,7 @@ def image_size(text: str) -> int:
 
 # ---------------------------------------------------------------------------------- images
 
+
 def same_filled(word: int) -> bytes:
     """A page of one 8-byte word repeated (what page_same_filled() detects)."""
     return word.to_bytes(8, "little") * (PAGE_SIZE // 8)
@@ -138,7 +148,7 @@ def literal_length(rng: random.Random) -> int:
     if r < 0.87:
         return rng.randint(1, 500)
     if r < 0.95:
-        return rng.randint(3000, 3700)   # both sides of the huge threshold
+        return rng.randint(3000, 3700)  # both sides of the huge threshold
     return rng.randint(3700, PAGE_SIZE)
 
 
@@ -155,9 +165,18 @@ def deterministic_pages(n_pages: int, seed: int = 1) -> list[bytes]:
         if r < 0.06:
             pages.append(bytes(PAGE_SIZE))
         elif r < 0.10:
-            pages.append(same_filled(rng.choice((
-                0xFFFFFFFFFFFFFFFF, 0x0101010101010101, 0xDEADBEEFDEADBEEF,
-                rng.getrandbits(64) | 1))))
+            pages.append(
+                same_filled(
+                    rng.choice(
+                        (
+                            0xFFFFFFFFFFFFFFFF,
+                            0x0101010101010101,
+                            0xDEADBEEFDEADBEEF,
+                            rng.getrandbits(64) | 1,
+                        )
+                    )
+                )
+            )
         else:
             n = literal_length(rng)
             pages.append(rng.randbytes(n) + bytes(PAGE_SIZE - n))
@@ -185,8 +204,9 @@ def _machine_files(roots: Sequence[str], max_file: int) -> list[str]:
     return files
 
 
-def real_pages(n_pages: int, seed: int = 2, roots: Sequence[str] = DEFAULT_ROOTS,
-               max_file: int = 4 << 20) -> list[bytes]:
+def real_pages(
+    n_pages: int, seed: int = 2, roots: Sequence[str] = DEFAULT_ROOTS, max_file: int = 4 << 20
+) -> list[bytes]:
     """`n_pages` pages of real data, laid out like files on a filesystem.
 
     Files from `roots` in a seeded random order, each starting at a block boundary with
@@ -207,7 +227,7 @@ def real_pages(n_pages: int, seed: int = 2, roots: Sequence[str] = DEFAULT_ROOTS
             except OSError:
                 continue
             for off in range(0, len(data), PAGE_SIZE):
-                chunk = data[off:off + PAGE_SIZE]
+                chunk = data[off : off + PAGE_SIZE]
                 yield chunk + bytes(PAGE_SIZE - len(chunk))
         # ran out of files: fall back to random pages rather than fail
         while True:
@@ -241,8 +261,13 @@ def odd_blocks(pages: Sequence[bytes], seed: int = 0) -> Churn:
     return Churn(discards=tuple(range(1, len(pages), 2)))
 
 
-def random_churn(pages: Sequence[bytes], seed: int = 3, *, discard_fraction: float = 0.6,
-                 rewrite_fraction: float = 0.3) -> Churn:
+def random_churn(
+    pages: Sequence[bytes],
+    seed: int = 3,
+    *,
+    discard_fraction: float = 0.6,
+    rewrite_fraction: float = 0.3,
+) -> Churn:
     """A seeded random `discard_fraction` of the blocks discarded, in random order; then a
     random `rewrite_fraction` of all blocks (discarded ones included: those become live
     again) rewritten with new deterministic pages, in random order."""
@@ -273,6 +298,7 @@ def churn_for(image: str, pages: Sequence[bytes], seed: int = CHURN_SEED) -> Chu
 
 # ---------------------------------------------------------------------------------- targets
 
+
 class KernelUnavailable(Exception):
     """The kernel device cannot be used for the comparison (the reason is the message)."""
 
@@ -302,7 +328,9 @@ class KernelZram:
     udev still has it open) and restores the algorithm selection it found.
     """
 
-    def __init__(self, name: str = "zram0", algorithm: str = "lz4", disksize: int = 64 << 20) -> None:
+    def __init__(
+        self, name: str = "zram0", algorithm: str = "lz4", disksize: int = 64 << 20
+    ) -> None:
         self.name = name
         self.sys = f"/sys/block/{name}"
         self.dev = f"/dev/{name}"
@@ -311,7 +339,7 @@ class KernelZram:
         self.fd = -1
         self._lock_fd = -1
         self._saved_algorithm: str | None = None
-        self._buf = mmap.mmap(-1, PAGE_SIZE)   # page-aligned for O_DIRECT
+        self._buf = mmap.mmap(-1, PAGE_SIZE)  # page-aligned for O_DIRECT
 
     def attr(self, name: str) -> str:
         return _read(f"{self.sys}/{name}")
@@ -333,7 +361,10 @@ class KernelZram:
             with contextlib.suppress(OSError):
                 if any(line.split()[:1] == [self.dev] for line in _read(table).splitlines()):
                     raise KernelUnavailable(f"{self.dev} is busy ({table})")
-        if self.algorithm not in self.attr("comp_algorithm").replace("[", " ").replace("]", " ").split():
+        if (
+            self.algorithm
+            not in self.attr("comp_algorithm").replace("[", " ").replace("]", " ").split()
+        ):
             raise KernelUnavailable(f"{self.name} has no {self.algorithm} backend")
 
     def __enter__(self) -> Self:
@@ -367,7 +398,7 @@ class KernelZram:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if self._lock_fd >= 0:   # reset answers EBUSY while any descriptor is open
+        if self._lock_fd >= 0:  # reset answers EBUSY while any descriptor is open
             os.close(self._lock_fd)
             self._lock_fd = -1
         if reset:
@@ -375,7 +406,7 @@ class KernelZram:
                 try:
                     self.store("reset", "1")
                     break
-                except OSError as exc:   # EBUSY while e.g. udev's blkid has it open
+                except OSError as exc:  # EBUSY while e.g. udev's blkid has it open
                     if exc.errno != errno.EBUSY or attempt == 49:
                         raise
                     time.sleep(0.1)
@@ -417,11 +448,17 @@ class ModelZram:
     scan once more, synchronously (the workload calls it before each mm_stat it records, so
     no compaction is half done when the numbers are read)."""
 
-    def __init__(self, algorithm: str = "lz4", disksize: int = 64 << 20, *,
-                 chain_size: int = CHAIN_SIZE, chain_rule: str = CHAIN_RULE,
-                 policy: str | None = format_policy(DEFAULT_POLICY),
-                 pressure: PressureSource | None = None,
-                 interval_ms: int = DAEMON_INTERVAL_MS) -> None:
+    def __init__(
+        self,
+        algorithm: str = "lz4",
+        disksize: int = 64 << 20,
+        *,
+        chain_size: int = CHAIN_SIZE,
+        chain_rule: str = CHAIN_RULE,
+        policy: str | None = format_policy(DEFAULT_POLICY),
+        pressure: PressureSource | None = None,
+        interval_ms: int = DAEMON_INTERVAL_MS,
+    ) -> None:
         self.algorithm = algorithm
         self.disksize = disksize
         self.registry = Registry(chain_size=chain_size, chain_rule=chain_rule)
@@ -431,7 +468,8 @@ class ModelZram:
             self.daemon = CompactionDaemon(
                 self.registry,
                 CompactionPolicy(interval_ms=interval_ms).with_spec(policy),
-                pressure=pressure if pressure is not None else SimulatedPressure(0.0))
+                pressure=pressure if pressure is not None else SimulatedPressure(0.0),
+            )
 
     def __enter__(self) -> Self:
         attrs.store(self.device, "comp_algorithm", self.algorithm)
@@ -454,8 +492,12 @@ class ModelZram:
         if self.daemon is None:
             return {}
         st = self.daemon.stats
-        return {"scans": st.scans, "runs": st.runs, "pages_freed": st.pages_freed,
-                **{f"runs_{r.value}": n for r, n in st.runs_by_reason.items()}}
+        return {
+            "scans": st.scans,
+            "runs": st.runs,
+            "pages_freed": st.pages_freed,
+            **{f"runs_{r.value}": n for r, n in st.runs_by_reason.items()},
+        }
 
     def write_page(self, index: int, page: bytes) -> None:
         if self.device.write(index * PAGE_SIZE, page) != PAGE_SIZE:
@@ -492,15 +534,28 @@ class Comparison:
     def self_compacted(self) -> str | None:
         """The phase before the explicit compaction in which the kernel's pool was compacted
         anyway (its shrinker ran under memory pressure), or None."""
-        return next((ph for ph in ("discarded", "rewritten")
-                     if self.kernel.get(ph, {}).get("pages_compacted")), None)
+        return next(
+            (
+                ph
+                for ph in ("discarded", "rewritten")
+                if self.kernel.get(ph, {}).get("pages_compacted")
+            ),
+            None,
+        )
 
 
-def run(image: str, pages: Sequence[bytes], *, algorithm: str = "lz4",
-        with_kernel: bool = True, chain_size: int = CHAIN_SIZE,
-        chain_rule: str = CHAIN_RULE, churn: Churn | None = None,
-        policy: str | None = format_policy(DEFAULT_POLICY),
-        pressure: PressureSource | None = None) -> Comparison:
+def run(
+    image: str,
+    pages: Sequence[bytes],
+    *,
+    algorithm: str = "lz4",
+    with_kernel: bool = True,
+    chain_size: int = CHAIN_SIZE,
+    chain_rule: str = CHAIN_RULE,
+    churn: Churn | None = None,
+    policy: str | None = format_policy(DEFAULT_POLICY),
+    pressure: PressureSource | None = None,
+) -> Comparison:
     """Write `pages` sequentially to both devices, apply `churn` (default: discard the odd
     blocks), compact explicitly (``compact``).
 
@@ -532,11 +587,17 @@ def run(image: str, pages: Sequence[bytes], *, algorithm: str = "lz4",
         stats["compacted"] = target.mm_stat()
         result.seconds[side] = time.perf_counter() - t0
 
-    if with_kernel:   # first, and released before the (slower) zramfs side runs
+    if with_kernel:  # first, and released before the (slower) zramfs side runs
         with KernelZram(algorithm=algorithm, disksize=disksize) as kz:
             drive("kernel", kz, result.kernel)
-    with ModelZram(algorithm, disksize, chain_size=chain_size, chain_rule=chain_rule,
-                   policy=policy, pressure=pressure) as mz:
+    with ModelZram(
+        algorithm,
+        disksize,
+        chain_size=chain_size,
+        chain_rule=chain_rule,
+        policy=policy,
+        pressure=pressure,
+    ) as mz:
         drive("zramfs", mz, result.model)
         result.daemon = mz.daemon_stats()
     return result
@@ -574,13 +635,20 @@ class SizeAgreement:
         mism = self.mismatches
         n = len(self.kernel)
         worst = sorted(mism, key=lambda t: abs(t[2] - t[1]), reverse=True)[:5]
-        return (f"{len(mism)} of {n} pages stored with a different size "
-                f"({100 * len(mism) / max(n, 1):.1f} %); sum kernel {sum(self.kernel)}, "
-                f"zramfs {sum(self.model)}; largest differences (page, kernel, zramfs): {worst}")
+        return (
+            f"{len(mism)} of {n} pages stored with a different size "
+            f"({100 * len(mism) / max(n, 1):.1f} %); sum kernel {sum(self.kernel)}, "
+            f"zramfs {sum(self.model)}; largest differences (page, kernel, zramfs): {worst}"
+        )
 
 
-def page_size_agreement(pages: Sequence[bytes], *, algorithm: str = "lz4",
-                        chain_size: int = CHAIN_SIZE, chain_rule: str = CHAIN_RULE) -> SizeAgreement:
+def page_size_agreement(
+    pages: Sequence[bytes],
+    *,
+    algorithm: str = "lz4",
+    chain_size: int = CHAIN_SIZE,
+    chain_rule: str = CHAIN_RULE,
+) -> SizeAgreement:
     """Write `pages` one by one to both devices and record each page's stored size."""
     disksize = len(pages) * PAGE_SIZE
     with KernelZram(algorithm=algorithm, disksize=disksize) as kz:
@@ -609,12 +677,18 @@ class Check:
         want = "equal" if self.tolerance == 0 else f"within {self.tolerance:.1%}"
         verdict = "ok  " if self.holds(c) else "FAIL"
         rel = relative_difference(m, k)
-        return (f"{verdict} {self.phase:<9} {self.field:<16} {want:<12} kernel {k} zramfs {m}"
-                + ("" if m == k else f" ({rel:+.2%})"))
+        return f"{verdict} {self.phase:<9} {self.field:<16} {want:<12} kernel {k} zramfs {m}" + (
+            "" if m == k else f" ({rel:+.2%})"
+        )
 
 
-_EQUAL_DETERMINISTIC = ("orig_data_size", "compr_data_size", "same_pages", "huge_pages",
-                        "mem_used_total")
+_EQUAL_DETERMINISTIC = (
+    "orig_data_size",
+    "compr_data_size",
+    "same_pages",
+    "huge_pages",
+    "mem_used_total",
+)
 #: churn, after the rewrites: how far mem_used_total may be from the kernel's.  zs_malloc
 #: puts a new object in the first zspage of ALMOST_FULL, else ALMOST_EMPTY, in 5.17 (our
 #: port); a >=6.3 kernel in the fullest of its ten 10 % fullness groups (find_get_zspage).
@@ -676,8 +750,10 @@ def relative_difference(model: int, kernel: int) -> float:
 
 def format_table(c: Comparison) -> str:
     """Both mm_stat vectors per phase, with absolute and relative differences."""
-    lines = [f"== image {c.image!r}: {c.n_pages} pages ({c.n_pages * PAGE_SIZE >> 20} MiB)"
-             + "".join(f", {side} {sec:.1f} s" for side, sec in c.seconds.items())]
+    lines = [
+        f"== image {c.image!r}: {c.n_pages} pages ({c.n_pages * PAGE_SIZE >> 20} MiB)"
+        + "".join(f", {side} {sec:.1f} s" for side, sec in c.seconds.items())
+    ]
     for phase in PHASES:
         m = c.model.get(phase)
         if m is None:
@@ -697,8 +773,10 @@ def format_table(c: Comparison) -> str:
             rel_s = "" if m[f] == k[f] else f"{rel:+.2%}"
             lines.append(f"   {f:<17} {k[f]:>12} {m[f]:>12} {m[f] - k[f]:>+10} {rel_s:>8}")
     if c.policy is not None:
-        lines.append(f"-- zramfs compaction daemon, policy {c.policy}: "
-                     + ", ".join(f"{k} {v}" for k, v in c.daemon.items()))
+        lines.append(
+            f"-- zramfs compaction daemon, policy {c.policy}: "
+            + ", ".join(f"{k} {v}" for k, v in c.daemon.items())
+        )
     return "\n".join(lines)
 
 
@@ -710,30 +788,51 @@ def _policy_arg(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=image_size, default=image_size("32M"),
-                    help="image size per image (default 32M; e.g. 256M, 1G)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--size",
+        type=image_size,
+        default=image_size("32M"),
+        help="image size per image (default 32M; e.g. 256M, 1G)",
+    )
     ap.add_argument("--image", choices=(*IMAGES, "all"), default="all")
     ap.add_argument("--seed", type=int, default=None, help="image seed (default: per image)")
-    ap.add_argument("--churn-seed", type=int, default=CHURN_SEED,
-                    help="seed of the churn image's random discards and rewrites")
-    ap.add_argument("--policy", default=format_policy(DEFAULT_POLICY), type=_policy_arg,
-                    help="the zramfs side's compaction daemon policy (default: the mount's "
-                         "default, shrinker; threshold:64 was the former default)")
-    ap.add_argument("--host-pressure", action="store_true",
-                    help="the daemon reads the host's PSI instead of a simulated no-pressure "
-                         "source (the run then compacts if the host is under pressure)")
+    ap.add_argument(
+        "--churn-seed",
+        type=int,
+        default=CHURN_SEED,
+        help="seed of the churn image's random discards and rewrites",
+    )
+    ap.add_argument(
+        "--policy",
+        default=format_policy(DEFAULT_POLICY),
+        type=_policy_arg,
+        help="the zramfs side's compaction daemon policy (default: the mount's "
+        "default, shrinker; threshold:64 was the former default)",
+    )
+    ap.add_argument(
+        "--host-pressure",
+        action="store_true",
+        help="the daemon reads the host's PSI instead of a simulated no-pressure "
+        "source (the run then compacts if the host is under pressure)",
+    )
     ap.add_argument("--algorithm", default="lz4")
     ap.add_argument("--model-only", action="store_true", help="do not touch the kernel device")
     ap.add_argument("--chain-size", type=int, default=CHAIN_SIZE)
     ap.add_argument("--chain-rule", choices=("min-waste", "max-used"), default=CHAIN_RULE)
-    ap.add_argument("--codec-check", type=int, default=0, metavar="PAGES",
-                    help="also write PAGES real pages one at a time and compare each page's "
-                         "stored size (shows where the LZ4 codecs differ)")
+    ap.add_argument(
+        "--codec-check",
+        type=int,
+        default=0,
+        metavar="PAGES",
+        help="also write PAGES real pages one at a time and compare each page's "
+        "stored size (shows where the LZ4 codecs differ)",
+    )
     args = ap.parse_args(argv)
     if args.algorithm == "lz4" and (warning := lz4_path_warning()) is not None:
-        print(f"warning: {warning}", file=sys.stderr)   # the lz4 lengths will not agree
+        print(f"warning: {warning}", file=sys.stderr)  # the lz4 lengths will not agree
     names = list(IMAGES) if args.image == "all" else [args.image]
     n_pages = args.size // PAGE_SIZE
     status = 0
@@ -741,10 +840,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed = args.seed if args.seed is not None else DEFAULT_SEEDS[name]
         pages = IMAGES[name](n_pages, seed)
         try:
-            c = run(name, pages, algorithm=args.algorithm, with_kernel=not args.model_only,
-                    chain_size=args.chain_size, chain_rule=args.chain_rule,
-                    churn=churn_for(name, pages, args.churn_seed), policy=args.policy,
-                    pressure=PsiPressure() if args.host_pressure else None)
+            c = run(
+                name,
+                pages,
+                algorithm=args.algorithm,
+                with_kernel=not args.model_only,
+                chain_size=args.chain_size,
+                chain_rule=args.chain_rule,
+                churn=churn_for(name, pages, args.churn_seed),
+                policy=args.policy,
+                pressure=PsiPressure() if args.host_pressure else None,
+            )
         except KernelUnavailable as exc:
             print(f"kernel zram unavailable: {exc} (use --model-only)", file=sys.stderr)
             return 2
@@ -758,8 +864,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.codec_check and not args.model_only:
         pages = real_pages(args.codec_check, DEFAULT_SEEDS["real"])
         try:
-            agreement = page_size_agreement(pages, algorithm=args.algorithm,
-                                            chain_size=args.chain_size, chain_rule=args.chain_rule)
+            agreement = page_size_agreement(
+                pages,
+                algorithm=args.algorithm,
+                chain_size=args.chain_size,
+                chain_rule=args.chain_rule,
+            )
         except KernelUnavailable as exc:
             print(f"kernel zram unavailable: {exc}", file=sys.stderr)
             return 2

@@ -14,6 +14,7 @@ FUSE and Python cost.  The tree holds MNT/dev/zram0 only (no sysfs or procfs fil
 zram device behind it).  The scripts that take ``BACKEND=nullfs`` (demo.sh, fs_demo.sh,
 swap_experiment.sh) mount through here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,16 +42,26 @@ def zramfs_argv(args: argparse.Namespace) -> list[str]:
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="nullfs.py", description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("mountpoint")
-    ap.add_argument("--size", type=parse_size, default=parse_size("1G"),
-                    help="image size (K/M/G/T suffixes; default 1G)")
+    ap.add_argument(
+        "--size",
+        type=parse_size,
+        default=parse_size("1G"),
+        help="image size (K/M/G/T suffixes; default 1G)",
+    )
     ap.add_argument("--foreground", "-f", action="store_true", help="do not daemonise")
-    ap.add_argument("--mlock", action="store_true",
-                    help="pin the daemon in RAM (zramfs mount --mlock --no-io-flusher; for swap "
-                         "on the image)")
-    ap.add_argument("--image-cache", action="store_true",
-                    help="serve the image through the page cache (no direct_io), as zramfs's")
-    ap.add_argument("--binding", choices=["mfusepy", "fusepy"],
-                    help="default: mfusepy, else fusepy")
+    ap.add_argument(
+        "--mlock",
+        action="store_true",
+        help="pin the daemon in RAM (zramfs mount --mlock --no-io-flusher; for swap on the image)",
+    )
+    ap.add_argument(
+        "--image-cache",
+        action="store_true",
+        help="serve the image through the page cache (no direct_io), as zramfs's",
+    )
+    ap.add_argument(
+        "--binding", choices=["mfusepy", "fusepy"], help="default: mfusepy, else fusepy"
+    )
     return ap
 
 
@@ -62,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.binding == "mfusepy":
         os.environ.pop("ZRAMFS_FUSE_BINDING", None)
     from zramfs.cli import main as zramfs_main
+
     return zramfs_main(zramfs_argv(args))
 
 

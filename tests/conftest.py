@@ -26,6 +26,7 @@ to leave no mount and no loop device behind:
   ``--backend null`` too.
 - ``daemon``: one daemonised ``zramfs mount`` (a `DaemonMount`: ``daemon.mount(*args)``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,10 @@ REG_PAGES = 1 << 16
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if allocator.build_mode() != "compiled":
         return
-    skip = pytest.mark.skip(reason="patches allocator code the compiled build calls natively; "
-                                   "runs in the pure pass (ZRAMFS_PURE_PYTHON=1)")
+    skip = pytest.mark.skip(
+        reason="patches allocator code the compiled build calls natively; "
+        "runs in the pure pass (ZRAMFS_PURE_PYTHON=1)"
+    )
     for item in items:
         if item.get_closest_marker("pure_python") is not None:
             item.add_marker(skip)
@@ -93,7 +96,7 @@ def reg() -> Iterator[Registry]:
     r = Registry(memory=PhysicalMemory(max_pages=REG_PAGES))
     yield r
     for d in list(r.devices.values()):
-        d.open_count = 0            # reset refuses an open device (-EBUSY), as zram's does
+        d.open_count = 0  # reset refuses an open device (-EBUSY), as zram's does
         d.reset()
 
 

@@ -1,6 +1,7 @@
 """zramfs.attrs: names, modes and order; the kernel's parsers; every attribute's format and
 every documented errno — with the device's data and statistics checked unchanged after
 each rejected write."""
+
 from __future__ import annotations
 
 import errno
@@ -16,9 +17,22 @@ from zramfs import attrs, codecs, kparse
 from zramfs.errors import ZramError
 
 MiB = 1 << 20
-STATE_ATTRS = ("disksize", "initstate", "comp_algorithm", "recomp_algorithm", "mm_stat", "io_stat",
-               "bd_stat", "debug_stat", "backing_dev", "writeback_limit", "writeback_limit_enable",
-               "writeback_batch_size", "compressed_writeback", "size")
+STATE_ATTRS = (
+    "disksize",
+    "initstate",
+    "comp_algorithm",
+    "recomp_algorithm",
+    "mm_stat",
+    "io_stat",
+    "bd_stat",
+    "debug_stat",
+    "backing_dev",
+    "writeback_limit",
+    "writeback_limit_enable",
+    "writeback_batch_size",
+    "compressed_writeback",
+    "size",
+)
 
 
 @pytest.fixture
@@ -46,17 +60,25 @@ def snapshot(d) -> tuple:
     h = hashlib.sha256()
     if d.initialized:
         from zramfs.slots import ZRAM_WB
+
         for i in range(d.nr_pages):
             hd, f, _ = d.slot_state(i)
-            if f & ZRAM_WB:   # read the file directly: a device read would count in bd_stat
+            if f & ZRAM_WB:  # read the file directly: a device read would count in bd_stat
                 h.update(os.pread(d.backing.fd, PAGE, hd * PAGE))
             else:
                 h.update(d._load_page(d._meta, i, False)[0])
         table = (bytes(d._meta.table.np_flags), bytes(d._meta.table.np_handle))
     else:
         table = None
-    return (h.hexdigest(), table, tuple(attrs.show(d, n) for n in STATE_ATTRS),
-            tuple(d.comp_algs), repr(d.comp_params), d.limit_pages, d.open_count)
+    return (
+        h.hexdigest(),
+        table,
+        tuple(attrs.show(d, n) for n in STATE_ATTRS),
+        tuple(d.comp_algs),
+        repr(d.comp_params),
+        d.limit_pages,
+        d.open_count,
+    )
 
 
 def rejected(d, name: str, text, err: int) -> None:
@@ -70,19 +92,36 @@ def rejected(d, name: str, text, err: int) -> None:
 # ---------------------------------------------------------------------------- the table
 def test_names_modes_and_order():
     expected = [
-        ("disksize", 0o644), ("initstate", 0o444), ("reset", 0o200), ("compact", 0o200),
-        ("mem_limit", 0o200), ("mem_used_max", 0o200), ("idle", 0o200),
-        ("max_comp_streams", 0o644), ("comp_algorithm", 0o644), ("bd_stat", 0o444),
-        ("backing_dev", 0o644), ("writeback", 0o200), ("writeback_limit", 0o644),
-        ("writeback_limit_enable", 0o644), ("writeback_batch_size", 0o644),
-        ("compressed_writeback", 0o644), ("io_stat", 0o444), ("mm_stat", 0o444),
-        ("debug_stat", 0o444), ("recomp_algorithm", 0o644), ("recompress", 0o200),
-        ("algorithm_params", 0o200), ("size", 0o444), ("stat", 0o444)]
+        ("disksize", 0o644),
+        ("initstate", 0o444),
+        ("reset", 0o200),
+        ("compact", 0o200),
+        ("mem_limit", 0o200),
+        ("mem_used_max", 0o200),
+        ("idle", 0o200),
+        ("max_comp_streams", 0o644),
+        ("comp_algorithm", 0o644),
+        ("bd_stat", 0o444),
+        ("backing_dev", 0o644),
+        ("writeback", 0o200),
+        ("writeback_limit", 0o644),
+        ("writeback_limit_enable", 0o644),
+        ("writeback_batch_size", 0o644),
+        ("compressed_writeback", 0o644),
+        ("io_stat", 0o444),
+        ("mm_stat", 0o444),
+        ("debug_stat", 0o444),
+        ("recomp_algorithm", 0o644),
+        ("recompress", 0o200),
+        ("algorithm_params", 0o200),
+        ("size", 0o444),
+        ("stat", 0o444),
+    ]
     assert [(a.name, a.mode) for a in attrs.DEVICE_ATTRS.values()] == expected
     for a in attrs.DEVICE_ATTRS.values():
         assert (a.show is not None) == bool(a.mode & 0o444)
         assert (a.store is not None) == bool(a.mode & 0o200)
-    assert "num_reads" not in attrs.DEVICE_ATTRS      # LTP zram03 picks the mm_stat path
+    assert "num_reads" not in attrs.DEVICE_ATTRS  # LTP zram03 picks the mm_stat path
     assert attrs.CONTROL_ATTRS == {"hot_add": 0o400, "hot_remove": 0o200}
 
 
@@ -115,12 +154,30 @@ def test_write_only_and_unknown(dev):
 
 
 # ---------------------------------------------------------------------------- parsers
-@pytest.mark.parametrize("text,value,consumed", [
-    ("4096", 4096, 4), ("1k", 1024, 2), ("1K", 1024, 2), ("2m", 2 << 20, 2), ("2M\n", 2 << 20, 2),
-    ("3g", 3 << 30, 2), ("1T", 1 << 40, 2), ("1p", 1 << 50, 2), ("1E", 1 << 60, 2),
-    ("0x10", 16, 4), ("010", 8, 3), ("0", 0, 1), ("junk", 0, 0), ("", 0, 0), ("-1", 0, 0),
-    ("16E", 0, 3), ("12 34", 12, 2), ("1Kb", 1024, 2), ("0x", 0, 1),
-])
+@pytest.mark.parametrize(
+    "text,value,consumed",
+    [
+        ("4096", 4096, 4),
+        ("1k", 1024, 2),
+        ("1K", 1024, 2),
+        ("2m", 2 << 20, 2),
+        ("2M\n", 2 << 20, 2),
+        ("3g", 3 << 30, 2),
+        ("1T", 1 << 40, 2),
+        ("1p", 1 << 50, 2),
+        ("1E", 1 << 60, 2),
+        ("0x10", 16, 4),
+        ("010", 8, 3),
+        ("0", 0, 1),
+        ("junk", 0, 0),
+        ("", 0, 0),
+        ("-1", 0, 0),
+        ("16E", 0, 3),
+        ("12 34", 12, 2),
+        ("1Kb", 1024, 2),
+        ("0x", 0, 1),
+    ],
+)
 def test_memparse(text, value, consumed):
     assert attrs.memparse(text) == (value, consumed)
 
@@ -146,7 +203,12 @@ def test_kstrto():
     assert attrs.kstrtobool("on") and not attrs.kstrtobool("off") and attrs.kstrtobool("Yes")
     with pytest.raises(ZramError):
         attrs.kstrtobool("maybe")
-    assert attrs.next_args(' a=1  b "c=x y" d=\n') == [("a", "1"), ("b", None), ("c", "x y"), ("d", "")]
+    assert attrs.next_args(' a=1  b "c=x y" d=\n') == [
+        ("a", "1"),
+        ("b", None),
+        ("c", "x y"),
+        ("d", ""),
+    ]
     assert attrs.sysfs_streq("all\n", "all") and not attrs.sysfs_streq("all\n\n", "all")
 
 
@@ -162,26 +224,56 @@ def test_kstrto_details():
         attrs.kstrtoll("-+1")
     assert ei.value.errno == errno.EINVAL
     assert attrs.kstrtoint("-2147483648") == -(1 << 31) and attrs.kstrtouint("0x0", 0) == 0
-    assert [attrs.kstrtobool(t) for t in ("t", "True", "enable", "1junk", "f", "disable", "0")] \
-        == [True, True, True, True, False, False, False]
+    assert [attrs.kstrtobool(t) for t in ("t", "True", "enable", "1junk", "f", "disable", "0")] == [
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
     for bad in (" 1", "", "\n", "o", "x"):
         with pytest.raises(ZramError):
             attrs.kstrtobool(bad)
 
 
-@pytest.mark.parametrize("data,expected", [
-    (b"1", (1, 1)), (b"1\n", (1, 2)), (b" \t1\n\n", (1, 5)), (b"0x1", (1, 3)), (b"010", (8, 3)),
-    (b"-1", (-1, 2)), (b"1 junk", (1, 2)), (b"-2147483648", (-(1 << 31), 11)),
-    (b"0" * 20 + b"\n", (0, 21)),
-])
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (b"1", (1, 1)),
+        (b"1\n", (1, 2)),
+        (b" \t1\n\n", (1, 5)),
+        (b"0x1", (1, 3)),
+        (b"010", (8, 3)),
+        (b"-1", (-1, 2)),
+        (b"1 junk", (1, 2)),
+        (b"-2147483648", (-(1 << 31), 11)),
+        (b"0" * 20 + b"\n", (0, 21)),
+    ],
+)
 def test_proc_dointvec(data, expected):
     assert kparse.proc_dointvec(data) == expected
 
 
-@pytest.mark.parametrize("data", [
-    b"", b"\n", b"+1", b"0b1", b"1_0", b"1\x00", b"x", b"- 1", b"2147483648", b"-2147483649",
-    b"99999999999999999999", str(1 << 64).encode(), b"0" * 21,
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\n",
+        b"+1",
+        b"0b1",
+        b"1_0",
+        b"1\x00",
+        b"x",
+        b"- 1",
+        b"2147483648",
+        b"-2147483649",
+        b"99999999999999999999",
+        str(1 << 64).encode(),
+        b"0" * 21,
+    ],
+)
 def test_proc_dointvec_rejects(data):
     with pytest.raises(ZramError) as ei:
         kparse.proc_dointvec(data)
@@ -189,10 +281,18 @@ def test_proc_dointvec_rejects(data):
 
 
 # ---------------------------------------------------------------------------- disksize / reset
-@pytest.mark.parametrize("text,expected", [
-    ("1M", MiB), ("1m\n", MiB), ("10000", 12288), ("0x1000", 4096), ("1g", 1 << 30),
-    ("1048576 trailing", MiB), ("1K", 4096),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("1M", MiB),
+        ("1m\n", MiB),
+        ("10000", 12288),
+        ("0x1000", 4096),
+        ("1g", 1 << 30),
+        ("1048576 trailing", MiB),
+        ("1K", 4096),
+    ],
+)
 def test_disksize_store(reg, text, expected):
     d = reg.devices[0]
     attrs.store(d, "disksize", text)
@@ -210,8 +310,13 @@ def test_disksize_errors(dev):
 
 
 def test_reset_store(live):
-    for bad, err in (("0", errno.EINVAL), ("abc", errno.EINVAL), ("70000", errno.ERANGE),
-                     ("-1", errno.EINVAL), ("", errno.EINVAL)):
+    for bad, err in (
+        ("0", errno.EINVAL),
+        ("abc", errno.EINVAL),
+        ("70000", errno.ERANGE),
+        ("-1", errno.EINVAL),
+        ("", errno.EINVAL),
+    ):
         rejected(live, "reset", bad, err)
     live.open()
     rejected(live, "reset", "1", errno.EBUSY)
@@ -231,7 +336,7 @@ def test_reset_store(live):
 def test_comp_algorithm(dev):
     algs = attrs.show(dev, "comp_algorithm").replace("[", "").replace("]", "").split()
     assert tuple(algs) == codecs.AVAILABLE
-    for a in algs:                                  # LTP zram_compress_alg writes every one
+    for a in algs:  # LTP zram_compress_alg writes every one
         attrs.store(dev, "comp_algorithm", a + "\n")
         assert f"[{a}]" in attrs.show(dev, "comp_algorithm")
     assert attrs.show(dev, "comp_algorithm").endswith(" \n")
@@ -241,16 +346,25 @@ def test_comp_algorithm(dev):
     rejected(dev, "comp_algorithm", "zstd\n\n", errno.EINVAL)
     attrs.store(dev, "disksize", "1M")
     rejected(dev, "comp_algorithm", "zstd", errno.EBUSY)
-    rejected(dev, "comp_algorithm", "nope", errno.EINVAL)   # unknown is checked before init
+    rejected(dev, "comp_algorithm", "nope", errno.EINVAL)  # unknown is checked before init
 
 
 def test_recomp_algorithm(dev):
     attrs.store(dev, "recomp_algorithm", "algo=zstd")
     attrs.store(dev, "recomp_algorithm", "algo=deflate priority=3\n")
     assert attrs.show(dev, "recomp_algorithm") == (
-        "#1: lzo-rle lzo lz4 lz4hc [zstd] deflate \n#3: lzo-rle lzo lz4 lz4hc zstd [deflate] \n")
-    for bad in ("algo", "priority=1", "algo=zstd priority=0", "algo=zstd priority=4",
-                "algo=foo", "algo= priority=1", "", "algo=zstd priority=x"):
+        "#1: lzo-rle lzo lz4 lz4hc [zstd] deflate \n#3: lzo-rle lzo lz4 lz4hc zstd [deflate] \n"
+    )
+    for bad in (
+        "algo",
+        "priority=1",
+        "algo=zstd priority=0",
+        "algo=zstd priority=4",
+        "algo=foo",
+        "algo= priority=1",
+        "",
+        "algo=zstd priority=x",
+    ):
         rejected(dev, "recomp_algorithm", bad, errno.EINVAL)
     rejected(dev, "recomp_algorithm", "algo=" + "z" * 130, errno.E2BIG)
     attrs.store(dev, "disksize", "1M")
@@ -270,11 +384,17 @@ def test_algorithm_params(dev, tmp_path):
     attrs.store(dev, "algorithm_params", "priority=1 level=9 deflate.winbits=15 unknown=3")
     assert dev.comp_params[1].level == 9 and dev.comp_params[1].winbits == 15
     before = repr(dev.comp_params)
-    for bad, err in (("level", errno.EINVAL), ("level=", errno.EINVAL), ("algo=lz4hc", errno.EINVAL),
-                     ("priority=4 level=1", errno.EINVAL), ("priority=-1", errno.EINVAL),
-                     ("priority=x", errno.EINVAL), ("level=1x", errno.EINVAL),
-                     (f"dict={tmp_path / 'missing'}", errno.EINVAL),
-                     ("level=99999999999", errno.ERANGE)):
+    for bad, err in (
+        ("level", errno.EINVAL),
+        ("level=", errno.EINVAL),
+        ("algo=lz4hc", errno.EINVAL),
+        ("priority=4 level=1", errno.EINVAL),
+        ("priority=-1", errno.EINVAL),
+        ("priority=x", errno.EINVAL),
+        ("level=1x", errno.EINVAL),
+        (f"dict={tmp_path / 'missing'}", errno.EINVAL),
+        ("level=99999999999", errno.ERANGE),
+    ):
         rejected(dev, "algorithm_params", bad, err)
     assert repr(dev.comp_params) == before
     # a write replaces every parameter of that priority
@@ -356,28 +476,36 @@ def test_backing_dev_attr(dev, tmp_path):
 def test_writeback_attr(reg, dev, live, tmp_path):
     new_id = reg.hot_add()
     other = reg.devices[new_id]
-    rejected(other, "writeback", "huge", errno.EINVAL)          # uninitialised
+    rejected(other, "writeback", "huge", errno.EINVAL)  # uninitialised
     attrs.store(other, "disksize", "1M")
-    rejected(other, "writeback", "huge", errno.ENODEV)          # no backing device
+    rejected(other, "writeback", "huge", errno.ENODEV)  # no backing device
     n = live.nr_pages
-    for bad, err in (("foo", errno.EINVAL), ("type=foo", errno.EINVAL), ("type=", errno.EINVAL),
-                     (f"page_index={n}", errno.ERANGE), ("page_index=abc", errno.EINVAL),
-                     ("page_index=", errno.EINVAL), ("page_indexes=5", errno.EINVAL),
-                     ("page_indexes=3-1", errno.ERANGE), (f"page_indexes=0-{n}", errno.ERANGE),
-                     ("page_indexes=a-3", errno.EINVAL), ("page_index=1 bogus", errno.EINVAL)):
+    for bad, err in (
+        ("foo", errno.EINVAL),
+        ("type=foo", errno.EINVAL),
+        ("type=", errno.EINVAL),
+        (f"page_index={n}", errno.ERANGE),
+        ("page_index=abc", errno.EINVAL),
+        ("page_index=", errno.EINVAL),
+        ("page_indexes=5", errno.EINVAL),
+        ("page_indexes=3-1", errno.ERANGE),
+        (f"page_indexes=0-{n}", errno.ERANGE),
+        ("page_indexes=a-3", errno.EINVAL),
+        ("page_index=1 bogus", errno.EINVAL),
+    ):
         rejected(live, "writeback", bad, err)
     before = snapshot(live)
-    attrs.store(live, "writeback", "")                            # nothing to do
-    attrs.store(live, "writeback", "unknown=1")                   # unknown keys ignored
+    attrs.store(live, "writeback", "")  # nothing to do
+    attrs.store(live, "writeback", "unknown=1")  # unknown keys ignored
     assert snapshot(live) == before
     attrs.store(live, "writeback", "type=huge")
     bd = [int(x) for x in attrs.show(live, "bd_stat").split()]
     assert bd[0] == bd[2] > 0
-    assert attrs.show(live, "mm_stat").split()[7] == "0"          # no huge pages left in RAM
+    assert attrs.show(live, "mm_stat").split()[7] == "0"  # no huge pages left in RAM
     # a mode word ends parsing: the page_index after it is ignored
     attrs.store(live, "idle", "all")
     attrs.store(live, "writeback", "page_index=1 page_indexes=2-3")
-    with pytest.raises(ZramError) as ei:   # not EINVAL: parsing stopped at "idle"
+    with pytest.raises(ZramError) as ei:  # not EINVAL: parsing stopped at "idle"
         attrs.store(live, "writeback", "idle page_index=abc")
     assert ei.value.errno == errno.ENOSPC  # more idle blocks than the 32-block file holds
     assert int(attrs.show(live, "bd_stat").split()[0]) == 32
@@ -389,7 +517,7 @@ def test_writeback_limit_attrs(live):
     rejected(live, "writeback_limit_enable", "yes", errno.EINVAL)
     attrs.store(live, "writeback_limit_enable", "5")
     assert attrs.show(live, "writeback_limit_enable") == "1\n"
-    rejected(live, "writeback", "huge", errno.EIO)                # budget 0
+    rejected(live, "writeback", "huge", errno.EIO)  # budget 0
     attrs.store(live, "writeback_limit", "1\n")
     assert attrs.show(live, "writeback_limit") == "1\n"
     with pytest.raises(ZramError) as ei:
@@ -413,16 +541,22 @@ def test_compressed_writeback_attr(reg, tmp_path):
 
 
 def test_recompress_attr(dev):
-    rejected(dev, "recompress", "type=huge", errno.EINVAL)       # uninitialised
+    rejected(dev, "recompress", "type=huge", errno.EINVAL)  # uninitialised
     attrs.store(dev, "recomp_algorithm", "algo=zstd")
     attrs.store(dev, "disksize", "1M")
     rng = random.Random(3)
     for i in range(16):
         dev.write(i * PAGE, random_page(rng) if i % 2 else text_page(rng))
-    for bad, err in (("type", errno.EINVAL), ("threshold=99999", errno.EINVAL),
-                     ("max_pages=x", errno.EINVAL), ("threshold=-1", errno.EINVAL),
-                     ("algo=lz4hc", errno.EINVAL), ("priority=2", errno.EINVAL),
-                     ("priority=-1", errno.EINVAL), (f"threshold={dev.pool.huge_class_size}", errno.EINVAL)):
+    for bad, err in (
+        ("type", errno.EINVAL),
+        ("threshold=99999", errno.EINVAL),
+        ("max_pages=x", errno.EINVAL),
+        ("threshold=-1", errno.EINVAL),
+        ("algo=lz4hc", errno.EINVAL),
+        ("priority=2", errno.EINVAL),
+        ("priority=-1", errno.EINVAL),
+        (f"threshold={dev.pool.huge_class_size}", errno.EINVAL),
+    ):
         rejected(dev, "recompress", bad, err)
     attrs.store(dev, "recompress", "type=huge")
     attrs.store(dev, "recompress", "type=idle threshold=2000")
@@ -453,19 +587,25 @@ def test_block_stat_counts_requests(reg):
     d.flush()
     f = attrs.show(d, "stat").split()
     assert len(f) == 17
-    assert int(f[0]) == 1 and int(f[2]) == PAGE >> 9          # read ios, sectors
+    assert int(f[0]) == 1 and int(f[2]) == PAGE >> 9  # read ios, sectors
     assert int(f[4]) == 2 and int(f[6]) == (3 * PAGE >> 9) + 1
-    assert int(f[15]) == 1                                   # flushes
+    assert int(f[15]) == 1  # flushes
     d.discard(0, PAGE)
-    assert attrs.show(d, "stat").split()[11] == "0"          # zram does not account discards
+    assert attrs.show(d, "stat").split()[11] == "0"  # zram does not account discards
     assert attrs.show(d, "io_stat") == "       0        0 0        1\n"
 
 
 # ---------------------------------------------------------------------------- zram-control
 def test_hot_add_hot_remove_text(reg):
     assert attrs.hot_add_show(reg) == "1\n"
-    for bad, err in (("abc", errno.EINVAL), ("-1", errno.EINVAL), ("", errno.EINVAL),
-                     ("99", errno.ENODEV), ("99999999999", errno.ERANGE), ("1.0", errno.EINVAL)):
+    for bad, err in (
+        ("abc", errno.EINVAL),
+        ("-1", errno.EINVAL),
+        ("", errno.EINVAL),
+        ("99", errno.ENODEV),
+        ("99999999999", errno.ERANGE),
+        ("1.0", errno.EINVAL),
+    ):
         with pytest.raises(ZramError) as ei:
             attrs.hot_remove_store(reg, bad)
         assert ei.value.errno == err, bad
@@ -488,5 +628,5 @@ def test_block_state(reg):
     d.write(3 * PAGE, random_page(random.Random(4)))
     attrs.store(d, "idle", "all")
     assert attrs.format_block_state(d) == (
-        "           0           75.000000 s.....\n"
-        "           3           75.000000 ..hi..\n")
+        "           0           75.000000 s.....\n           3           75.000000 ..hi..\n"
+    )

@@ -11,6 +11,7 @@ benchmark, so it cannot rot.
 The runs need root, /dev/fuse and fio; they skip without them (a missing FUSE fails instead when
 ZRAMFS_REQUIRE_FUSE=1, as in CI). Together well under 60 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,11 @@ def _load(module: str) -> ModuleType:
     package is not installed: it lives in scripts/)."""
     if "bench" not in sys.modules:
         spec = importlib.util.spec_from_file_location(
-            "bench", PACKAGE / "__init__.py", submodule_search_locations=[str(PACKAGE)])
+            "bench", PACKAGE / "__init__.py", submodule_search_locations=[str(PACKAGE)]
+        )
         assert spec and spec.loader
         pkg = importlib.util.module_from_spec(spec)
-        sys.modules["bench"] = pkg   # submodules and dataclasses look the package up by name
+        sys.modules["bench"] = pkg  # submodules and dataclasses look the package up by name
         spec.loader.exec_module(pkg)
     return importlib.import_module(f"bench.{module}")
 
@@ -82,17 +84,44 @@ LOCK_STAT = """lock_stat version 0.4
 def test_parsers() -> None:
     b = _load("readings")
     rows = b.parse_lock_stat(LOCK_STAT)
-    assert rows["&pool->migrate_lock-W"] == {"contentions": 3, "wait_max_us": 20.25,
-                                             "wait_total_us": 30.0, "acquisitions": 12}
+    assert rows["&pool->migrate_lock-W"] == {
+        "contentions": 3,
+        "wait_max_us": 20.25,
+        "wait_total_us": 30.0,
+        "acquisitions": 12,
+    }
     assert rows["&pool->migrate_lock-R"]["acquisitions"] == 4567
     assert rows["PG_locked"]["acquisitions"] == 99
-    d = b.lock_delta({"PG_locked": {"contentions": 0, "wait_total_us": 0.0, "wait_max_us": 0.0,
-                                    "acquisitions": 90}}, rows)
+    d = b.lock_delta(
+        {
+            "PG_locked": {
+                "contentions": 0,
+                "wait_total_us": 0.0,
+                "wait_max_us": 0.0,
+                "acquisitions": 90,
+            }
+        },
+        rows,
+    )
     assert d["PG_locked"]["acquisitions"] == 9 and d["&pool->migrate_lock-W"]["contentions"] == 3
-    fio = {"jobs": [{"read": {"total_ios": 70, "iops": 700.0, "bw_bytes": 2867200,
-                              "clat_ns": {"percentile": {"99.000000": 150000}}},
-                     "write": {"total_ios": 30, "iops": 300.0, "bw_bytes": 1228800,
-                               "clat_ns": {"percentile": {"99.000000": 250000}}}}]}
+    fio = {
+        "jobs": [
+            {
+                "read": {
+                    "total_ios": 70,
+                    "iops": 700.0,
+                    "bw_bytes": 2867200,
+                    "clat_ns": {"percentile": {"99.000000": 150000}},
+                },
+                "write": {
+                    "total_ios": 30,
+                    "iops": 300.0,
+                    "bw_bytes": 1228800,
+                    "clat_ns": {"percentile": {"99.000000": 250000}},
+                },
+            }
+        ]
+    }
     s = _load("jobs").summarise_fio(fio)
     assert s["iops"] == 1000.0 and s["p99_us"] == 150.0 and s["p99_write_us"] == 250.0
     size = _load("cli").image_size_arg
@@ -107,7 +136,7 @@ def test_settle_defaults_and_bad_value() -> None:
     negative value refused before anything is mounted."""
     b = _load("cli")
     assert b.DEFAULT_SETTLE_S > 0
-    assert b.make_parser().parse_args([]).settle is None       # main() fills in the default
+    assert b.make_parser().parse_args([]).settle is None  # main() fills in the default
     with pytest.raises(SystemExit, match="--settle must be >= 0"):
         b.main(["--settle", "-1", "--out", "/nonexistent/never-created"])
 
@@ -119,7 +148,8 @@ def test_profile_summary(tmp_path: Path) -> None:
         "FUSE._wrapper (mfusepy.py:1487);FUSE.write (mfusepy.py:1633);ZramFS.write (zramfs/fs.py:350);"
         "ZramDevice.write (zramfs/device.py:620);Lz4Codec.compress (zramfs/codecs.py:125) 3\n"
         "FUSE._wrapper (mfusepy.py:1487);FUSE.write (mfusepy.py:1633);"
-        "string_at (ctypes/__init__.py:519) 1\n")
+        "string_at (ctypes/__init__.py:519) 1\n"
+    )
     s = b.summarise_profile(raw)
     assert s["samples"] == 4
     assert dict(s["categories"]) == {"codec": 75.0, "FUSE binding": 25.0}
@@ -131,26 +161,48 @@ def test_quick_run(tmp_path: Path) -> None:
     out = tmp_path / "out"
     jobs = "randwrite-4k,randread-4k-4j,seqread-128k,randrw-70-30,real-write-128k,real-randread-4k"
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--size", "8M",
-                        "--systems", "zramfs-lz4,nullfs", "--rounds", "1", "--jobs", jobs,
-                        "--settle", "0.1", "--out", str(out)], cwd=REPO, capture_output=True,
-                       text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--size",
+            "8M",
+            "--systems",
+            "zramfs-lz4,nullfs",
+            "--rounds",
+            "1",
+            "--jobs",
+            jobs,
+            "--settle",
+            "0.1",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
     assert time.monotonic() - t0 < 60, p.stdout
     # this run's mounts only: another benchmark may be running on the machine
-    workdir = next(line.split()[2].split("/zramfs-lz4/")[0] for line in p.stdout.splitlines()
-                   if line.startswith("bench: zramfs-lz4: "))
+    workdir = next(
+        line.split()[2].split("/zramfs-lz4/")[0]
+        for line in p.stdout.splitlines()
+        if line.startswith("bench: zramfs-lz4: ")
+    )
     assert "zramfs-bench." in workdir and not _mounts_under(workdir), p.stdout
     assert not os.path.exists(workdir)
-    assert p.stdout.count("round 1/1") == 12, p.stdout      # one progress line per job run
+    assert p.stdout.count("round 1/1") == 12, p.stdout  # one progress line per job run
     report = json.loads((out / "results.json").read_text())
     for job in jobs.split(","):
         per = report["summary"][job]
         assert set(per) == {"zramfs-lz4", "nullfs"}, (job, per)
         for row in per.values():
             assert row["iops"]["median"] > 0 and row["mbps"]["median"] > 0
-            if job != "real-write-128k":     # 8 MiB written in a few ms: below the tick
-                assert row["cpu_us_per_io"]["median"] > 0     # the server's CPU time per I/O
+            if job != "real-write-128k":  # 8 MiB written in a few ms: below the tick
+                assert row["cpu_us_per_io"]["median"] > 0  # the server's CPU time per I/O
         assert per["zramfs-lz4"]["ratio_to_ref"] == 1.0
     mm = report["memory"]["zramfs-lz4"]["mm_stat"]
     assert mm["orig_data_size"] > 0 and 0 < mm["compr_data_size"] < mm["orig_data_size"]
@@ -172,10 +224,27 @@ def test_quick_run(tmp_path: Path) -> None:
 
 def test_sigterm_tears_down(tmp_path: Path) -> None:
     _need_run()
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--quick", "--size", "8M",
-                             "--runtime", "60", "--systems", "zramfs-lz4,nullfs",
-                             "--jobs", "randread-4k", "--out", str(tmp_path / "out")],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--size",
+            "8M",
+            "--runtime",
+            "60",
+            "--systems",
+            "zramfs-lz4,nullfs",
+            "--jobs",
+            "randread-4k",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     workdir = None
     lines = []
     try:
@@ -186,7 +255,7 @@ def test_sigterm_tears_down(tmp_path: Path) -> None:
             if line.startswith("bench: zramfs-lz4: ") and workdir is None:
                 workdir = line.split()[2].split("/zramfs-lz4/")[0]
             if line.startswith("bench: prefilled nullfs"):
-                time.sleep(1.0)          # fio is running its 60 s job now
+                time.sleep(1.0)  # fio is running its 60 s job now
                 break
             assert time.monotonic() < deadline, "".join(lines)
         assert workdir and _mounts_under(workdir), "".join(lines)
@@ -207,9 +276,23 @@ def test_server_cpu_on_a_null_mount(zmount) -> None:
     fixture's foreground ``zramfs mount --backend null``, unmounted after)."""
     _need_run()
     m = zmount("--backend", "null", "--size", "8M")
-    p = subprocess.run([sys.executable, str(SCRIPT), "server-cpu", str(m.proc.pid),
-                        str(m.image()), "--jobs", "randwrite-4k,randread-4k", "--runtime", "1"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "server-cpu",
+            str(m.proc.pid),
+            str(m.image()),
+            "--jobs",
+            "randwrite-4k,randread-4k",
+            "--runtime",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
     for job in ("randwrite-4k", "randread-4k"):
         assert f"{job}: ios=" in p.stdout, p.stdout

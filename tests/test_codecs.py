@@ -1,5 +1,6 @@
 """zramfs.codecs: every backend round-trips pages, honours levels and dictionaries, keeps
 per-thread contexts, and reports corrupt input as CodecError (EIO)."""
+
 from __future__ import annotations
 
 import errno
@@ -28,8 +29,12 @@ def test_available_lists_only_real_backends_in_kernel_order():
 def test_roundtrip_mixed_pages(name):
     rng = random.Random(1)
     c = codecs.get_codec(name)
-    for page in [text_page(rng) for _ in range(20)] + [random_page(rng), half_page(rng),
-                                                       same_page(0), same_page(0xdeadbeef)]:
+    for page in [text_page(rng) for _ in range(20)] + [
+        random_page(rng),
+        half_page(rng),
+        same_page(0),
+        same_page(0xDEADBEEF),
+    ]:
         data = c.compress(page)
         assert isinstance(data, bytes)
         assert c.decompress(data) == page
@@ -45,9 +50,9 @@ def test_text_compresses_random_does_not(name):
 
 
 def test_default_levels_match_kernel_backends():
-    assert codecs.get_codec("lz4").level == 1          # LZ4_ACCELERATION_DEFAULT
-    assert codecs.get_codec("lz4hc").level == 9        # LZ4HC_DEFAULT_CLEVEL
-    assert codecs.get_codec("zstd").level == 3         # ZSTD_CLEVEL_DEFAULT
+    assert codecs.get_codec("lz4").level == 1  # LZ4_ACCELERATION_DEFAULT
+    assert codecs.get_codec("lz4hc").level == 9  # LZ4HC_DEFAULT_CLEVEL
+    assert codecs.get_codec("zstd").level == 3  # ZSTD_CLEVEL_DEFAULT
     assert codecs.get_codec("deflate").level == zlib.Z_DEFAULT_COMPRESSION
     deflate = codecs.get_codec("deflate")
     assert isinstance(deflate, codecs.DeflateCodec) and deflate.winbits == 11  # DEFLATE_DEF_WINBITS
@@ -64,7 +69,7 @@ def test_levels_change_output():
         return sum(map(len, out))
 
     assert total("zstd", 19) < total("zstd", 1)
-    assert total("lz4", 32) > total("lz4", 1)          # acceleration trades ratio for speed
+    assert total("lz4", 32) > total("lz4", 1)  # acceleration trades ratio for speed
     assert total("lz4hc", 12) <= total("lz4hc", 3)
     assert total("deflate", 9) <= total("deflate", 1)
 
@@ -73,7 +78,7 @@ def test_deflate_is_raw_with_window_bits():
     page = text_page(random.Random(4))
     c = codecs.get_codec("deflate", winbits=15)
     data = c.compress(page)
-    assert zlib.decompress(data, -15) == page          # raw stream, no zlib header
+    assert zlib.decompress(data, -15) == page  # raw stream, no zlib header
     with pytest.raises(ZramError) as ei:
         codecs.get_codec("deflate", winbits=20)
     assert ei.value.errno == errno.EINVAL
@@ -89,7 +94,7 @@ def test_dictionary_improves_ratio_and_is_required(name):
         # the stub wants an invariant list[bytes | bytearray | memoryview]
         dictionary = zstandard.train_dictionary(16384, samples).as_bytes()  # type: ignore[arg-type]
     else:
-        dictionary = text[: 32768]
+        dictionary = text[:32768]
     plain = codecs.get_codec(name)
     with_dict = codecs.get_codec(name, dictionary=dictionary)
     pages = [text_page(rng) for _ in range(40)]
@@ -164,17 +169,17 @@ def test_zstd_contexts_are_pooled_and_reused():
     c = codecs.get_codec("zstd")
     assert isinstance(c, codecs.ZstdCodec)
     page = text_page(random.Random(7))
-    assert c._cctxs.qsize() == 1 and c._dctxs.qsize() == 1     # built (and checked) up front
+    assert c._cctxs.qsize() == 1 and c._dctxs.qsize() == 1  # built (and checked) up front
     for _ in range(3):
         assert c.decompress(c.compress(page)) == page
-    assert c._cctxs.qsize() == 1 and c._dctxs.qsize() == 1     # reused, not rebuilt
+    assert c._cctxs.qsize() == 1 and c._dctxs.qsize() == 1  # reused, not rebuilt
     t = threading.Thread(target=lambda: c.decompress(c.compress(page)))
     t.start()
     t.join()
-    assert c._cctxs.qsize() == 1 and c._dctxs.qsize() == 1     # another thread borrows them
-    held = c._cctxs.get_nowait()                                # "in use" by someone else
+    assert c._cctxs.qsize() == 1 and c._dctxs.qsize() == 1  # another thread borrows them
+    held = c._cctxs.get_nowait()  # "in use" by someone else
     assert c.decompress(c.compress(page)) == page
-    assert c._cctxs.qsize() == 1 and c._cctxs.get_nowait() is not held   # a second one
+    assert c._cctxs.qsize() == 1 and c._cctxs.get_nowait() is not held  # a second one
     blob = c.compress(page)
     d = codecs.get_codec("zstd")
     assert isinstance(d, codecs.ZstdCodec)
@@ -188,7 +193,7 @@ def test_parameters_are_checked_when_the_codec_is_created():
         with pytest.raises(ZramError) as ei:
             codecs.get_codec("deflate", level=level)
         assert ei.value.errno == errno.EINVAL
-    c = codecs.get_codec("lz4", level=-3)      # acceleration < 1 means the default
+    c = codecs.get_codec("lz4", level=-3)  # acceleration < 1 means the default
     page = text_page(random.Random(8))
     assert c.decompress(c.compress(page)) == page
 
@@ -197,6 +202,7 @@ def test_lz4_uses_lz4_compress_fast_like_the_kernel():
     """backend_lz4 calls LZ4_compress_fast (byU16 table under 64 KiB), not the stream API:
     the lengths must be those of LZ4_compress_fast, which differ from lz4.block.compress."""
     import lz4.block
+
     c = codecs.get_codec("lz4")
     assert isinstance(c, codecs.Lz4Codec)
     assert codecs._LZ4_COMPRESS_FAST is not None and c._fast is not None
@@ -223,11 +229,12 @@ def test_lz4_exact_path_is_the_one_installed():
     LZ4_compress_fast.  This fails when an upgrade of python-lz4 (or a missing liblz4) leaves
     only lz4.block, whose compressed lengths are not the kernel's."""
     import lz4
+
     assert codecs.lz4_path() == codecs.LZ4_PATH_EXACT, (
-        f"lz4 has fallen back to lz4.block (python-lz4 {lz4.__version__}): "
-        f"{codecs._LZ4_BINDING}")
+        f"lz4 has fallen back to lz4.block (python-lz4 {lz4.__version__}): {codecs._LZ4_BINDING}"
+    )
     assert codecs.lz4_path_warning() is None
-    assert ".so" in codecs._LZ4_BINDING          # the library it came from
+    assert ".so" in codecs._LZ4_BINDING  # the library it came from
     c = codecs.get_codec("lz4")
     assert isinstance(c, codecs.Lz4Codec) and c._fast is codecs._LZ4_COMPRESS_FAST
 
@@ -260,6 +267,7 @@ def test_lz4_fallback_is_visible(monkeypatch):
     """Without the binding the codec falls back to lz4.block, and everything that reports the
     path says so: lz4_path() and the start-up warning (with the reason)."""
     import lz4.block
+
     simulate_lz4_binding_lost(monkeypatch)
     assert codecs.lz4_path() == codecs.LZ4_PATH_INEXACT
     warning = codecs.lz4_path_warning()

@@ -75,8 +75,9 @@ class Layout:
 class Holder(threading.Thread):
     """Maps `handle` (zspage read lock held) until release(); optionally writes through it."""
 
-    def __init__(self, pool: Pool, handle: int, mode: MapMode = MapMode.RO,
-                 write: bytes | None = None) -> None:
+    def __init__(
+        self, pool: Pool, handle: int, mode: MapMode = MapMode.RO, write: bytes | None = None
+    ) -> None:
         super().__init__(daemon=True, name="holder")
         self.pool, self.handle, self.mode, self.write = pool, handle, mode, write
         self.mapped = threading.Event()
@@ -89,7 +90,7 @@ class Holder(threading.Thread):
                 self.mapped.set()
                 self._go.wait(20)
                 if self.write is not None:
-                    buf[:len(self.write)] = self.write
+                    buf[: len(self.write)] = self.write
         except BaseException as e:  # pragma: no cover - reported by the test
             self.error = e
             self.mapped.set()
@@ -152,7 +153,7 @@ def test_compaction_gives_way_to_a_queued_reader(pool: Pool) -> None:
     time.sleep(0.05)
     assert not reader.done.is_set(), "the reader must wait while compaction holds migrate_lock"
 
-    holder.release()              # compaction proceeds, fills D1, sees the queued reader
+    holder.release()  # compaction proceeds, fills D1, sees the queued reader
     freed = compactor.finish()
     assert reader.finish() == lay.live[lay.other], "the reader proceeded and read its object"
     assert MIGRATE_LOCK.read.contentions > contentions, "lock_stat: the reader's wait is counted"
@@ -214,7 +215,7 @@ def test_compactor_waits_for_a_mapped_destination(pool: Pool) -> None:
     assert map_src.finish() == lay.live[lay.s_handles[1]]
     h_same = same_class_malloc.finish()
     assert isinstance(h_same, int)
-    lay.live[target] = new + lay.live[target][len(new):]
+    lay.live[target] = new + lay.live[target][len(new) :]
     assert pool.read_object(target, SIZE) == new, "the write under the mapping survived"
     pool.free(h_same)
     pool.free(h_other)

@@ -8,6 +8,7 @@ daemon never compacts, so mm_stat is exactly what it is with compaction ``off`` 
 tests/test_kernel_diff.py, what the kernel reports); under pressure or near mem_limit it
 compacts like the kernel's zsmalloc shrinker.
 """
+
 from __future__ import annotations
 
 import errno
@@ -65,8 +66,14 @@ def new_registry(devices: int = 1, pages: int = 512) -> Registry:
     return reg
 
 
-def churn(reg: Registry, daemon: CompactionDaemon | None, *, dev_id: int = 0, pages: int = 512,
-          seed: int = 5) -> None:
+def churn(
+    reg: Registry,
+    daemon: CompactionDaemon | None,
+    *,
+    dev_id: int = 0,
+    pages: int = 512,
+    seed: int = 5,
+) -> None:
     """Fill, discard a random 60 %, rewrite a random 30 %, discard some more; the daemon
     (when given) scans after every 32 operations, as its timer would between requests."""
     dev = reg.devices[dev_id]
@@ -115,18 +122,21 @@ class BrokenPressure:
 
 
 # ---- the policy string -------------------------------------------------------------------------
-@pytest.mark.parametrize("text, kind, value, shown", [
-    ("off", PolicyKind.OFF, None, "off"),
-    ("shrinker", PolicyKind.SHRINKER, None, "shrinker"),
-    ("shrinker\n", PolicyKind.SHRINKER, None, "shrinker"),       # echo's newline
-    ("threshold:64", PolicyKind.THRESHOLD, 64, "threshold:64"),
-    ("threshold:0x40", PolicyKind.THRESHOLD, 64, "threshold:64"),  # kstrtouint base 0
-    ("threshold:010", PolicyKind.THRESHOLD, 8, "threshold:8"),
-    ("threshold:0", PolicyKind.THRESHOLD, 0, "threshold:0"),
-    ("interval:0", PolicyKind.INTERVAL, 0, "interval:0"),
-    ("interval:250\n", PolicyKind.INTERVAL, 250, "interval:250"),
-    (f"interval:{U32_MAX}", PolicyKind.INTERVAL, U32_MAX, f"interval:{U32_MAX}"),
-])
+@pytest.mark.parametrize(
+    "text, kind, value, shown",
+    [
+        ("off", PolicyKind.OFF, None, "off"),
+        ("shrinker", PolicyKind.SHRINKER, None, "shrinker"),
+        ("shrinker\n", PolicyKind.SHRINKER, None, "shrinker"),  # echo's newline
+        ("threshold:64", PolicyKind.THRESHOLD, 64, "threshold:64"),
+        ("threshold:0x40", PolicyKind.THRESHOLD, 64, "threshold:64"),  # kstrtouint base 0
+        ("threshold:010", PolicyKind.THRESHOLD, 8, "threshold:8"),
+        ("threshold:0", PolicyKind.THRESHOLD, 0, "threshold:0"),
+        ("interval:0", PolicyKind.INTERVAL, 0, "interval:0"),
+        ("interval:250\n", PolicyKind.INTERVAL, 250, "interval:250"),
+        (f"interval:{U32_MAX}", PolicyKind.INTERVAL, U32_MAX, f"interval:{U32_MAX}"),
+    ],
+)
 def test_parse_policy_accepts(text: str, kind: PolicyKind, value: int | None, shown: str) -> None:
     spec = parse_policy(text)
     assert spec == PolicySpec(kind, value)
@@ -134,13 +144,41 @@ def test_parse_policy_accepts(text: str, kind: PolicyKind, value: int | None, sh
     assert parse_policy(shown) == spec
 
 
-@pytest.mark.parametrize("text", [
-    "", "\n", "Shrinker", "SHRINKER", " shrinker", "shrinker ", "shrinker\n\n", "shrinker:",
-    "shrinker:1", "off:0", "on", "threshold", "threshold:", "threshold:-1", "threshold:abc",
-    "threshold: 1", "threshold:1 ", "threshold:1\n\n", "threshold:1:2", "threshold:1_0",
-    "threshold:0b1", f"threshold:{U32_MAX + 1}", "interval", "interval:", "interval:1.5",
-    "interval:99999999999999999999", "x" * 200, "\x00", "shrinker\x00", "\udcff",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "\n",
+        "Shrinker",
+        "SHRINKER",
+        " shrinker",
+        "shrinker ",
+        "shrinker\n\n",
+        "shrinker:",
+        "shrinker:1",
+        "off:0",
+        "on",
+        "threshold",
+        "threshold:",
+        "threshold:-1",
+        "threshold:abc",
+        "threshold: 1",
+        "threshold:1 ",
+        "threshold:1\n\n",
+        "threshold:1:2",
+        "threshold:1_0",
+        "threshold:0b1",
+        f"threshold:{U32_MAX + 1}",
+        "interval",
+        "interval:",
+        "interval:1.5",
+        "interval:99999999999999999999",
+        "x" * 200,
+        "\x00",
+        "shrinker\x00",
+        "\udcff",
+    ],
+)
 def test_parse_policy_refuses_with_einval(text: str) -> None:
     with pytest.raises(BadPolicy) as info:
         parse_policy(text)
@@ -184,19 +222,20 @@ def test_shrinker_without_pressure_keeps_the_mm_stat_of_off() -> None:
     quiet, off = new_registry(), new_registry()
     default = CompactionDaemon(quiet)
     assert default.policy.kind is PolicyKind.SHRINKER and isinstance(default.pressure, PsiPressure)
-    daemon = CompactionDaemon(quiet, CompactionPolicy(interval_ms=5),
-                              pressure=SimulatedPressure(0.0))
+    daemon = CompactionDaemon(
+        quiet, CompactionPolicy(interval_ms=5), pressure=SimulatedPressure(0.0)
+    )
     idle = CompactionDaemon(off, CompactionPolicy(PolicyKind.OFF))
     daemon.start()
-    assert daemon.stats.last_pressure is not None          # read once before the thread ran
+    assert daemon.stats.last_pressure is not None  # read once before the thread ran
     try:
         churn(quiet, daemon)
     finally:
         daemon.stop()
     churn(off, idle)
     assert mm_stat(quiet) == mm_stat(off)
-    assert mm_stat(quiet)[6] == 0                              # pages_compacted
-    assert freeable(quiet) > 0                                 # there was something to take
+    assert mm_stat(quiet)[6] == 0  # pages_compacted
+    assert freeable(quiet) > 0  # there was something to take
     assert daemon.stats.scans > 0 and daemon.stats.runs == 0
     assert daemon.stats.last_pressure == PressureReading(0.0, "simulated")
     assert idle.stats.scans == 0
@@ -209,9 +248,9 @@ def test_shrinker_compacts_under_pressure() -> None:
     churn(reg, daemon)
     before = freeable(reg)
     assert before > 0 and daemon.stats.runs == 0
-    pressure.some_avg10 = PSI_SOME_AVG10_THRESHOLD - 0.01      # below: nothing
+    pressure.some_avg10 = PSI_SOME_AVG10_THRESHOLD - 0.01  # below: nothing
     assert daemon.scan_once() == 0
-    pressure.some_avg10 = PSI_SOME_AVG10_THRESHOLD             # at the threshold: acts
+    pressure.some_avg10 = PSI_SOME_AVG10_THRESHOLD  # at the threshold: acts
     freed = daemon.scan_once()
     assert freed > 0 and freeable(reg) < before
     assert daemon.stats.runs == daemon.stats.runs_by_reason[Reason.PRESSURE] == 1
@@ -246,9 +285,9 @@ def test_shrinker_compacts_a_device_near_its_mem_limit() -> None:
     churn(reg, None)
     assert dev.pool is not None
     used = dev.pool.total_pages
-    attrs.store(dev, "mem_limit", str(2 * used * PAGE))         # far from it: nothing
+    attrs.store(dev, "mem_limit", str(2 * used * PAGE))  # far from it: nothing
     assert daemon.scan_once() == 0 and daemon.stats.runs == 0
-    attrs.store(dev, "mem_limit", str((used + 4) * PAGE))       # within the margin
+    attrs.store(dev, "mem_limit", str((used + 4) * PAGE))  # within the margin
     freed = daemon.scan_once()
     assert freed > 0 and dev.pool.total_pages < used
     assert daemon.stats.runs_by_reason[Reason.MEM_LIMIT] == 1
@@ -257,12 +296,12 @@ def test_shrinker_compacts_a_device_near_its_mem_limit() -> None:
 
 
 def test_mem_limit_margin() -> None:
-    assert not near_mem_limit(10**6, 0)                         # no limit
+    assert not near_mem_limit(10**6, 0)  # no limit
     assert mem_limit_margin(100) == MEM_LIMIT_MARGIN_MIN_PAGES
     assert near_mem_limit(84, 100) and not near_mem_limit(83, 100)
-    assert mem_limit_margin(1600) == 100                        # 1/16
+    assert mem_limit_margin(1600) == 100  # 1/16
     assert near_mem_limit(1500, 1600) and not near_mem_limit(1499, 1600)
-    assert near_mem_limit(2000, 1600)                           # already over it
+    assert near_mem_limit(2000, 1600)  # already over it
 
 
 def test_a_failing_pressure_source_is_no_pressure() -> None:
@@ -280,14 +319,19 @@ def test_threshold_compacts_at_and_above_pages() -> None:
     churn(reg, None)
     n = freeable(reg)
     assert n > 1
-    daemon = CompactionDaemon(reg, CompactionPolicy().with_spec(f"threshold:{n + 1}"),
-                              pressure=SimulatedPressure(99.0))   # pressure plays no part
+    daemon = CompactionDaemon(
+        reg, CompactionPolicy().with_spec(f"threshold:{n + 1}"), pressure=SimulatedPressure(99.0)
+    )  # pressure plays no part
     assert daemon.scan_once() == 0
     daemon.set_policy(f"threshold:{n}")
     assert daemon.scan_once() > 0
-    assert daemon.stats.runs_by_reason == {Reason.PRESSURE: 0, Reason.MEM_LIMIT: 0,
-                                           Reason.THRESHOLD: 1, Reason.INTERVAL: 0}
-    assert daemon.stats.last_pressure is None                  # not consulted
+    assert daemon.stats.runs_by_reason == {
+        Reason.PRESSURE: 0,
+        Reason.MEM_LIMIT: 0,
+        Reason.THRESHOLD: 1,
+        Reason.INTERVAL: 0,
+    }
+    assert daemon.stats.last_pressure is None  # not consulted
     # threshold:0 is threshold:1: a pool with nothing freeable is left alone
     assert freeable(reg) == 0
     daemon.set_policy("threshold:0")
@@ -302,7 +346,7 @@ def test_interval_compacts_every_device_when_due() -> None:
     clock = FakeClock()
     daemon = CompactionDaemon(reg, CompactionPolicy().with_spec("interval:100"), clock=clock)
     assert daemon.scan_once() > 0
-    assert daemon.stats.runs_by_reason[Reason.INTERVAL] == 2   # both devices, dev 1 is empty
+    assert daemon.stats.runs_by_reason[Reason.INTERVAL] == 2  # both devices, dev 1 is empty
     clock.advance(0.099)
     assert daemon.scan_once() == 0 and daemon.stats.runs == 2  # not due yet
     clock.advance(0.001)
@@ -318,8 +362,9 @@ def test_interval_compacts_every_device_when_due() -> None:
 
 def test_off_never_scans_and_explicit_compaction_still_works() -> None:
     reg = new_registry()
-    daemon = CompactionDaemon(reg, CompactionPolicy(PolicyKind.OFF),
-                              pressure=SimulatedPressure(99.0))
+    daemon = CompactionDaemon(
+        reg, CompactionPolicy(PolicyKind.OFF), pressure=SimulatedPressure(99.0)
+    )
     churn(reg, daemon)
     assert daemon.stats.scans == 0 and daemon.stats.runs == 0
     attrs.store(reg.devices[0], "compact", "1")
@@ -340,7 +385,7 @@ def test_pages_compacted_counts_background_and_explicit_compactions() -> None:
     background = daemon.scan_once()
     assert background > 0 and mm_stat(reg)[6] == background
     pressure.some_avg10 = 0.0
-    for i in range(0, 1024, 3):                                # fragment again
+    for i in range(0, 1024, 3):  # fragment again
         dev.discard(i * PAGE, PAGE)
     daemon.scan_once()
     assert daemon.stats.runs == 1
@@ -353,8 +398,10 @@ def test_pages_compacted_counts_background_and_explicit_compactions() -> None:
 
 
 # ---- the pressure sources ------------------------------------------------------------------------
-PSI_TEXT = ("some avg10=2.50 avg60=0.80 avg300=0.10 total=123456\n"
-            "full avg10=1.00 avg60=0.20 avg300=0.00 total=654\n")
+PSI_TEXT = (
+    "some avg10=2.50 avg60=0.80 avg300=0.10 total=123456\n"
+    "full avg10=1.00 avg60=0.20 avg300=0.00 total=654\n"
+)
 
 
 def test_parse_psi() -> None:
@@ -389,12 +436,12 @@ def test_own_cgroup_pressure_file(tmp_path: Path) -> None:
     proc_cgroup.write_text("4:memory:/other\n0::/app/svc\n")
     find = lambda: own_cgroup_pressure_file(str(proc_cgroup), str(mounts))  # noqa: E731
     assert find() == str(root / "app" / "svc" / "memory.pressure")
-    proc_cgroup.write_text("0::/\n")                            # the root: /proc/pressure
+    proc_cgroup.write_text("0::/\n")  # the root: /proc/pressure
     assert find() is None
-    proc_cgroup.write_text("0::/app\n")                         # no memory.pressure there
+    proc_cgroup.write_text("0::/app\n")  # no memory.pressure there
     assert find() is None
     proc_cgroup.write_text("0::/app/svc\n")
-    mounts.write_text("tmpfs /sys/fs/cgroup tmpfs rw 0 0\n")   # no unified hierarchy
+    mounts.write_text("tmpfs /sys/fs/cgroup tmpfs rw 0 0\n")  # no unified hierarchy
     assert find() is None
     assert own_cgroup_pressure_file(str(tmp_path / "nope"), str(mounts)) is None
 
@@ -413,20 +460,33 @@ def test_module_parameters_set_and_show_the_policy() -> None:
     daemon = CompactionDaemon(reg, pressure=pressure)
     params: dict[str, Any] = {p.name: p for p in daemon.parameters()}  # .set: None if 0444
     writable = {n for n, p in params.items() if p.set is not None}
-    assert writable == {"compact_policy", "compact_enabled", "compact_threshold_pages",
-                        "compact_interval_ms"}
+    assert writable == {
+        "compact_policy",
+        "compact_enabled",
+        "compact_threshold_pages",
+        "compact_interval_ms",
+    }
     assert all(params[n].mode == 0o644 for n in writable)
     assert {n for n in params if n not in writable} == {
-        "compact_runs", "compact_pages_freed", "compact_runs_pressure",
-        "compact_runs_mem_limit", "compact_runs_threshold", "compact_runs_interval",
-        "compact_pressure"}
+        "compact_runs",
+        "compact_pages_freed",
+        "compact_runs_pressure",
+        "compact_runs_mem_limit",
+        "compact_runs_threshold",
+        "compact_runs_interval",
+        "compact_pressure",
+    }
     assert params["compact_policy"].get() == "shrinker"
     assert params["compact_pressure"].get() == "not read"
-    for text, shown in (("interval:0x20\n", "interval:32"), ("threshold:9", "threshold:9"),
-                        ("off", "off"), ("shrinker\n", "shrinker")):
+    for text, shown in (
+        ("interval:0x20\n", "interval:32"),
+        ("threshold:9", "threshold:9"),
+        ("off", "off"),
+        ("shrinker\n", "shrinker"),
+    ):
         params["compact_policy"].set(text)
         assert params["compact_policy"].get() == shown
-    assert params["compact_interval_ms"].get() == "32"      # interval:MS set the timer
+    assert params["compact_interval_ms"].get() == "32"  # interval:MS set the timer
     assert params["compact_threshold_pages"].get() == "9"
     for bad in ("bogus", "threshold:", "interval:-1", " off", "off\n\n"):
         with pytest.raises(OSError) as info:
@@ -470,11 +530,12 @@ def test_thread_follows_policy_changes() -> None:
     reg = new_registry()
     churn(reg, None)
     pressure = SimulatedPressure(0.0)
-    daemon = CompactionDaemon(reg, CompactionPolicy(PolicyKind.OFF, interval_ms=10),
-                              pressure=pressure)
+    daemon = CompactionDaemon(
+        reg, CompactionPolicy(PolicyKind.OFF, interval_ms=10), pressure=pressure
+    )
     daemon.start()
     try:
-        assert daemon.running and daemon.stats.last_pressure is None   # off: not consulted
+        assert daemon.running and daemon.stats.last_pressure is None  # off: not consulted
         daemon.kick()
         daemon.set_policy("off")
         assert daemon.stats.scans == 0
@@ -513,7 +574,7 @@ def test_mount_policy_through_the_module_parameter(zmount) -> None:
     assert reading != "not read"
     assert reading.startswith(("some avg10=", "unavailable")), reading
     fragment_image(m, 2048)
-    time.sleep(0.2)                                   # ~10 ticks at 20 ms
+    time.sleep(0.2)  # ~10 ticks at 20 ms
     # ... and, unless the host is under memory pressure, compacts nothing
     for reason in ("mem_limit", "threshold", "interval"):
         assert m.param(f"compact_runs_{reason}") == "0"
@@ -529,9 +590,11 @@ def test_mount_policy_through_the_module_parameter(zmount) -> None:
     assert wait_for(lambda: m.param("compact_runs_threshold") != "0")
     m.set_param("compact_policy", "off")
     assert m.param("compact_enabled") == "N"
+
     # once a pass in flight has finished, mm_stat's pages_compacted is what the daemon freed
     def pages_compacted() -> int:
         return m.mm_stat(0)[6] + m.mm_stat(1)[6]
+
     assert wait_for(lambda: pages_compacted() == int(m.param("compact_pages_freed")))
     assert m.mm_stat(1)[6] > 0
 
@@ -542,15 +605,18 @@ def test_mount_policy_through_the_command_line(zmount, tmp_path: Path) -> None:
     assert m.param("compact_policy") == "interval:50"
     assert m.param("compact_interval_ms") == "50"
     assert wait_for(lambda: m.param("compact_runs_interval") != "0")
-    m = zmount("--compact-policy", "threshold:5", "--no-compact")      # the last one wins
+    m = zmount("--compact-policy", "threshold:5", "--no-compact")  # the last one wins
     assert m.param("compact_policy") == "off"
-    m = zmount("--compact-interval", "0", "--compact-threshold", "1")   # the former options
+    m = zmount("--compact-interval", "0", "--compact-threshold", "1")  # the former options
     assert m.param("compact_policy") == "threshold:1"
     assert m.param("compact_interval_ms") == "0"
     mnt = tmp_path / "bad"
     mnt.mkdir()
-    for bad in (("--compact-policy", "nope"), ("--compact-policy", "threshold:"),
-                ("--compact-threshold", "-1")):
+    for bad in (
+        ("--compact-policy", "nope"),
+        ("--compact-policy", "threshold:"),
+        ("--compact-threshold", "-1"),
+    ):
         res = zramfs_cli("mount", str(mnt), *bad, check=False)
         assert res.returncode == 2, (bad, res.stdout, res.stderr)
         lines = res.stderr.strip().splitlines()

@@ -1,5 +1,6 @@
 """zramfs.device: lifecycle, registry, data path, limits, idle, writeback, recompression,
 compaction, statistics, the slot table's cost and cyclic garbage — against the real allocator."""
+
 from __future__ import annotations
 
 import errno
@@ -90,8 +91,8 @@ def test_uninitialised_device(reg):
     assert errno_of(d.write, 0, b"x") == errno.ENOSPC
     assert errno_of(d.compact) == errno.EINVAL
     assert errno_of(d.mark_idle, None) == errno.EINVAL
-    d.discard(0, 4096)          # nothing to do, no error
-    d.reset_mem_used_max()      # no-op when uninitialised
+    d.discard(0, 4096)  # nothing to do, no error
+    d.reset_mem_used_max()  # no-op when uninitialised
 
 
 def test_uninitialised_devices_are_cheap_and_counters_survive_nothing(reg):
@@ -121,7 +122,7 @@ def test_disksize_page_aligned_and_busy(reg):
 
 def test_disksize_too_big_is_enomem(reg):
     d = reg.devices[0]
-    assert errno_of(d.set_disksize, (1 << 64) - 1) == errno.ENOMEM   # PAGE_ALIGN wraps to 0
+    assert errno_of(d.set_disksize, (1 << 64) - 1) == errno.ENOMEM  # PAGE_ALIGN wraps to 0
     assert not d.initialized
 
 
@@ -140,9 +141,15 @@ def test_reset_frees_everything_and_reverts(reg):
     assert not d.initialized and d.disksize == 0 and d.limit_pages == 0
     assert d.comp_algs == [codecs.DEFAULT_ALGORITHM, None, None, None]
     s = d.stats()
-    assert (s.pages_stored, s.compr_data_size, s.same_pages, s.huge_pages, s.huge_pages_since,
-            s.max_used_pages) == (0, 0, 0, 0, 0, 0)
-    d.set_disksize(MiB)                    # usable again
+    assert (
+        s.pages_stored,
+        s.compr_data_size,
+        s.same_pages,
+        s.huge_pages,
+        s.huge_pages_since,
+        s.max_used_pages,
+    ) == (0, 0, 0, 0, 0, 0)
+    d.set_disksize(MiB)  # usable again
     d.write(0, b"a" * PAGE)
     assert d.read(0, 4) == b"aaaa"
 
@@ -163,7 +170,7 @@ def test_registry_ids_and_errors(reg):
     assert list(reg.devices) == [0]
     assert reg.hot_add() == 1 and reg.hot_add() == 2
     reg.hot_remove(1)
-    assert reg.hot_add() == 1                       # lowest free id (idr_alloc from 0)
+    assert reg.hot_add() == 1  # lowest free id (idr_alloc from 0)
     assert errno_of(reg.hot_remove, -1) == errno.EINVAL
     assert errno_of(reg.hot_remove, 7) == errno.ENODEV
     reg.devices[2].open()
@@ -187,7 +194,7 @@ def test_registry_shares_memory_with_own_pools():
         a.write(i * PAGE, text_page(rng))
         b.write(i * PAGE, random_page(rng))
     assert mem.nr_used == a.pool.total_pages + b.pool.total_pages
-    r.hot_remove(1)                                  # removing resets: frames go back
+    r.hot_remove(1)  # removing resets: frames go back
     assert mem.nr_used == a.pool.total_pages
     a.reset()
     assert mem.nr_used == 0
@@ -222,7 +229,7 @@ def test_same_filled_pages_allocate_nothing(dev):
     for i, w in enumerate(words):
         assert dev.read(i * PAGE, PAGE) == same_page(w)
         h, f, _ = dev.slot_state(i)
-        assert f & ZRAM_SAME and h == w                 # the 8-byte word is the "handle"
+        assert f & ZRAM_SAME and h == w  # the 8-byte word is the "handle"
     # a 4-byte period is an 8-byte fill too; a 16-byte period is not: it is compressed
     dev.write(4 * PAGE, b"\x01\x02\x03\x04" * 1024)
     assert dev.slot_state(4)[1] & ZRAM_SAME
@@ -243,10 +250,10 @@ def test_huge_pages_stored_raw(dev):
     dev.write(0, page)
     h, f, _ = dev.slot_state(0)
     assert f & ZRAM_HUGE and (f & 0x1FFF) == PAGE
-    assert dev.pool.read_object(h, PAGE) == page        # raw bytes in the pool
+    assert dev.pool.read_object(h, PAGE) == page  # raw bytes in the pool
     s = dev.stats()
     assert (s.huge_pages, s.huge_pages_since, s.compr_data_size) == (1, 1, PAGE)
-    dev.write(0, text_page(rng))                         # overwrite: no longer huge
+    dev.write(0, text_page(rng))  # overwrite: no longer huge
     s = dev.stats()
     assert (s.huge_pages, s.huge_pages_since) == (0, 1)
     assert s.compr_data_size < PAGE and s.pages_stored == 1
@@ -298,17 +305,17 @@ def test_sub_block_io_any_offset(dev):
         data = text_page(rng)[: n % PAGE] * (n // PAGE + 1)
         data = (data + rng.randbytes(n))[:n]
         assert dev.write(off, data) == n
-        model[off:off + n] = data
+        model[off : off + n] = data
         ro = rng.randrange(0, dev.disksize)
         rn = rng.randrange(0, 3 * PAGE)
-        assert dev.read(ro, rn) == bytes(model[ro:ro + rn])
+        assert dev.read(ro, rn) == bytes(model[ro : ro + rn])
     assert device_hash(dev) == __import__("hashlib").sha256(model).hexdigest()
 
 
 def test_io_at_the_end(dev):
     end = dev.disksize
-    assert dev.write(end - 10, b"x" * 100) == 10         # short write at the end
-    assert dev.read(end - 10, 100) == b"x" * 10          # short read
+    assert dev.write(end - 10, b"x" * 100) == 10  # short write at the end
+    assert dev.read(end - 10, 100) == b"x" * 10  # short read
     assert dev.read(end, 10) == b""
     assert errno_of(dev.write, end, b"y") == errno.ENOSPC
     assert errno_of(dev.write, -1, b"y") == errno.EINVAL
@@ -341,7 +348,7 @@ def test_discard_whole_blocks_only(dev):
     for i, p in pages2.items():
         dev.write(i * PAGE, p)
     stored = dev.stats().pages_stored
-    dev.discard(300 * PAGE + 7, 200 * PAGE)          # whole blocks 301..499
+    dev.discard(300 * PAGE + 7, 200 * PAGE)  # whole blocks 301..499
     gone = [i for i in pages2 if 301 <= i <= 499]
     assert dev.stats().pages_stored == stored - len(gone)
     assert dev.stats().notify_free == 7 + 199
@@ -355,15 +362,15 @@ def test_punch_hole_and_zero_range_read_back_zeros(dev):
     dev.write(0, base)
     model = bytearray(base)
     dev.punch_hole(PAGE + 100, 3 * PAGE)
-    model[PAGE + 100: 4 * PAGE + 100] = bytes(3 * PAGE)
+    model[PAGE + 100 : 4 * PAGE + 100] = bytes(3 * PAGE)
     assert dev.read(0, len(base)) == bytes(model)
-    dev.zero_range(10, 20)                           # inside one block
+    dev.zero_range(10, 20)  # inside one block
     model[10:30] = bytes(20)
     assert dev.read(0, len(base)) == bytes(model)
     # aligned start, end inside the same block: that block is partial too
     dev.punch_hole(2 * PAGE, 1)
     dev.punch_hole(5 * PAGE, PAGE + 7)
-    model[5 * PAGE: 6 * PAGE + 7] = bytes(PAGE + 7)
+    model[5 * PAGE : 6 * PAGE + 7] = bytes(PAGE + 7)
     assert dev.read(0, len(base)) == bytes(model)
     dev.write(8 * PAGE, b"\xcd")
     dev.punch_hole(8 * PAGE, 1)
@@ -391,7 +398,7 @@ def test_mem_limit_rejects_and_keeps_old_data(dev):
             fails += 1
     assert fails > 0
     assert dev.stats().failed_writes == fails
-    assert fails == 63            # every huge object needs a fresh page: all over the limit
+    assert fails == 63  # every huge object needs a fresh page: all over the limit
     # overwrite of block 0 that does not fit: EIO and the old data stays
     with pytest.raises(ZramError) as ei:
         dev.write(0, random_page(rng))
@@ -417,7 +424,7 @@ def test_mem_limit_exact_old_block_intact(dev):
     dev.set_mem_limit(dev.pool.total_pages * PAGE)
     h_before = dev.slot_state(0)
     with pytest.raises(ZramError) as ei:
-        dev.write(0, random_page(rng))          # a huge object needs a fresh page: over the limit
+        dev.write(0, random_page(rng))  # a huge object needs a fresh page: over the limit
     assert ei.value.errno == errno.EIO
     assert dev.slot_state(0)[:2] == h_before[:2]
     assert dev.read(0, PAGE) == a
@@ -442,7 +449,7 @@ def test_compact_frees_fragmented_pages(dev):
     for i in range(512):
         dev.write(i * PAGE, half_page(rng))
     settle(dev)
-    for i in range(0, 512, 4):                     # free 3 of every 4
+    for i in range(0, 512, 4):  # free 3 of every 4
         dev.discard(i * PAGE + PAGE, 3 * PAGE)
     settle(dev)
     before = dev.pool.total_pages
@@ -475,28 +482,28 @@ def test_idle_all_and_age(dev):
     clock = FakeClock(5000)
     dev.clock = clock
     rng = random.Random(16)
-    dev.write(0, text_page(rng))          # t=5000
-    dev.write(PAGE, same_page(9))         # SAME: never idle
+    dev.write(0, text_page(rng))  # t=5000
+    dev.write(PAGE, same_page(9))  # SAME: never idle
     clock.t = 5100
-    dev.write(2 * PAGE, text_page(rng))   # t=5100
+    dev.write(2 * PAGE, text_page(rng))  # t=5100
     clock.t = 5200
-    dev.mark_idle(150)                    # idle if ac_time < 5050
+    dev.mark_idle(150)  # idle if ac_time < 5050
     assert dev.slot_state(0)[1] & ZRAM_IDLE
     assert not dev.slot_state(1)[1] & ZRAM_IDLE
     assert not dev.slot_state(2)[1] & ZRAM_IDLE
     dev.mark_idle(None)
     assert dev.slot_state(2)[1] & ZRAM_IDLE and not dev.slot_state(1)[1] & ZRAM_IDLE
-    dev.read(2 * PAGE, 10)                # access clears IDLE
+    dev.read(2 * PAGE, 10)  # access clears IDLE
     assert not dev.slot_state(2)[1] & ZRAM_IDLE
     assert dev.slot_state(2)[2] == 5200
-    dev.mark_idle(100)                    # cutoff 5100: block 0 (5000) idle, not 2 (5200)
+    dev.mark_idle(100)  # cutoff 5100: block 0 (5000) idle, not 2 (5200)
     assert dev.slot_state(0)[1] & ZRAM_IDLE and not dev.slot_state(2)[1] & ZRAM_IDLE
     clock.t = 5300
-    dev.mark_idle(100)                    # cutoff 5200 == ac_time of block 2: strict, not idle
+    dev.mark_idle(100)  # cutoff 5200 == ac_time of block 2: strict, not idle
     assert dev.slot_state(0)[1] & ZRAM_IDLE and not dev.slot_state(2)[1] & ZRAM_IDLE
     dev.mark_idle(99)
     assert dev.slot_state(2)[1] & ZRAM_IDLE
-    dev.mark_idle(10_000)                 # nothing that old: IDLE cleared (current kernels)
+    dev.mark_idle(10_000)  # nothing that old: IDLE cleared (current kernels)
     assert not dev.slot_state(0)[1] & ZRAM_IDLE
     assert dev.slot_state(3) == (0, 0, 0)  # unallocated untouched
 
@@ -549,13 +556,23 @@ def test_writeback_idle_page_index_ranges(reg, backing, compressed):
     pages = [text_page(rng) for _ in range(10)]
     for i, p in enumerate(pages):
         d.write(i * PAGE, p)
-    d.writeback([(WB_IDLE, 0, d.nr_pages)])            # nothing idle yet
+    d.writeback([(WB_IDLE, 0, d.nr_pages)])  # nothing idle yet
     assert d.stats().bd_writes == 0
     d.mark_idle(None)
-    d.read(PAGE, PAGE)                                  # block 1 is no longer idle
-    d.writeback([(0, 3, 4), (0, 5, 8)])                 # page_index=3 page_indexes=5-7
-    assert [bool(d.slot_state(i)[1] & ZRAM_WB) for i in range(10)] == \
-        [False, False, False, True, False, True, True, True, False, False]
+    d.read(PAGE, PAGE)  # block 1 is no longer idle
+    d.writeback([(0, 3, 4), (0, 5, 8)])  # page_index=3 page_indexes=5-7
+    assert [bool(d.slot_state(i)[1] & ZRAM_WB) for i in range(10)] == [
+        False,
+        False,
+        False,
+        True,
+        False,
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
     d.writeback([(WB_IDLE, 0, d.nr_pages)])
     assert not d.slot_state(1)[1] & ZRAM_WB
     assert all(d.slot_state(i)[1] & ZRAM_WB for i in (0, 2, 4, 8, 9))
@@ -575,17 +592,17 @@ def test_writeback_limit_and_enospc(reg, tmp_path):
     for i in range(6):
         d.write(i * PAGE, random_page(rng))
     d.set_writeback_limit_enable(True)
-    assert errno_of(d.writeback, [(WB_HUGE, 0, d.nr_pages)]) == errno.EIO   # budget 0
+    assert errno_of(d.writeback, [(WB_HUGE, 0, d.nr_pages)]) == errno.EIO  # budget 0
     assert d.stats().bd_writes == 0
     d.set_writeback_limit(2)
-    assert errno_of(d.writeback, [(WB_HUGE, 0, d.nr_pages)]) == errno.EIO   # 2 written, then out
+    assert errno_of(d.writeback, [(WB_HUGE, 0, d.nr_pages)]) == errno.EIO  # 2 written, then out
     assert d.stats().bd_writes == 2 and d.bd_wb_limit == 0
     d.set_writeback_limit_enable(False)
     assert errno_of(d.writeback, [(WB_HUGE, 0, d.nr_pages)]) == errno.ENOSPC  # file holds 3
     assert d.stats().bd_count == 3
     flags = [d.slot_state(i)[1] for i in range(6)]
     assert sum(bool(f & ZRAM_WB) for f in flags) == 3
-    assert not any(f & (1 << 16) for f in flags)        # PP_SLOT released
+    assert not any(f & (1 << 16) for f in flags)  # PP_SLOT released
 
 
 def test_writeback_incompressible_after_recompress(reg, backing):
@@ -626,11 +643,14 @@ def test_recompress_huge_with_secondary(reg):
     rng = random.Random(21)
     # pages lz4 leaves huge but zstd-19 gets below the huge class
     hcs = d.pool.huge_class_size
-    pages = [rng.randbytes(PAGE), rng.randbytes(PAGE)]     # truly incompressible
+    pages = [rng.randbytes(PAGE), rng.randbytes(PAGE)]  # truly incompressible
     while len(pages) < 8:
         n = rng.randrange(2000, 3000)
         p = rng.randbytes(n) + text_page(rng)[: PAGE - n]
-        if len(d._meta.comps[0].compress(p)) >= hcs and len(d._meta.comps[1].compress(p)) < hcs - 200:
+        if (
+            len(d._meta.comps[0].compress(p)) >= hcs
+            and len(d._meta.comps[1].compress(p)) < hcs - 200
+        ):
             pages.append(p)
     for i, p in enumerate(pages):
         d.write(i * PAGE, p)
@@ -644,9 +664,9 @@ def test_recompress_huge_with_secondary(reg):
     for i, p in enumerate(pages):
         assert d.read(i * PAGE, PAGE) == p
         f = d.slot_state(i)[1]
-        assert bool(f & ZRAM_INCOMPRESSIBLE) == bool(f & ZRAM_HUGE)   # random pages: marked
+        assert bool(f & ZRAM_INCOMPRESSIBLE) == bool(f & ZRAM_HUGE)  # random pages: marked
         if not f & ZRAM_HUGE:
-            assert (f >> 20) & 3 == 1                                   # priority 1
+            assert (f >> 20) & 3 == 1  # priority 1
     # a second pass has nothing left to do
     again = d.stats()
     d.recompress(mode=RECOMP_HUGE)
@@ -655,7 +675,7 @@ def test_recompress_huge_with_secondary(reg):
 
 def test_recompress_threshold_max_pages_and_errors(reg):
     d = reg.devices[0]
-    assert errno_of(d.recompress) == errno.EINVAL            # uninitialised
+    assert errno_of(d.recompress) == errno.EINVAL  # uninitialised
     d.set_comp_algorithm("lz4")
     d.set_comp_algorithm("deflate", 1)
     d.set_algorithm_params(1, CompParams(level=9))
@@ -666,8 +686,8 @@ def test_recompress_threshold_max_pages_and_errors(reg):
         d.write(i * PAGE, p)
     hcs = d.pool.huge_class_size
     assert errno_of(d.recompress, threshold=hcs) == errno.EINVAL
-    assert errno_of(d.recompress, algo="zstd") == errno.EINVAL   # not configured
-    assert errno_of(d.recompress, prio=2) == errno.EINVAL        # nothing at priority 2
+    assert errno_of(d.recompress, algo="zstd") == errno.EINVAL  # not configured
+    assert errno_of(d.recompress, prio=2) == errno.EINVAL  # nothing at priority 2
     sizes = [d.slot_state(i)[1] & 0x1FFF for i in range(20)]
     d.recompress(max_pages=5, algo="deflate")
     changed = [i for i in range(20) if (d.slot_state(i)[1] >> 20) & 3 == 1]
@@ -727,8 +747,14 @@ def reference_write(d: ZramDevice, offset: int, data) -> int:
         d._write_unaligned(d._meta, index, offset, end, data)
     except ZramError as exc:
         d._write_failed(exc.block, exc)
-    _account(d._stripes[index & STRIPE_MASK], WRITE_IOS, WRITE_SECTORS, WRITE_NS, end - offset,
-             time.perf_counter_ns() - t0)
+    _account(
+        d._stripes[index & STRIPE_MASK],
+        WRITE_IOS,
+        WRITE_SECTORS,
+        WRITE_NS,
+        end - offset,
+        time.perf_counter_ns() - t0,
+    )
     return end - offset
 
 
@@ -748,10 +774,16 @@ def reference_read(d: ZramDevice, offset: int, length: int) -> bytes:
             with d._stripes[index & STRIPE_MASK].lock:
                 d._stripes[index & STRIPE_MASK].counters[FAILED_READS] += 1
             raise IOFailure(f"read of block {index} failed") from None
-    _account(d._stripes[first & STRIPE_MASK], READ_IOS, READ_SECTORS, READ_NS, end - offset,
-             time.perf_counter_ns() - t0)
+    _account(
+        d._stripes[first & STRIPE_MASK],
+        READ_IOS,
+        READ_SECTORS,
+        READ_NS,
+        end - offset,
+        time.perf_counter_ns() - t0,
+    )
     skip = offset - first * PAGE
-    return b"".join(parts)[skip:skip + end - offset]
+    return b"".join(parts)[skip : skip + end - offset]
 
 
 def corrupt(d: ZramDevice, index: int) -> None:
@@ -787,8 +819,9 @@ def assert_twins_agree(fast: ZramDevice, ref: ZramDevice) -> None:
         assert not differ.size, f"{column} differs at slots {differ[:8].tolist()}"
     sa, sb = fast.stats(), ref.stats()
     timed = {READ_NS, WRITE_NS}
-    assert [v for k, v in enumerate(sa.counters) if k not in timed] == \
-        [v for k, v in enumerate(sb.counters) if k not in timed]
+    assert [v for k, v in enumerate(sa.counters) if k not in timed] == [
+        v for k, v in enumerate(sb.counters) if k not in timed
+    ]
     sa.counters = sb.counters = []
     assert sa == sb
 
@@ -819,8 +852,14 @@ def test_hot_paths_agree_with_the_reference_page_read_and_store(tmp_path, seed):
         twins.append(d)
     fast, ref = twins
     npages = fast.nr_pages
-    kinds = [text_page, random_page, half_page, lambda g: same_page(g.randrange(3)),
-             lambda g: bytes(PAGE), mixed_page]
+    kinds = [
+        text_page,
+        random_page,
+        half_page,
+        lambda g: same_page(g.randrange(3)),
+        lambda g: bytes(PAGE),
+        mixed_page,
+    ]
 
     def pages(n: int) -> bytes:
         return b"".join(rng.choice(kinds)(rng) for _ in range(n))
@@ -836,14 +875,14 @@ def test_hot_paths_agree_with_the_reference_page_read_and_store(tmp_path, seed):
     for _ in range(300):
         clock.t += 1
         op = rng.randrange(100)
-        if op < 25:                                   # one page: read()'s and write's 4 KiB paths
+        if op < 25:  # one page: read()'s and write's 4 KiB paths
             i = rng.randrange(npages)
             if rng.random() < 0.5:
                 buf = pages(1)
                 write_both(i * PAGE, buf, buf if rng.random() < 0.8 else bytearray(buf))
             else:
                 read_both(i * PAGE, PAGE)
-        elif op < 50:                                 # runs of pages: _write_pages, _read_pages
+        elif op < 50:  # runs of pages: _write_pages, _read_pages
             n = rng.randrange(2, 33)
             i = rng.randrange(npages - n + 1)
             if rng.random() < 0.5:
@@ -852,7 +891,7 @@ def test_hot_paths_agree_with_the_reference_page_read_and_store(tmp_path, seed):
                 write_both(i * PAGE, buf, buf if rng.random() < 0.5 else bytearray(buf))
             else:
                 read_both(i * PAGE, n * PAGE)
-        elif op < 65:                                 # partial pages
+        elif op < 65:  # partial pages
             off = rng.randrange(MiB - 1)
             n = rng.randrange(1, min(3 * PAGE, MiB - off) + 1)
             if rng.random() < 0.5:
@@ -875,13 +914,15 @@ def test_hot_paths_agree_with_the_reference_page_read_and_store(tmp_path, seed):
             mode = rng.choice([WB_HUGE, WB_IDLE, WB_HUGE | WB_IDLE])
             lo = rng.randrange(npages)
             hi = min(npages, lo + rng.randrange(1, 64))
-            assert outcome(fast.writeback, [(mode, lo, hi)]) == \
-                outcome(ref.writeback, [(mode, lo, hi)])
+            assert outcome(fast.writeback, [(mode, lo, hi)]) == outcome(
+                ref.writeback, [(mode, lo, hi)]
+            )
         elif op < 97:
             mode = rng.choice([0, RECOMP_HUGE])
-            assert outcome(fast.recompress, mode=mode, max_pages=8) == \
-                outcome(ref.recompress, mode=mode, max_pages=8)
-        else:                   # a compressed object goes bad: EIO, and read as every path does
+            assert outcome(fast.recompress, mode=mode, max_pages=8) == outcome(
+                ref.recompress, mode=mode, max_pages=8
+            )
+        else:  # a compressed object goes bad: EIO, and read as every path does
             assert fast._meta is not None
             f = fast._meta.table.np_flags
             sized = (f & SIZE_MASK) != 0
@@ -894,13 +935,20 @@ def test_hot_paths_agree_with_the_reference_page_read_and_store(tmp_path, seed):
                 corrupt(d, i)
                 d.mark_idle(None)
             lo = rng.randrange(max(0, i - 3), i + 1)
-            off, n = rng.choice([(i * PAGE, PAGE), (lo * PAGE, (i - lo + 2) * PAGE),
-                                 (i * PAGE + 100, 50), (lo * PAGE + 7, (i - lo + 1) * PAGE)])
+            off, n = rng.choice(
+                [
+                    (i * PAGE, PAGE),
+                    (lo * PAGE, (i - lo + 2) * PAGE),
+                    (i * PAGE + 100, 50),
+                    (lo * PAGE + 7, (i - lo + 1) * PAGE),
+                ]
+            )
             read_both(off, n)
         assert_twins_agree(fast, ref)
     for i in range(npages):
-        assert outcome(fast._load_page, fast._meta, i, False) == \
-            outcome(ref._load_page, ref._meta, i, False)
+        assert outcome(fast._load_page, fast._meta, i, False) == outcome(
+            ref._load_page, ref._meta, i, False
+        )
     s = fast.stats()
     assert s.same_pages and s.huge_pages_since and s.bd_writes and s.notify_free
     if seed % 2 or seed % 4 == 2:
@@ -921,7 +969,7 @@ def test_multi_page_write_that_runs_out_of_memory_keeps_the_rest(limit):
     old = [text_page(rng) for _ in range(32)]
     for k in range(4):
         d.write(k * PAGE, old[k])
-    new = [random_page(rng) for _ in range(32)]      # HUGE: one frame each
+    new = [random_page(rng) for _ in range(32)]  # HUGE: one frame each
     assert errno_of(d.write, 0, b"".join(new)) == errno.EIO
     s = d.stats()
     assert s.failed_writes == 1
@@ -943,17 +991,18 @@ def test_failed_reads_counted_on_corruption(dev):
     rng = random.Random(24)
     dev.write(0, text_page(rng))
     h, f, _ = dev.slot_state(0)
-    dev.pool.write_object(h, b"\xff" * (f & 0x1FFF))    # corrupt the stored object
+    dev.pool.write_object(h, b"\xff" * (f & 0x1FFF))  # corrupt the stored object
     assert errno_of(dev.read, 0, PAGE) == errno.EIO
     assert dev.stats().failed_reads == 1
-    assert errno_of(dev.write, 10, b"x") == errno.EIO    # partial write needs the old page
+    assert errno_of(dev.write, 10, b"x") == errno.EIO  # partial write needs the old page
     assert dev.stats().failed_writes == 1
-    dev.write(0, text_page(rng))                         # a full overwrite repairs it
+    dev.write(0, text_page(rng))  # a full overwrite repairs it
     dev.read(0, PAGE)
 
 
-@pytest.mark.parametrize("request_pages", [(0, 4), (2, 1), (1, 2)],
-                         ids=["multi-page", "4KiB", "unaligned"])
+@pytest.mark.parametrize(
+    "request_pages", [(0, 4), (2, 1), (1, 2)], ids=["multi-page", "4KiB", "unaligned"]
+)
 def test_failed_read_marks_only_pages_before_the_bad_one(dev, request_pages):
     """A read whose page 2 cannot be decompressed (a 4-page read, the page alone, a read from
     the middle of page 1 into page 2): EIO for the request, failed_reads + 1; the pages read
@@ -974,8 +1023,9 @@ def test_failed_read_marks_only_pages_before_the_bad_one(dev, request_pages):
     assert errno_of(dev.read, offset, count * PAGE - (offset - first * PAGE)) == errno.EIO
     after = dev.stats()
     assert after.failed_reads == before.failed_reads + 1
-    marked = [not dev.slot_state(i)[1] & ZRAM_IDLE and dev.slot_state(i)[2] == 6000
-              for i in range(4)]
+    marked = [
+        not dev.slot_state(i)[1] & ZRAM_IDLE and dev.slot_state(i)[2] == 6000 for i in range(4)
+    ]
     assert marked == [first <= i < 2 for i in range(4)]
     assert dev.read(0, 2 * PAGE) == pages[0] + pages[1]
 
@@ -1000,15 +1050,15 @@ def test_100gb_device_costs_next_to_nothing():
     r = Registry(memory=PhysicalMemory(max_pages=1 << 14))
     d = r.devices[0]
     before = _rss_kib()
-    d.set_disksize(100 * (1 << 30))                       # LTP zram02's 100 GB
+    d.set_disksize(100 * (1 << 30))  # LTP zram02's 100 GB
     d.set_mem_limit(1 << 20)
-    d.write(0, text_page(random.Random(25)))              # mkswap-like header write
+    d.write(0, text_page(random.Random(25)))  # mkswap-like header write
     d.write(d.disksize - PAGE, same_page(1))
     assert d.read(50 * (1 << 30), 8) == bytes(8)
     grown = _rss_kib() - before
     assert grown < 16 * 1024, f"RSS grew by {grown} KiB"
-    d.mark_idle(None)                                     # a full-table scan stays cheap too
-    d.discard(0, d.disksize)                              # mkfs-style whole-device discard
+    d.mark_idle(None)  # a full-table scan stays cheap too
+    d.discard(0, d.disksize)  # mkfs-style whole-device discard
     s = d.stats()
     assert s.pages_stored == 0 and s.notify_free == d.nr_pages
     assert _rss_kib() - before < 64 * 1024
@@ -1050,28 +1100,33 @@ def test_data_path_leaves_no_cyclic_garbage(reg):
     compacted or reset that lingered in a reference cycle kept its memory until the next full
     collection (freed zspages once did: the daemon's RSS grew with every fill/discard cycle)."""
     import gc
+
     d = reg.devices[0]
     d.set_disksize(4 * MiB)
     rng = random.Random(27)
-    kinds = (lambda: random_page(rng), lambda: half_page(rng), lambda: text_page(rng),
-             lambda: same_page(rng.randrange(3)))
+    kinds = (
+        lambda: random_page(rng),
+        lambda: half_page(rng),
+        lambda: text_page(rng),
+        lambda: same_page(rng.randrange(3)),
+    )
 
     def cycle() -> None:
         n = d.nr_pages
         for i in range(n):
             d.write(i * PAGE, kinds[i % 4]())
-        for _ in range(n // 2):                            # overwrites, partial writes
+        for _ in range(n // 2):  # overwrites, partial writes
             i = rng.randrange(n)
             d.write(i * PAGE + rng.randrange(2) * 512, kinds[rng.randrange(4)]()[:3584])
         for i in range(0, n, 7):
-            d.discard(i * PAGE, 3 * PAGE)                  # holes: fragmentation to compact
+            d.discard(i * PAGE, 3 * PAGE)  # holes: fragmentation to compact
         d.compact()
         d.read(0, 16 * PAGE)
         d.read(PAGE + 100, 3 * PAGE)
         d.punch_hole(0, n * PAGE)
         settle(d)
 
-    cycle()                                                # warm caches, thread-locals, pools
+    cycle()  # warm caches, thread-locals, pools
     gc.collect()
     gc.disable()
     try:

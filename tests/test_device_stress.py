@@ -4,6 +4,7 @@ marked idle, written back and recompressed — with lockdep on and a watchdog.
 
 The default run is short; `-m soak` runs the long variant.
 """
+
 from __future__ import annotations
 
 import faulthandler
@@ -20,13 +21,18 @@ from allocator import PhysicalMemory, set_lockdep
 from support.zram_data import PAGE, mixed_page, text_page
 from zramfs.device import RECOMP_HUGE, WB_HUGE, WB_IDLE, Registry
 
-PRIVATE = 24          # blocks per worker
-SHARED = 16           # blocks every worker writes whole pages to
-SLICE = 64            # bytes per worker in the sub-block-shared block
+PRIVATE = 24  # blocks per worker
+SHARED = 16  # blocks every worker writes whole pages to
+SLICE = 64  # bytes per worker in the sub-block-shared block
 
 
-def run_stress(duration: float, workers: int = 4, *, lockdep: bool = True,
-               kinds: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6)) -> dict:
+def run_stress(
+    duration: float,
+    workers: int = 4,
+    *,
+    lockdep: bool = True,
+    kinds: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6),
+) -> dict:
     set_lockdep(lockdep)
     tmp = tempfile.NamedTemporaryFile(prefix="zram-stress-bd-")  # noqa: SIM115 - closed at the end
     nr_pages = workers * PRIVATE + SHARED + 1
@@ -58,23 +64,23 @@ def run_stress(duration: float, workers: int = 4, *, lockdep: bool = True,
         try:
             while not stop.is_set():
                 op = rng.random()
-                if op < 0.30:                      # private, any offset/length
+                if op < 0.30:  # private, any offset/length
                     off = rng.randrange(0, len(model) - 1)
                     n = rng.randrange(1, min(len(model) - off, 2 * PAGE) + 1)
                     data = (mixed_page(rng) * 2)[:n]
                     dev.write(base + off, data)
-                    model[off:off + n] = data
+                    model[off : off + n] = data
                 elif op < 0.50:
                     off = rng.randrange(0, len(model))
                     n = rng.randrange(0, min(len(model) - off, 2 * PAGE) + 1)
                     got = dev.read(base + off, n)
-                    if got != bytes(model[off:off + n]):
+                    if got != bytes(model[off : off + n]):
                         return fail(f"worker {w}: private data mismatch at {off}+{n}")
                 elif op < 0.55:
                     i = rng.randrange(PRIVATE)
                     dev.discard(base + i * PAGE, PAGE)
-                    model[i * PAGE:(i + 1) * PAGE] = bytes(PAGE)
-                elif op < 0.70:                    # shared whole pages
+                    model[i * PAGE : (i + 1) * PAGE] = bytes(PAGE)
+                elif op < 0.70:  # shared whole pages
                     page = mixed_page(rng)
                     with written_lock:
                         written.add(hashlib.blake2b(page, digest_size=16).digest())
@@ -83,7 +89,7 @@ def run_stress(duration: float, workers: int = 4, *, lockdep: bool = True,
                     got = dev.read((shared0 + rng.randrange(SHARED)) * PAGE, PAGE)
                     if hashlib.blake2b(got, digest_size=16).digest() not in written:
                         return fail(f"worker {w}: torn or foreign page in a shared block")
-                else:                              # my byte slice of the shared block
+                else:  # my byte slice of the shared block
                     counter += 1
                     data = (b"%02d:%010d:" % (w, counter) + text_page(rng))[:SLICE]
                     dev.write(slice_block * PAGE + w * SLICE, data)
@@ -113,7 +119,7 @@ def run_stress(duration: float, workers: int = 4, *, lockdep: bool = True,
                     try:
                         dev.writeback([(rng.choice([WB_HUGE, WB_IDLE, 0]), 0, dev.nr_pages)])
                     except OSError as exc:
-                        if exc.errno != 28:     # ENOSPC is fine
+                        if exc.errno != 28:  # ENOSPC is fine
                             raise
                 elif k == 4:
                     dev.recompress(mode=rng.choice([0, RECOMP_HUGE]), max_pages=8)
@@ -132,7 +138,7 @@ def run_stress(duration: float, workers: int = 4, *, lockdep: bool = True,
             t.start()
         stop.wait(duration)
         stop.set()
-        deadline = time.monotonic() + 60          # watchdog: a hang is a failure
+        deadline = time.monotonic() + 60  # watchdog: a hang is a failure
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
         hung = [t for t in threads if t.is_alive()]

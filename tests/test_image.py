@@ -5,6 +5,7 @@ to make and dispose of an image: `ZramDevice` (the emulator) and `MemoryImage` (
 baseline).  Plus the structural check that each backend has the Protocol's members with the
 Protocol's parameters, and what only `MemoryImage` does (the mlock fallback of punch_hole).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -66,7 +67,7 @@ class BlockImageTests:
         data = random.Random(1).randbytes(3 * PAGE)
         assert image.write(PAGE, data) == len(data)
         assert image.read(PAGE, len(data)) == data
-        assert image.read(0, PAGE) == bytes(PAGE)             # neighbours untouched
+        assert image.read(0, PAGE) == bytes(PAGE)  # neighbours untouched
         assert image.read(4 * PAGE, PAGE) == bytes(PAGE)
 
     def test_partial_io_matches_a_model(self, image: BlockImage) -> None:
@@ -77,10 +78,10 @@ class BlockImageTests:
             n = rng.randrange(1, min(3 * PAGE + 100, SIZE - off) + 1)
             data = rng.randbytes(n) if rng.random() < 0.5 else bytes([rng.randrange(256)]) * n
             assert image.write(off, data) == n
-            model[off:off + n] = data
+            model[off : off + n] = data
             roff = rng.randrange(SIZE)
             rn = rng.randrange(1, 2 * PAGE)
-            assert image.read(roff, rn) == bytes(model[roff:roff + rn])
+            assert image.read(roff, rn) == bytes(model[roff : roff + rn])
         assert image.read(0, SIZE) == bytes(model)
 
     def test_write_accepts_any_bytes_like(self, image: BlockImage) -> None:
@@ -92,13 +93,13 @@ class BlockImageTests:
     def test_reads_end_like_a_block_device(self, image: BlockImage) -> None:
         tail = b"t" * PAGE
         image.write(SIZE - PAGE, tail)
-        assert image.read(SIZE - PAGE, 2 * PAGE) == tail          # short at the end
+        assert image.read(SIZE - PAGE, 2 * PAGE) == tail  # short at the end
         assert image.read(SIZE - 10, 100) == tail[-10:]
-        assert image.read(SIZE, PAGE) == b""                      # at the end: EOF
-        assert image.read(SIZE + PAGE, 1) == b""                  # past it too
+        assert image.read(SIZE, PAGE) == b""  # at the end: EOF
+        assert image.read(SIZE + PAGE, 1) == b""  # past it too
 
     def test_writes_end_like_a_block_device(self, image: BlockImage) -> None:
-        assert image.write(SIZE - 3, b"abcdef") == 3              # short write up to the end
+        assert image.write(SIZE - 3, b"abcdef") == 3  # short write up to the end
         assert image.read(SIZE - 3, 10) == b"abc"
         assert _errno_of(image.write, SIZE, b"x") == errno.ENOSPC
         assert _errno_of(image.write, SIZE + PAGE, b"x") == errno.ENOSPC
@@ -107,15 +108,17 @@ class BlockImageTests:
         assert _errno_of(image.read, -1, 10) == errno.EINVAL
         assert _errno_of(image.write, -1, b"x") == errno.EINVAL
 
-    @pytest.mark.parametrize("start,length", [
-        (PAGE, 2 * PAGE),              # whole pages
-        (PAGE + 100, 3 * PAGE),        # partial head and tail
-        (100, 200),                    # inside one page
-        (PAGE - 10, 20),               # across one boundary, no whole page
-        (SIZE - PAGE - 5, 4 * PAGE),   # runs past the end: clipped
-    ])
-    def test_punch_hole_reads_back_zeros(self, image: BlockImage, start: int,
-                                         length: int) -> None:
+    @pytest.mark.parametrize(
+        "start,length",
+        [
+            (PAGE, 2 * PAGE),  # whole pages
+            (PAGE + 100, 3 * PAGE),  # partial head and tail
+            (100, 200),  # inside one page
+            (PAGE - 10, 20),  # across one boundary, no whole page
+            (SIZE - PAGE - 5, 4 * PAGE),  # runs past the end: clipped
+        ],
+    )
+    def test_punch_hole_reads_back_zeros(self, image: BlockImage, start: int, length: int) -> None:
         data = random.Random(3).randbytes(SIZE)
         image.write(0, data)
         image.punch_hole(start, length)
@@ -125,7 +128,7 @@ class BlockImageTests:
 
     def test_punch_hole_of_unwritten_or_outside_range(self, image: BlockImage) -> None:
         image.punch_hole(0, 8 * PAGE)
-        image.punch_hole(SIZE, PAGE)                              # wholly past the end
+        image.punch_hole(SIZE, PAGE)  # wholly past the end
         assert image.read(0, 8 * PAGE) == bytes(8 * PAGE)
         image.write(0, b"kept")
         image.punch_hole(PAGE, PAGE)
@@ -141,7 +144,7 @@ class BlockImageTests:
         image.open()
         image.close()
         image.close()
-        assert _errno_of(image.close) == errno.EBADF             # one close too many
+        assert _errno_of(image.close) == errno.EBADF  # one close too many
 
 
 class TestMemoryImage(BlockImageTests):
@@ -158,13 +161,13 @@ class TestMemoryImage(BlockImageTests):
         of every page: punch_hole then writes the zeros itself."""
         img = MemoryImage(SIZE)
         img.write(0, b"\xff" * SIZE)
-        anchor = ctypes.c_char.from_buffer(img._map)      # the mapping's address, for mlock
+        anchor = ctypes.c_char.from_buffer(img._map)  # the mapping's address, for mlock
         libc = ctypes.CDLL(None, use_errno=True)
         addr = ctypes.addressof(anchor)
         if libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(SIZE)) != 0:
             pytest.skip(f"mlock: {errno.errorcode.get(ctypes.get_errno())}")
         try:
-            with pytest.raises(OSError):                  # what the fallback is for
+            with pytest.raises(OSError):  # what the fallback is for
                 img._map.madvise(mmap.MADV_DONTNEED, 0, PAGE)
             img.punch_hole(PAGE // 2, 3 * PAGE)
             want = b"\xff" * (PAGE // 2) + bytes(3 * PAGE)

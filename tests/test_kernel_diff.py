@@ -58,6 +58,7 @@ Skipped (not failed) when /sys/block/zram0 is absent, not writable, initialised 
 locked by someone else, used as swap or mounted, or has no lz4 backend.  The kernel
 device is always reset afterwards and its comp_algorithm selection restored.
 """
+
 from __future__ import annotations
 
 import random
@@ -90,22 +91,28 @@ def kernel_device() -> None:
         pytest.skip(f"kernel zram not usable: {exc}")
 
 
-def _compare(image: str, n_pages: int = IMAGE_PAGES, *,
-             policy: str = "shrinker") -> Comparison:
+def _compare(image: str, n_pages: int = IMAGE_PAGES, *, policy: str = "shrinker") -> Comparison:
     """The comparison of `image` (its default seeds), the zramfs side's daemon running under
     `policy` with a pressure source that reports none."""
     pages = kc.IMAGES[image](n_pages, kc.DEFAULT_SEEDS[image])
     try:
-        c = kc.run(image, pages, algorithm="lz4", churn=kc.churn_for(image, pages),
-                   policy=policy, pressure=SimulatedPressure(0.0))
-    except kc.KernelUnavailable as exc:   # someone took the device since the fixture ran
+        c = kc.run(
+            image,
+            pages,
+            algorithm="lz4",
+            churn=kc.churn_for(image, pages),
+            policy=policy,
+            pressure=SimulatedPressure(0.0),
+        )
+    except kc.KernelUnavailable as exc:  # someone took the device since the fixture ran
         pytest.skip(f"kernel zram not usable: {exc}")
     phase = c.self_compacted()
     if phase is not None:
         # The kernel's shrinker (zs_shrinker_scan) compacted the pool under memory pressure
         # before we did: mem_used_total then reflects a compaction we did not ask for.
-        pytest.skip("the kernel compacted zram0 by itself (memory pressure): "
-                    + str(c.kernel[phase]))
+        pytest.skip(
+            "the kernel compacted zram0 by itself (memory pressure): " + str(c.kernel[phase])
+        )
     # The zramfs side's daemon was there and looked, under the default policy.
     assert c.policy == policy and c.daemon["scans"] > 0, c.daemon
     return c
@@ -120,6 +127,7 @@ def _sizes(agreement: SizeAgreement) -> str:
 
 
 # ------------------------------------------------------------------ the deterministic image
+
 
 def test_deterministic_pages_compress_alike() -> None:
     """Every L in 0..4096: the kernel stores a page of L random bytes + zeros with the
@@ -148,10 +156,12 @@ def test_deterministic_image_equal() -> None:
     assert not failed, (
         "zramfs differs from the kernel on pages whose LZ4 length is version-independent, "
         "so the allocator (class table, chain rule, huge threshold), same-page detection or "
-        "mm_stat formatting is at fault" + _explain(c))
+        "mm_stat formatting is at fault" + _explain(c)
+    )
 
 
 # ------------------------------------------------------------------ churn, daemon running
+
 
 def test_churn_equal_with_the_daemon_running() -> None:
     """Random discards and rewrites with the daemon running under the default policy and no
@@ -165,7 +175,8 @@ def test_churn_equal_with_the_daemon_running() -> None:
     failed = kc.failed_checks(c)
     assert not failed, (
         "under the default policy with no memory pressure zramfs must report the kernel's "
-        "mm_stat until the user compacts" + _explain(c))
+        "mm_stat until the user compacts" + _explain(c)
+    )
     # pages_compacted counts the explicit compaction only (the daemon did none).
     assert c.model["compacted"]["pages_compacted"] > 0
 
@@ -182,6 +193,7 @@ def test_churn_checks_catch_a_daemon_that_compacts_on_its_own() -> None:
 
 
 # ------------------------------------------------------------------ the real-data image
+
 
 def test_real_image_close() -> None:
     """orig_data_size and same_pages equal; compr_data_size, mem_used_total and huge_pages

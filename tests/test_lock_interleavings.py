@@ -36,57 +36,92 @@ from support.schedule import (
 R = ("read_lock", "read_unlock")
 W = ("write_lock", "write_unlock")
 
-READERS_WRITER = Scenario("readers-writer", "rwlock", (
-    program("R1", *R), program("R2", *R), program("W", *W)))
+READERS_WRITER = Scenario(
+    "readers-writer", "rwlock", (program("R1", *R), program("R2", *R), program("W", *W))
+)
 
 # A reader between two writers: write_unlock hands the lock to queued readers or the next writer.
-HANDOFF = Scenario("reader-writer-writer", "rwlock", (
-    program("R", *R), program("W1", *W), program("W2", *W)))
+HANDOFF = Scenario(
+    "reader-writer-writer", "rwlock", (program("R", *R), program("W1", *W), program("W2", *W))
+)
 
-TRY_AND_CONTENDED = Scenario("try-and-is_contended", "rwlock", (
-    program("R", Try("try_read_lock", (Call("is_contended"), Call("read_unlock"))),
-            "read_lock", "is_contended", "read_unlock"),
-    program("W", "write_lock", "is_contended", "write_unlock",
-            Try("try_write_lock", (Call("write_unlock"),)))))
+TRY_AND_CONTENDED = Scenario(
+    "try-and-is_contended",
+    "rwlock",
+    (
+        program(
+            "R",
+            Try("try_read_lock", (Call("is_contended"), Call("read_unlock"))),
+            "read_lock",
+            "is_contended",
+            "read_unlock",
+        ),
+        program(
+            "W",
+            "write_lock",
+            "is_contended",
+            "write_unlock",
+            Try("try_write_lock", (Call("write_unlock"),)),
+        ),
+    ),
+)
 
 # __zs_compact's pattern: a writer that drops the lock when it is contended and re-takes it.
-RELOCK = Scenario("writer-relocks", "rwlock", (
-    program("C", "write_lock", "is_contended", "write_unlock", *W),
-    program("R", *R)))
+RELOCK = Scenario(
+    "writer-relocks",
+    "rwlock",
+    (program("C", "write_lock", "is_contended", "write_unlock", *W), program("R", *R)),
+)
 
 # The hand-off bug's cast in three threads: B is the first writer (W1 of the bug report), then
 # the fast-path reader; S becomes a slow-path reader (queued behind B's write lock, or seeing
 # its writer flag); W is the second writer.
-SLOW_AND_FAST = Scenario("slow-and-fast-readers", "rwlock", (
-    program("B", *W, *R), program("S", *R), program("W", *W)))
+SLOW_AND_FAST = Scenario(
+    "slow-and-fast-readers", "rwlock", (program("B", *W, *R), program("S", *R), program("W", *W))
+)
 
-TRY_MIX = Scenario("try-mix", "rwlock", (
-    program("R", Try("try_read_lock", (Call("read_unlock"),)), *R),
-    program("W", Try("try_write_lock", (Call("is_contended"), Call("write_unlock"))), *W),
-    program("X", "read_lock", "is_contended", "read_unlock")))
+TRY_MIX = Scenario(
+    "try-mix",
+    "rwlock",
+    (
+        program("R", Try("try_read_lock", (Call("read_unlock"),)), *R),
+        program("W", Try("try_write_lock", (Call("is_contended"), Call("write_unlock"))), *W),
+        program("X", "read_lock", "is_contended", "read_unlock"),
+    ),
+)
 
-MUTEX_TWO = Scenario("mutex-two", "mutex", (
-    program("A", "acquire", "release", Try("trylock", (Call("release"),))),
-    program("B", "acquire", "locked", "release")))
+MUTEX_TWO = Scenario(
+    "mutex-two",
+    "mutex",
+    (
+        program("A", "acquire", "release", Try("trylock", (Call("release"),))),
+        program("B", "acquire", "locked", "release"),
+    ),
+)
 
-MUTEX_THREE = Scenario("mutex-three", "mutex", (
-    program("A", "acquire", "release"),
-    program("B", Try("trylock", (Call("locked"), Call("release"))), "acquire", "release"),
-    program("C", "locked", "acquire", "release")))
+MUTEX_THREE = Scenario(
+    "mutex-three",
+    "mutex",
+    (
+        program("A", "acquire", "release"),
+        program("B", Try("trylock", (Call("locked"), Call("release"))), "acquire", "release"),
+        program("C", "locked", "acquire", "release"),
+    ),
+)
 
 # (scenario, preemption bound of the default run, least number of interleavings it must run).
 # The floors are about 60% of what the current locks.py gives, so that an edit of the lock
 # code does not trip them but exploring (next to) nothing does.  Bound 2 where it takes at
 # most a couple of seconds; the rest at bound 2 in the soak run.
 EXHAUSTIVE = [
-    (READERS_WRITER, 1, 220),       # 372 interleavings
-    (HANDOFF, 1, 250),              # 426
-    (SLOW_AND_FAST, 1, 330),        # 556
-    (TRY_MIX, 1, 440),              # 736
-    (TRY_AND_CONTENDED, 2, 1200),   # 2033
-    (RELOCK, 2, 650),               # 1107
-    (MUTEX_TWO, 2, 160),            # 268
-    (MUTEX_THREE, 1, 200),          # 344
+    (READERS_WRITER, 1, 220),  # 372 interleavings
+    (HANDOFF, 1, 250),  # 426
+    (SLOW_AND_FAST, 1, 330),  # 556
+    (TRY_MIX, 1, 440),  # 736
+    (TRY_AND_CONTENDED, 2, 1200),  # 2033
+    (RELOCK, 2, 650),  # 1107
+    (MUTEX_TWO, 2, 160),  # 268
+    (MUTEX_THREE, 1, 200),  # 344
 ]
 SCENARIOS = [s for s, _, _ in EXHAUSTIVE]
 
@@ -96,27 +131,33 @@ def report(result: Explored, record_property: Callable[[str, object], None]) -> 
     record_property("interleavings", result.executions)
 
 
-@pytest.mark.parametrize(("scenario", "bound", "floor"), EXHAUSTIVE, ids=[s.name for s in SCENARIOS])
-def test_every_interleaving_up_to_the_bound(scenario: Scenario, bound: int, floor: int,
-                                            record_property: Callable[[str, object], None]) -> None:
+@pytest.mark.parametrize(
+    ("scenario", "bound", "floor"), EXHAUSTIVE, ids=[s.name for s in SCENARIOS]
+)
+def test_every_interleaving_up_to_the_bound(
+    scenario: Scenario, bound: int, floor: int, record_property: Callable[[str, object], None]
+) -> None:
     result = explore(scenario, preemption_bound=bound)
     report(result, record_property)
     assert result.complete and result.executions >= floor
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
-def test_random_interleavings(scenario: Scenario,
-                              record_property: Callable[[str, object], None]) -> None:
+def test_random_interleavings(
+    scenario: Scenario, record_property: Callable[[str, object], None]
+) -> None:
     result = explore_random(scenario, executions=300, seed=20261204)
     report(result, record_property)
     assert result.executions == 300
 
 
 @pytest.mark.soak
-@pytest.mark.parametrize(("scenario", "bound", "floor"), EXHAUSTIVE, ids=[s.name for s in SCENARIOS])
+@pytest.mark.parametrize(
+    ("scenario", "bound", "floor"), EXHAUSTIVE, ids=[s.name for s in SCENARIOS]
+)
 def test_every_interleaving_one_preemption_deeper(
-        scenario: Scenario, bound: int, floor: int,
-        record_property: Callable[[str, object], None]) -> None:
+    scenario: Scenario, bound: int, floor: int, record_property: Callable[[str, object], None]
+) -> None:
     result = explore(scenario, preemption_bound=bound + 1)
     report(result, record_property)
     assert result.complete and result.executions > floor
@@ -124,8 +165,9 @@ def test_every_interleaving_one_preemption_deeper(
 
 @pytest.mark.soak
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
-def test_random_interleavings_soak(scenario: Scenario,
-                                   record_property: Callable[[str, object], None]) -> None:
+def test_random_interleavings_soak(
+    scenario: Scenario, record_property: Callable[[str, object], None]
+) -> None:
     result = explore_random(scenario, executions=20_000, seed=7)
     report(result, record_property)
 
@@ -180,22 +222,24 @@ BUGGY_SLOW_AND_FAST = dataclasses.replace(SLOW_AND_FAST, traced_files=(__file__,
 
 
 def test_the_hand_off_bug_is_found_and_its_schedule_passes_now(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(RWLock, "read_lock", original_read_lock)
     with pytest.raises(InterleavingFailure) as found:
         explore(BUGGY_SLOW_AND_FAST, preemption_bound=2)
     message = str(found.value)
     print(message.splitlines()[0])
     assert "IndexError escaped B's read_lock()" in message and "preemptions: 2" in message
-    with pytest.raises(InterleavingFailure) as again:     # a failure replays exactly
+    with pytest.raises(InterleavingFailure) as again:  # a failure replays exactly
         replay(BUGGY_SLOW_AND_FAST, found.value.schedule)
     assert str(again.value) == message
     monkeypatch.undo()
-    replay(BUGGY_SLOW_AND_FAST, found.value.schedule)   # the same schedule, the fixed read_lock
+    replay(BUGGY_SLOW_AND_FAST, found.value.schedule)  # the same schedule, the fixed read_lock
 
 
 def test_the_hand_off_bug_strands_a_reader_count_and_wedges_the_writer(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(RWLock, "read_lock", read_lock_swallowing_the_index_error)
     with pytest.raises(InterleavingFailure, match="deadlock") as found:
         explore(BUGGY_SLOW_AND_FAST, preemption_bound=2)
@@ -218,7 +262,7 @@ def _sticky_writer_flag(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _greedy_try_read_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     def try_read_lock(self: RWLock) -> bool:
-        self._fast.append(None)         # no look for a writer
+        self._fast.append(None)  # no look for a writer
         next(self._racq)
         return True
 
@@ -236,35 +280,77 @@ def _double_counted_try_read_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(RWLock, "try_read_lock", try_read_lock)
 
 
-def _injection(scenario: Scenario, bound: int, inject: Callable[[pytest.MonkeyPatch], None],
-               finding: str) -> object:
+def _injection(
+    scenario: Scenario, bound: int, inject: Callable[[pytest.MonkeyPatch], None], finding: str
+) -> object:
     return pytest.param(scenario, bound, inject, finding, id=scenario.name)
 
 
-@pytest.mark.parametrize(("scenario", "bound", "inject", "finding"), [
-    # a fast-path reader's last unlock no longer wakes the writer waiting for it
-    _injection(Scenario("lost-wake-up", "rwlock", (program("R", *R), program("W", *W))), 1,
-               lambda mp: mp.setattr(RWLock, "_fast_drained", lambda self: None), "deadlock"),
-    _injection(Scenario("sticky-flag", "rwlock", (program("W", *W), program("R", *R))), 0,
-               _sticky_writer_flag, "_wbusy=True with _writer=False"),
-    _injection(Scenario("greedy-try", "rwlock", (
-        program("W", *W), program("R", Try("try_read_lock", (Call("read_unlock"),))))), 1,
-        _greedy_try_read_lock, "mutual exclusion violated"),
-    _injection(Scenario("double-count", "rwlock", (
-        program("R", Try("try_read_lock", (Call("read_unlock"),))), program("W", *W))), 0,
-        _double_counted_try_read_lock, "lock_stat read acquisitions 2, the programs made 1"),
-    _injection(Scenario("never-contended", "rwlock", (
-        program("W", *W), program("R", "is_contended"), program("X", *R))), 1,
-        lambda mp: mp.setattr(RWLock, "is_contended", lambda self: False),
-        "is_contended() is false while a thread waits"),
-    _injection(Scenario("never-locked", "mutex", (
-        program("A", "acquire", "locked", "release"), program("B", "acquire", "release"))), 0,
-        lambda mp: mp.setattr(Mutex, "locked", lambda self: False),
-        "locked() is false while a thread holds the mutex"),
-])
-def test_the_checks_catch_injected_bugs(monkeypatch: pytest.MonkeyPatch, scenario: Scenario,
-                                        bound: int, inject: Callable[[pytest.MonkeyPatch], None],
-                                        finding: str) -> None:
+@pytest.mark.parametrize(
+    ("scenario", "bound", "inject", "finding"),
+    [
+        # a fast-path reader's last unlock no longer wakes the writer waiting for it
+        _injection(
+            Scenario("lost-wake-up", "rwlock", (program("R", *R), program("W", *W))),
+            1,
+            lambda mp: mp.setattr(RWLock, "_fast_drained", lambda self: None),
+            "deadlock",
+        ),
+        _injection(
+            Scenario("sticky-flag", "rwlock", (program("W", *W), program("R", *R))),
+            0,
+            _sticky_writer_flag,
+            "_wbusy=True with _writer=False",
+        ),
+        _injection(
+            Scenario(
+                "greedy-try",
+                "rwlock",
+                (program("W", *W), program("R", Try("try_read_lock", (Call("read_unlock"),)))),
+            ),
+            1,
+            _greedy_try_read_lock,
+            "mutual exclusion violated",
+        ),
+        _injection(
+            Scenario(
+                "double-count",
+                "rwlock",
+                (program("R", Try("try_read_lock", (Call("read_unlock"),))), program("W", *W)),
+            ),
+            0,
+            _double_counted_try_read_lock,
+            "lock_stat read acquisitions 2, the programs made 1",
+        ),
+        _injection(
+            Scenario(
+                "never-contended",
+                "rwlock",
+                (program("W", *W), program("R", "is_contended"), program("X", *R)),
+            ),
+            1,
+            lambda mp: mp.setattr(RWLock, "is_contended", lambda self: False),
+            "is_contended() is false while a thread waits",
+        ),
+        _injection(
+            Scenario(
+                "never-locked",
+                "mutex",
+                (program("A", "acquire", "locked", "release"), program("B", "acquire", "release")),
+            ),
+            0,
+            lambda mp: mp.setattr(Mutex, "locked", lambda self: False),
+            "locked() is false while a thread holds the mutex",
+        ),
+    ],
+)
+def test_the_checks_catch_injected_bugs(
+    monkeypatch: pytest.MonkeyPatch,
+    scenario: Scenario,
+    bound: int,
+    inject: Callable[[pytest.MonkeyPatch], None],
+    finding: str,
+) -> None:
     inject(monkeypatch)
     with pytest.raises(InterleavingFailure, match=re.escape(finding)) as found:
         explore(scenario, preemption_bound=bound)

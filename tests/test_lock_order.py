@@ -48,11 +48,11 @@ def churn(reg: Registry) -> None:
     data = pages(256, 1)
     for i, p in enumerate(data):
         dev.write(i * PAGE, p)
-    dev.write(0, b"".join(pages(16, 2)))          # a multi-page overwrite frees under stripes
+    dev.write(0, b"".join(pages(16, 2)))  # a multi-page overwrite frees under stripes
     for i in range(0, 256, 3):
         dev.discard(i * PAGE, PAGE)
     assert dev.read(20 * PAGE, PAGE) == data[20]
-    assert dev.read(16 * PAGE, 8 * PAGE)[PAGE:2 * PAGE] == data[17]
+    assert dev.read(16 * PAGE, 8 * PAGE)[PAGE : 2 * PAGE] == data[17]
     dev.compact()
     reg.memory.compact()
     dev.mark_idle(None)
@@ -77,18 +77,19 @@ def test_every_lock_of_the_stack_is_ranked_and_taken_in_rank_order(lockdep: None
     seen = {(a.name, b.name) for a, b in edges}
     # The nestings the order is written for (allocator/locks.py, the table's explanation).
     for outer, inner in [
-        (STRIPE_LOCK, MIGRATE_LOCK),      # an overwrite frees the old object under its stripe
-        (INIT_LOCK, STRIPE_LOCK),         # reset frees every slot under the stripes
-        (COMPACT_LOCK, MIGRATE_LOCK),     # compaction runs under the device's compact lock
-        (COMPACT_LOCK, INIT_LOCK),        # ... and looks the pool up under dev_lock
-        (REGISTRY_LOCK, INIT_LOCK),       # hot_remove resets under the registry lock
-        (PAGE_LOCK, MIGRATE_LOCK),        # memory compaction migrates under the page lock
+        (STRIPE_LOCK, MIGRATE_LOCK),  # an overwrite frees the old object under its stripe
+        (INIT_LOCK, STRIPE_LOCK),  # reset frees every slot under the stripes
+        (COMPACT_LOCK, MIGRATE_LOCK),  # compaction runs under the device's compact lock
+        (COMPACT_LOCK, INIT_LOCK),  # ... and looks the pool up under dev_lock
+        (REGISTRY_LOCK, INIT_LOCK),  # hot_remove resets under the registry lock
+        (PAGE_LOCK, MIGRATE_LOCK),  # memory compaction migrates under the page lock
         (MIGRATE_LOCK, CLASS_LOCK),
     ]:
         assert (outer.name, inner.name) in seen, f"{outer.name} -> {inner.name} never seen"
     leaves = {b for a, b in edges if b.rank == LEAF_RANK}
-    assert all(a.rank != LEAF_RANK or a is b for a, b in edges), \
+    assert all(a.rank != LEAF_RANK or a is b for a, b in edges), (
         "a leaf lock was held while another lock was taken"
+    )
     assert leaves, "no leaf lock was taken under another lock"
 
 
@@ -118,7 +119,7 @@ def test_a_stripe_taken_under_migrate_lock_is_an_inversion(lockdep: None) -> Non
             with dev._stripes[5].lock:
                 pass
     assert int(lockdep_stats()["violations"]) >= 1 and lockdep_stats()["debug_locks"] == 0
-    set_lockdep(True)                         # switching clears the count
+    set_lockdep(True)  # switching clears the count
     assert lockdep_stats()["violations"] == 0
 
 
@@ -161,8 +162,9 @@ def test_compaction_does_not_hold_the_device_lock(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.pure_python
 @pytest.mark.parametrize("where", ["lookup", "move"])
-def test_a_failed_migration_releases_every_lock(monkeypatch: pytest.MonkeyPatch,
-                                                where: str) -> None:
+def test_a_failed_migration_releases_every_lock(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
     """zs_page_migrate takes migrate_lock, class->lock and the zspage lock; an exception at
     any point after the first must leave none held, and the page goes back (isolated 0)."""
     mem = PhysicalMemory(max_pages=1 << 10)
@@ -190,6 +192,6 @@ def test_a_failed_migration_releases_every_lock(monkeypatch: pytest.MonkeyPatch,
     assert not any(c.lock.locked() for c in pool.classes)
     assert not zspage.lock.is_locked() and zspage.isolated == 0
     assert not mem.page_is_locked(pfn)
-    for h, p in zip(handles, payload, strict=True):      # the pool still works, data intact
+    for h, p in zip(handles, payload, strict=True):  # the pool still works, data intact
         assert pool.read_object(h, len(p)) == p
         pool.free(h)

@@ -49,6 +49,7 @@ def run_threads(targets: list[Callable[[], object]], timeout: float = 10.0) -> N
                 fn()
             except BaseException as e:  # noqa: BLE001 - reported to the main thread
                 errors.append(e)
+
         return run
 
     threads = [threading.Thread(target=wrap(t), daemon=True) for t in targets]
@@ -157,7 +158,7 @@ def test_mutex_release_unheld(lockdep: None) -> None:
 def test_rwlock_shared_readers_exclusive_writer() -> None:
     rw = RWLock(fresh_class(rw=True))
     rw.read_lock()
-    rw.read_lock()          # another reader (same thread is fine with lockdep off)
+    rw.read_lock()  # another reader (same thread is fine with lockdep off)
     assert rw.readers == 2 and rw.is_locked()
     assert not rw.try_write_lock()
     assert rw.try_read_lock()
@@ -186,7 +187,7 @@ def test_rwlock_writer_preference_and_is_contended() -> None:
     """A queued writer blocks new readers (qrwlock) and makes the lock contended."""
     rw = RWLock(fresh_class(rw=True))
     order: list[str] = []
-    rw.read_lock()                      # the main thread is an active reader
+    rw.read_lock()  # the main thread is an active reader
     assert not rw.is_contended()
 
     def writer() -> None:
@@ -202,13 +203,13 @@ def test_rwlock_writer_preference_and_is_contended() -> None:
 
     w = threading.Thread(target=writer, daemon=True)
     w.start()
-    wait_until(rw.is_contended)          # the writer is queued behind our read lock
+    wait_until(rw.is_contended)  # the writer is queued behind our read lock
     assert not rw.try_read_lock(), "a new reader must not pass a queued writer"
     r = threading.Thread(target=late_reader, daemon=True)
     r.start()
     wait_until(lambda: rw._waiters == 2)
     assert order == []
-    rw.read_unlock()                     # the writer goes first, then the queued reader
+    rw.read_unlock()  # the writer goes first, then the queued reader
     w.join(5)
     r.join(5)
     assert not w.is_alive() and not r.is_alive()
@@ -223,7 +224,7 @@ def test_rwlock_waiting_readers_all_woken() -> None:
 
     def reader() -> None:
         with rw.read():
-            inside.wait()               # all four readers hold the lock at the same time
+            inside.wait()  # all four readers hold the lock at the same time
 
     ts = [threading.Thread(target=reader, daemon=True) for _ in range(4)]
     for t in ts:
@@ -250,7 +251,7 @@ def test_rwlock_relocking_writer_does_not_starve_readers() -> None:
             if rw.is_contended():
                 yields[0] += 1
                 rw.write_unlock()
-                rw.write_lock()     # re-lock immediately, no sleep
+                rw.write_lock()  # re-lock immediately, no sleep
         rw.write_unlock()
 
     reads = [0]
@@ -320,7 +321,7 @@ def test_rwlock_fast_path_readers_hold_off_a_writer() -> None:
     rw.read_unlock()
     time.sleep(0.02)
     assert not got.is_set(), "one reader is still inside"
-    unlocker = threading.Thread(target=rw.read_unlock, daemon=True)   # no owner: any thread
+    unlocker = threading.Thread(target=rw.read_unlock, daemon=True)  # no owner: any thread
     unlocker.start()
     unlocker.join(5)
     assert got.wait(5)
@@ -337,7 +338,7 @@ def test_rwlock_fast_and_slow_readers_mix() -> None:
     release_slow = threading.Event()
 
     def slow_reader() -> None:
-        rw.read_lock()                  # queued behind the writer: slow path, then granted
+        rw.read_lock()  # queued behind the writer: slow path, then granted
         slow_in.set()
         release_slow.wait(5)
         rw.read_unlock()
@@ -347,14 +348,14 @@ def test_rwlock_fast_and_slow_readers_mix() -> None:
     wait_until(lambda: rw._waiters == 1)
     rw.write_unlock()
     assert slow_in.wait(5)
-    rw.read_lock()                      # no writer about now: the fast path
+    rw.read_lock()  # no writer about now: the fast path
     assert rw._fast and rw.readers == 2
     w, got = start_writer(rw)
     assert not rw.try_read_lock(), "a queued writer shuts the fast path too"
-    rw.read_unlock()                    # takes the fast token; the slow reader remains
+    rw.read_unlock()  # takes the fast token; the slow reader remains
     time.sleep(0.02)
     assert not got.is_set()
-    release_slow.set()                  # its unlock finds no token: the slow count goes
+    release_slow.set()  # its unlock finds no token: the slow count goes
     r.join(5)
     assert got.wait(5)
     w.join(5)
@@ -379,7 +380,8 @@ def test_rwlock_failed_try_write_lock_reopens_the_fast_path() -> None:
 
 
 def test_rwlock_without_a_gil_every_reader_takes_the_slow_path(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Free-threaded CPython: the fast path's reasoning needs the GIL, so it is never used."""
     monkeypatch.setattr(locks, "_SLOW_READERS", True)
     rw = RWLock(fresh_class(rw=True))
@@ -404,14 +406,14 @@ def test_rwlock_reader_backs_out_when_a_writer_flag_appears() -> None:
     class Racing(list):
         def append(self, item: object) -> None:
             super().append(item)
-            rw._wbusy = True            # as if a writer got to _lock right after our append
+            rw._wbusy = True  # as if a writer got to _lock right after our append
 
     rw._fast = Racing()
-    rw.read_lock()                      # no writer really holds or waits: it gets in, slowly
+    rw.read_lock()  # no writer really holds or waits: it gets in, slowly
     assert rw._readers == 1 and not rw._fast and rw.readers == 1
     rw.read_unlock()
     assert rw.readers == 0 and not rw.is_locked()
-    rw.write_lock()                     # a real writer's unlock clears the flag again
+    rw.write_lock()  # a real writer's unlock clears the flag again
     rw.write_unlock()
     rw._fast = []
     rw.read_lock()
@@ -427,6 +429,7 @@ class ParkAfter:
 
     def __init__(self, func: Callable[..., object], marker: str) -> None:
         import inspect
+
         lines, first = inspect.getsourcelines(func)
         hits = [first + i for i, text in enumerate(lines) if marker in text]
         assert hits, f"{marker!r} not in {func.__qualname__}"
@@ -438,6 +441,7 @@ class ParkAfter:
 
     def install(self) -> None:
         import sys
+
         sys.settrace(self._global)
 
     def _global(self, frame, event, arg):
@@ -473,9 +477,10 @@ def test_rwlock_slow_reader_unlock_cannot_strand_a_fast_reader_backing_out() -> 
                 fn()
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
+
         return run
 
-    rw.write_lock()                                             # W1 (this thread)
+    rw.write_lock()  # W1 (this thread)
     s_in, s_release = threading.Event(), threading.Event()
 
     def reader_s() -> None:
@@ -486,8 +491,8 @@ def test_rwlock_slow_reader_unlock_cannot_strand_a_fast_reader_backing_out() -> 
 
     s = threading.Thread(target=guarded(reader_s), daemon=True)
     s.start()
-    wait_until(lambda: rw._rwait == 1)                          # S queued (slow path)
-    rw.write_unlock()                                           # hand-off admits S
+    wait_until(lambda: rw._rwait == 1)  # S queued (slow path)
+    rw.write_unlock()  # hand-off admits S
     assert s_in.wait(5) and rw._readers == 1 and not rw._wbusy
 
     park = ParkAfter(RWLock.read_lock, "fast.append(None)")
@@ -501,14 +506,14 @@ def test_rwlock_slow_reader_unlock_cannot_strand_a_fast_reader_backing_out() -> 
 
     b = threading.Thread(target=guarded(reader_b), daemon=True)
     b.start()
-    assert park.parked.wait(5)                                  # B: token appended, parked
+    assert park.parked.wait(5)  # B: token appended, parked
     assert len(rw._fast) == 1
-    w2, w2_got = start_writer(rw)                               # W2 sets the flag and waits
+    w2, w2_got = start_writer(rw)  # W2 sets the flag and waits
     assert rw._wbusy and rw._wwait == 1
-    s_release.set()                                             # S's unlock pops B's token
+    s_release.set()  # S's unlock pops B's token
     s.join(5)
     assert not s.is_alive() and not rw._fast and rw._readers == 1
-    park.go.set()                                               # B backs out
+    park.go.set()  # B backs out
     assert w2_got.wait(5), f"W2 never got the lock: {rw!r}, errors {errors!r}"
     w2.join(5)
     assert b_in.wait(5)
@@ -589,7 +594,7 @@ def test_lockdep_off_by_default() -> None:
     cl = Mutex(CLASS_LOCK)
     ml = RWLock(MIGRATE_LOCK)
     with cl:
-        with ml.read():         # an inversion, but nobody is checking
+        with ml.read():  # an inversion, but nobody is checking
             pass
 
 
@@ -597,7 +602,7 @@ def test_lockdep_catches_inversion_before_blocking(lockdep: None) -> None:
     cl = Mutex(CLASS_LOCK)
     ml = RWLock(MIGRATE_LOCK)
     with ml.read():
-        with cl:                # documented order: fine
+        with cl:  # documented order: fine
             pass
     with cl:
         with pytest.raises(LockOrderViolation, match="inversion"):
@@ -613,7 +618,7 @@ def test_lockdep_allows_same_class_nesting(lockdep: None) -> None:
     src, dst = RWLock(ZSPAGE_LOCK), RWLock(ZSPAGE_LOCK)
     ml = RWLock(MIGRATE_LOCK)
     cl = Mutex(CLASS_LOCK)
-    with ml.write(), cl:        # __zs_compact: migrate_lock -> class->lock -> src -> dst
+    with ml.write(), cl:  # __zs_compact: migrate_lock -> class->lock -> src -> dst
         src.write_lock()
         dst.write_lock_nested()
         assert len(locks.held_locks()) == 4
@@ -623,9 +628,9 @@ def test_lockdep_allows_same_class_nesting(lockdep: None) -> None:
 
 def test_lockdep_allows_trylock_inversion(lockdep: None) -> None:
     cl = Mutex(CLASS_LOCK)
-    page = Mutex(PAGE_LOCK)     # stands in for a page lock taken by free_zspage
+    page = Mutex(PAGE_LOCK)  # stands in for a page lock taken by free_zspage
     with cl:
-        assert page.trylock()   # trylock against the order: allowed
+        assert page.trylock()  # trylock against the order: allowed
         page.release()
     # ... but holding the trylocked lower-rank lock does not excuse a later blocking inversion
     with cl:
@@ -654,7 +659,7 @@ def test_lockdep_recursion(lockdep: None) -> None:
     with m:
         with pytest.raises(LockOrderViolation, match="recursive"):
             m.acquire()
-        assert not m.trylock()   # a trylock just fails
+        assert not m.trylock()  # a trylock just fails
     rw = RWLock(fresh_class(rw=True))
     with rw.read():
         with pytest.raises(LockOrderViolation, match="recursive read"):
@@ -712,7 +717,9 @@ def test_lock_stat_counts_contention_when_waiting() -> None:
     m = Mutex(c)
     m.acquire()
     about_to_wait = threading.Event()
-    t = threading.Thread(target=lambda: (about_to_wait.set(), m.acquire(), m.release()), daemon=True)
+    t = threading.Thread(
+        target=lambda: (about_to_wait.set(), m.acquire(), m.release()), daemon=True
+    )
     t.start()
     assert about_to_wait.wait(5)
     time.sleep(0.05)
@@ -725,7 +732,7 @@ def test_lock_stat_counts_contention_when_waiting() -> None:
     line = next(ln for ln in text.splitlines() if ln.strip().startswith(c.name + ":"))
     fields = line.split()
     assert fields[1] == "1" and fields[-1] == "2"
-    assert "<lambda>" in text   # the contention point is the caller that waited
+    assert "<lambda>" in text  # the contention point is the caller that waited
 
 
 def test_lock_stat_rw_sides() -> None:

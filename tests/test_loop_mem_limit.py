@@ -17,6 +17,7 @@ request FUSE cuts in two.  Every write's outcome is recorded in a per-sector mod
 whole range is read back with O_DIRECT at the end.  After a refused write each of its sectors
 may be old or new; after a successful one only new.
 """
+
 from __future__ import annotations
 
 import errno
@@ -49,7 +50,7 @@ def off_page_buffer(size: int) -> Iterator[memoryview]:
     """``size`` writable bytes starting 512 bytes into a page: sector aligned, as O_DIRECT on a
     512-byte-sector loop device requires (dma_alignment 511), but never page aligned."""
     area = mmap.mmap(-1, size + PAGE)
-    view = memoryview(area)[SECTOR:SECTOR + size]
+    view = memoryview(area)[SECTOR : SECTOR + size]
     try:
         yield view
     finally:
@@ -67,8 +68,10 @@ PIECE = 2 * SECTOR
 def scattered_buffer(size: int) -> Iterator[list[memoryview]]:
     """``size`` bytes as an iovec of 1 KiB pieces, each in two pages of its own."""
     area = mmap.mmap(-1, size // PIECE * 2 * PAGE + PAGE)
-    views = [memoryview(area)[at:at + PIECE]
-             for at in range(PAGE - SECTOR, size // PIECE * 2 * PAGE, 2 * PAGE)]
+    views = [
+        memoryview(area)[at : at + PIECE]
+        for at in range(PAGE - SECTOR, size // PIECE * 2 * PAGE, 2 * PAGE)
+    ]
     try:
         yield views
     finally:
@@ -78,19 +81,25 @@ def scattered_buffer(size: int) -> Iterator[list[memoryview]]:
 
 
 @contextmanager
-def write_buffer(layout: str, size: int) -> Iterator[tuple[list[memoryview], Callable[[bytes], None]]]:
+def write_buffer(
+    layout: str, size: int
+) -> Iterator[tuple[list[memoryview], Callable[[bytes], None]]]:
     """(the iovec to write, a function that puts the data in it) for a buffer layout:
     ``off-page`` (one buffer 512 bytes into a page) or ``scattered``."""
     if layout == "off-page":
         with off_page_buffer(size) as view:
+
             def fill(data: bytes) -> None:
                 view[:] = data
+
             yield [view], fill
     elif layout == "scattered":
         with scattered_buffer(size) as views:
+
             def fill(data: bytes) -> None:
                 for i, view in enumerate(views):
-                    view[:] = data[i * PIECE:(i + 1) * PIECE]
+                    view[:] = data[i * PIECE : (i + 1) * PIECE]
+
             yield views, fill
     else:
         raise ValueError(f"unknown buffer layout {layout!r}")
@@ -107,13 +116,13 @@ class SectorModel:
 
     def __init__(self, size: int) -> None:
         self.known = array("q", [hash(ZERO_SECTOR)]) * (size // SECTOR)
-        self.maybe: dict[int, set[int]] = {}        # sector -> contents of refused writes
+        self.maybe: dict[int, set[int]] = {}  # sector -> contents of refused writes
 
     def record(self, offset: int, data: bytes, *, succeeded: bool) -> None:
         assert offset % SECTOR == 0 and len(data) % SECTOR == 0
         first = offset // SECTOR
         for i in range(len(data) // SECTOR):
-            h = hash(data[i * SECTOR:(i + 1) * SECTOR])
+            h = hash(data[i * SECTOR : (i + 1) * SECTOR])
             if succeeded:
                 self.known[first + i] = h
                 self.maybe.pop(first + i, None)
@@ -133,7 +142,7 @@ class Outcome:
     succeeded: int = 0
     refused: int = 0
     limit_raises: int = 0
-    end: int = 0                  # just past the last byte any write tried
+    end: int = 0  # just past the last byte any write tried
 
 
 def set_mem_limit(m: Mount, nbytes: int) -> None:
@@ -144,9 +153,19 @@ def set_mem_limit(m: Mount, nbytes: int) -> None:
 FILL_REFUSALS = 4
 
 
-def write_at_the_limit(m: Mount, fd: int, *, layout: str, write_size: int, shift: int,
-                       end: int, limit: int, sweeps: int, rng: random.Random,
-                       model: SectorModel) -> Outcome:
+def write_at_the_limit(
+    m: Mount,
+    fd: int,
+    *,
+    layout: str,
+    write_size: int,
+    shift: int,
+    end: int,
+    limit: int,
+    sweeps: int,
+    rng: random.Random,
+    model: SectorModel,
+) -> Outcome:
     """Fill, then sweep.  Random (incompressible) data, ``write_size`` bytes at a time from
     ``shift`` on, every refusal checked to be EIO and recorded in ``model``.
 
@@ -173,9 +192,9 @@ def write_at_the_limit(m: Mount, fd: int, *, layout: str, write_size: int, shift
                 out.refused += 1
                 if refused_in_row < FILL_REFUSALS:
                     refused_in_row += 1
-                    offset += write_size         # filling: the next one at a fresh place
+                    offset += write_size  # filling: the next one at a fresh place
                 else:
-                    limit += PAGE                # sweeping: one page more, same place
+                    limit += PAGE  # sweeping: one page more, same place
                     set_mem_limit(m, limit)
                     out.limit_raises += 1
                 continue
@@ -183,7 +202,7 @@ def write_at_the_limit(m: Mount, fd: int, *, layout: str, write_size: int, shift
             model.record(offset, data, succeeded=True)
             offset += write_size
             if refused_in_row < FILL_REFUSALS:
-                refused_in_row = 0               # still below the limit
+                refused_in_row = 0  # still below the limit
             else:
                 out.succeeded += 1
     return out
@@ -200,7 +219,7 @@ def verify(fd: int, model: SectorModel, *, start: int, end: int, chunk: int) -> 
             got = bytes(buf)
             for i in range(0, chunk, SECTOR):
                 sector = (offset + i) // SECTOR
-                if not model.allows(sector, got[i:i + SECTOR]):
+                if not model.allows(sector, got[i : i + SECTOR]):
                     what = "the known" if model.certain(sector) else "a possible"
                     bad.append(f"sector {sector} (byte {sector * SECTOR}): not {what} content")
     assert not bad, f"{len(bad)} sector(s) wrong, first: {bad[:5]}"
@@ -214,27 +233,46 @@ def wait_clamped(loop: str, limit_kb: int, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def loop_writes_at_mem_limit(zmount, *, layout: str, write_size: int, shift: int,
-                             disksize: int, limit: int, sweeps: int, seed: int) -> None:
+def loop_writes_at_mem_limit(
+    zmount,
+    *,
+    layout: str,
+    write_size: int,
+    shift: int,
+    disksize: int,
+    limit: int,
+    sweeps: int,
+    seed: int,
+) -> None:
     if (why := loop_unusable()) is not None:
         pytest.skip(why)
     from zramfs.fs import MAX_IO
+
     # No background compaction: the page counts the sweep walks through stay put.
-    m = zmount("--size", str(disksize), "--mem-limit", str(limit), "--algorithm", "lz4",
-               "--no-compact")
-    loop = m.losetup()                              # detached by the fixture, even on failure
+    m = zmount(
+        "--size", str(disksize), "--mem-limit", str(limit), "--algorithm", "lz4", "--no-compact"
+    )
+    loop = m.losetup()  # detached by the fixture, even on failure
     wait_clamped(loop, loopdev.whole_request_kb(MAX_IO // KiB))
     model = SectorModel(disksize)
     with Watchdog(300, daemon_killer(m), what="O_DIRECT loop writes at mem_limit"):
         fd = os.open(loop, os.O_RDWR | os.O_DIRECT)
         try:
-            out = write_at_the_limit(m, fd, layout=layout, write_size=write_size, shift=shift,
-                                     end=disksize, limit=limit, sweeps=sweeps,
-                                     rng=random.Random(seed), model=model)
+            out = write_at_the_limit(
+                m,
+                fd,
+                layout=layout,
+                write_size=write_size,
+                shift=shift,
+                end=disksize,
+                limit=limit,
+                sweeps=sweeps,
+                rng=random.Random(seed),
+                model=model,
+            )
             # Everything up to the last write tried, and the never-written rest of its chunk.
             chunk = 128 * KiB
-            verify(fd, model, start=0, end=min(disksize, -(-out.end // chunk) * chunk),
-                   chunk=chunk)
+            verify(fd, model, start=0, end=min(disksize, -(-out.end // chunk) * chunk), chunk=chunk)
         finally:
             os.close(fd)
     assert out.succeeded == sweeps and out.refused > FILL_REFUSALS, out
@@ -250,27 +288,44 @@ SHIFTS = pytest.mark.parametrize("shift", [0, SECTOR], ids=["block-aligned", "se
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("write_size,sweeps", [(128 * KiB, 3), (MiB, 1)], ids=["128K", "1M"])
 def test_o_direct_writes_at_mem_limit_succeed_whole_or_fail(
-        zmount, layout: str, write_size: int, sweeps: int, shift: int) -> None:
+    zmount, layout: str, write_size: int, sweeps: int, shift: int
+) -> None:
     """128 KiB and 1 MiB O_DIRECT writes from buffers that are sector but not page aligned,
     at block-aligned and 512-byte-shifted device offsets: a 1 MiB limit filled past, then the
     refusal swept page by page through 3 writes of 128 KiB or one of 1 MiB."""
-    loop_writes_at_mem_limit(zmount, layout=layout, write_size=write_size, shift=shift,
-                             disksize=16 * MiB, limit=MiB, sweeps=sweeps,
-                             seed=write_size + shift + len(layout))
+    loop_writes_at_mem_limit(
+        zmount,
+        layout=layout,
+        write_size=write_size,
+        shift=shift,
+        disksize=16 * MiB,
+        limit=MiB,
+        sweeps=sweeps,
+        seed=write_size + shift + len(layout),
+    )
 
 
 @pytest.mark.soak
 @SHIFTS
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("write_size,swept", [(128 * KiB, 32 * MiB), (MiB, 8 * MiB)],
-                         ids=["128K", "1M"])
-def test_o_direct_writes_at_mem_limit_soak(zmount, layout: str, write_size: int, swept: int,
-                                           shift: int) -> None:
+@pytest.mark.parametrize(
+    "write_size,swept", [(128 * KiB, 32 * MiB), (MiB, 8 * MiB)], ids=["128K", "1M"]
+)
+def test_o_direct_writes_at_mem_limit_soak(
+    zmount, layout: str, write_size: int, swept: int, shift: int
+) -> None:
     """The same past a 16 MiB limit, the refusal swept through 32 MiB of 128 KiB writes or
     8 MiB of 1 MiB writes (each retry re-stores the write so far: 1 MiB ones cost ~40 s)."""
-    loop_writes_at_mem_limit(zmount, layout=layout, write_size=write_size, shift=shift,
-                             disksize=128 * MiB, limit=16 * MiB, sweeps=swept // write_size,
-                             seed=7 * write_size + shift + len(layout))
+    loop_writes_at_mem_limit(
+        zmount,
+        layout=layout,
+        write_size=write_size,
+        shift=shift,
+        disksize=128 * MiB,
+        limit=16 * MiB,
+        sweeps=swept // write_size,
+        seed=7 * write_size + shift + len(layout),
+    )
 
 
 def test_sector_model_allows_old_or_new_after_a_refusal() -> None:

@@ -7,6 +7,7 @@ completed as success (the end-to-end checks are test_loop_mem_limit.py and
 test_reliability_stress's loop mem_limit test).  A guard that cannot clamp is loud: ERROR in
 the log, ``unclamped()`` (the ``unclamped_loops`` module parameter) lists the device.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,11 +44,13 @@ def test_attached_loops_finds_only_files_under_the_mount(sysblock: Path, tmp_pat
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     fake_loop(sysblock, "loop0", f"{mnt}/dev/zram0")
-    fake_loop(sysblock, "loop1", f"{tmp_path}/mnt2/dev/zram0")        # a sibling mount
-    fake_loop(sysblock, "loop2", None)                                 # unbound
+    fake_loop(sysblock, "loop1", f"{tmp_path}/mnt2/dev/zram0")  # a sibling mount
+    fake_loop(sysblock, "loop2", None)  # unbound
     fake_loop(sysblock, "loop3", f"{mnt}/dev/zram1 (deleted)")
     assert loopdev.attached_loops(str(mnt)) == [
-        ("/dev/loop0", f"{mnt}/dev/zram0"), ("/dev/loop3", f"{mnt}/dev/zram1 (deleted)")]
+        ("/dev/loop0", f"{mnt}/dev/zram0"),
+        ("/dev/loop3", f"{mnt}/dev/zram1 (deleted)"),
+    ]
 
 
 def test_clamp_lowers_only_larger_limits(sysblock: Path) -> None:
@@ -56,9 +59,9 @@ def test_clamp_lowers_only_larger_limits(sysblock: Path) -> None:
     assert loopdev.clamp_requests("/dev/loop0", 128)
     assert (big / "queue/max_sectors_kb").read_text().strip() == "128"
     assert loopdev.clamp_requests("/dev/loop1", 128)
-    assert (small / "queue/max_sectors_kb").read_text().strip() == "64"   # left alone
+    assert (small / "queue/max_sectors_kb").read_text().strip() == "64"  # left alone
     with pytest.raises(OSError):
-        loopdev.clamp_requests("/dev/loop9", 128)                          # no such device
+        loopdev.clamp_requests("/dev/loop9", 128)  # no such device
 
 
 def test_whole_request_kb_is_bounded_by_pages_not_bytes() -> None:
@@ -78,7 +81,8 @@ def read_kb(dev: Path) -> int:
 
 
 def test_guard_scan_clamps_new_devices_once_and_restores_after_detach(
-        sysblock: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sysblock: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     ok = fake_loop(sysblock, "loop0", f"{mnt}/dev/zram0")
@@ -87,8 +91,8 @@ def test_guard_scan_clamps_new_devices_once_and_restores_after_detach(
     assert guard.limit_kb == 16
     with caplog.at_level(logging.INFO, logger="zramfs.loopdev"):
         guard.scan()
-        guard.scan()                                                    # nothing new
-    assert read_kb(ok) == 16 and read_kb(small) == 8                    # a smaller one: kept
+        guard.scan()  # nothing new
+    assert read_kb(ok) == 16 and read_kb(small) == 8  # a smaller one: kept
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     assert "/dev/loop0" in caplog.records[0].getMessage()
     assert guard.unclamped() == []
@@ -108,7 +112,8 @@ def test_guard_scan_clamps_new_devices_once_and_restores_after_detach(
 
 
 def test_guard_lowers_a_limit_raised_while_attached(
-        sysblock: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sysblock: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Someone raising max_sectors_kb by hand is seen at the next scan and undone, with a
     warning; the detach still restores the value from before the first clamp."""
     mnt = tmp_path / "mnt"
@@ -117,7 +122,7 @@ def test_guard_lowers_a_limit_raised_while_attached(
     guard = loopdev.LoopGuard(str(mnt), 128)
     guard.scan()
     (dev / "queue/max_sectors_kb").write_text("1024\n")
-    assert guard.unclamped() == ["/dev/loop0"]                          # read live
+    assert guard.unclamped() == ["/dev/loop0"]  # read live
     with caplog.at_level(logging.WARNING, logger="zramfs.loopdev"):
         guard.scan()
     assert read_kb(dev) == 16 and guard.unclamped() == []
@@ -140,8 +145,11 @@ def refuse_sysfs_writes(monkeypatch: pytest.MonkeyPatch, refused: set[str]) -> N
 
 
 def test_guard_that_cannot_clamp_says_so_loudly_and_keeps_trying(
-        sysblock: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    sysblock: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """sysfs refusing the write: one ERROR line per attached device naming the fix, the device
     listed by unclamped() for as long as it stays unclamped, a retry at every scan, and a
     warning once a retry succeeds."""
@@ -150,7 +158,7 @@ def test_guard_that_cannot_clamp_says_so_loudly_and_keeps_trying(
     good = fake_loop(sysblock, "loop0", f"{mnt}/dev/zram0")
     bad = fake_loop(sysblock, "loop1", f"{mnt}/dev/zram1")
     gone = fake_loop(sysblock, "loop2", f"{mnt}/dev/zram2")
-    (gone / "queue" / "max_sectors_kb").unlink()                     # unreadable
+    (gone / "queue" / "max_sectors_kb").unlink()  # unreadable
     refused = {"loop1"}
     refuse_sysfs_writes(monkeypatch, refused)
     guard = loopdev.LoopGuard(str(mnt), 128)
@@ -159,7 +167,7 @@ def test_guard_that_cannot_clamp_says_so_loudly_and_keeps_trying(
         guard.scan()
         guard.scan()
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 2, errors                                  # once per device
+    assert len(errors) == 2, errors  # once per device
     assert "/dev/loop1" in errors[0] and "Read-only file system" in errors[0]
     assert "echo 16 > /sys/block/loop1/queue/max_sectors_kb" in errors[0]
     assert "/dev/loop2" in errors[1]
@@ -171,8 +179,12 @@ def test_guard_that_cannot_clamp_says_so_loudly_and_keeps_trying(
     with caplog.at_level(logging.INFO, logger="zramfs.loopdev"):
         guard.scan()
     assert read_kb(bad) == 16 and guard.unclamped() == ["/dev/loop2"]
-    assert any(r.levelno == logging.WARNING and "/dev/loop1" in r.getMessage()
-               and "clamped" in r.getMessage() for r in caplog.records)
+    assert any(
+        r.levelno == logging.WARNING
+        and "/dev/loop1" in r.getMessage()
+        and "clamped" in r.getMessage()
+        for r in caplog.records
+    )
     # Detached (its old limit restored), then attached again while sysfs refuses: the device
     # is new again, and gets its own ERROR line.
     shutil.rmtree(bad / "loop")
@@ -189,8 +201,9 @@ def test_guard_that_cannot_clamp_says_so_loudly_and_keeps_trying(
 
 
 @pytest.mark.parametrize("uevents", [True, False], ids=["uevents", "polling"])
-def test_guard_thread_starts_and_stops(sysblock: Path, tmp_path: Path, uevents: bool,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_guard_thread_starts_and_stops(
+    sysblock: Path, tmp_path: Path, uevents: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The thread clamps a device that appears (here by the polling burst after an image
     open, or the uevent wait's rescan) and stops at once even while waiting for uevents."""
     mnt = tmp_path / "mnt"
@@ -208,7 +221,7 @@ def test_guard_thread_starts_and_stops(sysblock: Path, tmp_path: Path, uevents: 
         assert time.monotonic() < deadline, "the guard thread did not clamp the device"
         time.sleep(0.01)
     monkeypatch.setattr(loopdev, "EVENT_RESCAN_S", 60.0)
-    time.sleep(0.1)                     # now waiting for uevents (or polling) for a long time
+    time.sleep(0.1)  # now waiting for uevents (or polling) for a long time
     t0 = time.monotonic()
     guard.stop()
     assert time.monotonic() - t0 < 1.0
@@ -220,15 +233,17 @@ def test_a_plain_losetup_gets_whole_fuse_requests(zmount) -> None:
     if shutil.which("losetup") is None or os.geteuid() != 0:
         pytest.skip("needs losetup and root")
     m = zmount("--size", "16M")
-    loop = subprocess.run(["losetup", "-f"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    loop = subprocess.run(
+        ["losetup", "-f"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     queue = Path("/sys/block") / Path(loop).name / "queue"
     original = (queue / "max_sectors_kb").read_text().strip()
     hw_max = int((queue / "max_hw_sectors_kb").read_text())
     if hw_max <= 128:
         pytest.skip(f"{loop} cannot take requests larger than 128 KiB: nothing to see")
-    (queue / "max_sectors_kb").write_text(f"{hw_max}\n")     # the kernel's default
+    (queue / "max_sectors_kb").write_text(f"{hw_max}\n")  # the kernel's default
     from zramfs.fs import MAX_IO
+
     limit_kb = loopdev.whole_request_kb(MAX_IO // 1024)
     try:
         subprocess.run(["losetup", loop, str(m.image(0))], check=True)

@@ -14,6 +14,7 @@ Three kinds of evidence that the port writes the kernel's bytes:
   written and half discarded, mm_stat equal to the kernel's field by field;
 * round trips, and a decompressor that turns every malformed stream into ValueError.
 """
+
 from __future__ import annotations
 
 import errno
@@ -31,9 +32,11 @@ from zramfs.errors import CodecError
 
 PAGE = 4096
 
-WORDS = (b"the page is compressed by zram into a zsmalloc object of class size "
-         b"and every write frees the old handle before the new one is stored "
-         b"lzo rle run length zero bytes kernel swap device block memory").split()
+WORDS = (
+    b"the page is compressed by zram into a zsmalloc object of class size "
+    b"and every write frees the old handle before the new one is stored "
+    b"lzo rle run length zero bytes kernel swap device block memory"
+).split()
 
 
 def text(seed: int, n: int = PAGE) -> bytes:
@@ -52,7 +55,7 @@ def zero_runs(seed: int) -> bytes:
     for _ in range(4):
         a = rng.randrange(PAGE)
         n = rng.randrange(4, 1500)
-        b[a:a + n] = bytes(len(b[a:a + n]))
+        b[a : a + n] = bytes(len(b[a : a + n]))
     return bytes(b)
 
 
@@ -68,7 +71,7 @@ CASES: dict[str, bytes] = {
     "one": b"\x00",
     "tiny": b"abc",
     "twenty": bytes(range(20)),
-    "thirty_one_zeros": bytes(31),     # < 32 bytes: the kernel never looks for matches
+    "thirty_one_zeros": bytes(31),  # < 32 bytes: the kernel never looks for matches
     "thirty_two_zeros": bytes(32),
     "hello": b"hello, hello, hello, hello, hello world!\n",
     "zeros": bytes(PAGE),
@@ -76,10 +79,12 @@ CASES: dict[str, bytes] = {
     "text": text(1),
     "zero_runs": zero_runs(2),
     "short_matches": short_matches(3),
-    "random": random.Random(4).randbytes(PAGE),                       # grows: 4116 / 4118
+    "random": random.Random(4).randbytes(PAGE),  # grows: 4116 / 4118
     "half": random.Random(5).randbytes(PAGE // 2) + text(5, PAGE // 2),
-    "big_zero_middle": random.Random(6).randbytes(100) + bytes(3896) + random.Random(7).randbytes(100),
-    "sixty_four_k": b"".join(text(i) for i in range(16)),             # two chunks for lzo-rle
+    "big_zero_middle": random.Random(6).randbytes(100)
+    + bytes(3896)
+    + random.Random(7).randbytes(100),
+    "sixty_four_k": b"".join(text(i) for i in range(16)),  # two chunks for lzo-rle
 }
 
 #: (case, rle) -> (length, full hex when <= 48 bytes, else the first 32 hex digits of sha256)
@@ -95,13 +100,28 @@ KAT: dict[tuple[str, bool], tuple[int, str]] = {
     ("thirty_one_zeros", False): (35, "30" + "00" * 31 + "110000"),
     ("thirty_one_zeros", True): (37, "110130" + "00" * 31 + "110000"),
     ("thirty_two_zeros", False): (28, "0200000000002a10000c000000000000000000000000000000110000"),
-    ("thirty_two_zeros", True): (37, "11010200000000001bfcff0000020000000000000000000000000000000000000000110000"),
+    ("thirty_two_zeros", True): (
+        37,
+        "11010200000000001bfcff0000020000000000000000000000000000000000000000110000",
+    ),
     ("hello", False): (29, "0468656c6c6f2c203218000b2068656c6c6f20776f726c64210a110000"),
     ("hello", True): (31, "11010468656c6c6f2c203218000b2068656c6c6f20776f726c64210a110000"),
-    ("zeros", False): (44, "02000000000020000000000000000000000000000000da10000c000000000000000000000000000000110000"),
-    ("zeros", True): (41, "11010200000000001ffcffff18fcfffc00020000000000000000000000000000000000000000110000"),
-    ("byte_a5", False): (44, "02a5a5a5a5a520000000000000000000000000000000da10000ca5a5a5a5a5a5a5a5a5a5a5a5a5a5a5110000"),
-    ("byte_a5", True): (46, "110102a5a5a5a5a520000000000000000000000000000000da10000ca5a5a5a5a5a5a5a5a5a5a5a5a5a5a5110000"),
+    ("zeros", False): (
+        44,
+        "02000000000020000000000000000000000000000000da10000c000000000000000000000000000000110000",
+    ),
+    ("zeros", True): (
+        41,
+        "11010200000000001ffcffff18fcfffc00020000000000000000000000000000000000000000110000",
+    ),
+    ("byte_a5", False): (
+        44,
+        "02a5a5a5a5a520000000000000000000000000000000da10000ca5a5a5a5a5a5a5a5a5a5a5a5a5a5a5110000",
+    ),
+    ("byte_a5", True): (
+        46,
+        "110102a5a5a5a5a520000000000000000000000000000000da10000ca5a5a5a5a5a5a5a5a5a5a5a5a5a5a5110000",
+    ),
     ("text", False): (1722, "57fcc48fcd0650c9c0f7f72edfd7c6b5"),
     ("text", True): (1724, "22531c8308d0df26d721b724b7231167"),
     ("zero_runs", False): (830, "ba869150b6f5d5c87e5e13e91a13fa14"),
@@ -125,7 +145,10 @@ def _digest(data: bytes) -> str:
 
 # ------------------------------------------------------------------ known answers
 
-@pytest.mark.parametrize("case,rle", sorted(KAT), ids=[f"{c}-{'rle' if r else 'lzo'}" for c, r in sorted(KAT)])
+
+@pytest.mark.parametrize(
+    "case,rle", sorted(KAT), ids=[f"{c}-{'rle' if r else 'lzo'}" for c, r in sorted(KAT)]
+)
 def test_known_answers(case: str, rle: bool) -> None:
     src = CASES[case]
     out = lzo.compress(src, rle=rle)
@@ -135,7 +158,7 @@ def test_known_answers(case: str, rle: bool) -> None:
 
 def test_format_landmarks() -> None:
     """The pieces of the format the known answers exercise, spelled out."""
-    assert lzo.compress(b"", rle=False) == bytes((0x11, 0, 0))            # end marker only
+    assert lzo.compress(b"", rle=False) == bytes((0x11, 0, 0))  # end marker only
     assert lzo.compress(b"", rle=True)[:2] == bytes((17, lzo.LZO_VERSION))  # bitstream version
     # a zero run of 4096 - 5 bytes (MAX_ZERO_RUN_LENGTH = 2051 per instruction)
     z = lzo.compress(bytes(PAGE), rle=True)
@@ -147,6 +170,7 @@ def test_format_landmarks() -> None:
 
 # ------------------------------------------------------------------ round trips
 
+
 def _pages() -> list[bytes]:
     rng = random.Random(11)
     pages = [CASES[k] for k in CASES]
@@ -156,14 +180,14 @@ def _pages() -> list[bytes]:
         pages.append(short_matches(300 + i))
         b = bytearray(rng.randbytes(PAGE))
         a = rng.randrange(PAGE)
-        b[a:a + rng.randrange(4, 3000)] = bytes(min(PAGE - a, 3000))
+        b[a : a + rng.randrange(4, 3000)] = bytes(min(PAGE - a, 3000))
         pages.append(bytes(b[:PAGE]))
     pages += [bytes([rng.randrange(256)]) * rng.randrange(1, 200) for _ in range(10)]
     pages += [rng.randbytes(n) for n in range(0, 70)]
     pages += [bytes(n) for n in range(0, 70)]
-    pages.append(bytes(3000) + b"\x01" + bytes(1095))                  # run cut at 2051
-    pages.append((b"\0" * 5 + b"x") * 700)                              # runs of 5 zeros
-    pages.append(rng.randbytes(0xBFFF + 1000))                          # several chunks
+    pages.append(bytes(3000) + b"\x01" + bytes(1095))  # run cut at 2051
+    pages.append((b"\0" * 5 + b"x") * 700)  # runs of 5 zeros
+    pages.append(rng.randbytes(0xBFFF + 1000))  # several chunks
     pages.append(bytes(0xBFFE) + b"tail" * 100)
     return pages
 
@@ -206,6 +230,7 @@ def test_accepts_bytes_like() -> None:
 
 # ------------------------------------------------------------------ malformed input
 
+
 def _rejects(data: bytes, out_len: int = PAGE) -> None:
     with pytest.raises(ValueError):
         lzo.decompress(data, out_len)
@@ -215,12 +240,12 @@ def _rejects(data: bytes, out_len: int = PAGE) -> None:
 def test_truncated_and_overlong_streams_are_rejected(rle: bool) -> None:
     page = zero_runs(21)
     data = lzo.compress(page, rle=rle)
-    for n in range(len(data)):                      # every truncation
+    for n in range(len(data)):  # every truncation
         _rejects(data[:n])
-    _rejects(data + b"\0")                          # input not consumed
-    _rejects(data, PAGE - 1)                        # output overrun
-    _rejects(data, PAGE + 1)                        # stream ends short of out_len
-    _rejects(lzo.compress(page[:100], rle=rle))     # a valid stream of a shorter page
+    _rejects(data + b"\0")  # input not consumed
+    _rejects(data, PAGE - 1)  # output overrun
+    _rejects(data, PAGE + 1)  # stream ends short of out_len
+    _rejects(lzo.compress(page[:100], rle=rle))  # a valid stream of a shorter page
     assert lzo.decompress(data, PAGE) == page
 
 
@@ -234,15 +259,22 @@ def test_checks_the_decompressor_defers_still_reject() -> None:
         _rejects(data[:n], 9)
     for out_len in range(9):
         _rejects(data, out_len)
-    _rejects(data[:-3] + bytes((0x11, 0)), 9)       # end marker cut after the literals
-    _rejects(data[:-5] + bytes((0x11, 0, 0)), 7)    # trailing literals missing
+    _rejects(data[:-3] + bytes((0x11, 0)), 9)  # end marker cut after the literals
+    _rejects(data[:-5] + bytes((0x11, 0, 0)), 7)  # trailing literals missing
 
 
 def test_garbage_is_rejected() -> None:
-    for bad in (b"", b"\x11", b"\x11\x00", b"\xff" * 40, b"\x00" * 64, b"\x11\x01\xff\xff\xff",
-                bytes((0x20, 0, 0, 0, 0x11, 0, 0)),                         # lookbehind
-                bytes((0x12, 0x61, 0x11, 0x00, 0x01)),                      # eof length != 3
-                bytes((0x12, 0x61, 0x10, 0x00, 0x00, 0x00, 0x00))):         # bad M4 distance
+    for bad in (
+        b"",
+        b"\x11",
+        b"\x11\x00",
+        b"\xff" * 40,
+        b"\x00" * 64,
+        b"\x11\x01\xff\xff\xff",
+        bytes((0x20, 0, 0, 0, 0x11, 0, 0)),  # lookbehind
+        bytes((0x12, 0x61, 0x11, 0x00, 0x01)),  # eof length != 3
+        bytes((0x12, 0x61, 0x10, 0x00, 0x00, 0x00, 0x00)),
+    ):  # bad M4 distance
         _rejects(bad)
     _rejects(b"\x11\x00\x00", -1)
 
@@ -273,15 +305,21 @@ def test_random_bytes_only_raise_value_error(data: bytes, out_len: int) -> None:
     assert len(out) == out_len
 
 
-_VALID = [lzo.compress(p, rle=r) for p in (text(31), zero_runs(32), CASES["zeros"]) for r in (False, True)]
+_VALID = [
+    lzo.compress(p, rle=r) for p in (text(31), zero_runs(32), CASES["zeros"]) for r in (False, True)
+]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(which=st.integers(0, len(_VALID) - 1), cut=st.integers(0, 5000),
-       flips=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 255)), max_size=3),
-       out_len=st.sampled_from([PAGE, PAGE - 1, PAGE + 1, 0, 100]))
-def test_mutated_streams_only_raise_value_error(which: int, cut: int, flips: list[tuple[int, int]],
-                                                out_len: int) -> None:
+@given(
+    which=st.integers(0, len(_VALID) - 1),
+    cut=st.integers(0, 5000),
+    flips=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 255)), max_size=3),
+    out_len=st.sampled_from([PAGE, PAGE - 1, PAGE + 1, 0, 100]),
+)
+def test_mutated_streams_only_raise_value_error(
+    which: int, cut: int, flips: list[tuple[int, int]], out_len: int
+) -> None:
     data = bytearray(_VALID[which][:cut])
     for pos, val in flips:
         if data:
@@ -295,8 +333,9 @@ def test_mutated_streams_only_raise_value_error(which: int, cut: int, flips: lis
 
 # ------------------------------------------------------------------ the codecs
 
+
 def test_codecs_are_registered_in_kernel_order() -> None:
-    assert codecs.AVAILABLE[:2] == ("lzo-rle", "lzo")              # zcomp.c backends[]
+    assert codecs.AVAILABLE[:2] == ("lzo-rle", "lzo")  # zcomp.c backends[]
     assert codecs.DEFAULT_ALGORITHM == "lz4"
     assert isinstance(codecs.get_codec("lzo"), codecs.LzoCodec)
     assert isinstance(codecs.get_codec("lzo-rle"), codecs.LzoRleCodec)
@@ -330,6 +369,7 @@ def test_codec_ignores_level_and_dictionary_like_kernel(name: str) -> None:
 
 # ------------------------------------------------------------------ the kernel
 
+
 def _machine_pages() -> list[bytes]:
     """Chunks of real files of this machine (an ELF binary, documentation text)."""
     pages: list[bytes] = []
@@ -337,7 +377,7 @@ def _machine_pages() -> list[bytes]:
     try:
         with open(python, "rb") as fh:
             blob = fh.read(64 * PAGE)
-        pages += [blob[o:o + PAGE] for o in range(0, len(blob) - PAGE + 1, 4 * PAGE)]
+        pages += [blob[o : o + PAGE] for o in range(0, len(blob) - PAGE + 1, 4 * PAGE)]
     except OSError:
         pass
     docs = sorted(glob.glob("/usr/share/doc/*/copyright"))[:200]
@@ -350,7 +390,7 @@ def _machine_pages() -> list[bytes]:
             continue
         if len(text_blob) >= 24 * PAGE:
             break
-    pages += [text_blob[o:o + PAGE] for o in range(0, len(text_blob) - PAGE + 1, 2 * PAGE)]
+    pages += [text_blob[o : o + PAGE] for o in range(0, len(text_blob) - PAGE + 1, 2 * PAGE)]
     return pages
 
 
@@ -362,12 +402,12 @@ def _kernel_pages() -> list[bytes]:
         pages.append(text(500 + i))
         pages.append(zero_runs(600 + i))
         pages.append(short_matches(700 + i))
-    for n in (1, 50, 700, 2000, 3000, 3400, 3500, 3600, 4000):    # literal run + zero tail
+    for n in (1, 50, 700, 2000, 3000, 3400, 3500, 3600, 4000):  # literal run + zero tail
         pages.append(rng.randbytes(n) + bytes(PAGE - n))
-    for _ in range(6):                                            # long zero runs inside
+    for _ in range(6):  # long zero runs inside
         b = bytearray(rng.randbytes(PAGE))
         a = rng.randrange(PAGE - 2100)
-        b[a:a + rng.randrange(100, 2100)] = bytes(len(b[a:a + 2100]))
+        b[a : a + rng.randrange(100, 2100)] = bytes(len(b[a : a + 2100]))
         pages.append(bytes(b[:PAGE]))
     return pages
 
@@ -379,6 +419,7 @@ def test_lengths_match_kernel_zram(alg: str, rle: bool) -> None:
     compr_data_size equals len(compress(page)) — or PAGE when that length reaches the
     huge class (zram stores such pages raw); same-filled pages (0 bytes) are skipped."""
     from support.kernel import HUGE_CLASS_SIZE, kc
+
     try:
         kc.KernelZram(algorithm=alg).check()
     except kc.KernelUnavailable as exc:
@@ -391,12 +432,12 @@ def test_lengths_match_kernel_zram(alg: str, rle: bool) -> None:
             for page in pages:
                 kz.write_page(0, page)
                 kernel.append(kz.mm_stat()["compr_data_size"])
-    except kc.KernelUnavailable as exc:     # taken by someone else since the check
+    except kc.KernelUnavailable as exc:  # taken by someone else since the check
         pytest.skip(f"kernel zram not usable: {exc}")
     compared = huge = 0
     mismatches = []
     for i, (k, m) in enumerate(zip(kernel, ours)):
-        if k == 0:                          # same-filled: no object stored
+        if k == 0:  # same-filled: no object stored
             continue
         if m >= HUGE_CLASS_SIZE:
             huge += 1
@@ -418,6 +459,7 @@ def test_real_image_mm_stat_equals_kernel(alg: str) -> None:
     every odd block discarded — mm_stat EQUAL to the kernel's field by field (the lz4
     comparison of test_kernel_diff needs tolerances only because liblz4 differs)."""
     from support.kernel import kc
+
     try:
         kc.KernelZram(algorithm=alg).check()
     except kc.KernelUnavailable as exc:

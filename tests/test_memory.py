@@ -40,6 +40,7 @@ def run_threads(targets: list[Callable[[], None]], timeout: float = 15.0) -> Non
                 fn()
             except BaseException as e:  # noqa: BLE001
                 errors.append(e)
+
         return run
 
     threads = [threading.Thread(target=wrap(t), daemon=True) for t in targets]
@@ -78,7 +79,7 @@ def test_high_water_drops_over_free_frames() -> None:
         mem.free_page(p)
     assert mem.high_water == 10
     mem.free_page(9)
-    assert mem.high_water == 6          # 9 freed, and 8, 7, 6 were already free
+    assert mem.high_water == 6  # 9 freed, and 8, 7, 6 were already free
     assert mem.alloc_page() == 3
     assert [mem.alloc_page() for _ in range(3)] == [6, 7, 8]
     assert mem.high_water == 9
@@ -100,13 +101,13 @@ def test_bad_frees() -> None:
     p = mem.alloc_page()
     mem.free_page(p)
     with pytest.raises(ValueError):
-        mem.free_page(p)            # double free
+        mem.free_page(p)  # double free
     with pytest.raises(ValueError):
-        mem.free_page(5)            # never allocated
+        mem.free_page(5)  # never allocated
     q = mem.alloc_page()
     mem.lock_page(q)
     with pytest.raises(ValueError):
-        mem.free_page(q)            # freeing a locked page (kernel: bad_page)
+        mem.free_page(q)  # freeing a locked page (kernel: bad_page)
     mem.unlock_page(q)
     mem.free_page(q)
 
@@ -137,13 +138,14 @@ def test_free_drops_contents_in_batches(backing: str) -> None:
     zeros), in runs of neighbours, and drop_free_frames does it now.  The memfd-only check
     that the blocks really go is in test_memory_memfd.py."""
     from allocator.memory import DIRTY_FRAMES
+
     mem = PhysicalMemory(max_pages=4 * DIRTY_FRAMES, backing=backing)
     p = mem.alloc_page()
     mem.view(p)[:] = b"\xab" * 4096
-    mem.alloc_page()                    # keep p below the top so it is reused from the heap
+    mem.alloc_page()  # keep p below the top so it is reused from the heap
     mem.free_page(p)
     assert mem.alloc_page() == p
-    assert bytes(mem.view(p)) == b"\xab" * 4096        # reused before the batch: stale
+    assert bytes(mem.view(p)) == b"\xab" * 4096  # reused before the batch: stale
     mem.free_page(p)
     mem.drop_free_frames()
     assert mem.alloc_page() == p and bytes(mem.view(p)) == bytes(4096)
@@ -151,7 +153,7 @@ def test_free_drops_contents_in_batches(backing: str) -> None:
     frames = [mem.alloc_page() for _ in range(DIRTY_FRAMES + 8)]
     for f in frames:
         mem.view(f)[:] = b"\xcd" * 4096
-    keep = frames[-1]                   # stays allocated above the others
+    keep = frames[-1]  # stays allocated above the others
     for f in frames[:DIRTY_FRAMES]:
         mem.free_page(f)
     assert not mem._dirty
@@ -177,8 +179,8 @@ def test_small_page_size_zero_filled(backing: str) -> None:
 
 
 def test_rss_follows_frames_in_use() -> None:
-    mem = PhysicalMemory(max_pages=1 << 22)   # 16 GiB of address space, nothing touched yet
-    n = 8192                                   # 32 MiB
+    mem = PhysicalMemory(max_pages=1 << 22)  # 16 GiB of address space, nothing touched yet
+    n = 8192  # 32 MiB
     pfns = [mem.alloc_page() for _ in range(n)]
     before = rss_bytes()
     for p in pfns:
@@ -227,7 +229,7 @@ def test_view_of_free_frame_rejected_under_lockdep(lockdep: None) -> None:
 def test_page_lock_basics() -> None:
     mem = PhysicalMemory(max_pages=8)
     pfns = [mem.alloc_page() for _ in range(4)]
-    for p in pfns:                       # one thread locks every frame of a zspage
+    for p in pfns:  # one thread locks every frame of a zspage
         mem.lock_page(p)
     assert all(mem.page_is_locked(p) for p in pfns)
     assert not mem.trylock_page(pfns[2])
@@ -245,7 +247,7 @@ def test_page_lock_basics() -> None:
 def test_page_lock_blocks_and_wakes() -> None:
     mem = PhysicalMemory(max_pages=200)
     pfns = [mem.alloc_page() for _ in range(130)]
-    a, b = pfns[1], pfns[65]             # same hashed wait queue
+    a, b = pfns[1], pfns[65]  # same hashed wait queue
     mem.lock_page(a)
     mem.lock_page(b)
     got: list[int] = []
@@ -291,14 +293,14 @@ def test_page_lock_lockdep(lockdep: None) -> None:
     mem = PhysicalMemory(max_pages=8)
     p, q = mem.alloc_page(), mem.alloc_page()
     cl = Mutex(CLASS_LOCK)
-    with mem.page_locked(p), mem.page_locked(q):      # same class nests
+    with mem.page_locked(p), mem.page_locked(q):  # same class nests
         with cl:
             pass
     with cl:
-        assert mem.trylock_page(p)                    # free_zspage: trylock under class->lock
+        assert mem.trylock_page(p)  # free_zspage: trylock under class->lock
         mem.unlock_page(p)
         with pytest.raises(LockOrderViolation):
-            mem.lock_page(p)                          # a sleeping lock_page there would invert
+            mem.lock_page(p)  # a sleeping lock_page there would invert
         assert not mem.page_is_locked(p)
     with mem.page_locked(p):
         with pytest.raises(LockOrderViolation, match="recursive"):
@@ -328,7 +330,7 @@ def test_page_lock_stat() -> None:
     t.start()
     wait_queue = mem._waitq[p % len(mem._waitq)]
     deadline = time.monotonic() + 5
-    while not wait_queue.waiters:        # the other thread is asleep on the page lock
+    while not wait_queue.waiters:  # the other thread is asleep on the page lock
         assert time.monotonic() < deadline
         time.sleep(0.001)
     mem.unlock_page(p)
@@ -348,14 +350,16 @@ def test_migrate_success_protocol() -> None:
     src = owner.where[4]
     assert mem.migrate_pfn(src)
     new = owner.where[4]
-    assert new == 1                                   # the lowest free frame
+    assert new == 1  # the lowest free frame
     assert owner.calls == [("isolate", src), ("migrate", src, 1)]
     owner.check(4)
     assert mem.is_free(src) and mem.private[src] is None and mem.flags[src] == 0
     assert mem.flags[new] == PG_PRIVATE | PG_MOVABLE
     assert not mem.page_is_locked(src) and not mem.page_is_locked(new)
     vm = mem.vmstat()
-    assert vm["pgmigrate_success"] == 1 and vm["pgmigrate_fail"] == 0 and vm["compact_isolated"] == 1
+    assert (
+        vm["pgmigrate_success"] == 1 and vm["pgmigrate_fail"] == 0 and vm["compact_isolated"] == 1
+    )
     assert mem.nr_used == 4
 
 
@@ -381,21 +385,21 @@ def test_migrate_refusals() -> None:
     mem = PhysicalMemory(max_pages=8)
     owner = FakeOwner(mem, refuse_isolate=True)
     p = owner.alloc(1)
-    plain = mem.alloc_page()                          # allocated but not movable
+    plain = mem.alloc_page()  # allocated but not movable
     assert mem.migrate_pfn_status(p) is MigrateStatus.ISOLATE_FAILED
     assert owner.calls == [("isolate", p)]
     assert mem.migrate_pfn_status(plain) is MigrateStatus.NOT_MOVABLE
-    assert mem.migrate_pfn_status(6) is MigrateStatus.NOT_MOVABLE       # free frame
-    assert mem.migrate_pfn_status(10**6) is MigrateStatus.NOT_MOVABLE   # beyond the arena
+    assert mem.migrate_pfn_status(6) is MigrateStatus.NOT_MOVABLE  # free frame
+    assert mem.migrate_pfn_status(10**6) is MigrateStatus.NOT_MOVABLE  # beyond the arena
     assert not mem.migrate_pfn(-1)
     owner.refuse_isolate = False
     mem.lock_page(p)
-    assert mem.migrate_pfn_status(p) is MigrateStatus.BUSY              # trylock failed
+    assert mem.migrate_pfn_status(p) is MigrateStatus.BUSY  # trylock failed
     mem.unlock_page(p)
     assert mem.migrate_pfn_status(p, lower_only=True) is MigrateStatus.NO_TARGET
     assert owner.calls[-2:] == [("isolate", p), ("putback", p)]
     assert mem.nr_used == 2 and mem.vmstat()["pgmigrate_fail"] == 0
-    assert mem.migrate_pfn(p)                          # to the lowest free frame: 2, above it
+    assert mem.migrate_pfn(p)  # to the lowest free frame: 2, above it
     assert owner.where[1] == 2
 
 
@@ -405,14 +409,14 @@ def test_owner_free_during_migration_is_deferred() -> None:
     mem = PhysicalMemory(max_pages=8)
     owner = FakeOwner(mem)
     p = owner.alloc(1)
-    mem.alloc_page()                                  # keep p below the top
+    mem.alloc_page()  # keep p below the top
 
     class Freeing(FakeOwner):
         def isolate_page(self, pfn: int) -> bool:
             # the owner's own free path runs concurrently and gets the frame freed
             self.mem.clear_movable(pfn)
             self.mem.free_page(pfn)
-            assert self.mem.alloc_page() != pfn       # not reusable yet
+            assert self.mem.alloc_page() != pfn  # not reusable yet
             return False
 
     f = Freeing(mem)
@@ -440,7 +444,7 @@ def test_compact_moves_high_frames_down() -> None:
     owner = FakeOwner(mem)
     for obj in range(40):
         owner.alloc(obj)
-    unmovable = mem.alloc_page()                      # pfn 40: a frame compaction cannot move
+    unmovable = mem.alloc_page()  # pfn 40: a frame compaction cannot move
     for obj in range(40):
         if obj % 3:
             assert owner.try_free(obj)
@@ -489,7 +493,7 @@ def test_compact_empty_and_full() -> None:
     owner = FakeOwner(mem)
     for obj in range(8):
         owner.alloc(obj)
-    res = mem.compact()                               # nothing free below: the scanners meet
+    res = mem.compact()  # nothing free below: the scanners meet
     assert res.migrated == 0 and res.success
 
 
@@ -500,9 +504,18 @@ def test_vmstat_text_format() -> None:
     lines = text.splitlines()
     assert all(re.fullmatch(r"[a-z_]+ -?\d+", ln) for ln in lines)
     names = [ln.split()[0] for ln in lines]
-    for n in ("nr_free_pages", "nr_zspages", "pgmigrate_success", "pgmigrate_fail",
-              "compact_migrate_scanned", "compact_free_scanned", "compact_isolated",
-              "compact_stall", "compact_fail", "compact_success"):
+    for n in (
+        "nr_free_pages",
+        "nr_zspages",
+        "pgmigrate_success",
+        "pgmigrate_fail",
+        "compact_migrate_scanned",
+        "compact_free_scanned",
+        "compact_isolated",
+        "compact_stall",
+        "compact_fail",
+        "compact_success",
+    ):
         assert n in names
     assert "nr_free_pages 8\n" in text and "nr_zspages 3\n" in text
     mem.vmstat_reset()
@@ -572,8 +585,10 @@ def concurrent_owners(seconds: float, backing: str = "anon") -> None:
     for t in bg:
         t.start()
     try:
-        run_threads([functools.partial(owner_work, o, s) for s, o in enumerate(owners)],
-                    timeout=seconds + 20)
+        run_threads(
+            [functools.partial(owner_work, o, s) for s, o in enumerate(owners)],
+            timeout=seconds + 20,
+        )
     finally:
         stop.set()
         for t in bg:
@@ -590,9 +605,9 @@ def test_arena_and_wait_on_page_locked() -> None:
     mem = PhysicalMemory(max_pages=8)
     p = mem.alloc_page()
     q = mem.alloc_page()
-    mem.arena[q * 4096:q * 4096 + 3] = b"abc"
+    mem.arena[q * 4096 : q * 4096 + 3] = b"abc"
     assert bytes(mem.view(q)[:3]) == b"abc" and mem.arena is mem.arena
-    mem.wait_on_page_locked(p)          # unlocked: returns at once
+    mem.wait_on_page_locked(p)  # unlocked: returns at once
     mem.lock_page(p)
     done = threading.Event()
 
@@ -605,7 +620,7 @@ def test_arena_and_wait_on_page_locked() -> None:
     assert not done.wait(0.05)
     mem.unlock_page(p)
     assert done.wait(5)
-    assert not mem.page_is_locked(p)    # waiting does not take the lock
+    assert not mem.page_is_locked(p)  # waiting does not take the lock
 
 
 def test_compact_scan_counts_and_concurrent_runs() -> None:
@@ -623,7 +638,7 @@ def test_compact_scan_counts_and_concurrent_runs() -> None:
     assert sorted(owner.where.values()) == list(range(1000))
     vm = mem.vmstat()
     assert vm["pgmigrate_success"] == total
-    for r in res_box:                 # each scanner looks at a frame at most once per run
+    for r in res_box:  # each scanner looks at a frame at most once per run
         assert r.migrate_scanned <= 2000 and r.free_scanned <= 2000
     for obj in owner.where:
         owner.check(obj)
@@ -642,7 +657,7 @@ class MemoryMachine(RuleBasedStateMachine):
         super().__init__()
         self.mem = PhysicalMemory(max_pages=self.N)
         self.owner = FakeOwner(self.mem)
-        self.plain: dict[int, int] = {}         # unmovable frame -> stamp
+        self.plain: dict[int, int] = {}  # unmovable frame -> stamp
         self.next_obj = 0
 
     def _used(self) -> set[int]:
@@ -726,6 +741,7 @@ TestMemoryMachine.settings = settings(max_examples=25, stateful_step_count=30, d
 
 def test_zone_lock_in_lock_stat() -> None:
     from allocator.locks import ZONE_LOCK, lock_stat_text
+
     mem = PhysicalMemory(max_pages=8)
     before = ZONE_LOCK.acquisitions
     mem.free_page(mem.alloc_page())

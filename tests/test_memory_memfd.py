@@ -6,6 +6,7 @@ The allocator, migration and compaction must behave exactly as on the default an
 owners, test_pool_basic's compaction and migration workloads); what differs is only how frames
 are dropped, and that dropping keeps working under mlockall.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,7 @@ def _blocks(mem: PhysicalMemory) -> int:
 
 
 def test_backing_is_a_sparse_cloexec_memfd_mapped_shared() -> None:
-    mem = memfd(1 << 22)                      # 16 GiB of address space
+    mem = memfd(1 << 22)  # 16 GiB of address space
     assert mem.backing == "memfd"
     st = os.fstat(mem._fd)
     assert st.st_size == (1 << 22) * 4096 and st.st_blocks == 0
@@ -40,7 +41,7 @@ def test_backing_is_a_sparse_cloexec_memfd_mapped_shared() -> None:
     assert os.readlink(f"/proc/self/fd/{mem._fd}").startswith("/memfd:zramfs-arena")
     maps = Path("/proc/self/maps").read_text()
     line = next(ln for ln in maps.splitlines() if "/memfd:zramfs-arena" in ln)
-    assert line.split()[1].endswith("s")      # shared mapping: rw-s
+    assert line.split()[1].endswith("s")  # shared mapping: rw-s
     with pytest.raises(ValueError):
         PhysicalMemory(max_pages=4, backing="tmpfs")
     assert PhysicalMemory(max_pages=4).backing == "anon"
@@ -60,7 +61,7 @@ def test_dropped_frames_lose_their_blocks() -> None:
         mem.view(f)[:] = b"\xcd" * 4096
     full = _blocks(mem)
     assert full >= len(frames) * 4096
-    for f in frames[:DIRTY_FRAMES]:                    # a full batch: dropped in runs
+    for f in frames[:DIRTY_FRAMES]:  # a full batch: dropped in runs
         mem.free_page(f)
     assert not mem._dirty
     assert full - _blocks(mem) >= DIRTY_FRAMES * 4096
@@ -69,7 +70,7 @@ def test_dropped_frames_lose_their_blocks() -> None:
 def test_rss_follows_frames_in_use() -> None:
     """The shared pages count in the process's RSS (RssShmem) and leave it when freed."""
     mem = memfd(1 << 22)
-    n = 8192                                   # 32 MiB
+    n = 8192  # 32 MiB
     pfns = [mem.alloc_page() for _ in range(n)]
     before = rss_bytes()
     for p in pfns:
@@ -151,10 +152,16 @@ def test_holes_are_punched_under_mlockall() -> None:
     written is locked, freeing it gives the locked memory back and frames read zeros; the
     anonymous arena's MADV_DONTNEED fails with EINVAL there (why the memfd exists)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", _UNDER_MLOCK], capture_output=True, text=True,
-                         timeout=120, env=env, cwd=str(REPO))
+    res = subprocess.run(
+        [sys.executable, "-c", _UNDER_MLOCK],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=str(REPO),
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     if res.stdout.startswith("SKIP"):
         pytest.skip(res.stdout.strip())
-    assert "anon 22" in res.stdout, res.stdout          # EINVAL
+    assert "anon 22" in res.stdout, res.stdout  # EINVAL
     assert "OK" in res.stdout, res.stdout

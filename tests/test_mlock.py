@@ -14,6 +14,7 @@ What is measured where:
   ``--mlock --no-io-flusher`` and the IO_FLUSHER test skips, while the failure test checks that
   a plain ``--mlock`` is refused with the prctl's errno.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.fuse
 
 CAN_IO_FLUSHER = process_protect.has_cap(process_protect.CAP_SYS_RESOURCE)
 MLOCK = ("--mlock",) if CAN_IO_FLUSHER else ("--mlock", "--no-io-flusher")
-ARENA_KIB = (1 << 22) * 4          # PhysicalMemory's default max_pages x 4 KiB
+ARENA_KIB = (1 << 22) * 4  # PhysicalMemory's default max_pages x 4 KiB
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -81,16 +82,16 @@ def test_mlock_pins_the_daemon_and_discard_gives_the_memory_back(zmount) -> None
     pid = m.proc.pid
     assert m.param("mlock") == "Y"
     assert "/memfd:zramfs-arena" in Path(f"/proc/{pid}/maps").read_text()
-    assert status_kib(pid, "VmLck") >= ARENA_KIB          # the whole arena mapping is locked
+    assert status_kib(pid, "VmLck") >= ARENA_KIB  # the whole arena mapping is locked
     base_rss, base_locked = rss_kib(pid), locked_kib(pid)
-    assert base_rss < 256 * 1024, base_rss                 # ... but not populated (MCL_ONFAULT)
+    assert base_rss < 256 * 1024, base_rss  # ... but not populated (MCL_ONFAULT)
     assert all_locked(pid)
     rng = random.Random(7)
     after: list[tuple[int, int]] = []
     with opened(m.image()) as fd:
         for _ in range(5):
             for off in range(0, size, MiB):
-                os.pwrite(fd, rng.randbytes(MiB), off)      # incompressible: a frame per page
+                os.pwrite(fd, rng.randbytes(MiB), off)  # incompressible: a frame per page
             full_rss, full_locked = rss_kib(pid), locked_kib(pid)
             assert full_locked - base_locked > 60 * 1024, (base_locked, full_locked)
             assert full_rss - base_rss > 60 * 1024, (base_rss, full_rss)
@@ -101,7 +102,7 @@ def test_mlock_pins_the_daemon_and_discard_gives_the_memory_back(zmount) -> None
             # the pool's frames are gone; what stays is the daemon's own heap
             assert full_locked - locked > 48 * 1024, (base_locked, full_locked, after)
             assert full_rss - rss > 48 * 1024, (base_rss, full_rss, after)
-            assert all_locked(pid)                           # still everything pinned
+            assert all_locked(pid)  # still everything pinned
     # no growth once the daemon's heap has settled (its thread arenas fill in the first cycles,
     # as in test_reliability_stress; glibc cannot trim them with MADV_DONTNEED under mlock)
     assert after[-1][1] - after[2][1] < 6 * 1024, after
@@ -117,7 +118,7 @@ def test_mlock_reset_gives_the_slot_table_back(zmount) -> None:
     pid = m.proc.pid
     rng = random.Random(11)
     with opened(m.image()) as fd:
-        for blk in range(0, 1 << 20, 256):          # one block per 4 KiB page of the table
+        for blk in range(0, 1 << 20, 256):  # one block per 4 KiB page of the table
             os.pwrite(fd, rng.randbytes(4096), blk * 4096)
     full = rss_kib(pid)
     m.write_attr("reset", "1")
@@ -137,7 +138,7 @@ def test_mlock_data_round_trip_and_swap_on_a_loop(zmount) -> None:
     with opened(m.image()) as fd:
         for off, data in blocks.items():
             os.pwrite(fd, data, off)
-        for off in range(0, size, 64 * 1024)[::3]:          # a third discarded again
+        for off in range(0, size, 64 * 1024)[::3]:  # a third discarded again
             punch_hole(fd, off, 64 * 1024)
             blocks[off] = bytes(64 * 1024)
         for off, data in blocks.items():
@@ -155,8 +156,10 @@ def test_mlock_data_round_trip_and_swap_on_a_loop(zmount) -> None:
 
 def test_io_flusher_is_set_in_the_serving_threads(zmount) -> None:
     if not CAN_IO_FLUSHER:
-        pytest.skip("PR_SET_IO_FLUSHER/PR_GET_IO_FLUSHER need CAP_SYS_RESOURCE, which this "
-                    "process lacks (not in its bounding set)")
+        pytest.skip(
+            "PR_SET_IO_FLUSHER/PR_GET_IO_FLUSHER need CAP_SYS_RESOURCE, which this "
+            "process lacks (not in its bounding set)"
+        )
     m = zmount("--mlock", "--size", "4M")
     # Read by many threads at once so that several FUSE workers answer: every one must have
     # inherited the flag (set before libfuse created them).
@@ -176,8 +179,9 @@ def test_io_flusher_is_set_in_the_serving_threads(zmount) -> None:
 
 
 # ---- failures: never half-protected -----------------------------------------------------------
-def _mount_expecting_failure(tmp_path: Path, wrapper: list[str], *args: str,
-                             foreground: bool = False) -> subprocess.CompletedProcess:
+def _mount_expecting_failure(
+    tmp_path: Path, wrapper: list[str], *args: str, foreground: bool = False
+) -> subprocess.CompletedProcess:
     """``zramfs mount`` under a wrapper (prlimit/setpriv); must fail and leave nothing mounted."""
     require_fuse()
     mnt = tmp_path / "mnt"
@@ -187,8 +191,9 @@ def _mount_expecting_failure(tmp_path: Path, wrapper: list[str], *args: str,
     if foreground:
         cmd.append("--foreground")
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env,
-                             cwd=str(REPO))
+        res = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=60, env=env, cwd=str(REPO)
+        )
     finally:
         if is_mounted(mnt):
             unmount(mnt)
@@ -204,16 +209,23 @@ def _need(*tools: str) -> None:
 
 @pytest.mark.parametrize("memlock, code", [("65536", "ENOMEM"), ("0", "EPERM")])
 @pytest.mark.parametrize("foreground", [False, True], ids=["daemon", "foreground"])
-def test_mlock_fails_without_cap_ipc_lock_and_memlock_limit(tmp_path, memlock, code,
-                                                            foreground) -> None:
+def test_mlock_fails_without_cap_ipc_lock_and_memlock_limit(
+    tmp_path, memlock, code, foreground
+) -> None:
     """RLIMIT_MEMLOCK low (hard, so it cannot be raised) and CAP_IPC_LOCK dropped from the
     bounding set: mlockall fails (ENOMEM over the limit, EPERM with a 0 limit) and the mount
     fails with the call, the errno and the reason."""
     _need("prlimit", "setpriv")
-    wrapper = ["prlimit", f"--memlock={memlock}:{memlock}", "setpriv",
-               "--inh-caps=-ipc_lock,-sys_resource", "--bounding-set=-ipc_lock,-sys_resource"]
-    res = _mount_expecting_failure(tmp_path, wrapper, "--mlock", "--no-io-flusher",
-                                   foreground=foreground)
+    wrapper = [
+        "prlimit",
+        f"--memlock={memlock}:{memlock}",
+        "setpriv",
+        "--inh-caps=-ipc_lock,-sys_resource",
+        "--bounding-set=-ipc_lock,-sys_resource",
+    ]
+    res = _mount_expecting_failure(
+        tmp_path, wrapper, "--mlock", "--no-io-flusher", foreground=foreground
+    )
     assert "mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT) failed" in res.stderr, res.stderr
     assert code in res.stderr and "CAP_IPC_LOCK is missing" in res.stderr, res.stderr
     assert f"RLIMIT_MEMLOCK is {memlock} bytes" in res.stderr, res.stderr
@@ -264,6 +276,7 @@ def test_protect_process_errors_in_process(monkeypatch) -> None:
     """The message paths without touching this process: an old kernel (prctl EINVAL) and a
     refused mlockall; a failing prctl undoes the mlockall."""
     import resource
+
     monkeypatch.setattr(resource, "setrlimit", lambda *a: None)
     fake = _FakeLibc(prctl_errno=errno.EINVAL)
     monkeypatch.setattr(process_protect, "_libc", fake)
@@ -278,7 +291,7 @@ def test_protect_process_errors_in_process(monkeypatch) -> None:
     with pytest.raises(process_protect.MlockError) as info:
         process_protect.protect_process()
     assert info.value.errno == errno.ENOMEM and "mlockall" in str(info.value)
-    assert fake.calls == ["mlockall 7"]                       # no prctl after a failed mlockall
+    assert fake.calls == ["mlockall 7"]  # no prctl after a failed mlockall
     fake = _FakeLibc()
     monkeypatch.setattr(process_protect, "_libc", fake)
     assert process_protect.protect_process(io_flusher=False) == {"mlock": True, "io_flusher": False}

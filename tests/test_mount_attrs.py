@@ -1,6 +1,7 @@
 """The mounted control tree through real files: layout, modes, formats, errnos, hot_add/remove,
 reset of an open device, module parameters, the proc files.  Real FUSE mounts (root, /dev/fuse).
 """
+
 from __future__ import annotations
 
 import errno
@@ -18,8 +19,15 @@ pytestmark = pytest.mark.fuse
 def test_layout_and_modes(zmount):
     m = zmount("--devices", "2")
     root = m.path
-    for d in ("dev", "sys/block/zram0", "sys/block/zram1", "sys/class/zram-control",
-              "sys/kernel/debug/zsmalloc", "sys/module/zramfs/parameters", "proc/sys/vm"):
+    for d in (
+        "dev",
+        "sys/block/zram0",
+        "sys/block/zram1",
+        "sys/class/zram-control",
+        "sys/kernel/debug/zsmalloc",
+        "sys/module/zramfs/parameters",
+        "proc/sys/vm",
+    ):
         assert (root / d).is_dir(), d
     assert sorted(os.listdir(root / "dev")) == ["zram0", "zram1"]
     assert sorted(os.listdir(root / "sys/block")) == ["zram0", "zram1"]
@@ -60,7 +68,7 @@ def test_attribute_errnos(zmount):
     expect_errno(errno.EINVAL, m.write_attr, "disksize", "lots")
     expect_errno(errno.EINVAL, m.write_attr, "comp_algorithm", "no-such-algorithm")
     m.write_attr("disksize", "8M")
-    expect_errno(errno.EBUSY, m.write_attr, "disksize", "16M")      # reset first
+    expect_errno(errno.EBUSY, m.write_attr, "disksize", "16M")  # reset first
     expect_errno(errno.EBUSY, m.write_attr, "comp_algorithm", "lz4")
     # Modes hold for root too (sysfs's extra open check): no reading write-only files, no
     # writing read-only ones.
@@ -75,14 +83,26 @@ def test_shell_echo_reports_errno(zmount):
     """`echo foo > disksize` fails with the errno, as with kernel sysfs (O_TRUNC is ignored).
     bash, because dash's echo reports every write error as "I/O error"."""
     m = zmount()
-    ok = subprocess.run(["bash", "-c", f"echo 4M > {m.attr_path('disksize')}"],
-                        capture_output=True, text=True, timeout=30)
+    ok = subprocess.run(
+        ["bash", "-c", f"echo 4M > {m.attr_path('disksize')}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run(["bash", "-c", f"echo 8M > {m.attr_path('disksize')}"],
-                         capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        ["bash", "-c", f"echo 8M > {m.attr_path('disksize')}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode != 0 and "busy" in bad.stderr.lower()
-    ok = subprocess.run(["bash", "-c", f"echo 1 > {m.attr_path('reset')}"],
-                        capture_output=True, text=True, timeout=30)
+    ok = subprocess.run(
+        ["bash", "-c", f"echo 1 > {m.attr_path('reset')}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert ok.returncode == 0, ok.stderr
     assert m.read_attr("initstate") == "0\n"
 
@@ -96,7 +116,7 @@ def test_hot_add_and_remove(zmount):
     write_file(ctl / "hot_remove", "1")
     assert sorted(os.listdir(m.path / "dev")) == ["zram0", "zram2"]
     assert not m.sysfs(1).exists()
-    assert (ctl / "hot_add").read_text() == "1\n"                    # lowest free id
+    assert (ctl / "hot_add").read_text() == "1\n"  # lowest free id
     expect_errno(errno.ENODEV, write_file, ctl / "hot_remove", "7")
     expect_errno(errno.EINVAL, write_file, ctl / "hot_remove", "-1")
     expect_errno(errno.EINVAL, write_file, ctl / "hot_remove", "zram1")
@@ -116,7 +136,7 @@ def test_reset_and_remove_of_open_device_is_ebusy(zmount):
         expect_errno(errno.EBUSY, m.write_attr, "reset", "1")
         expect_errno(errno.EBUSY, write_file, ctl / "hot_remove", "0")
         assert m.read_attr("initstate") == "1\n"
-    m.write_attr("reset", "1")                                      # closed: fine
+    m.write_attr("reset", "1")  # closed: fine
     assert m.read_attr("initstate") == "0\n"
     write_file(ctl / "hot_remove", "0")
     assert os.listdir(m.path / "dev") == []
@@ -162,7 +182,7 @@ def test_proc_files(zmount):
     expect_errno(errno.EACCES, cm.read_text)
     lock_stat = m.path / "proc/lock_stat"
     assert "lock_stat" in lock_stat.read_text()
-    write_file(lock_stat, "0")                                       # clears, accepted
+    write_file(lock_stat, "0")  # clears, accepted
 
 
 def test_attribute_reads_are_fresh_and_chunkable(zmount):
@@ -182,9 +202,9 @@ def test_attribute_reads_are_fresh_and_chunkable(zmount):
                 break
             chunks.append(piece)
         again = b"".join(chunks)
-    assert first != again                                   # fresh at offset 0
-    assert int(again.split()[0]) == 8192                    # orig_data_size now
-    assert again == path.read_bytes()                       # nothing changed since
+    assert first != again  # fresh at offset 0
+    assert int(again.split()[0]) == 8192  # orig_data_size now
+    assert again == path.read_bytes()  # nothing changed since
 
 
 def test_debugfs_block_state(zmount):
@@ -195,8 +215,8 @@ def test_debugfs_block_state(zmount):
     assert mode_of(path) == 0o400
     assert path.read_text() == ""
     with opened(m.image()) as fd:
-        os.pwrite(fd, b"\0" * 4096, 0)                   # same-filled
-        os.pwrite(fd, os.urandom(4096), 3 * 4096)         # incompressible: huge
+        os.pwrite(fd, b"\0" * 4096, 0)  # same-filled
+        os.pwrite(fd, os.urandom(4096), 3 * 4096)  # incompressible: huge
     lines = path.read_text().splitlines()
     assert [ln.split()[0] for ln in lines] == ["0", "3"]
     assert lines[0].split()[2][0] == "s" and lines[1].split()[2][2] == "h"

@@ -2,6 +2,7 @@
 refusing while a loop device is attached, SIGTERM/SIGINT unmounting cleanly, a SIGKILLed
 daemon's stale mount cleaned by ``zramfs umount``, and mount errors reported by the parent.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,19 @@ def test_mount_returns_ready_then_status_and_umount(daemon):
     with open(d.mnt / "dev/zram0", "r+b", buffering=0) as f:
         f.write(b"hello zram " * 1000)
     table = zramfs_cli("status", str(d.mnt)).stdout.splitlines()
-    assert table[0].split() == ["NAME", "DISKSIZE", "DATA", "COMPR", "ALGORITHM", "STREAMS",
-                                "ZERO-PAGES", "TOTAL", "MEM-LIMIT", "MEM-USED", "MIGRATED"]
+    assert table[0].split() == [
+        "NAME",
+        "DISKSIZE",
+        "DATA",
+        "COMPR",
+        "ALGORITHM",
+        "STREAMS",
+        "ZERO-PAGES",
+        "TOTAL",
+        "MEM-LIMIT",
+        "MEM-USED",
+        "MIGRATED",
+    ]
     assert len(table) == 3 and table[1].startswith(str(d.mnt / "dev/zram0"))
     assert "8M" in table[1] and "zstd" in table[1]
     data = json.loads(zramfs_cli("status", str(d.mnt), "--json").stdout)
@@ -35,8 +47,11 @@ def test_mount_returns_ready_then_status_and_umount(daemon):
     assert [x["name"] for x in devs] == [str(d.mnt / "dev/zram0"), str(d.mnt / "dev/zram1")]
     assert devs[0]["data"] == 12 * 1024 and devs[0]["algorithm"] == "zstd"
     # The mount is private: no allow_other.
-    opts = [ln.split()[3] for ln in Path("/proc/self/mounts").read_text().splitlines()
-            if ln.split()[1] == str(d.mnt)]
+    opts = [
+        ln.split()[3]
+        for ln in Path("/proc/self/mounts").read_text().splitlines()
+        if ln.split()[1] == str(d.mnt)
+    ]
     assert opts and "allow_other" not in opts[0]
     pid = d.pid
     res = zramfs_cli("umount", str(d.mnt))
@@ -87,7 +102,7 @@ def test_stale_mount_after_sigkill(daemon):
             time.sleep(0.05)
         assert is_mounted(d.mnt)
         with pytest.raises(OSError):
-            os.listdir(d.mnt)                              # ENOTCONN
+            os.listdir(d.mnt)  # ENOTCONN
 
     d.mount("--size", "4M")
     kill_daemon()
@@ -121,8 +136,11 @@ def test_mount_errors_are_reported(daemon, tmp_path):
 def test_allow_other_adds_default_permissions(daemon):
     d = daemon
     d.mount("--size", "1M", "--allow-other")
-    opts = [ln.split()[3] for ln in Path("/proc/self/mounts").read_text().splitlines()
-            if ln.split()[1] == str(d.mnt)]
+    opts = [
+        ln.split()[3]
+        for ln in Path("/proc/self/mounts").read_text().splitlines()
+        if ln.split()[1] == str(d.mnt)
+    ]
     assert opts and "allow_other" in opts[0] and "default_permissions" in opts[0]
     pid = d.pid
     zramfs_cli("umount", str(d.mnt))

@@ -4,6 +4,7 @@ and the tree (lookup, listing, open permission rule, control-file reads and writ
 The compaction policies themselves (shrinker, pressure sources, parsing) are in
 tests/test_daemon_policy.py.
 """
+
 from __future__ import annotations
 
 import errno
@@ -70,20 +71,20 @@ def test_scan_compacts_past_threshold_and_counts_in_mm_stat():
     freeable = pool.freeable_pages()
     assert freeable > 0
     daemon = CompactionDaemon(reg, threshold(freeable + 1))
-    assert daemon.scan_once() == 0 and daemon.stats.runs == 0   # below the threshold
+    assert daemon.scan_once() == 0 and daemon.stats.runs == 0  # below the threshold
     daemon.set_policy("off")
-    assert daemon.scan_once() == 0                                # disabled
+    assert daemon.scan_once() == 0  # disabled
     daemon.set_policy(f"threshold:{freeable}")
     freed = daemon.scan_once()
     assert freed > 0 and daemon.stats.runs == 1 and daemon.stats.pages_freed == freed
-    assert int(attrs.show(dev, "mm_stat").split()[6]) == freed   # pages_compacted
+    assert int(attrs.show(dev, "mm_stat").split()[6]) == freed  # pages_compacted
     assert pool.freeable_pages() < freeable
 
 
 def test_single_flight():
     reg = fragmented_registry(64)
     daemon = CompactionDaemon(reg, threshold(1))
-    with daemon._flight:                       # a scan in progress elsewhere
+    with daemon._flight:  # a scan in progress elsewhere
         assert daemon.scan_once() == 0
     assert daemon.stats.scans == 0
 
@@ -106,7 +107,7 @@ def test_thread_runs_and_stops_promptly():
 def test_uninitialised_and_reset_devices_are_skipped():
     reg = Registry(num_devices=2)
     daemon = CompactionDaemon(reg, threshold(0, interval_ms=0))
-    assert daemon.scan_once() == 0                    # no pools at all
+    assert daemon.scan_once() == 0  # no pools at all
     daemon.start()
     try:
         # Reset and re-initialise under the running daemon: it must neither crash nor hold up.
@@ -129,7 +130,7 @@ def test_parameters_are_the_knobs():
     assert daemon.policy.enabled is False and params["compact_policy"].get() == "off"
     params["compact_interval_ms"].set("25")
     assert daemon.policy.interval_ms == 25
-    params["compact_threshold_pages"].set("7")     # while off: what Y brings back
+    params["compact_threshold_pages"].set("7")  # while off: what Y brings back
     assert daemon.policy.threshold_pages == 7 and params["compact_policy"].get() == "off"
     params["compact_enabled"].set("Y")
     assert params["compact_policy"].get() == "threshold:7"
@@ -159,7 +160,7 @@ def test_tree_lookup_and_listing():
     assert set(attrs.DEVICE_ATTRS) <= set(t.listdir("/sys/block/zram0"))
     assert t.listdir("/sys/kernel/debug/zsmalloc") == []
     expect(errno.ENOENT, t.lookup, "/dev/zram1")
-    expect(errno.ENOENT, t.lookup, "/dev/zram00")                  # no aliases
+    expect(errno.ENOENT, t.lookup, "/dev/zram00")  # no aliases
     expect(errno.ENOENT, t.lookup, "/sys/block/zram0/nope")
     expect(errno.ENOTDIR, t.lookup, "/proc/vmstat/x")
     expect(errno.ENOENT, t.lookup, "/sys/kernel/debug/zsmalloc/zram0/classes")
@@ -186,8 +187,7 @@ def test_tree_open_rule_and_control_files():
     t.write_file(t.lookup("/proc/sys/vm/compact_memory"), b"1\n")
     assert b"pgmigrate_success" in t.read_file(t.lookup("/proc/vmstat"))
     assert t.read_file(t.lookup("/sys/module/zramfs/parameters/chain_size")) == b"4\n"
-    expect(errno.EACCES, t.write_file, t.lookup("/sys/module/zramfs/parameters/chain_size"),
-           b"8")
+    expect(errno.EACCES, t.write_file, t.lookup("/sys/module/zramfs/parameters/chain_size"), b"8")
     t.write_file(t.lookup("/proc/lock_stat"), b"0\n")
     assert t.read_file(t.lookup("/proc/lock_stat"))
 

@@ -8,6 +8,7 @@ daemon started with the lz4 binding (or the loop clamp) made to fail shows it ev
 The failures are simulated inside the daemon process by a few lines it runs at start-up (a
 ``sitecustomize`` module), as a monkeypatch would in process.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,13 +26,17 @@ from zramfs import cli, codecs, loopdev
 
 PAGE = 4096
 
-SIMULATE_LZ4_LOST = ("import zramfs.codecs as c\n"
-                     "c._LZ4_COMPRESS_FAST = None\n"
-                     "c._LZ4_BINDING = 'simulated: no LZ4_compress_fast'\n")
-SIMULATE_SYSFS_REFUSES = ("import zramfs.loopdev as l\n"
-                          "def refuse(loop, limit_kb):\n"
-                          "    raise PermissionError(13, 'Permission denied (simulated)')\n"
-                          "l.clamp_requests = refuse\n")
+SIMULATE_LZ4_LOST = (
+    "import zramfs.codecs as c\n"
+    "c._LZ4_COMPRESS_FAST = None\n"
+    "c._LZ4_BINDING = 'simulated: no LZ4_compress_fast'\n"
+)
+SIMULATE_SYSFS_REFUSES = (
+    "import zramfs.loopdev as l\n"
+    "def refuse(loop, limit_kb):\n"
+    "    raise PermissionError(13, 'Permission denied (simulated)')\n"
+    "l.clamp_requests = refuse\n"
+)
 
 
 def simulate_lz4_binding_lost(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,6 +47,7 @@ def simulate_lz4_binding_lost(monkeypatch: pytest.MonkeyPatch) -> None:
 def a_page_where_the_paths_differ() -> tuple[bytes, int, int]:
     """(page, its LZ4_compress_fast length, its lz4.block length), lengths different."""
     import lz4.block
+
     exact = codecs.Lz4Codec()
     assert exact._fast is not None, "the lz4 binding is missing (test_codecs says why)"
     rng = random.Random(20)
@@ -77,8 +83,8 @@ def test_lz4_path_module_parameter(monkeypatch: pytest.MonkeyPatch, lost: bool) 
 
 @pytest.mark.parametrize("lost", [False, True], ids=["exact", "binding-lost"])
 def test_mount_warns_at_start_up_only_when_lz4_is_inexact(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
-        lost: bool) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, lost: bool
+) -> None:
     if lost:
         simulate_lz4_binding_lost(monkeypatch)
     # A mount point that does not exist: the mount fails right after the start-up checks.
@@ -110,14 +116,17 @@ def fake_mount(base: Path, params: dict[str, str]) -> Path:
 
 
 @pytest.fixture
-def status_of(monkeypatch: pytest.MonkeyPatch,
-              capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[str, str]]:
+def status_of(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[str, str]]:
     """``status_of(mnt, *options)``: (stdout, stderr) of ``zramfs status MNT`` in process."""
+
     def status(mnt: Path, *options: str) -> tuple[str, str]:
         monkeypatch.setattr(cli, "zramfs_mounts", lambda: [str(mnt)])
         assert cli.main(["status", str(mnt), *options]) == 0
         out = capsys.readouterr()
         return out.out, out.err
+
     return status
 
 
@@ -132,8 +141,9 @@ def test_status_is_quiet_when_all_is_exact(tmp_path: Path, status_of) -> None:
 
 
 def test_status_reports_inexact_lz4_and_unclamped_loops(tmp_path: Path, status_of) -> None:
-    mnt = fake_mount(tmp_path, {"lz4_path": codecs.LZ4_PATH_INEXACT,
-                                "unclamped_loops": "/dev/loop3 /dev/loop5"})
+    mnt = fake_mount(
+        tmp_path, {"lz4_path": codecs.LZ4_PATH_INEXACT, "unclamped_loops": "/dev/loop3 /dev/loop5"}
+    )
     out, err = status_of(mnt)
     # The table is unchanged: the columns of zramctl, one row per device.
     assert out.splitlines()[0].split() == list(cli.STATUS_COLUMNS) and len(out.splitlines()) == 2
@@ -156,11 +166,11 @@ def test_status_of_a_mount_without_the_parameters(tmp_path: Path, status_of) -> 
 
 # ---- real mounts -----------------------------------------------------------------------------
 @pytest.fixture
-def patched_zmount(zmount, tmp_path: Path,
-                   monkeypatch: pytest.MonkeyPatch) -> Callable[..., Mount]:
+def patched_zmount(zmount, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Mount]:
     """``patched_zmount(patch, *cli_args)``: a ``zmount`` whose daemon runs ``patch`` first.
     The patch is a ``sitecustomize`` module on the PYTHONPATH the mount (and the test's
     ``zramfs status``, harmlessly) inherit; it shadows any other sitecustomize there."""
+
     def factory(patch: str, *args: str) -> Mount:
         site = tmp_path / "sitecustomize"
         site.mkdir()
@@ -168,6 +178,7 @@ def patched_zmount(zmount, tmp_path: Path,
         paths = [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
         return zmount(*args)
+
     return factory
 
 
@@ -203,7 +214,7 @@ def test_a_mount_without_the_lz4_binding_says_so(patched_zmount) -> None:
     assert len(warnings) == 1 and codecs.LZ4_PATH_INEXACT in warnings[0], warnings
     assert m.param("lz4_path") == codecs.LZ4_PATH_INEXACT
     page, _fast, stream = a_page_where_the_paths_differ()
-    assert write_page_and_compr_size(m, page) == stream          # the parameter is right
+    assert write_page_and_compr_size(m, page) == stream  # the parameter is right
     res = zramfs_cli("status", str(m.path))
     assert res.stdout.splitlines()[0].split() == list(cli.STATUS_COLUMNS)
     assert f"{m.path}: warning: lz4_path is {codecs.LZ4_PATH_INEXACT}" in res.stderr
@@ -219,14 +230,15 @@ def test_a_loop_device_the_daemon_cannot_clamp_is_reported(patched_zmount) -> No
         pytest.skip(why)
     m = patched_zmount(SIMULATE_SYSFS_REFUSES, "--size", "4M")
     assert m.param("unclamped_loops") == ""
-    loop = m.losetup()                        # detached by the fixture, even on failure
+    loop = m.losetup()  # detached by the fixture, even on failure
     queue = loopdev.SYS_BLOCK / Path(loop).name / "queue" / "max_sectors_kb"
     original = queue.read_text()
     try:
         from zramfs.fs import MAX_IO
+
         limit_kb = loopdev.whole_request_kb(MAX_IO // 1024)
         if int(original) <= limit_kb:
-            queue.write_text("128\n")         # the kernel's default is larger; make it so
+            queue.write_text("128\n")  # the kernel's default is larger; make it so
         deadline = time.monotonic() + 10
         while "ERROR" not in m.log.read_text():
             assert time.monotonic() < deadline, "no ERROR line for the unclamped loop device"

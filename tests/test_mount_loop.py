@@ -8,6 +8,7 @@ opened FOPEN_DIRECT_IO; this works on current kernels (see zramfs/fs.py).  Every
 unmounted / swapped off / detached by the fixture even when a test fails; every command has
 a timeout so a hang fails the test instead of blocking the run.
 """
+
 from __future__ import annotations
 
 import errno
@@ -48,7 +49,7 @@ def make_files(root: Path, rng: random.Random) -> dict[str, str]:
     for i in range(12):
         kind = i % 3
         n = rng.randrange(1, 400_000)
-        data = (text_block(rng, n) if kind == 0 else rng.randbytes(n) if kind == 1 else bytes(n))
+        data = text_block(rng, n) if kind == 0 else rng.randbytes(n) if kind == 1 else bytes(n)
         (root / f"f{i}").write_bytes(data)
         sums[f"f{i}"] = hashlib.sha256(data).hexdigest()
     return sums
@@ -83,10 +84,11 @@ def test_ext4_on_loop_fsck_clean(zmount, tmp_path, loop_dio):
             (fsdir / name).unlink()
         run("sync")
         if shutil.which("fstrim"):
-            run("fstrim", str(fsdir), timeout=60, check=False)   # discard → punch hole
+            run("fstrim", str(fsdir), timeout=60, check=False)  # discard → punch hole
     finally:
         run("umount", str(fsdir))
     from zramfs.fs import SUPPORTS_FALLOCATE
+
     if shutil.which("fstrim") and SUPPORTS_FALLOCATE:
         assert m.mm_stat()[0] < before, "discard did not reach the device"
     res = run("fsck.ext4", "-fn", loop, timeout=120, check=False)
@@ -132,6 +134,7 @@ def test_devices_with_different_algorithms(zmount, tmp_path):
     verified after a remount; every filesystem fsck-clean; every device compresses."""
     need("losetup", "mkfs.ext4", "fsck.ext4")
     from zramfs import codecs
+
     algorithms = [a for a in ("lz4", "zstd", "deflate", "lz4hc") if a in codecs.AVAILABLE][:3]
     m = zmount("--devices", str(len(algorithms)))
     loops = []
@@ -167,8 +170,7 @@ def test_devices_with_different_algorithms(zmount, tmp_path):
         assert res.returncode == 0, res.stdout + res.stderr
         assert f"[{algorithms[i]}]" in m.read_attr("comp_algorithm", dev=i)
         orig, compr, mem_used = m.mm_stat(i)[:3]
-        assert orig > MiB and compr < orig / 2 and 0 < mem_used < orig, (algorithms[i],
-                                                                               orig, compr)
+        assert orig > MiB and compr < orig / 2 and 0 < mem_used < orig, (algorithms[i], orig, compr)
 
 
 def test_whole_device_through_loop_random_verify(zmount):
@@ -234,8 +236,16 @@ def test_kernel_style_shell_script(zmount, tmp_path):
     m = zmount()
     fsdir = tmp_path / "fs"
     fsdir.mkdir()
-    res = run("bash", "-c", KERNEL_STYLE_SCRIPT, "script", str(m.path), str(fsdir),
-              timeout=300, check=False)
+    res = run(
+        "bash",
+        "-c",
+        KERNEL_STYLE_SCRIPT,
+        "script",
+        str(m.path),
+        str(fsdir),
+        timeout=300,
+        check=False,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "ratio=" in res.stdout
 
@@ -254,8 +264,8 @@ def test_swap_on_sparse_device(zmount):
     finally:
         run("swapoff", loop, timeout=120)
     mm = m.mm_stat()
-    assert 0 < mm[0] <= 64 * 1024          # only the header was stored
-    assert mm[3] == 1 * MiB                  # mem_limit
+    assert 0 < mm[0] <= 64 * 1024  # only the header was stored
+    assert mm[3] == 1 * MiB  # mem_limit
     # The loop device holds the image open: reset and hot_remove are refused until detached.
     with pytest.raises(OSError) as info:
         m.write_attr("reset", "1")
@@ -277,15 +287,27 @@ def test_swap_on_sparse_device(zmount):
 
 def _fio(m, *extra: str, size: str = "24M", runtime_s: int = 0):
     need("fio")
-    args = ["fio", "--name=verify", f"--filename={m.image()}", f"--size={size}",
-            "--ioengine=psync", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
-            "--fallocate=none", "--output-format=json", "--buffer_compress_percentage=50",
-            "--refill_buffers", "--randrepeat=0", *extra]
+    args = [
+        "fio",
+        "--name=verify",
+        f"--filename={m.image()}",
+        f"--size={size}",
+        "--ioengine=psync",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--do_verify=1",
+        "--fallocate=none",
+        "--output-format=json",
+        "--buffer_compress_percentage=50",
+        "--refill_buffers",
+        "--randrepeat=0",
+        *extra,
+    ]
     if runtime_s:
         args += [f"--runtime={runtime_s}", "--time_based"]
     res = run(*args, timeout=600, check=False)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    report = json.loads(res.stdout[res.stdout.index("{"):])
+    report = json.loads(res.stdout[res.stdout.index("{") :])
     return report["jobs"][0]
 
 
@@ -293,11 +315,17 @@ def test_fio_verify_with_aggressive_compaction(zmount):
     m = zmount("--size", "32M", "--compact-interval", "10", "--compact-threshold", "1")
     job = _fio(m, "--rw=randwrite", "--bs=4k", "--direct=1")
     assert job["error"] == 0 and job["write"]["io_bytes"] == 24 * MiB
-    assert job["read"]["io_bytes"] == 24 * MiB                     # the verify pass
+    assert job["read"]["io_bytes"] == 24 * MiB  # the verify pass
     # Overwrite with other sizes and compressibility: objects move between classes, leaving
     # sparse zspages for the daemon, which compacts while fio writes and verifies.
-    job = _fio(m, "--rw=randwrite", "--bsrange=4k-64k", "--direct=1",
-               "--buffer_compress_percentage=20", size="16M")
+    job = _fio(
+        m,
+        "--rw=randwrite",
+        "--bsrange=4k-64k",
+        "--direct=1",
+        "--buffer_compress_percentage=20",
+        size="16M",
+    )
     assert job["error"] == 0 and job["read"]["io_bytes"] == 16 * MiB
     # Quiesce the daemon (a scan in flight finishes within its interval) before comparing.
     m.set_param("compact_enabled", "N")
@@ -311,11 +339,18 @@ def test_fio_verify_with_aggressive_compaction(zmount):
 
 @pytest.mark.soak
 def test_fio_verify_soak(zmount):
-    m = zmount("--size", "256M", "--compact-interval", "10", "--compact-threshold", "1",
-               "--algorithm", "zstd")
+    m = zmount(
+        "--size",
+        "256M",
+        "--compact-interval",
+        "10",
+        "--compact-threshold",
+        "1",
+        "--algorithm",
+        "zstd",
+    )
     for rw in ("write", "randwrite", "randrw"):
-        job = _fio(m, f"--rw={rw}", "--bsrange=512-128k", "--direct=1", "--numjobs=1",
-                   size="200M")
+        job = _fio(m, f"--rw={rw}", "--bsrange=512-128k", "--direct=1", "--numjobs=1", size="200M")
         assert job["error"] == 0
 
 

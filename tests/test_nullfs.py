@@ -5,6 +5,7 @@ uncompressed RAM image, the benchmark ceiling — and the ops scripts that run o
 The mount tests need /dev/fuse and root; they skip without them, except when ZRAMFS_REQUIRE_FUSE=1
 (set by scripts/test.sh in CI), where a missing FUSE is a failure. Every mount is unmounted.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -37,12 +38,20 @@ def _load_script():
 def test_command_is_a_null_backend_mount():
     """nullfs.py is a name for `zramfs mount --backend null`: its options map onto zramfs's."""
     ns = _load_script()
-    args = ns.make_parser().parse_args(["/m", "--size", "1GiB", "-f", "--mlock",
-                                        "--image-cache"])
-    assert ns.zramfs_argv(args) == ["mount", "/m", "--backend", "null", "--size", str(1 << 30),
-                                    "--foreground", "--image-cache", "--mlock",
-                                    "--no-io-flusher"]
-    assert ns.make_parser().parse_args(["/m"]).size == 1 << 30          # the default
+    args = ns.make_parser().parse_args(["/m", "--size", "1GiB", "-f", "--mlock", "--image-cache"])
+    assert ns.zramfs_argv(args) == [
+        "mount",
+        "/m",
+        "--backend",
+        "null",
+        "--size",
+        str(1 << 30),
+        "--foreground",
+        "--image-cache",
+        "--mlock",
+        "--no-io-flusher",
+    ]
+    assert ns.make_parser().parse_args(["/m"]).size == 1 << 30  # the default
     for bad in ("", "x", "1Q", "-1"):
         with pytest.raises(SystemExit):
             ns.make_parser().parse_args(["/m", "--size", bad])
@@ -80,8 +89,8 @@ def test_tree_and_size(nullfs_mount):
     assert sorted(os.listdir(mnt)) == ["dev"]
     assert os.listdir(mnt / "dev") == ["zram0"]
     assert os.stat(mnt / "dev" / "zram0").st_size == SIZE
-    assert _fstype(mnt) == "fuse.zramfs"                    # zramfs's own front end serves it
-    assert not (mnt / "sys").exists()                        # no zram device: no sysfs files
+    assert _fstype(mnt) == "fuse.zramfs"  # zramfs's own front end serves it
+    assert not (mnt / "sys").exists()  # no zram device: no sysfs files
 
 
 def _fusepy_importable() -> bool:
@@ -89,26 +98,33 @@ def _fusepy_importable() -> bool:
 
 
 @pytest.mark.fuse
-@pytest.mark.parametrize("nullfs_mount", [
-    "mfusepy",
-    pytest.param("fusepy", marks=pytest.mark.skipif(not _fusepy_importable(),
-                                                    reason="fusepy (the zramfs[fusepy] extra) "
-                                                           "not installed")),
-], indirect=True)
+@pytest.mark.parametrize(
+    "nullfs_mount",
+    [
+        "mfusepy",
+        pytest.param(
+            "fusepy",
+            marks=pytest.mark.skipif(
+                not _fusepy_importable(), reason="fusepy (the zramfs[fusepy] extra) not installed"
+            ),
+        ),
+    ],
+    indirect=True,
+)
 def test_pwrite_pread_round_trip(nullfs_mount):
     path = nullfs_mount / "dev" / "zram0"
     fd = os.open(path, os.O_RDWR)
     try:
-        assert os.pread(fd, 4096, 0) == bytes(4096)           # a fresh image reads zeros
-        data = os.urandom(300_000)                              # > max_write: split requests
-        assert os.pwrite(fd, data, 12_345) == len(data)         # unaligned offset
+        assert os.pread(fd, 4096, 0) == bytes(4096)  # a fresh image reads zeros
+        data = os.urandom(300_000)  # > max_write: split requests
+        assert os.pwrite(fd, data, 12_345) == len(data)  # unaligned offset
         assert os.pread(fd, len(data), 12_345) == data
         assert os.pread(fd, 10, 12_340) == bytes(5) + data[:5]
         last = b"end!" * 1024
-        assert os.pwrite(fd, last, SIZE - 4096) == 4096        # the last block
-        assert os.pread(fd, 8192, SIZE - 4096) == last          # short read at the end
+        assert os.pwrite(fd, last, SIZE - 4096) == 4096  # the last block
+        assert os.pread(fd, 8192, SIZE - 4096) == last  # short read at the end
         with pytest.raises(OSError) as exc:
-            os.pwrite(fd, b"x", SIZE)                           # past the end
+            os.pwrite(fd, b"x", SIZE)  # past the end
         assert exc.value.errno in (errno.ENOSPC, errno.EFBIG)
     finally:
         os.close(fd)
@@ -121,10 +137,11 @@ def test_pwrite_pread_round_trip(nullfs_mount):
 @pytest.mark.fuse
 def test_o_direct_and_punch_hole(nullfs_mount):
     path = nullfs_mount / "dev" / "zram0"
-    fd = os.open(path, os.O_RDWR | os.O_DIRECT)                # direct_io: O_DIRECT must work
+    fd = os.open(path, os.O_RDWR | os.O_DIRECT)  # direct_io: O_DIRECT must work
     try:
         import mmap
-        buf = mmap.mmap(-1, 8192)                               # page-aligned buffer
+
+        buf = mmap.mmap(-1, 8192)  # page-aligned buffer
         buf.write(b"\xab" * 8192)
         assert os.pwritev(fd, [buf], 0) == 8192
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -165,10 +182,18 @@ def _run_script(name: str, backend: str, env_extra: dict, timeout: int = 300):
             pytest.skip(f"zramfs.fs not importable: {exc}")
     env = dict(os.environ, BACKEND=backend, **env_extra)
     before = _system_state()
-    proc = subprocess.run(["bash", str(REPO / "scripts" / name)], env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / name)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{name} (BACKEND={backend}) exited {proc.returncode}:\n{out[-4000:]}"
+    assert proc.returncode == 0, (
+        f"{name} (BACKEND={backend}) exited {proc.returncode}:\n{out[-4000:]}"
+    )
     assert _system_state() == before, f"{name} left mounts/loops/swap behind:\n{_system_state()}"
     return out
 
@@ -177,8 +202,11 @@ def _run_script(name: str, backend: str, env_extra: dict, timeout: int = 300):
 @pytest.mark.parametrize("backend", ["nullfs", "zramfs"])
 def test_fs_demo_script(need_fuse, backend):
     _need_tools("losetup", "mkfs.ext4", "sha256sum", "mountpoint")
-    out = _run_script("fs_demo.sh", backend, {
-        "SIZE": "64M", "SRC": f"{REPO / 'allocator'} {REPO / 'zramfs'} {REPO / 'tests'}"})
+    out = _run_script(
+        "fs_demo.sh",
+        backend,
+        {"SIZE": "64M", "SRC": f"{REPO / 'allocator'} {REPO / 'zramfs'} {REPO / 'tests'}"},
+    )
     assert "match their sha256" in out
     if backend == "zramfs":
         assert "orig_data_size" in out
@@ -188,8 +216,13 @@ def test_fs_demo_script(need_fuse, backend):
 @pytest.mark.parametrize("backend", ["nullfs", "zramfs"])
 def test_swap_experiment_script(need_fuse, backend):
     _need_tools("losetup", "mkswap", "swapon", "swapoff", "mountpoint", "numfmt")
-    if not (os.path.isdir("/sys/fs/cgroup/memory") or os.path.exists("/sys/fs/cgroup/cgroup.controllers")
-            or os.path.exists("/sys/fs/cgroup/unified/cgroup.controllers")):
+    if not (
+        os.path.isdir("/sys/fs/cgroup/memory")
+        or os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+        or os.path.exists("/sys/fs/cgroup/unified/cgroup.controllers")
+    ):
         pytest.skip("no cgroup filesystem")
-    out = _run_script("swap_experiment.sh", backend, {"SIZE": "128M", "LIMIT": "16M", "ALLOC": "48M"})
+    out = _run_script(
+        "swap_experiment.sh", backend, {"SIZE": "128M", "LIMIT": "16M", "ALLOC": "48M"}
+    )
     assert "PASS:" in out and "0 bad" in out

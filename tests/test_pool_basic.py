@@ -62,12 +62,12 @@ def test_bad_sizes_and_free_zero(pool):
         pool.malloc(0)
     with pytest.raises(ValueError):
         pool.malloc(PAGE + 1)
-    h = pool.malloc(PAGE)                       # 4104 clamps to the huge class
+    h = pool.malloc(PAGE)  # 4104 clamps to the huge class
     assert h and zspage_of(pool, h).huge
-    pool.free(0)                                # no-op like the kernel
+    pool.free(0)  # no-op like the kernel
     pool.free(h)
     with pytest.raises(InvalidHandle):
-        pool.free(h)                            # double free is caught, not corrupting
+        pool.free(h)  # double free is caught, not corrupting
     with pytest.raises(InvalidHandle):
         pool.read_object(3, 1)
     assert pool.total_pages == 0
@@ -101,7 +101,7 @@ def test_round_trip_every_class(pool, mode):
     for h, data in live.items():
         assert pool.read_object(h, len(data)) == data
         with pool.map_object(h, MapMode.RO) as buf:
-            assert bytes(buf[:len(data)]) == data
+            assert bytes(buf[: len(data)]) == data
     for h in live:
         pool.free(h)
     pool.check_invariants()
@@ -144,7 +144,9 @@ def test_spanning_objects_class_48(pool):
         with pool.map_object(h, MapMode.WO) as buf:
             buf[:40] = pattern(i + 1000, 40)
         assert pool.read_object(h, 40) == pattern(i + 1000, 40)
-        assert stats.read_word(pool, *pool.obj_location(h)[::2]) == h | 1   # header never written back
+        assert (
+            stats.read_word(pool, *pool.obj_location(h)[::2]) == h | 1
+        )  # header never written back
         pool.write_object(h, pattern(i, 40))
     for i, h in enumerate(hs):
         assert pool.read_object(h, 40) == pattern(i, 40)
@@ -154,7 +156,7 @@ def test_spanning_objects_class_48(pool):
 def test_direct_mapping_is_live_and_mode_ignored(pool):
     h = pool.malloc(100)
     with pool.map_object(h, MapMode.RO) as buf:
-        buf[:3] = b"xyz"                         # direct mapping: visible at once
+        buf[:3] = b"xyz"  # direct mapping: visible at once
         assert pool.read_object.__self__ is pool
     assert pool.read_object(h, 3) == b"xyz"
 
@@ -163,7 +165,7 @@ def test_phantom_tail_class_80(pool):
     hs = [pool.malloc(72) for _ in range(51)]
     z = zspage_of(pool, hs[0])
     objs = stats.zspage_objects(pool, z)
-    assert len(objs) == 52 and objs[-1][2] == 4080     # the phantom tail object at 4080
+    assert len(objs) == 52 and objs[-1][2] == 4080  # the phantom tail object at 4080
     assert objs[-1][3] & 1 == 0
     pool.free(hs[50])
     pool.free(hs[3])
@@ -171,12 +173,12 @@ def test_phantom_tail_class_80(pool):
     dump = stats.dump_zspage(pool, z).splitlines()
     assert dump[0] == repr(z) and len(dump) == 1 + 52
     assert dump[1 + 3].endswith("next 50") and dump[1 + 0].endswith(f"handle {hs[0]:#x}")
-    assert dump[1 + 51].endswith("end")                  # the phantom keeps the end marker
+    assert dump[1 + 51].endswith("end")  # the phantom keeps the end marker
     pool.check_invariants()
 
 
 def test_freelist_lifo(pool):
-    hs = [pool.malloc(100) for _ in range(10)]        # class 112
+    hs = [pool.malloc(100) for _ in range(10)]  # class 112
     a, b = pool.obj_location(hs[2]), pool.obj_location(hs[5])
     pool.free(hs[2])
     pool.free(hs[5])
@@ -190,10 +192,10 @@ def test_huge_object(pool, mem):
     z = zspage_of(pool, h)
     assert z.huge and len(z.pages) == 1
     pfn = z.first_page
-    assert mem.index[pfn] == h | 1                       # a huge object's handle|1: page->index
+    assert mem.index[pfn] == h | 1  # a huge object's handle|1: page->index
     assert pool.obj_location(h) == (pfn, 0, 0)
     with pool.map_object(h, MapMode.WO) as buf:
-        assert len(buf) == PAGE                          # no header: the whole page
+        assert len(buf) == PAGE  # no header: the whole page
         buf[:] = pattern(5, PAGE)
     assert mem.view(pfn).tobytes() == pattern(5, PAGE)
     assert pool.read_object(h, PAGE) == pattern(5, PAGE)
@@ -205,7 +207,7 @@ def test_huge_object(pool, mem):
 
 
 def test_fullness_transitions_3n_over_4(pool):
-    cls = cls_of(pool, 800)                              # size 816: 1 page, 5 objects
+    cls = cls_of(pool, 800)  # size 816: 1 page, 5 objects
     assert (cls.size, cls.objs_per_zspage) == (816, 5)
     hs = []
     seen = []
@@ -227,7 +229,7 @@ def test_fullness_transitions_3n_over_4(pool):
 
 
 def test_small_n_never_almost_full(pool):
-    hs = [pool.malloc(2000) for _ in range(2)]           # class 2048, N = 2
+    hs = [pool.malloc(2000) for _ in range(2)]  # class 2048, N = 2
     z = zspage_of(pool, hs[0])
     pool.free(hs[1])
     assert z.fullness == ZS_ALMOST_EMPTY
@@ -235,18 +237,18 @@ def test_small_n_never_almost_full(pool):
 
 
 def test_find_get_zspage_prefers_almost_full(pool):
-    cls = cls_of(pool, 800)                              # N = 5
-    a = [pool.malloc(800) for _ in range(5)]             # zspage A full
-    b = [pool.malloc(800) for _ in range(5)]             # zspage B full
+    cls = cls_of(pool, 800)  # N = 5
+    a = [pool.malloc(800) for _ in range(5)]  # zspage A full
+    b = [pool.malloc(800) for _ in range(5)]  # zspage B full
     za, zb = zspage_of(pool, a[0]), zspage_of(pool, b[0])
-    pool.free(a[0])                                      # A: 4 in use, ALMOST_FULL
+    pool.free(a[0])  # A: 4 in use, ALMOST_FULL
     pool.free(b[0])
-    pool.free(b[1])                                      # B: 3 in use, ALMOST_EMPTY
+    pool.free(b[1])  # B: 3 in use, ALMOST_EMPTY
     h = pool.malloc(800)
-    assert zspage_of(pool, h) is za                      # ALMOST_FULL first
+    assert zspage_of(pool, h) is za  # ALMOST_FULL first
     pool.free(h)
-    pool.free(a[1])                                      # A: 3, enters ALMOST_EMPTY at the head
-    assert list(cls.fullness_list[ZS_ALMOST_EMPTY]) == [za, zb]   # 3 is not < 3
+    pool.free(a[1])  # A: 3, enters ALMOST_EMPTY at the head
+    assert list(cls.fullness_list[ZS_ALMOST_EMPTY]) == [za, zb]  # 3 is not < 3
     h = pool.malloc(800)
     assert zspage_of(pool, h) is za
     pool.check_invariants()
@@ -255,7 +257,7 @@ def test_find_get_zspage_prefers_almost_full(pool):
 def test_insert_zspage_ordering(pool):
     """insert_zspage: head, unless inuse < head's inuse, then second (docs/zsmalloc.md, edge
     case "List order and where zs_malloc looks")."""
-    cls = cls_of(pool, 120)                              # class 128, N = 32
+    cls = cls_of(pool, 120)  # class 128, N = 32
     zs = []
     for inuse in (10, 20, 5, 20):
         z = Zspage(None)
@@ -263,7 +265,7 @@ def test_insert_zspage_ordering(pool):
         insert_zspage(cls, z, ZS_ALMOST_EMPTY)
         zs.append(z)
     order = [z.inuse for z in cls.fullness_list[ZS_ALMOST_EMPTY]]
-    assert order == [20, 20, 5, 10]     # [10] -> [20,10] -> [20,5,10] -> [20,20,5,10]
+    assert order == [20, 20, 5, 10]  # [10] -> [20,10] -> [20,5,10] -> [20,20,5,10]
     assert cls.stats[ZS_ALMOST_EMPTY] == 4
     for z in zs:
         remove_zspage(cls, z, ZS_ALMOST_EMPTY)
@@ -278,8 +280,8 @@ def test_deferred_free_when_page_locked(pool, mem):
     h = pool.malloc(100)
     z = zspage_of(pool, h)
     pfn = z.first_page
-    set_lockdep(False)                                   # the page lock is taken "by another CPU"
-    pool.hold_free_work()                                # the work is queued but not yet run
+    set_lockdep(False)  # the page lock is taken "by another CPU"
+    pool.hold_free_work()  # the work is queued but not yet run
     mem.lock_page(pfn)
     try:
         pool.free(h)
@@ -298,19 +300,19 @@ def test_deferred_free_when_page_locked(pool, mem):
     assert pool.flush_free_work(timeout=10)
     assert pool.total_pages == 0 and mem.nr_used == 0
     assert cls.stats[OBJ_ALLOCATED] == 0
-    assert cls.stats[CLASS_EMPTY] == 1                   # 5.17 leaks this count
+    assert cls.stats[CLASS_EMPTY] == 1  # 5.17 leaks this count
     pool.check_invariants()
 
 
 def test_async_free_waits_for_locked_page(pool, mem):
     """The fixed lock_zspage: the worker waits for a page lock held elsewhere."""
-    h = pool.malloc(3000)                                # class 3072, 3 pages
+    h = pool.malloc(3000)  # class 3072, 3 pages
     z = zspage_of(pool, h)
     set_lockdep(False)
     mem.lock_page(z.pages[2])
     try:
         pool.free(h)
-        assert not pool.flush_free_work(timeout=0.2)     # blocked on the page lock
+        assert not pool.flush_free_work(timeout=0.2)  # blocked on the page lock
         assert pool.total_pages == 3
     finally:
         mem.unlock_page(z.pages[2])
@@ -328,7 +330,7 @@ def test_freed_zspages_are_released_without_the_cycle_collector(pool, mem):
     a cycle kept its memory until then (RSS grew with every fill/discard cycle).  Covers zs_free,
     the deferred free of the async worker, compaction and page migration."""
     gc.collect()
-    gc.disable()                  # anything still alive below is alive by reference
+    gc.disable()  # anything still alive below is alive by reference
     try:
         base = live_zspages()
         hs = [pool.malloc(size) for size in (100, 3000, PAGE) for _ in range(40)]
@@ -336,7 +338,7 @@ def test_freed_zspages_are_released_without_the_cycle_collector(pool, mem):
         for h in hs[::2]:
             pool.free(h)
         hs = hs[1::2]
-        for h in hs[:4]:                                  # a page migration or two
+        for h in hs[:4]:  # a page migration or two
             mem.migrate_pfn(pool.obj_location(h)[0])
         pool.compact()
         pool.check_invariants()
@@ -365,7 +367,7 @@ def test_freed_zspages_are_released_without_the_cycle_collector(pool, mem):
 
 @on_both_arenas
 def test_compaction_frees_pages_and_keeps_data(pool):
-    hs = [pool.malloc(100) for _ in range(73 * 10)]     # 10 zspages of class 112
+    hs = [pool.malloc(100) for _ in range(73 * 10)]  # 10 zspages of class 112
     data = {h: pattern(i, 100) for i, h in enumerate(hs)}
     for h, d in data.items():
         pool.write_object(h, d)
@@ -381,7 +383,7 @@ def test_compaction_frees_pages_and_keeps_data(pool):
     assert freed == before - pool.total_pages > 0
     assert pool.stats.pages_compacted == freed
     assert pool.freeable_pages() == 0
-    assert any(pool.obj_location(h) != locs_before[h] for h in data)   # objects moved
+    assert any(pool.obj_location(h) != locs_before[h] for h in data)  # objects moved
     for h, d in data.items():
         assert pool.read_object(h, 100) == d
     pool.check_invariants()
@@ -390,7 +392,7 @@ def test_compaction_frees_pages_and_keeps_data(pool):
 
 @on_both_arenas
 def test_compaction_spanning_class(pool):
-    hs = [pool.malloc(3000) for _ in range(4 * 6)]      # class 3072: 3 pages, 4 objects
+    hs = [pool.malloc(3000) for _ in range(4 * 6)]  # class 3072: 3 pages, 4 objects
     data = {h: pattern(i, 3000) for i, h in enumerate(hs)}
     for h, d in data.items():
         with pool.map_object(h, MapMode.WO) as buf:
@@ -412,11 +414,11 @@ def test_compaction_spanning_class(pool):
 
 @on_both_arenas
 def test_migration_of_every_subpage_keeps_handles_and_data(pool, mem):
-    hs = [pool.malloc(40) for _ in range(200)]          # class 48, one 3-page zspage
+    hs = [pool.malloc(40) for _ in range(200)]  # class 48, one 3-page zspage
     for i, h in enumerate(hs):
         pool.write_object(h, pattern(i, 40))
     z = zspage_of(pool, hs[0])
-    spare = [mem.alloc_page() for _ in range(3)]         # make room so targets differ
+    spare = [mem.alloc_page() for _ in range(3)]  # make room so targets differ
     for p in spare:
         mem.free_page(p)
     for k in range(3):
@@ -501,19 +503,19 @@ def test_mapping_per_thread(pool):
 def test_out_of_memory():
     mem = PhysicalMemory(max_pages=4)
     pool = Pool("oom", memory=mem)
-    hs = [pool.malloc(3000) for _ in range(4)]          # class 3072: one 3-page zspage
+    hs = [pool.malloc(3000) for _ in range(4)]  # class 3072: one 3-page zspage
     assert pool.total_pages == 3
-    hs.append(pool.malloc(3500))                         # huge: the 4th and last frame
+    hs.append(pool.malloc(3500))  # huge: the 4th and last frame
     free_cells = len(pool.handles.free_cells)
     with pytest.raises(OutOfMemory):
         pool.malloc(3500)
     with pytest.raises(OutOfMemory):
-        pool.malloc(100)                                 # class 112 needs 2 frames
-    assert len(pool.handles.free_cells) == free_cells           # the handles went back
+        pool.malloc(100)  # class 112 needs 2 frames
+    assert len(pool.handles.free_cells) == free_cells  # the handles went back
     assert pool.total_pages == 4 and mem.nr_used == 4
-    pool.free(hs.pop())                                  # one frame free again
+    pool.free(hs.pop())  # one frame free again
     with pytest.raises(OutOfMemory):
-        pool.malloc(100)                                 # gets 1 of 2 frames, gives it back
+        pool.malloc(100)  # gets 1 of 2 frames, gives it back
     assert mem.nr_used == 3
     pool.check_invariants()
     for h in hs:
@@ -533,24 +535,32 @@ def test_destroy_non_empty(mem):
         "Freeing non-empty class with size 112b, fullness group 1",
         "Freeing non-empty class with size 3072b, fullness group 1",
     ]
-    assert pool.total_pages == 2 + 3                     # leaked, not reset, as in 5.17
+    assert pool.total_pages == 2 + 3  # leaked, not reset, as in 5.17
 
 
 def test_classes_table_format(pool):
     pool.malloc(100)
     text = pool.classes_table()
     lines = text.split("\n")
-    assert lines[0] == (" class  size almost_full almost_empty obj_allocated   obj_used "
-                        "pages_used pages_per_zspage freeable")
-    assert lines[6] == "     5   112           0            1            73          1          2                2        0"
+    assert lines[0] == (
+        " class  size almost_full almost_empty obj_allocated   obj_used "
+        "pages_used pages_per_zspage freeable"
+    )
+    assert (
+        lines[6]
+        == "     5   112           0            1            73          1          2                2        0"
+    )
     assert len(lines) == 1 + 69 + 1 + 1 + 1
-    assert lines[-2] == " Total                 0            1            73          1          2                         0"
+    assert (
+        lines[-2]
+        == " Total                 0            1            73          1          2                         0"
+    )
 
 
 def test_chain8_min_waste_pool(mem):
     pool = Pool("c8", memory=mem, chain_size=8, chain_rule="min-waste")
     assert len(pool.classes) == 119
-    hs = [pool.malloc(136) for _ in range(300)]        # class 144: 7 pages, 199 objects
+    hs = [pool.malloc(136) for _ in range(300)]  # class 144: 7 pages, 199 objects
     for i, h in enumerate(hs):
         pool.write_object(h, pattern(i, 136))
     assert pool.total_pages == 14
@@ -570,6 +580,7 @@ def test_concurrent_malloc_free_migrate_compact(mem):
     """A short race: writers/freers on a few classes while other threads migrate frames and
     compact the pool.  Every live object must read back intact at the end."""
     import random
+
     pool = Pool("race", memory=mem)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -641,8 +652,11 @@ def test_unmap_from_another_thread_is_refused(pool):
     cm = pool.map_object(h, MapMode.RW)
     cm.__enter__()
     errors = []
-    t = threading.Thread(target=lambda: errors.append(
-        pytest.raises(NestedMappingError, cm.__exit__, None, None, None)))
+    t = threading.Thread(
+        target=lambda: errors.append(
+            pytest.raises(NestedMappingError, cm.__exit__, None, None, None)
+        )
+    )
     t.start()
     t.join()
     assert errors
@@ -653,6 +667,7 @@ def test_unmap_from_another_thread_is_refused(pool):
 @pytest.mark.parametrize("page_size", [16384, 65536])
 def test_other_page_sizes(page_size):
     import random
+
     mem = PhysicalMemory(max_pages=512, page_size=page_size)
     pool = Pool("big", memory=mem)
     t = pool.table

@@ -54,7 +54,7 @@ def ref_malloc(pool: Pool, size: int) -> int:
         if zspage is not None:
             obj = obj_malloc(pool, zspage, handle)
             fix_fullness_group(cls, zspage)
-            pool.handles.cells[handle >> HANDLE_SHIFT] = obj       # record_obj
+            pool.handles.cells[handle >> HANDLE_SHIFT] = obj  # record_obj
             cls.stats[OBJ_USED] += 1
             return handle
     return pool._malloc_new_zspage(cls, handle)
@@ -99,8 +99,8 @@ def ref_read(pool: Pool, handle: int, length: int) -> bytes:
         start, room, nxt = _usable_span(pool, obj, zspage)
         arena = pool.memory.arena
         if length <= room:
-            return arena[start:start + length].tobytes()
-        return arena[start:start + room].tobytes() + arena[nxt:nxt + length - room].tobytes()
+            return arena[start : start + length].tobytes()
+        return arena[start : start + room].tobytes() + arena[nxt : nxt + length - room].tobytes()
     finally:
         zspage.lock.read_unlock()
 
@@ -111,9 +111,9 @@ def ref_write(pool: Pool, handle: int, data: bytes) -> None:
         start, room, nxt = _usable_span(pool, obj, zspage)
         arena = pool.memory.arena
         n = min(len(data), room)
-        arena[start:start + n] = data[:n]
+        arena[start : start + n] = data[:n]
         if len(data) > n:
-            arena[nxt:nxt + len(data) - n] = data[n:]
+            arena[nxt : nxt + len(data) - n] = data[n:]
     finally:
         zspage.lock.read_unlock()
 
@@ -128,9 +128,16 @@ def snapshot(pool: Pool) -> dict[str, Any]:
     lists = []
     for cls in pool.classes:
         for fg in range(NR_ZS_FULLNESS):
-            lists.append((cls.index, fg, [(z.first_page, z.inuse, z.freeobj, z.fullness,
-                                           z.class_idx, tuple(z.pages))
-                                          for z in cls.fullness_list[fg]]))
+            lists.append(
+                (
+                    cls.index,
+                    fg,
+                    [
+                        (z.first_page, z.inuse, z.freeobj, z.fullness, z.class_idx, tuple(z.pages))
+                        for z in cls.fullness_list[fg]
+                    ],
+                )
+            )
     return {
         "cells": pool.handles.cells.tobytes(),
         "free_cells": list(pool.handles.free_cells),
@@ -138,7 +145,7 @@ def snapshot(pool: Pool) -> dict[str, Any]:
         "lists": lists,
         "pages_allocated": pool.pages_allocated,
         "high_water": top,
-        "frames": mem.arena[:top * pool.page_size].tobytes(),
+        "frames": mem.arena[: top * pool.page_size].tobytes(),
         "index": list(mem.index[:top]),
         "page_type": list(mem.page_type[:top]),
         "flags": bytes(mem.flags[:top]),
@@ -156,11 +163,13 @@ class Twins:
     reference compositions above."""
 
     def __init__(self, page_size: int = 4096, chain_size: int = 4, max_pages: int = 1 << 12):
-        self.fast = Pool("fast", PhysicalMemory(max_pages=max_pages, page_size=page_size),
-                         chain_size=chain_size)
-        self.ref = Pool("ref", PhysicalMemory(max_pages=max_pages, page_size=page_size),
-                        chain_size=chain_size)
-        self.live: dict[int, int] = {}          # handle -> size
+        self.fast = Pool(
+            "fast", PhysicalMemory(max_pages=max_pages, page_size=page_size), chain_size=chain_size
+        )
+        self.ref = Pool(
+            "ref", PhysicalMemory(max_pages=max_pages, page_size=page_size), chain_size=chain_size
+        )
+        self.live: dict[int, int] = {}  # handle -> size
         self.steps = 0
 
     def both(self, fast: Callable[[Pool], Any], ref: Callable[[Pool], Any], what: str) -> Any:
@@ -179,29 +188,38 @@ class Twins:
         del self.live[h]
 
     def write(self, h: int, data: bytes) -> None:
-        self.both(lambda p: p.write_object(h, data), lambda p: ref_write(p, h, data),
-                  f"write {h:#x}")
+        self.both(
+            lambda p: p.write_object(h, data), lambda p: ref_write(p, h, data), f"write {h:#x}"
+        )
 
     def read(self, h: int, length: int) -> None:
         def mapped(p: Pool) -> bytes:
             with p.map_object(h, MapMode.RO) as view:
                 return bytes(view[:length])
+
         want = ref_read(self.ref, h, length)
         assert ref_read(self.fast, h, length) == want
-        self.both(lambda p: p.read_object(h, length), lambda p: ref_read(p, h, length),
-                  f"read {h:#x}")
+        self.both(
+            lambda p: p.read_object(h, length), lambda p: ref_read(p, h, length), f"read {h:#x}"
+        )
         self.both(mapped, lambda p: ref_read(p, h, length), f"map {h:#x}")
 
     def compact(self) -> None:
         self.both(lambda p: p.compact(), lambda p: p.compact(), "zs_compact")
 
     def migrate(self, pfn: int) -> None:
-        self.both(lambda p: p.memory.migrate_pfn(pfn), lambda p: p.memory.migrate_pfn(pfn),
-                  f"migrate {pfn}")
+        self.both(
+            lambda p: p.memory.migrate_pfn(pfn),
+            lambda p: p.memory.migrate_pfn(pfn),
+            f"migrate {pfn}",
+        )
 
     def compact_memory(self) -> None:
-        self.both(lambda p: p.memory.compact().migrated, lambda p: p.memory.compact().migrated,
-                  "compact_memory")
+        self.both(
+            lambda p: p.memory.compact().migrated,
+            lambda p: p.memory.compact().migrated,
+            "compact_memory",
+        )
 
     def close(self) -> None:
         for pool in (self.fast, self.ref):
@@ -289,11 +307,14 @@ def test_handle_check_copies_agree_with_checked_obj(data: st.DataObject) -> None
     live = [h for h in live if h not in freed]
     cells = len(pool.handles.cells)
     known = live + freed if live + freed else [8]
-    handle: Any = data.draw(st.one_of(    # deliberately of any type: bad ones raise TypeError
-        st.sampled_from(known),
-        st.builds(int.__add__, st.sampled_from(known), st.integers(-7, 7)),    # misaligned
-        st.integers(min_value=-64, max_value=(cells + 4) << HANDLE_SHIFT),
-        st.sampled_from([0, None, "8", 8.0, 1 << 70, -(1 << 70)])))
+    handle: Any = data.draw(
+        st.one_of(  # deliberately of any type: bad ones raise TypeError
+            st.sampled_from(known),
+            st.builds(int.__add__, st.sampled_from(known), st.integers(-7, 7)),  # misaligned
+            st.integers(min_value=-64, max_value=(cells + 4) << HANDLE_SHIFT),
+            st.sampled_from([0, None, "8", 8.0, 1 << 70, -(1 << 70)]),
+        )
+    )
     want = outcome(lambda: pool.handles.checked_obj(handle))
 
     def mapped() -> None:
@@ -304,7 +325,7 @@ def test_handle_check_copies_agree_with_checked_obj(data: st.DataObject) -> None
     assert outcome(lambda: pool.write_object(handle, b"")) == want
     assert outcome(mapped) == want
     assert outcome(lambda: resolve_and_pin(pool, handle)[1].lock.read_unlock()) == want
-    if want[0] != "ok" and handle != 0:     # zs_free(0) is a no-op, as in the kernel
+    if want[0] != "ok" and handle != 0:  # zs_free(0) is a no-op, as in the kernel
         assert outcome(lambda: pool.free(handle)) == want
     assert not pool.migrate_lock.is_locked()
     pool.check_invariants()

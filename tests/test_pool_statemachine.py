@@ -74,7 +74,9 @@ class PoolMachine(RuleBasedStateMachine):
             return bytes(buf[:n])
 
     def _pool_pfns(self) -> list[int]:
-        return [pfn for pfn in range(self.memory.high_water) if self.memory.private[pfn] is not None]
+        return [
+            pfn for pfn in range(self.memory.high_water) if self.memory.private[pfn] is not None
+        ]
 
     # -- rules -----------------------------------------------------------------------------
     @rule(target=handles, size=SIZES, wo=st.booleans())
@@ -148,7 +150,8 @@ class PoolMachine(RuleBasedStateMachine):
         t = check_classes_table(self.pool, self.model_sizes())
         for idx, r in t.rows.items():
             assert r.freeable == 0 or r.almost_full + r.almost_empty <= 1, (
-                f"class {idx} (size {r.size}) left compactable after zs_compact: {r}")
+                f"class {idx} (size {r.size}) left compactable after zs_compact: {r}"
+            )
         self.compacted_total += freed
         event(f"compact freed pages: {'0' if not freed else '>0'}")
 
@@ -212,8 +215,12 @@ class PoolMachine(RuleBasedStateMachine):
 def _run(max_examples: int, steps: int) -> None:
     run_state_machine_as_test(
         PoolMachine,
-        settings=settings(max_examples=max_examples, stateful_step_count=steps, deadline=None,
-                          suppress_health_check=list(HealthCheck)),
+        settings=settings(
+            max_examples=max_examples,
+            stateful_step_count=steps,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        ),
     )
 
 

@@ -44,6 +44,7 @@ def all_stacks() -> str:
         out.write("".join(traceback.format_stack(frame)))
     try:
         import tempfile
+
         with tempfile.TemporaryFile("w+") as f:
             faulthandler.dump_traceback(file=f, all_threads=True)
             f.seek(0)
@@ -106,7 +107,8 @@ def io_worker(sh: Shared, wid: int, seed: int, live_out: dict[int, bytes], max_l
                     bad = next(i for i in range(len(want)) if got[i] != want[i])
                     raise AssertionError(
                         f"corrupted object {h:#x} size {len(want)}: first bad byte at {bad}: "
-                        f"{got[bad:bad + 16].hex()} != {want[bad:bad + 16].hex()}")
+                        f"{got[bad : bad + 16].hex()} != {want[bad : bad + 16].hex()}"
+                    )
                 if rnd.random() < 0.2:  # RW rewrite, checking copy-in on the way
                     tag += 1
                     new = pattern(tag, len(want))
@@ -176,8 +178,9 @@ def watchdog(sh: Shared, done: threading.Event, report: list[str]) -> None:
             return
 
 
-def run_stress(seconds: float, n_io: int, max_live: int, seed: int,
-               n_pools: int = 2) -> dict[str, int]:
+def run_stress(
+    seconds: float, n_io: int, max_live: int, seed: int, n_pools: int = 2
+) -> dict[str, int]:
     """n_io I/O threads spread over n_pools pools that share one PhysicalMemory (as the zram
     devices of one mount do), one compactor for all pools, one migrator for the memory."""
     memory = PhysicalMemory(max_pages=1 << 16)
@@ -186,11 +189,21 @@ def run_stress(seconds: float, n_io: int, max_live: int, seed: int,
     try:
         sh = Shared(pools=pools, memory=memory)
         lives: list[dict[int, bytes]] = [{} for _ in range(n_io)]
-        threads = [threading.Thread(target=io_worker, args=(sh, i, seed + i, lives[i], max_live),
-                                    name=f"io-{i}", daemon=True) for i in range(n_io)]
-        threads.append(threading.Thread(target=compactor, args=(sh,), name="compactor", daemon=True))
-        threads.append(threading.Thread(target=migrator, args=(sh, seed + 1000), name="migrator",
-                                        daemon=True))
+        threads = [
+            threading.Thread(
+                target=io_worker,
+                args=(sh, i, seed + i, lives[i], max_live),
+                name=f"io-{i}",
+                daemon=True,
+            )
+            for i in range(n_io)
+        ]
+        threads.append(
+            threading.Thread(target=compactor, args=(sh,), name="compactor", daemon=True)
+        )
+        threads.append(
+            threading.Thread(target=migrator, args=(sh, seed + 1000), name="migrator", daemon=True)
+        )
         done = threading.Event()
         hang: list[str] = []
         wd = threading.Thread(target=watchdog, args=(sh, done, hang), name="watchdog", daemon=True)
@@ -229,7 +242,9 @@ def run_stress(seconds: float, n_io: int, max_live: int, seed: int,
             check_pool_invariants(pool, {})
             pool.compact()
             pool.destroy()
-        assert memory.nr_used == 0, f"{memory.nr_used} frames still used after every object was freed"
+        assert memory.nr_used == 0, (
+            f"{memory.nr_used} frames still used after every object was freed"
+        )
         return dict(sh.counts, io_ops=sh.progress)
     finally:
         set_lockdep(False)

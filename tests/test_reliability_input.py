@@ -20,6 +20,7 @@ without ``--allow-other`` nobody but the mounting user can even stat the mount; 
 kernel enforces the attribute modes (default_permissions), so another user may read 0444
 files and nothing else.
 """
+
 from __future__ import annotations
 
 import errno
@@ -44,28 +45,36 @@ from support.reliability import (
 
 pytestmark = pytest.mark.fuse
 
-OK = 0   # "the kernel accepts this input" (and, for these files, nothing changes)
+OK = 0  # "the kernel accepts this input" (and, for these files, nothing changes)
 
 # ---- the inputs ------------------------------------------------------------------------------
 GARBAGE = b"garbage"
 NON_UTF8 = b"\xff\xfe\x80"
 NEG = b"-1"
-HUGE = b"99999999999999999999"            # > 2**64, wraps to a non-zero u64 in memparse
-OVF = str(2 ** 64).encode()              # 2**64: wraps to 0 in memparse
-JUNK = b"1 junk"                          # a number with trailing junk
-NL2 = b"1\n\n"                            # kstrto* allow one trailing newline, not two
+HUGE = b"99999999999999999999"  # > 2**64, wraps to a non-zero u64 in memparse
+OVF = str(2**64).encode()  # 2**64: wraps to 0 in memparse
+JUNK = b"1 junk"  # a number with trailing junk
+NL2 = b"1\n\n"  # kstrto* allow one trailing newline, not two
 NUL = b"\x00"
-LEAD = b" 1"                              # kstrto* allow no leading space
+LEAD = b" 1"  # kstrto* allow no leading space
 NEWLINE = b"\n"
-LONG = b"x" * 200                         # > ZRAM_MAX_ALGO_NAME_SZ (128)
-BIN = b"0b1"                              # Python's int(x, 0) prefixes are not the kernel's
+LONG = b"x" * 200  # > ZRAM_MAX_ALGO_NAME_SZ (128)
+BIN = b"0b1"  # Python's int(x, 0) prefixes are not the kernel's
 UNDERSCORE = b"1_0"
 PLUS = b"+1"
 
 ALL_BAD = (GARBAGE, NON_UTF8, NEG, HUGE, OVF, JUNK, NL2, NUL, LEAD, NEWLINE, LONG)
-_KSTRTO_EINVAL = {GARBAGE: errno.EINVAL, NON_UTF8: errno.EINVAL, NEG: errno.EINVAL,
-                  JUNK: errno.EINVAL, NL2: errno.EINVAL, NUL: errno.EINVAL, LEAD: errno.EINVAL,
-                  NEWLINE: errno.EINVAL, LONG: errno.EINVAL}
+_KSTRTO_EINVAL = {
+    GARBAGE: errno.EINVAL,
+    NON_UTF8: errno.EINVAL,
+    NEG: errno.EINVAL,
+    JUNK: errno.EINVAL,
+    NL2: errno.EINVAL,
+    NUL: errno.EINVAL,
+    LEAD: errno.EINVAL,
+    NEWLINE: errno.EINVAL,
+    LONG: errno.EINVAL,
+}
 
 
 def every(code: int, inputs=ALL_BAD) -> dict[bytes, int]:
@@ -77,17 +86,38 @@ def every(code: int, inputs=ALL_BAD) -> dict[bytes, int]:
 # which would change it) are left out; files that accept anything without effect list OK.
 INIT: dict[str, dict[bytes, int]] = {
     # memparse; 0 -> EINVAL before the init check; anything else -> EBUSY (initialised)
-    "disksize": {GARBAGE: errno.EINVAL, NON_UTF8: errno.EINVAL, NEG: errno.EINVAL,
-                 HUGE: errno.EBUSY, OVF: errno.EINVAL, JUNK: errno.EBUSY, NL2: errno.EBUSY,
-                 NUL: errno.EINVAL, LEAD: errno.EINVAL, NEWLINE: errno.EINVAL,
-                 LONG: errno.EINVAL, b"8M": errno.EBUSY},
+    "disksize": {
+        GARBAGE: errno.EINVAL,
+        NON_UTF8: errno.EINVAL,
+        NEG: errno.EINVAL,
+        HUGE: errno.EBUSY,
+        OVF: errno.EINVAL,
+        JUNK: errno.EBUSY,
+        NL2: errno.EBUSY,
+        NUL: errno.EINVAL,
+        LEAD: errno.EINVAL,
+        NEWLINE: errno.EINVAL,
+        LONG: errno.EINVAL,
+        b"8M": errno.EBUSY,
+    },
     # kstrtou16, errors as is; 0 -> EINVAL
-    "reset": {**_KSTRTO_EINVAL, HUGE: errno.ERANGE, OVF: errno.ERANGE, b"65536": errno.ERANGE,
-              b"0": errno.EINVAL},
+    "reset": {
+        **_KSTRTO_EINVAL,
+        HUGE: errno.ERANGE,
+        OVF: errno.ERANGE,
+        b"65536": errno.ERANGE,
+        b"0": errno.EINVAL,
+    },
     # memparse: only "nothing parsed" is an error (HUGE, OVF, JUNK, NL2 are valid limits)
-    "mem_limit": {GARBAGE: errno.EINVAL, NON_UTF8: errno.EINVAL, NEG: errno.EINVAL,
-                  NUL: errno.EINVAL, LEAD: errno.EINVAL, NEWLINE: errno.EINVAL,
-                  LONG: errno.EINVAL},
+    "mem_limit": {
+        GARBAGE: errno.EINVAL,
+        NON_UTF8: errno.EINVAL,
+        NEG: errno.EINVAL,
+        NUL: errno.EINVAL,
+        LEAD: errno.EINVAL,
+        NEWLINE: errno.EINVAL,
+        LONG: errno.EINVAL,
+    },
     # kstrtoul error or val != 0 -> EINVAL
     "mem_used_max": {**every(errno.EINVAL), b"1": errno.EINVAL},
     # "all" or kstrtouint(base 0); anything else EINVAL
@@ -95,25 +125,48 @@ INIT: dict[str, dict[bytes, int]] = {
     # 4.7 … 6.14: the store ignores its input
     "max_comp_streams": every(OK),
     # E2BIG (>= 128 bytes), unknown name EINVAL (checked before init), known name EBUSY
-    "comp_algorithm": {**every(errno.EINVAL), LONG: errno.E2BIG, b"lz4": errno.EBUSY,
-                       b"lz4\n\n": errno.EINVAL, b" lz4": errno.EINVAL},
-    "backing_dev": every(errno.EBUSY),          # initialised: EBUSY before anything
-    "writeback": every(errno.ENODEV),           # initialised, no backing device
-    "writeback_limit": every(errno.EINVAL),     # kstrtoull error -> EINVAL
+    "comp_algorithm": {
+        **every(errno.EINVAL),
+        LONG: errno.E2BIG,
+        b"lz4": errno.EBUSY,
+        b"lz4\n\n": errno.EINVAL,
+        b" lz4": errno.EINVAL,
+    },
+    "backing_dev": every(errno.EBUSY),  # initialised: EBUSY before anything
+    "writeback": every(errno.ENODEV),  # initialised, no backing device
+    "writeback_limit": every(errno.EINVAL),  # kstrtoull error -> EINVAL
     "writeback_limit_enable": every(errno.EINVAL),
-    "writeback_batch_size": {**every(errno.EINVAL), b"0": errno.EINVAL},   # kstrtouint -> EINVAL
+    "writeback_batch_size": {**every(errno.EINVAL), b"0": errno.EINVAL},  # kstrtouint -> EINVAL
     # kstrtobool (first character) -> EINVAL, then EBUSY when initialised
-    "compressed_writeback": {GARBAGE: errno.EINVAL, NON_UTF8: errno.EINVAL, NEG: errno.EINVAL,
-                             HUGE: errno.EINVAL, NUL: errno.EINVAL, LEAD: errno.EINVAL,
-                             NEWLINE: errno.EINVAL, LONG: errno.EINVAL, OVF: errno.EBUSY,
-                             JUNK: errno.EBUSY, b"1": errno.EBUSY},
+    "compressed_writeback": {
+        GARBAGE: errno.EINVAL,
+        NON_UTF8: errno.EINVAL,
+        NEG: errno.EINVAL,
+        HUGE: errno.EINVAL,
+        NUL: errno.EINVAL,
+        LEAD: errno.EINVAL,
+        NEWLINE: errno.EINVAL,
+        LONG: errno.EINVAL,
+        OVF: errno.EBUSY,
+        JUNK: errno.EBUSY,
+        b"1": errno.EBUSY,
+    },
     # next_arg: a valueless key -> EINVAL; unknown algorithm EINVAL; known one EBUSY
-    "recomp_algorithm": {**every(errno.EINVAL), b"algo=": errno.EINVAL,
-                         b"algo=nosuch": errno.EINVAL, b"algo=zstd priority=9": errno.EINVAL,
-                         b"algo=" + LONG: errno.E2BIG, b"algo=zstd": errno.EBUSY},
+    "recomp_algorithm": {
+        **every(errno.EINVAL),
+        b"algo=": errno.EINVAL,
+        b"algo=nosuch": errno.EINVAL,
+        b"algo=zstd priority=9": errno.EINVAL,
+        b"algo=" + LONG: errno.E2BIG,
+        b"algo=zstd": errno.EBUSY,
+    },
     # valueless -> EINVAL; kstrtoull errors as is; no secondary algorithm -> EINVAL
-    "recompress": {**every(errno.EINVAL), b"max_pages=" + HUGE: errno.ERANGE,
-                   b"threshold=" + HUGE: errno.ERANGE, b"type=idle": errno.EINVAL},
+    "recompress": {
+        **every(errno.EINVAL),
+        b"max_pages=" + HUGE: errno.ERANGE,
+        b"threshold=" + HUGE: errno.ERANGE,
+        b"type=idle": errno.EINVAL,
+    },
     # 241f9005b1c8: EBUSY once initialised, before parsing
     "algorithm_params": every(errno.EBUSY),
     # the kernel compacts whatever is written: no bad input while initialised (see UNINIT)
@@ -122,67 +175,126 @@ INIT: dict[str, dict[bytes, int]] = {
 
 # An uninitialised device (zram1).
 UNINIT: dict[str, dict[bytes, int]] = {
-    "disksize": {GARBAGE: errno.EINVAL, NON_UTF8: errno.EINVAL, NEG: errno.EINVAL,
-                 OVF: errno.EINVAL, NUL: errno.EINVAL, LEAD: errno.EINVAL,
-                 NEWLINE: errno.EINVAL, LONG: errno.EINVAL,
-                 HUGE: errno.ENOMEM, b"8E": errno.ENOMEM},     # the slot table cannot exist
+    "disksize": {
+        GARBAGE: errno.EINVAL,
+        NON_UTF8: errno.EINVAL,
+        NEG: errno.EINVAL,
+        OVF: errno.EINVAL,
+        NUL: errno.EINVAL,
+        LEAD: errno.EINVAL,
+        NEWLINE: errno.EINVAL,
+        LONG: errno.EINVAL,
+        HUGE: errno.ENOMEM,
+        b"8E": errno.ENOMEM,
+    },  # the slot table cannot exist
     "reset": INIT["reset"],
-    "compact": every(errno.EINVAL, ALL_BAD + (b"1",)),           # not initialised
+    "compact": every(errno.EINVAL, ALL_BAD + (b"1",)),  # not initialised
     "mem_limit": INIT["mem_limit"],
     "mem_used_max": INIT["mem_used_max"],
-    "idle": {**INIT["idle"], b"all": errno.EINVAL},               # not initialised
+    "idle": {**INIT["idle"], b"all": errno.EINVAL},  # not initialised
     "max_comp_streams": every(OK),
     "comp_algorithm": {**every(errno.EINVAL), LONG: errno.E2BIG, b"lz4\n\n": errno.EINVAL},
-    "backing_dev": {b"/nonexistent/file": errno.ENOENT, b"/dev/null": errno.ENOTBLK,
-                    b"/": errno.EISDIR, b"/nonexistent/\xff\xfe": errno.ENOENT},
-    "writeback": every(errno.EINVAL, ALL_BAD + (b"huge",)),      # not initialised
+    "backing_dev": {
+        b"/nonexistent/file": errno.ENOENT,
+        b"/dev/null": errno.ENOTBLK,
+        b"/": errno.EISDIR,
+        b"/nonexistent/\xff\xfe": errno.ENOENT,
+    },
+    "writeback": every(errno.EINVAL, ALL_BAD + (b"huge",)),  # not initialised
     "writeback_limit": INIT["writeback_limit"],
     "writeback_limit_enable": INIT["writeback_limit_enable"],
     "writeback_batch_size": INIT["writeback_batch_size"],
-    "compressed_writeback": {GARBAGE: errno.EINVAL, NON_UTF8: errno.EINVAL, NEG: errno.EINVAL,
-                             HUGE: errno.EINVAL, NUL: errno.EINVAL, LEAD: errno.EINVAL,
-                             NEWLINE: errno.EINVAL, LONG: errno.EINVAL},
-    "recomp_algorithm": {**every(errno.EINVAL), b"algo=nosuch": errno.EINVAL,
-                         b"priority=1": errno.EINVAL, b"algo=zstd priority=0": errno.EINVAL,
-                         b"algo=zstd priority=4": errno.EINVAL, b"algo=" + LONG: errno.E2BIG},
-    "recompress": {**every(errno.EINVAL), b"max_pages=" + HUGE: errno.ERANGE,
-                   b"type=idle": errno.EINVAL},
+    "compressed_writeback": {
+        GARBAGE: errno.EINVAL,
+        NON_UTF8: errno.EINVAL,
+        NEG: errno.EINVAL,
+        HUGE: errno.EINVAL,
+        NUL: errno.EINVAL,
+        LEAD: errno.EINVAL,
+        NEWLINE: errno.EINVAL,
+        LONG: errno.EINVAL,
+    },
+    "recomp_algorithm": {
+        **every(errno.EINVAL),
+        b"algo=nosuch": errno.EINVAL,
+        b"priority=1": errno.EINVAL,
+        b"algo=zstd priority=0": errno.EINVAL,
+        b"algo=zstd priority=4": errno.EINVAL,
+        b"algo=" + LONG: errno.E2BIG,
+    },
+    "recompress": {
+        **every(errno.EINVAL),
+        b"max_pages=" + HUGE: errno.ERANGE,
+        b"type=idle": errno.EINVAL,
+    },
     # skip_spaces, then next_arg pairs: a blank write sets no parameter (accepted)
-    "algorithm_params": {**every(errno.EINVAL, tuple(i for i in ALL_BAD if i != NEWLINE)),
-                         b"priority=9": errno.EINVAL,
-                         b"algo=nosuch": errno.EINVAL, b"level=abc": errno.EINVAL,
-                         b"dict=/nonexistent/dict": errno.EINVAL,
-                         b"priority=" + HUGE: errno.ERANGE},
+    "algorithm_params": {
+        **every(errno.EINVAL, tuple(i for i in ALL_BAD if i != NEWLINE)),
+        b"priority=9": errno.EINVAL,
+        b"algo=nosuch": errno.EINVAL,
+        b"level=abc": errno.EINVAL,
+        b"dict=/nonexistent/dict": errno.EINVAL,
+        b"priority=" + HUGE: errno.ERANGE,
+    },
 }
 
 # Files outside sys/block/zram<N>/.
 OTHER: dict[str, dict[bytes, int]] = {
     # kstrtoint: errors as is; negative EINVAL; no such id ENODEV
-    "sys/class/zram-control/hot_remove": {**_KSTRTO_EINVAL, HUGE: errno.ERANGE,
-                                          OVF: errno.ERANGE, b"99": errno.ENODEV,
-                                          b"zram0": errno.EINVAL},
+    "sys/class/zram-control/hot_remove": {
+        **_KSTRTO_EINVAL,
+        HUGE: errno.ERANGE,
+        OVF: errno.ERANGE,
+        b"99": errno.ENODEV,
+        b"zram0": errno.EINVAL,
+    },
     # proc_dointvec, then != 1 -> EINVAL (answers measured on Linux 6.18; " 1", "1\n\n",
     # "0x1" are accepted, "1 junk" is a short write of 2 bytes)
-    "proc/sys/vm/compact_memory": {GARBAGE: errno.EINVAL, NON_UTF8: errno.EINVAL,
-                                   NEG: errno.EINVAL, HUGE: errno.EINVAL, OVF: errno.EINVAL,
-                                   NUL: errno.EINVAL, NEWLINE: errno.EINVAL, LONG: errno.EINVAL,
-                                   b"2": errno.EINVAL, BIN: errno.EINVAL,
-                                   UNDERSCORE: errno.EINVAL, PLUS: errno.EINVAL},
+    "proc/sys/vm/compact_memory": {
+        GARBAGE: errno.EINVAL,
+        NON_UTF8: errno.EINVAL,
+        NEG: errno.EINVAL,
+        HUGE: errno.EINVAL,
+        OVF: errno.EINVAL,
+        NUL: errno.EINVAL,
+        NEWLINE: errno.EINVAL,
+        LONG: errno.EINVAL,
+        b"2": errno.EINVAL,
+        BIN: errno.EINVAL,
+        UNDERSCORE: errno.EINVAL,
+        PLUS: errno.EINVAL,
+    },
     # lock_stat_write: only a leading '0' clears; anything else is accepted and ignored
     "proc/lock_stat": every(OK, (GARBAGE, NON_UTF8, NEG, HUGE, JUNK, NEWLINE, LONG)),
     # param_set_bool: kstrtobool
     "sys/module/zramfs/parameters/compact_enabled": {
-        GARBAGE: errno.EINVAL, NON_UTF8: errno.EINVAL, NEG: errno.EINVAL, HUGE: errno.EINVAL,
-        NUL: errno.EINVAL, LEAD: errno.EINVAL, NEWLINE: errno.EINVAL, LONG: errno.EINVAL},
+        GARBAGE: errno.EINVAL,
+        NON_UTF8: errno.EINVAL,
+        NEG: errno.EINVAL,
+        HUGE: errno.EINVAL,
+        NUL: errno.EINVAL,
+        LEAD: errno.EINVAL,
+        NEWLINE: errno.EINVAL,
+        LONG: errno.EINVAL,
+    },
     # param_set_uint: kstrtouint(base 0), errors as is
     "sys/module/zramfs/parameters/compact_interval_ms": {
-        **_KSTRTO_EINVAL, HUGE: errno.ERANGE, OVF: errno.ERANGE, BIN: errno.EINVAL,
-        UNDERSCORE: errno.EINVAL},
+        **_KSTRTO_EINVAL,
+        HUGE: errno.ERANGE,
+        OVF: errno.ERANGE,
+        BIN: errno.EINVAL,
+        UNDERSCORE: errno.EINVAL,
+    },
     "sys/module/zramfs/parameters/compact_policy": every(errno.EINVAL),
     "sys/module/zramfs/parameters/compact_threshold_pages": {
-        **_KSTRTO_EINVAL, HUGE: errno.ERANGE, OVF: errno.ERANGE, BIN: errno.EINVAL,
-        UNDERSCORE: errno.EINVAL},
+        **_KSTRTO_EINVAL,
+        HUGE: errno.ERANGE,
+        OVF: errno.ERANGE,
+        BIN: errno.EINVAL,
+        UNDERSCORE: errno.EINVAL,
+    },
 }
+
 
 def table_for(m: Mount, path: Path) -> tuple[str, dict[bytes, int]] | None:
     """(key, expectations) for a writable control file, None if the table lacks it."""
@@ -219,6 +331,7 @@ def loaded(zmount) -> Mount:
     """zram0 initialised with mixed data, zram1 uninitialised; no background compaction (it
     would change mm_stat between snapshots on its own)."""
     import random
+
     m = zmount("--size", "4M", "--devices", "2", "--no-compact")
     rng = random.Random(6)
     with opened(m.image(0)) as fd:
@@ -272,8 +385,12 @@ def test_writes_at_an_offset_and_several_writes_on_one_open(loaded: Mount) -> No
     m = loaded
     before = snapshot(m)
     # Bad input at an offset: the same errno as at 0.
-    for name, data, want in (("disksize", GARBAGE, errno.EINVAL), ("reset", HUGE, errno.ERANGE),
-                             ("mem_limit", NEG, errno.EINVAL), ("idle", JUNK, errno.EINVAL)):
+    for name, data, want in (
+        ("disksize", GARBAGE, errno.EINVAL),
+        ("reset", HUGE, errno.ERANGE),
+        ("mem_limit", NEG, errno.EINVAL),
+        ("idle", JUNK, errno.EINVAL),
+    ):
         assert outcome(m.attr_path(name), data, offset=5) == want, name
     # Two bad writes on one open: each fails on its own.
     with opened(m.attr_path("mem_limit"), os.O_WRONLY) as fd:
@@ -305,7 +422,7 @@ def test_wrong_modes(loaded: Mount) -> None:
         mode = mode_of(path)
         rel = str(path.relative_to(m.path))
         if rel == "proc/vmstat":
-            continue                             # procfs, not sysfs: its own test below
+            continue  # procfs, not sysfs: its own test below
         if not mode & 0o400:
             expect_errno(errno.EACCES, os.open, path, os.O_RDONLY)
             expect_errno(errno.EACCES, os.open, path, os.O_RDWR)
@@ -342,8 +459,9 @@ def test_compact_memory_parses_like_proc_dointvec(loaded: Mount) -> None:
     integer parser does not know (0b…, +1); measured on Linux 6.18.  Nothing may compact."""
     m = loaded
     before = snapshot(m)
-    got = {d: _name(outcome(m.path / "proc/sys/vm/compact_memory", d))
-           for d in (HUGE, OVF, BIN, PLUS)}
+    got = {
+        d: _name(outcome(m.path / "proc/sys/vm/compact_memory", d)) for d in (HUGE, OVF, BIN, PLUS)
+    }
     assert got == {d: "EINVAL" for d in got}
     assert not snapshot_diff(before, snapshot(m))
 
@@ -373,18 +491,18 @@ def test_bad_image_requests_fail_cleanly(loaded: Mount) -> None:
         expect_errno(errno.EINVAL, os.pread, fd, 10, -1)
         expect_errno(errno.EINVAL, os.pwrite, fd, b"x", -4096)
         expect_errno(errno.ENOSPC, os.pwrite, fd, b"x" * PAGE, size)
-        expect_errno(errno.ENOSPC, os.pwrite, fd, b"x", 2 ** 62)
-        expect_errno(errno.ENOSPC, os.pwrite, fd, b"x", 2 ** 63 - 2)
-        assert os.pread(fd, PAGE, 2 ** 62) == b""
+        expect_errno(errno.ENOSPC, os.pwrite, fd, b"x", 2**62)
+        expect_errno(errno.ENOSPC, os.pwrite, fd, b"x", 2**63 - 2)
+        assert os.pread(fd, PAGE, 2**62) == b""
         assert os.pread(fd, PAGE, size) == b""
-        assert len(os.pread(fd, 64 * MiB, 0)) == size        # a huge read is cut at the end
-        expect_errno(errno.EFBIG, fallocate, fd, 0, size - PAGE, 2 * PAGE)   # cannot grow
+        assert len(os.pread(fd, 64 * MiB, 0)) == size  # a huge read is cut at the end
+        expect_errno(errno.EFBIG, fallocate, fd, 0, size - PAGE, 2 * PAGE)  # cannot grow
         expect_errno(errno.EINVAL, fallocate, fd, 0x03, -1, PAGE)
-        expect_errno(errno.EOPNOTSUPP, fallocate, fd, 0x08, 0, PAGE)        # COLLAPSE_RANGE
-        expect_errno(errno.EOPNOTSUPP, fallocate, fd, 0x20, 0, PAGE)        # INSERT_RANGE
+        expect_errno(errno.EOPNOTSUPP, fallocate, fd, 0x08, 0, PAGE)  # COLLAPSE_RANGE
+        expect_errno(errno.EOPNOTSUPP, fallocate, fd, 0x20, 0, PAGE)  # INSERT_RANGE
         expect_errno(errno.EPERM, os.ftruncate, fd, size // 2)
         expect_errno(errno.EPERM, os.ftruncate, fd, size + PAGE)
-    with opened(img, os.O_WRONLY | os.O_APPEND) as fd:      # appends start at the end
+    with opened(img, os.O_WRONLY | os.O_APPEND) as fd:  # appends start at the end
         expect_errno(errno.ENOSPC, os.write, fd, b"x")
     # The namespace is fixed.
     expect_errno(errno.EPERM, os.chmod, img, 0o666)
@@ -402,8 +520,14 @@ def test_bad_image_requests_fail_cleanly(loaded: Mount) -> None:
         expect_errno(errno.EACCES, os.open, where, os.O_WRONLY | os.O_CREAT)
         with pytest.raises(OSError):
             os.mknod(where, 0o600)
-    for where in (m.path / "nope", m.path / "dev" / "zram9", m.sysfs(5), m.path / "sys/nope",
-                  m.path / "proc/sys/vm/drop_caches", m.path / "sys/block/zram0/nope"):
+    for where in (
+        m.path / "nope",
+        m.path / "dev" / "zram9",
+        m.sysfs(5),
+        m.path / "sys/nope",
+        m.path / "proc/sys/vm/drop_caches",
+        m.path / "sys/block/zram0/nope",
+    ):
         expect_errno(errno.ENOENT, os.stat, where)
     with pytest.raises(OSError):
         os.setxattr(img, "user.x", b"1")
@@ -422,7 +546,7 @@ def test_uninitialised_device_requests(loaded: Mount) -> None:
         expect_errno(errno.ENOSPC, os.pwrite, fd, b"x" * PAGE, 0)
         expect_errno(errno.ENOSPC, os.pwrite, fd, b"x", 12345)
         expect_errno(errno.EFBIG, fallocate, fd, 0, 0, PAGE)
-        os.ftruncate(fd, 0)                                  # its size already
+        os.ftruncate(fd, 0)  # its size already
         expect_errno(errno.EPERM, os.ftruncate, fd, PAGE)
         # the device stays uninitialised and can still be set up afterwards
     assert not snapshot_diff(before, snapshot(m))
@@ -437,8 +561,13 @@ def test_o_trunc_open_of_the_image_is_ignored_like_a_block_device(loaded: Mount)
     m = loaded
     with opened(m.image(0), os.O_RDONLY) as fd:
         tail = os.pread(fd, PAGE, 2 * MiB)
-    res = subprocess.run(["dd", "if=/dev/zero", f"of={m.image(0)}", "bs=4k", "count=1"],
-                         capture_output=True, text=True, timeout=30, check=False)
+    res = subprocess.run(
+        ["dd", "if=/dev/zero", f"of={m.image(0)}", "bs=4k", "count=1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     with opened(m.image(0), os.O_RDONLY) as fd:
         assert os.pread(fd, PAGE, 0) == bytes(PAGE)
@@ -455,9 +584,18 @@ def as_nobody(code: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     chdir happens as root, so the test's private temp dirs need not be opened to others).
     A system interpreter: ours may live under /root, which nobody cannot search."""
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    return subprocess.run([python, "-I", "-c", code, *args], capture_output=True, text=True,
-                          timeout=30, cwd=cwd, user=NOBODY, group=NOBODY, extra_groups=[],
-                          env={"PATH": "/usr/bin:/bin"}, check=False)
+    return subprocess.run(
+        [python, "-I", "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
 
 
 _PROBE = r"""
@@ -486,14 +624,25 @@ for name in sys.argv[2:]:
 print(json.dumps(out))
 """
 
-_FILES = ("sys/block/zram0/mm_stat", "sys/block/zram0/initstate", "sys/block/zram0/disksize",
-          "sys/block/zram0/reset", "sys/block/zram0/mem_limit", "sys/class/zram-control/hot_add",
-          "sys/class/zram-control/hot_remove", "proc/sys/vm/compact_memory", "proc/vmstat",
-          "proc/lock_stat", "sys/module/zramfs/parameters/compact_enabled", "dev/zram0")
+_FILES = (
+    "sys/block/zram0/mm_stat",
+    "sys/block/zram0/initstate",
+    "sys/block/zram0/disksize",
+    "sys/block/zram0/reset",
+    "sys/block/zram0/mem_limit",
+    "sys/class/zram-control/hot_add",
+    "sys/class/zram-control/hot_remove",
+    "proc/sys/vm/compact_memory",
+    "proc/vmstat",
+    "proc/lock_stat",
+    "sys/module/zramfs/parameters/compact_enabled",
+    "dev/zram0",
+)
 
 
 def _probe(m: Mount) -> dict[str, str]:
     import json
+
     res = as_nobody(_PROBE, m.path.parent, m.path.name, *_FILES)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
@@ -504,7 +653,7 @@ def test_private_mount_denies_other_users(zmount) -> None:
     m = zmount("--size", "1M")
     before = snapshot(m)
     got = _probe(m)
-    assert got["stat_root"] == "EACCES", got          # FUSE without allow_other
+    assert got["stat_root"] == "EACCES", got  # FUSE without allow_other
     assert all(v == "EACCES" for v in got.values()), got
     assert not snapshot_diff(before, snapshot(m))
 

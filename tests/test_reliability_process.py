@@ -19,6 +19,7 @@ attached.  Here, what it does not cover:
 Every daemon here is started by the test (its pid from --pidfile) and torn down by the fixture
 even on failure; every wait has a deadline.
 """
+
 from __future__ import annotations
 
 import errno
@@ -48,7 +49,7 @@ from support.reliability import PAGE, MiB, Watchdog
 pytestmark = pytest.mark.fuse
 
 
-Daemon = DaemonMount   # the ``daemon`` fixture (tests/conftest.py) is one
+Daemon = DaemonMount  # the ``daemon`` fixture (tests/conftest.py) is one
 
 
 class Writer(threading.Thread):
@@ -90,8 +91,9 @@ class Writer(threading.Thread):
 GONE = {errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENODEV, errno.ENOENT}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name
+)
 def test_signal_during_io_unmounts_without_hanging(daemon: Daemon, sig: signal.Signals) -> None:
     daemon.mount("--size", "64M", "--compact-interval", "0", "--compact-threshold", "1")
     pid = daemon.pid
@@ -123,7 +125,7 @@ def test_sigkill_during_io_then_mount_again_on_the_stale_place(daemon: Daemon) -
     deadline = time.monotonic() + 10
     while Daemon.alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert is_mounted(daemon.mnt)                          # stale: nobody serves it
+    assert is_mounted(daemon.mnt)  # stale: nobody serves it
     with pytest.raises(OSError) as info:
         os.stat(daemon.mnt / "dev")
     assert info.value.errno == errno.ENOTCONN
@@ -133,7 +135,7 @@ def test_sigkill_during_io_then_mount_again_on_the_stale_place(daemon: Daemon) -
     assert "stale" in res.stderr, res.stderr
     assert (daemon.mnt / "sys/block/zram0/disksize").read_text() == f"{8 * MiB}\n"
     with open(daemon.mnt / "dev/zram0", "rb", buffering=0) as f:
-        assert f.read(PAGE) == bytes(PAGE)                 # volatile: a new, empty device
+        assert f.read(PAGE) == bytes(PAGE)  # volatile: a new, empty device
     new_pid = daemon.pid
     assert zramfs_cli("umount", str(daemon.mnt)).returncode == 0
     assert daemon.wait_gone(new_pid)
@@ -151,17 +153,17 @@ def test_umount_while_the_image_is_open_is_refused_quickly(daemon: Daemon) -> No
         assert res.returncode == 1
         assert "busy" in res.stderr and str(daemon.mnt) in res.stderr, res.stderr
         assert is_mounted(daemon.mnt) and Daemon.alive(pid)
-        assert os.pread(fd, 700, 0) == b"keep me" * 100     # still served, data intact
+        assert os.pread(fd, 700, 0) == b"keep me" * 100  # still served, data intact
     finally:
         os.close(fd)
     assert zramfs_cli("umount", str(daemon.mnt)).returncode == 0
     assert daemon.wait_gone(pid)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
-                         ids=lambda s: s.name)
-def test_signal_with_a_loop_attached_keeps_the_device(daemon: Daemon,
-                                                      sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name
+)
+def test_signal_with_a_loop_attached_keeps_the_device(daemon: Daemon, sig: signal.Signals) -> None:
     """Like ``zramfs umount`` (and ``rmmod zram`` while swap is on it), a signal must not take
     the device away from an attached loop device: it keeps serving (and says why in the log)
     until the loop is detached, and exits cleanly on the same signal afterwards."""
@@ -178,6 +180,7 @@ def test_signal_with_a_loop_attached_keeps_the_device(daemon: Daemon,
         fd = os.open(loop, os.O_RDONLY | os.O_DIRECT)
         try:
             import mmap
+
             buf = mmap.mmap(-1, len(data))
             n = os.preadv(fd, [buf], 0)
         finally:
@@ -194,13 +197,22 @@ def test_signal_with_a_loop_attached_keeps_the_device(daemon: Daemon,
         os.kill(pid, sig)
 
 
-@pytest.mark.parametrize("args", [
-    ("--size", "-5"), ("--size", "abc"), ("--mem-limit", "1x"), ("--devices", "-1"),
-    ("--chain-size", "5"), ("--size", "1E"), ("--algorithm", "nosuch"),
-    # the knobs are the uint module parameters: the CLI must refuse what the files refuse
-    ("--compact-interval", "-1"), ("--compact-threshold", "-1"),
-    ("--compact-threshold", str(2 ** 40)),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--size", "-5"),
+        ("--size", "abc"),
+        ("--mem-limit", "1x"),
+        ("--devices", "-1"),
+        ("--chain-size", "5"),
+        ("--size", "1E"),
+        ("--algorithm", "nosuch"),
+        # the knobs are the uint module parameters: the CLI must refuse what the files refuse
+        ("--compact-interval", "-1"),
+        ("--compact-threshold", "-1"),
+        ("--compact-threshold", str(2**40)),
+    ],
+)
 def test_bad_mount_arguments_leave_nothing_behind(daemon: Daemon, args: tuple[str, ...]) -> None:
     res = daemon.mount(*args, check=False)
     assert res.returncode != 0, f"zramfs mount {' '.join(args)} was accepted"
@@ -231,15 +243,22 @@ def swap_run(zmount, *, size: str, limit: str, alloc: str, min_swapped_mib: int)
     for tool in ("losetup", "mkswap", "swapon", "swapoff", "mountpoint", "numfmt"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool}")
-    m = zmount("--size", size, "--algorithm", "lz4", "--compact-interval", "0",
-               "--compact-threshold", "1")
+    m = zmount(
+        "--size", size, "--algorithm", "lz4", "--compact-interval", "0", "--compact-threshold", "1"
+    )
     env = dict(os.environ, LIMIT=limit, ALLOC=alloc, DISCARD="pages")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     started = time.monotonic()
     with Watchdog(3000, what="swap experiment"):
-        res = subprocess.run(["bash", str(REPO / "scripts/swap_experiment.sh"), str(m.path)],
-                             env=env, capture_output=True, text=True, timeout=2900,
-                             stdin=subprocess.DEVNULL, check=False)
+        res = subprocess.run(
+            ["bash", str(REPO / "scripts/swap_experiment.sh"), str(m.path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=2900,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert "PASS:" in out and " 0 bad" in out, out[-4000:]
@@ -256,8 +275,10 @@ def swap_run(zmount, *, size: str, limit: str, alloc: str, min_swapped_mib: int)
     assert loops_under(m.path) == []
     for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory"):
         assert not list(Path(root).glob("zramfs-swap.*")), root
-    return (f"{swapped.group(0)}; {time.monotonic() - started:.0f}s; "
-            f"daemon runs {m.param('compact_runs')}")
+    return (
+        f"{swapped.group(0)}; {time.monotonic() - started:.0f}s; "
+        f"daemon runs {m.param('compact_runs')}"
+    )
 
 
 def test_swap_through_a_memory_limited_cgroup(zmount) -> None:
@@ -278,12 +299,14 @@ def test_users_that_die_do_not_leave_the_device_busy(zmount) -> None:
     """Every open is matched by a release, even when the opener is SIGKILLed or its threads
     race: afterwards reset (EBUSY while open) succeeds and hot_remove works."""
     m = zmount("--size", "4M", "--devices", "2")
-    img = str(m.image(1))                                  # --size initialises both devices
-    code = ("import os, sys, time\n"
-            "fds = [os.open(sys.argv[1], os.O_RDWR) for _ in range(20)]\n"
-            "os.pwrite(fds[0], b'x' * 4096, 0)\n"
-            "print('ready', flush=True)\n"
-            "time.sleep(60)\n")
+    img = str(m.image(1))  # --size initialises both devices
+    code = (
+        "import os, sys, time\n"
+        "fds = [os.open(sys.argv[1], os.O_RDWR) for _ in range(20)]\n"
+        "os.pwrite(fds[0], b'x' * 4096, 0)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
     for _ in range(3):
         child = subprocess.Popen(["python3", "-c", code, img], stdout=subprocess.PIPE, text=True)
         try:
@@ -292,10 +315,12 @@ def test_users_that_die_do_not_leave_the_device_busy(zmount) -> None:
         finally:
             child.kill()
             child.wait(30)
+
     # many short-lived opens from threads
     def churn() -> None:
         for _ in range(200):
             os.close(os.open(img, os.O_RDONLY))
+
     threads = [threading.Thread(target=churn) for _ in range(4)]
     for t in threads:
         t.start()
@@ -330,8 +355,9 @@ def test_a_hung_daemon_does_not_hang_umount_or_status(daemon: Daemon) -> None:
             except subprocess.TimeoutExpired:
                 pytest.fail(f"zramfs {' '.join(args)} hung on an unresponsive daemon")
             if args[0] == "umount":
-                assert (res.returncode == 0 and not is_mounted(daemon.mnt)) or \
-                    (res.returncode != 0 and "respond" in res.stderr), res.stderr
+                assert (res.returncode == 0 and not is_mounted(daemon.mnt)) or (
+                    res.returncode != 0 and "respond" in res.stderr
+                ), res.stderr
     finally:
         os.kill(pid, signal.SIGCONT)
         os.kill(pid, signal.SIGKILL)

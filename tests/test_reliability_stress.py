@@ -23,6 +23,7 @@ Default run: ~10 s of concurrency per variant, 128 MiB written and verified by f
 ``ZRAMFS_SOAK_FIO_LOOPS`` override the sizes).  ``ZRAMFS_RELIABILITY_SECONDS`` sets the default
 run's duration.
 """
+
 from __future__ import annotations
 
 import errno
@@ -64,9 +65,9 @@ THREADS = 8
 class Backend:
     """read/write/discard on one image: through a file descriptor or a ZramDevice."""
 
-    read: Callable[[int, int], bytes]          # (offset, length) -> data
-    write: Callable[[int, bytes], int]         # (offset, data) -> bytes written
-    discard: Callable[[int, int], None]        # (offset, length): punch a hole
+    read: Callable[[int, int], bytes]  # (offset, length) -> data
+    write: Callable[[int, bytes], int]  # (offset, data) -> bytes written
+    discard: Callable[[int, int], None]  # (offset, length): punch a hole
 
 
 @dataclass
@@ -82,36 +83,53 @@ def worker(w: int, region: int, io: Backend, stop: threading.Event, res: Result)
     rng = random.Random(4242 + w)
     base = w * region
     model = bytearray(region)
-    sizes = (1, 100, 511, 512, PAGE - 1, PAGE, PAGE + 1, 3 * PAGE + 17, 16 * 1024, 64 * 1024,
-             128 * 1024, 200 * 1024)
+    sizes = (
+        1,
+        100,
+        511,
+        512,
+        PAGE - 1,
+        PAGE,
+        PAGE + 1,
+        3 * PAGE + 17,
+        16 * 1024,
+        64 * 1024,
+        128 * 1024,
+        200 * 1024,
+    )
     try:
         while not stop.is_set():
             n = min(rng.choice(sizes), region)
-            off = (rng.randrange(0, region - n + 1) if rng.random() < 0.5
-                   else rng.randrange(0, (region - n) // PAGE + 1) * PAGE)
+            off = (
+                rng.randrange(0, region - n + 1)
+                if rng.random() < 0.5
+                else rng.randrange(0, (region - n) // PAGE + 1) * PAGE
+            )
             op = rng.random()
             t0 = time.monotonic()
             if op < 0.45:
                 data = varied_data(rng, n)
                 assert io.write(base + off, data) == n
-                model[off:off + n] = data
+                model[off : off + n] = data
             elif op < 0.85:
                 got = io.read(base + off, n)
-                if got != model[off:off + n]:
-                    bad = next(i for i in range(n) if got[i:i + 1] != model[off + i:off + i + 1])
+                if got != model[off : off + n]:
+                    bad = next(
+                        i for i in range(n) if got[i : i + 1] != model[off + i : off + i + 1]
+                    )
                     res.errors.append(f"thread {w}: read {off}+{n} differs at byte {off + bad}")
                     stop.set()
                     return
                 res.bytes_checked[w] += n
             else:
                 io.discard(base + off, n)
-                model[off:off + n] = bytes(n)
+                model[off : off + n] = bytes(n)
             res.max_latency_s[w] = max(res.max_latency_s[w], time.monotonic() - t0)
             res.ops[w] += 1
         # every byte, at the end
         for off in range(0, region, 256 * 1024):
             n = min(256 * 1024, region - off)
-            if io.read(base + off, n) != model[off:off + n]:
+            if io.read(base + off, n) != model[off : off + n]:
                 res.errors.append(f"thread {w}: final check of {off}+{n} differs")
                 return
             res.bytes_checked[w] += n
@@ -120,9 +138,14 @@ def worker(w: int, region: int, io: Backend, stop: threading.Event, res: Result)
         stop.set()
 
 
-def run_workload(io_for: Callable[[int], Backend], region: int, seconds: float,
-                 maintenance: Callable[[], None], watchdog_s: float,
-                 unblock: Callable[[], None] | None = None) -> Result:
+def run_workload(
+    io_for: Callable[[int], Backend],
+    region: int,
+    seconds: float,
+    maintenance: Callable[[], None],
+    watchdog_s: float,
+    unblock: Callable[[], None] | None = None,
+) -> Result:
     res = Result()
     stop = threading.Event()
 
@@ -134,8 +157,12 @@ def run_workload(io_for: Callable[[int], Backend], region: int, seconds: float,
             res.errors.append(f"maintenance: {type(exc).__name__}: {exc}")
             stop.set()
 
-    threads = [threading.Thread(target=worker, args=(w, region, io_for(w), stop, res),
-                                name=f"io-{w}", daemon=True) for w in range(THREADS)]
+    threads = [
+        threading.Thread(
+            target=worker, args=(w, region, io_for(w), stop, res), name=f"io-{w}", daemon=True
+        )
+        for w in range(THREADS)
+    ]
     threads.append(threading.Thread(target=maint, name="maintenance", daemon=True))
     with Watchdog(seconds + watchdog_s, unblock, what="concurrent I/O"):
         for t in threads:
@@ -155,7 +182,7 @@ def fd_backend(fd: int) -> Backend:
 
     def read(off: int, n: int) -> bytes:
         out = b""
-        while len(out) < n:                       # FUSE splits reads at max_read
+        while len(out) < n:  # FUSE splits reads at max_read
             chunk = os.pread(fd, n - len(out), off + len(out))
             if not chunk:
                 break
@@ -169,8 +196,17 @@ def fd_backend(fd: int) -> Backend:
 
 
 def mounted_run(zmount, seconds: float, size: int) -> None:
-    m = zmount("--size", str(size), "--algorithm", "lz4", "--compact-interval", "0",
-               "--compact-threshold", "1", "--lockdep")
+    m = zmount(
+        "--size",
+        str(size),
+        "--algorithm",
+        "lz4",
+        "--compact-interval",
+        "0",
+        "--compact-threshold",
+        "1",
+        "--lockdep",
+    )
     assert m.param("compact_interval_ms") == "0"
     assert m.param("lockdep") == "Y"
     fds = [os.open(m.image(), os.O_RDWR) for _ in range(THREADS)]
@@ -184,8 +220,14 @@ def mounted_run(zmount, seconds: float, size: int) -> None:
         time.sleep(0.01)
 
     try:
-        res = run_workload(lambda w: fd_backend(fds[w]), size // THREADS, seconds, maintenance,
-                           watchdog_s=60, unblock=daemon_killer(m))
+        res = run_workload(
+            lambda w: fd_backend(fds[w]),
+            size // THREADS,
+            seconds,
+            maintenance,
+            watchdog_s=60,
+            unblock=daemon_killer(m),
+        )
     finally:
         for fd in fds:
             os.close(fd)
@@ -196,10 +238,12 @@ def mounted_run(zmount, seconds: float, size: int) -> None:
     vmstat = dict(ln.split() for ln in (m.path / "proc/vmstat").read_text().splitlines())
     # compaction yields to queued I/O: no request waits for long
     assert max(res.max_latency_s) < 10, f"slowest request {max(res.max_latency_s):.1f}s"
-    print(f"\n{sum(res.ops)} ops, {sum(res.bytes_checked) / MiB:.0f} MiB checked, "
-          f"slowest request {max(res.max_latency_s) * 1000:.0f} ms, "
-          f"{rounds[0]} compact+compact_memory rounds, daemon runs {m.param('compact_runs')}, "
-          f"pgmigrate_success {vmstat.get('pgmigrate_success')}")
+    print(
+        f"\n{sum(res.ops)} ops, {sum(res.bytes_checked) / MiB:.0f} MiB checked, "
+        f"slowest request {max(res.max_latency_s) * 1000:.0f} ms, "
+        f"{rounds[0]} compact+compact_memory rounds, daemon runs {m.param('compact_runs')}, "
+        f"pgmigrate_success {vmstat.get('pgmigrate_success')}"
+    )
     assert rounds[0] > 0
     log = m.log.read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
@@ -230,7 +274,8 @@ def in_process_run(seconds: float, size: int) -> None:
     dev.set_disksize(size)
     # compact at the first freeable page, as often as the daemon can: the most contention
     daemon = CompactionDaemon(
-        reg, CompactionPolicy(PolicyKind.THRESHOLD, threshold_pages=1, interval_ms=0))
+        reg, CompactionPolicy(PolicyKind.THRESHOLD, threshold_pages=1, interval_ms=0)
+    )
     daemon.start()
     rng = random.Random(3)
 
@@ -242,8 +287,9 @@ def in_process_run(seconds: float, size: int) -> None:
         time.sleep(0.002)
 
     try:
-        res = run_workload(lambda w: device_backend(dev), size // THREADS, seconds, maintenance,
-                           watchdog_s=60)
+        res = run_workload(
+            lambda w: device_backend(dev), size // THREADS, seconds, maintenance, watchdog_s=60
+        )
     finally:
         daemon.stop()
         set_lockdep(False)
@@ -251,10 +297,12 @@ def in_process_run(seconds: float, size: int) -> None:
     assert not daemon.stats.last_error, daemon.stats.last_error
     assert daemon.stats.scans > 0
     assert dev.stats().failed_writes == 0 and dev.stats().failed_reads == 0
-    print(f"\nin process: {sum(res.ops)} ops, {sum(res.bytes_checked) / MiB:.0f} MiB checked, "
-          f"daemon scans {daemon.stats.scans}, runs {daemon.stats.runs}, "
-          f"pages freed {daemon.stats.pages_freed}, pages migrated "
-          f"{reg.memory.vmstat().get('pgmigrate_success')}")
+    print(
+        f"\nin process: {sum(res.ops)} ops, {sum(res.bytes_checked) / MiB:.0f} MiB checked, "
+        f"daemon scans {daemon.stats.scans}, runs {daemon.stats.runs}, "
+        f"pages freed {daemon.stats.pages_freed}, pages migrated "
+        f"{reg.memory.vmstat().get('pgmigrate_success')}"
+    )
     dev.reset()
     assert reg.memory.nr_used == 0, "frames leaked"
 
@@ -277,12 +325,24 @@ def fio_verify(m: Mount, workdir: Path, *, per_job: int, loops: int) -> dict:
     if shutil.which("fio") is None:
         pytest.skip("needs fio")
     common = [
-        f"--filename={m.image()}", "--ioengine=psync", "--direct=1",
-        f"--numjobs={FIO_JOBS}", f"--size={per_job}", f"--offset_increment={per_job}",
-        "--bssplit=512/10:4k/35:16k/20:64k/20:128k/15", "--blockalign=512",
-        "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_dump=0",
-        "--verify_state_save=0", "--buffer_compress_percentage=50", "--refill_buffers",
-        f"--loops={loops}", "--randseed=1234", "--group_reporting",
+        f"--filename={m.image()}",
+        "--ioengine=psync",
+        "--direct=1",
+        f"--numjobs={FIO_JOBS}",
+        f"--size={per_job}",
+        f"--offset_increment={per_job}",
+        "--bssplit=512/10:4k/35:16k/20:64k/20:128k/15",
+        "--blockalign=512",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--verify_dump=0",
+        "--verify_state_save=0",
+        "--buffer_compress_percentage=50",
+        "--refill_buffers",
+        f"--loops={loops}",
+        "--randseed=1234",
+        "--group_reporting",
     ]
     # fio's section arguments apply to the latest --name: give each group all of them.
     args = ["fio", "--output-format=json"]
@@ -304,16 +364,21 @@ def fio_verify(m: Mount, workdir: Path, *, per_job: int, loops: int) -> dict:
     started = time.monotonic()
     t.start()
     try:
-        res = subprocess.run(args, cwd=workdir, capture_output=True, text=True,
-                             timeout=max(600, loops * per_job * FIO_JOBS // (256 * 1024)),
-                             check=False)
+        res = subprocess.run(
+            args,
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=max(600, loops * per_job * FIO_JOBS // (256 * 1024)),
+            check=False,
+        )
     finally:
         stop.set()
         t.join(30)
     duration = time.monotonic() - started
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert not errors, errors
-    report = json.loads(res.stdout[res.stdout.index("{"):])
+    report = json.loads(res.stdout[res.stdout.index("{") :])
     written = sum(j["write"]["io_bytes"] for j in report["jobs"])
     verified = sum(j["read"]["io_bytes"] for j in report["jobs"])
     assert all(j["error"] == 0 for j in report["jobs"])
@@ -322,8 +387,16 @@ def fio_verify(m: Mount, workdir: Path, *, per_job: int, loops: int) -> dict:
 
 
 def _fio_mount(zmount, size: int) -> Mount:
-    return zmount("--size", str(size), "--algorithm", "lz4", "--compact-interval", "0",
-                  "--compact-threshold", "1")
+    return zmount(
+        "--size",
+        str(size),
+        "--algorithm",
+        "lz4",
+        "--compact-interval",
+        "0",
+        "--compact-threshold",
+        "1",
+    )
 
 
 def test_fio_verify_mixed_sizes_unaligned_4_jobs(zmount, tmp_path) -> None:
@@ -347,10 +420,12 @@ def test_fio_verify_soak_4_gib(zmount, tmp_path) -> None:
     with Watchdog(7200, daemon_killer(m), what="fio verify soak"):
         got = fio_verify(m, tmp_path, per_job=per_job, loops=loops)
     moved = got["written"] + got["verified"]
-    print(f"\nfio verify soak: {got['written'] / MiB:.0f} MiB written, "
-          f"{got['verified'] / MiB:.0f} MiB verified, {moved / 2**30:.2f} GiB moved in "
-          f"{got['seconds']:.0f}s; daemon runs {m.param('compact_runs')}, "
-          f"pages freed {m.param('compact_pages_freed')}")
+    print(
+        f"\nfio verify soak: {got['written'] / MiB:.0f} MiB written, "
+        f"{got['verified'] / MiB:.0f} MiB verified, {moved / 2**30:.2f} GiB moved in "
+        f"{got['seconds']:.0f}s; daemon runs {m.param('compact_runs')}, "
+        f"pages freed {m.param('compact_pages_freed')}"
+    )
     assert got["verified"] == got["written"]
     assert moved >= 4 << 30, got
     assert m.read_attr("io_stat").split()[:2] == ["0", "0"]
@@ -378,7 +453,7 @@ def test_mem_limit_reached_mid_workload(zmount) -> None:
         first_failure: int | None = None
         order = list(range(pages))
         rng.shuffle(order)
-        for i in order[:pages // 2]:
+        for i in order[: pages // 2]:
             new = rng.randbytes(PAGE)
             try:
                 os.pwrite(fd, new, i * PAGE)
@@ -419,7 +494,7 @@ def test_mem_limit_reached_mid_workload(zmount) -> None:
             assert os.pread(fd, PAGE, i * PAGE) == model[i], f"block {i}"
         # Raising the limit lets writes proceed.
         m.write_attr("mem_limit", "0")
-        for i in order[:pages // 2]:
+        for i in order[: pages // 2]:
             model[i] = rng.randbytes(PAGE)
             os.pwrite(fd, model[i], i * PAGE)
         for i in range(pages):
@@ -447,6 +522,7 @@ def test_mem_limit_write_error_reaches_a_loop_device_user(zmount, attempt: int) 
         fd = os.open(loop, os.O_RDWR | os.O_DIRECT)
         try:
             import mmap
+
             buf = mmap.mmap(-1, MiB)
             buf[:] = rng.randbytes(MiB)
             expect_errno(errno.EIO, os.pwritev, fd, [buf], 4 * MiB)
@@ -469,8 +545,17 @@ def test_control_plane_churn_while_io_runs(zmount) -> None:
     """hot_add/hot_remove, disksize/reset cycles and every control file read in a loop, while
     zram0 carries modelled I/O and the daemon compacts: only the errnos of a vanished or busy
     device, never EIO, nothing hung, zram0's data intact, no traceback in the daemon's log."""
-    m = zmount("--size", "8M", "--devices", "2", "--compact-interval", "0",
-               "--compact-threshold", "1", "--lockdep")
+    m = zmount(
+        "--size",
+        "8M",
+        "--devices",
+        "2",
+        "--compact-interval",
+        "0",
+        "--compact-threshold",
+        "1",
+        "--lockdep",
+    )
     assert m.param("lockdep") == "Y"
     m.write_attr("reset", "1", dev=1)
     stop = threading.Event()
@@ -527,10 +612,13 @@ def test_control_plane_churn_while_io_runs(zmount) -> None:
     fd = os.open(m.image(0), os.O_RDWR)
     res = Result()
     io_stop = threading.Event()
-    threads = [threading.Thread(target=churn, name="churn", daemon=True),
-               threading.Thread(target=reader, name="reader", daemon=True),
-               threading.Thread(target=worker, name="io-0", daemon=True,
-                                args=(0, 8 * MiB, fd_backend(fd), io_stop, res))]
+    threads = [
+        threading.Thread(target=churn, name="churn", daemon=True),
+        threading.Thread(target=reader, name="reader", daemon=True),
+        threading.Thread(
+            target=worker, name="io-0", daemon=True, args=(0, 8 * MiB, fd_backend(fd), io_stop, res)
+        ),
+    ]
     try:
         with Watchdog(SHORT_S + 90, daemon_killer(m), what="control-plane churn"):
             for t in threads:
@@ -564,7 +652,7 @@ def test_memory_is_given_back_after_discard_and_reset(zmount) -> None:
     with opened(m.image()) as fd:
         for _ in range(6):
             for off in range(0, size, MiB):
-                os.pwrite(fd, rng.randbytes(MiB), off)      # incompressible: a frame per page
+                os.pwrite(fd, rng.randbytes(MiB), off)  # incompressible: a frame per page
             full = rss_kib(pid)
             assert full - base > 48 * 1024, (base, full)
             punch_hole(fd, 0, size)
@@ -588,7 +676,7 @@ def test_uninitialised_devices_cost_little_memory(zmount) -> None:
     m = zmount()
     pid = m.proc.pid
     hot_add = m.path / "sys/class/zram-control/hot_add"
-    hot_add.read_text()                                  # warm up the code paths
+    hot_add.read_text()  # warm up the code paths
     base = rss_kib(pid)
     n = 200
     for _ in range(n):

@@ -223,8 +223,18 @@ CHAIN8_MAX_USED = """
 # pages/objs), and four sizes stop being canonical (merged into the larger class); see
 # docs/zsmalloc.md, "Size classes, merging and the huge class".
 MIN_WASTE_CHAIN8_CHANGES = {
-    144: (7, 199), 208: (3, 59), 304: (7, 94), 352: (8, 93), 416: (6, 59), 432: (7, 66),
-    464: (5, 44), 560: (7, 51), 592: (8, 55), 688: (8, 47), 752: (7, 38), 1056: (8, 31),
+    144: (7, 199),
+    208: (3, 59),
+    304: (7, 94),
+    352: (8, 93),
+    416: (6, 59),
+    432: (7, 66),
+    464: (5, 44),
+    560: (7, 51),
+    592: (8, 55),
+    688: (8, 47),
+    752: (7, 38),
+    1056: (8, 31),
     1424: (8, 23),
 }
 MIN_WASTE_CHAIN8_MERGED = {1040: 1056, 1376: 1424, 2080: 2176, 2096: 2176}
@@ -262,14 +272,24 @@ def test_chain4_max_used_table_row_for_row():
     assert len(expected) == 69
     assert table_rows(t) == expected
     assert t.huge_class_size == 3257
-    assert (t.pfn_bits, t.obj_index_bits, t.min_alloc_size, t.size_class_delta, t.nr_size_classes) == (
-        40, 23, 32, 16, 255)
+    assert (
+        t.pfn_bits,
+        t.obj_index_bits,
+        t.min_alloc_size,
+        t.size_class_delta,
+        t.nr_size_classes,
+    ) == (40, 23, 32, 16, 255)
 
 
 def test_chain4_physmem46_same_classes():
     t = build_class_table(chain_size=4, max_possible_physmem_bits=46)
-    assert (t.pfn_bits, t.obj_index_bits, t.min_alloc_size, t.size_class_delta, t.nr_size_classes) == (
-        34, 29, 32, 16, 255)
+    assert (
+        t.pfn_bits,
+        t.obj_index_bits,
+        t.min_alloc_size,
+        t.size_class_delta,
+        t.nr_size_classes,
+    ) == (34, 29, 32, 16, 255)
     assert table_rows(t) == parse(CHAIN4_MAX_USED)
 
 
@@ -322,10 +342,24 @@ def test_chain4_min_waste_differs_only_at_208():
     assert diff == [((11, 208, 2, 39, 80, None), (11, 208, 3, 59, 16, None))]
 
 
-@pytest.mark.parametrize("chain,classes,watermark", [
-    (4, 69, 3264), (5, 86, 3408), (6, 93, 3504), (7, 112, 3584), (8, 123, 3632), (9, 140, 3680),
-    (10, 143, 3712), (11, 159, 3744), (12, 164, 3776), (13, 180, 3792), (14, 183, 3808),
-    (15, 188, 3840), (16, 191, 3840)])
+@pytest.mark.parametrize(
+    "chain,classes,watermark",
+    [
+        (4, 69, 3264),
+        (5, 86, 3408),
+        (6, 93, 3504),
+        (7, 112, 3584),
+        (8, 123, 3632),
+        (9, 140, 3680),
+        (10, 143, 3712),
+        (11, 159, 3744),
+        (12, 164, 3776),
+        (13, 180, 3792),
+        (14, 183, 3808),
+        (15, 188, 3840),
+        (16, 191, 3840),
+    ],
+)
 def test_doc_oracle_class_counts(chain, classes, watermark):
     t = build_class_table(chain_size=chain)
     assert len(t.classes) == classes
@@ -337,9 +371,21 @@ def test_min_waste_class_counts(chain, classes):
     assert len(build_class_table(chain_size=chain, chain_rule="min-waste").classes) == classes
 
 
-@pytest.mark.parametrize("size,cls", [
-    (1, 32), (24, 32), (25, 48), (40, 48), (41, 64), (3256, 3264), (3257, 4096), (4096, 4096),
-    (648, 672), (664, 672)])
+@pytest.mark.parametrize(
+    "size,cls",
+    [
+        (1, 32),
+        (24, 32),
+        (25, 48),
+        (40, 48),
+        (41, 64),
+        (3256, 3264),
+        (3257, 4096),
+        (4096, 4096),
+        (648, 672),
+        (664, 672),
+    ],
+)
 def test_class_for_alloc(size, cls):
     t = build_class_table()
     assert t.class_for_alloc(size).size == cls
@@ -351,8 +397,8 @@ def test_get_size_class_index_clamp_and_aliases():
     assert t.get_size_class_index(32) == 0
     assert t.get_size_class_index(33) == 1
     assert t.get_size_class_index(4096) == 254
-    assert t.get_size_class_index(4104) == 254      # clamped
-    assert t.slot_to_class[39] == 40                 # 656 -> 672
+    assert t.get_size_class_index(4104) == 254  # clamped
+    assert t.slot_to_class[39] == 40  # 656 -> 672
     assert t.class_for_slot(39).size == 672
     huge = [c for c in t.classes if c.huge]
     assert [c.size for c in huge] == [4096]
@@ -361,7 +407,17 @@ def test_get_size_class_index_clamp_and_aliases():
 
 def test_fullness_3n_over_4():
     assert [almost_empty_limit(n) for n in (1, 2, 3, 4, 5, 8, 16, 32, 128, 256)] == [
-        0, 1, 2, 3, 3, 6, 12, 24, 96, 192]
+        0,
+        1,
+        2,
+        3,
+        3,
+        6,
+        12,
+        24,
+        96,
+        192,
+    ]
     assert get_fullness_group(0, 5) == ZS_EMPTY
     assert get_fullness_group(3, 5) == ZS_ALMOST_EMPTY
     assert get_fullness_group(4, 5) == ZS_ALMOST_FULL

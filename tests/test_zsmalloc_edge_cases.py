@@ -63,6 +63,7 @@ def row(pool: Pool, size: int) -> ai.ClassRow:
 # ---------------------------------------------------------------------------------------------
 # Sizing and classes
 
+
 def test_malloc_size_limits_and_free_of_zero(pool: Pool) -> None:
     """zs_malloc(0) and PAGE_SIZE + 1 are refused, PAGE_SIZE goes to the huge class, zs_free(0)
     does nothing (docs/zsmalloc.md, edge case "Size limits of zs_malloc and zs_free(0)")."""
@@ -90,17 +91,31 @@ def test_double_free_and_bad_handles_are_refused(pool: Pool) -> None:
     keep = pool.malloc(100)
     pool.free(h)
     with pytest.raises(ValueError):
-        pool.free(h)                   # double free
+        pool.free(h)  # double free
     with pytest.raises(ValueError):
-        pool.free(keep + 1)            # misaligned: bit 0 is the tag, never part of a handle
+        pool.free(keep + 1)  # misaligned: bit 0 is the tag, never part of a handle
     with pytest.raises(ValueError):
-        pool.read_object(h, 10)        # freed handle
+        pool.read_object(h, 10)  # freed handle
     check_pool_invariants(pool, {keep: 100})
 
 
-@pytest.mark.parametrize("size,cls", [(1, 32), (24, 32), (25, 48), (40, 48), (41, 64),
-                                      (648, 672), (649, 672), (664, 672), (665, 704),
-                                      (3256, 3264), (3257, 4096), (4096, 4096)])
+@pytest.mark.parametrize(
+    "size,cls",
+    [
+        (1, 32),
+        (24, 32),
+        (25, 48),
+        (40, 48),
+        (41, 64),
+        (648, 672),
+        (649, 672),
+        (664, 672),
+        (665, 704),
+        (3256, 3264),
+        (3257, 4096),
+        (4096, 4096),
+    ],
+)
 def test_class_lookup_adds_the_handle_size(pool: Pool, size: int, cls: int) -> None:
     """Boundary sizes land in the class chosen for size + 8, alias slots in the class above
     (docs/zsmalloc.md, edge case "Class lookup adds the handle size")."""
@@ -150,8 +165,9 @@ def test_sixty_nine_classes_and_one_huge_class_size_for_all_pools(mem: PhysicalM
     assert p1.huge_class_size == p2.huge_class_size == 3257
 
 
-@pytest.mark.parametrize("size,objs", [(3256, 5), (1016, 4), (1352, 3), (2040, 2), (4096, 1),
-                                       (100, 73)])
+@pytest.mark.parametrize(
+    "size,objs", [(3256, 5), (1016, 4), (1352, 3), (2040, 2), (4096, 1), (100, 73)]
+)
 def test_fullness_follows_the_three_quarters_rule(pool: Pool, size: int, objs: int) -> None:
     """Fullness and the debugfs columns at every inuse for N = 1, 2, 3, 4, 5, 73: ALMOST_EMPTY
     up to 3N/4, never ALMOST_FULL with N <= 4 (docs/zsmalloc.md, edge case "The three-quarters
@@ -166,8 +182,10 @@ def test_fullness_follows_the_three_quarters_rule(pool: Pool, size: int, objs: i
         want = ref_fullness(inuse, objs)
         assert z.fullness == want, f"N={objs} inuse={inuse}: fullness {z.fullness} != {want}"
         r = row(pool, cls.size)
-        assert (r.almost_empty, r.almost_full) == (int(want == ZS_ALMOST_EMPTY),
-                                                   int(want == ZS_ALMOST_FULL))
+        assert (r.almost_empty, r.almost_full) == (
+            int(want == ZS_ALMOST_EMPTY),
+            int(want == ZS_ALMOST_FULL),
+        )
         if objs <= 4:
             assert want != ZS_ALMOST_FULL
     for h in reversed(hs[1:]):
@@ -179,6 +197,7 @@ def test_fullness_follows_the_three_quarters_rule(pool: Pool, size: int, objs: i
 
 # ---------------------------------------------------------------------------------------------
 # Layout and encoding
+
 
 def _fresh_class48(pool: Pool, n: int) -> list[int]:
     """n objects of size 40 (class 48, 3 pages, 256 objects) in a fresh pool: indices 0..n-1."""
@@ -216,8 +235,9 @@ def test_class48_objects_85_and_170_span_two_pages(pool: Pool, mem: PhysicalMemo
     check_pool_invariants(pool, {h: 40 for h in hs})
 
 
-def test_migrating_a_subpage_rewrites_only_objects_starting_in_it(pool: Pool,
-                                                                  mem: PhysicalMemory) -> None:
+def test_migrating_a_subpage_rewrites_only_objects_starting_in_it(
+    pool: Pool, mem: PhysicalMemory
+) -> None:
     """Migrating the middle page of a class-48 zspage rewrites the handles of the objects that
     start in it and no others (docs/zsmalloc.md, edge case "Objects that span two pages")."""
     filler = [mem.alloc_page() for _ in range(8)]  # keep low PFNs busy, then free them
@@ -240,7 +260,9 @@ def test_migrating_a_subpage_rewrites_only_objects_starting_in_it(pool: Pool,
         if starts_in == 1:
             assert ai.location(pool, h) == (new_pages[1], i)
         else:
-            assert ai.obj_of(pool, h) == before[h], f"object {i} starts in page {starts_in}: untouched"
+            assert ai.obj_of(pool, h) == before[h], (
+                f"object {i} starts in page {starts_in}: untouched"
+            )
         assert pool.read_object(h, 40) == fill(40, i)
     check_pool_invariants(pool, {h: 40 for h in hs})
 
@@ -293,7 +315,7 @@ def test_in_page_mapping_is_direct_whatever_the_mode(pool: Pool) -> None:
         assert len(buf) >= 100
         # Direct mapping: the mode is ignored, a write through an RO mapping lands at once.
         buf[:4] = b"WXYZ"
-        assert ai.read_object_bytes(pool, h, 112)[HANDLE_SIZE:HANDLE_SIZE + 4] == b"WXYZ"
+        assert ai.read_object_bytes(pool, h, 112)[HANDLE_SIZE : HANDLE_SIZE + 4] == b"WXYZ"
     assert pool.read_object(h, 4) == b"WXYZ"
     # The returned view starts right after the 8-byte header.
     assert ai.header_word(pool, h) == h | 1
@@ -395,6 +417,7 @@ def test_freelist_is_lifo_and_fresh_zspages_go_in_address_order(pool: Pool) -> N
 # ---------------------------------------------------------------------------------------------
 # Lists, stats and accounting
 
+
 def test_equal_inuse_goes_to_head_and_find_get_zspage_takes_head(pool: Pool) -> None:
     """A zspage whose inuse is not lower than the head's goes to the head, and zs_malloc takes
     the head (docs/zsmalloc.md, edge case "List order and where zs_malloc looks")."""
@@ -407,9 +430,10 @@ def test_equal_inuse_goes_to_head_and_find_get_zspage_takes_head(pool: Pool) -> 
     assert ai.fullness_list(cls, ZS_FULL) == [zs[2], zs[1], zs[0]]
     pool.free(hs[1])
     pool.free(hs[3])
-    pool.free(hs[5])   # all ALMOST_EMPTY (N=2: 1 <= 3*2//4 = 1); no ALMOST_FULL possible
+    pool.free(hs[5])  # all ALMOST_EMPTY (N=2: 1 <= 3*2//4 = 1); no ALMOST_FULL possible
     assert ai.fullness_list(cls, ZS_ALMOST_EMPTY) == [zs[2], zs[1], zs[0]], (
-        "inuse not lower than the head's: each zspage goes to the head")
+        "inuse not lower than the head's: each zspage goes to the head"
+    )
     h = pool.malloc(size)
     assert ai.zspage_of(pool, h) is zs[2], "find_get_zspage takes the list head"
     check_pool_invariants(pool, {x: size for x in (hs[0], hs[2], hs[4], h)})
@@ -432,9 +456,9 @@ def test_lower_inuse_goes_second(pool: Pool) -> None:
         for z in zs:
             ai.remove_zspage(pool, cls, z, ZS_ALMOST_EMPTY)
         assert ai.class_stats(cls)[ZS_ALMOST_EMPTY] == 0
-        ai.insert_zspage(pool, cls, zs[0], ZS_ALMOST_EMPTY)   # [z0(10)]
-        ai.insert_zspage(pool, cls, zs[1], ZS_ALMOST_EMPTY)   # 5 < 10: second
-        ai.insert_zspage(pool, cls, zs[2], ZS_ALMOST_EMPTY)   # 20 >= 10: head
+        ai.insert_zspage(pool, cls, zs[0], ZS_ALMOST_EMPTY)  # [z0(10)]
+        ai.insert_zspage(pool, cls, zs[1], ZS_ALMOST_EMPTY)  # 5 < 10: second
+        ai.insert_zspage(pool, cls, zs[2], ZS_ALMOST_EMPTY)  # 20 >= 10: head
     assert ai.fullness_list(cls, ZS_ALMOST_EMPTY) == [zs[2], zs[0], zs[1]]
     assert ai.class_stats(cls)[ZS_ALMOST_EMPTY] == 3
     h = pool.malloc(100)
@@ -443,8 +467,9 @@ def test_lower_inuse_goes_second(pool: Pool) -> None:
     check_pool_invariants(pool, {**live, h: 100})
 
 
-def test_malloc_prefers_almost_full_then_falls_back_to_empty(pool: Pool,
-                                                             mem: PhysicalMemory) -> None:
+def test_malloc_prefers_almost_full_then_falls_back_to_empty(
+    pool: Pool, mem: PhysicalMemory
+) -> None:
     """zs_malloc takes ALMOST_FULL before ALMOST_EMPTY, and an EMPTY zspage still listed
     (deferred free) after both (docs/zsmalloc.md, edge case "List order and where zs_malloc
     looks")."""
@@ -452,9 +477,9 @@ def test_malloc_prefers_almost_full_then_falls_back_to_empty(pool: Pool,
     b = [pool.malloc(100) for _ in range(73)]
     za, zb = ai.zspage_of(pool, a[0]), ai.zspage_of(pool, b[0])
     for h in a[60:]:
-        pool.free(h)   # za: 60 > 54 -> ALMOST_FULL
+        pool.free(h)  # za: 60 > 54 -> ALMOST_FULL
     for h in b[5:]:
-        pool.free(h)   # zb: 5 -> ALMOST_EMPTY, and it is the head of its list
+        pool.free(h)  # zb: 5 -> ALMOST_EMPTY, and it is the head of its list
     assert za.fullness == ZS_ALMOST_FULL and zb.fullness == ZS_ALMOST_EMPTY
     assert ai.zspage_of(pool, pool.malloc(100)) is za
     # An EMPTY zspage left on the list (deferred free) is used after the ALMOST_* ones.
@@ -478,6 +503,7 @@ def test_accounting_invariants_hold_after_a_mixed_workload(pool: Pool) -> None:
     """A random workload and a compaction leave every counter, list and header consistent
     (docs/zsmalloc.md, edge case "Accounting invariants")."""
     import random
+
     rnd = random.Random(12)
     live: dict[int, int] = {}
     for _ in range(3000):
@@ -511,8 +537,9 @@ def test_invariant_checker_detects_corruption(pool: Pool, mem: PhysicalMemory) -
         check_pool_invariants(pool, {**live, hs[0] + 8 * 1000: 100})
 
 
-def test_deferred_free_keeps_the_zspage_listed_and_leaks_class_empty(pool: Pool,
-                                                                     mem: PhysicalMemory) -> None:
+def test_deferred_free_keeps_the_zspage_listed_and_leaks_class_empty(
+    pool: Pool, mem: PhysicalMemory
+) -> None:
     """With a page locked, the emptied zspage stays on the EMPTY list until the worker frees
     it; the worker drops OBJ_ALLOCATED and the pages but not CLASS_EMPTY (docs/zsmalloc.md,
     edge case "Deferred free when a page lock is busy")."""
@@ -557,7 +584,7 @@ def test_pages_compacted_counts_a_deferred_free(pool: Pool, mem: PhysicalMemory)
         pool.write_object(h, fill(100, i))
     za, zb = ai.zspage_of(pool, a[0]), ai.zspage_of(pool, b[0])
     pfns = ai.zspage_pfns(pool, za) + ai.zspage_pfns(pool, zb)
-    assert pool.freeable_pages() == 2   # one zspage of 2 pages (class 112: 2 pages, 73 objs)
+    assert pool.freeable_pages() == 2  # one zspage of 2 pages (class 112: 2 pages, 73 objs)
     total = pool.total_pages
     pc = pool.stats.pages_compacted
     for p in pfns:
@@ -594,9 +621,11 @@ def test_shrinker_count_equals_the_freeable_total(pool: Pool) -> None:
 # ---------------------------------------------------------------------------------------------
 # Compaction
 
+
 @pytest.mark.pure_python
-def test_compaction_source_and_destination_order(pool: Pool,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compaction_source_and_destination_order(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Sources ALMOST_EMPTY head first, destination the ALMOST_FULL zspage; handles keep their
     bytes (docs/zsmalloc.md, edge case "Compaction source and destination order")."""
     # class 112, N=73, almost-empty limit 54. zs1: 60 (ALMOST_FULL), zs2: 3, zs3: 2.
@@ -659,8 +688,9 @@ def test_compaction_stops_when_nothing_is_compactable(pool: Pool) -> None:
 
 
 @pytest.mark.pure_python
-def test_compaction_runs_the_largest_class_first(pool: Pool,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compaction_runs_the_largest_class_first(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Classes are compacted from the largest to the smallest (docs/zsmalloc.md, edge case
     "When compaction of a class stops")."""
     for size in (100, 1000, 3000):
@@ -731,6 +761,7 @@ def test_compactor_waits_for_a_mapped_source(pool: Pool) -> None:
 # ---------------------------------------------------------------------------------------------
 # Migration
 
+
 def test_isolate_putback_and_migrate_page_zero(pool: Pool, mem: PhysicalMemory) -> None:
     """Isolation counts and putback uncounts; migrating page 0 copies it verbatim, changes
     first_page and keeps pages_allocated (docs/zsmalloc.md, edge case "Isolation, migration and
@@ -764,8 +795,7 @@ def test_isolate_putback_and_migrate_page_zero(pool: Pool, mem: PhysicalMemory) 
     check_pool_invariants(pool, {h: 40 for h in hs})
 
 
-def test_migrated_page_of_a_deferred_empty_zspage_is_freed(pool: Pool,
-                                                           mem: PhysicalMemory) -> None:
+def test_migrated_page_of_a_deferred_empty_zspage_is_freed(pool: Pool, mem: PhysicalMemory) -> None:
     """An EMPTY zspage waiting for the async free can have a page migrated; the async free
     must then free the *new* page (the fixed lock_zspage, or an equivalent; docs/zsmalloc.md,
     edge case "Async free racing with migration")."""
@@ -789,7 +819,8 @@ def test_migrated_page_of_a_deferred_empty_zspage_is_freed(pool: Pool,
 
 
 def test_async_free_racing_with_migration_frees_every_frame_once(
-        pool: Pool, mem: PhysicalMemory, caplog: pytest.LogCaptureFixture) -> None:
+    pool: Pool, mem: PhysicalMemory, caplog: pytest.LogCaptureFixture
+) -> None:
     """Threaded: the async worker locks the pages of a deferred EMPTY zspage while a migrator
     moves those very pages. With the fixed lock_zspage every frame is freed once
     (docs/zsmalloc.md, edge case "Async free racing with migration")."""
@@ -816,7 +847,7 @@ def test_async_free_racing_with_migration_frees_every_frame_once(
             mem.lock_page(pages[2])
             for h in hs:
                 pool.free(h)
-            mem.unlock_page(pages[2])   # the worker and the migrator now race
+            mem.unlock_page(pages[2])  # the worker and the migrator now race
             ai.flush_deferred(pool)
             assert pool.total_pages == 0
     finally:
@@ -829,6 +860,7 @@ def test_async_free_racing_with_migration_frees_every_frame_once(
 
 # ---------------------------------------------------------------------------------------------
 # A fresh zspage
+
 
 def test_first_object_of_a_fresh_zspage_is_at_offset_zero(pool: Pool) -> None:
     """The first object of a fresh zspage is at offset 0 with the right header and class
@@ -845,6 +877,7 @@ def test_first_object_of_a_fresh_zspage_is_at_offset_zero(pool: Pool) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Locking and concurrency
+
 
 def test_lockdep_refuses_class_lock_then_migrate_lock(pool: Pool) -> None:
     """migrate_lock -> class lock is allowed, the inversion is refused without leaving a lock
@@ -916,7 +949,7 @@ def test_each_thread_maps_spanning_objects_into_its_own_buffer(pool: Pool) -> No
     t = threading.Thread(target=other, daemon=True)
     t.start()
     assert mapped.wait(5)
-    with pool.map_object(b, MapMode.RW) as buf:   # a second mapping on another "CPU"
+    with pool.map_object(b, MapMode.RW) as buf:  # a second mapping on another "CPU"
         assert bytes(buf[:40]) == fill(40, 2)
         buf[:40] = fill(40, 3)
     go.set()
@@ -926,26 +959,29 @@ def test_each_thread_maps_spanning_objects_into_its_own_buffer(pool: Pool) -> No
 
 
 def test_destroy_with_live_objects_logs_each_list_and_leaks(
-        mem: PhysicalMemory, capsys: pytest.CaptureFixture,
-        caplog: pytest.LogCaptureFixture) -> None:
+    mem: PhysicalMemory, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
     """zs_destroy_pool logs one line per non-empty (class, fullness) list and leaks the pages
     (docs/zsmalloc.md, edge case "Destroying a pool with live objects")."""
     pool = Pool("leaky", memory=mem)
-    a = [pool.malloc(100) for _ in range(73)]       # class 112: one FULL zspage
-    b = [pool.malloc(100) for _ in range(2)]        # ... and one ALMOST_EMPTY
-    c = pool.malloc(3000)                           # class 3072: ALMOST_EMPTY
+    a = [pool.malloc(100) for _ in range(73)]  # class 112: one FULL zspage
+    b = [pool.malloc(100) for _ in range(2)]  # ... and one ALMOST_EMPTY
+    c = pool.malloc(3000)  # class 3072: ALMOST_EMPTY
     total = pool.total_pages
     caplog.set_level("DEBUG")
     pool.destroy()
     out = capsys.readouterr()
     text = out.out + out.err + caplog.text
-    lines = sorted(line[line.index("Freeing"):] for line in text.splitlines()
-                   if "Freeing non-empty" in line)
-    assert lines == sorted([
-        "Freeing non-empty class with size 112b, fullness group 1",
-        "Freeing non-empty class with size 112b, fullness group 3",
-        "Freeing non-empty class with size 3072b, fullness group 1",
-    ]), text
+    lines = sorted(
+        line[line.index("Freeing") :] for line in text.splitlines() if "Freeing non-empty" in line
+    )
+    assert lines == sorted(
+        [
+            "Freeing non-empty class with size 112b, fullness group 1",
+            "Freeing non-empty class with size 112b, fullness group 3",
+            "Freeing non-empty class with size 3072b, fullness group 1",
+        ]
+    ), text
     assert pool.total_pages == total, "pages_allocated is not reset (the pages leak)"
     del a, b, c
 
@@ -974,22 +1010,23 @@ def test_tag_bits_of_handle_cells_headers_and_free_slots(pool: Pool, mem: Physic
 # Beyond the kernel's edge cases: contracts of the port around them (failure paths, shared memory,
 # the other class-table configurations).
 
+
 def test_out_of_memory_leaves_the_pool_consistent() -> None:
     """Running out of frames mid-zspage gives the pages back and leaves the pool usable
     (docs/zsmalloc.md, edge case "Size limits of zs_malloc and zs_free(0)")."""
     mem = PhysicalMemory(max_pages=5)
     pool = Pool("small", memory=mem)
-    a = pool.malloc(3000)                      # class 3072: 3 pages
+    a = pool.malloc(3000)  # class 3072: 3 pages
     with pytest.raises(MemoryError):
-        pool.malloc(3256)                      # class 3264 needs 4 pages; only 2 are left
+        pool.malloc(3256)  # class 3264 needs 4 pages; only 2 are left
     assert mem.nr_used == 3, "pages of the half-built zspage must be given back"
     assert pool.total_pages == 3
-    b = pool.malloc(3000)                      # the existing zspage still has room
+    b = pool.malloc(3000)  # the existing zspage still has room
     assert ai.zspage_of(pool, a) is ai.zspage_of(pool, b)
     check_pool_invariants(pool, {a: 3000, b: 3000})
     pool.free(a)
     pool.free(b)
-    c = pool.malloc(3256)                      # memory came back: now it fits
+    c = pool.malloc(3256)  # memory came back: now it fits
     check_pool_invariants(pool, {c: 3256})
 
 
@@ -997,9 +1034,10 @@ def test_shrinker_scan_returns_shrink_stop_when_nothing_freed(pool: Pool) -> Non
     """zs_shrinker_scan returns SHRINK_STOP when compaction frees nothing (docs/zsmalloc.md,
     edge case "pages_compacted counts deferred frees")."""
     from allocator import SHRINK_STOP
+
     hs = [pool.malloc(100) for _ in range(73 * 2)]
     assert pool.shrink() == SHRINK_STOP
-    for h in hs[3:73] + hs[73 + 3:]:
+    for h in hs[3:73] + hs[73 + 3 :]:
         pool.free(h)
     assert pool.shrink() == 2
     assert pool.shrink() == SHRINK_STOP
@@ -1069,11 +1107,13 @@ def test_two_pools_share_memory_and_migrate(mem: PhysicalMemory) -> None:
         set_lockdep(False)
 
 
-@pytest.mark.parametrize("chain,rule,classes,huge", [(8, "max-used", 123, 3625),
-                                                     (8, "min-waste", 119, 3625),
-                                                     (4, "min-waste", 69, 3257)])
-def test_class_tables_of_other_chain_sizes_and_rules(mem: PhysicalMemory, chain: int, rule: str,
-                                                     classes: int, huge: int) -> None:
+@pytest.mark.parametrize(
+    "chain,rule,classes,huge",
+    [(8, "max-used", 123, 3625), (8, "min-waste", 119, 3625), (4, "min-waste", 69, 3257)],
+)
+def test_class_tables_of_other_chain_sizes_and_rules(
+    mem: PhysicalMemory, chain: int, rule: str, classes: int, huge: int
+) -> None:
     """123 classes for chain 8 with the 5.17 rule (the count the kernel's
     Documentation/mm/zsmalloc.rst gives), 119 with the min-waste rule of current kernels;
     huge_class_size 3625 for chain 8 (docs/zsmalloc.md, "Size classes, merging and the huge
@@ -1116,13 +1156,13 @@ def test_migration_without_a_free_frame_puts_the_page_back() -> None:
     "Isolation, migration and putback")."""
     mem = PhysicalMemory(max_pages=3)
     pool = Pool("full", memory=mem)
-    hs = [pool.malloc(40) for _ in range(10)]          # class 48: 3 pages, memory now full
+    hs = [pool.malloc(40) for _ in range(10)]  # class 48: 3 pages, memory now full
     for i, h in enumerate(hs):
         pool.write_object(h, fill(40, i))
     z = ai.zspage_of(pool, hs[0])
     pages = ai.zspage_pfns(pool, z)
     assert mem.nr_free == 0
-    assert mem.migrate_pfn(pages[1]) is False          # no target frame: putback
+    assert mem.migrate_pfn(pages[1]) is False  # no target frame: putback
     assert z.isolated == 0 and ai.zspage_pfns(pool, z) == pages
     assert not mem.flags[pages[1]] & 0x04, "PG_isolated cleared on putback"
     assert mem.compact().migrated == 0
@@ -1134,34 +1174,35 @@ def test_migration_without_a_free_frame_puts_the_page_back() -> None:
 def test_migrate_pfn_refuses_frames_the_pool_does_not_own(pool: Pool, mem: PhysicalMemory) -> None:
     """Frames the pool does not own, beyond the high-water mark, or locked, are refused
     (docs/zsmalloc.md, edge case "Isolation, migration and putback")."""
-    other = mem.alloc_page()                            # not movable: someone else's page
+    other = mem.alloc_page()  # not movable: someone else's page
     h = pool.malloc(100)
     (pfn, _) = ai.location(pool, h)
     assert mem.migrate_pfn(other) is False
     assert mem.migrate_pfn(mem.high_water + 5) is False  # beyond the high-water mark
     mem.lock_page(pfn)
     try:
-        assert mem.migrate_pfn(pfn) is False            # busy page lock: skipped, not waited
+        assert mem.migrate_pfn(pfn) is False  # busy page lock: skipped, not waited
     finally:
         mem.unlock_page(pfn)
     assert ai.location(pool, h)[0] == pfn
     check_pool_invariants(pool, {h: 100})
 
 
-def test_destroy_flushes_the_deferred_free(mem: PhysicalMemory,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_destroy_flushes_the_deferred_free(
+    mem: PhysicalMemory, caplog: pytest.LogCaptureFixture
+) -> None:
     """zs_destroy_pool waits for a pending deferred free instead of leaking its zspage
     (docs/zsmalloc.md, edge case "Deferred free when a page lock is busy")."""
     pool = Pool("flush", memory=mem)
     h = pool.malloc(2040)
     (pfn,) = ai.zspage_pfns(pool, ai.zspage_of(pool, h))
     mem.lock_page(pfn)
-    pool.free(h)                                   # deferred: the page is locked
+    pool.free(h)  # deferred: the page is locked
     assert pool.total_pages == 1
     t = threading.Timer(0.2, mem.unlock_page, args=(pfn,))
     t.start()
     caplog.set_level("INFO")
-    pool.destroy()                                 # must wait for the worker, not leak
+    pool.destroy()  # must wait for the worker, not leak
     t.join()
     assert pool.total_pages == 0
     assert mem.nr_used == 0

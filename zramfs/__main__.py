@@ -1,4 +1,5 @@
 """``python -m zramfs``: the same as the ``zramfs`` console script (zramfs.cli)."""
+
 import sys
 
 from zramfs.cli import main

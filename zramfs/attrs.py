@@ -7,6 +7,7 @@ kernel's name, mode and order, and the exact output formats of mm_stat, io_stat,
 debug_stat and the block layer's `stat`.  The device (`zramfs.device`) does the work; a store
 here first parses the whole input, so bad input raises `ZramError` before anything changes.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,15 +79,25 @@ def _require_value(key: str, val: str | None) -> str:
 # ---------------------------------------------------------------------------- formats
 def algorithm_list(selected: str | None) -> str:
     """zcomp_available_show(): every backend, the selected one bracketed, then a newline."""
-    return "".join(f"[{name}] " if name == selected else f"{name} " for name in codecs.AVAILABLE) + "\n"
+    return (
+        "".join(f"[{name}] " if name == selected else f"{name} " for name in codecs.AVAILABLE)
+        + "\n"
+    )
 
 
 def format_mm_stat(dev: ZramDevice) -> str:
     s = dev.stats()
-    return ("%8d %8d %8d %8d %8d %8d %8d %8d %8d\n" % (
-        s.pages_stored << PAGE_SHIFT, s.compr_data_size, s.mem_used_pages << PAGE_SHIFT,
-        s.limit_pages << PAGE_SHIFT, s.max_used_pages << PAGE_SHIFT, s.same_pages,
-        s.pages_compacted, s.huge_pages, s.huge_pages_since))
+    return "%8d %8d %8d %8d %8d %8d %8d %8d %8d\n" % (
+        s.pages_stored << PAGE_SHIFT,
+        s.compr_data_size,
+        s.mem_used_pages << PAGE_SHIFT,
+        s.limit_pages << PAGE_SHIFT,
+        s.max_used_pages << PAGE_SHIFT,
+        s.same_pages,
+        s.pages_compacted,
+        s.huge_pages,
+        s.huge_pages_since,
+    )
 
 
 def format_io_stat(dev: ZramDevice) -> str:
@@ -112,8 +123,25 @@ def format_block_stat(dev: ZramDevice) -> str:
     c = dev.stats().counters
     rd_ms = c[READ_NS] // 1_000_000
     wr_ms = c[WRITE_NS] // 1_000_000
-    fields = (c[READ_IOS], 0, c[READ_SECTORS], rd_ms, c[WRITE_IOS], 0, c[WRITE_SECTORS], wr_ms,
-              0, rd_ms + wr_ms, rd_ms + wr_ms, 0, 0, 0, 0, c[FLUSH_IOS], 0)
+    fields = (
+        c[READ_IOS],
+        0,
+        c[READ_SECTORS],
+        rd_ms,
+        c[WRITE_IOS],
+        0,
+        c[WRITE_SECTORS],
+        wr_ms,
+        0,
+        rd_ms + wr_ms,
+        rd_ms + wr_ms,
+        0,
+        0,
+        0,
+        0,
+        c[FLUSH_IOS],
+        0,
+    )
     return " ".join("%8d" % v for v in fields) + "\n"
 
 
@@ -121,17 +149,27 @@ def format_block_state(dev: ZramDevice) -> str:
     """debugfs zram<N>/block_state (CONFIG_ZRAM_MEMORY_TRACKING, current format): one line per
     allocated slot — index, ac_time as seconds.micro (always .000000), and the flag letters
     s(ame) w(ritten back) h(uge) i(dle) r(ecompressed) n (incompressible), '.' when unset."""
-    meta = dev._meta            # None until disksize (not initialized)
+    meta = dev._meta  # None until disksize (not initialized)
     if meta is None:
         return ""
     t = meta.table
     lines = []
     for index in np.flatnonzero(t.allocated_mask()).tolist():
         _, f, ac = dev.slot_state(index)
-        lines.append("%12d %12d.%06d %s%s%s%s%s%s\n" % (
-            index, ac, 0, "s" if f & ZRAM_SAME else ".", "w" if f & ZRAM_WB else ".",
-            "h" if f & ZRAM_HUGE else ".", "i" if f & ZRAM_IDLE else ".",
-            "r" if f & ZRAM_COMP_PRIORITY_MASK else ".", "n" if f & ZRAM_INCOMPRESSIBLE else "."))
+        lines.append(
+            "%12d %12d.%06d %s%s%s%s%s%s\n"
+            % (
+                index,
+                ac,
+                0,
+                "s" if f & ZRAM_SAME else ".",
+                "w" if f & ZRAM_WB else ".",
+                "h" if f & ZRAM_HUGE else ".",
+                "i" if f & ZRAM_IDLE else ".",
+                "r" if f & ZRAM_COMP_PRIORITY_MASK else ".",
+                "n" if f & ZRAM_INCOMPRESSIBLE else ".",
+            )
+        )
     return "".join(lines)
 
 
@@ -190,7 +228,7 @@ def _max_comp_streams_store(dev: ZramDevice, text: str) -> None:
 
 
 def _parse_algorithm_name(text: str) -> str:
-    size = len(text.encode("utf-8", "surrogateescape"))   # strlen() counts bytes
+    size = len(text.encode("utf-8", "surrogateescape"))  # strlen() counts bytes
     if size >= ZRAM_MAX_ALGO_NAME_SZ:
         raise NameTooLong(f"algorithm name of {size} bytes")
     name = _strip_newline(text)
@@ -204,8 +242,11 @@ def _comp_algorithm_store(dev: ZramDevice, text: str) -> None:
 
 
 def _recomp_algorithm_show(dev: ZramDevice) -> str:
-    return "".join(f"#{prio}: " + algorithm_list(dev.comp_algs[prio])
-                   for prio in range(1, ZRAM_MAX_COMPS) if dev.comp_algs[prio] is not None)
+    return "".join(
+        f"#{prio}: " + algorithm_list(dev.comp_algs[prio])
+        for prio in range(1, ZRAM_MAX_COMPS)
+        if dev.comp_algs[prio] is not None
+    )
 
 
 def _recomp_algorithm_store(dev: ZramDevice, text: str) -> None:
@@ -266,8 +307,12 @@ def _backing_dev_store(dev: ZramDevice, text: str) -> None:
     dev.set_backing_dev(_strip_newline(text))
 
 
-_WB_MODES = {"idle": WB_IDLE, "huge": WB_HUGE, "huge_idle": WB_IDLE | WB_HUGE,
-             "incompressible": WB_INCOMPRESSIBLE}
+_WB_MODES = {
+    "idle": WB_IDLE,
+    "huge": WB_HUGE,
+    "huge_idle": WB_IDLE | WB_HUGE,
+    "incompressible": WB_INCOMPRESSIBLE,
+}
 
 
 def _wb_mode(word: str) -> int:
@@ -284,7 +329,7 @@ def parse_writeback(dev: ZramDevice, text: str) -> list[tuple[int, int, int]]:
     mode, lo, hi = 0, 0, nr_pages
     scans: list[tuple[int, int, int]] = []
     for key, val in next_args(text):
-        if val is None:   # legacy valueless mode word: scan and stop parsing
+        if val is None:  # legacy valueless mode word: scan and stop parsing
             scans.append((_wb_mode(key), lo, hi))
             break
         if key == "type":
@@ -403,11 +448,21 @@ DEVICE_ATTRS: dict[str, Attr] = _attrs(
     Attr("backing_dev", RW, _backing_dev_show, _backing_dev_store),
     Attr("writeback", WO, None, _writeback_store),
     Attr("writeback_limit", RW, lambda d: "%d\n" % d.bd_wb_limit, _writeback_limit_store),
-    Attr("writeback_limit_enable", RW, lambda d: "%d\n" % int(d.wb_limit_enable),
-         _writeback_limit_enable_store),
-    Attr("writeback_batch_size", RW, lambda d: "%d\n" % d.wb_batch_size, _writeback_batch_size_store),
-    Attr("compressed_writeback", RW, lambda d: "%d\n" % int(d.compressed_writeback),
-         _compressed_writeback_store),
+    Attr(
+        "writeback_limit_enable",
+        RW,
+        lambda d: "%d\n" % int(d.wb_limit_enable),
+        _writeback_limit_enable_store,
+    ),
+    Attr(
+        "writeback_batch_size", RW, lambda d: "%d\n" % d.wb_batch_size, _writeback_batch_size_store
+    ),
+    Attr(
+        "compressed_writeback",
+        RW,
+        lambda d: "%d\n" % int(d.compressed_writeback),
+        _compressed_writeback_store,
+    ),
     Attr("io_stat", RO, format_io_stat, None),
     Attr("mm_stat", RO, format_mm_stat, None),
     Attr("debug_stat", RO, format_debug_stat, None),
@@ -459,7 +514,26 @@ def hot_remove_store(registry: Registry, text: str | bytes) -> None:
 
 CONTROL_ATTRS: dict[str, int] = {"hot_add": 0o400, "hot_remove": WO}
 
-__all__ = ["Attr", "DEVICE_ATTRS", "CONTROL_ATTRS", "show", "store", "hot_add_show", "hot_remove_store",
-           "format_block_state",
-           "memparse", "kstrtoull", "kstrtoll", "kstrtoint", "kstrtouint", "kstrtou16", "kstrtobool",
-           "sysfs_streq", "next_args", "algorithm_list", "RO", "WO", "RW"]
+__all__ = [
+    "Attr",
+    "DEVICE_ATTRS",
+    "CONTROL_ATTRS",
+    "show",
+    "store",
+    "hot_add_show",
+    "hot_remove_store",
+    "format_block_state",
+    "memparse",
+    "kstrtoull",
+    "kstrtoll",
+    "kstrtoint",
+    "kstrtouint",
+    "kstrtou16",
+    "kstrtobool",
+    "sysfs_streq",
+    "next_args",
+    "algorithm_list",
+    "RO",
+    "WO",
+    "RW",
+]

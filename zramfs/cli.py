@@ -39,6 +39,7 @@ Every look at a mount that may have no working daemon goes through `zramfs.mount
 `zramfs.process_protect`; the status table is `zramfs.status`.  Names imported ``as``
 themselves are re-exported: importers know them as this module's (docs/INTERFACES.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,6 +79,7 @@ READY = b"READY\n"
 def uint_arg(text: str) -> int:
     """A value for a uint module parameter, parsed as its file does (kstrtouint, base 0)."""
     from zramfs.kparse import kstrtouint
+
     try:
         return kstrtouint(text, 0)
     except OSError:
@@ -144,8 +146,12 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
         set_lockdep(True)
     # --mlock: MADV_DONTNEED fails on locked memory, a memfd arena is hole-punched instead.
     memory = PhysicalMemory(backing="memfd") if getattr(args, "mlock", False) else None
-    registry = Registry(memory=memory, chain_size=args.chain_size, chain_rule=args.chain_rule,
-                        num_devices=args.devices)
+    registry = Registry(
+        memory=memory,
+        chain_size=args.chain_size,
+        chain_rule=args.chain_rule,
+        num_devices=args.devices,
+    )
     for dev in [registry.devices[i] for i in sorted(registry.devices)]:
         # The order a script uses: algorithm before disksize, mem_limit any time.
         if args.algorithm:
@@ -157,7 +163,8 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
 
     # --compact-policy (or its aliases); interval:MS sets the timer --compact-interval sets.
     policy = CompactionPolicy(interval_ms=args.compact_interval).with_spec(
-        args.compact_policy or DEFAULT_POLICY)
+        args.compact_policy or DEFAULT_POLICY
+    )
     daemon = CompactionDaemon(registry, policy)
     static = (
         ModuleParameter("num_devices", 0o444, lambda: str(args.devices)),
@@ -196,6 +203,7 @@ def _tune_gc() -> None:
     larger thresholds keep the number of pending cyclic objects bounded (~10,000) while
     collecting 14× less often."""
     import gc
+
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -212,15 +220,18 @@ def _serve(args: argparse.Namespace, on_ready) -> int:
 
     tree, daemon, ops_cls, registry = build_mount(args, protection)
     tracer = None
-    if getattr(args, "trace", None) and registry is not None:   # --trace FILE (trace_hook)
+    if getattr(args, "trace", None) and registry is not None:  # --trace FILE (trace_hook)
         from zramfs.trace_hook import start_mount_trace
+
         tracer = start_mount_trace(args, registry, tree, daemon)
     # Keeps loop requests within one FUSE request, so a failed write fails whole (loopdev).
     guard = LoopGuard(args.mountpoint, fs.MAX_IO // 1024)
-    if registry is not None:   # the zram tree: loop devices the guard could not clamp
+    if registry is not None:  # the zram tree: loop devices the guard could not clamp
         from zramfs.daemon import ModuleParameter
+
         tree.parameters["unclamped_loops"] = ModuleParameter(
-            "unclamped_loops", 0o444, lambda: " ".join(guard.unclamped()))
+            "unclamped_loops", 0o444, lambda: " ".join(guard.unclamped())
+        )
 
     def ready() -> None:
         daemon.start()
@@ -233,8 +244,13 @@ def _serve(args: argparse.Namespace, on_ready) -> int:
         guard.stop()
         daemon.stop()
 
-    ops = ops_cls(tree, image_cache=args.image_cache, on_init=ready, on_destroy=destroy,
-                  on_image_open=guard.image_opened)
+    ops = ops_cls(
+        tree,
+        image_cache=args.image_cache,
+        on_init=ready,
+        on_destroy=destroy,
+        on_image_open=guard.image_opened,
+    )
     _tune_gc()
     watch_exit_signals(ops, args.mountpoint)
     try:
@@ -253,8 +269,9 @@ def _serve(args: argparse.Namespace, on_ready) -> int:
 def cmd_mount(args: argparse.Namespace) -> int:
     # Uncaught errors inside FUSE callbacks are logged by the binding: give them a prefix
     # (they go to the terminal in the foreground, to --log when daemonised).
-    logging.basicConfig(level=logging.WARNING,
-                        format="zramfs[%(process)d] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="zramfs[%(process)d] %(levelname)s %(name)s: %(message)s"
+    )
     mnt = os.path.abspath(args.mountpoint)
     args.mountpoint = mnt
     # The daemon chdirs to / : make every path it keeps absolute.
@@ -263,8 +280,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     args.trace = os.path.abspath(args.trace) if getattr(args, "trace", None) else None
     if args.trace:
         from zramfs.trace_hook import trace_path_problem
-        problem = ("--trace needs the zram backend" if args.backend == "null"
-                   else trace_path_problem(args.trace))
+
+        problem = (
+            "--trace needs the zram backend"
+            if args.backend == "null"
+            else trace_path_problem(args.trace)
+        )
         if problem:
             print(f"zramfs: {problem}", file=sys.stderr)
             return 2
@@ -278,7 +299,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         print(f"zramfs: {problem}", file=sys.stderr)
         return 1
     from zramfs import codecs, runtime
-    if (problem := runtime.unsupported_runtime()) is not None:   # e.g. no GIL
+
+    if (problem := runtime.unsupported_runtime()) is not None:  # e.g. no GIL
         print(f"zramfs: {problem}", file=sys.stderr)
         return 2
     if args.backend == "zram" and (warning := codecs.lz4_path_warning()) is not None:
@@ -289,24 +311,33 @@ def cmd_mount(args: argparse.Namespace) -> int:
             print(f"zramfs: {mnt} is already a zramfs mount", file=sys.stderr)
             return 1
         if found == "hung":
-            print(f"zramfs: {mnt} is a zramfs mount whose daemon does not respond; "
-                  f"`zramfs umount {mnt}` removes it", file=sys.stderr)
+            print(
+                f"zramfs: {mnt} is a zramfs mount whose daemon does not respond; "
+                f"`zramfs umount {mnt}` removes it",
+                file=sys.stderr,
+            )
             return 1
         # A killed daemon's leftover serves nothing: clean it up and mount anew, unless a
         # loop device still refers to it (its user must let go first).
         loops = attached_loops(mnt)
         if loops:
-            print(f"zramfs: {mnt} holds a stale zramfs mount still used by loop device(s) "
-                  f"{', '.join(dev for dev, _ in loops)}; detach them (losetup -d) first",
-                  file=sys.stderr)
+            print(
+                f"zramfs: {mnt} holds a stale zramfs mount still used by loop device(s) "
+                f"{', '.join(dev for dev, _ in loops)}; detach them (losetup -d) first",
+                file=sys.stderr,
+            )
             return 1
         why = unmount_without_daemon(mnt, "stale")
         if why is not None:
-            print(f"zramfs: {mnt} holds a stale zramfs mount that cannot be removed: {why}",
-                  file=sys.stderr)
+            print(
+                f"zramfs: {mnt} holds a stale zramfs mount that cannot be removed: {why}",
+                file=sys.stderr,
+            )
             return 1
-        print(f"zramfs: cleaned up a stale zramfs mount at {mnt} (its daemon was gone)",
-              file=sys.stderr)
+        print(
+            f"zramfs: cleaned up a stale zramfs mount at {mnt} (its daemon was gone)",
+            file=sys.stderr,
+        )
     if not os.path.isdir(mnt):
         print(f"zramfs: mount point {mnt} is not a directory", file=sys.stderr)
         return 1
@@ -380,8 +411,9 @@ def _wait_ready(rfd: int, pid: int, mnt: str, timeout: float) -> int:
             # init results only then) and that the tree answers (dev/: every backend's).
             if mnt in zramfs_mounts() and os.path.isdir(os.path.join(mnt, "dev")):
                 return 0
-            print(f"zramfs: {mnt}: the daemon exited right after the FUSE handshake",
-                  file=sys.stderr)
+            print(
+                f"zramfs: {mnt}: the daemon exited right after the FUSE handshake", file=sys.stderr
+            )
             return 1
     os.close(rfd)
     message = b"".join(chunks).decode(errors="replace").strip()
@@ -405,22 +437,33 @@ def cmd_umount(args: argparse.Namespace) -> int:
     loops = attached_loops(mnt)
     if loops:
         listing = ", ".join(f"{dev} ({path})" for dev, path in loops)
-        print(f"zramfs: {mnt} is busy: loop device(s) still attached: {listing}; "
-              "unmount/swapoff them and run `losetup -d` first", file=sys.stderr)
+        print(
+            f"zramfs: {mnt} is busy: loop device(s) still attached: {listing}; "
+            "unmount/swapoff them and run `losetup -d` first",
+            file=sys.stderr,
+        )
         return 1
     state = probe(mnt)
     if state != "ok":
         if state == "stale":
-            print(f"zramfs: {mnt}: stale mount (its daemon is gone: transport endpoint not "
-                  "connected); removing it", file=sys.stderr)
+            print(
+                f"zramfs: {mnt}: stale mount (its daemon is gone: transport endpoint not "
+                "connected); removing it",
+                file=sys.stderr,
+            )
         else:
-            print(f"zramfs: {mnt}: its daemon does not respond; removing the mount without it",
-                  file=sys.stderr)
+            print(
+                f"zramfs: {mnt}: its daemon does not respond; removing the mount without it",
+                file=sys.stderr,
+            )
         why = unmount_without_daemon(mnt, state)
         if why is None:
             return 0
-        print(f"zramfs: cannot unmount {mnt}: {why}"
-              + ("; its daemon does not respond" if state == "hung" else ""), file=sys.stderr)
+        print(
+            f"zramfs: cannot unmount {mnt}: {why}"
+            + ("; its daemon does not respond" if state == "hung" else ""),
+            file=sys.stderr,
+        )
         return 1
     last_error = "no fusermount/umount found"
     for cmd in (["fusermount", "-u", mnt], ["fusermount3", "-u", mnt], ["umount", mnt]):
@@ -455,8 +498,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             continue
         result[m] = got
     if args.json:
-        print(json.dumps({"mounts": [{"mountpoint": m, **status}
-                                     for m, status in result.items()]}, indent=2))
+        print(
+            json.dumps(
+                {"mounts": [{"mountpoint": m, **status} for m, status in result.items()]}, indent=2
+            )
+        )
         return code
     rows = [row for status in result.values() for row in status["devices"]]
     if rows:
@@ -474,14 +520,21 @@ class _CompactPolicyAction(argparse.Action):
     alias): parsed by `zramfs.daemon.parse_policy`, the parser the module parameter uses, and
     stored normalised.  A bad value is one line on stderr and exit code 2 (no usage dump)."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str, prefix: str = "",
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, option_strings: Sequence[str], dest: str, prefix: str = "", **kwargs: Any
+    ) -> None:
         self.prefix = prefix
         super().__init__(option_strings, dest, **kwargs)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         from zramfs.daemon import BadPolicy, format_policy, parse_policy
+
         try:
             spec = parse_policy(self.prefix + str(values))
         except BadPolicy as exc:
@@ -495,52 +548,101 @@ def make_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("mount", help="mount a zramfs tree on MNT")
     m.add_argument("mountpoint", metavar="MNT")
-    m.add_argument("--size", type=parse_size, default=0,
-                   help="initialise every device with this disksize (default: uninitialised)")
-    m.add_argument("--backend", choices=("zram", "null"), default="zram",
-                   help="null: one plain RAM image of --size at dev/zram0 and no other file "
-                        "(no compression, no allocator): the FUSE baseline for benchmarks")
+    m.add_argument(
+        "--size",
+        type=parse_size,
+        default=0,
+        help="initialise every device with this disksize (default: uninitialised)",
+    )
+    m.add_argument(
+        "--backend",
+        choices=("zram", "null"),
+        default="zram",
+        help="null: one plain RAM image of --size at dev/zram0 and no other file "
+        "(no compression, no allocator): the FUSE baseline for benchmarks",
+    )
     m.add_argument("--algorithm", default=None, help="comp_algorithm to set before disksize")
     m.add_argument("--devices", type=int, default=1, help="devices created at mount (num_devices)")
     m.add_argument("--mem-limit", type=parse_size, default=0, help="mem_limit of every device")
-    m.add_argument("--chain-size", type=int, choices=(4, 8), default=4,
-                   help="zsmalloc max pages per zspage (4 = Linux 5.17, 8 = current)")
+    m.add_argument(
+        "--chain-size",
+        type=int,
+        choices=(4, 8),
+        default=4,
+        help="zsmalloc max pages per zspage (4 = Linux 5.17, 8 = current)",
+    )
     m.add_argument("--chain-rule", choices=("max-used", "min-waste"), default="max-used")
     # The three policy options write one dest (the last one given wins); None = the default.
-    m.add_argument("--compact-policy", action=_CompactPolicyAction, default=None,
-                   metavar="POLICY",
-                   help="background compaction: shrinker (default; only under memory pressure "
-                        "or near mem_limit, as the kernel's zsmalloc shrinker, so mm_stat stays "
-                        "the kernel's), threshold:PAGES, interval:MS or off")
-    m.add_argument("--compact-interval", type=uint_arg, default=1000, metavar="MS",
-                   help="background compaction: the daemon's timer (how often shrinker reads "
-                        "memory pressure and threshold the freeable pages; interval:MS sets it)")
-    m.add_argument("--compact-threshold", action=_CompactPolicyAction, prefix="threshold:",
-                   dest="compact_policy", metavar="PAGES",
-                   help="deprecated: --compact-policy threshold:PAGES")
-    m.add_argument("--no-compact", action="store_const", const="off", dest="compact_policy",
-                   help="--compact-policy off")
-    m.add_argument("--image-cache", action="store_true",
-                   help="serve dev/zram* through the page cache instead of direct_io "
-                        "(allows shared writable mmap; hides the device's real cost)")
-    m.add_argument("--mlock", action="store_true",
-                   help="pin the daemon in RAM (mlockall; the simulated RAM becomes a memfd whose "
-                        "freed frames are hole-punched) and mark it PR_SET_IO_FLUSHER, for swap "
-                        "on a loop over the image; fails the mount if either is refused")
-    m.add_argument("--no-io-flusher", action="store_true",
-                   help="with --mlock: skip PR_SET_IO_FLUSHER (it needs CAP_SYS_RESOURCE)")
-    m.add_argument("--lockdep", action="store_true",
-                   help="debug: check every lock acquisition against the lock order (as "
-                        "CONFIG_PROVE_LOCKING; slower); module parameter lockdep_violations "
-                        "counts what it found")
+    m.add_argument(
+        "--compact-policy",
+        action=_CompactPolicyAction,
+        default=None,
+        metavar="POLICY",
+        help="background compaction: shrinker (default; only under memory pressure "
+        "or near mem_limit, as the kernel's zsmalloc shrinker, so mm_stat stays "
+        "the kernel's), threshold:PAGES, interval:MS or off",
+    )
+    m.add_argument(
+        "--compact-interval",
+        type=uint_arg,
+        default=1000,
+        metavar="MS",
+        help="background compaction: the daemon's timer (how often shrinker reads "
+        "memory pressure and threshold the freeable pages; interval:MS sets it)",
+    )
+    m.add_argument(
+        "--compact-threshold",
+        action=_CompactPolicyAction,
+        prefix="threshold:",
+        dest="compact_policy",
+        metavar="PAGES",
+        help="deprecated: --compact-policy threshold:PAGES",
+    )
+    m.add_argument(
+        "--no-compact",
+        action="store_const",
+        const="off",
+        dest="compact_policy",
+        help="--compact-policy off",
+    )
+    m.add_argument(
+        "--image-cache",
+        action="store_true",
+        help="serve dev/zram* through the page cache instead of direct_io "
+        "(allows shared writable mmap; hides the device's real cost)",
+    )
+    m.add_argument(
+        "--mlock",
+        action="store_true",
+        help="pin the daemon in RAM (mlockall; the simulated RAM becomes a memfd whose "
+        "freed frames are hole-punched) and mark it PR_SET_IO_FLUSHER, for swap "
+        "on a loop over the image; fails the mount if either is refused",
+    )
+    m.add_argument(
+        "--no-io-flusher",
+        action="store_true",
+        help="with --mlock: skip PR_SET_IO_FLUSHER (it needs CAP_SYS_RESOURCE)",
+    )
+    m.add_argument(
+        "--lockdep",
+        action="store_true",
+        help="debug: check every lock acquisition against the lock order (as "
+        "CONFIG_PROVE_LOCKING; slower); module parameter lockdep_violations "
+        "counts what it found",
+    )
     m.add_argument("--foreground", "-f", action="store_true", help="do not daemonise")
-    m.add_argument("--allow-other", action="store_true",
-                   help="let other users in (adds default_permissions)")
+    m.add_argument(
+        "--allow-other", action="store_true", help="let other users in (adds default_permissions)"
+    )
     m.add_argument("--log", default=None, help="daemon stderr goes here (default /dev/null)")
     m.add_argument("--pidfile", default=None, help="write the serving process's pid here")
-    m.add_argument("--trace", default=None, metavar="FILE",
-                   help="record every operation reaching the devices into FILE, for "
-                        "`zramfs replay` (docs/trace-format.md)")
+    m.add_argument(
+        "--trace",
+        default=None,
+        metavar="FILE",
+        help="record every operation reaching the devices into FILE, for "
+        "`zramfs replay` (docs/trace-format.md)",
+    )
     m.add_argument("--ready-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     m.set_defaults(func=cmd_mount)
 

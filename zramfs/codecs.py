@@ -24,6 +24,7 @@ lzo and lzo-rle (the kernel's default algorithm) are zramfs.lzo, a pure-Python p
 lib/lzo that writes the kernel's bytes exactly; it is ~100x slower than the C libraries
 behind the other backends, so the default here stays lz4.
 """
+
 from __future__ import annotations
 
 import queue
@@ -86,8 +87,9 @@ def _load_lz4_compress_fast() -> tuple[Callable[..., int] | None, str]:
     import ctypes.util
 
     candidates: list[str | None] = []
-    try:   # a private module of python-lz4: an upgrade may move or rename it
+    try:  # a private module of python-lz4: an upgrade may move or rename it
         from lz4.block import _block
+
         candidates.append(getattr(_block, "__file__", None))
     except ImportError as exc:
         tried = [f"lz4.block._block: {exc}"]
@@ -113,7 +115,7 @@ def _load_lz4_compress_fast() -> tuple[Callable[..., int] | None, str]:
 
 
 _LZ4_COMPRESS_FAST, _LZ4_BINDING = _load_lz4_compress_fast()
-_LZ4_DST_LEN = 2 * PAGE_SIZE   # zcomp hands compress() a 2 * PAGE_SIZE destination
+_LZ4_DST_LEN = 2 * PAGE_SIZE  # zcomp hands compress() a 2 * PAGE_SIZE destination
 
 
 def lz4_path() -> str:
@@ -130,9 +132,11 @@ def lz4_path_warning() -> str | None:
     if _LZ4_COMPRESS_FAST is not None:
         return None
     why = _LZ4_BINDING or "not bound"
-    return (f"lz4 compresses through {LZ4_PATH_INEXACT}: LZ4_compress_fast could not be "
-            f"bound ({why}); compr_data_size, mem_used_total and huge_pages will not match "
-            f"a kernel's")
+    return (
+        f"lz4 compresses through {LZ4_PATH_INEXACT}: LZ4_compress_fast could not be "
+        f"bound ({why}); compr_data_size, mem_used_total and huge_pages will not match "
+        f"a kernel's"
+    )
 
 
 class Lz4Codec(Codec):
@@ -169,8 +173,9 @@ class Lz4Codec(Codec):
                 buf = local.buf
             except AttributeError:
                 import ctypes
+
                 local.buf = buf = ctypes.create_string_buffer(_LZ4_DST_LEN)
-            if type(page) is not bytes:   # the call passes bytes as char *
+            if type(page) is not bytes:  # the call passes bytes as char *
                 page = bytes(page)
             n = fast(page, buf, len(page), _LZ4_DST_LEN, self.level)
             if n <= 0:
@@ -185,8 +190,11 @@ class Lz4Codec(Codec):
         try:
             dkw = self._dkw
             # uncompressed_size positionally: python-lz4's keyword parsing costs ~0.2 µs a call
-            out = (lz4.block.decompress(data, out_len, **dkw) if dkw
-                   else lz4.block.decompress(data, out_len))
+            out = (
+                lz4.block.decompress(data, out_len, **dkw)
+                if dkw
+                else lz4.block.decompress(data, out_len)
+            )
         except lz4.block.LZ4BlockError as exc:
             raise CodecError(f"{self.name}: {exc}") from None
         if len(out) != out_len:
@@ -202,13 +210,16 @@ class Lz4hcCodec(Lz4Codec):
 
     def __init__(self, *, level: int | None = None, dictionary: bytes | None = None) -> None:
         Codec.__init__(self, level=level, dictionary=dictionary)
-        kwargs: dict[str, object] = {"store_size": False, "mode": "high_compression",
-                                     "compression": self.level}
+        kwargs: dict[str, object] = {
+            "store_size": False,
+            "mode": "high_compression",
+            "compression": self.level,
+        }
         if self.dictionary:
             kwargs["dict"] = self.dictionary
         self._ckw = kwargs
         self._dkw = {"dict": self.dictionary} if self.dictionary else {}
-        self._fast = None   # LZ4_compress_HC is what python-lz4's HC mode calls already
+        self._fast = None  # LZ4_compress_HC is what python-lz4's HC mode calls already
 
 
 class ZstdCodec(Codec):
@@ -228,7 +239,7 @@ class ZstdCodec(Codec):
 
     name = "zstd"
     default_level = 3  # ZSTD_CLEVEL_DEFAULT
-    level: int         # never None here: default_level stands in
+    level: int  # never None here: default_level stands in
 
     def __init__(self, *, level: int | None = None, dictionary: bytes | None = None) -> None:
         if level is not None and level > zstandard.MAX_COMPRESSION_LEVEL:
@@ -249,8 +260,9 @@ class ZstdCodec(Codec):
             raise InvalidInput(f"zstd parameters rejected: {exc}") from None
 
     def _new_cctx(self) -> zstandard.ZstdCompressor:
-        return zstandard.ZstdCompressor(level=self.level, dict_data=self._dict,
-                                        write_checksum=False, write_content_size=True)
+        return zstandard.ZstdCompressor(
+            level=self.level, dict_data=self._dict, write_checksum=False, write_content_size=True
+        )
 
     def _new_dctx(self) -> zstandard.ZstdDecompressor:
         return zstandard.ZstdDecompressor(dict_data=self._dict)
@@ -258,13 +270,13 @@ class ZstdCodec(Codec):
     def compress(self, page: bytes) -> bytes:
         try:
             cctx = self._cctxs.get_nowait()
-        except queue.Empty:      # every pooled compressor is in use: one more for the pool
+        except queue.Empty:  # every pooled compressor is in use: one more for the pool
             cctx = self._new_cctx()
         try:
             out = cctx.compress(page)
         except zstandard.ZstdError as exc:
             raise CodecError(f"{self.name}: compression failed: {exc}") from None
-        self._cctxs.put(cctx)    # only after success: a failed context is not lent again
+        self._cctxs.put(cctx)  # only after success: a failed context is not lent again
         return out
 
     def decompress(self, data: bytes, out_len: int = PAGE_SIZE) -> bytes:
@@ -291,11 +303,16 @@ class DeflateCodec(Codec):
 
     name = "deflate"
     default_level = zlib.Z_DEFAULT_COMPRESSION
-    level: int         # never None here: default_level stands in
+    level: int  # never None here: default_level stands in
     DEFAULT_WINBITS = 11
 
-    def __init__(self, *, level: int | None = None, dictionary: bytes | None = None,
-                 winbits: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        level: int | None = None,
+        dictionary: bytes | None = None,
+        winbits: int | None = None,
+    ) -> None:
         super().__init__(level=level, dictionary=dictionary)
         self.winbits = self.DEFAULT_WINBITS if winbits is None else winbits
         if not 9 <= self.winbits <= 15:
@@ -305,7 +322,9 @@ class DeflateCodec(Codec):
 
     def _new_compressor(self) -> zlib._Compress:
         if self.dictionary:
-            return zlib.compressobj(self.level, zlib.DEFLATED, -self.winbits, 9, zdict=self.dictionary)
+            return zlib.compressobj(
+                self.level, zlib.DEFLATED, -self.winbits, 9, zdict=self.dictionary
+            )
         return zlib.compressobj(self.level, zlib.DEFLATED, -self.winbits, 9)
 
     def compress(self, page: bytes) -> bytes:
@@ -367,8 +386,9 @@ class LzoRleCodec(LzoCodec):
 #: 6.12+: lzo-rle, lzo, lz4, lz4hc, zstd, deflate, 842).  842 is not listed: no working
 #: implementation is available to this process, and comp_algorithm must only offer what
 #: can really be selected.
-BACKENDS: dict[str, type[Codec]] = {cls.name: cls for cls in (
-    LzoRleCodec, LzoCodec, Lz4Codec, Lz4hcCodec, ZstdCodec, DeflateCodec)}
+BACKENDS: dict[str, type[Codec]] = {
+    cls.name: cls for cls in (LzoRleCodec, LzoCodec, Lz4Codec, Lz4hcCodec, ZstdCodec, DeflateCodec)
+}
 AVAILABLE: tuple[str, ...] = tuple(BACKENDS)
 
 #: The kernel's CONFIG_ZRAM_DEF_COMP is lzo-rle, which we have (zramfs.lzo) but in pure
@@ -376,8 +396,13 @@ AVAILABLE: tuple[str, ...] = tuple(BACKENDS)
 DEFAULT_ALGORITHM = "lz4"
 
 
-def get_codec(name: str, *, level: int | None = None, dictionary: bytes | None = None,
-              winbits: int | None = None) -> Codec:
+def get_codec(
+    name: str,
+    *,
+    level: int | None = None,
+    dictionary: bytes | None = None,
+    winbits: int | None = None,
+) -> Codec:
     """Create the backend `name` with the given parameters (InvalidInput if unknown)."""
     try:
         cls = BACKENDS[name]
@@ -388,6 +413,21 @@ def get_codec(name: str, *, level: int | None = None, dictionary: bytes | None =
     return cls(level=level, dictionary=dictionary)
 
 
-__all__ = ["Codec", "LzoCodec", "LzoRleCodec", "Lz4Codec", "Lz4hcCodec", "ZstdCodec",
-           "DeflateCodec", "BACKENDS", "AVAILABLE", "DEFAULT_ALGORITHM", "PAGE_SIZE", "get_codec",
-           "LZ4_PATH_EXACT", "LZ4_PATH_INEXACT", "lz4_path", "lz4_path_warning"]
+__all__ = [
+    "Codec",
+    "LzoCodec",
+    "LzoRleCodec",
+    "Lz4Codec",
+    "Lz4hcCodec",
+    "ZstdCodec",
+    "DeflateCodec",
+    "BACKENDS",
+    "AVAILABLE",
+    "DEFAULT_ALGORITHM",
+    "PAGE_SIZE",
+    "get_codec",
+    "LZ4_PATH_EXACT",
+    "LZ4_PATH_INEXACT",
+    "lz4_path",
+    "lz4_path_warning",
+]

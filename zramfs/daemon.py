@@ -27,6 +27,7 @@ Every compaction, explicit or background, goes through the pool's zs_compact, wh
 result to ``pool.stats.pages_compacted`` (``mm_stat`` column 7), as the kernel's
 ``zs_pool_stats.pages_compacted`` counts both.  The daemon knows nothing of FUSE.
 """
+
 from __future__ import annotations
 
 import enum
@@ -96,10 +97,10 @@ class ModuleParameter:
 class PolicyKind(enum.Enum):
     """What makes the background daemon compact a device's pool (module docstring)."""
 
-    OFF = "off"                  # never; explicit ``compact`` writes still work
-    SHRINKER = "shrinker"        # memory pressure, or a device near its mem_limit (default)
-    THRESHOLD = "threshold"      # a pool with at least PAGES freeable pages, at each tick
-    INTERVAL = "interval"        # every device, every MS milliseconds, whatever is freeable
+    OFF = "off"  # never; explicit ``compact`` writes still work
+    SHRINKER = "shrinker"  # memory pressure, or a device near its mem_limit (default)
+    THRESHOLD = "threshold"  # a pool with at least PAGES freeable pages, at each tick
+    INTERVAL = "interval"  # every device, every MS milliseconds, whatever is freeable
 
     @property
     def takes_value(self) -> bool:
@@ -123,8 +124,9 @@ class BadPolicy(OSError):
     message that says what is accepted."""
 
     def __init__(self, text: str, why: str) -> None:
-        super().__init__(errno.EINVAL, f"bad compaction policy {text!r}: {why} "
-                                       f"(expected {POLICY_SYNTAX})")
+        super().__init__(
+            errno.EINVAL, f"bad compaction policy {text!r}: {why} (expected {POLICY_SYNTAX})"
+        )
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ class CompactionPolicy:
         if isinstance(spec, str):
             spec = parse_policy(spec)
         if spec.kind is PolicyKind.THRESHOLD:
-            assert spec.value is not None       # PolicySpec checks kind.takes_value
+            assert spec.value is not None  # PolicySpec checks kind.takes_value
             return replace(self, kind=spec.kind, threshold_pages=spec.value)
         if spec.kind is PolicyKind.INTERVAL:
             assert spec.value is not None
@@ -285,8 +287,9 @@ def parse_psi_some_avg10(text: str) -> float:
     raise ValueError("no 'some avg10' field")
 
 
-def own_cgroup_pressure_file(proc_cgroup: str = "/proc/self/cgroup",
-                             proc_mounts: str = "/proc/self/mounts") -> str | None:
+def own_cgroup_pressure_file(
+    proc_cgroup: str = "/proc/self/cgroup", proc_mounts: str = "/proc/self/mounts"
+) -> str | None:
     """``memory.pressure`` of this process's cgroup v2, or None: no unified hierarchy, the
     root cgroup (it has none: /proc/pressure/memory is its figure), or no such file.
 
@@ -299,8 +302,9 @@ def own_cgroup_pressure_file(proc_cgroup: str = "/proc/self/cgroup",
         if not rel or rel == "/":
             return None
         with open(proc_mounts) as f:
-            root = next((p[1] for p in (ln.split() for ln in f)
-                         if len(p) >= 3 and p[2] == "cgroup2"), None)
+            root = next(
+                (p[1] for p in (ln.split() for ln in f) if len(p) >= 3 and p[2] == "cgroup2"), None
+            )
     except OSError:
         return None
     if root is None:
@@ -352,12 +356,12 @@ class PsiPressure:
 # ---- the daemon ----------------------------------------------------------------------------------
 @dataclass
 class CompactionStats:
-    runs: int = 0            # compactions done by the daemon (device.compact() calls)
-    pages_freed: int = 0     # their total result (pool.compact() return values)
-    last_error: str = ""     # the latest exception text, for the status file
-    scans: int = 0           # timer ticks that looked at the devices
+    runs: int = 0  # compactions done by the daemon (device.compact() calls)
+    pages_freed: int = 0  # their total result (pool.compact() return values)
+    last_error: str = ""  # the latest exception text, for the status file
+    scans: int = 0  # timer ticks that looked at the devices
     runs_by_reason: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(Reason, 0))
-    last_pressure: PressureReading | None = None   # what the pressure source last read
+    last_pressure: PressureReading | None = None  # what the pressure source last read
 
 
 @dataclass
@@ -430,7 +434,7 @@ class CompactionDaemon:
             if old.enabled and not new.enabled:
                 self._resume = old.kind
             if new.kind is PolicyKind.INTERVAL and old.kind is not PolicyKind.INTERVAL:
-                self._last_interval_run = None        # a new interval policy starts now
+                self._last_interval_run = None  # a new interval policy starts now
             self.policy = new
         self.kick()
         return new
@@ -440,6 +444,7 @@ class CompactionDaemon:
             if on:
                 return p if p.enabled else replace(p, kind=self._resume)
             return replace(p, kind=PolicyKind.OFF)
+
         self._update(change)
 
     def _set_threshold(self, pages: int) -> None:
@@ -450,6 +455,7 @@ class CompactionDaemon:
                 self._resume = PolicyKind.THRESHOLD
                 return replace(p, threshold_pages=pages)
             return replace(p, kind=PolicyKind.THRESHOLD, threshold_pages=pages)
+
         self._update(change)
 
     # ---- work ------------------------------------------------------------------------------
@@ -463,7 +469,7 @@ class CompactionDaemon:
             return 0
         if not self._flight.acquire(blocking=wait):
             return 0
-        policy = self.policy                  # it may have changed while we waited
+        policy = self.policy  # it may have changed while we waited
         if not policy.enabled:
             self._flight.release()
             return 0
@@ -481,7 +487,7 @@ class CompactionDaemon:
         """(device, pool) of every initialised device, at this moment."""
         for dev in list(self.registry.devices.values()):
             pool = getattr(dev, "pool", None)
-            if pool is not None:              # uninitialised device: nothing to compact
+            if pool is not None:  # uninitialised device: nothing to compact
                 yield dev, pool
 
     def _read_pressure(self) -> PressureReading:
@@ -502,7 +508,7 @@ class CompactionDaemon:
         freed = 0
         for dev, pool in self._pools():
             freeable = self._freeable(dev, pool)
-            if freeable <= 0:                 # SHRINK_EMPTY: nothing a scan could give back
+            if freeable <= 0:  # SHRINK_EMPTY: nothing a scan could give back
                 continue
             if pressured:
                 freed += self._compact(dev, Reason.PRESSURE)
@@ -538,7 +544,7 @@ class CompactionDaemon:
     @staticmethod
     def _used_pages(pool) -> int:
         try:
-            return int(pool.total_pages)       # zs_get_total_pages, what mem_limit is checked on
+            return int(pool.total_pages)  # zs_get_total_pages, what mem_limit is checked on
         except Exception:  # noqa: BLE001 - as in _freeable: a pool torn down by a reset
             return 0
 
@@ -568,13 +574,13 @@ class CompactionDaemon:
         while not self._stopping:
             policy = self.policy
             if not policy.enabled:
-                self._wake.wait()             # until a knob changes or stop()
+                self._wake.wait()  # until a knob changes or stop()
                 self._wake.clear()
                 continue
             started = time.monotonic()
             try:
                 self.scan_once()
-            except Exception:        # never let the thread die silently: log and keep going
+            except Exception:  # never let the thread die silently: log and keep going
                 log.exception("compaction scan failed")
             self._wake.wait(self._sleep_s(policy, started))
             self._wake.clear()
@@ -603,13 +609,21 @@ class CompactionDaemon:
 
         return (
             ModuleParameter("compact_policy", 0o644, lambda: str(self.policy), set_policy),
-            ModuleParameter("compact_enabled", 0o644, lambda: "Y" if self.policy.enabled else "N",
-                            lambda text: self._set_enabled(parse_bool(text))),
-            ModuleParameter("compact_threshold_pages", 0o644,
-                            lambda: str(self.policy.threshold_pages),
-                            lambda text: self._set_threshold(parse_uint(text))),
-            ModuleParameter("compact_interval_ms", 0o644, lambda: str(self.policy.interval_ms),
-                            set_interval),
+            ModuleParameter(
+                "compact_enabled",
+                0o644,
+                lambda: "Y" if self.policy.enabled else "N",
+                lambda text: self._set_enabled(parse_bool(text)),
+            ),
+            ModuleParameter(
+                "compact_threshold_pages",
+                0o644,
+                lambda: str(self.policy.threshold_pages),
+                lambda text: self._set_threshold(parse_uint(text)),
+            ),
+            ModuleParameter(
+                "compact_interval_ms", 0o644, lambda: str(self.policy.interval_ms), set_interval
+            ),
             ModuleParameter("compact_runs", 0o444, lambda: str(stats.runs)),
             ModuleParameter("compact_pages_freed", 0o444, lambda: str(stats.pages_freed)),
             *(ModuleParameter(f"compact_runs_{r.value}", 0o444, runs_for(r)) for r in Reason),

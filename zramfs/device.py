@@ -32,6 +32,7 @@ to keep in step).  A method inherited from a mixin costs nothing: CPython caches
 attribute lookups per type, whatever the depth of the MRO.  The 4 KiB and 128 KiB paths
 of `zramfs.device_io` are thus unchanged by the split (`scripts/bench.py device-ab`).
 """
+
 from __future__ import annotations
 
 import errno
@@ -54,8 +55,19 @@ from .errors import DeviceBusy, InvalidInput, NoMemory, NoSuchDevice, ZramError
 from .runtime import require_gil
 from .slots import PAGE_SHIFT, PAGE_SIZE, STRIPE_MASK, SlotTable, Stripe, new_stripes
 
-__all__ = ["ZramDevice", "Registry", "ZramError", "CompParams", "DeviceStats",
-           "ZRAM_MAX_COMPS", "WB_IDLE", "WB_HUGE", "WB_INCOMPRESSIBLE", "RECOMP_IDLE", "RECOMP_HUGE"]
+__all__ = [
+    "ZramDevice",
+    "Registry",
+    "ZramError",
+    "CompParams",
+    "DeviceStats",
+    "ZRAM_MAX_COMPS",
+    "WB_IDLE",
+    "WB_HUGE",
+    "WB_INCOMPRESSIBLE",
+    "RECOMP_IDLE",
+    "RECOMP_HUGE",
+]
 
 # The device's lock classes; their ranks are rows of the stack's lock order, written once in
 # allocator/locks.py (the slot locks' class is zramfs.slots.STRIPE_LOCK, the backing
@@ -81,8 +93,14 @@ class ZramDevice(WritebackMixin, RecompressMixin, StatsMixin):
     statistics are inherited from the parts (see the module docstring).
     """
 
-    def __init__(self, dev_id: int, *, memory: PhysicalMemory, chain_size: int = 4,
-                 chain_rule: str = "max-used") -> None:
+    def __init__(
+        self,
+        dev_id: int,
+        *,
+        memory: PhysicalMemory,
+        chain_size: int = 4,
+        chain_rule: str = "max-used",
+    ) -> None:
         self.id = dev_id
         self.name = f"zram{dev_id}"
         self.memory = memory
@@ -155,15 +173,21 @@ class ZramDevice(WritebackMixin, RecompressMixin, StatsMixin):
                     continue
                 p = self.comp_params[prio]
                 try:
-                    comps[prio] = codecs.get_codec(name, level=p.level, dictionary=p.dictionary,
-                                                   winbits=p.winbits)
+                    comps[prio] = codecs.get_codec(
+                        name, level=p.level, dictionary=p.dictionary, winbits=p.winbits
+                    )
                 except ZramError as exc:
                     table.release()
-                    raise InvalidInput(f"Cannot initialise {name} compressing backend: "
-                                       f"{exc.strerror}") from None
+                    raise InvalidInput(
+                        f"Cannot initialise {name} compressing backend: {exc.strerror}"
+                    ) from None
             try:
-                pool = Pool(self.name, memory=self.memory, chain_size=self.chain_size,
-                            chain_rule=self.chain_rule)
+                pool = Pool(
+                    self.name,
+                    memory=self.memory,
+                    chain_size=self.chain_size,
+                    chain_rule=self.chain_rule,
+                )
             except (MemoryError, OutOfMemory):
                 table.release()
                 raise NoMemory("Error creating memory pool") from None
@@ -222,7 +246,7 @@ class ZramDevice(WritebackMixin, RecompressMixin, StatsMixin):
             for index in np.flatnonzero(t.allocated_mask()).tolist():
                 self._slot_free(meta, index, self._stripes[index & STRIPE_MASK].counters)
         meta.pool.destroy()
-        self.memory.drop_free_frames()   # a reset gives the memory back now, not in a batch
+        self.memory.drop_free_frames()  # a reset gives the memory back now, not in a batch
         t.release()
 
     # ------------------------------------------------------------------ configuration
@@ -249,7 +273,9 @@ class ZramDevice(WritebackMixin, RecompressMixin, StatsMixin):
         if not 0 <= prio < ZRAM_MAX_COMPS:
             raise InvalidInput(f"priority {prio} out of range")
         with self.dev_lock:
-            if self._meta is not None:  # 241f9005b1c8 "zram: do not permit params change after init"
+            if (
+                self._meta is not None
+            ):  # 241f9005b1c8 "zram: do not permit params change after init"
                 raise DeviceBusy("Can't change algorithm params for initialized device")
             self.comp_params[prio] = params
 
@@ -283,8 +309,14 @@ _boottime = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
 class Registry:
     """zram-control: the devices of one mount, sharing one PhysicalMemory."""
 
-    def __init__(self, *, memory: PhysicalMemory | None = None, chain_size: int = 4,
-                 chain_rule: str = "max-used", num_devices: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        memory: PhysicalMemory | None = None,
+        chain_size: int = 4,
+        chain_rule: str = "max-used",
+        num_devices: int = 1,
+    ) -> None:
         # Before anything is built: without the GIL the lock-free shortcuts listed in
         # allocator/locks.py race (zramfs/runtime.py says why).
         require_gil()
@@ -303,8 +335,9 @@ class Registry:
             dev_id = 0
             while dev_id in self.devices:
                 dev_id += 1
-            dev = ZramDevice(dev_id, memory=self.memory, chain_size=self.chain_size,
-                             chain_rule=self.chain_rule)
+            dev = ZramDevice(
+                dev_id, memory=self.memory, chain_size=self.chain_size, chain_rule=self.chain_rule
+            )
             self.devices = dict(sorted([*self.devices.items(), (dev_id, dev)]))
             return dev_id
 
@@ -316,7 +349,7 @@ class Registry:
             dev = self.devices.get(dev_id)
             if dev is None:
                 raise NoSuchDevice(f"no zram{dev_id}")
-            dev.reset()   # EBUSY while open; zram_remove() resets before deleting the disk
+            dev.reset()  # EBUSY while open; zram_remove() resets before deleting the disk
             # copy-on-write, like hot_add: readers iterating the old dict are never disturbed
             self.devices = {k: v for k, v in self.devices.items() if k != dev_id}
 

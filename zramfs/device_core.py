@@ -11,6 +11,7 @@ this module owns what those parts have in common:
   table, the zsmalloc pool, the compressors of every priority);
 * the constants of zram_drv.h that several parts use (sector shift, compressor priorities).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

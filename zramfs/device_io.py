@@ -23,6 +23,7 @@ like zram_read_page().  Sub-block writes check a per-stripe generation number wh
 commit, so two partial writers of one block never lose each other's bytes while both
 still compress outside the lock.
 """
+
 from __future__ import annotations
 
 import errno
@@ -152,7 +153,9 @@ class IOPathMixin(DeviceCore):
         size = f & SIZE_MASK
         if f & ZRAM_HUGE:
             return meta.pool.read_object(h, PAGE_SIZE), -1
-        return meta.pool.read_object(h, size), (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
+        return meta.pool.read_object(h, size), (
+            f & ZRAM_COMP_PRIORITY_MASK
+        ) >> ZRAM_COMP_PRIORITY_SHIFT
 
     def _decompress(self, meta: _Meta, data: bytes, prio: int) -> bytes:
         """The page from `_decode_locked`'s bytes and priority (-1: they are the page)."""
@@ -183,7 +186,7 @@ class IOPathMixin(DeviceCore):
             h = t.handle[index]
             gen = stripe.counters[GENERATION]
             if f == 0 and h == 0:
-                return _ZERO_PAGE, gen      # never written: nothing to mark
+                return _ZERO_PAGE, gen  # never written: nothing to mark
             data, prio = self._decode_locked(meta, index, f, h)
             page = self._decompress(meta, data, prio)
             if touch:
@@ -191,8 +194,9 @@ class IOPathMixin(DeviceCore):
                 t.ac_time[index] = int(self.clock())
         return page, gen
 
-    def _store_page(self, meta: _Meta, index: int, page: bytes,
-                    expect_gen: int | None = None) -> bool:
+    def _store_page(
+        self, meta: _Meta, index: int, page: bytes, expect_gen: int | None = None
+    ) -> bool:
         """zram_write_page(): store one full page at `index` — the reference page store.
 
         What storing a page does, in the kernel's order: a same-filled page keeps only its
@@ -228,10 +232,10 @@ class IOPathMixin(DeviceCore):
             except OutOfMemory:
                 raise IOFailure(f"{self.name}: out of memory for a {size}-byte object") from None
             alloced = pool.total_pages
-            limit = self.limit_pages   # read once: mem_limit_store may run meanwhile
+            limit = self.limit_pages  # read once: mem_limit_store may run meanwhile
             if limit and alloced > limit:
                 pool.free(handle)
-                with stripe.lock:   # update_used_max() comes before the limit check
+                with stripe.lock:  # update_used_max() comes before the limit check
                     _update_used_max(stripe.counters, alloced)
                 raise IOFailure(f"{self.name}: mem_limit reached")
             pool.write_object(handle, data)
@@ -241,7 +245,7 @@ class IOPathMixin(DeviceCore):
             _update_used_max(c, alloced)
             stale = expect_gen is not None and c[GENERATION] != expect_gen
             if not stale:
-                self._slot_free(meta, index, c)   # the old content goes only now
+                self._slot_free(meta, index, c)  # the old content goes only now
                 t.handle[index] = handle
                 t.flags[index] = newflags
                 t.ac_time[index] = int(self.clock())
@@ -303,7 +307,7 @@ class IOPathMixin(DeviceCore):
                     page = self._load_page(meta, index, True)[0]
                     off = pos & (PAGE_SIZE - 1)
                     n = min(PAGE_SIZE - off, end - pos)
-                    parts.append(page if n == PAGE_SIZE else page[off:off + n])
+                    parts.append(page if n == PAGE_SIZE else page[off : off + n])
                     pos += n
                     index += 1
                 out = b"".join(parts)
@@ -343,14 +347,17 @@ class IOPathMixin(DeviceCore):
                 with stripes[i & STRIPE_MASK].lock:
                     f = flags[i]
                     h = handles[i]
-                    if not f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE) and h:   # compressed object
+                    if not f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE) and h:  # compressed object
                         prio = (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
                         comp = comps[prio]
                         data = read_object(h, f & SIZE_MASK)
-                        append(comp.decompress(data, PAGE_SIZE) if comp is not None
-                               else self._decompress(meta, data, prio))   # raises: no compressor
+                        append(
+                            comp.decompress(data, PAGE_SIZE)
+                            if comp is not None
+                            else self._decompress(meta, data, prio)
+                        )  # raises: no compressor
                     elif f == 0 and h == 0:
-                        append(_ZERO_PAGE)                         # never written: no mark
+                        append(_ZERO_PAGE)  # never written: no mark
                         continue
                     else:
                         data, prio = self._decode_locked(meta, i, f, h)
@@ -393,8 +400,14 @@ class IOPathMixin(DeviceCore):
             self._write_unaligned(meta, index, offset, end, data)
         except ZramError as exc:
             self._write_failed(getattr(exc, "block", index), exc)
-        _account(self._stripes[index & STRIPE_MASK], WRITE_IOS, WRITE_SECTORS, WRITE_NS,
-                 end - offset, _perf_ns() - t0)
+        _account(
+            self._stripes[index & STRIPE_MASK],
+            WRITE_IOS,
+            WRITE_SECTORS,
+            WRITE_NS,
+            end - offset,
+            _perf_ns() - t0,
+        )
         return end - offset
 
     def _write_page(self, meta: _Meta, index: int, page: bytes, t0: int) -> None:
@@ -412,7 +425,7 @@ class IOPathMixin(DeviceCore):
         t = meta.table
         stripe = self._stripes[index & STRIPE_MASK]
         first = page[:8]
-        if page[-8:] == first and page == first * (PAGE_SIZE // 8):   # same-filled
+        if page[-8:] == first and page == first * (PAGE_SIZE // 8):  # same-filled
             handle, newflags = int.from_bytes(first, "little"), ZRAM_SAME
         else:
             pool = meta.pool
@@ -465,8 +478,9 @@ class IOPathMixin(DeviceCore):
             c[WRITE_SECTORS] += PAGE_SIZE >> SECTOR_SHIFT
             c[WRITE_NS] += _perf_ns() - t0
 
-    def _write_pages(self, meta: _Meta, index: int, data: bytes | bytearray | memoryview,
-                     count: int, t0: int) -> None:
+    def _write_pages(
+        self, meta: _Meta, index: int, data: bytes | bytearray | memoryview, count: int, t0: int
+    ) -> None:
         """zram_bio_write() of whole pages: `_store_page` for each, hand-inlined, in one frame.
 
         The hot path of multi-page writes (128 KiB requests; also 4 KiB ones that are not
@@ -499,14 +513,14 @@ class IOPathMixin(DeviceCore):
         try:
             for i in range(index, last + 1):
                 off = (i - index) << PAGE_SHIFT
-                page = data[off:off + PAGE_SIZE]
+                page = data[off : off + PAGE_SIZE]
                 stripe = stripes[i & STRIPE_MASK]
                 first = page[:8]
-                if page[-8:] == first and page == first * (PAGE_SIZE // 8):   # same-filled
+                if page[-8:] == first and page == first * (PAGE_SIZE // 8):  # same-filled
                     handle, newflags = int.from_bytes(first, "little"), ZRAM_SAME
                     size = alloced = 0
                 else:
-                    comp = compress(page)                           # outside the slot lock
+                    comp = compress(page)  # outside the slot lock
                     size = len(comp)
                     if size >= huge_size:
                         comp, size, newflags = page, PAGE_SIZE, ZRAM_HUGE | PAGE_SIZE
@@ -515,7 +529,9 @@ class IOPathMixin(DeviceCore):
                     try:
                         handle = malloc(size)
                     except OutOfMemory:
-                        raise IOFailure(f"{self.name}: out of memory for a {size}-byte object") from None
+                        raise IOFailure(
+                            f"{self.name}: out of memory for a {size}-byte object"
+                        ) from None
                     alloced = pool.total_pages
                     limit = self.limit_pages
                     if limit and alloced > limit:
@@ -547,7 +563,7 @@ class IOPathMixin(DeviceCore):
                             c[HUGE_PAGES_SINCE] += 1
                     c[PAGES_STORED] += 1
                     c[GENERATION] += 1
-                    if i == last:      # the request is complete: nothing can fail after this
+                    if i == last:  # the request is complete: nothing can fail after this
                         c[WRITE_IOS] += 1
                         c[WRITE_SECTORS] += count << (PAGE_SHIFT - SECTOR_SHIFT)
                         c[WRITE_NS] += _perf_ns() - t0
@@ -566,7 +582,7 @@ class IOPathMixin(DeviceCore):
             while pos < end:
                 off = pos & (PAGE_SIZE - 1)
                 chunk = min(PAGE_SIZE - off, end - pos)
-                src = mv[pos - offset: pos - offset + chunk]
+                src = mv[pos - offset : pos - offset + chunk]
                 if chunk == PAGE_SIZE:
                     self._store_page(meta, index, bytes(src))
                 else:
@@ -591,7 +607,7 @@ class IOPathMixin(DeviceCore):
         tries = 0
         while True:
             old, gen = self._load_page(meta, index, False)
-            new = b"".join((old[:off], src, old[off + len(src):]))
+            new = b"".join((old[:off], src, old[off + len(src) :]))
             if self._store_page(meta, index, new, expect_gen=gen):
                 return
             tries += 1
@@ -622,7 +638,7 @@ class IOPathMixin(DeviceCore):
             # written after this scan was written after the discard, a valid order) and
             # count notify_free for every block in one go, as the kernel's loop would.
             candidates = []
-            for lo in range(index, index + count, 1 << 20):   # bounded temporaries
+            for lo in range(index, index + count, 1 << 20):  # bounded temporaries
                 hi = min(index + count, lo + (1 << 20))
                 used = (t.np_flags[lo:hi] != 0) | (t.np_handle[lo:hi] != 0)
                 candidates += (np.flatnonzero(used) + lo).tolist()

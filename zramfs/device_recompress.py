@@ -7,6 +7,7 @@ each secondary compressor in priority order, keep the first result that lands in
 size class, mark INCOMPRESSIBLE what no algorithm could shrink.  Configuring the secondary
 algorithms (recomp_algorithm, algorithm_params) is lifecycle: `zramfs.device`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,8 +42,15 @@ class RecompressMixin(IOPathMixin):
     """Recompression of `ZramDevice`'s slots with its secondary algorithms."""
 
     # ---- recompression (docs/zram.md, "Recompression")
-    def recompress(self, *, mode: int = 0, threshold: int = 0, max_pages: int = U64,
-                   algo: str | None = None, prio: int | None = None) -> None:
+    def recompress(
+        self,
+        *,
+        mode: int = 0,
+        threshold: int = 0,
+        max_pages: int = U64,
+        algo: str | None = None,
+        prio: int | None = None,
+    ) -> None:
         """recompress_store after parsing (current kernels, chained recompression)."""
         with self.dev_lock:
             meta = self._require_meta()
@@ -52,7 +60,7 @@ class RecompressMixin(IOPathMixin):
             lo = ZRAM_SECONDARY_COMP
             hi = num_active
             if prio is not None:
-                lo = max(prio, ZRAM_SECONDARY_COMP)   # priority=0 is turned into 1
+                lo = max(prio, ZRAM_SECONDARY_COMP)  # priority=0 is turned into 1
                 hi = lo + 1
             if algo is not None:
                 found = None
@@ -76,7 +84,7 @@ class RecompressMixin(IOPathMixin):
                 if mode & RECOMP_HUGE:
                     ok &= (f & ZRAM_HUGE) != 0
                 cur = (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
-                ok &= (cur + 1) < hi   # "already compressed with same or higher priority"
+                ok &= (cur + 1) < hi  # "already compressed with same or higher priority"
                 idx = np.flatnonzero(ok)
                 f[idx] |= np.uint32(ZRAM_PP_SLOT)
             order = np.argsort(-((t.np_flags[idx] & SIZE_MASK) // 64), kind="stable")
@@ -124,9 +132,12 @@ class RecompressMixin(IOPathMixin):
                     continue
                 last = p
                 out = comp.compress(page)
-                if out and len(out) < meta.huge_class_size \
-                        and ct.class_for_alloc(len(out)).index < old_class \
-                        and (not threshold or len(out) < threshold):
+                if (
+                    out
+                    and len(out) < meta.huge_class_size
+                    and ct.class_for_alloc(len(out)).index < old_class
+                    and (not threshold or len(out) < threshold)
+                ):
                     best = (p, out)
                     break
             if best is None:

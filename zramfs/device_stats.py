@@ -5,6 +5,7 @@ of `zramfs.slots`), mem_used_max and its reset (mem_used_max_store), the block l
 per-request accounting behind `stat` (`_account`), and one slot's state for debugfs
 block_state (`slot_state`).  Formatting the attribute text is `zramfs.attrs`'s.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -78,14 +79,24 @@ class StatsMixin(DeviceCore):
         meta = self._meta
         pool = meta.pool if meta is not None else None
         return DeviceStats(
-            pages_stored=sums[PAGES_STORED], compr_data_size=sums[COMPR_DATA_SIZE],
+            pages_stored=sums[PAGES_STORED],
+            compr_data_size=sums[COMPR_DATA_SIZE],
             mem_used_pages=pool.total_pages if pool is not None else 0,
-            limit_pages=self.limit_pages, max_used_pages=max_used, same_pages=sums[SAME_PAGES],
+            limit_pages=self.limit_pages,
+            max_used_pages=max_used,
+            same_pages=sums[SAME_PAGES],
             pages_compacted=pool.stats.pages_compacted if pool is not None else 0,
-            huge_pages=sums[HUGE_PAGES], huge_pages_since=sums[HUGE_PAGES_SINCE],
-            failed_reads=sums[FAILED_READS], failed_writes=sums[FAILED_WRITES],
-            notify_free=sums[NOTIFY_FREE], miss_free=sums[MISS_FREE], bd_count=sums[BD_COUNT],
-            bd_reads=sums[BD_READS], bd_writes=sums[BD_WRITES], counters=sums)
+            huge_pages=sums[HUGE_PAGES],
+            huge_pages_since=sums[HUGE_PAGES_SINCE],
+            failed_reads=sums[FAILED_READS],
+            failed_writes=sums[FAILED_WRITES],
+            notify_free=sums[NOTIFY_FREE],
+            miss_free=sums[MISS_FREE],
+            bd_count=sums[BD_COUNT],
+            bd_reads=sums[BD_READS],
+            bd_writes=sums[BD_WRITES],
+            counters=sums,
+        )
 
     def slot_state(self, index: int) -> tuple[int, int, int]:
         """(handle, flags word, ac_time) of one slot, for block_state and tests."""

@@ -8,6 +8,7 @@ largest-first order, zram_writeback_slots and zram_writeback_complete.  Reading 
 written-back slot back (read_from_bdev) and freeing its block on overwrite or discard
 (slot_free) are the I/O path's, in `zramfs.device_io`.
 """
+
 from __future__ import annotations
 
 import os
@@ -262,7 +263,7 @@ class WritebackMixin(IOPathMixin):
                         c[BD_COUNT] -= 1
                         continue
                     keep = f & (SIZE_MASK | ZRAM_COMP_PRIORITY_MASK | ZRAM_HUGE)
-                    self._slot_free(meta, index, c)   # frees the object, drops HUGE/IDLE
+                    self._slot_free(meta, index, c)  # frees the object, drops HUGE/IDLE
                     t.handle[index] = blk
                     # compressed writeback keeps size, priority and HUGE so reads can decode
                     t.flags[index] = ZRAM_WB | (keep if self.compressed_writeback else 0)

@@ -6,6 +6,7 @@ is the default message, so `raise DeviceBusy()` reads like the kernel's pr_info(
 `raise InvalidInput("disksize: nothing parsed")` adds detail.  Catch `ZramError` (or
 `OSError`) and look at `.errno`; never parse the message.
 """
+
 from __future__ import annotations
 
 import errno as _errno
@@ -96,7 +97,17 @@ class InvalidSetting(InvalidInput):
 
 
 __all__ = [
-    "ZramError", "InvalidInput", "DeviceBusy", "NameTooLong", "OutOfRange", "NoSuchDevice",
-    "NoMemory", "IOFailure", "NoSpace", "NotBlockDevice", "CodecError", "TraceError",
+    "ZramError",
+    "InvalidInput",
+    "DeviceBusy",
+    "NameTooLong",
+    "OutOfRange",
+    "NoSuchDevice",
+    "NoMemory",
+    "IOFailure",
+    "NoSpace",
+    "NotBlockDevice",
+    "CodecError",
+    "TraceError",
     "InvalidSetting",
 ]

@@ -24,6 +24,7 @@ Use: `pinning_fuse` returns a subclass of the binding's ``FUSE`` class whose per
 wrapper (``_wrapper``: mfusepy and fusepy both route every operation through it) pins first.
 Only FUSE callbacks are affected; direct calls of the operations (tests) never pin.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -39,7 +40,7 @@ _tls = threading.local()
 # holds it (it then only increments the counter of the current thread state).
 _ensure = ctypes.pythonapi.PyGILState_Ensure
 _ensure.argtypes = []
-_ensure.restype = ctypes.c_int   # PyGILState_STATE, an enum; never passed to Release
+_ensure.restype = ctypes.c_int  # PyGILState_STATE, an enum; never passed to Release
 
 
 def pin_thread_state() -> None:
@@ -51,7 +52,7 @@ def pin_thread_state() -> None:
     """
     if not getattr(_tls, "pinned", False):
         # A fresh thread state has no marker: this is the first request on this thread state.
-        _ensure()                # deliberately never released (see the module docstring)
+        _ensure()  # deliberately never released (see the module docstring)
         _tls.pinned = True
 
 
@@ -68,20 +69,22 @@ def pinning_fuse(fuse_cls: _T) -> _T:
     left silently unpinned.
     """
     raw = inspect.getattr_static(fuse_cls, "_wrapper", None)
-    parent = getattr(fuse_cls, "_wrapper", None)   # the plain function in both shapes
+    parent = getattr(fuse_cls, "_wrapper", None)  # the plain function in both shapes
     if raw is None or not callable(parent):
         raise TypeError(f"{fuse_cls!r} has no _wrapper to hook the thread-state pinning into")
     # Bound once here rather than through super() per call, and the marker test inlined: this
     # runs on every FUSE request (~0.15 µs added per call instead of ~0.3 µs).  libfuse's
     # callbacks reach _wrapper through ctypes with positional arguments only.
-    if isinstance(raw, staticmethod):                # fusepy 3.0.1
+    if isinstance(raw, staticmethod):  # fusepy 3.0.1
+
         def _wrapper(self: Any, func: Any, *args: Any) -> Any:
             try:
                 _tls.pinned
             except AttributeError:
                 pin_thread_state()
             return parent(func, *args)
-    else:                                            # mfusepy
+    else:  # mfusepy
+
         def _wrapper(self: Any, func: Any, *args: Any) -> Any:
             try:
                 _tls.pinned
@@ -90,5 +93,6 @@ def pinning_fuse(fuse_cls: _T) -> _T:
             return parent(self, func, *args)
 
     name = f"Pinning{fuse_cls.__name__}"
-    return type(name, (fuse_cls,), {"_wrapper": _wrapper, "__module__": __name__,
-                                    "__qualname__": name})  # type: ignore[return-value]
+    return type(
+        name, (fuse_cls,), {"_wrapper": _wrapper, "__module__": __name__, "__qualname__": name}
+    )  # type: ignore[return-value]

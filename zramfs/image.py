@@ -25,6 +25,7 @@ Backends: `zramfs.device.ZramDevice` (compression, zsmalloc, counters: the emula
 costs).  The interface is a `typing.Protocol`: `ZramDevice` satisfies it structurally, and the
 front end's hot path calls the backend's methods directly (no adapter, no per-request cost).
 """
+
 from __future__ import annotations
 
 import errno
@@ -114,7 +115,7 @@ class MemoryImage:
         if offset + n > self.disksize:
             n = self.disksize - offset
             data = memoryview(data)[:n]
-        self._map[offset:offset + n] = data
+        self._map[offset : offset + n] = data
         return n
 
     def punch_hole(self, offset: int, length: int) -> None:
@@ -128,7 +129,7 @@ class MemoryImage:
             return
         first = (offset + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
         last = end // PAGE_SIZE * PAGE_SIZE
-        if first >= last:                      # inside one page, or across one boundary
+        if first >= last:  # inside one page, or across one boundary
             self._map[offset:end] = bytes(end - offset)
             return
         self._map[offset:first] = bytes(first - offset)

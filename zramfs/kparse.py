@@ -19,6 +19,7 @@ sysctl answer exactly what their kernel counterparts answer:
 
 Errors are `zramfs.errors` exceptions (OSErrors carrying the kernel errno).
 """
+
 from __future__ import annotations
 
 from .errors import InvalidInput, OutOfRange
@@ -26,8 +27,19 @@ from .errors import InvalidInput, OutOfRange
 U64 = (1 << 64) - 1
 INT_MAX = (1 << 31) - 1
 
-__all__ = ["sysfs_streq", "kstrtoull", "kstrtoll", "kstrtoint", "kstrtouint", "kstrtou16",
-           "kstrtobool", "memparse", "next_args", "proc_dointvec", "U64"]
+__all__ = [
+    "sysfs_streq",
+    "kstrtoull",
+    "kstrtoll",
+    "kstrtoint",
+    "kstrtouint",
+    "kstrtou16",
+    "kstrtobool",
+    "memparse",
+    "next_args",
+    "proc_dointvec",
+    "U64",
+]
 
 
 def _strip_newline(text: str) -> str:
@@ -109,8 +121,8 @@ def kstrtou16(text: str, base: int = 10) -> int:
     return kstrtoull(text, base, limit=0xFFFF)
 
 
-_TRUE_FIRST = frozenset("yYtTeE1")     # yes, true, enable, 1
-_FALSE_FIRST = frozenset("nNfFdD0")    # no, false, disable, 0
+_TRUE_FIRST = frozenset("yYtTeE1")  # yes, true, enable, 1
+_FALSE_FIRST = frozenset("nNfFdD0")  # no, false, disable, 0
 
 
 def kstrtobool(text: str) -> bool:
@@ -144,7 +156,7 @@ def memparse(text: str) -> tuple[int, int]:
         return 0, (1 if text.startswith("0") else 0)
     value &= U64
     consumed = skipped + n
-    suffix = text[consumed:consumed + 1].lower()
+    suffix = text[consumed : consumed + 1].lower()
     if suffix in _MEMPARSE_SHIFT:
         value = (value << _MEMPARSE_SHIFT[suffix]) & U64
         consumed += 1
@@ -167,7 +179,7 @@ def next_args(text: str) -> list[tuple[str, str | None]]:
                 in_quote = not in_quote
             i += 1
         token = text[start:i]
-        if token.startswith('"'):   # a quoted whole argument: "key=value with spaces"
+        if token.startswith('"'):  # a quoted whole argument: "key=value with spaces"
             token = token[1:-1] if len(token) > 1 and token.endswith('"') else token[1:]
         if "=" in token:
             key, _, val = token.partition("=")
@@ -203,24 +215,24 @@ def proc_dointvec(data: bytes) -> tuple[int, int]:
         p += 1
     if p == size:
         raise InvalidInput("sysctl: no number")
-    tmp = data[p:p + _TMPBUFLEN - 1]
+    tmp = data[p : p + _TMPBUFLEN - 1]
     q = 0
     neg = tmp[:1] == b"-" and size - p > 1
     if neg:
         q = 1
-    if not tmp[q:q + 1].isdigit():
+    if not tmp[q : q + 1].isdigit():
         raise InvalidInput(f"sysctl: not a number: {data[:40]!r}")
     digits = tmp[q:].decode("latin-1")
     s, base = _fixup_radix(digits, 0)
     value, n = _parse_digits(s, base)
     q += len(digits) - len(s) + n
-    if value > U64 or q == _TMPBUFLEN - 1:           # strtoul_lenleft overflow / TMPBUFLEN
+    if value > U64 or q == _TMPBUFLEN - 1:  # strtoul_lenleft overflow / TMPBUFLEN
         raise InvalidInput(f"sysctl: number too long: {data[:40]!r}")
     if q < size - p and (q >= len(tmp) or tmp[q] not in _PROC_SEP):
         raise InvalidInput(f"sysctl: junk after the number: {data[:40]!r}")
-    if value > (INT_MAX + 1 if neg else INT_MAX):      # do_proc_dointvec_conv
+    if value > (INT_MAX + 1 if neg else INT_MAX):  # do_proc_dointvec_conv
         raise InvalidInput(f"sysctl: {data[:40]!r} does not fit an int")
     p += q
-    while p < size and data[p] in _PROC_SPACES:       # proc_skip_spaces after the value
+    while p < size and data[p] in _PROC_SPACES:  # proc_skip_spaces after the value
         p += 1
     return (-value if neg else value), p

@@ -38,6 +38,7 @@ unclamped (read live from sysfs: the ``unclamped_loops`` module parameter and ``
 show it), and the guard tries again at every scan.  What the daemon cannot do is refuse that
 device's I/O: a FUSE request does not say which loop device (if any) it comes from.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,7 +56,7 @@ SCAN_INTERVAL_S = 1.0
 # Without uevents, after an image open: scan this often, for this long.
 BURST_INTERVAL_S = 0.05
 BURST_LENGTH_S = 1.0
-NETLINK_KOBJECT_UEVENT = 15      # linux/netlink.h; multicast group 1 = the kernel's events
+NETLINK_KOBJECT_UEVENT = 15  # linux/netlink.h; multicast group 1 = the kernel's events
 # With uevents, a scan anyway this often (a missed event, ENOBUFS).
 EVENT_RESCAN_S = 5.0
 #: FUSE_DEFAULT_MAX_PAGES_PER_REQ: the pages of memory one FUSE request carries, unless the
@@ -71,8 +72,9 @@ def whole_request_kb(max_write_kb: int, max_pages: int = FUSE_MAX_PAGES) -> int:
     most ``max_write_kb``, and at most ``max_pages`` pages even when every page holds a single
     512-byte sector of the request (module docstring)."""
     if max_write_kb <= 0 or max_pages <= 0:
-        raise ValueError(f"max_write_kb ({max_write_kb}) and max_pages ({max_pages}) must be "
-                         "positive")
+        raise ValueError(
+            f"max_write_kb ({max_write_kb}) and max_pages ({max_pages}) must be positive"
+        )
     return min(max_write_kb, max_pages * SECTOR_SIZE // 1024)
 
 
@@ -89,7 +91,7 @@ def attached_loops(mnt: str) -> list[tuple[str, str]]:
         return []
     for dev in names:
         try:
-            with open(f"{SYS_BLOCK}/{dev}/loop/backing_file") as f:   # only while bound
+            with open(f"{SYS_BLOCK}/{dev}/loop/backing_file") as f:  # only while bound
                 path = f.read().strip()
         except OSError:
             continue
@@ -126,16 +128,15 @@ class LoopGuard:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._burst_until = 0.0
-        self._clamped: set[tuple[str, str]] = set()     # (loop, backing file) seen clamped
-        self._failed: dict[tuple[str, str], str] = {}   # (loop, backing file) -> why not
-        self._lowered: dict[str, int] = {}              # loop -> its max_sectors_kb before
+        self._clamped: set[tuple[str, str]] = set()  # (loop, backing file) seen clamped
+        self._failed: dict[tuple[str, str], str] = {}  # (loop, backing file) -> why not
+        self._lowered: dict[str, int] = {}  # loop -> its max_sectors_kb before
         self._thread: threading.Thread | None = None
-        self._stop_r, self._stop_w = os.pipe()          # wakes a thread waiting for uevents
+        self._stop_r, self._stop_w = os.pipe()  # wakes a thread waiting for uevents
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="zramfs-loopguard",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="zramfs-loopguard", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
@@ -152,7 +153,7 @@ class LoopGuard:
                     os.close(fd)
             self._stop_r = self._stop_w = -1
         try:
-            self.scan(clamp=False)       # give the detached devices their old limit back
+            self.scan(clamp=False)  # give the detached devices their old limit back
         except OSError:
             pass
 
@@ -169,7 +170,7 @@ class LoopGuard:
                 if max_request_kb(loop) <= self.limit_kb:
                     continue
             except (OSError, ValueError):
-                pass                              # unreadable: cannot be vouched for
+                pass  # unreadable: cannot be vouched for
             found.append(loop)
         return found
 
@@ -201,12 +202,19 @@ class LoopGuard:
             ok = False
             why = str(exc)
         if not ok:
-            if key not in self._failed:   # once per attached device; retried at every scan
-                log.error("%s (%s): cannot lower max_sectors_kb to %d (%s): a write refused "
-                          "part-way (mem_limit) can be reported to the loop's user as success "
-                          "and its data lost; run: echo %d > /sys/block/%s/queue/"
-                          "max_sectors_kb", loop, backing, self.limit_kb, why,
-                          self.limit_kb, Path(loop).name)
+            if key not in self._failed:  # once per attached device; retried at every scan
+                log.error(
+                    "%s (%s): cannot lower max_sectors_kb to %d (%s): a write refused "
+                    "part-way (mem_limit) can be reported to the loop's user as success "
+                    "and its data lost; run: echo %d > /sys/block/%s/queue/"
+                    "max_sectors_kb",
+                    loop,
+                    backing,
+                    self.limit_kb,
+                    why,
+                    self.limit_kb,
+                    Path(loop).name,
+                )
             self._failed[key] = why
             self._clamped.discard(key)
             return
@@ -214,14 +222,26 @@ class LoopGuard:
         if before > self.limit_kb:
             self._lowered.setdefault(loop, before)
             if key in self._clamped:
-                log.warning("%s (%s): max_sectors_kb was raised to %d while attached; lowered "
-                            "to %d again", loop, backing, before, self.limit_kb)
+                log.warning(
+                    "%s (%s): max_sectors_kb was raised to %d while attached; lowered to %d again",
+                    loop,
+                    backing,
+                    before,
+                    self.limit_kb,
+                )
             else:
-                log.info("%s (%s): max_sectors_kb %d -> %d so that a failed write fails the "
-                         "whole request", loop, backing, before, self.limit_kb)
+                log.info(
+                    "%s (%s): max_sectors_kb %d -> %d so that a failed write fails the "
+                    "whole request",
+                    loop,
+                    backing,
+                    before,
+                    self.limit_kb,
+                )
         if self._failed.pop(key, None) is not None:
-            log.warning("%s (%s): max_sectors_kb is at most %d now: clamped", loop, backing,
-                        self.limit_kb)
+            log.warning(
+                "%s (%s): max_sectors_kb is at most %d now: clamped", loop, backing, self.limit_kb
+            )
         self._clamped.add(key)
 
     def _restore(self, loop: str, before: int) -> None:
@@ -231,7 +251,7 @@ class LoopGuard:
             if int(attr.read_text()) == self.limit_kb:
                 attr.write_text(f"{before}\n")
         except OSError:
-            pass                                  # the device went away: nothing to restore
+            pass  # the device went away: nothing to restore
 
     def _run(self) -> None:
         events = _uevent_socket()
@@ -239,7 +259,7 @@ class LoopGuard:
             while not self._stop.is_set():
                 try:
                     self.scan()
-                except Exception:   # noqa: BLE001 - a sysfs hiccup must not end the guard
+                except Exception:  # noqa: BLE001 - a sysfs hiccup must not end the guard
                     log.exception("loop guard scan failed")
                 if events is not None:
                     _wait_for_loop_event(events, self._stop_r, EVENT_RESCAN_S)
@@ -280,7 +300,7 @@ def _wait_for_loop_event(sock: socket.socket, stop_fd: int, timeout: float) -> N
             return
         try:
             msg = sock.recv(65536)
-        except OSError:      # ENOBUFS after a burst of events: rescan to be safe
+        except OSError:  # ENOBUFS after a burst of events: rescan to be safe
             return
         # "ACTION@DEVPATH\0KEY=VALUE\0..." ; the devpath of a loop is .../block/loopN
         head = msg.split(b"\0", 1)[0]

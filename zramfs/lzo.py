@@ -66,6 +66,7 @@ positions with big-int arithmetic (~50 µs a page for ``int.from_bytes``/``to_by
 C library behind the lz4 codec takes ~5 µs for a text page: use lzo / lzo-rle here for the
 kernel's sizes, not for speed.
 """
+
 from __future__ import annotations
 
 import sys
@@ -87,7 +88,7 @@ M3_MARKER = 32
 M4_MARKER = 16
 MIN_ZERO_RUN_LENGTH = 4
 MAX_ZERO_RUN_LENGTH = 2047 + MIN_ZERO_RUN_LENGTH
-D_BITS = 13                      # the kernel's own; upstream LZO's LZO1X-1 uses 14
+D_BITS = 13  # the kernel's own; upstream LZO's LZO1X-1 uses 14
 D_SIZE = 1 << D_BITS
 D_MASK = D_SIZE - 1
 
@@ -104,9 +105,9 @@ def _words(src: bytes) -> array:
     padded = src + b"\0\0\0"
     buf = bytearray(4 * n)
     buf[0::4] = padded[:n]
-    buf[1::4] = padded[1:n + 1]
-    buf[2::4] = padded[2:n + 2]
-    buf[3::4] = padded[3:n + 3]
+    buf[1::4] = padded[1 : n + 1]
+    buf[2::4] = padded[2 : n + 2]
+    buf[3::4] = padded[3 : n + 3]
     arr = array("I")
     arr.frombytes(buf)
     if _BIG_ENDIAN:
@@ -139,8 +140,16 @@ def _emit_literals(out: bytearray, src: bytes, ii: int, ip: int, state_offset: i
     out += src[ii:ip]
 
 
-def _do_compress(src: bytes, words: array, base: int, ll: int,
-                 out: bytearray, ti: int, state_offset: int, rle: bool) -> tuple[int, int]:
+def _do_compress(
+    src: bytes,
+    words: array,
+    base: int,
+    ll: int,
+    out: bytearray,
+    ti: int,
+    state_offset: int,
+    rle: bool,
+) -> tuple[int, int]:
     """lzo1x_1_do_compress() on src[base:base+ll]: append to `out`, return (pending
     literal count, state_offset)."""
     in_end = base + ll
@@ -163,7 +172,7 @@ def _do_compress(src: bytes, words: array, base: int, ll: int,
             dv = words[ip]
             if not dv and rle:
                 break
-            h = ((dv * 0x1824429D) >> 19) & 0x1FFF          # u32 product >> (32 - D_BITS)
+            h = ((dv * 0x1824429D) >> 19) & 0x1FFF  # u32 product >> (32 - D_BITS)
             if dv == words[dct[h]]:
                 break
             dct[h] = ip
@@ -188,8 +197,8 @@ def _do_compress(src: bytes, words: array, base: int, ll: int,
             if ip_end < limit:
                 limit = ip_end
             if ir < limit:
-                if src.startswith(_ZEROS[:limit - ir], ir):
-                    ir = limit            # one memcmp; lstrip takes ~2 ns a byte
+                if src.startswith(_ZEROS[: limit - ir], ir):
+                    ir = limit  # one memcmp; lstrip takes ~2 ns a byte
                 else:
                     seg = src[ir:limit]
                     ir += len(seg) - len(seg.lstrip(b"\0"))
@@ -244,9 +253,9 @@ def _do_compress(src: bytes, words: array, base: int, ll: int,
                 step = 16
                 while common < cap:
                     n = step if common + step <= cap else cap - common
-                    p = src[a + common:a + common + n]
-                    q = src[b + common:b + common + n]
-                    if p != q:        # memcmp; from_bytes only for the block that differs
+                    p = src[a + common : a + common + n]
+                    q = src[b + common : b + common + n]
+                    if p != q:  # memcmp; from_bytes only for the block that differs
                         x = from_bytes(p, "little") ^ from_bytes(q, "little")
                         common += ((x & -x).bit_length() - 1) >> 3
                         break
@@ -324,7 +333,7 @@ def compress(src: bytes, *, rle: bool) -> bytes:
     if t > 0:
         ii = in_len - t
         if len(out) == data_start and t <= 238:
-            out.append(17 + t)                # a stream that is one literal run
+            out.append(17 + t)  # a stream that is one literal run
             out += src[ii:]
         else:
             _emit_literals(out, src, ii, in_len, state_offset)
@@ -333,8 +342,9 @@ def compress(src: bytes, *, rle: bool) -> bytes:
 
 
 #: an M2 instruction byte (64-255) -> (trailing literals, distance - 8 * next byte, length)
-_M2_DECODE = [(0, 0, 0)] * 64 + [(_t & 3, 1 + ((_t >> 2) & 7), (_t >> 5) + 1)
-                                 for _t in range(64, 256)]
+_M2_DECODE = [(0, 0, 0)] * 64 + [
+    (_t & 3, 1 + ((_t >> 2) & 7), (_t >> 5) + 1) for _t in range(64, 256)
+]
 
 
 class _Corrupt(Exception):
@@ -381,7 +391,7 @@ def decompress(data: bytes, out_len: int) -> bytes:
     if in_len < 3:
         raise ValueError("lzo: input overrun (stream shorter than 3 bytes)")
     out = bytearray()
-    op = 0                     # == len(out) while the stream can still be accepted
+    op = 0  # == len(out) while the stream can still be accepted
     ip = 0
     version = 0
     if in_len >= 5 and src[0] == 17:
@@ -391,14 +401,14 @@ def decompress(data: bytes, out_len: int) -> bytes:
     m2 = _M2_DECODE
     try:
         t = src[ip]
-        if t > 17:             # first literal run, 17 + t
+        if t > 17:  # first literal run, 17 + t
             ip += 1
             t -= 17
             if out_len < t:
                 raise _Corrupt("output overrun")
             if in_len - ip < t + 3:
                 raise _Corrupt("input overrun")
-            out += src[ip:ip + t]
+            out += src[ip : ip + t]
             op = t
             ip += t
             state = t if t < 4 else 4
@@ -442,7 +452,7 @@ def decompress(data: bytes, out_len: int) -> bytes:
                     if in_len - ip < t + 3:
                         raise _Corrupt("input overrun")
                     if t:
-                        out += src[ip:ip + t]
+                        out += src[ip : ip + t]
                         op += t
                         ip += t
                     state = t
@@ -477,7 +487,7 @@ def decompress(data: bytes, out_len: int) -> bytes:
                         raise _Corrupt("output overrun")
                 else:
                     t += 3
-                out += src[ip:ip + t]
+                out += src[ip : ip + t]
                 op += t
                 ip += t
                 state = 4
@@ -489,10 +499,10 @@ def decompress(data: bytes, out_len: int) -> bytes:
                 ip += 1
                 if m_pos < 0:
                     raise _Corrupt("lookbehind overrun")
-                out += out[m_pos:m_pos + 2]
+                out += out[m_pos : m_pos + 2]
                 op += 2
                 if nxt:
-                    out += src[ip:ip + nxt]
+                    out += src[ip : ip + nxt]
                     op += nxt
                     ip += nxt
                 state = nxt
@@ -508,7 +518,7 @@ def decompress(data: bytes, out_len: int) -> bytes:
             if m_pos < 0:
                 raise _Corrupt("lookbehind overrun")
             if dist >= t:
-                out += out[m_pos:m_pos + t]
+                out += out[m_pos : m_pos + t]
             elif dist == 1:
                 out += out[m_pos:op] * t
             else:
@@ -516,21 +526,25 @@ def decompress(data: bytes, out_len: int) -> bytes:
             op += t
             # then nxt (0-3) literals
             if nxt:
-                out += src[ip:ip + nxt]
+                out += src[ip : ip + nxt]
                 op += nxt
                 ip += nxt
             state = nxt
     except _Corrupt as exc:
-        raise ValueError(f"lzo: corrupt stream: {exc.args[0]} "
-                         f"(input byte {ip} of {in_len}, output byte {op} of {out_len})") from None
+        raise ValueError(
+            f"lzo: corrupt stream: {exc.args[0]} "
+            f"(input byte {ip} of {in_len}, output byte {op} of {out_len})"
+        ) from None
     except IndexError:
-        raise ValueError(f"lzo: corrupt stream: input overrun (input byte {ip} of {in_len})") from None
+        raise ValueError(
+            f"lzo: corrupt stream: input overrun (input byte {ip} of {in_len})"
+        ) from None
     if op != out_len:
         raise ValueError(f"lzo: stream decodes to {op} bytes, expected {out_len}")
     return bytes(out)
 
 
-def _bench(rounds: int = 5) -> None:     # pragma: no cover - `python3 -m zramfs.lzo`
+def _bench(rounds: int = 5) -> None:  # pragma: no cover - `python3 -m zramfs.lzo`
     """Print µs per 4 KiB page for the page kinds of the module docstring."""
     import glob
     import pathlib
@@ -542,7 +556,7 @@ def _bench(rounds: int = 5) -> None:     # pragma: no cover - `python3 -m zramfs
     stdlib = sorted(glob.glob(sysconfig.get_path("stdlib") + "/*.py"))
     text = b"".join(pathlib.Path(p).read_bytes() for p in stdlib[:40])
     kinds = {
-        "text (stdlib .py)": [text[o:o + 4096] for o in range(0, 40 * 4096, 4096)],
+        "text (stdlib .py)": [text[o : o + 4096] for o in range(0, 40 * 4096, 4096)],
         "random": [rng.randbytes(4096) for _ in range(40)],
         "mostly zero": [bytes(1000) + rng.randbytes(100) + bytes(2996) for _ in range(40)],
         "zero": [bytes(4096)] * 40,
@@ -566,5 +580,5 @@ def _bench(rounds: int = 5) -> None:     # pragma: no cover - `python3 -m zramfs
         print(f"{name:18s} " + "   ".join(cells))
 
 
-if __name__ == "__main__":     # pragma: no cover
+if __name__ == "__main__":  # pragma: no cover
     _bench()

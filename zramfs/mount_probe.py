@@ -57,7 +57,7 @@ def bounded(fn: Callable[[], Any], timeout: float = PROBE_TIMEOUT_S) -> tuple[bo
         code = 0
         try:
             payload = pickle.dumps(fn())
-        except BaseException as exc:   # noqa: BLE001 - everything goes back to the parent
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
             payload = pickle.dumps(RuntimeError(str(exc)))
             code = 1
         try:
@@ -108,7 +108,7 @@ def _stat_errno(path: str) -> int:
 
 
 def probe(mnt: str) -> MountState:
-    """"ok" (the daemon answers), "stale" (daemon gone: ENOTCONN) or "hung" (no answer)."""
+    """ "ok" (the daemon answers), "stale" (daemon gone: ENOTCONN) or "hung" (no answer)."""
     answered, code = bounded(functools.partial(_stat_errno, mnt))
     if not answered:
         return "hung"
@@ -131,8 +131,9 @@ def _umount2(mnt: str, flags: int = 0) -> int:
 def unmount_without_daemon(mnt: str, state: MountState) -> str | None:
     """Remove a mount whose daemon is gone or does not answer; None, or why it failed."""
     if os.geteuid() != 0:
-        res = subprocess.run(["fusermount", "-u", "-z", mnt], capture_output=True, text=True,
-                             timeout=30, check=False)
+        res = subprocess.run(
+            ["fusermount", "-u", "-z", mnt], capture_output=True, text=True, timeout=30, check=False
+        )
         return None if res.returncode == 0 else (res.stderr.strip() or "fusermount failed")
     code = _umount2(mnt)
     if code == errno.EBUSY and state == "stale":

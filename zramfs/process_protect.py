@@ -34,7 +34,7 @@ EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
-PR_SET_IO_FLUSHER, PR_GET_IO_FLUSHER = 57, 58     # Linux 5.6+
+PR_SET_IO_FLUSHER, PR_GET_IO_FLUSHER = 57, 58  # Linux 5.6+
 CAP_IPC_LOCK, CAP_SYS_RESOURCE = 14, 24
 
 
@@ -79,8 +79,9 @@ def protect_process(*, io_flusher: bool = True) -> dict[str, bool]:
     "io_flusher": io_flusher}``.  Never leaves the process half protected: when the prctl
     fails the pages are unlocked again (munlockall) before the error is raised."""
     import resource
+
     lim = resource.RLIMIT_MEMLOCK
-    try:   # as mount helpers do; raising the hard limit needs CAP_SYS_RESOURCE
+    try:  # as mount helpers do; raising the hard limit needs CAP_SYS_RESOURCE
         resource.setrlimit(lim, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     except (ValueError, OSError):
         with contextlib.suppress(ValueError, OSError):
@@ -90,19 +91,26 @@ def protect_process(*, io_flusher: bool = True) -> dict[str, bool]:
         soft = resource.getrlimit(lim)[0]
         limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
         cap = "present" if has_cap(CAP_IPC_LOCK) else "missing"
-        raise MlockError(code, f"--mlock: mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT) failed: "
-                               f"{_errno_text(code)}; RLIMIT_MEMLOCK is {limit}, CAP_IPC_LOCK is "
-                               f"{cap} (the daemon maps far more than any small limit)")
+        raise MlockError(
+            code,
+            f"--mlock: mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT) failed: "
+            f"{_errno_text(code)}; RLIMIT_MEMLOCK is {limit}, CAP_IPC_LOCK is "
+            f"{cap} (the daemon maps far more than any small limit)",
+        )
     if io_flusher and _prctl(PR_SET_IO_FLUSHER, 1) != 0:
         code = ctypes.get_errno()
         _libc.munlockall()
-        why = ("it needs CAP_SYS_RESOURCE, which this process "
-               + ("has" if has_cap(CAP_SYS_RESOURCE) else "lacks"))
+        why = "it needs CAP_SYS_RESOURCE, which this process " + (
+            "has" if has_cap(CAP_SYS_RESOURCE) else "lacks"
+        )
         if code == errno.EINVAL:
             why = "the kernel has no PR_SET_IO_FLUSHER (Linux 5.6+)"
-        raise MlockError(code, f"--mlock: prctl(PR_SET_IO_FLUSHER, 1) failed: "
-                               f"{_errno_text(code)}; {why}; --no-io-flusher mounts pinned "
-                               f"without it (allocations may then recurse into I/O)")
+        raise MlockError(
+            code,
+            f"--mlock: prctl(PR_SET_IO_FLUSHER, 1) failed: "
+            f"{_errno_text(code)}; {why}; --no-io-flusher mounts pinned "
+            f"without it (allocations may then recurse into I/O)",
+        )
     return {"mlock": True, "io_flusher": io_flusher}
 
 
@@ -133,9 +141,14 @@ def watch_exit_signals(ops: Any, mnt: str) -> None:
             loops = attached_loops(mnt)
             if loops:
                 listing = ", ".join(f"{dev} ({path})" for dev, path in loops)
-                log.warning("%s: not exiting on %s: loop device(s) still attached: %s; detach "
-                            "them (swapoff/umount, losetup -d) and signal again (SIGKILL forces "
-                            "it, and the loop's user then gets I/O errors)", mnt, sig.name, listing)
+                log.warning(
+                    "%s: not exiting on %s: loop device(s) still attached: %s; detach "
+                    "them (swapoff/umount, losetup -d) and signal again (SIGKILL forces "
+                    "it, and the loop's user then gets I/O errors)",
+                    mnt,
+                    sig.name,
+                    listing,
+                )
                 continue
             ops.request_exit(mnt)
 

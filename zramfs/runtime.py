@@ -15,6 +15,7 @@ the state is read after importing the extension modules the device stack loads: 
 counts is whether the GIL is off while devices serve I/O.  ``PYTHON_GIL=1`` (or ``-X gil=1``)
 runs a free-threaded build with the GIL on.
 """
+
 from __future__ import annotations
 
 import sys
@@ -36,11 +37,14 @@ def unsupported_runtime() -> str | None:
     # The extension modules of the device stack first: importing one may re-enable the GIL.
     import allocator  # noqa: F401
     import zramfs.codecs  # noqa: F401
+
     if gil_disabled():
-        return ("this Python runs without the GIL (free-threaded build, sys._is_gil_enabled() "
-                "is False); zramfs relies on the GIL (arrays grown in place while other threads "
-                "read them, lock-free handle cache; see allocator/locks.py): use a default "
-                "build, or run with PYTHON_GIL=1")
+        return (
+            "this Python runs without the GIL (free-threaded build, sys._is_gil_enabled() "
+            "is False); zramfs relies on the GIL (arrays grown in place while other threads "
+            "read them, lock-free handle cache; see allocator/locks.py): use a default "
+            "build, or run with PYTHON_GIL=1"
+        )
     return None
 
 

@@ -27,6 +27,7 @@ checked lock's on every request (the kernel likewise annotates its slot lock for
 in CONFIG_DEBUG_LOCK_ALLOC builds).  So a test that wants the slot locks checked turns lockdep
 on before it sets ``disksize``.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -46,12 +47,12 @@ PAGE_SIZE = 1 << PAGE_SHIFT
 # the flags follow in the kernel's order.
 ZRAM_FLAG_SHIFT = PAGE_SHIFT + 1
 SIZE_MASK = (1 << ZRAM_FLAG_SHIFT) - 1
-ZRAM_SAME = 1 << (ZRAM_FLAG_SHIFT + 0)          # page filled with one repeated word
-ZRAM_ENTRY_LOCK = 1 << (ZRAM_FLAG_SHIFT + 1)    # kernel's lock bit; unused here (stripes)
-ZRAM_WB = 1 << (ZRAM_FLAG_SHIFT + 2)            # stored on the backing device
-ZRAM_PP_SLOT = 1 << (ZRAM_FLAG_SHIFT + 3)       # selected for post-processing
-ZRAM_HUGE = 1 << (ZRAM_FLAG_SHIFT + 4)          # stored uncompressed
-ZRAM_IDLE = 1 << (ZRAM_FLAG_SHIFT + 5)          # not accessed since the last idle marking
+ZRAM_SAME = 1 << (ZRAM_FLAG_SHIFT + 0)  # page filled with one repeated word
+ZRAM_ENTRY_LOCK = 1 << (ZRAM_FLAG_SHIFT + 1)  # kernel's lock bit; unused here (stripes)
+ZRAM_WB = 1 << (ZRAM_FLAG_SHIFT + 2)  # stored on the backing device
+ZRAM_PP_SLOT = 1 << (ZRAM_FLAG_SHIFT + 3)  # selected for post-processing
+ZRAM_HUGE = 1 << (ZRAM_FLAG_SHIFT + 4)  # stored uncompressed
+ZRAM_IDLE = 1 << (ZRAM_FLAG_SHIFT + 5)  # not accessed since the last idle marking
 ZRAM_INCOMPRESSIBLE = 1 << (ZRAM_FLAG_SHIFT + 6)  # no algorithm could recompress it
 ZRAM_COMP_PRIORITY_SHIFT = ZRAM_FLAG_SHIFT + 7  # two bits: priority of the compressor used
 ZRAM_COMP_PRIORITY_MASK = 0x3 << ZRAM_COMP_PRIORITY_SHIFT
@@ -86,12 +87,12 @@ WRITE_SECTORS = 16
 WRITE_NS = 17
 # no discard counters: zram completes a discard before the block layer would account it
 FLUSH_IOS = 18
-GENERATION = 19   # bumped on every slot update in the stripe (read-modify-write check)
-MAX_USED = 20     # highest pool page count this stripe saw (max over stripes = mem_used_max)
+GENERATION = 19  # bumped on every slot update in the stripe (read-modify-write check)
+MAX_USED = 20  # highest pool page count this stripe saw (max over stripes = mem_used_max)
 NR_COUNTERS = 21
 
 
-MADV_DONTNEED_LOCKED = 24      # uapi/asm-generic/mman-common.h (Linux 5.18+)
+MADV_DONTNEED_LOCKED = 24  # uapi/asm-generic/mman-common.h (Linux 5.18+)
 
 #: the slot locks' lock class (see the module docstring)
 STRIPE_LOCK = LockClass("zram_slot_lock", 6)
@@ -114,15 +115,18 @@ class SlotTable:
         self.nr_pages = nr_pages
         nbytes = max(nr_pages, 1) * SLOT_BYTES
         try:
-            self._mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-                                 | getattr(mmap, "MAP_NORESERVE", 0))
+            self._mm = mmap.mmap(
+                -1,
+                nbytes,
+                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0),
+            )
         except (OSError, OverflowError, ValueError, MemoryError):
             raise NoMemory(f"cannot reserve a slot table for {nr_pages} pages") from None
         n = max(nr_pages, 1)
         mv = memoryview(self._mm)
         self.handle = mv[: 8 * n].cast("Q")
-        self.flags = mv[8 * n: 12 * n].cast("I")
-        self.ac_time = mv[12 * n: 16 * n].cast("I")
+        self.flags = mv[8 * n : 12 * n].cast("I")
+        self.ac_time = mv[12 * n : 16 * n].cast("I")
         self.np_handle = np.frombuffer(self._mm, dtype=np.uint64, count=n, offset=0)
         self.np_flags = np.frombuffer(self._mm, dtype=np.uint32, count=n, offset=8 * n)
         self.np_ac_time = np.frombuffer(self._mm, dtype=np.uint32, count=n, offset=12 * n)
@@ -131,7 +135,7 @@ class SlotTable:
         """slot_allocated(): a size, or SAME, or WB (docs/zram.md, "The slot table and its
         flags")."""
         f = self.np_flags
-        return ((f & (SIZE_MASK | ZRAM_SAME | ZRAM_WB)) != 0)
+        return (f & (SIZE_MASK | ZRAM_SAME | ZRAM_WB)) != 0
 
     def release(self) -> None:
         """Drop the table's memory now instead of waiting for the garbage collector."""

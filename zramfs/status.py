@@ -13,8 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-STATUS_COLUMNS = ("NAME", "DISKSIZE", "DATA", "COMPR", "ALGORITHM", "STREAMS", "ZERO-PAGES",
-                  "TOTAL", "MEM-LIMIT", "MEM-USED", "MIGRATED")
+STATUS_COLUMNS = (
+    "NAME",
+    "DISKSIZE",
+    "DATA",
+    "COMPR",
+    "ALGORITHM",
+    "STREAMS",
+    "ZERO-PAGES",
+    "TOTAL",
+    "MEM-LIMIT",
+    "MEM-USED",
+    "MIGRATED",
+)
 
 
 def human(n: int) -> str:
@@ -41,8 +52,10 @@ def device_rows(mnt: str, *, include_all: bool = False) -> list[dict[str, Any]]:
     base = Path(mnt)
     rows: list[dict[str, Any]] = []
     try:
-        names = sorted((p.name for p in (base / "sys/block").iterdir()),
-                       key=lambda n: int(n.removeprefix("zram")))
+        names = sorted(
+            (p.name for p in (base / "sys/block").iterdir()),
+            key=lambda n: int(n.removeprefix("zram")),
+        )
     except OSError:
         return rows
     for name in names:
@@ -54,16 +67,25 @@ def device_rows(mnt: str, *, include_all: bool = False) -> list[dict[str, Any]]:
         mm_vals = [int(x) for x in mm] + [0] * (9 - len(mm))
         algo_text = _read(sysdir / "comp_algorithm") or ""
         if "[" in algo_text:
-            algo = algo_text[algo_text.rindex("[") + 1:algo_text.rindex("]")]
+            algo = algo_text[algo_text.rindex("[") + 1 : algo_text.rindex("]")]
         else:
             algo = algo_text.strip()
         streams = (_read(sysdir / "max_comp_streams") or "").strip()
-        rows.append({
-            "name": str(base / "dev" / name), "disksize": disksize, "data": mm_vals[0],
-            "compr": mm_vals[1], "algorithm": algo, "streams": streams,
-            "zero-pages": mm_vals[5], "total": mm_vals[2], "mem-limit": mm_vals[3],
-            "mem-used": mm_vals[4], "migrated": mm_vals[6],
-        })
+        rows.append(
+            {
+                "name": str(base / "dev" / name),
+                "disksize": disksize,
+                "data": mm_vals[0],
+                "compr": mm_vals[1],
+                "algorithm": algo,
+                "streams": streams,
+                "zero-pages": mm_vals[5],
+                "total": mm_vals[2],
+                "mem-limit": mm_vals[3],
+                "mem-used": mm_vals[4],
+                "migrated": mm_vals[6],
+            }
+        )
     return rows
 
 
@@ -82,8 +104,10 @@ def format_table(rows: list[dict[str, Any]], *, raw_bytes: bool = False) -> str:
     lines = []
     for r in table:
         # NAME and ALGORITHM left-aligned, numbers right-aligned, like zramctl.
-        cells = [v.ljust(w) if i in (0, 4) else v.rjust(w)
-                 for i, (v, w) in enumerate(zip(r, widths, strict=True))]
+        cells = [
+            v.ljust(w) if i in (0, 4) else v.rjust(w)
+            for i, (v, w) in enumerate(zip(r, widths, strict=True))
+        ]
         lines.append(" ".join(cells).rstrip())
     return "\n".join(lines) + "\n"
 
@@ -98,21 +122,28 @@ def mount_status(mnt: str, *, include_all: bool = False) -> dict[str, Any]:
     lz4 = _read(params / "lz4_path")
     loops = _read(params / "unclamped_loops")
     build = _read(params / "build_mode")
-    return {"devices": device_rows(mnt, include_all=include_all),
-            "lz4_path": None if lz4 is None else lz4.strip(),
-            "unclamped_loops": None if loops is None else loops.split(),
-            "build_mode": None if build is None else build.strip()}
+    return {
+        "devices": device_rows(mnt, include_all=include_all),
+        "lz4_path": None if lz4 is None else lz4.strip(),
+        "unclamped_loops": None if loops is None else loops.split(),
+        "build_mode": None if build is None else build.strip(),
+    }
 
 
 def status_warnings(status: dict[str, Any]) -> list[str]:
     """What the text output of ``zramfs status`` says below the table about one mount."""
     from zramfs.codecs import LZ4_PATH_EXACT
+
     found = []
     if status["lz4_path"] not in (None, LZ4_PATH_EXACT):
-        found.append(f"lz4_path is {status['lz4_path']}: lz4 compressed sizes and mm_stat "
-                     "are not the kernel's")
+        found.append(
+            f"lz4_path is {status['lz4_path']}: lz4 compressed sizes and mm_stat "
+            "are not the kernel's"
+        )
     if status["unclamped_loops"]:
-        found.append(f"unclamped_loops: {' '.join(status['unclamped_loops'])}: a write refused "
-                     "part-way (mem_limit) through these loop devices can be lost silently "
-                     "(see the mount's log)")
+        found.append(
+            f"unclamped_loops: {' '.join(status['unclamped_loops'])}: a write refused "
+            "part-way (mem_limit) through these loop devices can be lost silently "
+            "(see the mount's log)"
+        )
     return found

@@ -30,6 +30,7 @@ with no control file at all.  It is the whole tree of ``zramfs mount --backend n
 `zramfs.image.MemoryImage` at ``/dev/zram0``: there is no zram device whose attributes,
 pool or parameters could be shown), and the base of `Tree`, the full zram tree above.
 """
+
 from __future__ import annotations
 
 import enum
@@ -55,8 +56,8 @@ SECTOR_SHIFT = 9
 class Kind(enum.Enum):
     DIR = "dir"
     IMAGE = "image"
-    ATTR = "attr"                  # a zram device attribute (zramfs.attrs)
-    BLOCK_SIZE = "block_size"      # generic block-layer `size` (sectors), when attrs lacks it
+    ATTR = "attr"  # a zram device attribute (zramfs.attrs)
+    BLOCK_SIZE = "block_size"  # generic block-layer `size` (sectors), when attrs lacks it
     HOT_ADD = "hot_add"
     HOT_REMOVE = "hot_remove"
     CLASSES = "classes"
@@ -70,10 +71,10 @@ class Kind(enum.Enum):
 @dataclass(frozen=True)
 class Node:
     kind: Kind
-    mode: int                      # permission bits only (0o755, 0o444, ...)
+    mode: int  # permission bits only (0o755, 0o444, ...)
     path: str
     dev_id: int | None = None
-    name: str = ""                 # attribute / parameter name
+    name: str = ""  # attribute / parameter name
 
     @property
     def is_dir(self) -> bool:
@@ -286,12 +287,12 @@ class Tree(ImageTree):
             return self._image_node(path, name)
         if parent == "/sys/block":
             return Node(Kind.DIR, 0o755, path, self._dev_from_name(name, path))
-        if parent == "/sys/kernel/debug/zram":        # zram_debugfs_register: every device
+        if parent == "/sys/kernel/debug/zram":  # zram_debugfs_register: every device
             return Node(Kind.DIR, 0o755, path, self._dev_from_name(name, path))
         if parent == "/sys/kernel/debug/zsmalloc":
             dev_id = self._dev_from_name(name, path)
-            if not self._initialised(dev_id):      # the pool (and its debugfs dir) exists only
-                raise _enoent(path)                # while the device is initialised
+            if not self._initialised(dev_id):  # the pool (and its debugfs dir) exists only
+                raise _enoent(path)  # while the device is initialised
             return Node(Kind.DIR, 0o755, path, dev_id)
         if parent == "/sys/module/zramfs/parameters":
             param = self.parameters.get(name)
@@ -362,6 +363,7 @@ class Tree(ImageTree):
             return self.registry.memory.vmstat_text().encode()
         if k is Kind.LOCK_STAT:
             from allocator.locks import lock_stat_text
+
             return lock_stat_text().encode()
         return super().read_file(node)
 
@@ -391,9 +393,10 @@ class Tree(ImageTree):
             # lock_stat_write(): only a leading '0' clears; any other byte is accepted and ignored.
             if data[:1] == b"0":
                 from allocator.locks import lock_stat_reset
+
                 lock_stat_reset()
         elif k in _PLAIN_PROCFS:
-            raise OSError(errno.EIO, os.strerror(errno.EIO), node.path)   # no ->proc_write
+            raise OSError(errno.EIO, os.strerror(errno.EIO), node.path)  # no ->proc_write
         else:
             return super().write_file(node, data, offset)
         return len(data)
@@ -424,4 +427,3 @@ class Tree(ImageTree):
             return int(pool.total_pages) * PAGE_SIZE
         except Exception:  # noqa: BLE001 - pool being torn down by a concurrent reset
             return 0
-

@@ -4,6 +4,7 @@ and its scripts (``zramfs mount --size``, ``scripts/bench.py --size``, ``scripts
 Owns only the text → bytes rule: memparse-like binary multiples.  Page alignment is left to
 the consumer, as the kernel's disksize_store rounds after memparse.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ def parse_size(text: str) -> int:
     mult = 1
     for i, suffix in enumerate("KMGTPE", start=1):
         if t.endswith(suffix):
-            mult, t = 1024 ** i, t[:-1]
+            mult, t = 1024**i, t[:-1]
             break
     try:
         value = float(t) if "." in t else int(t, 0)

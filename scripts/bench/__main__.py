@@ -1,4 +1,5 @@
 """``python3 -m bench`` (from scripts/): the harness's command line, `bench.cli.main`."""
+
 import sys
 
 from .cli import main

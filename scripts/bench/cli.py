@@ -1,6 +1,7 @@
 """The command line of the harness: the benchmark's options and defaults (``--quick``), and
 dispatch to the benchmark run, ``--profile``, ``--micro`` or a subcommand (``server-cpu``,
 ``device-ab``, ``device-128k``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,11 @@ def _csv(choices: Sequence[str]) -> Callable[[str], list[str]]:
         items = [t.strip() for t in text.split(",") if t.strip()]
         bad = [t for t in items if t not in choices]
         if bad or not items:
-            raise argparse.ArgumentTypeError(f"unknown {bad or text!r}; choose from "
-                                             f"{', '.join(choices)}")
+            raise argparse.ArgumentTypeError(
+                f"unknown {bad or text!r}; choose from {', '.join(choices)}"
+            )
         return items
+
     return parse
 
 
@@ -54,44 +57,82 @@ def _positive(text: str) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench.py", description=(PACKAGE_DOC or "").split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="systems: " + ", ".join(ALL_SYSTEMS) + "\njobs: "
-                                + ", ".join(JOB_BY_NAME))
-    p.add_argument("--size", type=image_size_arg, default=None,
-                   help="image size of every system, also the bytes fio touches (default 256M)")
+    p = argparse.ArgumentParser(
+        prog="bench.py",
+        description=(PACKAGE_DOC or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="systems: " + ", ".join(ALL_SYSTEMS) + "\njobs: " + ", ".join(JOB_BY_NAME),
+    )
+    p.add_argument(
+        "--size",
+        type=image_size_arg,
+        default=None,
+        help="image size of every system, also the bytes fio touches (default 256M)",
+    )
     p.add_argument("--runtime", type=int, default=None, help="seconds per job (default 4)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
-    p.add_argument("--systems", type=_csv(ALL_SYSTEMS), default=list(DEFAULT_SYSTEMS),
-                   help="default: " + ",".join(DEFAULT_SYSTEMS))
-    p.add_argument("--jobs", type=_csv(tuple(JOB_BY_NAME)), default=None,
-                   help="default: all (with --profile: " + ",".join(PROFILE_JOBS) + ")")
+    p.add_argument(
+        "--systems",
+        type=_csv(ALL_SYSTEMS),
+        default=list(DEFAULT_SYSTEMS),
+        help="default: " + ",".join(DEFAULT_SYSTEMS),
+    )
+    p.add_argument(
+        "--jobs",
+        type=_csv(tuple(JOB_BY_NAME)),
+        default=None,
+        help="default: all (with --profile: " + ",".join(PROFILE_JOBS) + ")",
+    )
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out/)")
-    p.add_argument("--settle", type=float, default=None, metavar="S",
-                   help="idle seconds before every measured run (default 2; 0 with --quick): "
-                        "a system run right after kernel zram's lost ~20%% without it")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 16 MiB images, 1 s per job, 1 round, no settle (unless given)")
-    p.add_argument("--profile", action="store_true",
-                   help="instead of the benchmark: py-spy profile of one zramfs system under "
-                        "the selected synthetic jobs")
-    p.add_argument("--micro", action="store_true",
-                   help="instead of the benchmark: in-process cost of each layer per 4 KiB call "
-                        "(codec, allocator, device, fs callbacks; no FUSE)")
-    p.add_argument("--profile-system", default="zramfs-lz4",
-                   choices=("zramfs-lz4", "zramfs-zstd", "zramfs-lz4-nocompact"))
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        metavar="S",
+        help="idle seconds before every measured run (default 2; 0 with --quick): "
+        "a system run right after kernel zram's lost ~20%% without it",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 16 MiB images, 1 s per job, 1 round, no settle (unless given)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the benchmark: py-spy profile of one zramfs system under "
+        "the selected synthetic jobs",
+    )
+    p.add_argument(
+        "--micro",
+        action="store_true",
+        help="instead of the benchmark: in-process cost of each layer per 4 KiB call "
+        "(codec, allocator, device, fs callbacks; no FUSE)",
+    )
+    p.add_argument(
+        "--profile-system",
+        default="zramfs-lz4",
+        choices=("zramfs-lz4", "zramfs-zstd", "zramfs-lz4-nocompact"),
+    )
     p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s")
     p.add_argument("--profile-native", action="store_true", help="py-spy --native")
 
     sub = p.add_subparsers(dest="command", metavar="{server-cpu,device-ab,device-128k}")
-    s = sub.add_parser("server-cpu", help="CPU per I/O of a running server, per thread, while "
-                                          "fio runs jobs on its image (instead of the benchmark)",
-                       description="CPU µs, minor faults and context switches per I/O of each "
-                                   "thread of PID while fio runs each job on IMAGE")
+    s = sub.add_parser(
+        "server-cpu",
+        help="CPU per I/O of a running server, per thread, while "
+        "fio runs jobs on its image (instead of the benchmark)",
+        description="CPU µs, minor faults and context switches per I/O of each "
+        "thread of PID while fio runs each job on IMAGE",
+    )
     s.add_argument("pid", type=int, metavar="PID", help="the serving process")
     s.add_argument("image", metavar="IMAGE", help="the image it serves (MNT/dev/zram0)")
-    s.add_argument("--jobs", type=_csv(tuple(JOB_BY_NAME)), default=["randwrite-4k"],
-                   help="default: randwrite-4k")
+    s.add_argument(
+        "--jobs",
+        type=_csv(tuple(JOB_BY_NAME)),
+        default=["randwrite-4k"],
+        help="default: randwrite-4k",
+    )
     s.add_argument("--runtime", type=int, default=3, help="seconds per job (default 3)")
     device.add_parsers(sub, _positive, _csv(CODECS))
     return p

@@ -1,6 +1,7 @@
 """What every part of the harness shares: the repository root, errors, the progress log, small
 file helpers, and turning SIGINT/SIGTERM/SIGHUP into an exception so every ``finally`` block
 tears down what it set up."""
+
 from __future__ import annotations
 
 import os
@@ -52,6 +53,7 @@ def write_text(path: Path, text: str) -> None:
 
 def install_signal_handlers() -> dict[signal.Signals, Any]:
     """Make the interrupt signals raise `Interrupted`; returns the handlers to put back."""
+
     def handler(signum: int, frame: Any) -> None:
         raise Interrupted(signal.Signals(signum).name)
 

@@ -1,6 +1,7 @@
 """``--micro``: what each layer below the FUSE binding costs per 4 KiB call, in this process
 (no FUSE, no kernel): codec, allocator, device, the fs callbacks over a zram device and over
 the null backend's image, and device.write from 1 and 4 threads."""
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,9 @@ def micro(args: argparse.Namespace) -> int:
         comp = [codec.compress(p) for p in pages]
         r["codec.compress"] = best(lambda i: codec.compress(pages[i]))
         r["codec.decompress"] = best(lambda i: codec.decompress(comp[i], 4096))
-        ns = zramfs_parser().parse_args(["mount", "/nonexistent", "--size", str(size),
-                                         "--algorithm", alg, "--no-compact"])
+        ns = zramfs_parser().parse_args(
+            ["mount", "/nonexistent", "--size", str(size), "--algorithm", alg, "--no-compact"]
+        )
         tree, _daemon, ops_cls, registry = build_mount(ns)
         dev = registry.devices[0]
         pool = dev.pool
@@ -61,14 +63,14 @@ def micro(args: argparse.Namespace) -> int:
             pool.write_object(h, comp[i])
             pool.free(h)
 
-        handles = [pool.malloc(len(c)) for c in comp]   # a populated pool: no zspage churn
+        handles = [pool.malloc(len(c)) for c in comp]  # a populated pool: no zspage churn
         for h, c in zip(handles, comp):
             pool.write_object(h, c)
         r["pool.malloc+write_object+free"] = best(malloc_write_free)
         r["pool.read_object"] = best(lambda i: pool.read_object(handles[i], len(comp[i])))
         for h in handles:
             pool.free(h)
-        for off in range(0, size, 128 * 1024):          # prefill: every block holds an object
+        for off in range(0, size, 128 * 1024):  # prefill: every block holds an object
             dev.write(off, b"".join(pages[(off // 4096 + k) % npages] for k in range(32)))
         r["device.write 4K"] = best(lambda i: dev.write(offsets[i], pages[i]))
         r["device.read 4K"] = best(lambda i: dev.read(offsets[i], 4096))
@@ -76,16 +78,20 @@ def micro(args: argparse.Namespace) -> int:
         fi = SimpleNamespace(flags=os.O_RDWR, fh=0, direct_io=0, keep_cache=0)
         ops.open("/dev/zram0", fi)
         r["ZramFS.write 4K (fs+device)"] = best(
-            lambda i: ops.write("/dev/zram0", pages[i], offsets[i], fi))
+            lambda i: ops.write("/dev/zram0", pages[i], offsets[i], fi)
+        )
         r["ZramFS.read 4K (fs+device)"] = best(
-            lambda i: ops.read("/dev/zram0", 4096, offsets[i], fi))
+            lambda i: ops.read("/dev/zram0", 4096, offsets[i], fi)
+        )
         r["ZramFS.getattr image"] = best(lambda i: ops.getattr("/dev/zram0", None), n=500)
 
         def threaded(nthreads: int) -> float:
             per = npages // nthreads
+
             def work(k: int) -> None:
                 for i in range(k * per, (k + 1) * per):
                     dev.write(offsets[i], pages[i])
+
             ths = [threading.Thread(target=work, args=(k,)) for k in range(nthreads)]
             t0 = time.perf_counter_ns()
             for th in ths:
@@ -100,8 +106,9 @@ def micro(args: argparse.Namespace) -> int:
         dev.reset()
         results[alg] = r
     # The null backend (the benchmark's nullfs system): the same ZramFS over a MemoryImage.
-    ns = zramfs_parser().parse_args(["mount", "/nonexistent", "--backend", "null",
-                                     "--size", str(size)])
+    ns = zramfs_parser().parse_args(
+        ["mount", "/nonexistent", "--backend", "null", "--size", str(size)]
+    )
     tree, _daemon, ops_cls, _registry = build_mount(ns)
     image = tree.device(0)
     ops = ops_cls(tree)
@@ -111,13 +118,19 @@ def micro(args: argparse.Namespace) -> int:
         "MemoryImage.write 4K": best(lambda i: image.write(offsets[i], pages[i])),
         "MemoryImage.read 4K": best(lambda i: image.read(offsets[i], 4096)),
         "ZramFS.write 4K (fs+null image)": best(
-            lambda i: ops.write("/dev/zram0", pages[i], offsets[i], fi)),
+            lambda i: ops.write("/dev/zram0", pages[i], offsets[i], fi)
+        ),
         "ZramFS.read 4K (fs+null image)": best(
-            lambda i: ops.read("/dev/zram0", 4096, offsets[i], fi)),
+            lambda i: ops.read("/dev/zram0", 4096, offsets[i], fi)
+        ),
     }
     ops.release("/dev/zram0", fi)
-    lines = ["## In-process cost per call (µs, best of 5 × 2048 calls; no FUSE)", "",
-             "| call | lz4 | zstd |", "|---|---|---|"]
+    lines = [
+        "## In-process cost per call (µs, best of 5 × 2048 calls; no FUSE)",
+        "",
+        "| call | lz4 | zstd |",
+        "|---|---|---|",
+    ]
     for key in results["lz4"]:
         lines.append(f"| {key} | {results['lz4'][key]:.1f} | {results['zstd'][key]:.1f} |")
     for key, v in results["null backend"].items():

@@ -1,6 +1,7 @@
 """``--profile``: py-spy samples of one zramfs server while fio runs each selected job alone
 on it, folded into the layers a request goes through (codec, allocator, device, fs, binding…)
 and the top functions by self and inclusive time."""
+
 from __future__ import annotations
 
 import argparse
@@ -68,16 +69,37 @@ def profile(args: argparse.Namespace) -> int:
         run_fio(PREFILL, out / "jobs" / "prefill.fio", system.image, args.size, 0, timeout=600)
         for job in jobs:
             raw = out / f"profile-{job.name}.txt"
-            spy_cmd = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate",
-                       str(args.profile_rate), "--output", str(raw), "--nonblocking"]
+            spy_cmd = [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--rate",
+                str(args.profile_rate),
+                "--output",
+                str(raw),
+                "--nonblocking",
+            ]
             if args.profile_native:
                 spy_cmd.append("--native")
-            rec = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, start_new_session=True)
+            rec = subprocess.Popen(
+                spy_cmd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             try:
                 time.sleep(0.5)
-                res = run_fio(job, out / "jobs" / f"{job.name}.fio", system.image, args.size,
-                              args.runtime, timeout=args.runtime * 4 + 120)
+                res = run_fio(
+                    job,
+                    out / "jobs" / f"{job.name}.fio",
+                    system.image,
+                    args.size,
+                    args.runtime,
+                    timeout=args.runtime * 4 + 120,
+                )
             finally:
                 rec.send_signal(signal.SIGINT)
                 try:
@@ -88,8 +110,10 @@ def profile(args: argparse.Namespace) -> int:
             summ = summarise_profile(raw)
             summ["fio"] = res
             summaries[job.name] = summ
-            log(f"bench: profiled {job.name}: {res['iops']:.0f} IOPS under py-spy, "
-                f"{summ['samples']} samples")
+            log(
+                f"bench: profiled {job.name}: {res['iops']:.0f} IOPS under py-spy, "
+                f"{summ['samples']} samples"
+            )
     except Interrupted as exc:
         log(f"bench: interrupted ({exc}); tearing down")
         return 130
@@ -139,21 +163,34 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
     def pct(c: collections.Counter[str]) -> list[tuple[str, float]]:
         return [(k, 100.0 * v / total) for k, v in c.most_common(top)] if total else []
 
-    return {"samples": total, "self": pct(self_t), "inclusive": pct(incl),
-            "categories": pct(cats), "threads": pct(threads)}
+    return {
+        "samples": total,
+        "self": pct(self_t),
+        "inclusive": pct(incl),
+        "categories": pct(cats),
+        "threads": pct(threads),
+    }
 
 
 def profile_markdown(summaries: dict[str, Any], args: argparse.Namespace) -> str:
-    lines = ["## Profile", "",
-             f"py-spy record ({'with' if args.profile_native else 'without'} --native, "
-             f"{args.profile_rate} Hz, idle threads excluded) of a {args.profile_system} server, "
-             f"{args.size // MiB} MiB image, each job alone for {args.runtime} s.", ""]
+    lines = [
+        "## Profile",
+        "",
+        f"py-spy record ({'with' if args.profile_native else 'without'} --native, "
+        f"{args.profile_rate} Hz, idle threads excluded) of a {args.profile_system} server, "
+        f"{args.size // MiB} MiB image, each job alone for {args.runtime} s.",
+        "",
+    ]
     for job, s in summaries.items():
-        lines += [f"### {job} ({s['fio']['iops']:.0f} IOPS under the profiler, "
-                  f"{s['samples']} samples)", "",
-                  "Layers (innermost frame of a known layer): " + ", ".join(
-                      f"{k} {v:.1f} %" for k, v in s["categories"]), "",
-                  "| self % | function | | inclusive % | function |", "|---|---|---|---|---|"]
+        lines += [
+            f"### {job} ({s['fio']['iops']:.0f} IOPS under the profiler, {s['samples']} samples)",
+            "",
+            "Layers (innermost frame of a known layer): "
+            + ", ".join(f"{k} {v:.1f} %" for k, v in s["categories"]),
+            "",
+            "| self % | function | | inclusive % | function |",
+            "|---|---|---|---|---|",
+        ]
         for (sf, sp), (inf, ip) in zip(s["self"], s["inclusive"]):
             lines.append(f"| {sp:.1f} | `{sf}` | | {ip:.1f} | `{inf}` |")
         lines.append("")

@@ -1,5 +1,6 @@
 """What the harness reads off the machine: a process's CPU time and RSS, per-thread CPU, faults
 and context switches (/proc), and a zram mount's (or the kernel's) mm_stat and lock_stat."""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ MIGRATE_LOCK = "&pool->migrate_lock"
 def _stat_fields(text: str) -> list[str]:
     """The fields of a /proc/…/stat line after the command name (which may hold spaces and
     parentheses): index 0 is field 3 (state) of proc(5)."""
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def rss_kib(pid: int | None) -> int | None:
@@ -40,7 +41,7 @@ def cpu_seconds(pids: Sequence[int]) -> float:
                 fields = _stat_fields(f.read())
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])     # utime, stime (fields 14, 15)
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
     return total / CLK_TCK
 
 
@@ -66,20 +67,31 @@ def thread_samples(pid: int) -> dict[int, ThreadSample]:
                 stat = f.read()
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 status = dict(line.split(":", 1) for line in f if ":" in line)
-        except FileNotFoundError:       # the thread ended between listdir and open
+        except FileNotFoundError:  # the thread ended between listdir and open
             continue
         fields = _stat_fields(stat)
         out[int(tid)] = ThreadSample(
-            comm=stat[stat.index("(") + 1:stat.rindex(")")],
-            utime=int(fields[11]), stime=int(fields[12]), minflt=int(fields[7]),
+            comm=stat[stat.index("(") + 1 : stat.rindex(")")],
+            utime=int(fields[11]),
+            stime=int(fields[12]),
+            minflt=int(fields[7]),
             voluntary_switches=int(status["voluntary_ctxt_switches"]),
-            involuntary_switches=int(status["nonvoluntary_ctxt_switches"]))
+            involuntary_switches=int(status["nonvoluntary_ctxt_switches"]),
+        )
     return out
 
 
-MM_STAT_FIELDS = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit",
-                  "mem_used_max", "same_pages", "pages_compacted", "huge_pages",
-                  "huge_pages_since")
+MM_STAT_FIELDS = (
+    "orig_data_size",
+    "compr_data_size",
+    "mem_used_total",
+    "mem_limit",
+    "mem_used_max",
+    "same_pages",
+    "pages_compacted",
+    "huge_pages",
+    "huge_pages_since",
+)
 
 
 def parse_mm_stat(text: str | None) -> dict[str, int] | None:
@@ -97,12 +109,16 @@ def parse_lock_stat(text: str | None) -> dict[str, LockRow]:
     file (the kernel's version 0.4 layout, as zramfs writes it)."""
     rows: dict[str, LockRow] = {}
     for line in (text or "").splitlines():
-        m = re.match(r"\s*(\S.*?):\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s*$",
-                     line)
+        m = re.match(
+            r"\s*(\S.*?):\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s*$", line
+        )
         if m:
-            rows[m.group(1)] = {"contentions": int(m.group(2)), "wait_max_us": float(m.group(4)),
-                                "wait_total_us": float(m.group(5)),
-                                "acquisitions": int(m.group(7))}
+            rows[m.group(1)] = {
+                "contentions": int(m.group(2)),
+                "wait_max_us": float(m.group(4)),
+                "wait_total_us": float(m.group(5)),
+                "acquisitions": int(m.group(7)),
+            }
     return rows
 
 
@@ -112,4 +128,3 @@ def lock_delta(before: dict[str, LockRow], after: dict[str, LockRow]) -> dict[st
         base = before.get(name, {})
         out[name] = {k: (v - base.get(k, 0) if k != "wait_max_us" else v) for k, v in row.items()}
     return out
-

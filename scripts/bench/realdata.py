@@ -1,5 +1,6 @@
 """The real-data image: real files of this machine concatenated into an image-sized file
 (cached between runs), and writing it onto a device with timed 128 KiB O_DIRECT writes."""
+
 from __future__ import annotations
 
 import collections
@@ -12,10 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-REALDATA_ROOTS = (os.path.join(sys.base_prefix, "lib", "python%d.%d" % sys.version_info[:2]),
-                  "/usr/lib/python3", "/usr/bin", "/usr/lib/x86_64-linux-gnu",
-                  "/usr/lib/aarch64-linux-gnu", "/usr/include", "/usr/share/doc",
-                  "/usr/share/man", "/usr/share/locale", "/etc")
+REALDATA_ROOTS = (
+    os.path.join(sys.base_prefix, "lib", "python%d.%d" % sys.version_info[:2]),
+    "/usr/lib/python3",
+    "/usr/bin",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/include",
+    "/usr/share/doc",
+    "/usr/share/man",
+    "/usr/share/locale",
+    "/etc",
+)
 
 
 def _walk(root: str) -> Iterator[Path]:
@@ -76,8 +85,13 @@ def build_realdata(path: Path, size: int) -> dict[str, Any]:
         while page := f.read(4096):
             if page.count(0) == len(page):
                 zero_pages += 1
-    meta: dict[str, Any] = {"roots": roots, "bytes": size, "files": files, "bytes_per_root": dict(per_root),
-            "zero_pages": zero_pages}
+    meta: dict[str, Any] = {
+        "roots": roots,
+        "bytes": size,
+        "files": files,
+        "bytes_per_root": dict(per_root),
+        "zero_pages": zero_pages,
+    }
     meta_path.write_text(json.dumps(meta, indent=1))
     return meta
 
@@ -85,7 +99,7 @@ def build_realdata(path: Path, size: int) -> dict[str, Any]:
 def write_image(src: Path, dst: Path, size: int) -> dict[str, float]:
     """Copy ``src`` onto the device with 128 KiB O_DIRECT writes; per-write latencies timed."""
     bs = 128 * 1024
-    buf = mmap.mmap(-1, bs)          # page-aligned, as O_DIRECT wants
+    buf = mmap.mmap(-1, bs)  # page-aligned, as O_DIRECT wants
     lat: list[int] = []
     fd = os.open(dst, os.O_WRONLY | os.O_DIRECT)
     try:
@@ -110,6 +124,11 @@ def write_image(src: Path, dst: Path, size: int) -> dict[str, float]:
         buf.close()
     lat.sort()
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000 if lat else 0.0
-    return {"iops": len(lat) / elapsed, "mbps": done / elapsed / 1e6, "p99_us": p99,
-            "bytes": done, "seconds": elapsed, "ios": float(len(lat))}
-
+    return {
+        "iops": len(lat) / elapsed,
+        "mbps": done / elapsed / 1e6,
+        "p99_us": p99,
+        "bytes": done,
+        "seconds": elapsed,
+        "ios": float(len(lat)),
+    }

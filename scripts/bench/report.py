@@ -1,5 +1,6 @@
 """The figures of a run and what is made of them: per-round results, medians and ratios to the
 reference system, the performance targets, the Markdown report and the bar chart."""
+
 from __future__ import annotations
 
 import statistics
@@ -22,7 +23,7 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
     ("seqread-128k", "zramfs-lz4", "nbdkit-zstd", 1.0),
     *((j.name, "zramfs-zstd", "nbdkit-zstd", 1.5) for j in JOBS if j.writes),
 )
-DAEMON_TOLERANCE = 0.10   # zramfs-lz4 vs zramfs-lz4-nocompact: within 10 % on every job
+DAEMON_TOLERANCE = 0.10  # zramfs-lz4 vs zramfs-lz4-nocompact: within 10 % on every job
 
 
 @dataclass
@@ -76,13 +77,30 @@ def targets(results: Results, names: list[str]) -> list[dict[str, Any]]:
     for job, system, peer, minimum in TARGETS:
         a, b = results.median(job, system), results.median(job, peer)
         if a is None or b is None or b == 0:
-            rows.append({"job": job, "system": system, "peer": peer, "target": minimum,
-                         "ratio": None, "holds": None})
+            rows.append(
+                {
+                    "job": job,
+                    "system": system,
+                    "peer": peer,
+                    "target": minimum,
+                    "ratio": None,
+                    "holds": None,
+                }
+            )
             continue
         paired = results.paired(job, system, peer)
-        rows.append({"job": job, "system": system, "peer": peer, "target": minimum,
-                     "ratio": a / b, "paired_min": min(paired) if paired else None,
-                     "paired_max": max(paired) if paired else None, "holds": a / b >= minimum})
+        rows.append(
+            {
+                "job": job,
+                "system": system,
+                "peer": peer,
+                "target": minimum,
+                "ratio": a / b,
+                "paired_min": min(paired) if paired else None,
+                "paired_max": max(paired) if paired else None,
+                "holds": a / b >= minimum,
+            }
+        )
     for on in ("zramfs-lz4", "zramfs-lz4-aggressive"):
         for job in results.rounds:
             a = results.median(job, on)
@@ -90,11 +108,18 @@ def targets(results: Results, names: list[str]) -> list[dict[str, Any]]:
             if a is None or b is None or b == 0:
                 continue
             paired = results.paired(job, on, "zramfs-lz4-nocompact")
-            rows.append({"job": job, "system": on, "peer": "zramfs-lz4-nocompact",
-                         "target": f"within {DAEMON_TOLERANCE:.0%}", "ratio": a / b,
-                         "paired_min": min(paired) if paired else None,
-                         "paired_max": max(paired) if paired else None,
-                         "holds": abs(a / b - 1) <= DAEMON_TOLERANCE})
+            rows.append(
+                {
+                    "job": job,
+                    "system": on,
+                    "peer": "zramfs-lz4-nocompact",
+                    "target": f"within {DAEMON_TOLERANCE:.0%}",
+                    "ratio": a / b,
+                    "paired_min": min(paired) if paired else None,
+                    "paired_max": max(paired) if paired else None,
+                    "holds": abs(a / b - 1) <= DAEMON_TOLERANCE,
+                }
+            )
     return rows
 
 
@@ -114,13 +139,17 @@ def markdown(report: dict[str, Any], jobs: list[Job]) -> str:
     env = report["environment"]
     opts = report["options"]
     lines = [
-        "## Results", "",
+        "## Results",
+        "",
         f"`{report['command']}` — {report['started']}, {report['duration_s']:.0f} s; "
         f"images {opts['size'] // MiB} MiB, {opts['runtime']} s per job, {opts['rounds']} rounds "
         f"(systems alternating within each round, {opts.get('settle', 0):g} s idle before each "
         f"run); commit {env['commit']}"
-        + (f" + uncommitted changes to {', '.join(x.split()[-1] for x in env['uncommitted'])}"
-           if env.get("uncommitted") else "")
+        + (
+            f" + uncommitted changes to {', '.join(x.split()[-1] for x in env['uncommitted'])}"
+            if env.get("uncommitted")
+            else ""
+        )
         + f", Linux {env['kernel']}, "
         f"{env['cpus']} CPUs, Python {env['python']}, {env['fio']}, binding {env['binding']}; "
         f"load average {env['loadavg_before'][0]:.2f} before, {env['loadavg_after'][0]:.2f} after.",
@@ -129,65 +158,104 @@ def markdown(report: dict[str, Any], jobs: list[Job]) -> str:
         "latency (reads for the mixed job); server CPU = user+system time of the serving "
         "process(es) (zramfs, nullfs, nbdkit+nbdfuse; the kernel's is not counted) per I/O — "
         "less sensitive to the machine's load than IOPS; × = ratio of median IOPS to "
-        "zramfs-lz4.", "",
+        "zramfs-lz4.",
+        "",
     ]
     if report["skipped"]:
         lines += ["Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()), ""]
-    lines += ["| job | system | IOPS | MB/s | p99 µs | server CPU µs/IO | × zramfs-lz4 |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "| job | system | IOPS | MB/s | p99 µs | server CPU µs/IO | × zramfs-lz4 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for job in jobs:
         per = report["summary"].get(job.name, {})
         for name, row in per.items():
             i, m, p = row["iops"], row["mbps"], row["p99_us"]
             ratio = f"{row['ratio_to_ref']:.2f}" if row["ratio_to_ref"] is not None else "–"
             cpu = _fmt(row["cpu_us_per_io"]["median"]) if "cpu_us_per_io" in row else "–"
-            lines.append(f"| {job.name} | {name} | {_rng(i)} | {_rng(m)} | {_fmt(p['median'])} "
-                         f"| {cpu} | {ratio} |")
-    lines += ["", "### Targets", "",
-              "| job | system | vs | target | ratio (medians) | per round | holds |",
-              "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {job.name} | {name} | {_rng(i)} | {_rng(m)} | {_fmt(p['median'])} "
+                f"| {cpu} | {ratio} |"
+            )
+    lines += [
+        "",
+        "### Targets",
+        "",
+        "| job | system | vs | target | ratio (medians) | per round | holds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for t in report["targets"]:
         if t["ratio"] is None:
             target = t["target"] if isinstance(t["target"], str) else f"≥ {t['target']:.2f}×"
-            lines.append(f"| {t['job']} | {t['system']} | {t['peer']} | {target} | – | – "
-                         "| not measured |")
+            lines.append(
+                f"| {t['job']} | {t['system']} | {t['peer']} | {target} | – | – | not measured |"
+            )
             continue
         target = t["target"] if isinstance(t["target"], str) else f"≥ {t['target']:.2f}×"
-        per_round = (f"{t['paired_min']:.2f}–{t['paired_max']:.2f}"
-                     if t.get("paired_min") is not None else "–")
-        lines.append(f"| {t['job']} | {t['system']} | {t['peer']} | {target} | {t['ratio']:.2f} "
-                     f"| {per_round} | {'yes' if t['holds'] else '**no**'} |")
+        per_round = (
+            f"{t['paired_min']:.2f}–{t['paired_max']:.2f}"
+            if t.get("paired_min") is not None
+            else "–"
+        )
+        lines.append(
+            f"| {t['job']} | {t['system']} | {t['peer']} | {target} | {t['ratio']:.2f} "
+            f"| {per_round} | {'yes' if t['holds'] else '**no**'} |"
+        )
     locks = report["migrate_lock"]
     if locks:
-        lines += ["", f"### `{MIGRATE_LOCK}` contention (MNT/proc/lock_stat, summed over the "
-                  "rounds)", "",
-                  "| job | system | write-side waits | write wait µs | read-side waits | "
-                  "read wait µs | acquisitions (R+W) |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"### `{MIGRATE_LOCK}` contention (MNT/proc/lock_stat, summed over the rounds)",
+            "",
+            "| job | system | write-side waits | write wait µs | read-side waits | "
+            "read wait µs | acquisitions (R+W) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for job in jobs:
             for name, acc in locks.get(job.name, {}).items():
                 lines.append(
                     f"| {job.name} | {name} | {int(acc.get('W_contentions', 0))} | "
                     f"{acc.get('W_wait_total_us', 0):,.0f} | {int(acc.get('R_contentions', 0))} | "
                     f"{acc.get('R_wait_total_us', 0):,.0f} | "
-                    f"{int(acc.get('R_acquisitions', 0) + acc.get('W_acquisitions', 0)):,} |")
+                    f"{int(acc.get('R_acquisitions', 0) + acc.get('W_acquisitions', 0)):,} |"
+                )
         comp = {n: e for n, e in report["extra"].items() if "compact_runs" in e}
         if comp:
-            lines += ["", "Compaction daemon at the end: " + "; ".join(
-                f"{n}: enabled={e.get('compact_enabled')}, runs={e.get('compact_runs')}, "
-                f"pages freed={e.get('compact_pages_freed')}" for n, e in comp.items()) + "."]
+            lines += [
+                "",
+                "Compaction daemon at the end: "
+                + "; ".join(
+                    f"{n}: enabled={e.get('compact_enabled')}, runs={e.get('compact_runs')}, "
+                    f"pages freed={e.get('compact_pages_freed')}"
+                    for n, e in comp.items()
+                )
+                + ".",
+            ]
         builds = {n: e["build_mode"] for n, e in report["extra"].items() if "build_mode" in e}
         if builds:
-            lines += ["", "Allocator build (docs/performance.md, \"Compiled build\"): " + "; ".join(
-                f"{n}: {b}" for n, b in builds.items()) + "."]
+            lines += [
+                "",
+                'Allocator build (docs/performance.md, "Compiled build"): '
+                + "; ".join(f"{n}: {b}" for n, b in builds.items())
+                + ".",
+            ]
     mem = report["memory"]
     if mem:
         rd = report.get("realdata")
-        what = (f"after the real-data image ({rd['bytes'] // MiB} MiB of {rd['files']} files, "
-                f"{rd['zero_pages']} zero pages)" if rd else "at the end")
-        lines += ["", f"### Memory {what}", "",
-                  "| system | orig_data | compr_data | mem_used_total | same_pages | huge_pages | "
-                  "pages_compacted | orig/compr | orig/mem_used | server RSS |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        what = (
+            f"after the real-data image ({rd['bytes'] // MiB} MiB of {rd['files']} files, "
+            f"{rd['zero_pages']} zero pages)"
+            if rd
+            else "at the end"
+        )
+        lines += [
+            "",
+            f"### Memory {what}",
+            "",
+            "| system | orig_data | compr_data | mem_used_total | same_pages | huge_pages | "
+            "pages_compacted | orig/compr | orig/mem_used | server RSS |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, m in mem.items():
             rss = ", ".join(f"{p} {v / 1024:.0f} MiB" for p, v in m["rss_kib"].items() if v) or "–"
             mm = m["mm_stat"]
@@ -196,7 +264,8 @@ def markdown(report: dict[str, Any], jobs: list[Job]) -> str:
                 lines.append(
                     f"| {name} | {o / MiB:.1f} MiB | {c / MiB:.1f} MiB | {u / MiB:.1f} MiB | "
                     f"{mm['same_pages']} | {mm['huge_pages']} | {mm['pages_compacted']} | "
-                    f"{o / c if c else 0:.2f} | {o / u if u else 0:.2f} | {rss} |")
+                    f"{o / c if c else 0:.2f} | {o / u if u else 0:.2f} | {rss} |"
+                )
             else:
                 lines.append(f"| {name} | – | – | – | – | – | – | – | – | {rss} |")
     if report["errors"]:
@@ -207,6 +276,7 @@ def markdown(report: dict[str, Any], jobs: list[Job]) -> str:
 def plot(report: dict[str, Any], jobs: list[Job], path: Path) -> Path | None:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -232,9 +302,11 @@ def plot(report: dict[str, Any], jobs: list[Job], path: Path) -> Path | None:
     ax.set_xticklabels([j.name for j in shown], rotation=20, ha="right", fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("MB/s (median, min–max), log scale")
-    ax.set_title(f"fio, {report['options']['size'] // MiB} MiB images, "
-                 f"{report['options']['runtime']} s/job, {report['options']['rounds']} rounds",
-                 fontsize=10)
+    ax.set_title(
+        f"fio, {report['options']['size'] // MiB} MiB images, "
+        f"{report['options']['runtime']} s/job, {report['options']['rounds']} rounds",
+        fontsize=10,
+    )
     ax.legend(fontsize=7, ncol=min(len(names), 6), loc="upper left")
     ax.grid(axis="y", which="both", lw=0.3)
     fig.tight_layout()

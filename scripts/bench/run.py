@@ -1,6 +1,7 @@
 """The benchmark run: set every system up, prefill it, run each job on every system in turn,
 round after round, write the real-data image, read memory and lock figures, tear everything
 down (on any failure or signal too), and write the reports."""
+
 from __future__ import annotations
 
 import argparse
@@ -75,7 +76,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 log(f"bench: skipping {name}: {reason}")
                 skipped[name] = reason
                 continue
-            systems.append(s)   # before start(): a half-started system is torn down too
+            systems.append(s)  # before start(): a half-started system is torn down too
             try:
                 s.start()
             except BenchError as exc:
@@ -91,15 +92,23 @@ def run_bench(args: argparse.Namespace) -> int:
         names = [s.name for s in systems]
         n_runs = len(systems) * args.rounds * (len(jobs))
         est = n_runs * (args.runtime + 0.6 + args.settle)
-        log(f"bench: {len(jobs)} jobs × {len(systems)} systems × {args.rounds} rounds, "
-            f"{args.runtime} s each: ~{est / 60:.1f} min plus prefill")
+        log(
+            f"bench: {len(jobs)} jobs × {len(systems)} systems × {args.rounds} rounds, "
+            f"{args.runtime} s each: ~{est / 60:.1f} min plus prefill"
+        )
 
         # prefill: every block written once, so reads decompress real objects
         if synthetic:
             for s in systems:
                 t = time.monotonic()
-                run_fio(PREFILL, jobfiles["prefill"], s.image, args.size, 0,
-                        timeout=max(600.0, args.size / MiB * 2))
+                run_fio(
+                    PREFILL,
+                    jobfiles["prefill"],
+                    s.image,
+                    args.size,
+                    0,
+                    timeout=max(600.0, args.size / MiB * 2),
+                )
                 log(f"bench: prefilled {s.name} in {time.monotonic() - t:.1f} s")
 
         counter = [0]
@@ -118,8 +127,14 @@ def run_bench(args: argparse.Namespace) -> int:
                     assert realpath is not None
                     res = write_image(realpath, s.image, args.size)
                 else:
-                    res = run_fio(job, jobfiles[job.name], s.image, args.size, args.runtime,
-                                  timeout=args.runtime * 4 + 120)
+                    res = run_fio(
+                        job,
+                        jobfiles[job.name],
+                        s.image,
+                        args.size,
+                        args.runtime,
+                        timeout=args.runtime * 4 + 120,
+                    )
             except BenchError as exc:
                 msg = f"{job.name} round {rnd + 1} on {s.name}: {exc}"
                 log(f"bench: ERROR {msg}")
@@ -138,11 +153,13 @@ def run_bench(args: argparse.Namespace) -> int:
                     for k in ("contentions", "wait_total_us", "acquisitions"):
                         acc[f"{side}_{k}"] = acc.get(f"{side}_{k}", 0) + row.get(k, 0)
             results.add(job.name, s.name, res)
-            log(f"[{counter[0]:3d}/{n_runs}] {job.name:<18} round {rnd + 1}/{args.rounds} "
+            log(
+                f"[{counter[0]:3d}/{n_runs}] {job.name:<18} round {rnd + 1}/{args.rounds} "
                 f"{s.name:<21} {res['iops']:9.0f} IOPS {res['mbps']:8.1f} MB/s "
                 f"p99 {res['p99_us']:9.1f} µs"
                 + (f" cpu {res['cpu_us_per_io']:6.1f} µs/IO" if "cpu_us_per_io" in res else "")
-                + f"  ({time.monotonic() - t:.1f} s)")
+                + f"  ({time.monotonic() - t:.1f} s)"
+            )
 
         def rotation(rnd: int) -> list[System]:
             k = rnd % len(systems)
@@ -158,8 +175,10 @@ def run_bench(args: argparse.Namespace) -> int:
             realpath = out / f"realdata-{args.size}.img"
             t = time.monotonic()
             realmeta = build_realdata(realpath, args.size)
-            log(f"bench: real-data image {realpath} ({realmeta['files']} files, "
-                f"{realmeta['zero_pages']} zero pages) in {time.monotonic() - t:.1f} s")
+            log(
+                f"bench: real-data image {realpath} ({realmeta['files']} files, "
+                f"{realmeta['zero_pages']} zero pages) in {time.monotonic() - t:.1f} s"
+            )
             write_job = JOB_BY_NAME["real-write-128k"]
             for rnd in range(args.rounds):
                 for s in rotation(rnd):
@@ -167,7 +186,7 @@ def run_bench(args: argparse.Namespace) -> int:
                         one(write_job, s, rnd)
                     elif rnd == 0:
                         write_image(realpath, s.image, args.size)
-            for s in systems:   # the data is the same whatever the round: measure once
+            for s in systems:  # the data is the same whatever the round: measure once
                 if write_job not in realjobs:
                     continue
                 mem: dict[str, Any] = {"mm_stat": s.mm_stat(), "rss_kib": {}}
@@ -182,8 +201,10 @@ def run_bench(args: argparse.Namespace) -> int:
                         one(job, s, rnd)
         else:
             for s in systems:
-                memory[s.name] = {"mm_stat": s.mm_stat(),
-                                  "rss_kib": {p: rss_kib(pid) for p, pid in s.pids().items()}}
+                memory[s.name] = {
+                    "mm_stat": s.mm_stat(),
+                    "rss_kib": {p: rss_kib(pid) for p, pid in s.pids().items()},
+                }
         for s in systems:
             extras[s.name] = s.extra()
             extras[s.name]["lock_stat_final"] = s.lock_stat()
@@ -200,8 +221,14 @@ def run_bench(args: argparse.Namespace) -> int:
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
         "environment": environment(load_before),
-        "options": {"size": args.size, "runtime": args.runtime, "rounds": args.rounds,
-                    "settle": args.settle, "systems": names, "jobs": [j.name for j in jobs]},
+        "options": {
+            "size": args.size,
+            "runtime": args.runtime,
+            "rounds": args.rounds,
+            "settle": args.settle,
+            "systems": names,
+            "jobs": [j.name for j in jobs],
+        },
         "skipped": skipped,
         "descriptions": {s.name: s.description for s in systems},
         "jobs": {j.name: {"title": j.title, "options": j.options} for j in jobs},
@@ -220,24 +247,35 @@ def run_bench(args: argparse.Namespace) -> int:
     chart = plot(report, jobs, out / "results.png")
     log("")
     log(md)
-    log(f"bench: wrote {out / 'results.md'}, {out / 'results.json'}"
-        + (f", {chart}" if chart else ""))
+    log(
+        f"bench: wrote {out / 'results.md'}, {out / 'results.json'}"
+        + (f", {chart}" if chart else "")
+    )
     return 1 if results.errors else 0
 
 
 def environment(load_before: tuple[float, float, float]) -> dict[str, Any]:
     def cmd(*argv: str) -> str:
         try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=10,
-                                  cwd=ROOT).stdout.strip()
+            return subprocess.run(
+                argv, capture_output=True, text=True, timeout=10, cwd=ROOT
+            ).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return ""
 
     binding = cmd(sys.executable, "-c", "import zramfs.fs as f; print(f.BINDING, f.FUSE_MAJOR)")
-    return {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "fio": cmd("fio", "--version"), "nbdkit": cmd("nbdkit", "--version"),
-            "commit": cmd("git", "rev-parse", "--short", "HEAD"),
-            # the benchmark runs the working tree: say which measured files differ from HEAD
-            "uncommitted": cmd("git", "status", "--porcelain", "--", "zramfs",
-                               "allocator").splitlines(),
-            "binding": binding, "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+    return {
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "fio": cmd("fio", "--version"),
+        "nbdkit": cmd("nbdkit", "--version"),
+        "commit": cmd("git", "rev-parse", "--short", "HEAD"),
+        # the benchmark runs the working tree: say which measured files differ from HEAD
+        "uncommitted": cmd(
+            "git", "status", "--porcelain", "--", "zramfs", "allocator"
+        ).splitlines(),
+        "binding": binding,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+    }

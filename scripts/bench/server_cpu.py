@@ -9,6 +9,7 @@ total, user and system CPU µs per I/O, minor faults and context switches per I/
 process's CPU per I/O (/proc/PID/stat, which keeps the time of threads that ended meanwhile).
 The jobs are the benchmark's own (the same job files), the size is the image's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,11 @@ def image_size(path: Path) -> int:
         os.close(fd)
 
 
-def per_io_lines(before: dict[int, ThreadSample], after: dict[int, ThreadSample],
-                 ios: int) -> list[str]:
+def per_io_lines(
+    before: dict[int, ThreadSample], after: dict[int, ThreadSample], ios: int
+) -> list[str]:
     """One line per thread that used CPU meanwhile, and the total, all per I/O."""
+
     def us(ticks: int) -> float:
         return ticks / CLK_TCK / ios * 1e6
 
@@ -44,10 +47,12 @@ def per_io_lines(before: dict[int, ThreadSample], after: dict[int, ThreadSample]
         total_user += du
         total_sys += ds
         if du or ds:
-            lines.append(f"  {tid} {a.comm:16s} user {us(du):6.2f} sys {us(ds):6.2f} us/io"
-                         f"  minflt/io {(a.minflt - b.minflt) / ios:.3f}"
-                         f" vcs/io {(a.voluntary_switches - b.voluntary_switches) / ios:.2f}"
-                         f" nvcs/io {(a.involuntary_switches - b.involuntary_switches) / ios:.3f}")
+            lines.append(
+                f"  {tid} {a.comm:16s} user {us(du):6.2f} sys {us(ds):6.2f} us/io"
+                f"  minflt/io {(a.minflt - b.minflt) / ios:.3f}"
+                f" vcs/io {(a.voluntary_switches - b.voluntary_switches) / ios:.2f}"
+                f" nvcs/io {(a.involuntary_switches - b.involuntary_switches) / ios:.3f}"
+            )
     lines.append(f"  total user {us(total_user):.2f} sys {us(total_sys):.2f} us/io")
     return lines
 
@@ -63,9 +68,11 @@ def measure(pid: int, image: Path, job: Job, runtime: int, jobdir: Path) -> list
         return [f"{job.name}: fio completed no I/O"]
     # libfuse retires idle workers: a thread that ended meanwhile is missing from the thread
     # lines and their total, but its CPU time stays in the process's.
-    return [f"{job.name}: ios={ios} iops={res['iops']:.0f} wall/io={1e6 / res['iops']:.1f}us",
-            *per_io_lines(before, after, ios),
-            f"  process user+sys {process / ios * 1e6:.2f} us/io (ended threads included)"]
+    return [
+        f"{job.name}: ios={ios} iops={res['iops']:.0f} wall/io={1e6 / res['iops']:.1f}us",
+        *per_io_lines(before, after, ios),
+        f"  process user+sys {process / ios * 1e6:.2f} us/io (ended threads included)",
+    ]
 
 
 def server_cpu(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """The systems under test: how each is set up, torn down, and asked for its processes and
 statistics — zramfs over FUSE (zram and null backends), nbdkit behind nbdfuse, kernel zram."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,14 @@ from .readings import LockRow, parse_lock_stat, parse_mm_stat
 
 #: the system every other is compared with (the × column, the targets)
 REFERENCE = "zramfs-lz4"
-DEFAULT_SYSTEMS = ("zramfs-lz4", "zramfs-zstd", "zramfs-lz4-nocompact", "nullfs", "nbdkit-zstd",
-                   "kernel-lz4")
+DEFAULT_SYSTEMS = (
+    "zramfs-lz4",
+    "zramfs-zstd",
+    "zramfs-lz4-nocompact",
+    "nullfs",
+    "nbdkit-zstd",
+    "kernel-lz4",
+)
 # not in the default run: the compaction daemon as busy as it goes (every 10 ms, any freeable page);
 # zramfs-lz4 recording every operation with --trace (the overhead docs/trace-format.md quotes)
 ALL_SYSTEMS = (*DEFAULT_SYSTEMS, "zramfs-lz4-aggressive", "zramfs-lz4-trace")
@@ -84,21 +91,28 @@ class FuseProcess:
 
     def start(self, expect_size: int, timeout: float = 60.0) -> None:
         with open(self.logfile, "ab") as logf:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=logf,
-                                         stderr=subprocess.STDOUT, cwd=ROOT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(f"{self.argv[0]} exited with {self.proc.returncode}: "
-                                 f"{self.log_tail()}")
+                raise BenchError(
+                    f"{self.argv[0]} exited with {self.proc.returncode}: {self.log_tail()}"
+                )
             if mounted(self.mountpoint):
                 with contextlib.suppress(OSError):
                     if os.stat(self.image).st_size == expect_size:
                         return
             time.sleep(0.05)
-        raise BenchError(f"{shlex.join(self.argv)}: not mounted after {timeout:.0f} s: "
-                         f"{self.log_tail()}")
+        raise BenchError(
+            f"{shlex.join(self.argv)}: not mounted after {timeout:.0f} s: {self.log_tail()}"
+        )
 
     def log_tail(self) -> str:
         text = read_text(self.logfile) or ""
@@ -114,8 +128,12 @@ class FuseProcess:
                 if shutil.which(cmd[0]) is None:
                     continue
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    if subprocess.run([*cmd, str(self.mountpoint)], capture_output=True,
-                                      timeout=30).returncode == 0:
+                    if (
+                        subprocess.run(
+                            [*cmd, str(self.mountpoint)], capture_output=True, timeout=30
+                        ).returncode
+                        == 0
+                    ):
                         break
         if self.proc is not None and self.proc.poll() is None:
             for sig, wait in ((None, 15.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
@@ -134,7 +152,7 @@ class FuseServerSystem(System):
     """A system served by one ``zramfs mount --foreground`` of ours (zram or null backend):
     start, stop and pids alike; a subclass says which mount options."""
 
-    process_name = "?"   # the label of the server's pid in the CPU and RSS tables
+    process_name = "?"  # the label of the server's pid in the CPU and RSS tables
 
     def __init__(self, size: int, workdir: Path) -> None:
         super().__init__(size, workdir)
@@ -151,8 +169,15 @@ class FuseServerSystem(System):
         self.mnt = self.workdir / "mnt"
         self.mnt.mkdir(parents=True, exist_ok=True)
         self.image = self.mnt / "dev" / "zram0"
-        argv = [sys.executable, "-m", "zramfs", "mount", str(self.mnt), "--foreground",
-                *self.mount_args()]
+        argv = [
+            sys.executable,
+            "-m",
+            "zramfs",
+            "mount",
+            str(self.mnt),
+            "--foreground",
+            *self.mount_args(),
+        ]
         self.server = FuseProcess(argv, self.mnt, self.image, self.workdir / "server.log")
         self.server.start(self.size)
 
@@ -169,22 +194,37 @@ class FuseServerSystem(System):
 class ZramfsSystem(FuseServerSystem):
     process_name = "zramfs"
 
-    def __init__(self, size: int, workdir: Path, name: str, algorithm: str,
-                 compact: bool, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        size: int,
+        workdir: Path,
+        name: str,
+        algorithm: str,
+        compact: bool,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.name = name
         self.algorithm = algorithm
         self.compact = compact
         self.extra_args = list(extra_args)
-        self.description = (f"zramfs mount --algorithm {algorithm}"
-                            + ("" if compact else " --no-compact")
-                            + "".join(f" {a}" for a in self.extra_args) + " (compaction daemon "
-                            + (("on, defaults)" if not extra_args else "on)") if compact
-                               else "off)"))
+        self.description = (
+            f"zramfs mount --algorithm {algorithm}"
+            + ("" if compact else " --no-compact")
+            + "".join(f" {a}" for a in self.extra_args)
+            + " (compaction daemon "
+            + (("on, defaults)" if not extra_args else "on)") if compact else "off)")
+        )
         super().__init__(size, workdir)
 
     def mount_args(self) -> list[str]:
-        return ["--size", str(self.size), "--algorithm", self.algorithm,
-                *([] if self.compact else ["--no-compact"]), *self.extra_args]
+        return [
+            "--size",
+            str(self.size),
+            "--algorithm",
+            self.algorithm,
+            *([] if self.compact else ["--no-compact"]),
+            *self.extra_args,
+        ]
 
     def mm_stat(self) -> dict[str, int] | None:
         assert self.mnt is not None
@@ -198,8 +238,14 @@ class ZramfsSystem(FuseServerSystem):
         assert self.mnt is not None
         params = self.mnt / "sys/module/zramfs/parameters"
         out: dict[str, Any] = {}
-        for name in ("compact_enabled", "compact_threshold_pages", "compact_interval_ms",
-                     "compact_runs", "compact_pages_freed", "build_mode"):
+        for name in (
+            "compact_enabled",
+            "compact_threshold_pages",
+            "compact_interval_ms",
+            "compact_runs",
+            "compact_pages_freed",
+            "build_mode",
+        ):
             text = read_text(params / name)
             if text is not None:
                 out[name] = text.strip()
@@ -209,8 +255,10 @@ class ZramfsSystem(FuseServerSystem):
 class NullfsSystem(FuseServerSystem):
     name = "nullfs"
     process_name = "nullfs"
-    description = ("zramfs mount --backend null (the same FUSE front end over a plain RAM "
-                   "image, no compression: the ceiling)")
+    description = (
+        "zramfs mount --backend null (the same FUSE front end over a plain RAM "
+        "image, no compression: the ceiling)"
+    )
 
     def mount_args(self) -> list[str]:
         return ["--backend", "null", "--size", str(self.size)]
@@ -240,16 +288,22 @@ class NbdkitSystem(System):
         with open(self.workdir / "nbdkit.log", "ab") as logf:
             self.nbdkit = subprocess.Popen(
                 ["nbdkit", "-f", "-U", str(sock), "memory", str(self.size), "allocator=zstd"],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 30
         while not sock.exists():
             if self.nbdkit.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"nbdkit did not start: "
-                                 f"{read_text(self.workdir / 'nbdkit.log')}")
+                raise BenchError(f"nbdkit did not start: {read_text(self.workdir / 'nbdkit.log')}")
             time.sleep(0.05)
-        self.server = FuseProcess(["nbdfuse", str(self.image), "--unix", str(sock)], self.mnt,
-                                  self.image, self.workdir / "nbdfuse.log")
+        self.server = FuseProcess(
+            ["nbdfuse", str(self.image), "--unix", str(sock)],
+            self.mnt,
+            self.image,
+            self.workdir / "nbdfuse.log",
+        )
         self.server.start(self.size)
 
     def stop(self) -> None:
@@ -292,8 +346,13 @@ class KernelZramSystem(System):
             return "/sys/block/zram0 not writable (needs root)"
         if (read_text(self.SYS / "initstate") or "").strip() != "0":
             return "/dev/zram0 is initialised (in use by someone else): left alone"
-        if "lz4" not in (read_text(self.SYS / "comp_algorithm") or "").replace("[", " ").replace(
-                "]", " ").split():
+        if (
+            "lz4"
+            not in (read_text(self.SYS / "comp_algorithm") or "")
+            .replace("[", " ")
+            .replace("]", " ")
+            .split()
+        ):
             return "kernel zram has no lz4"
         return None
 
@@ -316,7 +375,7 @@ class KernelZramSystem(System):
                 write_text(self.SYS / "reset", "1")
                 break
             except OSError:
-                time.sleep(0.5)   # EBUSY while a reader (fio) still has it open
+                time.sleep(0.5)  # EBUSY while a reader (fio) still has it open
         else:
             log("bench: WARNING: could not reset /dev/zram0")
         self.taken = False
@@ -341,11 +400,18 @@ def make_system(name: str, size: int, workdir: Path) -> System:
     if name == "zramfs-lz4-nocompact":
         return ZramfsSystem(size, workdir, name, "lz4", False)
     if name == "zramfs-lz4-aggressive":
-        return ZramfsSystem(size, workdir, name, "lz4", True,
-                            ["--compact-threshold", "1", "--compact-interval", "10"])
+        return ZramfsSystem(
+            size,
+            workdir,
+            name,
+            "lz4",
+            True,
+            ["--compact-threshold", "1", "--compact-interval", "10"],
+        )
     if name == "zramfs-lz4-trace":
-        return ZramfsSystem(size, workdir, name, "lz4", True,
-                            ["--trace", str(workdir / name / "mount.trace")])
+        return ZramfsSystem(
+            size, workdir, name, "lz4", True, ["--trace", str(workdir / name / "mount.trace")]
+        )
     if name == "nullfs":
         return NullfsSystem(size, workdir)
     if name == "nbdkit-zstd":

@@ -105,9 +105,17 @@ def ref_first_obj_offsets(size: int, pages: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # debugfs "classes" parsing
 
-_HEADER = (" %5s %5s %11s %12s %13s %10s %10s %16s %8s\n"
-           % ("class", "size", "almost_full", "almost_empty", "obj_allocated", "obj_used",
-              "pages_used", "pages_per_zspage", "freeable"))
+_HEADER = " %5s %5s %11s %12s %13s %10s %10s %16s %8s\n" % (
+    "class",
+    "size",
+    "almost_full",
+    "almost_empty",
+    "obj_allocated",
+    "obj_used",
+    "pages_used",
+    "pages_per_zspage",
+    "freeable",
+)
 
 
 @dataclass(frozen=True)
@@ -126,7 +134,9 @@ class ClassRow:
 @dataclass(frozen=True)
 class ClassesTable:
     rows: dict[int, ClassRow]
-    total: tuple[int, int, int, int, int, int]  # almost_full, almost_empty, objs, used, pages, freeable
+    total: tuple[
+        int, int, int, int, int, int
+    ]  # almost_full, almost_empty, objs, used, pages, freeable
 
 
 def parse_classes_table(text: str) -> ClassesTable:
@@ -140,7 +150,7 @@ def parse_classes_table(text: str) -> ClassesTable:
         f = line.split()
         assert len(f) == 9, f"bad row: {line!r}"
         vals = [int(x) for x in f]
-        expect = (" %5u %5u %11u %12u %13u %10u %10u %16d %8u" % tuple(vals))
+        expect = " %5u %5u %11u %12u %13u %10u %10u %16d %8u" % tuple(vals)
         assert line == expect, f"row not in the kernel format:\n{line!r}\n{expect!r}"
         row = ClassRow(*vals)
         rows[row.index] = row
@@ -149,10 +159,19 @@ def parse_classes_table(text: str) -> ClassesTable:
     f = total_line.split()
     assert f[0] == "Total" and len(f) == 7, f"bad total line: {total_line!r}"
     tot = tuple(int(x) for x in f[1:])
-    expect = (" %5s %5s %11u %12u %13u %10u %10u %16s %8u"
-              % ("Total", "", tot[0], tot[1], tot[2], tot[3], tot[4], "", tot[5]))
+    expect = " %5s %5s %11u %12u %13u %10u %10u %16s %8u" % (
+        "Total",
+        "",
+        tot[0],
+        tot[1],
+        tot[2],
+        tot[3],
+        tot[4],
+        "",
+        tot[5],
+    )
     assert total_line == expect, f"total not in the kernel format:\n{total_line!r}\n{expect!r}"
-    assert lines[i + 2:] == [""], f"trailing text after the total line: {lines[i + 2:]!r}"
+    assert lines[i + 2 :] == [""], f"trailing text after the total line: {lines[i + 2 :]!r}"
     return ClassesTable(rows=rows, total=tot)  # type: ignore[arg-type]
 
 
@@ -161,27 +180,37 @@ def check_classes_table(pool: Any, live_sizes: Iterable[int] | None = None) -> C
     (when the sizes of the live objects are known) obj_used per class and pages vs total_pages.
     """
     t = parse_classes_table(pool.classes_table())
-    assert sorted(t.rows) == sorted(REF_BY_INDEX), "the table must list exactly the 69 canonical classes"
+    assert sorted(t.rows) == sorted(REF_BY_INDEX), (
+        "the table must list exactly the 69 canonical classes"
+    )
     sums = [0, 0, 0, 0, 0, 0]
     for idx, r in t.rows.items():
         ref = REF_BY_INDEX[idx]
         assert (r.size, r.pages_per_zspage) == (ref.size, ref.pages), f"class {idx}: {r} vs {ref}"
-        assert r.obj_allocated % ref.objs == 0, f"class {idx}: obj_allocated not a multiple of N: {r}"
-        assert r.pages_used == r.obj_allocated // ref.objs * ref.pages, f"class {idx}: pages_used {r}"
+        assert r.obj_allocated % ref.objs == 0, (
+            f"class {idx}: obj_allocated not a multiple of N: {r}"
+        )
+        assert r.pages_used == r.obj_allocated // ref.objs * ref.pages, (
+            f"class {idx}: pages_used {r}"
+        )
         assert 0 <= r.obj_used <= r.obj_allocated, f"class {idx}: obj_used > obj_allocated: {r}"
         a, u = r.obj_allocated, r.obj_used
         freeable = 0 if a <= u else (a - u) // ref.objs * ref.pages
         assert r.freeable == freeable, f"class {idx}: freeable {r.freeable} != {freeable}"
         zspages = r.obj_allocated // ref.objs
-        assert r.almost_full + r.almost_empty <= zspages, f"class {idx}: list counts exceed zspages: {r}"
+        assert r.almost_full + r.almost_empty <= zspages, (
+            f"class {idx}: list counts exceed zspages: {r}"
+        )
         if ref.objs <= 4:
             assert r.almost_full == 0, f"class {idx}: ALMOST_FULL impossible for N={ref.objs}"
-        for k, v in enumerate((r.almost_full, r.almost_empty, r.obj_allocated, r.obj_used,
-                               r.pages_used, r.freeable)):
+        for k, v in enumerate(
+            (r.almost_full, r.almost_empty, r.obj_allocated, r.obj_used, r.pages_used, r.freeable)
+        ):
             sums[k] += v
     assert tuple(sums) == t.total, f"totals {t.total} != column sums {tuple(sums)}"
     assert t.total[4] == pool.total_pages, (
-        f"sum of pages_used {t.total[4]} != pool.total_pages {pool.total_pages}")
+        f"sum of pages_used {t.total[4]} != pool.total_pages {pool.total_pages}"
+    )
     if live_sizes is not None:
         per_class: dict[int, int] = {}
         for s in live_sizes:
@@ -190,7 +219,8 @@ def check_classes_table(pool: Any, live_sizes: Iterable[int] | None = None) -> C
         for idx, r in t.rows.items():
             assert r.obj_used == per_class.get(idx, 0), (
                 f"class {idx} (size {r.size}): obj_used {r.obj_used} != live objects "
-                f"{per_class.get(idx, 0)}")
+                f"{per_class.get(idx, 0)}"
+            )
     return t
 
 
@@ -210,11 +240,11 @@ PG_PRIVATE, PG_MOVABLE = 0x01, 0x02
 
 
 def word(mem: Any, pfn: int, off: int) -> int:
-    return int.from_bytes(mem.view(pfn)[off:off + 8], "little")
+    return int.from_bytes(mem.view(pfn)[off : off + 8], "little")
 
 
 def set_word(mem: Any, pfn: int, off: int, value: int) -> None:
-    mem.view(pfn)[off:off + 8] = value.to_bytes(8, "little")
+    mem.view(pfn)[off : off + 8] = value.to_bytes(8, "little")
 
 
 def obj_of(pool: Any, handle: int) -> int:
@@ -372,27 +402,30 @@ def read_object_bytes(pool: Any, handle: int, n: int) -> bytes:
     size = class_of(pool, z).size
     off = idx * size % PAGE_SIZE
     k = pages.index(pfn)
-    out = bytes(pool.memory.view(pfn)[off:min(PAGE_SIZE, off + n)])
+    out = bytes(pool.memory.view(pfn)[off : min(PAGE_SIZE, off + n)])
     if off + n > PAGE_SIZE:
-        out += bytes(pool.memory.view(pages[k + 1])[:off + n - PAGE_SIZE])
+        out += bytes(pool.memory.view(pages[k + 1])[: off + n - PAGE_SIZE])
     return out
 
 
 def insert_zspage(pool: Any, cls: Any, zspage: Any, fg: int) -> None:
     """insert_zspage (caller holds class->lock); also sets zspage->fullness like putback."""
     from allocator import fullness
+
     fullness.insert_zspage(cls, zspage, fg)
     zspage.fullness = fg
 
 
 def remove_zspage(pool: Any, cls: Any, zspage: Any, fg: int) -> None:
     from allocator import fullness
+
     fullness.remove_zspage(cls, zspage, fg)
 
 
 def trace_object_moves(pool: Any, monkeypatch: Any, moved: list[tuple[int, int]]) -> None:
     """Record (id(source zspage), id(destination zspage)) for every object compaction copies."""
     import allocator.compact as compact_mod
+
     real = compact_mod._object_copy
     mem = pool.memory
 
@@ -406,8 +439,12 @@ def trace_object_moves(pool: Any, monkeypatch: Any, moved: list[tuple[int, int]]
 def trace_class_compaction(pool: Any, monkeypatch: Any, order: list[int]) -> None:
     """Record the size of each class __zs_compact is called for, in order."""
     import allocator.compact as compact_mod
-    name = next(n for n in ("__zs_compact", "_zs_compact_class", "zs_compact_class")
-                if hasattr(compact_mod, n))
+
+    name = next(
+        n
+        for n in ("__zs_compact", "_zs_compact_class", "zs_compact_class")
+        if hasattr(compact_mod, n)
+    )
     real = getattr(compact_mod, name)
 
     def traced(p: Any, cls: Any, *a: Any, **k: Any) -> Any:
@@ -419,6 +456,7 @@ def trace_class_compaction(pool: Any, monkeypatch: Any, order: list[int]) -> Non
 
 # ---------------------------------------------------------------------------------------------
 # The internal walk
+
 
 def _check_internals(pool: Any, live: Mapping[int, int] | None) -> None:
     mem = pool.memory
@@ -440,17 +478,22 @@ def _check_internals(pool: Any, live: Mapping[int, int] | None) -> None:
                 assert id(z) not in seen, f"zspage on two lists: {z!r}"
                 seen[id(z)] = fg
                 assert z.fullness == fg, f"zspage on list {fg} has fullness {z.fullness}: {z!r}"
-                assert z.class_idx == cls.index, f"zspage of class {z.class_idx} on list of {cls.index}"
+                assert z.class_idx == cls.index, (
+                    f"zspage of class {z.class_idx} on list of {cls.index}"
+                )
                 assert ref_fullness(z.inuse, cls.objs_per_zspage) == fg, (
-                    f"class {cls.size}: inuse {z.inuse}/{cls.objs_per_zspage} on list {fg} (3N/4 rule)")
+                    f"class {cls.size}: inuse {z.inuse}/{cls.objs_per_zspage} on list {fg} (3N/4 rule)"
+                )
             if fg == ZS_EMPTY:
                 leaked = getattr(cls, "deferred_freed", 0)
                 assert cls.stats[fg] == len(lst) + leaked, (
                     f"class {cls.size}: stats[CLASS_EMPTY] {cls.stats[fg]} != {len(lst)} listed "
-                    f"+ {leaked} freed by the async worker (the 5.17 CLASS_EMPTY leak)")
+                    f"+ {leaked} freed by the async worker (the 5.17 CLASS_EMPTY leak)"
+                )
             else:
                 assert cls.stats[fg] == len(lst), (
-                    f"class {cls.size}: stats[{fg}] {cls.stats[fg]} != list length {len(lst)}")
+                    f"class {cls.size}: stats[{fg}] {cls.stats[fg]} != list length {len(lst)}"
+                )
     unlisted = [z for z in zspages if id(z) not in seen]
     assert not unlisted, f"live zspages on no list (isolated? leaked?): {unlisted[:3]}"
 
@@ -462,7 +505,11 @@ def _check_internals(pool: Any, live: Mapping[int, int] | None) -> None:
     for z in zspages:
         cls = class_of(pool, z)
         ref = REF_BY_INDEX[cls.index]
-        assert (cls.size, cls.pages_per_zspage, cls.objs_per_zspage) == (ref.size, ref.pages, ref.objs)
+        assert (cls.size, cls.pages_per_zspage, cls.objs_per_zspage) == (
+            ref.size,
+            ref.pages,
+            ref.objs,
+        )
         per_class_zspages[cls.index] = per_class_zspages.get(cls.index, 0) + 1
         per_class_inuse[cls.index] = per_class_inuse.get(cls.index, 0) + z.inuse
         assert z.isolated == 0, f"isolated count left over: {z!r}"
@@ -478,7 +525,8 @@ def _check_internals(pool: Any, live: Mapping[int, int] | None) -> None:
             assert mem.flags[pfn] & PG_MOVABLE, f"pfn {pfn} of a live zspage is not movable"
             assert mem.page_type[pfn] == offs[k], (
                 f"pfn {pfn} (subpage {k} of class {ref.size}): first_obj_offset "
-                f"{mem.page_type[pfn]} != {offs[k]}")
+                f"{mem.page_type[pfn]} != {offs[k]}"
+            )
         if ref.huge:
             idxw = mem.index[pages[0]]
             if z.inuse:
@@ -499,47 +547,61 @@ def _check_internals(pool: Any, live: Mapping[int, int] | None) -> None:
                 handles_found[h] = (pfn, idx)
                 allocated.append(idx)
         assert len(allocated) == z.inuse, (
-            f"class {ref.size}: {len(allocated)} headers with tag bit 1 but inuse {z.inuse}")
+            f"class {ref.size}: {len(allocated)} headers with tag bit 1 but inuse {z.inuse}"
+        )
         fl = freelist(pool, z)
         phantom = int(has_phantom(cls))
         assert len(fl) == ref.objs - z.inuse + phantom, (
             f"class {ref.size}: freelist length {len(fl)} != N - inuse + phantom "
-            f"({ref.objs} - {z.inuse} + {phantom})")
+            f"({ref.objs} - {z.inuse} + {phantom})"
+        )
         assert not set(fl) & set(allocated), "a slot is both free and allocated"
 
     for idx, cls in canonical.items():
         n = per_class_zspages.get(idx, 0)
         assert cls.stats[4] == n * cls.objs_per_zspage, (
-            f"class {cls.size}: OBJ_ALLOCATED {cls.stats[4]} != {n} zspages x {cls.objs_per_zspage}")
+            f"class {cls.size}: OBJ_ALLOCATED {cls.stats[4]} != {n} zspages x {cls.objs_per_zspage}"
+        )
         assert cls.stats[5] == per_class_inuse.get(idx, 0), (
-            f"class {cls.size}: OBJ_USED {cls.stats[5]} != sum of inuse {per_class_inuse.get(idx, 0)}")
+            f"class {cls.size}: OBJ_USED {cls.stats[5]} != sum of inuse {per_class_inuse.get(idx, 0)}"
+        )
     assert owned_frames == pool.total_pages, (
-        f"pages_allocated {pool.total_pages} != frames of live zspages {owned_frames}")
+        f"pages_allocated {pool.total_pages} != frames of live zspages {owned_frames}"
+    )
     frames = sum(1 for pfn in mem.used_pfns() if id(mem.private[pfn]) in zset)
-    assert frames == owned_frames, f"{frames} frames point at live zspages, chains hold {owned_frames}"
+    assert frames == owned_frames, (
+        f"{frames} frames point at live zspages, chains hold {owned_frames}"
+    )
 
     # Tag bits: every header's handle decodes back to the object that holds it.
     for h, (pfn, idx) in handles_found.items():
         obj = obj_of(pool, h)
         assert obj & TAG == 0, f"*handle {h:#x} = {obj:#x} has the tag bit set"
         assert decode(obj) == (pfn, idx), (
-            f"handle {h:#x} decodes to {decode(obj)} but its header is at {(pfn, idx)}")
+            f"handle {h:#x} decodes to {decode(obj)} but its header is at {(pfn, idx)}"
+        )
     if live is not None:
         assert set(handles_found) == set(live), (
             f"handles in pages vs live: missing {sorted(set(live) - set(handles_found))[:5]}, "
-            f"extra {sorted(set(handles_found) - set(live))[:5]}")
+            f"extra {sorted(set(handles_found) - set(live))[:5]}"
+        )
         for h, size in live.items():
             pfn, _ = handles_found[h]
             cls = class_of(pool, mem.private[pfn])
             assert cls.size == ref_class_for_alloc(size).size, (
-                f"handle {h:#x} of size {size} lives in class {cls.size}")
+                f"handle {h:#x} of size {size} lives in class {cls.size}"
+            )
 
     # The debugfs rows agree with the structs.
     t = parse_classes_table(pool.classes_table())
     for idx, r in t.rows.items():
         st = canonical[idx].stats
         assert (r.almost_full, r.almost_empty, r.obj_allocated, r.obj_used) == (
-            st[ZS_ALMOST_FULL], st[ZS_ALMOST_EMPTY], st[4], st[5]), f"debugfs row {r} vs stats {st}"
+            st[ZS_ALMOST_FULL],
+            st[ZS_ALMOST_EMPTY],
+            st[4],
+            st[5],
+        ), f"debugfs row {r} vs stats {st}"
 
     # The pool's own checker must agree that all is well.
     if hasattr(pool, "check_invariants"):

@@ -2,6 +2,7 @@
 test_memory_memfd): `FakeOwner` stands in for zsmalloc as the MovableOps of its frames, and
 `rss_bytes` reads this process's resident memory (frames written and dropped show there).
 """
+
 from __future__ import annotations
 
 from allocator.locks import LockClass, Mutex
@@ -15,11 +16,12 @@ class FakeOwner:
     """A movable-page owner in the zsmalloc mould: objects -> frames, each frame stamped with its
     object id; migrate copies the frame and relinks; free trylocks the page (as free_zspage)."""
 
-    def __init__(self, mem: PhysicalMemory, *, fail_migrate: bool = False,
-                 refuse_isolate: bool = False) -> None:
+    def __init__(
+        self, mem: PhysicalMemory, *, fail_migrate: bool = False, refuse_isolate: bool = False
+    ) -> None:
         self.mem = mem
         self.lock = Mutex(OWNER_LOCK)
-        self.where: dict[int, int] = {}   # object id -> pfn
+        self.where: dict[int, int] = {}  # object id -> pfn
         self.calls: list[tuple] = []
         self.fail_migrate = fail_migrate
         self.refuse_isolate = refuse_isolate
@@ -45,7 +47,7 @@ class FakeOwner:
     def try_free(self, obj: int) -> bool:
         with self.lock:
             pfn = self.where[obj]
-            if not self.mem.trylock_page(pfn):   # free_zspage cannot sleep on a page lock
+            if not self.mem.trylock_page(pfn):  # free_zspage cannot sleep on a page lock
                 return False
             del self.where[obj]
             self.mem.clear_movable(pfn)

@@ -2,6 +2,7 @@
 (test_kernel_diff, test_lzo): loaded once by path as ``kc`` (scripts/ is no package), and the
 kernel figure those comparisons share.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,7 +25,7 @@ def load_kernel_compare() -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "kernel_compare.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module   # dataclasses look the module up while the body runs
+    sys.modules[name] = module  # dataclasses look the module up while the body runs
     spec.loader.exec_module(module)
     return module
 

@@ -8,6 +8,7 @@ Tests need root and /dev/fuse; without them they skip with a message, except whe
 The fixtures built on these (``zmount``, a factory of `Mount`s, and ``daemon``, a `DaemonMount`)
 are in tests/conftest.py.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,8 +52,9 @@ def require_fuse() -> None:
     pytest.skip(reason)
 
 
-def run(*cmd: str, timeout: float = CMD_TIMEOUT, check: bool = True,
-        input: str | None = None) -> subprocess.CompletedProcess:
+def run(
+    *cmd: str, timeout: float = CMD_TIMEOUT, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess:
     """Run a command with a timeout; on failure raise with its output."""
     res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, input=input)
     if check and res.returncode != 0:
@@ -62,11 +64,18 @@ def run(*cmd: str, timeout: float = CMD_TIMEOUT, check: bool = True,
 
 def zramfs_cli(*args: str, timeout: float = CMD_TIMEOUT, check: bool = True):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-m", "zramfs", *args], capture_output=True, text=True,
-                         timeout=timeout, env=env, cwd=str(REPO))
+    res = subprocess.run(
+        [sys.executable, "-m", "zramfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=str(REPO),
+    )
     if check and res.returncode != 0:
-        raise AssertionError(f"zramfs {' '.join(args)} -> {res.returncode}\n{res.stdout}\n"
-                             f"{res.stderr}")
+        raise AssertionError(
+            f"zramfs {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
+        )
     return res
 
 
@@ -198,7 +207,7 @@ class Mount:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
-            if is_mounted(self.path):   # the daemon died without unmounting
+            if is_mounted(self.path):  # the daemon died without unmounting
                 unmount(self.path, lazy=True)
 
 
@@ -221,11 +230,16 @@ def expect_errno(code: int, fn, *args) -> None:
         fn(*args)
     assert info.value.errno == code, (
         f"expected {errno.errorcode[code]}, got {errno.errorcode.get(info.value.errno or 0)}: "
-        f"{info.value}")
+        f"{info.value}"
+    )
 
 
-def start_mount(base: Path, *args: str, timeout: float = 30.0,
-                program: tuple[str, ...] = ("-m", "zramfs", "mount")) -> Mount:
+def start_mount(
+    base: Path,
+    *args: str,
+    timeout: float = 30.0,
+    program: tuple[str, ...] = ("-m", "zramfs", "mount"),
+) -> Mount:
     """Mount ``base/mnt`` in the foreground (a child process we own) and wait until the tree
     answers: until ``dev/`` is there, which every backend serves (``--backend null`` has only
     dev/zram0, no sys/block) — what ``zramfs mount`` itself waits for (zramfs/cli.py).
@@ -236,10 +250,15 @@ def start_mount(base: Path, *args: str, timeout: float = 30.0,
     mnt.mkdir(exist_ok=True)
     log = base / "zramfs.log"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with open(log, "wb") as log_file:       # the child has its own descriptor of it
-        proc = subprocess.Popen([sys.executable, *program, str(mnt), "--foreground", *args],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=log_file, cwd=str(REPO), env=env)
+    with open(log, "wb") as log_file:  # the child has its own descriptor of it
+        proc = subprocess.Popen(
+            [sys.executable, *program, str(mnt), "--foreground", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            cwd=str(REPO),
+            env=env,
+        )
     m = Mount(mnt, proc, log, tuple(args))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -285,11 +304,19 @@ class DaemonMount:
         self.mnt.mkdir()
         self.pidfile = base / "zramfs.pid"
         self.log = base / "zramfs.log"
-        self.pids: list[int] = []      # every daemon a mount() of this object started
+        self.pids: list[int] = []  # every daemon a mount() of this object started
 
     def mount(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        res = zramfs_cli("mount", str(self.mnt), "--pidfile", str(self.pidfile),
-                         "--log", str(self.log), *args, check=check)
+        res = zramfs_cli(
+            "mount",
+            str(self.mnt),
+            "--pidfile",
+            str(self.pidfile),
+            "--log",
+            str(self.log),
+            *args,
+            check=check,
+        )
         if res.returncode == 0:
             self.pids.append(self.pid)
         return res
@@ -319,7 +346,7 @@ class DaemonMount:
         teardown_users(self.mnt)
         pids = list(self.pids)
         with contextlib.suppress(OSError, ValueError):
-            pids.append(self.pid)      # a daemon started some other way (e.g. by the test itself)
+            pids.append(self.pid)  # a daemon started some other way (e.g. by the test itself)
         if is_mounted(self.mnt):
             unmount(self.mnt)
         for pid in dict.fromkeys(pids):

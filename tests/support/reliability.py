@@ -10,6 +10,7 @@
   varied compressibility.
 - `rss_kib`: a process's resident memory (the daemon's, for the memory tests).
 """
+
 from __future__ import annotations
 
 import faulthandler
@@ -33,7 +34,6 @@ from support.mountutil import (  # noqa: F401 (re-exported)
 
 PAGE = 4096
 MiB = 1 << 20
-
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
@@ -68,8 +68,9 @@ class Watchdog:
     """``with Watchdog(60, unblock=m.proc.kill): ...`` fails the block with WatchdogFired if it
     is still running after 60 s, after dumping all stacks and calling ``unblock``."""
 
-    def __init__(self, seconds: float, unblock: Callable[[], None] | None = None,
-                 what: str = "test") -> None:
+    def __init__(
+        self, seconds: float, unblock: Callable[[], None] | None = None, what: str = "test"
+    ) -> None:
         self.seconds = seconds
         self.unblock = unblock
         self.what = what
@@ -78,8 +79,10 @@ class Watchdog:
 
     def _fire(self) -> None:
         self.fired.set()
-        sys.stderr.write(f"\n=== watchdog: {self.what} still running after {self.seconds}s; "
-                         "stacks of every thread follow ===\n")
+        sys.stderr.write(
+            f"\n=== watchdog: {self.what} still running after {self.seconds}s; "
+            "stacks of every thread follow ===\n"
+        )
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         if self.unblock is not None:
             try:
@@ -93,27 +96,36 @@ class Watchdog:
         self._timer.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         assert self._timer is not None
         self._timer.cancel()
         if self.fired.is_set():
-            raise WatchdogFired(f"watchdog: {self.what} hung for more than {self.seconds}s "
-                                f"(stacks on stderr); first error: {exc!r}")
+            raise WatchdogFired(
+                f"watchdog: {self.what} hung for more than {self.seconds}s "
+                f"(stacks on stderr); first error: {exc!r}"
+            )
 
 
 def daemon_killer(m: Mount) -> Callable[[], None]:
     """The unblock action for a mount: SIGKILL its daemon (our child); FUSE requests in flight
     then fail with ENOTCONN and the fixture removes the stale mount."""
+
     def unblock() -> None:
         if m.proc.poll() is None:
             m.proc.kill()
+
     return unblock
 
 
 def join_all(threads: list[threading.Thread], deadline_s: float) -> list[str]:
     """Join with one overall deadline; returns the names of threads still alive."""
     import time
+
     end = time.monotonic() + deadline_s
     for t in threads:
         t.join(max(0.0, end - time.monotonic()))
@@ -183,5 +195,6 @@ def snapshot(m: Mount) -> dict[str, str]:
 def snapshot_diff(before: dict[str, str], after: dict[str, str]) -> list[str]:
     """What differs between two `snapshot`s, one ``name: before -> after`` line per entry."""
     keys = sorted(set(before) | set(after))
-    return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in keys
-            if before.get(k) != after.get(k)]
+    return [
+        f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in keys if before.get(k) != after.get(k)
+    ]

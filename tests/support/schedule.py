@@ -166,7 +166,9 @@ class Scenario:
 
     def __post_init__(self) -> None:
         names = [p.thread for p in self.programs]
-        if len(set(names)) != len(names) or any(not n or "*" in n or n.split() != [n] for n in names):
+        if len(set(names)) != len(names) or any(
+            not n or "*" in n or n.split() != [n] for n in names
+        ):
             raise ValueError(f"{self.name}: thread names must be unique words without '*': {names}")
         for p in self.programs:
             held = _validate(METHODS[self.lock], p.ops, {"read": 0, "write": 0}, p.thread)
@@ -174,8 +176,9 @@ class Scenario:
                 raise ValueError(f"{self.name}: thread {p.thread} ends holding the lock")
 
 
-def _validate(methods: dict[str, Method], ops: tuple[Op, ...], held: dict[str, int],
-              thread: str) -> dict[str, int]:
+def _validate(
+    methods: dict[str, Method], ops: tuple[Op, ...], held: dict[str, int], thread: str
+) -> dict[str, int]:
     """Check a program path by path: every unlock releases something held, no blocking
     acquisition while holding the lock (writer preference makes that a deadlock by design), a
     ``Try`` exactly for try-locks and both of its branches ending with the same holdings."""
@@ -185,7 +188,9 @@ def _validate(methods: dict[str, Method], ops: tuple[Op, ...], held: dict[str, i
         if m is None:
             raise ValueError(f"{thread}: unknown operation {op.method!r}")
         if (m.kind == "try") != isinstance(op, Try):
-            raise ValueError(f"{thread}: {op.method} must be {'a Try' if m.kind == 'try' else 'a Call'}")
+            raise ValueError(
+                f"{thread}: {op.method} must be {'a Try' if m.kind == 'try' else 'a Call'}"
+            )
         if m.kind == "lock" and any(held.values()):
             raise ValueError(f"{thread}: blocking {op.method} while holding the lock")
         if m.kind == "unlock":
@@ -198,7 +203,9 @@ def _validate(methods: dict[str, Method], ops: tuple[Op, ...], held: dict[str, i
             won = _validate(methods, op.then, {**held, m.side: held[m.side] + 1}, thread)
             lost = _validate(methods, op.orelse, held, thread)
             if won != lost:
-                raise ValueError(f"{thread}: the branches of {op.method} end holding different locks")
+                raise ValueError(
+                    f"{thread}: the branches of {op.method} end holding different locks"
+                )
             held = won
     return held
 
@@ -234,10 +241,10 @@ class ChoicePoint(NamedTuple):
     """A decision with more than one runnable thread (what the depth-first search varies).
     A named tuple, not a dataclass: one is made at most steps, and this is cheaper."""
 
-    options: tuple[int, ...]      # thread indices; the current thread first if it can go on
+    options: tuple[int, ...]  # thread indices; the current thread first if it can go on
     chosen: int
-    preemptions: int              # preemptions made before this point
-    current_runnable: bool        # choosing another than options[0] is a preemption
+    preemptions: int  # preemptions made before this point
+    current_runnable: bool  # choosing another than options[0] is a preemption
 
 
 class InterleavingFailure(AssertionError):
@@ -254,24 +261,26 @@ class Explored:
     """What an exploration covered."""
 
     scenario: str
-    executions: int               # complete runs, each a distinct interleaving
-    complete: bool                # False if max_executions cut the search short
-    longest: int                  # most steps in one run
-    most_choices: int             # most choice points in one run
+    executions: int  # complete runs, each a distinct interleaving
+    complete: bool  # False if max_executions cut the search short
+    longest: int  # most steps in one run
+    most_choices: int  # most choice points in one run
     seconds: float
 
     def __str__(self) -> str:
         cut = "" if self.complete else " (cut short)"
-        return (f"{self.scenario}: {self.executions} interleavings{cut}, up to {self.longest} "
-                f"steps / {self.most_choices} choice points each, {self.seconds:.2f} s")
+        return (
+            f"{self.scenario}: {self.executions} interleavings{cut}, up to {self.longest} "
+            f"steps / {self.most_choices} choice points each, {self.seconds:.2f} s"
+        )
 
 
 # ------------------------------------------------------------------------------------------
 # Cooperative stand-ins for threading.Lock and threading.Condition
 # ------------------------------------------------------------------------------------------
 
-_tls = threading.local()          # .thread: the _Thread record of a controlled thread
-_OUTSIDE = object()               # owner of a SimLock taken by a thread the explorer does not run
+_tls = threading.local()  # .thread: the _Thread record of a controlled thread
+_OUTSIDE = object()  # owner of a SimLock taken by a thread the explorer does not run
 
 
 def _controlled() -> _Thread | None:
@@ -315,7 +324,7 @@ class SimLock:
         t = _controlled()
         if t is None:
             raise RuntimeError("an outside thread would block on a lock of an explored thread")
-        if not t.run.failed:           # while unwinding a failed run nothing blocks
+        if not t.run.failed:  # while unwinding a failed run nothing blocks
             t.run.block(t, lambda: self._owner is None, _caller_where(t, "blocked on a lock"))
         self._owner = t
         return True
@@ -372,11 +381,14 @@ class SimCondition:
         self._lock._owner = None
         t.in_wait = True
         try:
-            t.run.block(t, lambda: w.notified and self._lock._owner is None,
-                        _caller_where(t, "blocked in Condition.wait"))
+            t.run.block(
+                t,
+                lambda: w.notified and self._lock._owner is None,
+                _caller_where(t, "blocked in Condition.wait"),
+            )
         finally:
             t.in_wait = False
-            self._lock._owner = t      # retaken, also when unwinding (as CPython's wait does)
+            self._lock._owner = t  # retaken, also when unwinding (as CPython's wait does)
         return True
 
     def notify(self, n: int = 1) -> None:
@@ -397,7 +409,7 @@ class _SimThreading:
     Condition = SimCondition
 
     def __getattr__(self, name: str) -> object:
-        return getattr(threading, name)     # get_ident, local, ...: the real ones
+        return getattr(threading, name)  # get_ident, local, ...: the real ones
 
 
 SIM_THREADING = _SimThreading()
@@ -430,7 +442,7 @@ def simulated() -> Iterator[None]:
 # One run of a scenario
 # ------------------------------------------------------------------------------------------
 
-Chooser = Callable[[tuple[int, ...], int], int]     # (options, choice point number) -> thread
+Chooser = Callable[[tuple[int, ...], int], int]  # (options, choice point number) -> thread
 
 
 def _parked() -> threading.Lock:
@@ -446,11 +458,11 @@ class _Thread:
     index: int
     program: Program
     run: _Run
-    go: threading.Lock            # its worker's baton: locked while it must not run
+    go: threading.Lock  # its worker's baton: locked while it must not run
     where: Where = ("", 0, "start")
-    blocked: Callable[[], bool] | None = None   # set while blocked: runnable once it is true
-    in_wait: bool = False         # inside Condition.wait (counted in the lock's _waiters)
-    inside: str | None = None     # the lock method it is executing
+    blocked: Callable[[], bool] | None = None  # set while blocked: runnable once it is true
+    in_wait: bool = False  # inside Condition.wait (counted in the lock's _waiters)
+    inside: str | None = None  # the lock method it is executing
     ops_started: int = 0
     held: dict[str, int] = field(default_factory=lambda: {"read": 0, "write": 0})
     finished: bool = False
@@ -508,8 +520,13 @@ class _Run:
     (releases the other's ``go``, then waits on its own), so the scheduler state is only ever
     touched by one thread."""
 
-    def __init__(self, scenario: Scenario, choose: Chooser, workers: list[_Worker],
-                 max_steps: int = _STEP_LIMIT) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        choose: Chooser,
+        workers: list[_Worker],
+        max_steps: int = _STEP_LIMIT,
+    ) -> None:
         self.scenario = scenario
         self.choose = choose
         self.max_steps = max_steps
@@ -517,16 +534,20 @@ class _Run:
         self.traced = frozenset((*LOCKS_FILES, *scenario.traced_files))
         rw = scenario.lock == "rwlock"
         self.lock_class = locks.LockClass(f"interleave.{scenario.name}.{next(_run_ids)}", rw=rw)
-        self.lock: locks.RWLock | locks.Mutex = (locks.RWLock if rw else locks.Mutex)(self.lock_class)
+        self.lock: locks.RWLock | locks.Mutex = (locks.RWLock if rw else locks.Mutex)(
+            self.lock_class
+        )
         self.workers = workers
-        self.threads = [_Thread(i, p, self, w.go)
-                        for i, (p, w) in enumerate(zip(scenario.programs, workers, strict=True))]
-        self.trace: list[tuple[int, Where, str]] = []     # (thread, where, how) per step
+        self.threads = [
+            _Thread(i, p, self, w.go)
+            for i, (p, w) in enumerate(zip(scenario.programs, workers, strict=True))
+        ]
+        self.trace: list[tuple[int, Where, str]] = []  # (thread, where, how) per step
         self.points: list[ChoicePoint] = []
         self.preemptions = 0
-        self.holding = {"read": 0, "write": 0}    # returned acquisitions not yet released
-        self.inside = 0                           # threads inside a lock method
-        self.acquired = {"read": 0, "write": 0}   # successful acquisitions (lock_stat's count)
+        self.holding = {"read": 0, "write": 0}  # returned acquisitions not yet released
+        self.inside = 0  # threads inside a lock method
+        self.acquired = {"read": 0, "write": 0}  # successful acquisitions (lock_stat's count)
         self.failure: str | None = None
         self._ended = 0
         self._end_lock = threading.Lock()
@@ -560,7 +581,7 @@ class _Run:
             if not self.failed:
                 self._final_checks()
         finally:
-            with locks.LockClass._registry_lock:    # one class per run: do not pile them up
+            with locks.LockClass._registry_lock:  # one class per run: do not pile them up
                 locks.LockClass._registry.pop(self.lock_class.name, None)
         return self
 
@@ -579,11 +600,11 @@ class _Run:
                 self._finish(t)
         except _Aborted:
             pass
-        except BaseException:   # noqa: BLE001 - a bug of the explorer itself: report it
+        except BaseException:  # noqa: BLE001 - a bug of the explorer itself: report it
             self._fail(f"explorer error in {t.name}:\n{traceback.format_exc()}")
         finally:
             _tls.thread = None
-            with self._end_lock:    # threads unwinding a failed run end concurrently
+            with self._end_lock:  # threads unwinding a failed run end concurrently
                 self._ended += 1
                 last = self._ended == len(self.threads)
             if last:
@@ -605,11 +626,11 @@ class _Run:
 
     def _run_ops(self, t: _Thread, ops: tuple[Op, ...]) -> None:
         for op in ops:
-            if t.ops_started:          # a boundary between two operations
+            if t.ops_started:  # a boundary between two operations
                 self.yield_point(t, ("", 0, f"before {op}"))
             t.ops_started += 1
             m = self.methods[op.method]
-            if m.kind == "unlock":     # no longer counted as held once the release starts
+            if m.kind == "unlock":  # no longer counted as held once the release starts
                 t.held[m.side] -= 1
                 self.holding[m.side] -= 1
             t.inside = op.method
@@ -625,7 +646,7 @@ class _Run:
             t.inside = None
             self.inside -= 1
             if m.kind == "lock" or (m.kind == "try" and result):
-                t.held[m.side] += 1    # held from the moment the acquisition returned
+                t.held[m.side] += 1  # held from the moment the acquisition returned
                 self.holding[m.side] += 1
                 self.acquired[m.side] += 1
             if isinstance(op, Try):
@@ -675,19 +696,22 @@ class _Run:
         self._check_step()
         if self.failed:
             return None
-        runnable = [t for t in self.threads
-                    if not t.finished and (t.blocked is None or t.blocked())]
+        runnable = [
+            t for t in self.threads if not t.finished and (t.blocked is None or t.blocked())
+        ]
         if not runnable:
             if not all(t.finished for t in self.threads):
-                self._fail("deadlock: every unfinished thread is blocked\n" + self._blocked_report())
+                self._fail(
+                    "deadlock: every unfinished thread is blocked\n" + self._blocked_report()
+                )
             return None
         cur_runnable = cur is not None and cur in runnable
         if len(runnable) == 1:
             nxt = runnable[0]
         else:
             if cur_runnable:
-                runnable.remove(cur)   # type: ignore[arg-type]
-                runnable.insert(0, cur)   # type: ignore[arg-type]
+                runnable.remove(cur)  # type: ignore[arg-type]
+                runnable.insert(0, cur)  # type: ignore[arg-type]
             options = tuple(o.index for o in runnable)
             nxt = self.threads[self.choose(options, len(self.points))]
             self.points.append(ChoicePoint(options, nxt.index, self.preemptions, cur_runnable))
@@ -708,11 +732,11 @@ class _Run:
         if self.failed:
             return
         self.failure = self._report(reason)
-        for t in self.threads:         # unwind every other thread (sim locks stop blocking)
+        for t in self.threads:  # unwind every other thread (sim locks stop blocking)
             if t is not _controlled() and not t.finished:
                 try:
                     t.go.release()
-                except RuntimeError:   # its baton was passed already
+                except RuntimeError:  # its baton was passed already
                     pass
 
     # -- checks -------------------------------------------------------------------------------------
@@ -725,8 +749,9 @@ class _Run:
         elif not self.inside:
             errors = _state_errors(self.lock, readers, writers)
             if errors:
-                self._fail("inconsistent lock state with no thread inside the lock: "
-                           + "; ".join(errors))
+                self._fail(
+                    "inconsistent lock state with no thread inside the lock: " + "; ".join(errors)
+                )
 
     def _check_query(self, t: _Thread, method: str, result: object) -> None:
         others = [o for o in self.threads if o is not t]
@@ -739,8 +764,9 @@ class _Run:
         elif method == "locked":
             if not result and any(o.held["write"] for o in self.threads):
                 self._fail("locked() is false while a thread holds the mutex")
-            elif result and not (any(o.held["write"] for o in self.threads)
-                                 or any(o.inside for o in others)):
+            elif result and not (
+                any(o.held["write"] for o in self.threads) or any(o.inside for o in others)
+            ):
                 self._fail("locked() is true with nobody holding or taking the mutex")
         if self.failed:
             raise _Aborted
@@ -751,19 +777,28 @@ class _Run:
         held = self.lock.locked() if isinstance(self.lock, locks.Mutex) else self.lock.is_locked()
         if readers or writers or held:
             errors.append("the lock is not free at the end")
-        sides: tuple[Side, ...] = ("read", "write") if self.scenario.lock == "rwlock" else ("write",)
+        sides: tuple[Side, ...] = (
+            ("read", "write") if self.scenario.lock == "rwlock" else ("write",)
+        )
         for side in ("read", "write"):
-            stat = self.lock_class.stat(locks.LockMode.READ if side == "read" else locks.LockMode.WRITE)
+            stat = self.lock_class.stat(
+                locks.LockMode.READ if side == "read" else locks.LockMode.WRITE
+            )
             want = self.acquired[side] if side in sides else 0
             if stat.acquisitions != want:
-                errors.append(f"lock_stat {side} acquisitions {stat.acquisitions}, the programs "
-                              f"made {want}")
+                errors.append(
+                    f"lock_stat {side} acquisitions {stat.acquisitions}, the programs made {want}"
+                )
             if stat.contentions > stat.acquisitions:
-                errors.append(f"lock_stat {side}: {stat.contentions} contentions > "
-                              f"{stat.acquisitions} acquisitions")
+                errors.append(
+                    f"lock_stat {side}: {stat.contentions} contentions > "
+                    f"{stat.acquisitions} acquisitions"
+                )
             if not stat.wait_min_ns <= stat.wait_max_ns <= stat.wait_total_ns:
-                errors.append(f"lock_stat {side} wait times min {stat.wait_min_ns} max "
-                              f"{stat.wait_max_ns} total {stat.wait_total_ns}")
+                errors.append(
+                    f"lock_stat {side} wait times min {stat.wait_min_ns} max "
+                    f"{stat.wait_max_ns} total {stat.wait_total_ns}"
+                )
             if not stat.contentions and stat.wait_total_ns:
                 errors.append(f"lock_stat {side}: wait time without contentions")
         if errors:
@@ -772,14 +807,17 @@ class _Run:
     # -- reporting -----------------------------------------------------------------------------------
 
     def _blocked_report(self) -> str:
-        return "\n".join(f"  {t.name}: {_fmt_where(t.where)}" for t in self.threads if not t.finished)
+        return "\n".join(
+            f"  {t.name}: {_fmt_where(t.where)}" for t in self.threads if not t.finished
+        )
 
     def _report(self, reason: str) -> str:
         names = tuple(t.name for t in self.threads)
         lines = [
             f"scenario {self.scenario.name!r}: {reason.rstrip()}",
             f"lock state: {_describe(self.lock)}",
-            "threads: " + "; ".join(f"{p.thread}: {_fmt_ops(p.ops)}" for p in self.scenario.programs),
+            "threads: "
+            + "; ".join(f"{p.thread}: {_fmt_ops(p.ops)}" for p in self.scenario.programs),
             f"preemptions: {self.preemptions}; replay with",
             f"  replay(scenario, {compress(self.schedule)!r})",
             "schedule (per step: the thread that runs next and the line it runs next, or where "
@@ -803,9 +841,11 @@ def _fmt_ops(ops: tuple[Op, ...]) -> str:
 def _describe(lock: locks.RWLock | locks.Mutex) -> str:
     if isinstance(lock, locks.Mutex):
         return f"Mutex locked={lock._lock.locked()}"
-    return (f"RWLock _readers={lock._readers} _fast={len(lock._fast)} _writer={lock._writer} "
-            f"_wbusy={lock._wbusy} _waiters={lock._waiters} _wwait={lock._wwait} "
-            f"_rwait={lock._rwait} _rgrant={lock._rgrant}")
+    return (
+        f"RWLock _readers={lock._readers} _fast={len(lock._fast)} _writer={lock._writer} "
+        f"_wbusy={lock._wbusy} _waiters={lock._waiters} _wwait={lock._wwait} "
+        f"_rwait={lock._rwait} _rgrant={lock._rgrant}"
+    )
 
 
 def _state_errors(lock: locks.RWLock | locks.Mutex, readers: int, writers: int) -> list[str]:
@@ -817,18 +857,22 @@ def _state_errors(lock: locks.RWLock | locks.Mutex, readers: int, writers: int) 
             errors.append(f"mutex locked={lock._lock.locked()} with {writers} holder(s)")
         return errors
     if lock._readers + len(lock._fast) != readers or lock._readers < 0:
-        errors.append(f"_readers {lock._readers} + {len(lock._fast)} fast tokens for "
-                      f"{readers} reader(s) holding")
+        errors.append(
+            f"_readers {lock._readers} + {len(lock._fast)} fast tokens for "
+            f"{readers} reader(s) holding"
+        )
     if lock._writer != bool(writers):
         errors.append(f"_writer={lock._writer} with {writers} writer(s) holding")
     for name in ("_waiters", "_wwait", "_rwait", "_rgrant"):
         if getattr(lock, name):
             errors.append(f"{name}={getattr(lock, name)} with nobody waiting")
     if lock._wbusy != (lock._writer or locks._SLOW_READERS):
-        errors.append(f"_wbusy={lock._wbusy} with _writer={lock._writer}: the reader fast path "
-                      "is shut (or open) for nothing")
+        errors.append(
+            f"_wbusy={lock._wbusy} with _writer={lock._writer}: the reader fast path "
+            "is shut (or open) for nothing"
+        )
     for cond in (lock._rcond, lock._wcond):
-        if cond is not None and cond._waiters:     # type: ignore[attr-defined]
+        if cond is not None and cond._waiters:  # type: ignore[attr-defined]
             errors.append("a condition still has waiters")
     return errors
 
@@ -854,23 +898,26 @@ class _Replay:
             return options[0]
         chosen, seen = self.prefix[i]
         if (seen is not None and seen != options) or chosen not in options:
-            raise Nondeterminism(f"choice point {i}: options {options}, expected {seen} "
-                                 f"(choosing {chosen})")
+            raise Nondeterminism(
+                f"choice point {i}: options {options}, expected {seen} (choosing {chosen})"
+            )
         return chosen
 
 
-def _next_prefix(points: list[ChoicePoint], bound: int
-                 ) -> list[tuple[int, tuple[int, ...] | None]] | None:
+def _next_prefix(
+    points: list[ChoicePoint], bound: int
+) -> list[tuple[int, tuple[int, ...] | None]] | None:
     """The depth-first successor of the run that made ``points``: vary the deepest choice point
     that has an untried option within the preemption bound (options are tried in order, the
     non-preempting one first)."""
     for i in range(len(points) - 1, -1, -1):
         p = points[i]
-        for alt in p.options[p.options.index(p.chosen) + 1:]:
+        for alt in p.options[p.options.index(p.chosen) + 1 :]:
             cost = p.preemptions + (p.current_runnable and alt != p.options[0])
             if cost <= bound:
                 prefix: list[tuple[int, tuple[int, ...] | None]] = [
-                    (q.chosen, q.options) for q in points[:i]]
+                    (q.chosen, q.options) for q in points[:i]
+                ]
                 return prefix + [(alt, p.options)]
     return None
 
@@ -882,8 +929,9 @@ def _run_once(scenario: Scenario, choose: Chooser, workers: list[_Worker]) -> _R
     return run
 
 
-def explore(scenario: Scenario, *, preemption_bound: int = 2,
-            max_executions: int | None = None) -> Explored:
+def explore(
+    scenario: Scenario, *, preemption_bound: int = 2, max_executions: int | None = None
+) -> Explored:
     """Run ``scenario`` in every interleaving with at most ``preemption_bound`` preemptions
     (depth first); raise ``InterleavingFailure`` at the first failing one."""
     t0 = time.perf_counter()
@@ -913,7 +961,7 @@ def explore_random(scenario: Scenario, *, executions: int, seed: int = 0) -> Exp
 
 def compress(schedule: Sequence[str]) -> str:
     """``("B", "B", "S")`` -> ``"B*2 S"``: a schedule as a failure message prints it."""
-    runs: list[list[Any]] = []      # [name, count]
+    runs: list[list[Any]] = []  # [name, count]
     for name in schedule:
         if runs and runs[-1][0] == name:
             runs[-1][1] += 1

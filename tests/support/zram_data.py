@@ -1,4 +1,5 @@
 """Test data and helpers shared by the device-engine tests (test_codecs, test_device*, test_attrs)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,7 +32,7 @@ def corpus() -> bytes:
 def text_page(rng: random.Random) -> bytes:
     t = corpus()
     off = rng.randrange(0, len(t) - PAGE)
-    return t[off:off + PAGE]
+    return t[off : off + PAGE]
 
 
 def random_page(rng: random.Random) -> bytes:
