@@ -79,10 +79,12 @@ except for the first, which has a slow path of its own.
 4. ``RWLock.is_contended``/``readers``/``is_locked`` and ``Mutex.locked`` read counters
    without ``_lock``: a snapshot that may be stale the moment it is taken, as the kernel's
    ``rwlock_is_contended`` is; compaction uses it only as a hint to yield.
-5. The pool's handle cache: ``_free_cells`` is popped and appended without a lock (atomic list
-   operations) and ``_cells`` is indexed by every thread while ``_grow_cells`` extends it
-   under its leaf lock.  ``array.extend`` reallocates in one C call and nobody holds a buffer
-   export of it, so an index is read either before or after the move, never during it.
+5. The pool's handle cache (``allocator.handles.HandleCache``; the pool binds its
+   ``free_cells`` and ``grow`` as ``_free_cells`` and ``_grow_cells``): ``free_cells`` is
+   popped and appended without a lock (atomic list operations) and ``cells`` is indexed by
+   every thread while ``grow`` extends it under its leaf lock.  ``array.extend`` reallocates
+   in one C call and nobody holds a buffer export of it, so an index is read either before or
+   after the move, never during it.
 6. ``PhysicalMemory``'s per-frame arrays are grown in place the same way (``_grow``, under the
    zone lock) while other threads index them.
 7. ``zs_can_compact``/``zs_shrinker_count`` and the device statistics read counters without

@@ -1,4 +1,4 @@
-"""zramfs plot (issue 14 §2): PNGs checked as images (signature, size, not blank), the summary
+"""zramfs plot: PNGs checked as images (signature, size, not blank), the summary
 against the record's numbers, overlays with legends from the differing settings, and bad input
 (one line on stderr, exit code 2, nothing written)."""
 

@@ -1,4 +1,4 @@
-"""zramfs record (issue 14 §1): the record file of a real mount, device_sample against the mount
+"""zramfs record: the record file of a real mount, device_sample against the mount
 sampler, the CSV export, and bad input (one line on stderr, exit code 2, no file).
 
 The schema is docs/experiments.md's; zramfs/record_schema.py holds its names.

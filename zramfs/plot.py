@@ -1,4 +1,4 @@
-"""``zramfs plot FILE... --out DIR``: PNGs of record files (issue 14 §2; docs/experiments.md,
+"""``zramfs plot FILE... --out DIR``: PNGs of record files (docs/experiments.md,
 "Plots").
 
 Reads every FILE first (`zramfs.record_schema.read_record`: a missing or malformed file is one

@@ -1,4 +1,4 @@
-"""``zramfs record MNT --out FILE``: a time series of a live mount (issue 14 §1), and the two
+"""``zramfs record MNT --out FILE``: a time series of a live mount, and the two
 pieces other experiment tools build on: `device_sample` and `RecordWriter`.
 
 - `device_sample(dev)`: one device's object of a sample, in process, from a live `ZramDevice`.
