@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from zramfs import plot, record, sweep
+from zramfs.cmdline import one_line_errors
 from zramfs.loopdev import LoopGuard, attached_loops
 from zramfs.mount_probe import bounded, probe, unmount_without_daemon, zramfs_mounts
 from zramfs.process_protect import MlockError as MlockError
@@ -660,6 +661,9 @@ def make_parser() -> argparse.ArgumentParser:
     record.add_parser(sub)
     plot.add_parser(sub)
     sweep.add_parser(sub)
+    one_line_errors(p, "zramfs")
+    for name in ("mount", "umount", "status"):
+        one_line_errors(sub.choices[name], f"zramfs {name}")
     return p
 
 

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from zramfs.cmdline import one_line_errors
 from zramfs.record_schema import RecordError, read_record
 
 MISSING_MATPLOTLIB = "zramfs plot needs matplotlib: pip install 'zramfs[plot]'"
@@ -43,11 +44,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="record files (zramfs record)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the PNGs")
     p.set_defaults(func=run)
-
-    def error(message: str) -> Any:  # one line and exit code 2, no usage dump
-        p.exit(2, f"zramfs plot: {message}\n")
-
-    p.error = error
+    one_line_errors(p, "zramfs plot")
 
 
 def plot_files(files: Sequence[str], out: str | os.PathLike[str]) -> tuple[list[Path], list[str]]:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from zramfs.cmdline import one_line_errors
 from zramfs.record_schema import (
     CONFIG_PARAMS,
     DAEMON_PARAMS,
@@ -462,15 +463,6 @@ def write_csv(record_path: str | os.PathLike[str], out: str | os.PathLike[str]) 
 
 
 # ---- the command -------------------------------------------------------------------------------
-def _one_line_errors(p: argparse.ArgumentParser, prog: str) -> None:
-    """Bad arguments: one line on stderr and exit code 2, no usage dump."""
-
-    def error(message: str) -> Any:
-        p.exit(2, f"{prog}: {message}\n")
-
-    p.error = error  # type: ignore[method-assign]
-
-
 def add_parser(subparsers: Any) -> None:
     r = subparsers.add_parser("record", help="record a time series of a mount (JSON Lines)")
     r.add_argument("mountpoint", metavar="MNT")
@@ -493,7 +485,7 @@ def add_parser(subparsers: Any) -> None:
         help="also write FILE's CSV companion (FILE.csv), one row per sample per device",
     )
     r.set_defaults(func=run)
-    _one_line_errors(r, "zramfs record")
+    one_line_errors(r, "zramfs record")
 
 
 def _seconds(option: str, text: str | None) -> float | None:

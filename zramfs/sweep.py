@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from zramfs.cmdline import one_line_errors
+
 if TYPE_CHECKING:
     from zramfs.device import ZramDevice
     from zramfs.replay import ReplayResult
@@ -489,9 +491,4 @@ def add_parser(subparsers: Any) -> None:
         help="with --scheduler: how long to wait for the scheduler, then for a worker (default 10)",
     )
     r.set_defaults(func=run)
-
-    def one_line_error(message: str) -> Any:
-        # a bad argument is one line and exit code 2, like every other bad input here
-        r.exit(2, f"zramfs replay: {message}\n")
-
-    r.error = one_line_error
+    one_line_errors(r, "zramfs replay")
