@@ -91,6 +91,7 @@ from zramfs.daemon import (
     parse_policy,
 )
 from zramfs.device import Registry, ZramDevice
+from zramfs.stat_fields import MM_STAT_FIELDS
 from zramfs.units import parse_size
 
 PAGE_SIZE = 4096
@@ -99,18 +100,6 @@ BLKDISCARD = 0x1277
 #: the class table of the running kernel (CONFIG_ZSMALLOC_CHAIN_SIZE=8, ≥6.3 page-count rule)
 CHAIN_SIZE = 8
 CHAIN_RULE = "min-waste"
-
-MM_STAT_FIELDS: tuple[str, ...] = (
-    "orig_data_size",
-    "compr_data_size",
-    "mem_used_total",
-    "mem_limit",
-    "mem_used_max",
-    "same_pages",
-    "pages_compacted",
-    "huge_pages",
-    "huge_pages_since",
-)
 
 
 def parse_mm_stat(text: str) -> dict[str, int]:

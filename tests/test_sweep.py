@@ -27,22 +27,12 @@ import pytest
 from zramfs.cli import main
 from zramfs.device import Registry
 from zramfs.record_schema import read_record
+from zramfs.stat_fields import MM_STAT_FIELDS
 from zramfs.sweep import SweepInputError, configurations, parse_sets
 from zramfs.trace import TraceWriter
 from zramfs.trace_hook import MountTracer
 
 REPO = Path(__file__).resolve().parents[1]
-MM_STAT_FIELDS = (
-    "orig_data_size",
-    "compr_data_size",
-    "mem_used_total",
-    "mem_limit",
-    "mem_used_max",
-    "same_pages",
-    "pages_compacted",
-    "huge_pages",
-    "huge_pages_since",
-)
 SWEEP = ["--set", "algorithm=lz4,zstd", "--set", "chain_size=4,8"]
 SWEEP_ORDER = [("lz4", "4"), ("lz4", "8"), ("zstd", "4"), ("zstd", "8")]
 

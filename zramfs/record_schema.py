@@ -26,44 +26,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zramfs.daemon import Reason
+from zramfs.stat_fields import (
+    BD_STAT_FIELDS,
+    BLOCK_STAT_FIELDS,
+    DEBUG_STAT_FIELDS,
+    IO_STAT_FIELDS,
+    MM_STAT_FIELDS,
+)
+
 SCHEMA = "zramfs-record"
 VERSION = 1
 
-# ---- attribute fields, in the order the kernel prints them (docs/zram.md, "Statistics formats")
-MM_STAT_FIELDS = (
-    "orig_data_size",
-    "compr_data_size",
-    "mem_used_total",
-    "mem_limit",
-    "mem_used_max",
-    "same_pages",
-    "pages_compacted",
-    "huge_pages",
-    "huge_pages_since",
-)
-IO_STAT_FIELDS = ("failed_reads", "failed_writes", "invalid_io", "notify_free")
-BD_STAT_FIELDS = ("bd_count", "bd_reads", "bd_writes")
-DEBUG_STAT_FIELDS = ("version", "writestall", "miss_free")
-# the block layer's /sys/block/<dev>/stat (Documentation/block/stat.rst)
-BLOCK_STAT_FIELDS = (
-    "read_ios",
-    "read_merges",
-    "read_sectors",
-    "read_ticks",
-    "write_ios",
-    "write_merges",
-    "write_sectors",
-    "write_ticks",
-    "in_flight",
-    "io_ticks",
-    "time_in_queue",
-    "discard_ios",
-    "discard_merges",
-    "discard_sectors",
-    "discard_ticks",
-    "flush_ios",
-    "flush_ticks",
-)
+# The stat files' fields are zramfs.stat_fields' (imported above, and exported from here too).
 # zs_stats_size_show()'s columns (debugfs zsmalloc/<pool>/classes)
 CLASS_FIELDS = (
     "class",
@@ -92,10 +67,7 @@ DEVICE_FILES = (*SCALAR_FILES, *STAT_FILES)
 DAEMON_PARAMS = (
     "compact_runs",
     "compact_pages_freed",
-    "compact_runs_pressure",
-    "compact_runs_mem_limit",
-    "compact_runs_threshold",
-    "compact_runs_interval",
+    *(f"compact_runs_{reason.value}" for reason in Reason),
 )
 #: module parameters copied into the header's ``config`` of a mount recording
 CONFIG_PARAMS = ("chain_size", "chain_rule", "compact_policy", "num_devices", "lz4_path")

@@ -53,6 +53,7 @@ from .replay_settings import (
     validate_setting,
 )
 from .slots import PAGE_SHIFT, PAGE_SIZE
+from .stat_fields import MM_STAT_FIELDS
 from .trace import (
     CTRL_READ,
     F_OVERLAP,
@@ -80,18 +81,6 @@ __all__ = [
     "validate_setting",
 ]
 
-#: mm_stat's nine columns, in the kernel's order (docs/zram.md)
-MM_STAT_FIELDS = (
-    "orig_data_size",
-    "compr_data_size",
-    "mem_used_total",
-    "mem_limit",
-    "mem_used_max",
-    "same_pages",
-    "pages_compacted",
-    "huge_pages",
-    "huge_pages_since",
-)
 _DAEMON_KNOBS = {
     "compact_policy": "compact_policy",
     "compact_enabled": "compact_policy",
@@ -291,12 +280,7 @@ class _Replay:
                         self.write_failures += 1
             else:
                 self.apply(rec)
-            dev = self.dev
-            pool = dev.pool if dev is not None else None
-            used = pool.total_pages << PAGE_SHIFT if pool is not None else 0
-            self.last_used = used
-            if used > self.peak:
-                self.peak = used
+            self._measure()
             self.records += 1
             self.overlapping += rec[3] & F_OVERLAP
 

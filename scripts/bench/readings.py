@@ -8,6 +8,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from zramfs.stat_fields import MM_STAT_FIELDS
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: the lock class whose contention the report shows (zsmalloc's pool migrate_lock)
 MIGRATE_LOCK = "&pool->migrate_lock"
@@ -79,19 +81,6 @@ def thread_samples(pid: int) -> dict[int, ThreadSample]:
             involuntary_switches=int(status["nonvoluntary_ctxt_switches"]),
         )
     return out
-
-
-MM_STAT_FIELDS = (
-    "orig_data_size",
-    "compr_data_size",
-    "mem_used_total",
-    "mem_limit",
-    "mem_used_max",
-    "same_pages",
-    "pages_compacted",
-    "huge_pages",
-    "huge_pages_since",
-)
 
 
 def parse_mm_stat(text: str | None) -> dict[str, int] | None:
