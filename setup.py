@@ -13,8 +13,9 @@ adds the extension modules:
   ``ZRAMFS_PURE_PYTHON=1`` at install time skips the compilation on purpose.
 
 Not compiled, on purpose: the packages' ``__init__`` (they choose the build at import time),
-``allocator.locks`` and ``allocator.lockdep`` (the interleaving explorer traces their lines and
-swaps their ``threading``; compiling them measured no gain), ``allocator.mm_types`` (a
+``allocator.lockdep`` (the checker walks Python frames and runs only with lockdep on; the
+interleaving explorer runs the interpreted ``locks.py`` in either build,
+tests/support/pure_locks.py), ``allocator.mm_types`` (a
 runtime-checkable Protocol) and ``allocator.map_area`` (a ``threading.local`` subclass): mypyc
 compiles neither of the last two correctly.
 """
@@ -35,6 +36,7 @@ from setuptools.command.build_ext import build_ext
 # package -> modules compiled by mypyc (one shared library per package)
 COMPILED: dict[str, tuple[str, ...]] = {
     "allocator": (
+        "locks",
         "sizeclass",
         "zspage",
         "handles",

@@ -22,8 +22,7 @@ nobody but for type checking):
     map_area        the per-thread mapping area of zs_map_object
     pool            Pool: zs_malloc/zs_free/map and the read/write fast paths
 
-Every module but this one, ``locks``, ``lockdep``, ``mm_types``, ``map_area`` and ``buildmode`` is
-compiled
+Every module but this one, ``lockdep``, ``mm_types``, ``map_area`` and ``buildmode`` is compiled
 by mypyc at install time where a C compiler exists (setup.py); ``build_mode()`` says which
 build this process runs, and ``ZRAMFS_PURE_PYTHON=1`` selects the pure sources
 (``allocator.buildmode``).

@@ -470,8 +470,11 @@ def lockdep_released(key: object, strict: bool = False) -> None:
 
 
 def contention_point() -> str:
-    """The caller outside the lock modules that is contending (slow path only)."""
-    f: FrameType | None = sys._getframe(2)
+    """The caller outside the lock modules that is contending (slow path only).
+
+    The walk starts at this frame and skips every frame of the lock modules: a compiled
+    ``allocator.locks`` has no frames of its own, so a fixed depth would miss the caller."""
+    f: FrameType | None = sys._getframe(0)
     while f is not None and f.f_code.co_filename in _LOCK_FILES:
         f = f.f_back
     if f is None:

@@ -55,9 +55,9 @@ and lock_stat, are ``allocator.lockdep``; every name of theirs is importable fro
 
 * **lockdep** (``set_lockdep(True)``, off by default; the checker is ``allocator.lockdep``):
   a blocking acquisition against the ranks raises ``LockOrderViolation`` before it blocks.  The
-  switch is a global of this module (``_lockdep``), read on every acquire and release: a module
-  global is the cheapest check CPython has, and the primitives below and ``allocator.memory``'s
-  page locks call lockdep's hooks only when it is on.
+  switch is ``LOCKDEP.on``, read on every acquire and release (one native attribute read when
+  this module is compiled), and the primitives below and ``allocator.memory``'s page locks call
+  lockdep's hooks only when it is on.
 
 * **lock_stat** (``lock_stat_text()``/``lock_stat_reset()``, ``allocator.lockdep``): per class
   and side, acquisitions always, contentions and wait times when a thread actually waited.
@@ -93,6 +93,13 @@ except for the first, which has a slow path of its own.
 8. The device's data path reads ``_meta``, ``_stripes`` and ``limit_pages`` without
    ``dev_lock``: single attribute loads; reset, which replaces them, refuses while the image
    is open, and a new mem_limit applies from the next page as in the kernel.
+
+The compiled build (setup.py compiles this module with mypyc) keeps every one of these
+shortcuts: each step above is still one C-level operation under the GIL, and compiled code
+gives the GIL up only inside the calls that block or run Python code, so it offers other
+threads a subset of the preemption points the interpreted source does.  The interleaving
+explorer and the tests that trace or patch the lock internals run the interpreted source of
+this module in both builds (``tests/support/pure_locks.py``).
 """
 
 from __future__ import annotations
@@ -100,6 +107,8 @@ from __future__ import annotations
 import sys
 import threading
 from time import perf_counter_ns
+from types import FrameType
+from typing import Final
 
 from . import lockdep as _checker
 from .lockdep import (
@@ -176,8 +185,21 @@ _WRITE = LockMode.WRITE
 # The lockdep switch
 # ------------------------------------------------------------------------------------------
 
-# Read on every acquire/release: a module global is the cheapest check CPython has.
-_lockdep = False
+
+class LockdepSwitch:
+    """Whether lockdep is on: read on every acquire and release.
+
+    An attribute of one ``Final`` object rather than a rebindable module global: compiled code
+    (setup.py) reads a ``Final`` object's native attribute directly, but a module global with a
+    dictionary look-up every time; interpreted, the two cost about the same."""
+
+    __slots__ = ("on",)
+
+    def __init__(self) -> None:
+        self.on = False
+
+
+LOCKDEP: Final = LockdepSwitch()
 
 
 def set_lockdep(enabled: bool, *, record_sites: bool = True) -> None:
@@ -185,19 +207,18 @@ def set_lockdep(enabled: bool, *, record_sites: bool = True) -> None:
     (locks taken while it was off are unknown to it) and the violation count. ``record_sites``
     remembers where each held lock was taken, for the violation reports (about half of
     lockdep's cost per acquisition)."""
-    global _lockdep
     _checker.reset(record_sites=record_sites)
-    _lockdep = bool(enabled)
+    LOCKDEP.on = bool(enabled)
 
 
 def lockdep_enabled() -> bool:
-    return _lockdep
+    return LOCKDEP.on
 
 
 def lockdep_stats() -> dict[str, int | str]:
     """Whether lockdep is on, how many violations it reported since it was last switched on,
     and the first of them (``debug_locks`` is 0 once one was reported, as in the kernel)."""
-    return {"lockdep": int(_lockdep), **_checker.violation_stats()}
+    return {"lockdep": int(LOCKDEP.on), **_checker.violation_stats()}
 
 
 def hot_path_lock(lock_class: LockClass) -> Mutex | threading.Lock:
@@ -206,13 +227,18 @@ def hot_path_lock(lock_class: LockClass) -> Mutex | threading.Lock:
     Mutex's is a Python frame, which the pool's per-zspage counters and the slot stripes would
     pay on every request).  Both have ``acquire``/``release``/``locked`` and the context
     manager protocol.  The kernel likewise checks such locks only in lockdep builds."""
-    return Mutex(lock_class) if _lockdep else threading.Lock()
+    return Mutex(lock_class) if LOCKDEP.on else threading.Lock()
 
 
 def _site_class(rw: bool) -> LockClass:
     """Default class of a lock created without one: one class per creation site, as lockdep keys
     a lock by the static key of its init call site (so unrelated locks never share a class)."""
-    f = sys._getframe(2)
+    # the first frame outside this module (none of its own when it is compiled)
+    f: FrameType | None = sys._getframe(0)
+    while f is not None and f.f_code.co_filename == __file__:
+        f = f.f_back
+    if f is None:
+        return LockClass(("rwlock@" if rw else "mutex@") + "?", rw=rw)
     name = "%s:%d" % ("/".join(f.f_code.co_filename.rsplit("/", 2)[-2:]), f.f_lineno)
     return LockClass(("rwlock@" if rw else "mutex@") + name, rw=rw)
 
@@ -244,12 +270,12 @@ class Mutex:
         """Take the lock (``blocking=False`` is trylock, as threading.Lock's signature)."""
         if not blocking:
             return self.trylock()
-        if _lockdep:
+        if LOCKDEP.on:
             lockdep_before(self, self._cls, _WRITE)
         if not self._lock.acquire(False):
             self._acquire_slow()
         next(self._acq)
-        if _lockdep:
+        if LOCKDEP.on:
             self._owner = threading.get_ident()
             lockdep_acquired(self, self._cls, _WRITE)
         return True
@@ -263,13 +289,13 @@ class Mutex:
         if not self._lock.acquire(False):
             return False
         next(self._acq)
-        if _lockdep:
+        if LOCKDEP.on:
             self._owner = threading.get_ident()
             lockdep_acquired(self, self._cls, _WRITE, True)
         return True
 
     def release(self) -> None:
-        if _lockdep:
+        if LOCKDEP.on:
             owner = self._owner
             if owner and owner != threading.get_ident():
                 raise LockOrderViolation(
@@ -285,25 +311,25 @@ class Mutex:
     def assert_held(self) -> None:
         """lockdep_assert_held / assert_spin_locked: with lockdep on, this thread must hold the
         lock; with it off, somebody must."""
-        if _lockdep:
+        if LOCKDEP.on:
             if self._owner != threading.get_ident():
                 raise LockOrderViolation(f"{self._cls.name} is not held by this thread")
         elif not self._lock.locked():
             raise LockOrderViolation(f"{self._cls.name} is not held")
 
     def __enter__(self) -> Mutex:
-        if _lockdep:
+        if LOCKDEP.on:
             lockdep_before(self, self._cls, _WRITE)
         if not self._lock.acquire(False):
             self._acquire_slow()
         next(self._acq)
-        if _lockdep:
+        if LOCKDEP.on:
             self._owner = threading.get_ident()
             lockdep_acquired(self, self._cls, _WRITE)
         return self
 
     def __exit__(self, t: object, v: object, tb: object) -> None:
-        if _lockdep:
+        if LOCKDEP.on:
             self.release()
         else:
             self._lock.release()
@@ -430,14 +456,14 @@ class RWLock:
     # -- read side -------------------------------------------------------------------------
 
     def read_lock(self) -> None:
-        if _lockdep:
+        if LOCKDEP.on:
             lockdep_before(self, self._cls, _READ)
         if not self._wbusy:
             fast = self._fast
             fast.append(None)  # publish the reader first ...
             if not self._wbusy:  # ... then look for a writer (see the class docstring)
                 next(self._racq)
-                if _lockdep:
+                if LOCKDEP.on:
                     lockdep_acquired(self, self._cls, _READ)
                 return
             self._fast_backout()
@@ -448,7 +474,7 @@ class RWLock:
         self._readers += 1
         lk.release()
         next(self._racq)
-        if _lockdep:
+        if LOCKDEP.on:
             lockdep_acquired(self, self._cls, _READ)
 
     def _read_wait(self) -> None:
@@ -491,7 +517,7 @@ class RWLock:
             fast.append(None)
             if not self._wbusy:
                 next(self._racq)
-                if _lockdep:
+                if LOCKDEP.on:
                     lockdep_acquired(self, self._cls, _READ, True)
                 return True
             self._fast_backout()
@@ -503,7 +529,7 @@ class RWLock:
         self._readers += 1
         lk.release()
         next(self._racq)
-        if _lockdep:
+        if LOCKDEP.on:
             lockdep_acquired(self, self._cls, _READ, True)
         return True
 
@@ -519,7 +545,7 @@ class RWLock:
                     self._fast_drained()
         else:
             self._read_unlock_slow()
-        if _lockdep:
+        if LOCKDEP.on:
             lockdep_released(self)
 
     def _read_unlock_slow(self) -> None:
@@ -567,7 +593,7 @@ class RWLock:
     # -- write side ------------------------------------------------------------------------
 
     def write_lock(self) -> None:
-        if _lockdep:
+        if LOCKDEP.on:
             lockdep_before(self, self._cls, _WRITE)
         lk = self._lock
         lk.acquire()
@@ -577,12 +603,13 @@ class RWLock:
         self._writer = True
         lk.release()
         next(self._cls.write._acq)
-        if _lockdep:
+        if LOCKDEP.on:
             lockdep_acquired(self, self._cls, _WRITE)
 
     # write_lock_nested(lock, SINGLE_DEPTH_NESTING) is only a lockdep annotation in the kernel;
     # our lockdep already allows same-class nesting.
-    write_lock_nested = write_lock
+    def write_lock_nested(self) -> None:
+        self.write_lock()
 
     def _write_wait(self) -> None:
         # Called and returns with self._lock held (released if the wait is interrupted).
@@ -626,7 +653,7 @@ class RWLock:
         self._writer = True
         lk.release()
         next(self._cls.write._acq)
-        if _lockdep:
+        if LOCKDEP.on:
             lockdep_acquired(self, self._cls, _WRITE, True)
         return True
 
@@ -645,7 +672,7 @@ class RWLock:
             else:
                 self._wake_readers()
         lk.release()
-        if _lockdep:
+        if LOCKDEP.on:
             lockdep_released(self)
 
     # -- queries and context managers --------------------------------------------------------
@@ -663,7 +690,7 @@ class RWLock:
     def assert_held(self, mode: LockMode | None = None) -> None:
         """lockdep_assert_held(_read/_write): with lockdep on, this thread must hold the lock
         (on the given side); with it off, the lock must be held that way by somebody."""
-        if _lockdep:
+        if LOCKDEP.on:
             if not lockdep_holds(self, mode):
                 raise LockOrderViolation(f"{self._cls.name} is not held by this thread")
             return

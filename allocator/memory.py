@@ -52,7 +52,7 @@ import threading
 from array import array
 from collections.abc import Iterator
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, Final
 
 from . import locks as _locks
 from .locks import PAGE_LOCK, ZONE_LOCK, LockMode, Mutex
@@ -76,14 +76,14 @@ __all__ = [
 _WRITE = LockMode.WRITE
 
 # Frame states (internal ``_state`` bytearray). ABOVE: at or above the bump pointer.
-_ABOVE = 0
-_USED = 1
-_FREE = 2  # free, below the high-water mark, in the free heap
-_ZOMBIE = 3  # freed by its owner while a migrator still pins it; freed by the last unpin
+_ABOVE: Final = 0
+_USED: Final = 1
+_FREE: Final = 2  # free, below the high-water mark, in the free heap
+_ZOMBIE: Final = 3  # freed by its owner while a migrator still pins it; freed by the last unpin
 _FREE_B = bytes([_FREE])
 _ONE_B = b"\x01"
 
-_NR_WAITQ = 64  # hashed page wait queues (kernel: PAGE_WAIT_TABLE_SIZE = 256)
+_NR_WAITQ: Final = 64  # hashed page wait queues (kernel: PAGE_WAIT_TABLE_SIZE = 256)
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # Linux value; the mmap module omits it
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -140,7 +140,7 @@ _VM_EVENTS = (
 
 
 # Freed frames whose contents are dropped together (see PhysicalMemory._release): 1 MiB.
-DIRTY_FRAMES = 256
+DIRTY_FRAMES: Final = 256
 
 
 class PhysicalMemory:
@@ -434,7 +434,7 @@ class PhysicalMemory:
 
     def view(self, pfn: int) -> memoryview:
         """A writable memoryview of the frame's page_size bytes."""
-        if _locks._lockdep and (not 0 <= pfn < self._top or self._state[pfn] != _USED):
+        if _locks.LOCKDEP.on and (not 0 <= pfn < self._top or self._state[pfn] != _USED):
             raise ValueError(f"view of unallocated frame {pfn}")
         ps = self.page_size
         off = pfn * ps
@@ -460,7 +460,7 @@ class PhysicalMemory:
 
     def lock_page(self, pfn: int) -> None:
         """Sleeping lock_page(): wait until PG_locked is clear, then set it."""
-        if _locks._lockdep:
+        if _locks.LOCKDEP.on:
             _locks.lockdep_before((id(self), pfn), PAGE_LOCK, _WRITE)
         wq = self._waitq[pfn & (_NR_WAITQ - 1)]
         locked = self._pglocked
@@ -483,7 +483,7 @@ class PhysicalMemory:
             locked[pfn] = 1
             wq.lock.release()
         next(PAGE_LOCK.write._acq)
-        if _locks._lockdep:
+        if _locks.LOCKDEP.on:
             _locks.lockdep_acquired((id(self), pfn), PAGE_LOCK, _WRITE)
 
     def trylock_page(self, pfn: int) -> bool:
@@ -496,7 +496,7 @@ class PhysicalMemory:
         locked[pfn] = 1
         lk.release()
         next(PAGE_LOCK.write._acq)
-        if _locks._lockdep:
+        if _locks.LOCKDEP.on:
             _locks.lockdep_acquired((id(self), pfn), PAGE_LOCK, _WRITE, True)
         return True
 
@@ -513,13 +513,13 @@ class PhysicalMemory:
             # The wait queue is shared by several frames: wake all, each rechecks its bit.
             wq.cond.notify_all()
         lk.release()
-        if _locks._lockdep:
+        if _locks.LOCKDEP.on:
             _locks.lockdep_released((id(self), pfn))
 
     def wait_on_page_locked(self, pfn: int) -> None:
         """wait_on_page_locked(): sleep until the frame's PG_locked is clear, without taking it
         (lockdep checks it like a lock_page: waiting there can deadlock the same way)."""
-        if _locks._lockdep:
+        if _locks.LOCKDEP.on:
             _locks.lockdep_before((id(self), pfn), PAGE_LOCK, _WRITE)
         wq = self._waitq[pfn & (_NR_WAITQ - 1)]
         locked = self._pglocked

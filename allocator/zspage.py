@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from .locks import RWLock
 from .sizeclass import OBJ_TAG_BITS, ZS_EMPTY, ZSPAGE_MAGIC
 
 U64_MASK: Final = (1 << 64) - 1
@@ -74,7 +75,7 @@ class Zspage:
         "next",
     )
 
-    def __init__(self, lock) -> None:
+    def __init__(self, lock: RWLock) -> None:
         # cache_alloc_zspage uses kmem_cache_zalloc: every field starts at 0.  In particular
         # class and fullness stay 0 until zs_malloc calls set_zspage_mapping (docs/zsmalloc.md,
         # edge case "obj_malloc on a fresh zspage reads class 0").

@@ -19,8 +19,7 @@ from collections.abc import Callable
 
 import pytest
 
-from allocator import locks
-from allocator.locks import Mutex, RWLock
+from support.pure_locks import PURE_LOCKS as locks  # the interpreted classes: traced, patched
 from support.schedule import (
     Call,
     Explored,
@@ -181,18 +180,18 @@ def test_without_preemptions_each_thread_runs_to_its_end() -> None:
 # ---------------------------------------------------------------------------- the hand-off bug
 
 
-def original_read_lock(self: RWLock) -> None:
+def original_read_lock(self: locks.RWLock) -> None:
     # RWLock.read_lock before a8036e5, line for line: a reader that appended its fast-path
     # token and then saw the writer flag took "its" token back with a bare pop, but a slow-path
     # reader's read_unlock may have taken it already.
-    if locks._lockdep:
+    if locks.LOCKDEP.on:
         locks.lockdep_before(self, self._cls, locks._READ)
     if not self._wbusy:
         fast = self._fast
         fast.append(None)
         if not self._wbusy:
             next(self._racq)
-            if locks._lockdep:
+            if locks.LOCKDEP.on:
                 locks.lockdep_acquired(self, self._cls, locks._READ)
             return
         fast.pop()
@@ -204,11 +203,11 @@ def original_read_lock(self: RWLock) -> None:
     self._readers += 1
     lk.release()
     next(self._racq)
-    if locks._lockdep:
+    if locks.LOCKDEP.on:
         locks.lockdep_acquired(self, self._cls, locks._READ)
 
 
-def read_lock_swallowing_the_index_error(self: RWLock) -> None:
+def read_lock_swallowing_the_index_error(self: locks.RWLock) -> None:
     # The original with its IndexError swallowed: B tries again (the writer flag sends it the
     # slow way) while the count S's unlock left in _readers stays stranded: W waits forever for
     # the readers to drain, and B waits behind W.
@@ -224,7 +223,7 @@ BUGGY_SLOW_AND_FAST = dataclasses.replace(SLOW_AND_FAST, traced_files=(__file__,
 def test_the_hand_off_bug_is_found_and_its_schedule_passes_now(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(RWLock, "read_lock", original_read_lock)
+    monkeypatch.setattr(locks.RWLock, "read_lock", original_read_lock)
     with pytest.raises(InterleavingFailure) as found:
         explore(BUGGY_SLOW_AND_FAST, preemption_bound=2)
     message = str(found.value)
@@ -240,7 +239,7 @@ def test_the_hand_off_bug_is_found_and_its_schedule_passes_now(
 def test_the_hand_off_bug_strands_a_reader_count_and_wedges_the_writer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(RWLock, "read_lock", read_lock_swallowing_the_index_error)
+    monkeypatch.setattr(locks.RWLock, "read_lock", read_lock_swallowing_the_index_error)
     with pytest.raises(InterleavingFailure, match="deadlock") as found:
         explore(BUGGY_SLOW_AND_FAST, preemption_bound=2)
     print(str(found.value).splitlines()[0])
@@ -251,33 +250,33 @@ def test_the_hand_off_bug_strands_a_reader_count_and_wedges_the_writer(
 
 
 def _sticky_writer_flag(monkeypatch: pytest.MonkeyPatch) -> None:
-    unlock = RWLock.write_unlock
+    unlock = locks.RWLock.write_unlock
 
-    def write_unlock(self: RWLock) -> None:
+    def write_unlock(self: locks.RWLock) -> None:
         unlock(self)
         self._wbusy = True
 
-    monkeypatch.setattr(RWLock, "write_unlock", write_unlock)
+    monkeypatch.setattr(locks.RWLock, "write_unlock", write_unlock)
 
 
 def _greedy_try_read_lock(monkeypatch: pytest.MonkeyPatch) -> None:
-    def try_read_lock(self: RWLock) -> bool:
+    def try_read_lock(self: locks.RWLock) -> bool:
         self._fast.append(None)  # no look for a writer
         next(self._racq)
         return True
 
-    monkeypatch.setattr(RWLock, "try_read_lock", try_read_lock)
+    monkeypatch.setattr(locks.RWLock, "try_read_lock", try_read_lock)
 
 
 def _double_counted_try_read_lock(monkeypatch: pytest.MonkeyPatch) -> None:
-    try_lock = RWLock.try_read_lock
+    try_lock = locks.RWLock.try_read_lock
 
-    def try_read_lock(self: RWLock) -> bool:
+    def try_read_lock(self: locks.RWLock) -> bool:
         ok = try_lock(self)
         next(self._racq)
         return ok
 
-    monkeypatch.setattr(RWLock, "try_read_lock", try_read_lock)
+    monkeypatch.setattr(locks.RWLock, "try_read_lock", try_read_lock)
 
 
 def _injection(
@@ -293,7 +292,7 @@ def _injection(
         _injection(
             Scenario("lost-wake-up", "rwlock", (program("R", *R), program("W", *W))),
             1,
-            lambda mp: mp.setattr(RWLock, "_fast_drained", lambda self: None),
+            lambda mp: mp.setattr(locks.RWLock, "_fast_drained", lambda self: None),
             "deadlock",
         ),
         _injection(
@@ -329,7 +328,7 @@ def _injection(
                 (program("W", *W), program("R", "is_contended"), program("X", *R)),
             ),
             1,
-            lambda mp: mp.setattr(RWLock, "is_contended", lambda self: False),
+            lambda mp: mp.setattr(locks.RWLock, "is_contended", lambda self: False),
             "is_contended() is false while a thread waits",
         ),
         _injection(
@@ -339,7 +338,7 @@ def _injection(
                 (program("A", "acquire", "locked", "release"), program("B", "acquire", "release")),
             ),
             0,
-            lambda mp: mp.setattr(Mutex, "locked", lambda self: False),
+            lambda mp: mp.setattr(locks.Mutex, "locked", lambda self: False),
             "locked() is false while a thread holds the mutex",
         ),
     ],

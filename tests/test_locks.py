@@ -29,6 +29,7 @@ from allocator.locks import (
     lock_stat_text,
     set_lockdep,
 )
+from support.pure_locks import PURE_LOCKS  # for the tests that trace or fake lock internals
 
 _uniq = itertools.count()
 
@@ -401,7 +402,7 @@ def test_rwlock_without_a_gil_every_reader_takes_the_slow_path(
 def test_rwlock_reader_backs_out_when_a_writer_flag_appears() -> None:
     """The window between publishing a fast-path token and re-checking for a writer: a reader
     that finds the flag set then takes its token back and goes the slow way."""
-    rw = RWLock(fresh_class(rw=True))
+    rw = PURE_LOCKS.RWLock(fresh_class(rw=True))
 
     class Racing(list):
         def append(self, item: object) -> None:
@@ -468,7 +469,7 @@ def test_rwlock_slow_reader_unlock_cannot_strand_a_fast_reader_backing_out() -> 
     Before the fix B's back-out popped an empty list (IndexError out of read_lock) and _readers
     kept S's count forever, so W2 and everybody after it waited forever.  Now B's back-out
     takes the count from _readers, W2 gets the lock, then B does."""
-    rw = RWLock(fresh_class(rw=True))
+    rw = PURE_LOCKS.RWLock(fresh_class(rw=True))
     errors: list[BaseException] = []
 
     def guarded(fn: Callable[[], None]) -> Callable[[], None]:
@@ -495,7 +496,7 @@ def test_rwlock_slow_reader_unlock_cannot_strand_a_fast_reader_backing_out() -> 
     rw.write_unlock()  # hand-off admits S
     assert s_in.wait(5) and rw._readers == 1 and not rw._wbusy
 
-    park = ParkAfter(RWLock.read_lock, "fast.append(None)")
+    park = ParkAfter(PURE_LOCKS.RWLock.read_lock, "fast.append(None)")
     b_in = threading.Event()
 
     def reader_b() -> None:

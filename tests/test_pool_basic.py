@@ -19,6 +19,7 @@ from allocator import (
     stats,
 )
 from allocator.fullness import insert_zspage, remove_zspage
+from allocator.locks import ZSPAGE_LOCK, RWLock
 from allocator.sizeclass import (
     CLASS_EMPTY,
     OBJ_ALLOCATED,
@@ -260,7 +261,7 @@ def test_insert_zspage_ordering(pool):
     cls = cls_of(pool, 120)  # class 128, N = 32
     zs = []
     for inuse in (10, 20, 5, 20):
-        z = Zspage(None)
+        z = Zspage(RWLock(ZSPAGE_LOCK))
         z.inuse = inuse
         insert_zspage(cls, z, ZS_ALMOST_EMPTY)
         zs.append(z)

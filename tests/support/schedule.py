@@ -70,7 +70,9 @@ from itertools import count
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from allocator import lockdep, locks
+from allocator import lockdep
+
+from .pure_locks import PURE_LOCKS as locks  # the interpreted source: its lines are traced
 
 if TYPE_CHECKING:
     from _typeshed import TraceFunction
