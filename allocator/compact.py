@@ -17,7 +17,7 @@ zs_shrinker_count).  The list and slot operations it uses are the readable ones 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .fullness import SizeClass, putback_zspage, remove_zspage
 from .handles import HANDLE_SHIFT
@@ -57,8 +57,9 @@ def isolate_zspage(cls: SizeClass, source: bool) -> Zspage | None:
     order = (ZS_ALMOST_EMPTY, ZS_ALMOST_FULL) if source else (ZS_ALMOST_FULL, ZS_ALMOST_EMPTY)
     for fg in order:
         head = cls.fullness_list[fg]
-        zspage = head.next
-        if zspage is not head:
+        node = head.next
+        if node is not head:
+            zspage = cast(Zspage, node)  # a node that is not the head is a zspage
             remove_zspage(cls, zspage, fg)
             return zspage
     return None

@@ -16,6 +16,8 @@ reference, and ``tests/test_pool_reference.py`` checks that the copies agree wit
 
 from __future__ import annotations
 
+from typing import cast
+
 from . import locks as _locks
 from .sizeclass import (
     NR_ZS_FULLNESS,
@@ -86,7 +88,7 @@ def insert_zspage(cls: SizeClass, zspage: Zspage, fg: int) -> None:
     cls.stats[fg] += 1
     head = cls.fullness_list[fg]
     first = head.next
-    if first is not head and zspage.inuse < first.inuse:
+    if first is not head and zspage.inuse < cast(Zspage, first).inuse:
         list_add(zspage, first)
     else:
         list_add(zspage, head)
@@ -128,5 +130,5 @@ def find_get_zspage(cls: SizeClass) -> Zspage | None:
         head = lists[fg]
         first = head.next
         if first is not head:
-            return first
+            return cast(Zspage, first)  # a node that is not the head is a zspage
     return None

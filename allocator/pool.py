@@ -35,6 +35,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+from typing import cast
 
 from mypy_extensions import mypyc_attr
 
@@ -158,7 +159,7 @@ def _fix_fullness_group(cls: SizeClass, zspage: Zspage) -> int:
         stats[newfg] += 1
         head = cls.fullness_list[newfg]
         first = head.next
-        if first is not head and inuse < first.inuse:
+        if first is not head and inuse < cast(Zspage, first).inuse:
             head = first  # second place: list_add after the head entry
         nxt = head.next
         zspage.prev = head
@@ -351,14 +352,14 @@ class Pool:
         lock.acquire()
         # find_get_zspage, inlined (fullness.find_get_zspage): ALMOST_FULL, ALMOST_EMPTY, EMPTY
         lists = cls.fullness_list
-        # typed: a list link is Any (a ListHead or a Zspage), and compiled code reaches the
-        # fields of a Zspage-typed local directly (docs/performance.md, "Compiled build")
+        # typed: a list link is a ListHead (a sentinel or a Zspage), and compiled code reaches
+        # the fields of a Zspage-typed local directly (docs/performance.md, "Compiled build")
         zspage: Zspage | None = None
         for fg in (ZS_ALMOST_FULL, ZS_ALMOST_EMPTY, ZS_EMPTY):
             head = lists[fg]
             first = head.next
             if first is not head:
-                zspage = first
+                zspage = cast(Zspage, first)  # a node that is not the head is a zspage
                 break
         if zspage is not None:
             try:  # try blocks cost nothing in 3.11; a bug must not leave class->lock held

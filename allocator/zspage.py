@@ -23,7 +23,8 @@ Everything that touches page contents works on the arena viewed as 64-bit words
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Iterator
+from typing import Final, cast
 
 from .locks import RWLock
 from .sizeclass import OBJ_TAG_BITS, ZS_EMPTY, ZSPAGE_MAGIC
@@ -36,28 +37,35 @@ FREEOBJ_MASK: Final = 0xFFFFFFFF
 
 
 class ListHead:
-    """A `struct list_head` sentinel for one fullness list."""
+    """A `struct list_head`: the sentinel of one fullness list, and the links of a zspage.
+
+    Links are typed ``ListHead``: a node is a sentinel or a `Zspage` (a subclass), and which
+    one is the walker's knowledge (the kernel's container_of), checked by ``is not head``.
+    Typed, compiled code follows and changes the links natively (docs/performance.md,
+    "Compiled build")."""
 
     __slots__ = ("prev", "next")
 
     def __init__(self) -> None:
-        # Typed Any, like Zspage.prev/next: a link is this sentinel or a Zspage, and which one
-        # is the walker's knowledge (the kernel's container_of), checked by `is not head`.
-        self.prev: Any = self
-        self.next: Any = self
+        self.prev: ListHead = self
+        self.next: ListHead = self
 
     def empty(self) -> bool:
         return self.next is self
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Zspage]:
         node = self.next
         while node is not self:
             nxt = node.next
-            yield node
+            yield cast(Zspage, node)
             node = nxt
 
 
-class Zspage:
+#: The links of a zspage on no list (see Zspage.__init__).
+OFF_LIST: Final = ListHead()
+
+
+class Zspage(ListHead):
     """struct zspage.  Fields mirror the kernel; `pages` caches the PFN chain."""
 
     __slots__ = (
@@ -71,8 +79,6 @@ class Zspage:
         "first_page",
         "pages",
         "lock",
-        "prev",
-        "next",
     )
 
     def __init__(self, lock: RWLock) -> None:
@@ -89,16 +95,16 @@ class Zspage:
         self.first_page = -1
         self.pages: list[int] = []
         self.lock = lock  # the zspage rwlock (migrate_read/write_lock)
-        # INIT_LIST_HEAD(&zspage->list): not on any list.  None, not the kernel's self-link: a
-        # self-cycle would leave every freed zspage (and its lock and page list) to the cyclic
-        # garbage collector, which the daemon runs rarely (zramfs.cli._tune_gc), so discarded
-        # data would keep the daemon's memory until the next full collection.
-        # A Zspage, a ListHead or None; Any because only the walker knows which (see ListHead).
-        self.prev: Any = None
-        self.next: Any = None
+        # INIT_LIST_HEAD(&zspage->list): not on any list.  The shared OFF_LIST, not the
+        # kernel's self-link: a self-cycle would leave every freed zspage (and its lock and
+        # page list) to the cyclic garbage collector, which the daemon runs rarely
+        # (zramfs.cli._tune_gc), so discarded data would keep the daemon's memory until the
+        # next full collection.
+        self.prev = OFF_LIST
+        self.next = OFF_LIST
 
     def on_list(self) -> bool:
-        return self.next is not None
+        return self.next is not OFF_LIST
 
     def __repr__(self) -> str:
         return (
@@ -108,7 +114,7 @@ class Zspage:
         )
 
 
-def list_add(entry: Zspage, head) -> None:
+def list_add(entry: Zspage, head: ListHead) -> None:
     """list_add(entry, head): insert `entry` right after `head` (a ListHead or a Zspage)."""
     nxt = head.next
     entry.prev = head
@@ -120,12 +126,12 @@ def list_add(entry: Zspage, head) -> None:
 def list_del_init(entry: Zspage) -> None:
     """list_del_init: unlink `entry`; like the kernel's, a no-op on an entry on no list."""
     prev = entry.prev
-    if prev is None:
+    if prev is OFF_LIST:
         return
     nxt = entry.next
     prev.next = nxt
     nxt.prev = prev
-    entry.prev = entry.next = None
+    entry.prev = entry.next = OFF_LIST
 
 
 def location_to_obj(pfn: int, obj_idx: int, obj_index_bits: int) -> int:
