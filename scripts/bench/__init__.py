@@ -14,6 +14,9 @@ Systems (``--systems``, comma-separated; default all):
   compaction daemon on with its defaults;
 - ``zramfs-lz4-nocompact``: the same with ``--no-compact`` (daemon on vs off, and the
   ``migrate_lock`` contention from MNT/proc/lock_stat under both);
+- ``zramfs-lz4-pure`` (and ``zramfs-zstd-pure``, only when named in ``--systems``): zramfs-lz4
+  on the pure-Python build (``ZRAMFS_PURE_PYTHON=1`` in the server's environment), beside the
+  compiled one; the report names the build each server ran (its ``build_mode`` parameter);
 - ``zramfs-lz4-aggressive`` (only when named in ``--systems``): the daemon as busy as it goes
   (``--compact-threshold 1 --compact-interval 10``), to put ``migrate_lock`` under pressure;
 - ``nullfs``: ``zramfs mount MNT --backend null --size SIZE --foreground`` — the same FUSE front

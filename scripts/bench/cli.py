@@ -112,7 +112,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile-system",
         default="zramfs-lz4",
-        choices=("zramfs-lz4", "zramfs-zstd", "zramfs-lz4-nocompact"),
+        choices=("zramfs-lz4", "zramfs-zstd", "zramfs-lz4-nocompact", "zramfs-lz4-pure"),
     )
     p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s")
     p.add_argument("--profile-native", action="store_true", help="py-spy --native")

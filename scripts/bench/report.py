@@ -13,17 +13,20 @@ from .jobs import JOBS, Job
 from .readings import MIGRATE_LOCK
 from .systems import REFERENCE
 
-# (job, system, peer, minimum ratio of median IOPS) — docs/performance.md's targets.
+# (job, system, peer, minimum ratio of median IOPS) — docs/performance.md's targets: the
+# speed targets of the compiled build against the null image and nbdkit, and the 4 KiB ones
+# against nbdkit held since the pure build.
 TARGETS: tuple[tuple[str, str, str, float], ...] = (
-    ("randwrite-4k", "zramfs-lz4", "nullfs", 0.60),
+    ("randwrite-4k", "zramfs-lz4", "nullfs", 0.85),
     ("randwrite-4k", "zramfs-lz4", "nbdkit-zstd", 2.0),
-    ("randread-4k", "zramfs-lz4", "nullfs", 0.75),
+    ("randread-4k", "zramfs-lz4", "nullfs", 0.95),
     ("randread-4k", "zramfs-lz4", "nbdkit-zstd", 1.2),
+    ("randwrite-4k-4j", "zramfs-lz4", "nullfs", 0.80),
     ("seqwrite-128k", "zramfs-lz4", "nbdkit-zstd", 2.0),
-    ("seqread-128k", "zramfs-lz4", "nbdkit-zstd", 1.0),
+    ("seqread-128k", "zramfs-lz4", "nbdkit-zstd", 1.5),
     *((j.name, "zramfs-zstd", "nbdkit-zstd", 1.5) for j in JOBS if j.writes),
 )
-DAEMON_TOLERANCE = 0.10  # zramfs-lz4 vs zramfs-lz4-nocompact: within 10 % on every job
+DAEMON_TOLERANCE = 0.05  # zramfs-lz4 vs zramfs-lz4-nocompact: within 5 % on every job
 
 
 @dataclass

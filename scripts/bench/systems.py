@@ -33,13 +33,15 @@ DEFAULT_SYSTEMS = (
     "zramfs-lz4",
     "zramfs-zstd",
     "zramfs-lz4-nocompact",
+    "zramfs-lz4-pure",
     "nullfs",
     "nbdkit-zstd",
     "kernel-lz4",
 )
 # not in the default run: the compaction daemon as busy as it goes (every 10 ms, any freeable page);
-# zramfs-lz4 recording every operation with --trace (the overhead docs/trace-format.md quotes)
-ALL_SYSTEMS = (*DEFAULT_SYSTEMS, "zramfs-lz4-aggressive", "zramfs-lz4-trace")
+# zramfs-lz4 recording every operation with --trace (the overhead docs/trace-format.md quotes);
+# zstd on the pure-Python build (zramfs-lz4-pure, in the default run, is the build comparison)
+ALL_SYSTEMS = (*DEFAULT_SYSTEMS, "zramfs-lz4-aggressive", "zramfs-lz4-trace", "zramfs-zstd-pure")
 
 
 class System:
@@ -82,8 +84,16 @@ class FuseProcess:
     """A foreground FUSE server as our child: started in its own session (a Ctrl-C on the
     terminal reaches us, and we unmount in order), stopped by unmounting, then signals."""
 
-    def __init__(self, argv: list[str], mountpoint: Path, image: Path, logfile: Path) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        mountpoint: Path,
+        image: Path,
+        logfile: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.argv = argv
+        self.env = env  # None: ours
         self.mountpoint = mountpoint
         self.image = image
         self.logfile = logfile
@@ -98,6 +108,7 @@ class FuseProcess:
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
                 start_new_session=True,
+                env=self.env,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -153,6 +164,7 @@ class FuseServerSystem(System):
     start, stop and pids alike; a subclass says which mount options."""
 
     process_name = "?"  # the label of the server's pid in the CPU and RSS tables
+    env_overrides: dict[str, str] = {}  # set in the server's environment
 
     def __init__(self, size: int, workdir: Path) -> None:
         super().__init__(size, workdir)
@@ -178,7 +190,8 @@ class FuseServerSystem(System):
             "--foreground",
             *self.mount_args(),
         ]
-        self.server = FuseProcess(argv, self.mnt, self.image, self.workdir / "server.log")
+        env = {**os.environ, **self.env_overrides} if self.env_overrides else None
+        self.server = FuseProcess(argv, self.mnt, self.image, self.workdir / "server.log", env)
         self.server.start(self.size)
 
     def stop(self) -> None:
@@ -202,13 +215,18 @@ class ZramfsSystem(FuseServerSystem):
         algorithm: str,
         compact: bool,
         extra_args: Sequence[str] = (),
+        pure: bool = False,
     ) -> None:
         self.name = name
         self.algorithm = algorithm
         self.compact = compact
         self.extra_args = list(extra_args)
+        # the pure-Python build where the compiled one is installed (docs/performance.md,
+        # "Compiled build"); the server's build_mode parameter is in the report either way
+        self.env_overrides = {"ZRAMFS_PURE_PYTHON": "1"} if pure else {}
         self.description = (
-            f"zramfs mount --algorithm {algorithm}"
+            ("ZRAMFS_PURE_PYTHON=1 " if pure else "")
+            + f"zramfs mount --algorithm {algorithm}"
             + ("" if compact else " --no-compact")
             + "".join(f" {a}" for a in self.extra_args)
             + " (compaction daemon "
@@ -399,6 +417,10 @@ def make_system(name: str, size: int, workdir: Path) -> System:
         return ZramfsSystem(size, workdir, name, "zstd", True)
     if name == "zramfs-lz4-nocompact":
         return ZramfsSystem(size, workdir, name, "lz4", False)
+    if name == "zramfs-lz4-pure":
+        return ZramfsSystem(size, workdir, name, "lz4", True, pure=True)
+    if name == "zramfs-zstd-pure":
+        return ZramfsSystem(size, workdir, name, "zstd", True, pure=True)
     if name == "zramfs-lz4-aggressive":
         return ZramfsSystem(
             size,
