@@ -10,6 +10,7 @@ trace that replays to the mm_stat the mount showed.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -18,10 +19,13 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
+import lz4.block
 import pytest
+import zstandard
 
 from zramfs import trace
 from zramfs.device import Registry, ZramDevice
@@ -145,6 +149,30 @@ def test_page_contents_are_stored_once(tmp_path: Path) -> None:
     assert path.stat().st_size < 9 * 4200 + 6000 * 42 + 1000
 
 
+def test_contents_written_again_read_back_past_the_blob_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader keeps the last contents WRITEs named (trace.BLOB_CACHE of them, emptied
+    when full): with more distinct contents than that, named again in any order, each
+    write still reads back its own data."""
+    monkeypatch.setattr(trace, "BLOB_CACHE", 8)
+    path = tmp_path / "t.trace"
+    t = Traced(path, "16M")
+    rnd = random.Random(9)
+    words = [rnd.randbytes(16) for _ in range(40)]
+    distinct = [_page(rnd, words)[:-2] + i.to_bytes(2, "little") for i in range(40)]
+    order = list(range(len(distinct))) + [rnd.randrange(len(distinct)) for _ in range(400)]
+    for n, i in enumerate(order):
+        t.dev.write((n % 4096) * 4096, distinct[i])
+    t.dev.write(0, b"".join(distinct[i] for i in order[-5:]))  # one write of several blobs
+    t.close()
+    with TraceReader(path) as r:
+        writes = [x for x in r.records() if type(x) is Write]
+        assert r.complete and len(r._blob_cache) <= 8
+    assert [w.data for w in writes[:-1]] == [distinct[i] for i in order]
+    assert writes[-1].data == b"".join(distinct[i] for i in order[-5:])
+
+
 def _cut(src: Path, dst: Path, n: int) -> Path:
     dst.write_bytes(src.read_bytes()[:n])
     return dst
@@ -201,6 +229,119 @@ def test_a_damaged_record_stops_the_reading_before_it(tmp_path: Path) -> None:
         got = list(r.records())
         assert not r.complete and r.stopped_at is not None and r.stopped_at <= at
     assert 0 < len(got) < len(full) and got == full[: len(got)]
+
+
+def _hand_made(path: Path, bodies: list[bytes]) -> list[int]:
+    """A trace file whose records are `bodies`, each framed by its length and CRC-32 as the
+    sink frames them (docs/trace-format.md); returns the offset of each record's frame."""
+    text = json.dumps({"format": "zramfs-trace", "version": trace.VERSION, "mount": MOUNT})
+    head = trace._FILE_HEAD.pack(trace.MAGIC, trace.VERSION, 0, len(text)) + text.encode()
+    out = bytearray(head + struct.pack("<I", zlib.crc32(head[8:])))
+    starts = []
+    for body in bodies:
+        starts.append(len(out))
+        out += trace._FRAME.pack(len(body), zlib.crc32(body)) + body
+    path.write_bytes(bytes(out))
+    return starts
+
+
+def _body(kind: int, t_ns: int, fields: bytes, dev: int = 0, flags: int = 0) -> bytes:
+    return trace._BODY.pack(kind, flags, dev, t_ns) + fields
+
+
+def _write_new(t_ns: int, offset: int, codec: int, stored: bytes, raw: int = 4096) -> bytes:
+    return _body(trace.T_WRITE_NEW, t_ns, trace._WRITE_NEW.pack(offset, 0, codec, raw) + stored)
+
+
+def _write(t_ns: int, offset: int, length: int, ids: list[int], count: int | None = None) -> bytes:
+    n = len(ids) if count is None else count
+    fields = trace._WRITE.pack(offset, length, 0, n) + struct.pack(f"<{len(ids)}I", *ids)
+    return _body(trace.T_WRITE, t_ns, fields)
+
+
+def _lz4(data: bytes) -> bytes:
+    return lz4.block.compress(data, store_size=False)
+
+
+def test_every_blob_codec_and_record_shape_reads_back(tmp_path: Path) -> None:
+    """The format's three blob codecs (the writer uses lz4 only), in BLOB and WRITE_NEW
+    records, named by WRITEs of one blob and of several (the last one short)."""
+    rnd = random.Random(4)
+    raw_page, zstd_page, lz4_page = (rnd.randbytes(2048) * 2 for _ in range(3))
+    tail = rnd.randbytes(100)
+    bodies = [
+        _write_new(1, 0, trace.CODEC_RAW, raw_page),  # blob 0
+        _body(
+            trace.T_BLOB,
+            2,
+            trace._BLOB.pack(1, trace.CODEC_ZSTD, 4096)
+            + zstandard.ZstdCompressor().compress(zstd_page),
+        ),
+        _write_new(3, 4096, trace.CODEC_LZ4, _lz4(lz4_page)),  # blob 2
+        _body(trace.T_BLOB, 4, trace._BLOB.pack(3, trace.CODEC_LZ4, 100) + _lz4(tail)),
+        _write(5, 8192, 4096, [1]),
+        _write(6, 12288 + 7, 3 * 4096 + 100, [2, 0, 1, 3]),
+        _body(trace.T_DISCARD, 7, trace._DISCARD.pack(trace.OP_PUNCH_HOLE, 4096, 8192, 0)),
+        _body(trace.T_READ, 8, trace._READ.pack(8192, 4096, 5)),
+        _body(trace.T_FLUSH, 9, b""),
+        _body(trace.T_END, 10, b'{"records": 7}', dev=trace.NO_DEVICE),
+    ]
+    path = tmp_path / "codecs.trace"
+    _hand_made(path, bodies)
+    with TraceReader(path) as r:
+        recs = list(r.records())
+        assert r.complete and r.end == {"records": 7} and r.stopped_at is None
+        assert r.blob(3) == tail
+    assert recs == [
+        Write(1, 0, 0, 0, raw_page, 0),
+        Write(3, 0, 0, 4096, lz4_page, 0),
+        Write(5, 0, 0, 8192, zstd_page, 0),
+        Write(6, 0, 0, 12288 + 7, lz4_page + raw_page + zstd_page + tail, 0),
+        Discard(7, 0, 0, trace.OP_PUNCH_HOLE, 4096, 8192, 0),
+        Read(8, 0, 0, 8192, 4096, 5),
+        Flush(9, 0, 0),
+    ]
+
+
+_PAGE = bytes(range(256)) * 16
+_BAD_BODIES = {
+    # bodies whose CRC-32 is right but that do not parse (or whose frame is impossible)
+    "body shorter than the common fields": b"\x02\x00\x00\x00",
+    "write_new shorter than its fields": _body(trace.T_WRITE_NEW, 3, b"\x00" * 10),
+    "write_new with an unknown codec": _write_new(3, 0, 7, _PAGE),
+    "write_new whose content is short": _write_new(3, 0, trace.CODEC_LZ4, _lz4(_PAGE[:100])),
+    "write_new whose lz4 is garbage": _write_new(3, 0, trace.CODEC_LZ4, b"\xff" * 40),
+    "write of a blob not yet stored": _write(3, 0, 4096, [9]),
+    "write whose blob list is longer than its count": _write(3, 0, 4096, [0, 0], count=1),
+    "write whose blobs do not make its length": _write(3, 0, 4000, [0]),
+    "discard shorter than its fields": _body(trace.T_DISCARD, 3, b"\x00" * 18),
+    "blob out of sequence": _body(trace.T_BLOB, 3, trace._BLOB.pack(5, 0, 4) + b"abcd"),
+    "blob with an unknown codec": _body(trace.T_BLOB, 3, trace._BLOB.pack(1, 9, 4) + b"abcd"),
+    "unknown record type": _body(42, 3, b"\x00" * 40),
+    "body over MAX_BODY": b"\x00" * (trace.MAX_BODY + 1),
+}
+
+
+@pytest.mark.parametrize("what", list(_BAD_BODIES))
+def test_a_record_that_does_not_parse_stops_the_reading_before_it(
+    tmp_path: Path, what: str
+) -> None:
+    good = [
+        _write_new(1, 0, trace.CODEC_LZ4, _lz4(_PAGE)),
+        _body(trace.T_DISCARD, 2, trace._DISCARD.pack(trace.OP_DISCARD, 0, 4096, 0)),
+    ]
+    after = [_write(4, 4096, 4096, [0]), _body(trace.T_END, 5, b"{}", dev=trace.NO_DEVICE)]
+    path = tmp_path / "bad.trace"
+    starts = _hand_made(path, [*good, _BAD_BODIES[what], *after])
+    with TraceReader(path) as r:
+        recs = list(r.raw_records())
+        assert not r.complete and r.end is None
+        assert r.stopped_at == starts[2]
+        assert r.stopped_at + r.trailing_bytes == path.stat().st_size
+    assert recs == [
+        (trace.T_WRITE, 1, 0, 0, 0, _PAGE, 0),
+        (trace.T_DISCARD, 2, 0, 0, trace.OP_DISCARD, 0, 4096, 0),
+    ]
 
 
 @pytest.mark.parametrize(
