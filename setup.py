@@ -18,6 +18,19 @@ interleaving explorer runs the interpreted ``locks.py`` in either build,
 tests/support/pure_locks.py), ``allocator.mm_types`` (a
 runtime-checkable Protocol) and ``allocator.map_area`` (a ``threading.local`` subclass): mypyc
 compiles neither of the last two correctly.
+
+In ``zramfs`` the device is compiled: the slot table and stripes (``slots``), ``_Meta``
+(``device_core``), the data path (``device_io``), the counters (``device_stats``), and with them
+every class ``ZramDevice`` is put together from (``device_writeback``, ``device_recompress``,
+``device``).  The mixins and ``ZramDevice`` stay Python classes (``native_class=False``): the
+trace hook and the tests replace methods and fields on the instances (zramfs/trace_hook.py,
+``dev.clock``), and a class of several mixins cannot be a native one.  They are compiled all
+together because mypyc checks the ``self`` of a Python class's compiled method against the
+subclasses it compiled, exactly: an interpreted ``ZramDevice`` would be refused by the methods
+of its compiled mixins.  Nothing else in ``zramfs`` is hot (FUSE glue, control files, tools),
+and the codecs stay interpreted: tests replace their bindings (tests/test_codecs.py).
+Each package is one group compiled on its own, and chooses its build on its own at import: a
+compiled device calls the allocator through Python calls, whichever build that runs.
 """
 
 from __future__ import annotations
@@ -48,6 +61,15 @@ COMPILED: dict[str, tuple[str, ...]] = {
         "migrate",
         "stats",
         "pool",
+    ),
+    "zramfs": (
+        "slots",
+        "device_core",
+        "device_stats",
+        "device_io",
+        "device_writeback",
+        "device_recompress",
+        "device",
     ),
 }
 MANIFEST = "_compiled.json"
@@ -99,17 +121,23 @@ class BuildCompiled(build_ext):
             return []
         from mypyc.build import mypycify
 
+        # One group (shared library) per package, each compiled on its own: a package mypyc
+        # cannot compile installs pure without taking the other one with it (each package
+        # chooses its build at import, allocator.buildmode).
         exts: list[Any] = []
-        try:
-            for pkg, mods in COMPILED.items():
-                paths = [os.path.join(pkg, m + ".py") for m in mods]
+        for pkg, mods in COMPILED.items():
+            paths = [os.path.join(pkg, m + ".py") for m in mods]
+            try:
                 exts += mypycify(paths, opt_level="3", group_name=f"{pkg}._mypyc")
-        except (Exception, SystemExit) as e:  # noqa: BLE001 - mypy's errors exit; install pure
-            notice(f"mypyc failed: {e!r}")
-            return []
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - mypy's errors exit
+                notice(f"mypyc failed on {pkg}: {e!r}")
         return exts
 
     extensions: list[Any]
+
+    def _built_packages(self) -> list[str]:
+        """The packages of COMPILED that have extension modules in this build."""
+        return [p for p in COMPILED if any(e.name.startswith(p + ".") for e in self.extensions)]
 
     def run(self) -> None:
         if not self.extensions:
@@ -123,9 +151,10 @@ class BuildCompiled(build_ext):
         self._write_manifests()
 
     def _write_manifests(self) -> None:
-        """Each package's _compiled.json: the hash of every compiled source, in the build
-        tree and, for an in-place (editable) build, next to the sources."""
-        for pkg, mods in COMPILED.items():
+        """Each compiled package's _compiled.json: the hash of every compiled source, in the
+        build tree and, for an in-place (editable) build, next to the sources."""
+        for pkg in self._built_packages():
+            mods = COMPILED[pkg]
             text = (
                 json.dumps(
                     {
@@ -150,7 +179,7 @@ class BuildCompiled(build_ext):
     def get_outputs(self) -> list[str]:
         outs = list(super().get_outputs())
         if self.extensions:
-            outs += [os.path.join(self.build_lib, pkg, MANIFEST) for pkg in COMPILED]
+            outs += [os.path.join(self.build_lib, pkg, MANIFEST) for pkg in self._built_packages()]
         return outs
 
 

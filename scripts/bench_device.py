@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 import allocator
+import zramfs
 from allocator import PhysicalMemory, Pool, buildmode
 from bench.pages import PAGE, MiB, mixed_pages  # scripts/bench/ (this script's directory)
 from zramfs import attrs, codecs
@@ -267,6 +268,7 @@ def main() -> None:
         f"# zramfs device bench: {nblocks} mixed 4 KiB blocks, best of {rounds} (CPU time), "
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, allocator build "
         f"{allocator.build_mode()} {buildmode.why_pure('allocator') or ''}".rstrip()
+        + f", device build {zramfs.build_mode()} {buildmode.why_pure('zramfs') or ''}".rstrip()
     )
     print("outside = device time with the codec replaced by a replay of its results;")
     print("allocator = bare-pool malloc+write+free / read of the same objects; engine = device")

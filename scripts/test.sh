@@ -29,7 +29,7 @@ PY="${PYTHON:-python3}"
 log() { printf '[test.sh] %s\n' "$*" >&2; }
 
 # Debian package names (bookworm; trixie renamed libfuse2 -> libfuse2t64).
-# gcc, libc6-dev and python3-dev: what setup.py needs to compile the allocator (mypyc).
+# gcc, libc6-dev and python3-dev: what setup.py needs to compile the allocator and the device (mypyc).
 APT_PKGS=(fuse3 fio e2fsprogs util-linux procps kmod nbdkit libnbd-bin gcc libc6-dev python3-dev)
 
 apt_candidate() {  # prints the first of the given names that apt can install
@@ -101,8 +101,8 @@ except md.PackageNotFoundError:
     missing.append("zramfs")
 # the compiled build (setup.py), where this machine can compile it and nobody asked for pure
 import shutil, sysconfig
-if os.environ.get("ZRAMFS_PURE_PYTHON", "") in ("", "0") and not os.path.exists(
-        os.path.join(repo, "allocator", "_compiled.json")):
+if os.environ.get("ZRAMFS_PURE_PYTHON", "") in ("", "0") and not all(
+        os.path.exists(os.path.join(repo, pkg, "_compiled.json")) for pkg in ("allocator", "zramfs")):
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(cc) and os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
         missing.append("compiled modules")
@@ -216,6 +216,16 @@ else
         exit 1
     fi
 fi
+# The device (zramfs's compiled modules) has a build of its own (setup.py compiles each package
+# on its own): say which, and in CI require it compiled wherever the allocator is.
+device="$(cd "$REPO" && env -u ZRAMFS_PURE_PYTHON "$PY" -c 'import zramfs
+from allocator import buildmode
+print((zramfs.build_mode() + " " + (buildmode.why_pure("zramfs") or "")).strip())' 2>/dev/null || echo unknown)"
+log "device build: $device"
+if [ "${CI:-}" = "true" ] && [ "${installed%% *}" = compiled ] && [ "${device%% *}" != compiled ]; then
+    log "CI: the allocator compiled, so the device must have too"
+    exit 1
+fi
 if [ -n "${ZRAMFS_PURE_PYTHON:-}" ] && [ "${ZRAMFS_PURE_PYTHON}" != 0 ]; then
     default_builds="pure"
 fi
@@ -232,7 +242,7 @@ for build in $builds; do
         *) log "ZRAMFS_TEST_BUILDS: unknown build '$build' (compiled, pure)"; exit 2 ;;
     esac
     # When both builds run, the pure pass leaves out the real mounts (marker fuse): above the
-    # allocator they run the same Python, and the compiled pass mounts with it; this keeps the
+    # device they run the same Python, and the compiled pass mounts with it; this keeps the
     # two passes inside the suite's 10-minute budget on 2 cores.  ZRAMFS_PURE_FULL=1 (or any
     # pytest arguments) runs the pure pass whole.
     args=("$@")

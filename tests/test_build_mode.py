@@ -1,8 +1,10 @@
 """The compiled and the pure-Python builds (setup.py, allocator.buildmode).
 
-* ``allocator.build_mode()`` says what this process runs, and agrees with the modules loaded;
+* ``allocator.build_mode()`` and ``zramfs.build_mode()`` say what this process runs, and agree
+  with the modules loaded (the allocator's, and the device's: slot table, data path, mixins);
 * ``ZRAMFS_PURE_PYTHON=1`` selects the sources in a fresh process even where extensions exist;
-* a compiled module whose source changed since the build is never used (one line on stderr);
+* a compiled module whose source changed since the build is never used, package by package;
+* the compiled device runs under lockdep;
 * the same seeded workload gives identical pools (classes table, handle -> obj, contents) and
   an identical zram device (mm_stat, io_stat, the data read back) in both builds;
 * a mount says which build it runs (module parameter build_mode, ``zramfs status --json``).
@@ -25,14 +27,31 @@ from typing import Any
 import pytest
 
 import allocator
+import zramfs
 from allocator import buildmode
 from support.mountutil import zramfs_cli
 
 REPO = Path(__file__).resolve().parent.parent
 PKG_DIR = Path(allocator.__file__).parent
+ZRAMFS_DIR = Path(zramfs.__file__).parent
 HAS_COMPILED = (PKG_DIR / buildmode.MANIFEST).exists()
+HAS_COMPILED_DEVICE = (ZRAMFS_DIR / buildmode.MANIFEST).exists()
 needs_compiled = pytest.mark.skipif(
     not HAS_COMPILED, reason="no compiled build here (the install fell back to pure Python)"
+)
+needs_compiled_device = pytest.mark.skipif(
+    not (HAS_COMPILED and HAS_COMPILED_DEVICE),
+    reason="no compiled build of both packages here (the install fell back to pure Python)",
+)
+#: the zramfs modules setup.py compiles (the device); the rest of the package is never compiled
+DEVICE_MODULES = (
+    "slots",
+    "device_core",
+    "device_stats",
+    "device_io",
+    "device_writeback",
+    "device_recompress",
+    "device",
 )
 
 
@@ -58,11 +77,15 @@ def run_py(
 
 MODE_PROBE = """
     import json, allocator, allocator.pool, allocator.zspage_ops, allocator.locks
+    import zramfs, zramfs.device, zramfs.slots
     from allocator import buildmode
     print(json.dumps({"mode": allocator.build_mode(), "pool": allocator.pool.__file__,
                       "why": buildmode.why_pure("allocator"),
                       "zspage_ops": allocator.zspage_ops.__file__,
-                      "locks": allocator.locks.__file__}))
+                      "locks": allocator.locks.__file__,
+                      "zmode": zramfs.build_mode(), "zwhy": buildmode.why_pure("zramfs"),
+                      "device": zramfs.device.__file__, "slots": zramfs.slots.__file__,
+                      "param": zramfs.build_mode_text()}))
 """
 
 
@@ -82,6 +105,25 @@ def test_build_mode_matches_the_loaded_modules() -> None:
     assert buildmode.loaded_mode(allocator.lockdep) == "pure"
 
 
+def test_zramfs_build_mode_matches_the_loaded_device_modules() -> None:
+    import importlib
+
+    import zramfs.codecs
+    import zramfs.fs
+
+    zmode = zramfs.build_mode()
+    assert zmode in ("compiled", "pure")
+    loaded = {
+        m: buildmode.loaded_mode(importlib.import_module("zramfs." + m)) for m in DEVICE_MODULES
+    }
+    assert set(loaded.values()) == {zmode}, loaded  # the whole device, never a mix
+    # the FUSE glue and the codecs stay interpreted in either build
+    assert {buildmode.loaded_mode(zramfs.fs), buildmode.loaded_mode(zramfs.codecs)} == {"pure"}
+    if buildmode.pure_requested() or not HAS_COMPILED_DEVICE:
+        assert zmode == "pure"
+    assert zramfs.build_modes() == {"allocator": allocator.build_mode(), "zramfs": zmode}
+
+
 def test_pure_python_env_selects_the_sources_in_a_new_process() -> None:
     out = run_py(MODE_PROBE, pure=True)
     assert out.returncode == 0, out.stderr
@@ -90,6 +132,9 @@ def test_pure_python_env_selects_the_sources_in_a_new_process() -> None:
     assert got["pool"].endswith("pool.py") and got["zspage_ops"].endswith("zspage_ops.py")
     assert out.stderr == ""
     assert got["why"] == (f"{buildmode.PURE_ENV} is set" if HAS_COMPILED else None)
+    assert got["zmode"] == "pure" and got["param"] == "pure"
+    assert got["device"].endswith("device.py") and got["slots"].endswith("slots.py")
+    assert got["zwhy"] == (f"{buildmode.PURE_ENV} is set" if HAS_COMPILED_DEVICE else None)
 
 
 @needs_compiled
@@ -99,6 +144,9 @@ def test_without_the_env_the_compiled_build_is_used() -> None:
     got = json.loads(out.stdout)
     assert got["mode"] == "compiled" and got["why"] is None, out.stderr
     assert not got["pool"].endswith(".py") and not got["locks"].endswith(".py")
+    if HAS_COMPILED_DEVICE:
+        assert got["zmode"] == "compiled" and got["zwhy"] is None and got["param"] == "compiled"
+        assert not got["device"].endswith(".py") and not got["slots"].endswith(".py")
 
 
 @needs_compiled
@@ -108,6 +156,8 @@ def test_a_stale_compiled_module_is_not_used(tmp_path: Path) -> None:
     refused the same way."""
     copy = tmp_path / "allocator"
     shutil.copytree(PKG_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    # (the probe imports zramfs too: this checkout's, beside the copy)
+    shutil.copytree(ZRAMFS_DIR, tmp_path / "zramfs", ignore=shutil.ignore_patterns("__pycache__"))
     with open(copy / "handles.py", "a") as f:
         f.write("\n# edited after the build\n")
     out = run_py(MODE_PROBE, pure=False, cwd=tmp_path, path=(tmp_path,))
@@ -122,6 +172,54 @@ def test_a_stale_compiled_module_is_not_used(tmp_path: Path) -> None:
     out = run_py(MODE_PROBE, pure=False, cwd=tmp_path, path=(tmp_path,))
     got = json.loads(out.stdout)
     assert got["mode"] == "pure" and got["why"].startswith("no extension module for zspage_ops")
+
+
+ROUND_TRIP = """
+    from allocator import PhysicalMemory
+    from zramfs.device import Registry
+    dev = Registry(memory=PhysicalMemory(max_pages=1 << 10)).devices[0]
+    dev.set_disksize(64 << 12)
+    data = bytes(range(256)) * 16 * 8 + bytes(4096) * 8
+    dev.write(4096, data)
+    assert dev.read(4096, len(data)) == data and dev.read(0, 4096) == bytes(4096)
+    assert dev.stats().pages_stored == 16
+"""
+
+
+@needs_compiled_device
+@pytest.mark.parametrize("edited", ["zramfs/slots.py", "allocator/handles.py"])
+def test_each_package_falls_back_on_its_own(tmp_path: Path, edited: str) -> None:
+    """An edited source of one package makes that package run its sources, silently, and the
+    other keeps its compiled build: the compiled device calls the allocator through Python
+    calls, so the two mixes work (a device round trip), and the module parameter names both."""
+    for pkg in (PKG_DIR, ZRAMFS_DIR):
+        shutil.copytree(pkg, tmp_path / pkg.name, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / edited, "a") as f:
+        f.write("\n# edited after the build\n")
+    out = run_py(MODE_PROBE + ROUND_TRIP, pure=False, cwd=tmp_path, path=(tmp_path,))
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    got = json.loads(out.stdout)
+    stale = edited.split("/")[1] + " changed since the build"
+    if edited.startswith("zramfs"):
+        assert (got["mode"], got["zmode"]) == ("compiled", "pure")
+        assert got["zwhy"].startswith(stale) and got["why"] is None
+        assert got["device"].endswith("device.py")
+        assert got["param"] == "allocator=compiled zramfs=pure"
+    else:
+        assert (got["mode"], got["zmode"]) == ("pure", "compiled")
+        assert got["why"].startswith(stale) and got["zwhy"] is None
+        assert not got["device"].endswith(".py")
+        assert got["param"] == "allocator=pure zramfs=compiled"
+
+    # an extension gone missing is refused the same way
+    shutil.copy(REPO / edited, tmp_path / edited)
+    for ext in (tmp_path / "zramfs").glob("device_io.*.so"):
+        ext.unlink()
+    out = run_py(MODE_PROBE + ROUND_TRIP, pure=False, cwd=tmp_path, path=(tmp_path,))
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert (got["mode"], got["zmode"]) == ("compiled", "pure")
+    assert got["zwhy"].startswith("no extension module for device_io")
 
 
 def test_the_finder_skips_an_extension_module(tmp_path: Path) -> None:
@@ -196,7 +294,8 @@ WORKLOAD = """
         dev.write(i * 4096, data)
     attrs.store(dev, "compact", "1")
     image = hashlib.sha1(b"".join(dev.read(i * 4096, 4096) for i in range(pages))).hexdigest()
-    print(json.dumps({"mode": allocator.build_mode(), "classes": pool.classes_table(),
+    import zramfs
+    print(json.dumps({"mode": zramfs.build_mode_text(), "classes": pool.classes_table(),
                       "total_pages": pool.total_pages, "objs": objs,
                       "mm_stat": attrs.show(dev, "mm_stat"), "io_stat": attrs.show(dev, "io_stat"),
                       "image": image}))
@@ -224,10 +323,10 @@ def test_a_mount_says_which_build_it_runs(daemon: Any) -> None:
     res = daemon.mount("--size", "4M")
     assert res.returncode == 0, res.stderr
     param = daemon.mnt / "sys/module/zramfs/parameters/build_mode"
-    assert param.read_text() == allocator.build_mode() + "\n"
+    assert param.read_text() == zramfs.build_mode_text() + "\n"
     assert param.stat().st_mode & 0o777 == 0o444
     data = json.loads(zramfs_cli("status", str(daemon.mnt), "--json").stdout)
-    assert data["mounts"][0]["build_mode"] == allocator.build_mode()
+    assert data["mounts"][0]["build_mode"] == zramfs.build_mode_text()
 
 
 def test_the_pool_runs_under_lockdep_in_this_build(pool: Any) -> None:
@@ -249,3 +348,31 @@ def test_the_pool_runs_under_lockdep_in_this_build(pool: Any) -> None:
     cls = pool.size_class[0]
     with cls.lock, pytest.raises(LockOrderViolation):
         pool.migrate_lock.write_lock()  # migrate_lock (rank 20) under class->lock (rank 30)
+
+
+def test_the_device_runs_under_lockdep_in_this_build(lockdep: None) -> None:
+    """Whatever the build, the device's slot locks are checked: with lockdep on at disksize the
+    stripes are checked Mutexes, a workload through the data path (4 KiB and multi-page
+    writes and reads, a partial write, a discard) takes them without a report, and a stripe
+    taken under the pool's migrate_lock is refused before it blocks."""
+    from allocator.locks import LockOrderViolation, Mutex, lockdep_stats
+    from allocator.memory import PhysicalMemory
+    from zramfs.device import Registry
+    from zramfs.slots import STRIPE_LOCK
+
+    dev = Registry(memory=PhysicalMemory(max_pages=1 << 10)).devices[0]
+    dev.set_disksize(64 << 12)
+    assert isinstance(dev._stripes[0].lock, Mutex)
+    before = STRIPE_LOCK.acquisitions
+    page = bytes(range(256)) * 16
+    dev.write(0, page)
+    dev.write(4096, page * 8 + bytes(4096))
+    dev.write(100, b"partial")
+    dev.discard(8 * 4096, 4096)
+    assert dev.read(4096, 4096) == page and dev.read(0, 9 * 4096)[100:107] == b"partial"
+    assert STRIPE_LOCK.acquisitions > before
+    assert lockdep_stats()["lockdep"] == 1 and lockdep_stats()["violations"] == 0
+    pool = dev.pool
+    assert pool is not None
+    with pool.migrate_lock.read(), pytest.raises(LockOrderViolation):
+        dev.write(0, page)  # the commit takes the stripe (rank 6) under migrate_lock (rank 20)

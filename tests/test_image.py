@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import zramfs
 from allocator import PhysicalMemory
 from zramfs.device import Registry, ZramDevice
 from zramfs.image import BlockImage, MemoryImage
@@ -194,6 +195,10 @@ class TestZramDevice(BlockImageTests):
 def test_backend_methods_have_the_protocol_parameters(backend: type) -> None:
     """Structural, beyond isinstance (which only sees that the names exist): every method of
     the Protocol takes the same parameters on the backend."""
+    if backend is ZramDevice and zramfs.build_mode() == "compiled":
+        # mypyc's methods carry no signature to inspect; the suite's pure pass checks the
+        # same source
+        pytest.skip("compiled methods have no inspectable signature (checked in the pure pass)")
     for name, member in vars(BlockImage).items():
         if name.startswith("_") or not callable(member):
             continue

@@ -131,7 +131,7 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
     ``protection``: what `protect_process` did (for --mlock), shown as module parameters."""
     if getattr(args, "backend", "zram") == "null":
         return _build_null_mount(args)
-    import allocator
+    import zramfs
     from allocator import PhysicalMemory
     from allocator.locks import lockdep_stats, set_lockdep
     from zramfs import attrs
@@ -180,9 +180,10 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
         # lz4 without a dictionary: the kernel's LZ4_compress_fast, or a fallback whose
         # compressed lengths (so mm_stat) differ from the kernel's
         ModuleParameter("lz4_path", 0o444, lz4_path),
-        # the allocator's build: "compiled" (mypyc, setup.py) or "pure" (ZRAMFS_PURE_PYTHON=1,
-        # or an install without a C compiler)
-        ModuleParameter("build_mode", 0o444, allocator.build_mode),
+        # the build of the allocator and of the device: "compiled" (mypyc, setup.py) or "pure"
+        # (ZRAMFS_PURE_PYTHON=1, or an install without a C compiler); each package's when
+        # they differ (zramfs.build_mode_text)
+        ModuleParameter("build_mode", 0o444, zramfs.build_mode_text),
     )
     tree = Tree(registry, [*static, *daemon.parameters()])
     return tree, daemon, ZramFS, registry

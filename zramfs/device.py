@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from allocator import OutOfMemory, PhysicalMemory, Pool
 from allocator.locks import LockClass, Mutex
@@ -86,6 +87,7 @@ class CompParams:
     winbits: int | None = None
 
 
+@mypyc_attr(native_class=False)
 class ZramDevice(WritebackMixin, RecompressMixin, StatsMixin):
     """One zram device: configuration, slot table, pool, codecs and counters.
 
@@ -306,6 +308,7 @@ _NO_STRIPES: list[Stripe] = []
 _boottime = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
 
 
+@mypyc_attr(native_class=False)
 class Registry:
     """zram-control: the devices of one mount, sharing one PhysicalMemory."""
 

@@ -15,7 +15,9 @@ this module owns what those parts have in common:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+
+from mypy_extensions import mypyc_attr
 
 from allocator import Pool
 from allocator.locks import Mutex
@@ -27,11 +29,11 @@ from .slots import SlotTable, Stripe, new_stripes
 if TYPE_CHECKING:
     from .device_writeback import _BackingDev
 
-SECTOR_SHIFT = 9
-ZRAM_PRIMARY_COMP = 0
-ZRAM_SECONDARY_COMP = 1
-ZRAM_MAX_COMPS = 4
-U64 = (1 << 64) - 1
+SECTOR_SHIFT: Final = 9
+ZRAM_PRIMARY_COMP: Final = 0
+ZRAM_SECONDARY_COMP: Final = 1
+ZRAM_MAX_COMPS: Final = 4
+U64: Final = (1 << 64) - 1
 
 
 class _Meta:
@@ -47,6 +49,7 @@ class _Meta:
         self.num_active_comps = sum(1 for c in comps if c is not None)
 
 
+@mypyc_attr(native_class=False)
 class DeviceCore:
     """The fields of struct zram the parts of a device share, and the helpers they all use.
 

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import errno
 import time
+from typing import Final
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from allocator import OutOfMemory
 
@@ -68,9 +70,9 @@ from .slots import (
     ZRAM_WB,
 )
 
-_ZERO_PAGE = bytes(PAGE_SIZE)
-_SAME_FILL_CACHE: dict[int, bytes] = {0: _ZERO_PAGE}
-_perf_ns = time.perf_counter_ns
+_ZERO_PAGE: Final = bytes(PAGE_SIZE)
+_SAME_FILL_CACHE: Final[dict[int, bytes]] = {0: _ZERO_PAGE}
+_perf_ns: Final = time.perf_counter_ns
 
 
 def _same_filled_word(page: bytes) -> int | None:
@@ -100,6 +102,7 @@ def _fill_page(word: int) -> bytes:
     return page
 
 
+@mypyc_attr(native_class=False)
 class IOPathMixin(DeviceCore):
     """The data path of `ZramDevice`: read, write, discard and the slot primitives under them."""
 
@@ -288,9 +291,18 @@ class IOPathMixin(DeviceCore):
                     if f == 0 and h == 0:
                         data = _ZERO_PAGE
                     else:
-                        data, prio = self._decode_locked(meta, index, f, h)
-                        if prio >= 0:
-                            data = self._decompress(meta, data, prio)
+                        comp = None
+                        if not f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE) and h:
+                            # a compressed object in the pool, inlined as in _read_pages
+                            prio = (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
+                            comp = meta.comps[prio]
+                        if comp is not None:
+                            obj = meta.pool.read_object(h, f & SIZE_MASK)
+                            data = comp.decompress(obj, PAGE_SIZE)
+                        else:  # the rest, and a missing compressor's error
+                            data, prio = self._decode_locked(meta, index, f, h)
+                            if prio >= 0:
+                                data = self._decompress(meta, data, prio)
                         t.flags[index] = f & ~ACCESS_CLEARED
                         t.ac_time[index] = int(self.clock())
                     c = first_stripe.counters
@@ -358,12 +370,12 @@ class IOPathMixin(DeviceCore):
                         )  # raises: no compressor
                     elif f == 0 and h == 0:
                         append(_ZERO_PAGE)  # never written: no mark
-                        continue
                     else:
                         data, prio = self._decode_locked(meta, i, f, h)
                         append(data if prio < 0 else self._decompress(meta, data, prio))
-                    flags[i] = f & keep
-                    ac_time[i] = now
+                    if f or h:  # (not a `continue` above: mypyc compiles none inside `with`)
+                        flags[i] = f & keep
+                        ac_time[i] = now
         except ZramError as exc:
             exc.block = i
             raise
@@ -660,6 +672,17 @@ class IOPathMixin(DeviceCore):
         A file must read back zeros over the whole hole, so unlike a block discard the
         edges are rewritten (read-modify-write); unwritten edge blocks stay unallocated.
         """
+        self._clear_range(offset, length)
+
+    def zero_range(self, offset: int, length: int) -> None:
+        """fallocate(ZERO_RANGE): on zram the same as a punched hole (the blocks read back
+        zeros and hold no memory)."""
+        self._clear_range(offset, length)
+
+    def _clear_range(self, offset: int, length: int) -> None:
+        # Both fallocate modes; not one calling the other, because the trace hook wraps each
+        # on the instance and would record a zero_range as a punch_hole too.  (Not a class-body
+        # alias `zero_range = punch_hole` either: mypyc compiles none.)
         meta = self._meta
         if meta is None or length <= 0 or offset >= self.disksize:
             return
@@ -673,8 +696,6 @@ class IOPathMixin(DeviceCore):
         # the last block is partial when the hole ends inside a later block
         if end & mask and (end & ~mask) >= head_block_end:
             self._zero_edge(meta, end & ~mask, end)
-
-    zero_range = punch_hole
 
     def _zero_edge(self, meta: _Meta, start: int, end: int) -> None:
         index = start >> PAGE_SHIFT

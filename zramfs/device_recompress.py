@@ -11,6 +11,7 @@ algorithms (recomp_algorithm, algorithm_params) is lifecycle: `zramfs.device`.
 from __future__ import annotations
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from allocator import OutOfMemory
 
@@ -38,6 +39,7 @@ RECOMP_IDLE = 1
 RECOMP_HUGE = 2
 
 
+@mypyc_attr(native_class=False)
 class RecompressMixin(IOPathMixin):
     """Recompression of `ZramDevice`'s slots with its secondary algorithms."""
 

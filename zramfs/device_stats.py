@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mypy_extensions import mypyc_attr
+
 from .device_core import SECTOR_SHIFT, DeviceCore
 from .slots import (
     BD_COUNT,
@@ -65,6 +67,7 @@ def _account(stripe: Stripe, ios: int, sectors: int, ticks: int, nbytes: int, ns
         c[ticks] += ns
 
 
+@mypyc_attr(native_class=False)
 class StatsMixin(DeviceCore):
     """The statistics of `ZramDevice`."""
 

@@ -15,6 +15,7 @@ import os
 import stat as stat_mod
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from allocator.locks import LEAF_RANK, LockClass, Mutex
 
@@ -116,6 +117,7 @@ class _BackingDev:
         os.close(self.fd)
 
 
+@mypyc_attr(native_class=False)
 class WritebackMixin(IOPathMixin):
     """Backing device, writeback and idle marking of `ZramDevice`."""
 
@@ -225,24 +227,30 @@ class WritebackMixin(IOPathMixin):
                     err = NoSpace("backing device is full")
                     break
                 stripe = self._stripes[index & STRIPE_MASK]
+                # (`skip`, not a `continue` inside the `with`: mypyc compiles none there)
+                skip = False
+                data = b""
                 with stripe.lock:
                     stripe.counters[BD_COUNT] += 1
                     f = t.flags[index]
                     if not f & ZRAM_PP_SLOT:  # accessed or freed since the scan
                         backing.free_block(blk)
                         stripe.counters[BD_COUNT] -= 1
-                        continue
-                    h = t.handle[index]
-                    try:
-                        data, prio = self._decode_locked(meta, index, f, h)
-                        if not self.compressed_writeback:
-                            data = self._decompress(meta, data, prio)
-                    except ZramError as exc:
-                        backing.free_block(blk)
-                        stripe.counters[BD_COUNT] -= 1
-                        t.flags[index] = f & ~ZRAM_PP_SLOT
-                        err = exc
-                        continue
+                        skip = True
+                    else:
+                        h = t.handle[index]
+                        try:
+                            data, prio = self._decode_locked(meta, index, f, h)
+                            if not self.compressed_writeback:
+                                data = self._decompress(meta, data, prio)
+                        except ZramError as exc:
+                            backing.free_block(blk)
+                            stripe.counters[BD_COUNT] -= 1
+                            t.flags[index] = f & ~ZRAM_PP_SLOT
+                            err = exc
+                            skip = True
+                if skip:
+                    continue
                 try:
                     backing.write_block(blk, data.ljust(PAGE_SIZE, b"\0"))
                 except (OSError, ZramError) as exc:
@@ -258,17 +266,17 @@ class WritebackMixin(IOPathMixin):
                     c = stripe.counters
                     c[BD_WRITES] += 1
                     f = t.flags[index]
-                    if not f & ZRAM_PP_SLOT:
+                    if not f & ZRAM_PP_SLOT:  # accessed or freed meanwhile: drop the block
                         backing.free_block(blk)
                         c[BD_COUNT] -= 1
-                        continue
-                    keep = f & (SIZE_MASK | ZRAM_COMP_PRIORITY_MASK | ZRAM_HUGE)
-                    self._slot_free(meta, index, c)  # frees the object, drops HUGE/IDLE
-                    t.handle[index] = blk
-                    # compressed writeback keeps size, priority and HUGE so reads can decode
-                    t.flags[index] = ZRAM_WB | (keep if self.compressed_writeback else 0)
-                    c[PAGES_STORED] += 1
-                    c[GENERATION] += 1
+                    else:
+                        keep = f & (SIZE_MASK | ZRAM_COMP_PRIORITY_MASK | ZRAM_HUGE)
+                        self._slot_free(meta, index, c)  # frees the object, drops HUGE/IDLE
+                        t.handle[index] = blk
+                        # compressed writeback keeps size, priority and HUGE so reads decode
+                        t.flags[index] = ZRAM_WB | (keep if self.compressed_writeback else 0)
+                        c[PAGES_STORED] += 1
+                        c[GENERATION] += 1
             # release_pp_ctl(): whatever was selected but not written loses PP_SLOT
             rest = np.asarray(pending, dtype=np.int64)
             if rest.size:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import mmap
 import threading
+from typing import Final
 
 import numpy as np
 
@@ -39,60 +40,60 @@ from allocator.locks import LockClass, Mutex, hot_path_lock
 
 from .errors import NoMemory
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
+PAGE_SHIFT: Final = 12
+PAGE_SIZE: Final = 1 << PAGE_SHIFT
 
 # Layout of the flags word, as in zram_drv.h of current kernels: the object size takes
 # the low ZRAM_FLAG_SHIFT = PAGE_SHIFT + 1 bits (a size of exactly PAGE_SIZE must fit),
 # the flags follow in the kernel's order.
-ZRAM_FLAG_SHIFT = PAGE_SHIFT + 1
-SIZE_MASK = (1 << ZRAM_FLAG_SHIFT) - 1
-ZRAM_SAME = 1 << (ZRAM_FLAG_SHIFT + 0)  # page filled with one repeated word
-ZRAM_ENTRY_LOCK = 1 << (ZRAM_FLAG_SHIFT + 1)  # kernel's lock bit; unused here (stripes)
-ZRAM_WB = 1 << (ZRAM_FLAG_SHIFT + 2)  # stored on the backing device
-ZRAM_PP_SLOT = 1 << (ZRAM_FLAG_SHIFT + 3)  # selected for post-processing
-ZRAM_HUGE = 1 << (ZRAM_FLAG_SHIFT + 4)  # stored uncompressed
-ZRAM_IDLE = 1 << (ZRAM_FLAG_SHIFT + 5)  # not accessed since the last idle marking
-ZRAM_INCOMPRESSIBLE = 1 << (ZRAM_FLAG_SHIFT + 6)  # no algorithm could recompress it
-ZRAM_COMP_PRIORITY_SHIFT = ZRAM_FLAG_SHIFT + 7  # two bits: priority of the compressor used
-ZRAM_COMP_PRIORITY_MASK = 0x3 << ZRAM_COMP_PRIORITY_SHIFT
+ZRAM_FLAG_SHIFT: Final = PAGE_SHIFT + 1
+SIZE_MASK: Final = (1 << ZRAM_FLAG_SHIFT) - 1
+ZRAM_SAME: Final = 1 << (ZRAM_FLAG_SHIFT + 0)  # page filled with one repeated word
+ZRAM_ENTRY_LOCK: Final = 1 << (ZRAM_FLAG_SHIFT + 1)  # kernel's lock bit; unused here (stripes)
+ZRAM_WB: Final = 1 << (ZRAM_FLAG_SHIFT + 2)  # stored on the backing device
+ZRAM_PP_SLOT: Final = 1 << (ZRAM_FLAG_SHIFT + 3)  # selected for post-processing
+ZRAM_HUGE: Final = 1 << (ZRAM_FLAG_SHIFT + 4)  # stored uncompressed
+ZRAM_IDLE: Final = 1 << (ZRAM_FLAG_SHIFT + 5)  # not accessed since the last idle marking
+ZRAM_INCOMPRESSIBLE: Final = 1 << (ZRAM_FLAG_SHIFT + 6)  # no algorithm could recompress it
+ZRAM_COMP_PRIORITY_SHIFT: Final = ZRAM_FLAG_SHIFT + 7  # two bits: priority of the compressor used
+ZRAM_COMP_PRIORITY_MASK: Final = 0x3 << ZRAM_COMP_PRIORITY_SHIFT
 
 #: what slot_free() clears besides the size and the SAME/WB/HUGE bits
-ACCESS_CLEARED = ZRAM_IDLE | ZRAM_PP_SLOT
+ACCESS_CLEARED: Final = ZRAM_IDLE | ZRAM_PP_SLOT
 
-SLOT_BYTES = 8 + 4 + 4
+SLOT_BYTES: Final = 8 + 4 + 4
 
-NR_STRIPES = 1024
-STRIPE_MASK = NR_STRIPES - 1
+NR_STRIPES: Final = 1024
+STRIPE_MASK: Final = NR_STRIPES - 1
 
 # Counter indices in Stripe.counters (all 64-bit counters of struct zram_stats that the
 # data path touches, plus the block-layer accounting of part_stat).
-PAGES_STORED = 0
-COMPR_DATA_SIZE = 1
-SAME_PAGES = 2
-HUGE_PAGES = 3
-HUGE_PAGES_SINCE = 4
-NOTIFY_FREE = 5
-FAILED_READS = 6
-FAILED_WRITES = 7
-MISS_FREE = 8
-BD_COUNT = 9
-BD_READS = 10
-BD_WRITES = 11
-READ_IOS = 12
-READ_SECTORS = 13
-READ_NS = 14
-WRITE_IOS = 15
-WRITE_SECTORS = 16
-WRITE_NS = 17
+PAGES_STORED: Final = 0
+COMPR_DATA_SIZE: Final = 1
+SAME_PAGES: Final = 2
+HUGE_PAGES: Final = 3
+HUGE_PAGES_SINCE: Final = 4
+NOTIFY_FREE: Final = 5
+FAILED_READS: Final = 6
+FAILED_WRITES: Final = 7
+MISS_FREE: Final = 8
+BD_COUNT: Final = 9
+BD_READS: Final = 10
+BD_WRITES: Final = 11
+READ_IOS: Final = 12
+READ_SECTORS: Final = 13
+READ_NS: Final = 14
+WRITE_IOS: Final = 15
+WRITE_SECTORS: Final = 16
+WRITE_NS: Final = 17
 # no discard counters: zram completes a discard before the block layer would account it
-FLUSH_IOS = 18
-GENERATION = 19  # bumped on every slot update in the stripe (read-modify-write check)
-MAX_USED = 20  # highest pool page count this stripe saw (max over stripes = mem_used_max)
-NR_COUNTERS = 21
+FLUSH_IOS: Final = 18
+GENERATION: Final = 19  # bumped on every slot update in the stripe (read-modify-write check)
+MAX_USED: Final = 20  # highest pool page count this stripe saw (max over stripes = mem_used_max)
+NR_COUNTERS: Final = 21
 
 
-MADV_DONTNEED_LOCKED = 24  # uapi/asm-generic/mman-common.h (Linux 5.18+)
+MADV_DONTNEED_LOCKED: Final = 24  # uapi/asm-generic/mman-common.h (Linux 5.18+)
 
 #: the slot locks' lock class (see the module docstring)
 STRIPE_LOCK = LockClass("zram_slot_lock", 6)

@@ -116,7 +116,8 @@ def mount_status(mnt: str, *, include_all: bool = False) -> dict[str, Any]:
     """One mount's part of ``zramfs status``: its ``devices`` (`device_rows`) and three module
     parameters: two that say whether its numbers and its loop devices can be trusted,
     ``lz4_path`` (str) and ``unclamped_loops`` (list of loop devices), and ``build_mode``, the
-    allocator build its daemon runs ("compiled" or "pure").  Each is None when the mount does
+    build its daemon runs ("compiled" or "pure"; each package's when the allocator's and the
+    device's differ: ``zramfs.build_mode_text``).  Each is None when the mount does
     not serve it (``--backend null``)."""
     params = Path(mnt) / "sys/module/zramfs/parameters"
     lz4 = _read(params / "lz4_path")
