@@ -15,6 +15,7 @@ Python (no C compiler), with the reason.  The finder itself is tested on a packa
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -43,16 +44,22 @@ needs_compiled_device = pytest.mark.skipif(
     not (HAS_COMPILED and HAS_COMPILED_DEVICE),
     reason="no compiled build of both packages here (the install fell back to pure Python)",
 )
+
+
+def compiled_modules() -> dict[str, tuple[str, ...]]:
+    """setup.py's ``COMPILED`` table, read from its source (importing setup.py would run it)."""
+    tree = ast.parse((Path(allocator.__file__).parent.parent / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+            if any(isinstance(t, ast.Name) and t.id == "COMPILED" for t in targets):
+                assert node.value is not None
+                return ast.literal_eval(node.value)
+    raise AssertionError("setup.py has no COMPILED table")
+
+
 #: the zramfs modules setup.py compiles (the device); the rest of the package is never compiled
-DEVICE_MODULES = (
-    "slots",
-    "device_core",
-    "device_stats",
-    "device_io",
-    "device_writeback",
-    "device_recompress",
-    "device",
-)
+DEVICE_MODULES: tuple[str, ...] = compiled_modules()["zramfs"]
 
 
 def run_py(
