@@ -112,6 +112,8 @@ class BuildCompiled(build_ext):
         # for the metadata steps pip runs first)
         if not self.distribution.ext_modules:
             self.distribution.ext_modules = self._mypyc_extensions()
+        if self.parallel is None:  # one C compiler per core: each package's group is one big file
+            self.parallel = os.cpu_count() or 1
         super().finalize_options()
 
     def _mypyc_extensions(self) -> list[Any]:
