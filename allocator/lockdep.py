@@ -326,6 +326,28 @@ def _describe(key: object) -> str:
 _HERE = __file__.rsplit("/", 1)[0]
 _LOCK_FILES = frozenset({__file__, _HERE + "/locks.py", _HERE + "/memory.py"})
 
+
+def _caller_outside_locks() -> FrameType | None:
+    """The innermost frame outside the lock machinery: the code a lock operation is for.
+
+    The walk starts at this frame rather than a fixed depth: compiled modules (locks, memory:
+    setup.py) have no frames of their own, so the depth of the caller depends on the build."""
+    f: FrameType | None = sys._getframe(0)
+    while f is not None and f.f_code.co_filename in _LOCK_FILES:
+        f = f.f_back
+    return f
+
+
+def site_class(rw: bool) -> LockClass:
+    """Default class of a lock created without one: one class per creation site, as lockdep keys
+    a lock by the static key of its init call site (so unrelated locks never share a class)."""
+    f = _caller_outside_locks()
+    where = "?"
+    if f is not None:
+        where = "%s:%d" % ("/".join(f.f_code.co_filename.rsplit("/", 2)[-2:]), f.f_lineno)
+    return LockClass(("rwlock@" if rw else "mutex@") + where, rw=rw)
+
+
 _tls = threading.local()
 _all_held: dict[int, list[_Held]] = {}  # thread ident -> its held stack (lockdep on)
 _graph: dict[LockClass, set[LockClass]] = {}  # class dependency edges (held -> acquired)
@@ -439,10 +461,7 @@ def lockdep_before(key: object, cls: LockClass, mode: LockMode, trylock: bool = 
 def lockdep_acquired(key: object, cls: LockClass, mode: LockMode, trylock: bool = False) -> None:
     site: tuple[Any, int] = (None, 0)
     if _lockdep_sites:
-        # The acquisition site: the first caller outside the lock modules.
-        f: FrameType | None = sys._getframe(1)
-        while f is not None and f.f_code.co_filename in _LOCK_FILES:
-            f = f.f_back
+        f = _caller_outside_locks()  # the acquisition site
         if f is not None:
             site = (f.f_code, f.f_lineno)
     _held().append((key, cls, mode, trylock, site))
@@ -470,13 +489,8 @@ def lockdep_released(key: object, strict: bool = False) -> None:
 
 
 def contention_point() -> str:
-    """The caller outside the lock modules that is contending (slow path only).
-
-    The walk starts at this frame and skips every frame of the lock modules: a compiled
-    ``allocator.locks`` has no frames of its own, so a fixed depth would miss the caller."""
-    f: FrameType | None = sys._getframe(0)
-    while f is not None and f.f_code.co_filename in _LOCK_FILES:
-        f = f.f_back
+    """The caller outside the lock modules that is contending (slow path only)."""
+    f = _caller_outside_locks()
     if f is None:
         return "?"
     return "%s %s:%d" % (f.f_code.co_name, f.f_code.co_filename.rsplit("/", 1)[-1], f.f_lineno)

@@ -94,20 +94,17 @@ except for the first, which has a slow path of its own.
    ``dev_lock``: single attribute loads; reset, which replaces them, refuses while the image
    is open, and a new mem_limit applies from the next page as in the kernel.
 
-The compiled build (setup.py compiles this module with mypyc) keeps every one of these
-shortcuts: each step above is still one C-level operation under the GIL, and compiled code
-gives the GIL up only inside the calls that block or run Python code, so it offers other
-threads a subset of the preemption points the interpreted source does.  The interleaving
-explorer and the tests that trace or patch the lock internals run the interpreted source of
-this module in both builds (``tests/support/pure_locks.py``).
+Compiled (setup.py), each step above is still one C-level operation under the GIL, and
+compiled code offers other threads a subset of the interpreted source's preemption points
+(docs/guarantees.md, "6. Locks: no deadlock, one order").
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from time import perf_counter_ns
-from types import FrameType
 from typing import Final
 
 from . import lockdep as _checker
@@ -139,6 +136,7 @@ from .lockdep import (
     lockdep_before,
     lockdep_holds,
     lockdep_released,
+    site_class,
 )
 
 __all__ = [
@@ -187,11 +185,8 @@ _WRITE = LockMode.WRITE
 
 
 class LockdepSwitch:
-    """Whether lockdep is on: read on every acquire and release.
-
-    An attribute of one ``Final`` object rather than a rebindable module global: compiled code
-    (setup.py) reads a ``Final`` object's native attribute directly, but a module global with a
-    dictionary look-up every time; interpreted, the two cost about the same."""
+    """Whether lockdep is on, read on every acquire and release: an attribute of a ``Final``
+    object, which compiled code reads directly (a module global is a dictionary look-up)."""
 
     __slots__ = ("on",)
 
@@ -230,19 +225,6 @@ def hot_path_lock(lock_class: LockClass) -> Mutex | threading.Lock:
     return Mutex(lock_class) if LOCKDEP.on else threading.Lock()
 
 
-def _site_class(rw: bool) -> LockClass:
-    """Default class of a lock created without one: one class per creation site, as lockdep keys
-    a lock by the static key of its init call site (so unrelated locks never share a class)."""
-    # the first frame outside this module (none of its own when it is compiled)
-    f: FrameType | None = sys._getframe(0)
-    while f is not None and f.f_code.co_filename == __file__:
-        f = f.f_back
-    if f is None:
-        return LockClass(("rwlock@" if rw else "mutex@") + "?", rw=rw)
-    name = "%s:%d" % ("/".join(f.f_code.co_filename.rsplit("/", 2)[-2:]), f.f_lineno)
-    return LockClass(("rwlock@" if rw else "mutex@") + name, rw=rw)
-
-
 # ------------------------------------------------------------------------------------------
 # Mutex
 # ------------------------------------------------------------------------------------------
@@ -255,7 +237,7 @@ class Mutex:
     __slots__ = ("_lock", "_cls", "_stat", "_acq", "_owner", "__weakref__")
 
     def __init__(self, lock_class: LockClass | None = None) -> None:
-        cls = lock_class if lock_class is not None else _site_class(False)
+        cls = lock_class if lock_class is not None else site_class(False)
         self._lock = threading.Lock()
         self._cls = cls
         self._stat = cls.write
@@ -349,32 +331,22 @@ class Mutex:
 _SLOW_READERS: bool = not getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
-class _ReadGuard:
-    __slots__ = ("_l",)
+class _Guard:
+    """``with rwlock.read():`` / ``with rwlock.write():``: one side's lock and unlock."""
 
-    def __init__(self, lock: RWLock) -> None:
+    __slots__ = ("_l", "_lock", "_unlock")
+
+    def __init__(self, lock: RWLock, take: Callable[[], None], drop: Callable[[], None]) -> None:
         self._l = lock
+        self._lock = take
+        self._unlock = drop
 
     def __enter__(self) -> RWLock:
-        self._l.read_lock()
+        self._lock()
         return self._l
 
     def __exit__(self, *exc: object) -> None:
-        self._l.read_unlock()
-
-
-class _WriteGuard:
-    __slots__ = ("_l",)
-
-    def __init__(self, lock: RWLock) -> None:
-        self._l = lock
-
-    def __enter__(self) -> RWLock:
-        self._l.write_lock()
-        return self._l
-
-    def __exit__(self, *exc: object) -> None:
-        self._l.write_unlock()
+        self._unlock()
 
 
 class RWLock:
@@ -431,7 +403,7 @@ class RWLock:
     )
 
     def __init__(self, lock_class: LockClass | None = None) -> None:
-        cls = lock_class if lock_class is not None else _site_class(True)
+        cls = lock_class if lock_class is not None else site_class(True)
         cls.rw = True
         self._lock = threading.Lock()
         self._cls = cls
@@ -446,8 +418,8 @@ class RWLock:
         self._racq = cls.read._acq  # lock_stat's acquisition counter (never replaced)
         self._rcond: threading.Condition | None = None
         self._wcond: threading.Condition | None = None
-        self._rg: _ReadGuard | None = None
-        self._wg: _WriteGuard | None = None
+        self._rg: _Guard | None = None
+        self._wg: _Guard | None = None
 
     @property
     def lock_class(self) -> LockClass:
@@ -706,16 +678,16 @@ class RWLock:
     def readers(self) -> int:
         return self._readers + len(self._fast)
 
-    def read(self) -> _ReadGuard:
+    def read(self) -> _Guard:
         g = self._rg
         if g is None:
-            g = self._rg = _ReadGuard(self)
+            g = self._rg = _Guard(self, self.read_lock, self.read_unlock)
         return g
 
-    def write(self) -> _WriteGuard:
+    def write(self) -> _Guard:
         g = self._wg
         if g is None:
-            g = self._wg = _WriteGuard(self)
+            g = self._wg = _Guard(self, self.write_lock, self.write_unlock)
         return g
 
     def __repr__(self) -> str:

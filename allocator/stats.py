@@ -15,7 +15,7 @@ This module owns everything that only *reads* a pool to show or check it:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .compact import zs_can_compact
 from .handles import HANDLE_SHIFT
@@ -37,7 +37,8 @@ from .zspage_ops import handle_to_zspage
 if TYPE_CHECKING:
     from .pool import Pool
 
-_HEADER = " %5s %5s %11s %12s %13s %10s %10s %16s %8s\n" % (
+#: zs_stats_size_show()'s columns, in order (the debugfs "classes" table)
+CLASS_COLUMNS: Final = (
     "class",
     "size",
     "almost_full",
@@ -48,6 +49,7 @@ _HEADER = " %5s %5s %11s %12s %13s %10s %10s %16s %8s\n" % (
     "pages_per_zspage",
     "freeable",
 )
+_HEADER = " %5s %5s %11s %12s %13s %10s %10s %16s %8s\n" % CLASS_COLUMNS
 
 
 def classes_table(pool: Pool) -> str:

@@ -63,43 +63,18 @@ from .slots import (
     WRITE_IOS,
     WRITE_NS,
     WRITE_SECTORS,
+    ZERO_PAGE,
     ZRAM_COMP_PRIORITY_MASK,
     ZRAM_COMP_PRIORITY_SHIFT,
     ZRAM_HUGE,
     ZRAM_SAME,
     ZRAM_WB,
+    fill_page,
+    same_filled_word,
+    update_used_max,
 )
 
-_ZERO_PAGE: Final = bytes(PAGE_SIZE)
-_SAME_FILL_CACHE: Final[dict[int, bytes]] = {0: _ZERO_PAGE}
 _perf_ns: Final = time.perf_counter_ns
-
-
-def _same_filled_word(page: bytes) -> int | None:
-    """page_same_filled(): the 8-byte word a page repeats, or None.
-
-    The first word is compared with the last one before the whole page: a cheap reject.
-    """
-    first = page[:8]
-    if page[-8:] == first and page == first * (PAGE_SIZE // 8):
-        return int.from_bytes(first, "little")
-    return None
-
-
-def _update_used_max(c: list[int], alloced: int) -> None:
-    """update_used_max(), into the counters of the stripe the caller holds."""
-    if alloced > c[MAX_USED]:
-        c[MAX_USED] = alloced
-
-
-def _fill_page(word: int) -> bytes:
-    """The page a SAME slot holds: its 8-byte word repeated (memset_l)."""
-    page = _SAME_FILL_CACHE.get(word)
-    if page is None:
-        page = word.to_bytes(8, "little") * (PAGE_SIZE // 8)
-        if len(_SAME_FILL_CACHE) < 256:
-            _SAME_FILL_CACHE[word] = page
-    return page
 
 
 @mypyc_attr(native_class=False)
@@ -152,7 +127,7 @@ class IOPathMixin(DeviceCore):
                 return data[:size], (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
             return data, -1
         if f & ZRAM_SAME or not h:
-            return _fill_page(h), -1
+            return fill_page(h), -1
         size = f & SIZE_MASK
         if f & ZRAM_HUGE:
             return meta.pool.read_object(h, PAGE_SIZE), -1
@@ -189,7 +164,7 @@ class IOPathMixin(DeviceCore):
             h = t.handle[index]
             gen = stripe.counters[GENERATION]
             if f == 0 and h == 0:
-                return _ZERO_PAGE, gen  # never written: nothing to mark
+                return ZERO_PAGE, gen  # never written: nothing to mark
             data, prio = self._decode_locked(meta, index, f, h)
             page = self._decompress(meta, data, prio)
             if touch:
@@ -220,7 +195,7 @@ class IOPathMixin(DeviceCore):
         """
         pool = meta.pool
         stripe = self._stripes[index & STRIPE_MASK]
-        word = _same_filled_word(page)
+        word = same_filled_word(page)
         if word is not None:
             handle, newflags, size, alloced = word, ZRAM_SAME, 0, 0
         else:
@@ -239,13 +214,13 @@ class IOPathMixin(DeviceCore):
             if limit and alloced > limit:
                 pool.free(handle)
                 with stripe.lock:  # update_used_max() comes before the limit check
-                    _update_used_max(stripe.counters, alloced)
+                    update_used_max(stripe.counters, alloced)
                 raise IOFailure(f"{self.name}: mem_limit reached")
             pool.write_object(handle, data)
         t = meta.table
         with stripe.lock:
             c = stripe.counters
-            _update_used_max(c, alloced)
+            update_used_max(c, alloced)
             stale = expect_gen is not None and c[GENERATION] != expect_gen
             if not stale:
                 self._slot_free(meta, index, c)  # the old content goes only now
@@ -289,7 +264,7 @@ class IOPathMixin(DeviceCore):
                     f = t.flags[index]
                     h = t.handle[index]
                     if f == 0 and h == 0:
-                        data = _ZERO_PAGE
+                        data = ZERO_PAGE
                     else:
                         comp = None
                         if not f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE) and h:
@@ -369,7 +344,7 @@ class IOPathMixin(DeviceCore):
                             else self._decompress(meta, data, prio)
                         )  # raises: no compressor
                     elif f == 0 and h == 0:
-                        append(_ZERO_PAGE)  # never written: no mark
+                        append(ZERO_PAGE)  # never written: no mark
                     else:
                         data, prio = self._decode_locked(meta, i, f, h)
                         append(data if prio < 0 else self._decompress(meta, data, prio))
@@ -457,7 +432,7 @@ class IOPathMixin(DeviceCore):
             if limit and alloced > limit:
                 pool.free(handle)
                 with stripe.lock:
-                    _update_used_max(stripe.counters, alloced)
+                    update_used_max(stripe.counters, alloced)
                 raise IOFailure(f"{self.name}: mem_limit reached")
             pool.write_object(handle, comp)
         with stripe.lock:
@@ -549,7 +524,7 @@ class IOPathMixin(DeviceCore):
                     if limit and alloced > limit:
                         free(handle)
                         with stripe.lock:
-                            _update_used_max(stripe.counters, alloced)
+                            update_used_max(stripe.counters, alloced)
                         raise IOFailure(f"{self.name}: mem_limit reached")
                     write_object(handle, comp)
                 with stripe.lock:
@@ -702,7 +677,7 @@ class IOPathMixin(DeviceCore):
         t = meta.table
         if not t.flags[index] and not t.handle[index]:
             return  # reads as zeros already; do not allocate for it
-        self._write_partial(meta, index, start & (PAGE_SIZE - 1), _ZERO_PAGE[: end - start])
+        self._write_partial(meta, index, start & (PAGE_SIZE - 1), ZERO_PAGE[: end - start])
 
     def flush(self) -> None:
         """REQ_PREFLUSH: nothing to write out (zram is synchronous); counted in `stat`."""

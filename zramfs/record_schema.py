@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from allocator.stats import CLASS_COLUMNS
 from zramfs.daemon import Reason
 from zramfs.stat_fields import (
     BD_STAT_FIELDS,
@@ -40,17 +41,7 @@ VERSION = 1
 
 # The stat files' fields are zramfs.stat_fields' (imported above, and exported from here too).
 # zs_stats_size_show()'s columns (debugfs zsmalloc/<pool>/classes)
-CLASS_FIELDS = (
-    "class",
-    "size",
-    "almost_full",
-    "almost_empty",
-    "obj_allocated",
-    "obj_used",
-    "pages_used",
-    "pages_per_zspage",
-    "freeable",
-)
+CLASS_FIELDS = CLASS_COLUMNS
 #: the attribute files a device sample reads, each with its fields (a dict in the sample)
 STAT_FILES: dict[str, tuple[str, ...]] = {
     "mm_stat": MM_STAT_FIELDS,

@@ -14,7 +14,8 @@ Two views cover the same memory: `memoryview.cast` views give plain Python ints 
 per-block hot path (cheaper than numpy scalars), numpy views give vectorised scans for
 `idle`, writeback, recompression and statistics.
 
-Also owns the striped slot locks.  The kernel has one lock bit per entry
+Also owns what a SAME slot stands for (`same_filled_word`, `fill_page`) and the striped slot
+locks.  The kernel has one lock bit per entry
 (ZRAM_ENTRY_LOCK); a lock object per slot would cost far more than the slot itself, so
 slot i is guarded by stripe `i & STRIPE_MASK`.  Each stripe also carries the device
 counters that change under it (see `Stripe`), so statistics are exact without a global
@@ -158,3 +159,39 @@ class SlotTable:
 def new_stripes() -> list[Stripe]:
     """A device's stripes: lockdep-checked locks when lockdep is on now, plain ones otherwise."""
     return [Stripe() for _ in range(NR_STRIPES)]
+
+
+# ------------------------------------------------------------------------------------------
+# What a SAME slot holds: a page's repeated 8-byte word instead of an object
+# ------------------------------------------------------------------------------------------
+
+#: an unwritten block reads as this page (and so does a SAME slot of word 0)
+ZERO_PAGE: Final = bytes(PAGE_SIZE)
+_SAME_FILL_CACHE: Final[dict[int, bytes]] = {0: ZERO_PAGE}
+
+
+def same_filled_word(page: bytes) -> int | None:
+    """page_same_filled(): the 8-byte word a page repeats, or None.
+
+    The first word is compared with the last one before the whole page: a cheap reject.
+    """
+    first = page[:8]
+    if page[-8:] == first and page == first * (PAGE_SIZE // 8):
+        return int.from_bytes(first, "little")
+    return None
+
+
+def fill_page(word: int) -> bytes:
+    """The page a SAME slot holds: its 8-byte word repeated (memset_l)."""
+    page = _SAME_FILL_CACHE.get(word)
+    if page is None:
+        page = word.to_bytes(8, "little") * (PAGE_SIZE // 8)
+        if len(_SAME_FILL_CACHE) < 256:
+            _SAME_FILL_CACHE[word] = page
+    return page
+
+
+def update_used_max(c: list[int], alloced: int) -> None:
+    """update_used_max(), into the counters of the stripe the caller holds."""
+    if alloced > c[MAX_USED]:
+        c[MAX_USED] = alloced
