@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import random
 import signal
 import struct
@@ -526,3 +527,24 @@ def test_mount_refuses_an_unusable_trace_path(tmp_path: Path, args: list[str], w
     assert res.returncode == 2
     assert words in res.stderr and res.stderr.count("\n") == 1
     assert not os.path.ismount(mnt)
+
+
+def test_the_frames_checksum_is_zlibs_crc32() -> None:
+    """Whichever implementation computes a frame's CRC-32 (ISA-L's where installed, zlib's
+    otherwise), it is zlib's checksum: a trace written with one reads with the other."""
+    rng = random.Random(7)
+    for n in (0, 1, 7, 64, 2047, 4096, 70_000):
+        data = rng.randbytes(n)
+        assert trace.crc32(data) == zlib.crc32(data)
+        assert trace.crc32(memoryview(b"xy" + data)[2:]) == zlib.crc32(data)
+
+
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64", "aarch64", "arm64"),
+    reason="isal is a dependency only where it has wheels (pyproject.toml)",
+)
+def test_the_trace_uses_isal_where_it_is_a_dependency() -> None:
+    """An install that lost the dependency would still be correct, only slower: catch it."""
+    from isal import isal_zlib
+
+    assert trace.crc32 is isal_zlib.crc32

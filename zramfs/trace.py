@@ -30,7 +30,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from array import array
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -39,6 +38,14 @@ import lz4.block
 import zstandard
 
 from .errors import TraceError
+
+try:
+    # ISA-L's CRC-32 (carry-less multiplication): zlib's checksum bit for bit, ~7x faster on a
+    # record body (0.09 against 0.65 µs for 2 KiB), which both the sink and a replay's reader
+    # compute for every record.  zlib's where isal has no wheel (docs/trace-format.md).
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - depends on the platform
+    from zlib import crc32
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +215,7 @@ class TraceWriter:
         text = json.dumps(header, sort_keys=True).encode()
         head = _FILE_HEAD.pack(MAGIC, VERSION, 0, len(text)) + text
         with open(self.path, "wb") as fh:
-            fh.write(head + struct.pack("<I", zlib.crc32(head[8:])))
+            fh.write(head + struct.pack("<I", crc32(head[8:])))
         # Its own session: a Ctrl-C meant for a foreground mount must not kill the sink
         # before it has written what it was sent.
         self._sink = subprocess.Popen(
@@ -347,7 +354,7 @@ class TraceReader:
                 f"{self.path}: trace format version {version}, this zramfs reads version {VERSION}"
             )
         end = _FILE_HEAD.size + hlen
-        if end + 4 > size or struct.unpack_from("<I", self._map, end)[0] != zlib.crc32(
+        if end + 4 > size or struct.unpack_from("<I", self._map, end)[0] != crc32(
             self._view[8:end]
         ):
             self.close()
@@ -434,7 +441,7 @@ class TraceReader:
         write_unpack, write_size = _HEAD_WRITE.unpack_from, _HEAD_WRITE.size
         discard_unpack, discard_size = _HEAD_DISCARD.unpack_from, _HEAD_DISCARD.size
         blob_unpack, blob_size = _BLOB.unpack_from, _BLOB.size
-        crc32, lz4_decompress, blob = zlib.crc32, lz4.block.decompress, self.blob
+        checksum, lz4_decompress, blob = crc32, lz4.block.decompress, self.blob
         errors = (
             struct.error,
             IndexError,
@@ -457,7 +464,7 @@ class TraceReader:
                     at = pos + write_new_size
                     if not at <= stop <= size or length > MAX_BODY:
                         break
-                    if crc32(view[pos + 8 : stop]) != crc:
+                    if checksum(view[pos + 8 : stop]) != crc:
                         break
                     if codec == CODEC_LZ4:
                         data = lz4_decompress(view[at:stop], raw)
@@ -475,7 +482,7 @@ class TraceReader:
                     at = pos + write_size
                     if at + 4 * count != stop or stop > size or length > MAX_BODY:
                         break
-                    if crc32(view[pos + 8 : stop]) != crc:
+                    if checksum(view[pos + 8 : stop]) != crc:
                         break
                     if count == 1:
                         blob_id = int.from_bytes(m[at:stop], "little")
@@ -492,7 +499,7 @@ class TraceReader:
                     stop = pos + 8 + length
                     if not pos + discard_size <= stop <= size or length > MAX_BODY:
                         break
-                    if crc32(view[pos + 8 : stop]) != crc:
+                    if checksum(view[pos + 8 : stop]) != crc:
                         break
                     rec = (T_DISCARD, t_ns, dev, flags, op, offset, dlen, err)
                 else:
@@ -501,7 +508,7 @@ class TraceReader:
                     p = pos + head_size
                     if not p <= stop <= size or length > MAX_BODY:
                         break
-                    if crc32(view[pos + 8 : stop]) != crc:
+                    if checksum(view[pos + 8 : stop]) != crc:
                         break
                     if kind == T_BLOB:
                         blob_id, codec, raw = blob_unpack(m, p)
