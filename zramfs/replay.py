@@ -253,36 +253,52 @@ class _Replay:
         on_sample: Callable[[float, ZramDevice], None] | None,
         sample_ns: int,
     ) -> None:
-        """Apply every record (TraceReader.raw_records tuples) in order."""
+        """Apply every record (TraceReader.raw_records tuples) in order.
+
+        The loop is a replay's own cost per record, so the write and `_measure` are inline
+        and the counters are locals, stored back when it ends (however it ends).
+        """
         dev_id = self.dev_id
         boottime0 = self.boottime0
         next_sample = 0
-        for rec in records:
-            kind, t = rec[0], rec[1]
-            if on_sample is not None:
-                while next_sample <= t:
-                    self.advance(next_sample)
-                    if self.dev is not None:
-                        on_sample(next_sample / 1e9, self.dev)
-                    next_sample += sample_ns
-            if self.ticking and self.next_tick <= t:
-                self.advance(t)
-            elif t > self.t_ns:  # `_account`, inline
-                self.area += self.last_used * (t - self.t_ns)
-                self.t_ns = t
-                self.now_s = boottime0 + t * 1e-9
-            dev = self.dev
-            if kind == T_WRITE:  # the common case, inline
-                if rec[2] == dev_id and dev is not None:
-                    try:
-                        dev.write(rec[4], rec[5])
-                    except ZramError:
-                        self.write_failures += 1
-            else:
-                self.apply(rec)
-            self._measure()
-            self.records += 1
-            self.overlapping += rec[3] & F_OVERLAP
+        n = overlapping = failures = 0
+        try:
+            for rec in records:
+                kind, t = rec[0], rec[1]
+                if on_sample is not None:
+                    while next_sample <= t:
+                        self.advance(next_sample)
+                        if self.dev is not None:
+                            on_sample(next_sample / 1e9, self.dev)
+                        next_sample += sample_ns
+                if self.ticking and self.next_tick <= t:
+                    self.advance(t)
+                elif t > self.t_ns:  # `_account`, inline
+                    self.area += self.last_used * (t - self.t_ns)
+                    self.t_ns = t
+                    self.now_s = boottime0 + t * 1e-9
+                dev = self.dev
+                if kind == T_WRITE:  # the common case, inline
+                    if rec[2] == dev_id and dev is not None:
+                        try:
+                            dev.write(rec[4], rec[5])
+                        except ZramError:
+                            failures += 1
+                else:
+                    self.apply(rec)
+                    dev = self.dev  # a control record may have replaced it
+                # `_measure`, inline
+                pool = dev.pool if dev is not None else None
+                used = pool.total_pages << PAGE_SHIFT if pool is not None else 0
+                self.last_used = used
+                if used > self.peak:
+                    self.peak = used
+                n += 1
+                overlapping += rec[3] & F_OVERLAP
+        finally:
+            self.records += n
+            self.overlapping += overlapping
+            self.write_failures += failures
 
     def apply(self, rec: tuple[Any, ...]) -> None:
         """One record other than a write (see `run`)."""
