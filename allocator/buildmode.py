@@ -7,7 +7,9 @@ before it imports any submodule, and the pure sources are imported instead when
 
 * ``ZRAMFS_PURE_PYTHON=1`` (any value but empty or ``0``) is in the environment, or
 * a compiled module is stale: its source no longer hashes to what ``_compiled.json`` recorded
-  at build time (an edited checkout of an editable install), or its extension is missing.
+  at build time (an edited checkout of an editable install), or its extension is missing, or
+* a package its compiled modules call natively (``calls_natively`` in the manifest: the
+  allocator, for the device) runs its sources.
   So an edit is never shadowed by the build of the code before it.  ``why_pure`` says why;
   nothing is printed (every subprocess of a test would print it); ``scripts/test.sh`` and the
   in-process benchmarks print the build and that reason.
@@ -89,6 +91,19 @@ def _compiled_problem(pkg_dir: str, modules: dict[str, str]) -> str | None:
     return None
 
 
+def _dependency_problem(package: str, natively: list[str]) -> str | None:
+    """Why ``package``'s compiled build cannot run beside the packages it calls natively
+    (its manifest's ``calls_natively``: compiled with them in one mypyc run), or None.  Its
+    compiled code reaches their compiled classes through their shared library's export
+    table whatever build their modules were imported in, so it must run exactly when they
+    do: never with their sources, which would make two ``Pool`` types in one process."""
+    for dep in natively:
+        mode = getattr(importlib.import_module(dep), "_BUILD_MODE", PURE)
+        if mode != COMPILED:
+            return f"{dep} runs its sources, and the compiled {package} calls it natively"
+    return None
+
+
 def select(package: str, path: Sequence[str]) -> str:
     """Choose the build of ``package`` (whose ``__path__`` is ``path``) for this process and
     return it: ``"compiled"`` or ``"pure"``.  Call it from the package's ``__init__`` before
@@ -96,8 +111,10 @@ def select(package: str, path: Sequence[str]) -> str:
     pkg_dir = path[0]
     try:
         with open(os.path.join(pkg_dir, MANIFEST)) as f:
-            modules: dict[str, str] = json.load(f)["modules"]
-    except (OSError, ValueError, KeyError, TypeError):
+            manifest = json.load(f)
+        modules: dict[str, str] = manifest["modules"]
+        natively: list[str] = list(manifest.get("calls_natively", ()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return PURE  # never compiled here: plain imports find the sources
     if not modules:
         return PURE
@@ -107,6 +124,8 @@ def select(package: str, path: Sequence[str]) -> str:
         problem = _compiled_problem(pkg_dir, modules)
         if problem is not None:
             problem += " (rebuild: pip install -e .)"
+        else:
+            problem = _dependency_problem(package, natively)
     if problem is not None:
         _why_pure[package] = problem
         sys.meta_path.insert(0, PureSourceFinder(package, path))

@@ -32,7 +32,8 @@ def build_modes() -> dict[str, str]:
 def build_mode_text() -> str:
     """What the module parameter ``build_mode`` shows: ``compiled`` or ``pure`` when both
     packages run the same build (the usual case), else each package's, e.g.
-    ``allocator=compiled zramfs=pure`` (one of them stale or requested pure)."""
+    ``allocator=compiled zramfs=pure`` (a device source edited since the build; the device
+    runs its sources whenever the allocator does, since it calls the compiled one natively)."""
     modes = build_modes()
     if len(set(modes.values())) == 1:
         return modes["allocator"]
