@@ -351,3 +351,26 @@ def test_hot_add_reset_and_hot_remove_are_replayed(tmp_path: Path) -> None:
     tree.write_file(tree.lookup("/sys/class/zram-control/hot_remove"), b"1")
     tracer.close()
     assert replay_trace(path2, {}, device="zram1").mm_stat == dict.fromkeys(MM_STAT_FIELDS, 0)
+
+
+def test_peak_and_counts_of_a_fill(tmp_path: Path) -> None:
+    """A trace that only fills fresh blocks: the pool never shrinks, so the replay's peak
+    (measured after every record, inline in the replay loop) is the device's own
+    mem_used_max and its final mem_used_total; every record is counted."""
+    path = tmp_path / "fill.trace"
+    registry = Registry(num_devices=1)
+    tree = Tree(registry)
+    tracer = MountTracer(TraceWriter(path, dict(MOUNT)))
+    tracer.attach(registry, tree)
+    dev = registry.devices[0]
+    tracer.store(dev, "disksize", "8M")
+    rnd = random.Random(3)
+    blocks = rnd.sample(range(2048), 700)
+    for b in blocks:
+        dev.write(b * 4096, rnd.randbytes(rnd.randrange(64, 3000)).ljust(4096, b"\0"))
+    live = mm_stat_of(dev)
+    tracer.close()
+    r = replay_trace(path, {})
+    assert r.mm_stat == live
+    assert r.peak_mem_used == live["mem_used_max"] == live["mem_used_total"] > 0
+    assert r.records == len(blocks) + 1 and r.write_failures == 0  # the writes and disksize

@@ -255,8 +255,9 @@ class _Replay:
     ) -> None:
         """Apply every record (TraceReader.raw_records tuples) in order.
 
-        The loop is a replay's own cost per record, so the write and `_measure` are inline
-        and the counters are locals, stored back when it ends (however it ends).
+        The loop is a replay's own cost per record, so the write and `_measure` (the
+        reference, which `advance` calls) are inline and the counters are locals, stored back
+        when it ends, however it ends (tests/test_replay_engine.py checks the peak and counts).
         """
         dev_id = self.dev_id
         boottime0 = self.boottime0
