@@ -322,12 +322,11 @@ class IOPathMixin(DeviceCore):
         t = meta.table
         flags, handles, ac_time = t.flags, t.handle, t.ac_time
         stripes = self._stripes
-        read_object = meta.pool.read_object
+        pool = meta.pool  # called, not hoisted: see _write_pages
         comps = meta.comps
         now = int(self.clock())
         keep = ~ACCESS_CLEARED
         out: list[bytes] = []
-        append = out.append
         i = index
         try:
             for i in range(index, index + count):
@@ -337,17 +336,17 @@ class IOPathMixin(DeviceCore):
                     if not f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE) and h:  # compressed object
                         prio = (f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
                         comp = comps[prio]
-                        data = read_object(h, f & SIZE_MASK)
-                        append(
+                        data = pool.read_object(h, f & SIZE_MASK)
+                        out.append(
                             comp.decompress(data, PAGE_SIZE)
                             if comp is not None
                             else self._decompress(meta, data, prio)
                         )  # raises: no compressor
                     elif f == 0 and h == 0:
-                        append(ZERO_PAGE)  # never written: no mark
+                        out.append(ZERO_PAGE)  # never written: no mark
                     else:
                         data, prio = self._decode_locked(meta, i, f, h)
-                        append(data if prio < 0 else self._decompress(meta, data, prio))
+                        out.append(data if prio < 0 else self._decompress(meta, data, prio))
                     if f or h:  # (not a `continue` above: mypyc compiles none inside `with`)
                         flags[i] = f & keep
                         ac_time[i] = now
@@ -475,8 +474,9 @@ class IOPathMixin(DeviceCore):
         word, compression outside the slot lock, zs_malloc, the mem_limit check (read per
         page, as the kernel does, so a limit set during a long write applies from the next
         page), the copy, the slot swapped under its stripe and the old object freed last —
-        with the method calls and attribute look-ups hoisted out of the loop (a quarter of a
-        128 KiB write's own CPU was Python call overhead).  Only the old slot's common case
+        with the attribute look-ups hoisted out of the loop (a quarter of a 128 KiB write's
+        own CPU was Python call overhead; the pool's methods stay calls on `pool`, native when
+        compiled).  Only the old slot's common case
         (a compressed object or nothing) is freed inline; SAME, HUGE and written-back slots
         go through `_slot_free`.  The request, started at `t0` (perf_counter_ns), is
         accounted in the last page's commit.  A test keeps this copy and the reference in
@@ -488,8 +488,9 @@ class IOPathMixin(DeviceCore):
         t = meta.table
         flags, handles, ac_time = t.flags, t.handle, t.ac_time
         stripes = self._stripes
+        # The pool's methods are called on `pool`, not hoisted into locals: compiled, a call
+        # on the typed `pool` is native, a call of a bound method goes through Python.
         pool = meta.pool
-        malloc, write_object, free = pool.malloc, pool.write_object, pool.free
         compress = meta.comps[ZRAM_PRIMARY_COMP].compress  # type: ignore[union-attr]  # always set
         huge_size = meta.huge_class_size
         now = int(self.clock())
@@ -514,7 +515,7 @@ class IOPathMixin(DeviceCore):
                     else:
                         newflags = size
                     try:
-                        handle = malloc(size)
+                        handle = pool.malloc(size)
                     except OutOfMemory:
                         raise IOFailure(
                             f"{self.name}: out of memory for a {size}-byte object"
@@ -522,11 +523,11 @@ class IOPathMixin(DeviceCore):
                     alloced = pool.total_pages
                     limit = self.limit_pages
                     if limit and alloced > limit:
-                        free(handle)
+                        pool.free(handle)
                         with stripe.lock:
                             update_used_max(stripe.counters, alloced)
                         raise IOFailure(f"{self.name}: mem_limit reached")
-                    write_object(handle, comp)
+                    pool.write_object(handle, comp)
                 with stripe.lock:
                     c = stripe.counters
                     if alloced > c[MAX_USED]:
@@ -535,7 +536,7 @@ class IOPathMixin(DeviceCore):
                     if old_f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE):
                         self._slot_free(meta, i, c)
                     elif old_f or handles[i]:
-                        free(handles[i])
+                        pool.free(handles[i])
                         c[COMPR_DATA_SIZE] -= old_f & SIZE_MASK
                         c[PAGES_STORED] -= 1
                     handles[i] = handle
