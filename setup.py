@@ -145,7 +145,11 @@ class BuildCompiled(build_ext):
                 separate=[(pkg_paths, f"{pkg}._mypyc") for pkg, pkg_paths in paths.items()],
             )
         except (Exception, SystemExit) as e:  # noqa: BLE001 - mypy's errors exit
-            notice(f"mypyc failed on the packages together ({e!r}); compiling each on its own")
+            print(
+                f"zramfs: mypyc failed on the two packages together ({e!r}); compiling each on"
+                " its own (the compiled device then calls the allocator through Python calls)",
+                file=sys.stderr,
+            )
         else:
             # on the distribution: the command object that writes the manifests may be another
             self.distribution.native_deps = NATIVE_DEPS

@@ -63,11 +63,17 @@ DEVICE_MODULES: tuple[str, ...] = compiled_modules()["zramfs"]
 
 
 def run_py(
-    code: str, *, pure: bool, cwd: Path = REPO, path: tuple[Path, ...] = (REPO,)
+    code: str,
+    *,
+    pure: bool,
+    cwd: Path = REPO,
+    path: tuple[Path, ...] = (REPO,),
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter with ``path`` first on sys.path, in the pure build
-    when ``pure`` (the variable is removed otherwise, whatever this process has)."""
-    env = {k: v for k, v in os.environ.items() if k != buildmode.PURE_ENV}
+    when ``pure`` (the variable is removed otherwise, whatever this process has), with `env`
+    added to the environment."""
+    env = {k: v for k, v in os.environ.items() if k != buildmode.PURE_ENV} | (env or {})
     if pure:
         env[buildmode.PURE_ENV] = "1"
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in path)
@@ -198,8 +204,9 @@ ROUND_TRIP = """
 def test_each_package_falls_back_on_its_own(tmp_path: Path, edited: str) -> None:
     """An edited source of one package makes that package run its sources, silently.  An
     edited device leaves the allocator compiled (a device round trip works across the mix, and
-    the module parameter names both); an edited allocator takes the device with it, because
-    the compiled device calls the compiled allocator natively (setup.py, NATIVE_DEPS)."""
+    the module parameter names both); an edited allocator takes the device with it where the
+    compiled device calls the compiled allocator natively (setup.py, NATIVE_DEPS), and leaves
+    it compiled where setup.py had to compile the packages apart."""
     for pkg in (PKG_DIR, ZRAMFS_DIR):
         shutil.copytree(pkg, tmp_path / pkg.name, ignore=shutil.ignore_patterns("__pycache__"))
     with open(tmp_path / edited, "a") as f:
@@ -213,7 +220,9 @@ def test_each_package_falls_back_on_its_own(tmp_path: Path, edited: str) -> None
         assert got["zwhy"].startswith(stale) and got["why"] is None
         assert got["device"].endswith("device.py")
         assert got["param"] == "allocator=compiled zramfs=pure"
-    else:
+    elif "allocator" in json.loads((ZRAMFS_DIR / buildmode.MANIFEST).read_text()).get(
+        "calls_natively", []
+    ):  # the usual build: both packages compiled in one mypyc run
         assert (got["mode"], got["zmode"]) == ("pure", "pure")
         assert got["why"].startswith(stale)
         assert (
@@ -221,6 +230,11 @@ def test_each_package_falls_back_on_its_own(tmp_path: Path, edited: str) -> None
         )
         assert got["device"].endswith("device.py")
         assert got["param"] == "pure"
+    else:  # setup.py's fallback: each package compiled on its own, the mix runs
+        assert (got["mode"], got["zmode"]) == ("pure", "compiled")
+        assert got["why"].startswith(stale) and got["zwhy"] is None
+        assert not got["device"].endswith(".py")
+        assert got["param"] == "allocator=pure zramfs=compiled"
 
     # an extension gone missing is refused the same way
     shutil.copy(REPO / edited, tmp_path / edited)
@@ -256,6 +270,50 @@ def test_the_finder_skips_an_extension_module(tmp_path: Path) -> None:
     assert out.stdout.split() == ["pure", "source"]
     out = run_py(code, pure=False, cwd=tmp_path, path=(tmp_path, REPO))
     assert out.returncode != 0 and "ImportError" in out.stderr  # the extension was tried
+
+
+def test_a_package_that_calls_another_natively_follows_its_build(tmp_path: Path) -> None:
+    """A manifest's ``calls_natively`` (setup.py writes it for the device, which calls the
+    allocator natively): the package runs compiled only where the packages it names do, and
+    otherwise its sources, saying why.  On packages made here."""
+    import hashlib
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    dep = tmp_path / "bmdep"
+    dep.mkdir()
+    (dep / "__init__.py").write_text("import os\n_BUILD_MODE = os.environ['BMDEP_MODE']\n")
+    user = tmp_path / "bmuser"
+    user.mkdir()
+    (user / "__init__.py").write_text(
+        "from allocator import buildmode\nMODE = buildmode.select(__name__, __path__)\n"
+    )
+    src = b"WHERE = 'source'\n"
+    (user / "m.py").write_bytes(src)
+    (user / ("m" + EXTENSION_SUFFIXES[0])).write_bytes(b"not an ELF file")
+    (user / buildmode.MANIFEST).write_text(
+        json.dumps(
+            {
+                "compiler": "test",
+                "calls_natively": ["bmdep"],
+                "modules": {"m": hashlib.sha256(src).hexdigest()},
+            }
+        )
+    )
+    code = (
+        "import bmuser; from allocator import buildmode; "
+        "print(bmuser.MODE, '|', buildmode.why_pure('bmuser'))"
+    )
+    for dep_mode, want in (("pure", "pure"), ("compiled", "compiled")):
+        out = run_py(
+            code, pure=False, cwd=tmp_path, path=(tmp_path, REPO), env={"BMDEP_MODE": dep_mode}
+        )
+        assert out.returncode == 0, out.stderr
+        mode, why = out.stdout.strip().split(" | ")
+        assert mode == want
+        if want == "pure":
+            assert why == "bmdep runs its sources, and the compiled bmuser calls it natively"
+        else:
+            assert why == "None"
 
 
 WORKLOAD = """
