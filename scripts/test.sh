@@ -9,8 +9,9 @@
 #   ZRAMFS_TEST_TIMEOUT=3600              # seconds before a pytest pass is stopped
 #   ZRAMFS_TEST_BUILDS="compiled pure"    # which builds the suite runs in (default: both when
 #                                         # the install compiled the allocator, else "pure")
-#   ZRAMFS_PURE_FULL=1                    # the pure pass runs the FUSE tests too (default when
-#                                         # both builds run: the pure pass skips marker fuse)
+#   ZRAMFS_PURE_FULL=1                    # the pure pass runs the tests marked same_in_both_builds
+#                                         # too (default when both builds run: it skips them)
+#   ZRAMFS_TEST_SERIAL=1                  # one pytest process per pass (default: two xdist workers)
 #
 # The suite runs twice: on the compiled build (mypyc, setup.py) and on the pure-Python sources
 # (ZRAMFS_PURE_PYTHON=1); an install that could not compile (no C compiler or Python headers)
@@ -241,16 +242,22 @@ for build in $builds; do
         pure) mode=(env ZRAMFS_PURE_PYTHON=1) ;;
         *) log "ZRAMFS_TEST_BUILDS: unknown build '$build' (compiled, pure)"; exit 2 ;;
     esac
-    # When both builds run, the pure pass leaves out the real mounts (marker fuse): above the
-    # device they run the same Python, and the compiled pass mounts with it; and the tests of
-    # code that is interpreted in either build (marker same_in_both_builds: the interleaving
-    # explorer on the interpreted locks.py, the benchmark harness), which the compiled pass has
-    # run already.  This keeps
-    # the two passes inside the suite's 10-minute budget on 2 cores.  ZRAMFS_PURE_FULL=1 (or any
-    # pytest arguments) runs the pure pass whole.
+    # When both builds run, the pure pass leaves out the tests of code that is interpreted in
+    # either build (marker same_in_both_builds: the interleaving explorer on the interpreted
+    # locks.py, the benchmark harness), which the compiled pass has run already.
+    # ZRAMFS_PURE_FULL=1 (or any pytest arguments) runs the pure pass whole.
     args=("$@")
     if [ "$build" = pure ] && [ "$builds" != pure ] && [ "$#" = 0 ] && [ -z "${ZRAMFS_PURE_FULL:-}" ]; then
-        args=(-m "not soak and not fuse and not same_in_both_builds")
+        args=(-m "not soak and not same_in_both_builds")
+    fi
+    # Both cores, which keeps the two passes inside the suite's 10-minute budget: the
+    # in-process tests share out over two pytest-xdist workers, while the tests that use the
+    # machine (mounts, loop devices, swap, kernel zram) run one after another in one of them
+    # (tests/conftest.py, --dist loadgroup).  Not for runs given pytest arguments, nor with
+    # ZRAMFS_TEST_SERIAL=1.
+    if [ "$#" = 0 ] && [ -z "${ZRAMFS_TEST_SERIAL:-}" ] && [ "$(nproc)" -ge 2 ] \
+        && "$PY" -c 'import xdist' 2>/dev/null; then
+        args+=(-n 2 --dist loadgroup)
     fi
     # the previous pass's time is logged here, so that pytest's summary stays the last line
     log "${prev}$("$PY" --version 2>&1), $build build; running: $PY -m pytest -q ${args[*]} (time limit ${limit}s)"

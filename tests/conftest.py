@@ -25,6 +25,12 @@ to leave no mount and no loop device behind:
 - ``zmount``: a factory of real foreground mounts, ``m = zmount("--size", "16M")``; it serves
   ``--backend null`` too.
 - ``daemon``: one daemonised ``zramfs mount`` (a `DaemonMount`: ``daemon.mount(*args)``).
+
+Workers: scripts/test.sh runs each pass on two pytest-xdist workers (``-n 2 --dist
+loadgroup``).  Every test that uses what the machine has one of (a mount, or the loop devices,
+swap and file systems on one, benchmark servers, the kernel's zram0) is put in the xdist group
+``machine``, so those run one after another in one worker, as in a serial run; the in-process
+tests share out over both.
 """
 
 from __future__ import annotations
@@ -47,7 +53,32 @@ MEM_PAGES = 1 << 14
 REG_PAGES = 1 << 16
 
 
+#: fixtures that mount (or need FUSE): their tests use the machine's shared resources
+MOUNT_FIXTURES = frozenset({"zmount", "daemon", "nullfs_mount", "need_fuse"})
+#: modules whose tests start mounts, loop devices or benchmark servers without those fixtures
+MACHINE_MODULES = frozenset({"test_bench_harness.py", "test_bench_smoke.py"})
+
+
+def _uses_the_machine(item: pytest.Item) -> bool:
+    """Does `item` use what one machine has one of: FUSE mounts and the loop devices, swap and
+    file systems on them, benchmark servers, the kernel's own zram0?"""
+    return (
+        item.get_closest_marker("fuse") is not None
+        or item.get_closest_marker("kernel") is not None
+        or not MOUNT_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+        or item.path.name in MACHINE_MODULES
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups off the items
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (scripts/test.sh: -n 2 --dist loadgroup) the tests that use the
+    # machine run one after another in one worker, as they would without xdist; the
+    # in-process tests share out over the workers.
+    machine = pytest.mark.xdist_group("machine")
+    for item in items:
+        if _uses_the_machine(item):
+            item.add_marker(machine)
     if allocator.build_mode() != "compiled":
         return
     skip = pytest.mark.skip(
