@@ -247,13 +247,14 @@ def test_each_package_falls_back_on_its_own(tmp_path: Path, edited: str) -> None
     assert got["zwhy"].startswith("no extension module for device_io")
 
 
-def test_the_finder_skips_an_extension_module(tmp_path: Path) -> None:
-    """On a package made here: its manifest names module m, whose "extension" cannot load;
-    ZRAMFS_PURE_PYTHON=1 imports m.py instead, without it the extension is tried."""
+def _compiled_package(root: Path, name: str, **manifest: object) -> None:
+    """A package `name` under `root` as an install would leave it compiled: an ``__init__``
+    that chooses its build, module m's source and an "extension" beside it (that cannot
+    load), and a manifest naming m with its source's hash (plus `manifest`'s keys)."""
     import hashlib
     from importlib.machinery import EXTENSION_SUFFIXES
 
-    pkg = tmp_path / "bmpkg"
+    pkg = root / name
     pkg.mkdir()
     (pkg / "__init__.py").write_text(
         "from allocator import buildmode\nMODE = buildmode.select(__name__, __path__)\n"
@@ -261,9 +262,16 @@ def test_the_finder_skips_an_extension_module(tmp_path: Path) -> None:
     src = b"WHERE = 'source'\n"
     (pkg / "m.py").write_bytes(src)
     (pkg / ("m" + EXTENSION_SUFFIXES[0])).write_bytes(b"not an ELF file")
+    modules = {"m": hashlib.sha256(src).hexdigest()}
     (pkg / buildmode.MANIFEST).write_text(
-        json.dumps({"compiler": "test", "modules": {"m": hashlib.sha256(src).hexdigest()}})
+        json.dumps({"compiler": "test", "modules": modules, **manifest})
     )
+
+
+def test_the_finder_skips_an_extension_module(tmp_path: Path) -> None:
+    """On a package made here: its manifest names module m, whose "extension" cannot load;
+    ZRAMFS_PURE_PYTHON=1 imports m.py instead, without it the extension is tried."""
+    _compiled_package(tmp_path, "bmpkg")
     code = "import bmpkg, bmpkg.m; print(bmpkg.MODE, bmpkg.m.WHERE)"
     out = run_py(code, pure=True, cwd=tmp_path, path=(tmp_path, REPO))
     assert out.returncode == 0, out.stderr
@@ -276,29 +284,10 @@ def test_a_package_that_calls_another_natively_follows_its_build(tmp_path: Path)
     """A manifest's ``calls_natively`` (setup.py writes it for the device, which calls the
     allocator natively): the package runs compiled only where the packages it names do, and
     otherwise its sources, saying why.  On packages made here."""
-    import hashlib
-    from importlib.machinery import EXTENSION_SUFFIXES
-
     dep = tmp_path / "bmdep"
     dep.mkdir()
     (dep / "__init__.py").write_text("import os\n_BUILD_MODE = os.environ['BMDEP_MODE']\n")
-    user = tmp_path / "bmuser"
-    user.mkdir()
-    (user / "__init__.py").write_text(
-        "from allocator import buildmode\nMODE = buildmode.select(__name__, __path__)\n"
-    )
-    src = b"WHERE = 'source'\n"
-    (user / "m.py").write_bytes(src)
-    (user / ("m" + EXTENSION_SUFFIXES[0])).write_bytes(b"not an ELF file")
-    (user / buildmode.MANIFEST).write_text(
-        json.dumps(
-            {
-                "compiler": "test",
-                "calls_natively": ["bmdep"],
-                "modules": {"m": hashlib.sha256(src).hexdigest()},
-            }
-        )
-    )
+    _compiled_package(tmp_path, "bmuser", calls_natively=["bmdep"])
     code = (
         "import bmuser; from allocator import buildmode; "
         "print(bmuser.MODE, '|', buildmode.why_pure('bmuser'))"
