@@ -40,6 +40,8 @@ PURE = "pure"
 
 # package -> why select() chose the sources over a compiled build that is there
 _why_pure: dict[str, str] = {}
+# package -> the build select() chose for it in this process
+_selected: dict[str, str] = {}
 
 
 def pure_requested() -> bool:
@@ -98,8 +100,8 @@ def _dependency_problem(package: str, natively: list[str]) -> str | None:
     table whatever build their modules were imported in, so it must run exactly when they
     do: never with their sources, which would make two ``Pool`` types in one process."""
     for dep in natively:
-        mode = getattr(importlib.import_module(dep), "_BUILD_MODE", PURE)
-        if mode != COMPILED:
+        importlib.import_module(dep)  # its __init__ chooses its build (select)
+        if _selected.get(dep) != COMPILED:
             return f"{dep} runs its sources, and the compiled {package} calls it natively"
     return None
 
@@ -108,6 +110,12 @@ def select(package: str, path: Sequence[str]) -> str:
     """Choose the build of ``package`` (whose ``__path__`` is ``path``) for this process and
     return it: ``"compiled"`` or ``"pure"``.  Call it from the package's ``__init__`` before
     any submodule is imported."""
+    mode = _select(package, path)
+    _selected[package] = mode
+    return mode
+
+
+def _select(package: str, path: Sequence[str]) -> str:
     pkg_dir = path[0]
     try:
         with open(os.path.join(pkg_dir, MANIFEST)) as f:

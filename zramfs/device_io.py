@@ -322,7 +322,7 @@ class IOPathMixin(DeviceCore):
         t = meta.table
         flags, handles, ac_time = t.flags, t.handle, t.ac_time
         stripes = self._stripes
-        pool = meta.pool  # called, not hoisted: see _write_pages
+        pool = meta.pool  # its methods called on it, not hoisted (see _write_pages)
         comps = meta.comps
         now = int(self.clock())
         keep = ~ACCESS_CLEARED
@@ -488,9 +488,7 @@ class IOPathMixin(DeviceCore):
         t = meta.table
         flags, handles, ac_time = t.flags, t.handle, t.ac_time
         stripes = self._stripes
-        # The pool's methods are called on `pool`, not hoisted into locals: compiled, a call
-        # on the typed `pool` is native, a call of a bound method goes through Python.
-        pool = meta.pool
+        pool = meta.pool  # its methods called on it, not hoisted (docstring)
         compress = meta.comps[ZRAM_PRIMARY_COMP].compress  # type: ignore[union-attr]  # always set
         huge_size = meta.huge_class_size
         now = int(self.clock())
