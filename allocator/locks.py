@@ -43,7 +43,9 @@ and lock_stat, are ``allocator.lockdep``; every name of theirs is importable fro
   configuration (dev_lock) frees every slot under the stripes on reset; hot_remove resets
   the device under the registry lock.  Not in the checker, on purpose: the internal
   ``threading.Lock`` of a Mutex/RWLock and the page-lock wait queues (they are the lock
-  primitives themselves, held for a few bytecodes), and the hot-path locks created by
+  primitives themselves, held for a few bytecodes), ``allocator.prefault``'s lock of an arena
+  (held by its helper thread around one madvise, taken under the zone lock by
+  ``drop_free_frames``, never around another lock), and the hot-path locks created by
   ``hot_path_lock()`` while lockdep is off: the slot stripes and the leaf locks (a plain lock's
   ``with`` is one C call, a checked one's a Python frame; the kernel too checks these only in
   lockdep builds).  So lockdep sees them in objects created after ``set_lockdep(True)``.

@@ -58,6 +58,7 @@ from . import locks as _locks
 from .locks import PAGE_LOCK, ZONE_LOCK, LockMode, Mutex
 from .mm_types import INDEX_NONE, PG, PG_ISOLATED, PG_MOVABLE, PG_PRIVATE, MovableOps, OutOfMemory
 from .page_migration import CompactResult, MigrateStatus, compact_memory, migrate_pfn_status
+from .prefault import NEVER, START_FRAME, Prefaulter
 
 __all__ = [
     "PhysicalMemory",
@@ -147,11 +148,17 @@ class PhysicalMemory:
     """Simulated RAM shared by any number of pools. Thread-safe."""
 
     def __init__(
-        self, max_pages: int = 1 << 22, page_size: int = 4096, *, backing: str = "anon"
+        self,
+        max_pages: int = 1 << 22,
+        page_size: int = 4096,
+        *,
+        backing: str = "anon",
+        prefault: bool = True,
     ) -> None:
         """``backing``: "anon" (a private anonymous mapping, the default) or "memfd" (a sparse
         memfd mapped shared, whose freed frames are dropped by punching holes: the arena for a
-        process that mlockall()s itself, where MADV_DONTNEED fails)."""
+        process that mlockall()s itself, where MADV_DONTNEED fails).  ``prefault``: fault fresh
+        frames in on a helper thread ahead of the bump pointer (`allocator.prefault`)."""
         if max_pages <= 0:
             raise ValueError("max_pages must be positive")
         if page_size < 8 or page_size & (page_size - 1):
@@ -192,6 +199,10 @@ class PhysicalMemory:
         self._madvise = page_size % mmap.PAGESIZE == 0
         self._drop = self._punch_hole if backing == "memfd" else self._dontneed
         self._zero = bytes(page_size)
+        # Frames past the bump pointer faulted in ahead by allocator.prefault (created when
+        # the bump pointer first reaches _prefault_at): RSS runs at most a chunk ahead.
+        self._prefault: Prefaulter | None = None
+        self._prefault_at = START_FRAME if prefault and self._madvise else NEVER
         # Freed frames whose contents are not dropped yet (see _release): a frame reused soon
         # after its free costs no madvise and no page fault.
         self._dirty: set[int] = set()
@@ -278,6 +289,8 @@ class PhysicalMemory:
                 self._top = pfn + 1
                 if pfn >= self._cap:
                     self._grow(pfn + 1)
+                if pfn >= self._prefault_at:
+                    self._prefault_at = self._prefault_ahead(pfn)
             state[pfn] = _USED
             self._nr_used += 1
             self._vm["pgalloc_normal"] += 1
@@ -285,6 +298,20 @@ class PhysicalMemory:
             if pfn in dirty:
                 dirty.discard(pfn)  # stale contents, as a kernel alloc_page without __GFP_ZERO
             return pfn
+
+    def _prefault_ahead(self, pfn: int) -> int:
+        """The bump pointer reached the prefault mark (caller holds _lock): queue the next
+        chunk; returns the next mark."""
+        pf = self._prefault
+        if pf is None:
+            pf = self._prefault = Prefaulter(self._mm, self.page_size, self.max_pages)
+        return pf.ahead(pfn)
+
+    @property
+    def prefaulted(self) -> int:
+        """Frames the prefault thread has faulted in so far (0 when it never ran)."""
+        pf = self._prefault
+        return pf.populated if pf is not None else 0
 
     def free_page(self, pfn: int) -> None:
         """Free a frame: reset its struct page fields, drop its contents (batched, see _release)
@@ -385,9 +412,17 @@ class PhysicalMemory:
 
     def drop_free_frames(self) -> None:
         """Give back the memory of every free frame now (after a reset, or before measuring
-        the process's RSS); freed frames are otherwise dropped in batches (`_release`)."""
+        the process's RSS), and of the frames prefaulted past the bump pointer; freed frames
+        are otherwise dropped in batches (`_release`)."""
         with self._lock:
             self._drop_dirty()
+            pf = self._prefault
+            if pf is not None:
+                # and the frames faulted in ahead of the bump pointer (allocator.prefault)
+                lo, hi = pf.retreat(self._top)
+                if hi > lo:
+                    self._drop(lo * self.page_size, (hi - lo) * self.page_size)
+                self._prefault_at = max(self._top, START_FRAME)
 
     def claim_free_page(self, pfn: int) -> bool:
         """Allocate a specific free frame (compaction's free scanner isolating a free page);
@@ -648,6 +683,8 @@ class PhysicalMemory:
 
     def close(self) -> None:
         """Unmap the arena (fails with BufferError while views of frames are alive)."""
+        if self._prefault is not None:
+            self._prefault.close()  # no madvise of the arena from here on
         self.words.release()
         self._mv.release()
         self._mm.close()

@@ -23,8 +23,10 @@ from support.fake_owner import FakeOwner, rss_bytes
 REPO = Path(__file__).resolve().parents[1]
 
 
-def memfd(max_pages: int, page_size: int = 4096) -> PhysicalMemory:
-    return PhysicalMemory(max_pages=max_pages, page_size=page_size, backing="memfd")
+def memfd(max_pages: int, page_size: int = 4096, *, prefault: bool = True) -> PhysicalMemory:
+    return PhysicalMemory(
+        max_pages=max_pages, page_size=page_size, backing="memfd", prefault=prefault
+    )
 
 
 def _blocks(mem: PhysicalMemory) -> int:
@@ -69,7 +71,7 @@ def test_dropped_frames_lose_their_blocks() -> None:
 
 def test_rss_follows_frames_in_use() -> None:
     """The shared pages count in the process's RSS (RssShmem) and leave it when freed."""
-    mem = memfd(1 << 22)
+    mem = memfd(1 << 22, prefault=False)  # prefaulting: test_prefault
     n = 8192  # 32 MiB
     pfns = [mem.alloc_page() for _ in range(n)]
     before = rss_bytes()
