@@ -28,7 +28,10 @@ trace hook and the tests replace methods and fields on the instances (zramfs/tra
 together because mypyc checks the ``self`` of a Python class's compiled method against the
 subclasses it compiled, exactly: an interpreted ``ZramDevice`` would be refused by the methods
 of its compiled mixins.  Nothing else in ``zramfs`` is hot (FUSE glue, control files, tools),
-and the codecs stay interpreted: tests replace their bindings (tests/test_codecs.py).
+and the codecs stay interpreted: tests replace their bindings (tests/test_codecs.py).  The one
+piece of hand-written C, ``zramfs/_lz4fast.c``, is built with them (``c_extensions``): the
+kernel-exact lz4 call without ctypes' glue, used only by the compiled build, its Python
+(ctypes) path the reference (docs/fuse-and-codecs.md).
 Both packages are compiled in one mypyc run, one group (shared library) each, so the device
 calls the allocator natively (``Pool.malloc``, ``write_object``, ``free``, ``total_pages``:
 through the allocator group's export table, with unboxed ints).  So a compiled device needs
@@ -80,6 +83,8 @@ COMPILED: dict[str, tuple[str, ...]] = {
 #: package -> packages its compiled modules call natively when all are compiled in one mypyc
 #: run; its manifest names them, and it runs compiled only where they do (allocator.buildmode)
 NATIVE_DEPS: dict[str, tuple[str, ...]] = {"zramfs": ("allocator",)}
+#: hand-written extension modules built with the mypyc ones (c_extensions); no manifest entry
+C_EXTENSIONS = {"zramfs._lz4fast"}
 MANIFEST = "_compiled.json"
 PURE_ENV = "ZRAMFS_PURE_PYTHON"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -111,6 +116,24 @@ def cannot_compile() -> str | None:
     return None
 
 
+def c_extensions() -> list[Any]:
+    """The hand-written C of the compiled build: zramfs._lz4fast, the kernel-exact lz4 call
+    without ctypes (zramfs/codecs.py).  It carries its source's SHA-256, so zramfs.codecs can
+    tell a build of an older source (and use ctypes instead)."""
+    from setuptools import Extension
+
+    src = os.path.join("zramfs", "_lz4fast.c")
+    digest = source_hash(os.path.join(HERE, src))
+    return [
+        Extension(
+            "zramfs._lz4fast",
+            [src],
+            define_macros=[("LZ4FAST_SOURCE_SHA256", f'"{digest}"')],
+            extra_compile_args=["-O2"],
+        )
+    ]
+
+
 class BuildCompiled(build_ext):
     """build_ext that asks mypyc for the extensions when it runs, and falls back to pure
     Python (one line on stderr) when it cannot compile them."""
@@ -139,7 +162,7 @@ class BuildCompiled(build_ext):
             pkg: [os.path.join(pkg, m + ".py") for m in mods] for pkg, mods in COMPILED.items()
         }
         try:
-            exts: list[Any] = mypycify(
+            exts: list[Any] = c_extensions() + mypycify(
                 [p for pkg_paths in paths.values() for p in pkg_paths],
                 opt_level="3",
                 separate=[(pkg_paths, f"{pkg}._mypyc") for pkg, pkg_paths in paths.items()],
@@ -156,7 +179,7 @@ class BuildCompiled(build_ext):
             return exts
         # Each package on its own: one mypyc cannot compile installs pure without taking the
         # other with it, and the compiled device calls the allocator through Python calls.
-        exts = []
+        exts = c_extensions()
         for pkg, pkg_paths in paths.items():
             try:
                 exts += mypycify(pkg_paths, opt_level="3", group_name=f"{pkg}._mypyc")
@@ -168,24 +191,36 @@ class BuildCompiled(build_ext):
 
     def _built_packages(self) -> list[str]:
         """The packages of COMPILED that have extension modules in this build."""
-        return [p for p in COMPILED if any(e.name.startswith(p + ".") for e in self.extensions)]
+        names = {e.name for e in self.extensions} - C_EXTENSIONS
+        return [p for p in COMPILED if any(n.startswith(p + ".") for n in names)]
 
     def run(self) -> None:
         if not self.extensions:
+            self._write_manifests()  # none: removes an earlier build's
             return
         try:
             super().run()
         except Exception as e:  # noqa: BLE001 - any compiler failure means: install pure
             notice(f"compilation failed: {e}")
             self.extensions = []
+            self._write_manifests()  # none: removes an earlier build's
             return
         self._write_manifests()
 
     def _write_manifests(self) -> None:
         """Each compiled package's _compiled.json: the hash of every compiled source, in the
-        build tree and, for an in-place (editable) build, next to the sources."""
+        build tree and, for an in-place (editable) build, next to the sources.  A package not
+        compiled this time loses the manifest an earlier build left beside its sources, so
+        its old extension modules (built against another build of the allocator, perhaps)
+        are not selected."""
         native_deps: dict[str, tuple[str, ...]] = getattr(self.distribution, "native_deps", {})
-        for pkg in self._built_packages():
+        built = self._built_packages()
+        if self.inplace or getattr(self, "editable_mode", False):
+            for pkg in COMPILED:
+                stale = os.path.join(HERE, pkg, MANIFEST)
+                if pkg not in built and os.path.exists(stale):
+                    os.remove(stale)
+        for pkg in built:
             mods = COMPILED[pkg]
             text = (
                 json.dumps(

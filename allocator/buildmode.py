@@ -141,6 +141,11 @@ def _select(package: str, path: Sequence[str]) -> str:
     return COMPILED
 
 
+def selected(package: str) -> str | None:
+    """The build ``select`` chose for ``package`` in this process (None before it ran)."""
+    return _selected.get(package)
+
+
 def why_pure(package: str) -> str | None:
     """Why ``package`` runs its sources although it was compiled (the variable, or which
     module is stale or missing), or None."""

@@ -427,3 +427,49 @@ def test_the_device_runs_under_lockdep_in_this_build(lockdep: None) -> None:
     assert pool is not None
     with pool.migrate_lock.read(), pytest.raises(LockOrderViolation):
         dev.write(0, page)  # the commit takes the stripe (rank 6) under migrate_lock (rank 20)
+
+
+def _setup_namespace(here: Path) -> dict[str, Any]:
+    """setup.py's definitions without its final ``setup()`` call, with ``HERE`` = ``here``."""
+    source = (REPO / "setup.py").read_text()
+    tree = ast.parse(source)
+    body = [
+        n
+        for n in tree.body
+        if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Call))  # setup(...)
+    ]
+    ns: dict[str, Any] = {"__file__": str(here / "setup.py"), "__name__": "setup_under_test"}
+    exec(compile(ast.Module(body=body, type_ignores=[]), "setup.py", "exec"), ns)
+    ns["HERE"] = str(here)
+    return ns
+
+
+def test_a_package_not_compiled_this_time_loses_its_old_manifest(tmp_path: Path) -> None:
+    """An editable rebuild where mypyc compiled only the allocator (say, zramfs failed to type-
+    check): the device's manifest of the earlier joint build must go, or its old extension
+    modules would be selected beside an allocator built without the export table they call
+    (an import error, not a fallback); the C helper alone does not make zramfs "built"."""
+    from setuptools import Distribution  # type: ignore[import-untyped]
+    from setuptools.extension import Extension  # type: ignore[import-untyped]
+
+    ns = _setup_namespace(tmp_path)
+    for pkg, mods in ns["COMPILED"].items():
+        (tmp_path / pkg).mkdir()
+        for m in mods:
+            (tmp_path / pkg / f"{m}.py").write_text(f"# {m}\n")
+        (tmp_path / pkg / buildmode.MANIFEST).write_text('{"modules": {"old": "0"}}\n')
+    cmd = ns["BuildCompiled"](Distribution())
+    cmd.inplace = True
+    cmd.build_lib = str(tmp_path / "build")
+    cmd.extensions = [
+        Extension("allocator._mypyc", ["x.c"]),
+        Extension("allocator.pool", ["x.c"]),
+        Extension("zramfs._lz4fast", ["x.c"]),
+    ]
+    cmd._write_manifests()
+    assert not (tmp_path / "zramfs" / buildmode.MANIFEST).exists()
+    written = json.loads((tmp_path / "allocator" / buildmode.MANIFEST).read_text())
+    assert set(written["modules"]) == set(ns["COMPILED"]["allocator"])
+    cmd.extensions = []  # nothing compiled (no compiler): no manifest is left behind
+    cmd._write_manifests()
+    assert not (tmp_path / "allocator" / buildmode.MANIFEST).exists()

@@ -27,12 +27,16 @@ behind the other backends, so the default here stays lz4.
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import importlib
+import os
 import queue
 import threading
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 import lz4.block
 import zstandard
@@ -83,7 +87,6 @@ def _load_lz4_compress_fast() -> tuple[Callable[..., int] | None, str]:
     inputs under 64 KiB.  The two produce different lengths for most real pages, and the
     lengths decide size classes, HUGE pages and every mm_stat number.
     """
-    import ctypes
     import ctypes.util
 
     candidates: list[str | None] = []
@@ -116,6 +119,45 @@ def _load_lz4_compress_fast() -> tuple[Callable[..., int] | None, str]:
 
 _LZ4_COMPRESS_FAST, _LZ4_BINDING = _load_lz4_compress_fast()
 _LZ4_DST_LEN = 2 * PAGE_SIZE  # zcomp hands compress() a 2 * PAGE_SIZE destination
+
+
+def _load_c_binding() -> tuple[Any, str]:
+    """(zramfs._lz4fast, "") when Lz4Codec may compress through it, or (None, why not).
+
+    The C module calls the same LZ4_compress_fast as the ctypes path, with no interpreted
+    frame and no argument conversion around it (~0.6 µs of a 4 KiB write).  It belongs to the
+    compiled build (setup.py builds it with the mypyc modules): the pure build, and a build
+    whose C source changed since (its SOURCE_SHA256 against the file beside it), use ctypes.
+    """
+    from allocator import buildmode
+
+    if _LZ4_COMPRESS_FAST is None:
+        return None, "LZ4_compress_fast is not bound"
+    if buildmode.selected(__package__ or "zramfs") != buildmode.COMPILED:
+        return None, "the pure-Python build runs"
+    try:  # by name: the module exists only where setup.py built it (and mypy cannot see it)
+        _lz4fast = importlib.import_module(f"{__package__ or 'zramfs'}._lz4fast")
+    except ImportError as exc:
+        return None, f"zramfs._lz4fast is not built ({exc})"
+    try:
+        with open(os.path.join(os.path.dirname(__file__), "_lz4fast.c"), "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        digest = None  # an install without sources: nothing to be stale against
+    if digest is not None and getattr(_lz4fast, "SOURCE_SHA256", None) != digest:
+        return None, "zramfs/_lz4fast.c changed since the build (rebuild: pip install -e .)"
+    return _lz4fast, ""
+
+
+_LZ4_C, _LZ4_C_WHY_NOT = _load_c_binding()
+
+
+def lz4_binding() -> str:
+    """How the kernel-exact lz4 path is called here: "C" (zramfs._lz4fast), "ctypes", or
+    "none" (no LZ4_compress_fast: the inexact path, `lz4_path`)."""
+    if _LZ4_COMPRESS_FAST is None:
+        return "none"
+    return "C" if _LZ4_C is not None else "ctypes"
 
 
 def lz4_path() -> str:
@@ -164,6 +206,13 @@ class Lz4Codec(Codec):
         self._ckw = kwargs
         self._dkw: dict[str, object] = {"dict": self.dictionary} if self.dictionary else {}
         self._fast = _LZ4_COMPRESS_FAST if type(self) is Lz4Codec and not self.dictionary else None
+        if self._fast is not None and _LZ4_C is not None:
+            # The same call in C: an instance attribute `compress`, found before the method,
+            # so a page is one C call from the device (the method stays the reference, and
+            # tests/test_codecs.py checks the two agree).
+            address = ctypes.cast(cast(Any, self._fast), ctypes.c_void_p).value or 0
+            compressor = _LZ4_C.Compressor(address, self.level, CodecError)
+            self.compress = compressor  # type: ignore[method-assign]
 
     def compress(self, page: bytes) -> bytes:
         fast = self._fast
@@ -172,8 +221,6 @@ class Lz4Codec(Codec):
             try:
                 buf = local.buf
             except AttributeError:
-                import ctypes
-
                 local.buf = buf = ctypes.create_string_buffer(_LZ4_DST_LEN)
             if type(page) is not bytes:  # the call passes bytes as char *
                 page = bytes(page)
@@ -428,6 +475,7 @@ __all__ = [
     "get_codec",
     "LZ4_PATH_EXACT",
     "LZ4_PATH_INEXACT",
+    "lz4_binding",
     "lz4_path",
     "lz4_path_warning",
 ]

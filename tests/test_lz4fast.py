@@ -1,0 +1,156 @@
+"""zramfs._lz4fast: LZ4_compress_fast in one C call, against the ctypes reference in codecs.
+
+The compiled build must use it (so a build that silently lost it fails here), and it must give
+exactly the bytes of `Lz4Codec.compress` (the kernel's lz4 lengths rest on them); the pure
+build and a build older than its C source use the ctypes path.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+import lz4.block as lz4_block
+import pytest
+
+from allocator import buildmode
+from support.zram_data import PAGE, half_page, random_page, same_page, text_page
+from zramfs import codecs
+from zramfs.errors import CodecError
+
+COMPILED = buildmode.selected("zramfs") == buildmode.COMPILED
+needs_c = pytest.mark.skipif(
+    codecs.lz4_binding() != "C", reason="zramfs._lz4fast is not in use (pure build)"
+)
+
+
+def lz4(**params: Any) -> codecs.Lz4Codec:
+    c = codecs.get_codec("lz4", **params)
+    assert isinstance(c, codecs.Lz4Codec)
+    return c
+
+
+def compressor(c: codecs.Codec) -> Any:
+    """The codec's `compress`, typed loosely: the C object takes any buffer."""
+    return c.compress
+
+
+def pages(seed: int, n: int = 200) -> list[bytes]:
+    rng = random.Random(seed)
+    makers = [text_page, random_page, half_page]
+    out = [makers[i % 3](rng) for i in range(n)]
+    out += [same_page(0), same_page(0x0123456789ABCDEF), bytes(PAGE)]
+    # short and odd lengths: partial pages never reach a codec, but the call must not care
+    out += [text_page(rng)[: rng.randrange(1, PAGE)] for _ in range(20)]
+    return out
+
+
+def test_the_compiled_build_compresses_through_the_c_binding():
+    """The binding in use follows the build: C in the compiled one, ctypes in the pure one."""
+    if COMPILED:
+        assert codecs.lz4_binding() == "C", codecs._LZ4_C_WHY_NOT
+        assert type(codecs.get_codec("lz4").compress).__name__ == "Compressor"
+    else:
+        assert codecs.lz4_binding() == "ctypes"
+        assert "pure" in codecs._LZ4_C_WHY_NOT
+        c = codecs.get_codec("lz4")
+        assert c.compress.__func__ is codecs.Lz4Codec.compress  # type: ignore[attr-defined]
+
+
+@needs_c
+@pytest.mark.parametrize("level", [None, 1, 3, 65537])
+def test_c_binding_gives_the_reference_bytes(level):
+    c = lz4(level=level)
+    assert type(c.compress).__name__ == "Compressor" and compressor(c).acceleration == c.level
+    for page in pages(level or 0):
+        ours = c.compress(page)
+        assert ours == codecs.Lz4Codec.compress(c, page)  # the ctypes reference
+        assert c.decompress(ours, len(page)) == page
+
+
+@needs_c
+def test_codecs_the_c_binding_does_not_serve():
+    """lz4 with a dictionary (LZ4_loadDict + _continue) and lz4hc keep their own paths."""
+    assert codecs.get_codec("lz4", dictionary=b"abc" * 100).compress.__func__ is (  # type: ignore[attr-defined]
+        codecs.Lz4Codec.compress
+    )
+    assert codecs.get_codec("lz4hc").compress.__func__ is codecs.Lz4Codec.compress  # type: ignore[attr-defined]
+
+
+@needs_c
+def test_c_binding_accepts_any_buffer_and_large_inputs():
+    c = lz4()
+    page = text_page(random.Random(3))
+    ref = codecs.Lz4Codec.compress(c, page)
+    assert compressor(c)(bytearray(page)) == ref
+    assert compressor(c)(memoryview(page)) == ref
+    big = random.Random(4).randbytes(100_000)  # past the stack buffer: a heap destination
+    out = c.compress(big)
+    assert lz4_block.decompress(out, uncompressed_size=len(big)) == big
+
+
+@needs_c
+def test_c_binding_rejects_bad_calls():
+    comp = compressor(lz4())
+    with pytest.raises(TypeError):
+        comp()
+    with pytest.raises(TypeError):
+        comp(b"x", b"y")
+    with pytest.raises(TypeError):
+        comp(page=b"x")
+    with pytest.raises(TypeError):
+        comp("text")
+    kind = type(comp)
+    with pytest.raises(ValueError):
+        kind(0, 1, CodecError)
+    with pytest.raises(TypeError):
+        kind(1, 1, "not an exception class")
+
+
+@needs_c
+def test_c_binding_reports_a_failed_compression_as_codec_error():
+    """LZ4_compress_fast returning 0 (what it does on error) raises the codec's error class."""
+    import ctypes
+
+    # a stand-in of the same signature that returns 0, as LZ4_compress_fast does on error
+    proto = ctypes.CFUNCTYPE(
+        ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int
+    )
+    failing = proto(lambda *args: 0)
+    address = ctypes.cast(failing, ctypes.c_void_p).value
+    comp = type(compressor(lz4()))(address, 1, CodecError)
+    with pytest.raises(CodecError, match="compression failed"):
+        comp(b"x" * PAGE)
+
+
+@needs_c
+def test_c_binding_compresses_in_parallel_threads():
+    """The GIL is released around the call; each call has its own destination."""
+    c = lz4()
+    work = pages(7, 120)
+    expect = [codecs.Lz4Codec.compress(c, p) for p in work]
+    errors: list[str] = []
+
+    def run() -> None:
+        for _ in range(5):
+            if [c.compress(p) for p in work] != expect:
+                errors.append("mismatch")
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+@needs_c
+def test_a_binding_built_from_another_source_is_not_used(monkeypatch):
+    """zramfs/_lz4fast.c edited since the build: ctypes, and the reason says to rebuild."""
+    import importlib
+
+    mod = importlib.import_module("zramfs._lz4fast")
+    monkeypatch.setattr(mod, "SOURCE_SHA256", "0" * 64)
+    binding, why = codecs._load_c_binding()
+    assert binding is None and "changed since the build" in why
