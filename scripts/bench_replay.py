@@ -14,6 +14,7 @@ QD1 changes the device one operation at a time, docs/trace-format.md "Order").
     python3 scripts/bench_replay.py              # 16,384 writes (the 64 MiB region) + trims
     python3 scripts/bench_replay.py --mixed      # with a 70/30 read/write phase
     python3 scripts/bench_replay.py --quick      # 2,000 writes
+    python3 scripts/bench_replay.py --runs 5     # five live runs, each replayed; min/median/max
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,25 +92,9 @@ def run_fio(image: Path, size: str, writes: int, workdir: Path, mixed: bool) -> 
     return sum(j["job_runtime"] for j in data["jobs"]) / 1000.0
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="2,000 writes instead of 20,000")
-    p.add_argument("--size", default="64M", help="disksize and fio's region (default 64M)")
-    p.add_argument(
-        "--mixed",
-        action="store_true",
-        help="add a 70/30 random read/write phase (as many I/Os as the writes)",
-    )
-    p.add_argument(
-        "--replays",
-        type=int,
-        default=3,
-        help="replay the trace this many times; the best time counts (default 3)",
-    )
-    args = p.parse_args()
-    if args.replays < 1:
-        p.error("--replays must be at least 1")
-    writes = 2000 if args.quick else 20000
+def live_and_replay(args: argparse.Namespace, writes: int) -> tuple[float, float, bool]:
+    """One mount, fio run and --replays replays, printed; (live s, best replay s, mm_stat
+    equal in every replay)."""
     with tempfile.TemporaryDirectory(prefix="zramfs-replay-bench-") as tmp:
         work = Path(tmp)
         mnt = work / "mnt"
@@ -156,7 +142,53 @@ def main() -> int:
             f"mm_stat equal: {same}"
             + ("" if same else f"  live {live} replay {list(result.mm_stat.values())}")
         )
-        return 0 if same else 1
+        return live_s, result.seconds, same
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="2,000 writes instead of 20,000")
+    p.add_argument("--size", default="64M", help="disksize and fio's region (default 64M)")
+    p.add_argument(
+        "--mixed",
+        action="store_true",
+        help="add a 70/30 random read/write phase (as many I/Os as the writes)",
+    )
+    p.add_argument(
+        "--replays",
+        type=int,
+        default=3,
+        help="replay the trace this many times; the best time counts (default 3)",
+    )
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="repeat the whole measurement (mount, fio, replays) this many times and "
+        "summarise the speed-ups (default 1)",
+    )
+    args = p.parse_args()
+    if args.replays < 1:
+        p.error("--replays must be at least 1")
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    writes = 2000 if args.quick else 20000
+    ratios: list[float] = []
+    all_same = True
+    for i in range(args.runs):
+        if args.runs > 1:
+            print(f"== run {i + 1} of {args.runs}")
+        live_s, replay_s, same = live_and_replay(args, writes)
+        ratios.append(live_s / replay_s)
+        all_same &= same
+    if args.runs > 1:
+        ratios.sort()
+        listed = ", ".join(f"{r:.1f}" for r in ratios)
+        print(
+            f"speed-ups:     min {ratios[0]:.1f}x, median {statistics.median(ratios):.1f}x, "
+            f"max {ratios[-1]:.1f}x  ({listed})"
+        )
+    return 0 if all_same else 1
 
 
 if __name__ == "__main__":

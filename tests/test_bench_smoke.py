@@ -1,12 +1,15 @@
-"""Smoke tests: the allocator benchmark (--quick) and the allocator demo run and print
-their figures."""
+"""Smoke tests: the allocator benchmark (--quick), the allocator demo and the replay
+speed-up benchmark (--quick, on a real mount) run and print their figures."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,3 +44,16 @@ def test_demo_runs() -> None:
     m = re.search(r"memory.compact\(\): (\d+) pages migrated", out)
     assert m and int(m.group(1)) > 0, out
     assert "all intact" in out
+
+
+@pytest.mark.fuse
+@pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
+def test_bench_replay_quick_runs_twice_and_summarises() -> None:
+    """scripts/bench_replay.py mounts, runs fio, replays, and with --runs 2 prints both runs
+    and the summary; every replay reproduced the live mm_stat (exit 0)."""
+    out = run("scripts/bench_replay.py", "--quick", "--replays", "1", "--runs", "2", timeout=300)
+    assert out.count("mm_stat equal: True") == 2, out
+    ups = [float(x) for x in re.findall(r"speed-up:\s+([\d.]+)x", out)]
+    assert len(ups) == 2 and all(u > 0 for u in ups), out
+    m = re.search(r"speed-ups:\s+min ([\d.]+)x, median ([\d.]+)x, max ([\d.]+)x", out)
+    assert m and float(m.group(1)) <= float(m.group(2)) <= float(m.group(3)), out
