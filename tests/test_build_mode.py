@@ -378,6 +378,13 @@ def test_a_mount_says_which_build_it_runs(daemon: Any) -> None:
     assert param.stat().st_mode & 0o777 == 0o444
     data = json.loads(zramfs_cli("status", str(daemon.mnt), "--json").stdout)
     assert data["mounts"][0]["build_mode"] == zramfs.build_mode_text()
+    # and how lz4 is called: from C exactly when the device is compiled
+    from zramfs import codecs
+
+    binding = (daemon.mnt / "sys/module/zramfs/parameters/lz4_binding").read_text().strip()
+    assert (
+        binding == codecs.lz4_binding() == ("C" if zramfs.build_mode() == "compiled" else "ctypes")
+    )
 
 
 def test_the_pool_runs_under_lockdep_in_this_build(pool: Any) -> None:

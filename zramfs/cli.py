@@ -135,7 +135,7 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
     from allocator import PhysicalMemory
     from allocator.locks import lockdep_stats, set_lockdep
     from zramfs import attrs
-    from zramfs.codecs import lz4_path
+    from zramfs.codecs import lz4_binding, lz4_path
     from zramfs.daemon import DEFAULT_POLICY, CompactionDaemon, CompactionPolicy, ModuleParameter
     from zramfs.device import Registry
     from zramfs.fs import ZramFS
@@ -180,6 +180,8 @@ def build_mount(args: argparse.Namespace, protection: dict[str, bool] | None = N
         # lz4 without a dictionary: the kernel's LZ4_compress_fast, or a fallback whose
         # compressed lengths (so mm_stat) differ from the kernel's
         ModuleParameter("lz4_path", 0o444, lz4_path),
+        # how that call is made: from C (the compiled build), through ctypes, or none
+        ModuleParameter("lz4_binding", 0o444, lz4_binding),
         # the build of the allocator and of the device: "compiled" (mypyc, setup.py) or "pure"
         # (ZRAMFS_PURE_PYTHON=1, or an install without a C compiler); each package's when
         # they differ (zramfs.build_mode_text)
