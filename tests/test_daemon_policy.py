@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from support.mountutil import expect_errno, opened, zramfs_cli
+from support.polling import wait_for
 from zramfs import attrs
 from zramfs.daemon import (
     DEFAULT_POLICY,
@@ -515,13 +516,6 @@ def test_module_parameters_set_and_show_the_policy() -> None:
 
 
 # ---- the thread ----------------------------------------------------------------------------------
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_thread_follows_policy_changes() -> None:

@@ -13,7 +13,6 @@ import errno
 import gc
 import os
 import threading
-import time
 
 import pytest
 
@@ -21,17 +20,9 @@ from allocator import prefault
 from allocator.memory import PhysicalMemory
 from allocator.prefault import CHUNK_FRAMES, START_FRAME
 from support.fake_owner import rss_bytes
+from support.polling import wait_for
 
 PAGE = 4096
-
-
-def wait_for(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def quiesce(mem: PhysicalMemory) -> None:
