@@ -195,17 +195,13 @@ class BuildCompiled(build_ext):
         return [p for p in COMPILED if any(n.startswith(p + ".") for n in names)]
 
     def run(self) -> None:
-        if not self.extensions:
-            self._write_manifests()  # none: removes an earlier build's
-            return
-        try:
-            super().run()
-        except Exception as e:  # noqa: BLE001 - any compiler failure means: install pure
-            notice(f"compilation failed: {e}")
-            self.extensions = []
-            self._write_manifests()  # none: removes an earlier build's
-            return
-        self._write_manifests()
+        if self.extensions:
+            try:
+                super().run()
+            except Exception as e:  # noqa: BLE001 - any compiler failure means: install pure
+                notice(f"compilation failed: {e}")
+                self.extensions = []
+        self._write_manifests()  # with nothing built, removes an earlier build's
 
     def _write_manifests(self) -> None:
         """Each compiled package's _compiled.json: the hash of every compiled source, in the

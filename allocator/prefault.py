@@ -62,7 +62,6 @@ NEVER: Final = 1 << 62
 _madvise: Callable[[int, int, int], int] | None = None
 _supported = True  # False after an EINVAL: this kernel has no MADV_POPULATE_WRITE
 _queue: queue.SimpleQueue[tuple[Prefaulter, mmap.mmap, int, int, int]] | None = None
-_thread: threading.Thread | None = None
 _thread_pid = 0
 _start_lock = threading.Lock()
 _live: weakref.WeakSet[Prefaulter] = weakref.WeakSet()
@@ -154,18 +153,16 @@ class Prefaulter:
 
 
 def _submit(pf: Prefaulter, start: int, end: int) -> None:
-    global _queue, _thread, _thread_pid
-    q = _queue
-    if q is None or _thread_pid != os.getpid():
+    global _queue, _thread_pid
+    if _queue is None or _thread_pid != os.getpid():
         with _start_lock:
             if _queue is None or _thread_pid != os.getpid():
-                _queue = q = queue.SimpleQueue()
-                _thread = threading.Thread(
-                    target=_run, args=(q,), name="zramfs-prefault", daemon=True
-                )
+                _queue = queue.SimpleQueue()
                 _thread_pid = os.getpid()
-                _thread.start()
-            q = _queue
+                threading.Thread(
+                    target=_run, args=(_queue,), name="zramfs-prefault", daemon=True
+                ).start()
+    q = _queue
     # the job holds the mmap object: an arena dropped without close() stays mapped till done
     q.put((pf, pf._mm, pf.generation, start, end))
 
@@ -180,9 +177,8 @@ def _run(q: queue.SimpleQueue[tuple[Prefaulter, mmap.mmap, int, int, int]]) -> N
 def _after_fork_in_child() -> None:
     """The thread did not survive the fork, and a Prefaulter's lock may have been held by it:
     the child starts a thread of its own when it needs one, with fresh locks."""
-    global _queue, _thread, _thread_pid, _start_lock
+    global _queue, _thread_pid, _start_lock
     _queue = None
-    _thread = None
     _thread_pid = 0
     _start_lock = threading.Lock()
     for pf in list(_live):

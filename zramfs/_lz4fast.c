@@ -8,8 +8,8 @@
  * Why it exists: zramfs.codecs.Lz4Codec reaches the same function through ctypes.  That path
  * is the reference and stays (the pure build, and wherever this module was not built); it
  * costs an interpreted frame plus ctypes' argument conversion, about 0.6 us of a 4 KiB write
- * (a sixth of the write outside the codec).  This object is what Lz4Codec installs as its
- * `compress` when the compiled build runs; tests/test_codecs.py checks the two give the same
+ * (a tenth of the write outside the codec).  This object is what Lz4Codec installs as its
+ * `compress` when the compiled build runs; tests/test_lz4fast.py checks the two give the same
  * bytes.
  *
  * liblz4 is not linked: the caller passes the address of LZ4_compress_fast that ctypes found

@@ -209,7 +209,7 @@ class Lz4Codec(Codec):
         if self._fast is not None and _LZ4_C is not None:
             # The same call in C: an instance attribute `compress`, found before the method,
             # so a page is one C call from the device (the method stays the reference, and
-            # tests/test_codecs.py checks the two agree).
+            # tests/test_lz4fast.py checks the two agree).
             address = ctypes.cast(cast(Any, self._fast), ctypes.c_void_p).value or 0
             compressor = _LZ4_C.Compressor(address, self.level, CodecError)
             self.compress = compressor  # type: ignore[method-assign]
