@@ -28,10 +28,11 @@ trace hook and the tests replace methods and fields on the instances (zramfs/tra
 together because mypyc checks the ``self`` of a Python class's compiled method against the
 subclasses it compiled, exactly: an interpreted ``ZramDevice`` would be refused by the methods
 of its compiled mixins.  Nothing else in ``zramfs`` is hot (FUSE glue, control files, tools),
-and the codecs stay interpreted: tests replace their bindings (tests/test_codecs.py).  The one
-piece of hand-written C, ``zramfs/_lz4fast.c``, is built with them (``c_extensions``): the
-kernel-exact lz4 call without ctypes' glue, used only by the compiled build, its Python
-(ctypes) path the reference (docs/fuse-and-codecs.md).
+and the codecs stay interpreted: tests replace their bindings (tests/test_codecs.py).  Two pieces
+of hand-written C are built with them (``c_extensions``), each used only by the compiled build
+and only when built from the current source, its Python path the reference: ``zramfs/_lz4fast.c``,
+the kernel-exact lz4 call without ctypes' glue (docs/fuse-and-codecs.md), and
+``zramfs/_tracescan.c``, the trace reader's commonest records (docs/trace-format.md).
 Both packages are compiled in one mypyc run, one group (shared library) each, so the device
 calls the allocator natively (``Pool.malloc``, ``write_object``, ``free``, ``total_pages``:
 through the allocator group's export table, with unboxed ints).  So a compiled device needs
@@ -84,7 +85,7 @@ COMPILED: dict[str, tuple[str, ...]] = {
 #: run; its manifest names them, and it runs compiled only where they do (allocator.buildmode)
 NATIVE_DEPS: dict[str, tuple[str, ...]] = {"zramfs": ("allocator",)}
 #: hand-written extension modules built with the mypyc ones (c_extensions); no manifest entry
-C_EXTENSIONS = {"zramfs._lz4fast"}
+C_EXTENSIONS = {"zramfs._lz4fast", "zramfs._tracescan"}
 MANIFEST = "_compiled.json"
 PURE_ENV = "ZRAMFS_PURE_PYTHON"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -117,21 +118,24 @@ def cannot_compile() -> str | None:
 
 
 def c_extensions() -> list[Any]:
-    """The hand-written C of the compiled build: zramfs._lz4fast, the kernel-exact lz4 call
-    without ctypes (zramfs/codecs.py).  It carries its source's SHA-256, so zramfs.codecs can
-    tell a build of an older source (and use ctypes instead)."""
+    """The hand-written C of the compiled build, each the fast copy of a Python reference that
+    stays: zramfs._lz4fast, the kernel-exact lz4 call without ctypes (zramfs/codecs.py), and
+    zramfs._tracescan, the trace reader's commonest records (zramfs/trace.py).  Each carries
+    its source's SHA-256, so zramfs.cmodules can tell a build of an older source (and the
+    Python reference is used instead)."""
     from setuptools import Extension
 
-    src = os.path.join("zramfs", "_lz4fast.c")
-    digest = source_hash(os.path.join(HERE, src))
-    return [
-        Extension(
-            "zramfs._lz4fast",
-            [src],
-            define_macros=[("LZ4FAST_SOURCE_SHA256", f'"{digest}"')],
-            extra_compile_args=["-O2"],
+    exts = []
+    for name in sorted(C_EXTENSIONS):
+        src = os.path.join(*name.split(".")) + ".c"
+        macro = name.rpartition(".")[2].lstrip("_").upper() + "_SOURCE_SHA256"
+        digest = source_hash(os.path.join(HERE, src))
+        exts.append(
+            Extension(
+                name, [src], define_macros=[(macro, f'"{digest}"')], extra_compile_args=["-O2"]
+            )
         )
-    ]
+    return exts
 
 
 class BuildCompiled(build_ext):

@@ -10,7 +10,6 @@ trace that replays to the mm_stat the mount showed.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -24,10 +23,21 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import lz4.block
 import pytest
 import zstandard
 
+from support.trace_files import (
+    MOUNT,
+    Traced,
+    body,
+    hand_made,
+    lz4_stored,
+    page,
+    record_ends,
+    workload,
+    write,
+    write_new,
+)
 from zramfs import trace
 from zramfs.device import Registry, ZramDevice
 from zramfs.device_io import IOPathMixin
@@ -46,52 +56,6 @@ from zramfs.trace import (
     Write,
 )
 from zramfs.trace_hook import MountTracer
-from zramfs.tree import Tree
-
-MOUNT = {
-    "chain_size": 4,
-    "chain_rule": "max-used",
-    "compact_policy": "off",
-    "compact_interval": 1000,
-    "devices": 1,
-}
-
-
-def _page(rnd: random.Random, words: list[bytes]) -> bytes:
-    """A compressible page: a random run of a few 16-byte words, zero-padded."""
-    n = rnd.randrange(1, 200)
-    return (b"".join(rnd.choice(words) for _ in range(n)) + bytes(4096))[:4096]
-
-
-class Traced:
-    """A registry with one device, its tree, and a tracer writing `path`."""
-
-    def __init__(self, path: Path, size: str = "16M") -> None:
-        self.registry = Registry(num_devices=1)
-        self.tree = Tree(self.registry)
-        self.tracer = MountTracer(TraceWriter(path, dict(MOUNT)))
-        self.tracer.attach(self.registry, self.tree)
-        self.dev: ZramDevice = self.registry.devices[0]
-        self.tracer.store(self.dev, "disksize", size)
-
-    def attr(self, name: str, text: bytes) -> None:
-        self.tree.write_file(self.tree.lookup(f"/sys/block/zram0/{name}"), text)
-
-    def close(self) -> None:
-        self.tracer.close()
-
-
-def _workload(t: Traced, seed: int = 1, n: int = 400) -> None:
-    rnd = random.Random(seed)
-    words = [rnd.randbytes(16) for _ in range(40)]
-    pages = t.dev.disksize // 4096
-    for i in range(n):
-        t.dev.write(rnd.randrange(pages) * 4096, _page(rnd, words))
-        if i % 7 == 0:
-            t.dev.discard(rnd.randrange(pages) * 4096, 4096 * rnd.randrange(1, 4))
-        if i % 11 == 0:
-            t.dev.read(rnd.randrange(pages) * 4096, 4096)
-    t.attr("compact", b"1\n")
 
 
 def test_round_trip_gives_back_every_operation(tmp_path: Path) -> None:
@@ -161,7 +125,7 @@ def test_contents_written_again_read_back_past_the_blob_cache(
     t = Traced(path, "16M")
     rnd = random.Random(9)
     words = [rnd.randbytes(16) for _ in range(40)]
-    distinct = [_page(rnd, words)[:-2] + i.to_bytes(2, "little") for i in range(40)]
+    distinct = [page(rnd, words)[:-2] + i.to_bytes(2, "little") for i in range(40)]
     order = list(range(len(distinct))) + [rnd.randrange(len(distinct)) for _ in range(400)]
     for n, i in enumerate(order):
         t.dev.write((n % 4096) * 4096, distinct[i])
@@ -182,12 +146,12 @@ def _cut(src: Path, dst: Path, n: int) -> Path:
 def test_a_trace_cut_anywhere_reads_up_to_its_last_complete_record(tmp_path: Path) -> None:
     path = tmp_path / "t.trace"
     t = Traced(path)
-    _workload(t, n=300)
+    workload(t, n=300)
     t.close()
     with TraceReader(path) as r:
         full = list(r.records())
     data = path.read_bytes()
-    ends = _record_ends(data)
+    ends = record_ends(data)
     rnd = random.Random(7)
     for n in sorted(rnd.sample(range(ends[0], len(data) - 1), 25)) + [len(data) - 1]:
         cut = _cut(path, tmp_path / "cut.trace", n)
@@ -202,22 +166,10 @@ def test_a_trace_cut_anywhere_reads_up_to_its_last_complete_record(tmp_path: Pat
         assert result.records == len(got) and not result.trace_complete
 
 
-def _record_ends(data: bytes) -> list[int]:
-    """Where the header and each record end, by the framing alone (docs/trace-format.md)."""
-    (hlen,) = struct.unpack_from("<I", data, 12)
-    pos = 16 + hlen + 4
-    ends = [pos]
-    while pos < len(data):
-        (length,) = struct.unpack_from("<I", data, pos)
-        pos += 8 + length
-        ends.append(pos)
-    return ends
-
-
 def test_a_damaged_record_stops_the_reading_before_it(tmp_path: Path) -> None:
     path = tmp_path / "t.trace"
     t = Traced(path)
-    _workload(t, n=100)
+    workload(t, n=100)
     t.close()
     with TraceReader(path) as r:
         full = list(r.records())
@@ -232,38 +184,6 @@ def test_a_damaged_record_stops_the_reading_before_it(tmp_path: Path) -> None:
     assert 0 < len(got) < len(full) and got == full[: len(got)]
 
 
-def _hand_made(path: Path, bodies: list[bytes]) -> list[int]:
-    """A trace file whose records are `bodies`, each framed by its length and CRC-32 as the
-    sink frames them (docs/trace-format.md); returns the offset of each record's frame."""
-    text = json.dumps({"format": "zramfs-trace", "version": trace.VERSION, "mount": MOUNT})
-    head = trace._FILE_HEAD.pack(trace.MAGIC, trace.VERSION, 0, len(text)) + text.encode()
-    out = bytearray(head + struct.pack("<I", zlib.crc32(head[8:])))
-    starts = []
-    for body in bodies:
-        starts.append(len(out))
-        out += trace._FRAME.pack(len(body), zlib.crc32(body)) + body
-    path.write_bytes(bytes(out))
-    return starts
-
-
-def _body(kind: int, t_ns: int, fields: bytes, dev: int = 0, flags: int = 0) -> bytes:
-    return trace._BODY.pack(kind, flags, dev, t_ns) + fields
-
-
-def _write_new(t_ns: int, offset: int, codec: int, stored: bytes, raw: int = 4096) -> bytes:
-    return _body(trace.T_WRITE_NEW, t_ns, trace._WRITE_NEW.pack(offset, 0, codec, raw) + stored)
-
-
-def _write(t_ns: int, offset: int, length: int, ids: list[int], count: int | None = None) -> bytes:
-    n = len(ids) if count is None else count
-    fields = trace._WRITE.pack(offset, length, 0, n) + struct.pack(f"<{len(ids)}I", *ids)
-    return _body(trace.T_WRITE, t_ns, fields)
-
-
-def _lz4(data: bytes) -> bytes:
-    return lz4.block.compress(data, store_size=False)
-
-
 def test_every_blob_codec_and_record_shape_reads_back(tmp_path: Path) -> None:
     """The format's three blob codecs (the writer uses lz4 only), in BLOB and WRITE_NEW
     records, named by WRITEs of one blob and of several (the last one short)."""
@@ -271,24 +191,24 @@ def test_every_blob_codec_and_record_shape_reads_back(tmp_path: Path) -> None:
     raw_page, zstd_page, lz4_page = (rnd.randbytes(2048) * 2 for _ in range(3))
     tail = rnd.randbytes(100)
     bodies = [
-        _write_new(1, 0, trace.CODEC_RAW, raw_page),  # blob 0
-        _body(
+        write_new(1, 0, trace.CODEC_RAW, raw_page),  # blob 0
+        body(
             trace.T_BLOB,
             2,
             trace._BLOB.pack(1, trace.CODEC_ZSTD, 4096)
             + zstandard.ZstdCompressor().compress(zstd_page),
         ),
-        _write_new(3, 4096, trace.CODEC_LZ4, _lz4(lz4_page)),  # blob 2
-        _body(trace.T_BLOB, 4, trace._BLOB.pack(3, trace.CODEC_LZ4, 100) + _lz4(tail)),
-        _write(5, 8192, 4096, [1]),
-        _write(6, 12288 + 7, 3 * 4096 + 100, [2, 0, 1, 3]),
-        _body(trace.T_DISCARD, 7, trace._DISCARD.pack(trace.OP_PUNCH_HOLE, 4096, 8192, 0)),
-        _body(trace.T_READ, 8, trace._READ.pack(8192, 4096, 5)),
-        _body(trace.T_FLUSH, 9, b""),
-        _body(trace.T_END, 10, b'{"records": 7}', dev=trace.NO_DEVICE),
+        write_new(3, 4096, trace.CODEC_LZ4, lz4_stored(lz4_page)),  # blob 2
+        body(trace.T_BLOB, 4, trace._BLOB.pack(3, trace.CODEC_LZ4, 100) + lz4_stored(tail)),
+        write(5, 8192, 4096, [1]),
+        write(6, 12288 + 7, 3 * 4096 + 100, [2, 0, 1, 3]),
+        body(trace.T_DISCARD, 7, trace._DISCARD.pack(trace.OP_PUNCH_HOLE, 4096, 8192, 0)),
+        body(trace.T_READ, 8, trace._READ.pack(8192, 4096, 5)),
+        body(trace.T_FLUSH, 9, b""),
+        body(trace.T_END, 10, b'{"records": 7}', dev=trace.NO_DEVICE),
     ]
     path = tmp_path / "codecs.trace"
-    _hand_made(path, bodies)
+    hand_made(path, bodies)
     with TraceReader(path) as r:
         recs = list(r.records())
         assert r.complete and r.end == {"records": 7} and r.stopped_at is None
@@ -308,17 +228,17 @@ _PAGE = bytes(range(256)) * 16
 _BAD_BODIES = {
     # bodies whose CRC-32 is right but that do not parse (or whose frame is impossible)
     "body shorter than the common fields": b"\x02\x00\x00\x00",
-    "write_new shorter than its fields": _body(trace.T_WRITE_NEW, 3, b"\x00" * 10),
-    "write_new with an unknown codec": _write_new(3, 0, 7, _PAGE),
-    "write_new whose content is short": _write_new(3, 0, trace.CODEC_LZ4, _lz4(_PAGE[:100])),
-    "write_new whose lz4 is garbage": _write_new(3, 0, trace.CODEC_LZ4, b"\xff" * 40),
-    "write of a blob not yet stored": _write(3, 0, 4096, [9]),
-    "write whose blob list is longer than its count": _write(3, 0, 4096, [0, 0], count=1),
-    "write whose blobs do not make its length": _write(3, 0, 4000, [0]),
-    "discard shorter than its fields": _body(trace.T_DISCARD, 3, b"\x00" * 18),
-    "blob out of sequence": _body(trace.T_BLOB, 3, trace._BLOB.pack(5, 0, 4) + b"abcd"),
-    "blob with an unknown codec": _body(trace.T_BLOB, 3, trace._BLOB.pack(1, 9, 4) + b"abcd"),
-    "unknown record type": _body(42, 3, b"\x00" * 40),
+    "write_new shorter than its fields": body(trace.T_WRITE_NEW, 3, b"\x00" * 10),
+    "write_new with an unknown codec": write_new(3, 0, 7, _PAGE),
+    "write_new whose content is short": write_new(3, 0, trace.CODEC_LZ4, lz4_stored(_PAGE[:100])),
+    "write_new whose lz4 is garbage": write_new(3, 0, trace.CODEC_LZ4, b"\xff" * 40),
+    "write of a blob not yet stored": write(3, 0, 4096, [9]),
+    "write whose blob list is longer than its count": write(3, 0, 4096, [0, 0], count=1),
+    "write whose blobs do not make its length": write(3, 0, 4000, [0]),
+    "discard shorter than its fields": body(trace.T_DISCARD, 3, b"\x00" * 18),
+    "blob out of sequence": body(trace.T_BLOB, 3, trace._BLOB.pack(5, 0, 4) + b"abcd"),
+    "blob with an unknown codec": body(trace.T_BLOB, 3, trace._BLOB.pack(1, 9, 4) + b"abcd"),
+    "unknown record type": body(42, 3, b"\x00" * 40),
     "body over MAX_BODY": b"\x00" * (trace.MAX_BODY + 1),
 }
 
@@ -328,12 +248,12 @@ def test_a_record_that_does_not_parse_stops_the_reading_before_it(
     tmp_path: Path, what: str
 ) -> None:
     good = [
-        _write_new(1, 0, trace.CODEC_LZ4, _lz4(_PAGE)),
-        _body(trace.T_DISCARD, 2, trace._DISCARD.pack(trace.OP_DISCARD, 0, 4096, 0)),
+        write_new(1, 0, trace.CODEC_LZ4, lz4_stored(_PAGE)),
+        body(trace.T_DISCARD, 2, trace._DISCARD.pack(trace.OP_DISCARD, 0, 4096, 0)),
     ]
-    after = [_write(4, 4096, 4096, [0]), _body(trace.T_END, 5, b"{}", dev=trace.NO_DEVICE)]
+    after = [write(4, 4096, 4096, [0]), body(trace.T_END, 5, b"{}", dev=trace.NO_DEVICE)]
     path = tmp_path / "bad.trace"
-    starts = _hand_made(path, [*good, _BAD_BODIES[what], *after])
+    starts = hand_made(path, [*good, _BAD_BODIES[what], *after])
     with TraceReader(path) as r:
         recs = list(r.raw_records())
         assert not r.complete and r.end is None
@@ -448,9 +368,9 @@ def test_writers_taking_turns_replay_exactly(tmp_path: Path) -> None:
     def writer(seed: int) -> None:
         r = random.Random(seed)
         for i in range(300):
-            page = _page(r, words)
+            data = page(r, words)
             with turn:
-                t.dev.write(r.randrange(8192) * 4096, page)
+                t.dev.write(r.randrange(8192) * 4096, data)
                 if i % 5 == 0:
                     t.dev.discard(r.randrange(8192) * 4096, 4096)
 
@@ -476,7 +396,7 @@ def test_killed_mount_leaves_a_trace_that_replays(zmount, tmp_path: Path) -> Non
     fd = os.open(m.image(), os.O_RDWR)
     try:
         for _ in range(500):
-            os.pwrite(fd, _page(rnd, words), rnd.randrange(4096) * 4096)
+            os.pwrite(fd, page(rnd, words), rnd.randrange(4096) * 4096)
     finally:
         os.close(fd)
     m.write_attr("compact", "1")

@@ -28,9 +28,6 @@ behind the other backends, so the default here stays lz4.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import importlib
-import os
 import queue
 import threading
 import zlib
@@ -41,6 +38,7 @@ from typing import Any, ClassVar, cast
 import lz4.block
 import zstandard
 
+from . import cmodules
 from . import lzo as _lzo
 from .errors import CodecError, InvalidInput
 
@@ -126,27 +124,11 @@ def _load_c_binding() -> tuple[Any, str]:
 
     The C module calls the same LZ4_compress_fast as the ctypes path, with no interpreted
     frame and no argument conversion around it (~0.6 µs of a 4 KiB write).  It belongs to the
-    compiled build (setup.py builds it with the mypyc modules): the pure build, and a build
-    whose C source changed since (its SOURCE_SHA256 against the file beside it), use ctypes.
+    compiled build and is used as `zramfs.cmodules` rules; otherwise ctypes.
     """
-    from allocator import buildmode
-
     if _LZ4_COMPRESS_FAST is None:
         return None, "LZ4_compress_fast is not bound"
-    if buildmode.selected(__package__ or "zramfs") != buildmode.COMPILED:
-        return None, "the pure-Python build runs"
-    try:  # by name: the module exists only where setup.py built it (and mypy cannot see it)
-        _lz4fast = importlib.import_module(f"{__package__ or 'zramfs'}._lz4fast")
-    except ImportError as exc:
-        return None, f"zramfs._lz4fast is not built ({exc})"
-    try:
-        with open(os.path.join(os.path.dirname(__file__), "_lz4fast.c"), "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        digest = None  # an install without sources: nothing to be stale against
-    if digest is not None and getattr(_lz4fast, "SOURCE_SHA256", None) != digest:
-        return None, "zramfs/_lz4fast.c changed since the build (rebuild: pip install -e .)"
-    return _lz4fast, ""
+    return cmodules.load("_lz4fast")
 
 
 _LZ4_C, _LZ4_C_WHY_NOT = _load_c_binding()

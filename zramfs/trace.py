@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import lz4.block
 import zstandard
 
+from . import cmodules
 from .errors import TraceError
 
 try:
@@ -449,8 +450,22 @@ class TraceReader:
             zstandard.ZstdError,
             lz4.block.LZ4BlockError,
         )
+        # The C scanner (compiled build) decodes runs of the commonest records exactly as
+        # below and stops at anything else, or at any failed check: the code below reads that
+        # record, so a damaged trace ends where this reference says (see _tracescan.c).
+        scan = _SCANNER
+        batch: list[tuple[Any, ...]] = []
+        cache = self._blob_cache
         # fewer bytes left than a frame and the common fields: a record cut short
         while pos + head_size <= size:
+            if scan is not None:
+                pos = scan(m, pos, size, batch, blob_at, cache, _SCAN_BATCH)
+                if batch:
+                    yield from batch
+                    batch.clear()
+                    continue
+                if pos + head_size > size:
+                    break
             kind = m[pos + 8]
             try:
                 # Each branch: unpack the frame and fields, check the frame (the record
@@ -585,3 +600,42 @@ class TraceReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------- C scanner
+#: records the C scanner decodes per call (a batch `raw_records` then yields)
+_SCAN_BATCH = 256
+
+
+def _load_scanner() -> tuple[Any, str]:
+    """(a `zramfs._tracescan.Scanner`, "") when `TraceReader.raw_records` may decode through
+    it, or (None, why not).  It calls the reference's own CRC and lz4 functions, found by
+    ctypes in the isal and python-lz4 extension modules (`zramfs.cmodules` for the rest)."""
+    import ctypes
+
+    try:
+        import isal.isal_zlib as isal_zlib
+        from lz4.block import _block
+    except ImportError as exc:  # pragma: no cover - depends on the platform
+        return None, f"the CRC or lz4 library is not there ({exc})"
+    if crc32 is not isal_zlib.crc32:  # pragma: no cover - the import above failed then
+        return None, "the reader checks CRCs with zlib (no isal)"
+    try:
+        crc_fn = ctypes.CDLL(isal_zlib.__file__).crc32_gzip_refl
+        lz4_fn = ctypes.CDLL(_block.__file__).LZ4_decompress_safe
+    except (OSError, AttributeError, TypeError) as exc:  # pragma: no cover - an odd build
+        return None, f"cannot bind crc32_gzip_refl / LZ4_decompress_safe ({exc})"
+    module, why = cmodules.load("_tracescan")
+    if module is None:
+        return None, why
+    crc_at = ctypes.cast(crc_fn, ctypes.c_void_p).value or 0
+    lz4_at = ctypes.cast(lz4_fn, ctypes.c_void_p).value or 0
+    return module.Scanner(crc_at, lz4_at), ""
+
+
+_SCANNER, _SCANNER_WHY_NOT = _load_scanner()
+
+
+def scanner_status() -> str:
+    """How a replay reads trace records here: "C" (zramfs._tracescan) or "Python (why)"."""
+    return "C" if _SCANNER is not None else f"Python ({_SCANNER_WHY_NOT})"
