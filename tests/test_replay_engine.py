@@ -9,6 +9,7 @@ names and values are one-line `InvalidSetting` errors raised before anything run
 
 from __future__ import annotations
 
+import functools
 import random
 import shutil
 import subprocess
@@ -17,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from zramfs.device import Registry
-from zramfs.errors import InvalidInput, InvalidSetting
-from zramfs.replay import MM_STAT_FIELDS, ReplayResult, mm_stat_of, replay_trace
-from zramfs.replay_settings import SETTINGS, validate_setting
-from zramfs.trace import TraceWriter
+from zramfs.errors import InvalidInput, InvalidSetting, ZramError
+from zramfs.replay import MM_STAT_FIELDS, ReplayResult, _Replay, mm_stat_of, replay_trace
+from zramfs.replay_settings import SETTINGS, parse_config, validate_setting
+from zramfs.trace import F_OVERLAP, T_WRITE, TraceReader, TraceWriter
 from zramfs.trace_hook import MountTracer
 from zramfs.tree import Tree
 
@@ -149,6 +150,70 @@ def test_on_sample_follows_trace_time(small_trace) -> None:
     assert times[-1] == pytest.approx(r.trace_seconds)
     assert all(b - a == pytest.approx(0.05) for a, b in zip(times[:-2], times[1:-1]))
     assert seen[-1][1] == r.mm_stat["orig_data_size"]
+
+
+def _reference_run(r: _Replay, records, on_sample, sample_ns: int) -> None:
+    """`_Replay.run` spelled with its references: `advance` before every record, `apply`
+    for all but writes, `_measure` after, state on the object throughout."""
+    next_sample = 0
+    for rec in records:
+        t = rec[1]
+        if on_sample is not None:
+            while next_sample <= t:
+                r.advance(next_sample)
+                if r.dev is not None:
+                    on_sample(next_sample / 1e9, r.dev)
+                next_sample += sample_ns
+        r.advance(t)
+        if rec[0] == T_WRITE:
+            if rec[2] == r.dev_id and r.dev is not None:
+                try:
+                    r.dev.write(rec[4], rec[5])
+                except ZramError:
+                    r.write_failures += 1
+        else:
+            r.apply(rec)
+        r._measure()
+        r.records += 1
+        r.overlapping += rec[3] & F_OVERLAP
+
+
+def _replay_state(path: Path, config: dict[str, str], sample_ns: int, reference: bool) -> dict:
+    samples: list[tuple[float, dict[str, int]]] = []
+    with TraceReader(path) as reader:
+        r = _Replay(reader, parse_config(config), 0, config)
+        on_sample = (lambda t, dev: samples.append((t, mm_stat_of(dev)))) if sample_ns else None
+        run = functools.partial(_reference_run, r) if reference else r.run
+        run(reader.raw_records(), on_sample, sample_ns or 1)
+    fields = ("t_ns", "now_s", "area", "last_used", "peak", "records", "overlapping")
+    return {
+        **{name: getattr(r, name) for name in fields},
+        "write_failures": r.write_failures,
+        "mm_stat": mm_stat_of(r.dev),
+        "samples": samples,
+    }
+
+
+@pytest.mark.parametrize(
+    ("config", "sample_ns"),
+    [
+        ({}, 0),
+        ({}, 3_000_000),
+        ({"compact_policy": "interval:0"}, 0),
+        ({"compact_policy": "threshold:1", "compact_interval": "1"}, 7_000_000),
+        ({"mem_limit": "2M"}, 0),
+    ],
+)
+def test_the_replay_loop_agrees_with_its_references(small_trace, config, sample_ns) -> None:
+    """The loop's inline copies (the write, `_account`, `_measure`, its state in locals)
+    against the same replay through the methods they copy: every figure, bit for bit."""
+    path, _ = small_trace
+    ours = _replay_state(path, config, sample_ns, reference=False)
+    assert ours == _replay_state(path, config, sample_ns, reference=True)
+    assert ours["records"] > 4000 and ours["area"] > 0
+    assert bool(ours["samples"]) == bool(sample_ns)
+    if "mem_limit" in config:
+        assert ours["write_failures"] > 0
 
 
 @pytest.mark.parametrize(

@@ -255,48 +255,68 @@ class _Replay:
     ) -> None:
         """Apply every record (TraceReader.raw_records tuples) in order.
 
-        The loop is a replay's own cost per record, so the write and `_measure` (the
-        reference, which `advance` calls) are inline and the counters are locals, stored back
-        when it ends, however it ends (tests/test_replay_engine.py checks the peak and counts).
+        The loop is a replay's own cost per record, so the write, `_account` and `_measure`
+        (the references, which `advance` calls) are inline, and the state they keep — trace
+        time, the memory integral, the last and peak memory, the device and its pool — is in
+        locals, stored back before anything else reads it (`advance`, `apply`, `on_sample`)
+        and reloaded after, and stored back when the loop ends, however it ends
+        (tests/test_replay_engine.py checks the peak, the mean and the counts).  Trace time
+        in seconds (`now_s`, the device's clock) is stored as it moves, before the write.
         """
         dev_id = self.dev_id
         boottime0 = self.boottime0
         next_sample = 0
         n = overlapping = failures = 0
+        t_ns, area, last_used, peak = self.t_ns, self.area, self.last_used, self.peak
+        ticking, next_tick = self.ticking, self.next_tick
+        dev = self.dev
+        pool = dev.pool if dev is not None else None
+        write = dev.write if dev is not None else None
         try:
             for rec in records:
-                kind, t = rec[0], rec[1]
-                if on_sample is not None:
-                    while next_sample <= t:
-                        self.advance(next_sample)
-                        if self.dev is not None:
-                            on_sample(next_sample / 1e9, self.dev)
-                        next_sample += sample_ns
-                if self.ticking and self.next_tick <= t:
-                    self.advance(t)
-                elif t > self.t_ns:  # `_account`, inline
-                    self.area += self.last_used * (t - self.t_ns)
-                    self.t_ns = t
+                t = rec[1]
+                if (on_sample is not None and next_sample <= t) or (ticking and next_tick <= t):
+                    self.t_ns, self.area, self.last_used, self.peak = t_ns, area, last_used, peak
+                    if on_sample is not None:
+                        while next_sample <= t:
+                            self.advance(next_sample)
+                            if self.dev is not None:
+                                on_sample(next_sample / 1e9, self.dev)
+                            next_sample += sample_ns
+                    if self.ticking and self.next_tick <= t:
+                        self.advance(t)
+                    t_ns, area, last_used, peak = self.t_ns, self.area, self.last_used, self.peak
+                    ticking, next_tick = self.ticking, self.next_tick
+                    dev = self.dev  # a scan may not replace it; reloaded all the same
+                    pool = dev.pool if dev is not None else None
+                    write = dev.write if dev is not None else None
+                if t > t_ns:  # `_account`, inline
+                    area += last_used * (t - t_ns)
+                    t_ns = t
                     self.now_s = boottime0 + t * 1e-9
-                dev = self.dev
-                if kind == T_WRITE:  # the common case, inline
-                    if rec[2] == dev_id and dev is not None:
+                if rec[0] == T_WRITE:  # the common case, inline
+                    if rec[2] == dev_id and write is not None:
                         try:
-                            dev.write(rec[4], rec[5])
+                            write(rec[4], rec[5])
                         except ZramError:
                             failures += 1
                 else:
+                    self.t_ns, self.area, self.last_used, self.peak = t_ns, area, last_used, peak
                     self.apply(rec)
+                    t_ns, area, last_used, peak = self.t_ns, self.area, self.last_used, self.peak
+                    ticking, next_tick = self.ticking, self.next_tick
                     dev = self.dev  # a control record may have replaced it
-                # `_measure`, inline
-                pool = dev.pool if dev is not None else None
-                used = pool.total_pages << PAGE_SHIFT if pool is not None else 0
-                self.last_used = used
-                if used > self.peak:
-                    self.peak = used
+                    pool = dev.pool if dev is not None else None
+                    write = dev.write if dev is not None else None
+                # `_measure`, inline (pool.total_pages is pages_allocated)
+                used = pool.pages_allocated << PAGE_SHIFT if pool is not None else 0
+                last_used = used
+                if used > peak:
+                    peak = used
                 n += 1
                 overlapping += rec[3] & F_OVERLAP
         finally:
+            self.t_ns, self.area, self.last_used, self.peak = t_ns, area, last_used, peak
             self.records += n
             self.overlapping += overlapping
             self.write_failures += failures
