@@ -142,6 +142,14 @@ def _device_id(device: str | None) -> int:
     return int(text)
 
 
+def _trim_calls(dev: ZramDevice | None) -> tuple[Callable[[int, int], None], ...] | None:
+    """The device's calls for a DISCARD record's op, indexed by it (OP_DISCARD,
+    OP_PUNCH_HOLE, OP_ZERO_RANGE), for the replay loop."""
+    if dev is None:
+        return None
+    return (dev.discard, dev.punch_hole, dev.zero_range)
+
+
 class _Replay:
     """The state of one replay (see the module docstring)."""
 
@@ -272,6 +280,7 @@ class _Replay:
         dev = self.dev
         pool = dev.pool if dev is not None else None
         write = dev.write if dev is not None else None
+        trims = _trim_calls(dev)
         try:
             for rec in records:
                 t = rec[1]
@@ -290,16 +299,24 @@ class _Replay:
                     dev = self.dev  # a scan may not replace it; reloaded all the same
                     pool = dev.pool if dev is not None else None
                     write = dev.write if dev is not None else None
+                    trims = _trim_calls(dev)
                 if t > t_ns:  # `_account`, inline
                     area += last_used * (t - t_ns)
                     t_ns = t
                     self.now_s = boottime0 + t * 1e-9
-                if rec[0] == T_WRITE:  # the common case, inline
+                kind = rec[0]
+                if kind == T_WRITE:  # the common case, inline
                     if rec[2] == dev_id and write is not None:
                         try:
                             write(rec[4], rec[5])
                         except ZramError:
                             failures += 1
+                elif kind == T_DISCARD:  # the next commonest: `apply`'s branch, inline
+                    if rec[2] == dev_id and trims is not None:
+                        try:
+                            trims[min(rec[4], 2)](rec[5], rec[6])  # 2 and up: as `apply`
+                        except ZramError:
+                            pass
                 else:
                     self.t_ns, self.area, self.last_used, self.peak = t_ns, area, last_used, peak
                     self.apply(rec)
@@ -308,6 +325,7 @@ class _Replay:
                     dev = self.dev  # a control record may have replaced it
                     pool = dev.pool if dev is not None else None
                     write = dev.write if dev is not None else None
+                    trims = _trim_calls(dev)
                 # `_measure`, inline (pool.total_pages is pages_allocated)
                 used = pool.pages_allocated << PAGE_SHIFT if pool is not None else 0
                 last_used = used
