@@ -64,7 +64,10 @@ typedef struct {
     lz4_decompress_fn lz4_decompress;
 } Scanner;
 
-/* A tuple of `n` new references (stolen); NULL, with every one released, on error. */
+/* A tuple of `n` new references (stolen) to ints and bytes; NULL, with every one released,
+ * on error.  Untracked by the cyclic collector, as CPython untracks such tuples itself at
+ * their first collection (nothing in them can form a cycle): a replay's collections then
+ * skip the batch and the blob table instead of visiting them once each. */
 static PyObject *
 tuple_of(Py_ssize_t n, PyObject **items)
 {
@@ -78,6 +81,7 @@ tuple_of(Py_ssize_t n, PyObject **items)
         }
         PyTuple_SET_ITEM(t, i, items[i]);
     }
+    PyObject_GC_UnTrack(t);
     return t;
 }
 

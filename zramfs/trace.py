@@ -20,6 +20,7 @@ What the records mean, and which operations they capture, is `zramfs.trace_hook`
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import logging
 import marshal
@@ -421,6 +422,11 @@ class TraceReader:
     def raw_records(self) -> Iterator[tuple[Any, ...]]:
         """`records` as plain tuples, the shapes `TraceWriter.push` takes: (type, t_ns, dev,
         flags, fields...) — what a replay iterates (a tuple costs less than a NamedTuple).
+        The records of `raw_batches`, one after the other (chained in C: no frame a record)."""
+        return itertools.chain.from_iterable(self.raw_batches())
+
+    def raw_batches(self) -> Iterator[list[tuple[Any, ...]]]:
+        """`raw_records` in lists of up to `_SCAN_BATCH` records, decoded ahead of use.
 
         Every record's frame is checked (length within the file and at most `MAX_BODY`, the
         record's fixed fields inside its body, CRC-32 of the body) before any of it is used.
@@ -458,14 +464,13 @@ class TraceReader:
         cache = self._blob_cache
         # fewer bytes left than a frame and the common fields: a record cut short
         while pos + head_size <= size:
+            if len(batch) >= _SCAN_BATCH:
+                yield batch
+                batch = []
             if scan is not None:
                 pos = scan(m, pos, size, batch, blob_at, cache, _SCAN_BATCH)
-                if batch:
-                    yield from batch
-                    batch.clear()
+                if len(batch) >= _SCAN_BATCH or pos + head_size > size:
                     continue
-                if pos + head_size > size:
-                    break
             kind = m[pos + 8]
             try:
                 # Each branch: unpack the frame and fields, check the frame (the record
@@ -537,10 +542,12 @@ class TraceReader:
                 break  # a body that passed its CRC yet does not parse: stop here
             pos = stop
             if rec is not None:
-                yield rec
+                batch.append(rec)
             elif kind == T_END:
                 self.complete = True
                 break
+        if batch:
+            yield batch
         if not self.complete and pos < size:
             self.stopped_at = pos
             self.trailing_bytes = size - pos
@@ -603,7 +610,7 @@ class TraceReader:
 
 
 # ---------------------------------------------------------------------------- C scanner
-#: records the C scanner decodes per call (a batch `raw_records` then yields)
+#: records a batch of `TraceReader.raw_batches` holds (and the C scanner decodes per call)
 _SCAN_BATCH = 256
 
 
