@@ -38,7 +38,7 @@ import itertools
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import IntEnum
 from types import FrameType
 from typing import Any
@@ -125,13 +125,15 @@ def _count_value(counter: itertools.count[int]) -> int:
 class LockStat:
     """lock_stat counters of one side (read or write) of one lock class.
 
-    ``acquisitions`` is an ``itertools.count`` bumped with ``next()``: a single C call, so it is
-    atomic under the GIL and costs ~30 ns on the fast path. Everything else is updated only on
-    the slow path, under a private leaf lock.
+    ``acquisitions`` is an ``itertools.count`` that the locks bump through ``count``, its bound
+    ``__next__``: a single C call, so it is atomic under the GIL, and from compiled code it
+    costs ~22 ns where ``next(counter)`` costs ~38 (mypyc looks ``next`` up in builtins on every
+    call).  Everything else is updated only on the slow path, under a private leaf lock.
     """
 
     __slots__ = (
         "_acq",
+        "count",
         "_acq_base",
         "contentions",
         "wait_total_ns",
@@ -143,6 +145,8 @@ class LockStat:
 
     def __init__(self) -> None:
         self._acq = itertools.count()
+        #: count one acquisition (never replaced: the locks hold it)
+        self.count: Callable[[], int] = self._acq.__next__
         self._acq_base = 0
         self.contentions = 0
         self.wait_total_ns = 0

@@ -73,8 +73,8 @@ except for the first, which has a slow path of its own.
    Dekker-style, see ``RWLock``.  Explored line by line, with the original hand-off bug
    injected and found, in ``tests/test_lock_interleavings.py``; without a GIL every reader
    takes the slow path.
-2. lock_stat acquisition counters (``allocator.lockdep``): ``next()`` on an ``itertools.count``
-   is one C call; the other counters change only under ``LockStat._lock``.
+2. lock_stat acquisition counters (``allocator.lockdep``): an ``itertools.count``'s bound
+   ``__next__`` is one C call; the other counters change only under ``LockStat._lock``.
 3. lockdep's known-edge check (``allocator.lockdep``) reads the dependency graph without
    ``_graph_lock``: a ``dict.get`` and a set membership test, each atomic; a miss falls back to
    the locked path.
@@ -243,7 +243,7 @@ class Mutex:
         self._lock = threading.Lock()
         self._cls = cls
         self._stat = cls.write
-        self._acq = cls.write._acq  # lock_stat's acquisition counter (never replaced)
+        self._acq = cls.write.count  # counts one acquisition in lock_stat
         self._owner = 0
 
     @property
@@ -258,7 +258,7 @@ class Mutex:
             lockdep_before(self, self._cls, _WRITE)
         if not self._lock.acquire(False):
             self._acquire_slow()
-        next(self._acq)
+        self._acq()
         if LOCKDEP.on:
             self._owner = threading.get_ident()
             lockdep_acquired(self, self._cls, _WRITE)
@@ -272,7 +272,7 @@ class Mutex:
     def trylock(self) -> bool:
         if not self._lock.acquire(False):
             return False
-        next(self._acq)
+        self._acq()
         if LOCKDEP.on:
             self._owner = threading.get_ident()
             lockdep_acquired(self, self._cls, _WRITE, True)
@@ -306,7 +306,7 @@ class Mutex:
             lockdep_before(self, self._cls, _WRITE)
         if not self._lock.acquire(False):
             self._acquire_slow()
-        next(self._acq)
+        self._acq()
         if LOCKDEP.on:
             self._owner = threading.get_ident()
             lockdep_acquired(self, self._cls, _WRITE)
@@ -417,7 +417,7 @@ class RWLock:
         self._rgrant = 0  # queued readers already admitted by a write_unlock hand-off
         self._fast: list[None] = []  # one token per reader that came in by the fast path
         self._wbusy = _SLOW_READERS  # a writer holds or waits: readers must take the slow path
-        self._racq = cls.read._acq  # lock_stat's acquisition counter (never replaced)
+        self._racq = cls.read.count  # counts one acquisition in lock_stat
         self._rcond: threading.Condition | None = None
         self._wcond: threading.Condition | None = None
         self._rg: _Guard | None = None
@@ -436,7 +436,7 @@ class RWLock:
             fast = self._fast
             fast.append(None)  # publish the reader first ...
             if not self._wbusy:  # ... then look for a writer (see the class docstring)
-                next(self._racq)
+                self._racq()
                 if LOCKDEP.on:
                     lockdep_acquired(self, self._cls, _READ)
                 return
@@ -447,7 +447,7 @@ class RWLock:
             self._read_wait()
         self._readers += 1
         lk.release()
-        next(self._racq)
+        self._racq()
         if LOCKDEP.on:
             lockdep_acquired(self, self._cls, _READ)
 
@@ -490,7 +490,7 @@ class RWLock:
             fast = self._fast
             fast.append(None)
             if not self._wbusy:
-                next(self._racq)
+                self._racq()
                 if LOCKDEP.on:
                     lockdep_acquired(self, self._cls, _READ, True)
                 return True
@@ -502,7 +502,7 @@ class RWLock:
             return False
         self._readers += 1
         lk.release()
-        next(self._racq)
+        self._racq()
         if LOCKDEP.on:
             lockdep_acquired(self, self._cls, _READ, True)
         return True
@@ -576,7 +576,7 @@ class RWLock:
             self._write_wait()
         self._writer = True
         lk.release()
-        next(self._cls.write._acq)
+        self._cls.write.count()
         if LOCKDEP.on:
             lockdep_acquired(self, self._cls, _WRITE)
 
@@ -626,7 +626,7 @@ class RWLock:
             return False
         self._writer = True
         lk.release()
-        next(self._cls.write._acq)
+        self._cls.write.count()
         if LOCKDEP.on:
             lockdep_acquired(self, self._cls, _WRITE, True)
         return True

@@ -517,7 +517,7 @@ class PhysicalMemory:
         else:
             locked[pfn] = 1
             wq.lock.release()
-        next(PAGE_LOCK.write._acq)
+        PAGE_LOCK.write.count()
         if _locks.LOCKDEP.on:
             _locks.lockdep_acquired((id(self), pfn), PAGE_LOCK, _WRITE)
 
@@ -530,7 +530,7 @@ class PhysicalMemory:
             return False
         locked[pfn] = 1
         lk.release()
-        next(PAGE_LOCK.write._acq)
+        PAGE_LOCK.write.count()
         if _locks.LOCKDEP.on:
             _locks.lockdep_acquired((id(self), pfn), PAGE_LOCK, _WRITE, True)
         return True

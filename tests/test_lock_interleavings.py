@@ -185,16 +185,17 @@ def test_without_preemptions_each_thread_runs_to_its_end() -> None:
 
 
 def original_read_lock(self: locks.RWLock) -> None:
-    # RWLock.read_lock before a8036e5, line for line: a reader that appended its fast-path
-    # token and then saw the writer flag took "its" token back with a bare pop, but a slow-path
-    # reader's read_unlock may have taken it already.
+    # RWLock.read_lock before a8036e5, line for line but for the acquisition count (as the
+    # lock counts now): a reader that appended its fast-path token and then saw the writer
+    # flag took "its" token back with a bare pop, but a slow-path reader's read_unlock may
+    # have taken it already.
     if locks.LOCKDEP.on:
         locks.lockdep_before(self, self._cls, locks._READ)
     if not self._wbusy:
         fast = self._fast
         fast.append(None)
         if not self._wbusy:
-            next(self._racq)
+            self._racq()
             if locks.LOCKDEP.on:
                 locks.lockdep_acquired(self, self._cls, locks._READ)
             return
@@ -206,7 +207,7 @@ def original_read_lock(self: locks.RWLock) -> None:
         self._read_wait()
     self._readers += 1
     lk.release()
-    next(self._racq)
+    self._racq()
     if locks.LOCKDEP.on:
         locks.lockdep_acquired(self, self._cls, locks._READ)
 
@@ -266,7 +267,7 @@ def _sticky_writer_flag(monkeypatch: pytest.MonkeyPatch) -> None:
 def _greedy_try_read_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     def try_read_lock(self: locks.RWLock) -> bool:
         self._fast.append(None)  # no look for a writer
-        next(self._racq)
+        self._racq()
         return True
 
     monkeypatch.setattr(locks.RWLock, "try_read_lock", try_read_lock)
@@ -277,7 +278,7 @@ def _double_counted_try_read_lock(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def try_read_lock(self: locks.RWLock) -> bool:
         ok = try_lock(self)
-        next(self._racq)
+        self._racq()
         return ok
 
     monkeypatch.setattr(locks.RWLock, "try_read_lock", try_read_lock)
