@@ -9,7 +9,8 @@ configuration, --replays times (3; the best counts, every run is printed, and ev
 give the live mm_stat).  Prints the live run's wall
 time (fio's own runtime: the workload, not the mount's start-up), the replay's, the ratio,
 the trace's size, and whether the replay's mm_stat equals the live one (it must: one job at
-QD1 changes the device one operation at a time, docs/trace-format.md "Order").
+QD1 changes the device one operation at a time, docs/trace-format.md "Order").  The first
+line says what runs: the build, the lz4 binding and the trace reader (C or Python).
 
     python3 scripts/bench_replay.py              # 16,384 writes (the 64 MiB region) + trims
     python3 scripts/bench_replay.py --mixed      # with a 70/30 read/write phase
@@ -30,8 +31,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from allocator import build_mode
+from zramfs.codecs import lz4_binding
 from zramfs.replay import replay_trace
-from zramfs.trace import TraceReader
+from zramfs.trace import TraceReader, scanner_status
 
 JOB = """\
 [global]
@@ -173,6 +176,7 @@ def main() -> int:
     if args.runs < 1:
         p.error("--runs must be at least 1")
     writes = 2000 if args.quick else 20000
+    print(f"build {build_mode()}, lz4 binding {lz4_binding()}, trace reader {scanner_status()}")
     ratios: list[float] = []
     all_same = True
     for i in range(args.runs):
