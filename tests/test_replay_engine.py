@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from support.trace_files import MOUNT
 from zramfs.device import Registry
 from zramfs.errors import InvalidInput, InvalidSetting, ZramError
 from zramfs.replay import MM_STAT_FIELDS, ReplayResult, _Replay, mm_stat_of, replay_trace
@@ -24,14 +25,6 @@ from zramfs.replay_settings import SETTINGS, parse_config, validate_setting
 from zramfs.trace import F_OVERLAP, T_WRITE, TraceReader, TraceWriter
 from zramfs.trace_hook import MountTracer
 from zramfs.tree import Tree
-
-MOUNT = {
-    "chain_size": 4,
-    "chain_rule": "max-used",
-    "compact_policy": "off",
-    "compact_interval": 1000,
-    "devices": 1,
-}
 
 
 def _make_trace(

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from support.trace_files import MOUNT
 from zramfs.cli import main
 from zramfs.device import Registry
 from zramfs.record_schema import read_record
@@ -43,14 +44,7 @@ def make_trace(path: Path, pages: int = 192, seed: int = 14) -> Path:
     rng = random.Random(seed)
     registry = Registry(chain_size=4, chain_rule="max-used", num_devices=1)
     dev = registry.devices[0]
-    mount = {
-        "chain_size": 4,
-        "chain_rule": "max-used",
-        "compact_policy": "off",
-        "compact_interval": 1000,
-        "devices": 1,
-    }
-    tracer = MountTracer(TraceWriter(path, mount))
+    tracer = MountTracer(TraceWriter(path, dict(MOUNT)))
     tracer.attach(registry)
     tracer.store(dev, "comp_algorithm", "lzo-rle")
     tracer.store(dev, "disksize", str(pages * 2 * 4096))
