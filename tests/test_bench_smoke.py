@@ -57,3 +57,10 @@ def test_bench_replay_quick_runs_twice_and_summarises() -> None:
     assert len(ups) == 2 and all(u > 0 for u in ups), out
     m = re.search(r"speed-ups:\s+min ([\d.]+)x, median ([\d.]+)x, max ([\d.]+)x", out)
     assert m and float(m.group(1)) <= float(m.group(2)) <= float(m.group(3)), out
+    lives = [float(x) for x in re.findall(r"live fio run:\s+([\d.]+) s", out)]
+    replays = [float(x) for x in re.findall(r"replay:\s+([\d.]+) s", out)]
+    best = re.search(r"best against best: ([\d.]+)x  \(live ([\d.]+) s, replay ([\d.]+) s\)", out)
+    assert best and (float(best.group(2)), float(best.group(3))) == (min(lives), min(replays))
+    # (the times are printed to the millisecond: the ratio of the printed ones is near)
+    assert float(best.group(1)) == pytest.approx(min(lives) / min(replays), rel=0.1), out
+    assert "trace reader" in out.splitlines()[0], out
