@@ -1,7 +1,9 @@
 """Bad arguments to any zramfs command: one line on stderr and exit code 2 (zramfs.cmdline),
-no usage dump; ``-h`` still prints the usage."""
+no usage dump; ``-h`` still prints the usage.  And what `cli.main` sets up for every command."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -41,3 +43,18 @@ def test_help_still_prints_the_usage(capsys: pytest.CaptureFixture[str]) -> None
         cli.main(["mount", "-h"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.startswith("usage: zramfs mount")
+
+
+@pytest.mark.parametrize("chosen", [None, "4"])
+def test_commands_keep_numpys_blas_to_one_thread_unless_chosen(
+    chosen: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """zramfs calls no BLAS routine: a command's process (and its children) does not start
+    OpenBLAS's spinning thread pool, unless the user set the variable."""
+    if chosen is None:
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", chosen)
+    with pytest.raises(SystemExit):
+        cli.main(["mount", "-h"])
+    assert os.environ["OPENBLAS_NUM_THREADS"] == (chosen or "1")

@@ -671,6 +671,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # numpy's OpenBLAS starts a thread per core at import, each spinning ~0.1 s of CPU before
+    # it sleeps; zramfs calls no BLAS routine, and on two cores that spin competes with a
+    # mount's start and with a sweep's other replays.  Set before anything imports numpy (a
+    # command imports it lazily), for this process and its children, unless the user chose.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = make_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
