@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 
 from support.trace_files import MOUNT
+from zramfs.attrs import format_io_stat
 from zramfs.device import Registry
 from zramfs.errors import InvalidInput, InvalidSetting, ZramError
 from zramfs.replay import MM_STAT_FIELDS, ReplayResult, _Replay, mm_stat_of, replay_trace
 from zramfs.replay_settings import SETTINGS, parse_config, validate_setting
+from zramfs.slots import FLUSH_IOS, NOTIFY_FREE, READ_IOS, READ_SECTORS, WRITE_IOS, WRITE_SECTORS
 from zramfs.trace import F_OVERLAP, T_WRITE, TraceReader, TraceWriter
 from zramfs.trace_hook import MountTracer
 from zramfs.tree import Tree
@@ -30,7 +32,7 @@ from zramfs.tree import Tree
 def _make_trace(
     path: Path, *, n: int = 3000, seed: int = 1, algorithm: str = "lz4", mount: dict | None = None
 ) -> dict[str, int]:
-    """An in-process traced device: random compressible writes, discards, a compact.
+    """An in-process traced device: random compressible writes, discards, reads, a compact.
     Returns the live mm_stat."""
     registry = Registry(num_devices=1)
     tree = Tree(registry)
@@ -47,6 +49,8 @@ def _make_trace(
         dev.write(rnd.randrange(8192) * 4096, page)
         if i % 3 == 0:
             dev.discard(rnd.randrange(8192) * 4096, 4096 * rnd.randrange(1, 6))
+        if i % 5 == 0:
+            dev.read(rnd.randrange(8192) * 4096, 4096 * rnd.randrange(1, 3))
     tree.write_file(tree.lookup("/sys/block/zram0/compact"), b"1")
     live = mm_stat_of(dev)
     tracer.close()
@@ -179,12 +183,19 @@ def _replay_state(path: Path, config: dict[str, str], sample_ns: int, reference:
         run = functools.partial(_reference_run, r) if reference else r.run
         run(reader.raw_records(), on_sample, sample_ns or 1)
     fields = ("t_ns", "now_s", "area", "last_used", "peak", "records", "overlapping")
+    c = r.dev.stats().counters if r.dev is not None else None
     return {
         **{name: getattr(r, name) for name in fields},
         "write_failures": r.write_failures,
         "mm_stat": mm_stat_of(r.dev),
+        # what reads, writes, discards and flushes count (not their times)
+        "io_stat": None if r.dev is None else format_io_stat(r.dev),
+        "ios": None if c is None else [c[i] for i in _COUNTED],
         "samples": samples,
     }
+
+
+_COUNTED = (READ_IOS, READ_SECTORS, WRITE_IOS, WRITE_SECTORS, FLUSH_IOS, NOTIFY_FREE)
 
 
 @pytest.mark.parametrize(
@@ -203,7 +214,7 @@ def test_the_replay_loop_agrees_with_its_references(small_trace, config, sample_
     path, _ = small_trace
     ours = _replay_state(path, config, sample_ns, reference=False)
     assert ours == _replay_state(path, config, sample_ns, reference=True)
-    assert ours["records"] > 4000 and ours["area"] > 0
+    assert ours["records"] > 4000 and ours["area"] > 0 and ours["ios"][0] > 500  # reads
     assert bool(ours["samples"]) == bool(sample_ns)
     if "mem_limit" in config:
         assert ours["write_failures"] > 0

@@ -280,6 +280,7 @@ class _Replay:
         dev = self.dev
         pool = dev.pool if dev is not None else None
         write = dev.write if dev is not None else None
+        read = dev.read if dev is not None else None
         trims = _trim_calls(dev)
         try:
             for rec in records:
@@ -299,6 +300,7 @@ class _Replay:
                     dev = self.dev  # a scan may not replace it; reloaded all the same
                     pool = dev.pool if dev is not None else None
                     write = dev.write if dev is not None else None
+                    read = dev.read if dev is not None else None
                     trims = _trim_calls(dev)
                 if t > t_ns:  # `_account`, inline
                     area += last_used * (t - t_ns)
@@ -311,10 +313,16 @@ class _Replay:
                             write(rec[4], rec[5])
                         except ZramError:
                             failures += 1
-                elif kind == T_DISCARD:  # the next commonest: `apply`'s branch, inline
+                elif kind == T_DISCARD:  # the next commonest: `apply`'s branches, inline
                     if rec[2] == dev_id and trims is not None:
                         try:
                             trims[min(rec[4], 2)](rec[5], rec[6])  # 2 and up: as `apply`
+                        except ZramError:
+                            pass
+                elif kind == T_READ:
+                    if rec[2] == dev_id and read is not None:
+                        try:
+                            read(rec[4], rec[5])
                         except ZramError:
                             pass
                 else:
@@ -325,6 +333,7 @@ class _Replay:
                     dev = self.dev  # a control record may have replaced it
                     pool = dev.pool if dev is not None else None
                     write = dev.write if dev is not None else None
+                    read = dev.read if dev is not None else None
                     trims = _trim_calls(dev)
                 # `_measure`, inline (pool.total_pages is pages_allocated)
                 used = pool.pages_allocated << PAGE_SHIFT if pool is not None else 0
