@@ -10,6 +10,7 @@ trace that replays to the mm_stat the mount showed.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -472,3 +473,35 @@ def test_the_trace_uses_isal_where_it_is_a_dependency() -> None:
     from isal import isal_zlib
 
     assert trace.crc32 is isal_zlib.crc32
+
+
+@pytest.mark.parametrize("binding", ["as bound", "none"])
+def test_the_sink_stores_pages_with_either_lz4_call(
+    tmp_path: Path, binding: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sink compresses a new page with LZ4_compress_fast where it is bound (the device's
+    call), else with python-lz4: both write plain lz4 blocks that read back."""
+    from zramfs import codecs, trace_sink
+
+    if binding == "none":
+        monkeypatch.setattr(codecs, "lz4_binding", lambda: "none")
+    enc = trace_sink.RecordEncoder()
+    if binding == "none":
+        assert isinstance(enc.compress, functools.partial)
+    else:
+        assert codecs.lz4_binding() != "none"  # python-lz4 carries the function
+        assert enc.compress(bytes(4096)) == codecs.get_codec("lz4").compress(bytes(4096))
+    rnd = random.Random(12)
+    pages = [rnd.randbytes(1024) * 4, bytes(4096), rnd.randbytes(64) * 64]
+    path = tmp_path / "sink.trace"
+    hand_made(path, [])
+    with open(path, "ab") as out:
+        for i, data in enumerate(pages + pages[:1]):
+            enc.encode((trace.T_WRITE, i, 0, 0, 4096 * i, data, 0), out)
+        enc.encode((trace.T_WRITE, 9, 0, 0, 0, pages[2] + pages[0][:100], 0), out)  # 2 chunks
+    with TraceReader(path) as r:
+        recs = list(r.records())
+    got = [(rec.offset, rec.data) for rec in recs if isinstance(rec, Write)]
+    assert len(got) == len(recs) and got == [
+        (4096 * i, d) for i, d in enumerate(pages + pages[:1])
+    ] + [(0, pages[2] + pages[0][:100])]
