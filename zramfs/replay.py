@@ -36,9 +36,9 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from allocator import PhysicalMemory
+from allocator import PhysicalMemory, Pool
 
 from . import attrs, codecs
 from .daemon import CompactionDaemon, CompactionPolicy, SimulatedPressure, parse_policy
@@ -142,12 +142,20 @@ def _device_id(device: str | None) -> int:
     return int(text)
 
 
-def _trim_calls(dev: ZramDevice | None) -> tuple[Callable[[int, int], None], ...] | None:
-    """The device's calls for a DISCARD record's op, indexed by it (OP_DISCARD,
-    OP_PUNCH_HOLE, OP_ZERO_RANGE), for the replay loop."""
+class _Calls(NamedTuple):
+    """What the replay loop calls on its device, bound once (all None without a device)."""
+
+    pool: Pool | None
+    write: Callable[[int, bytes], int] | None
+    read: Callable[[int, int], bytes] | None
+    #: a DISCARD record's call, indexed by its op (OP_DISCARD, OP_PUNCH_HOLE, OP_ZERO_RANGE)
+    trims: tuple[Callable[[int, int], None], ...] | None
+
+
+def _device_calls(dev: ZramDevice | None) -> _Calls:
     if dev is None:
-        return None
-    return (dev.discard, dev.punch_hole, dev.zero_range)
+        return _Calls(None, None, None, None)
+    return _Calls(dev.pool, dev.write, dev.read, (dev.discard, dev.punch_hole, dev.zero_range))
 
 
 class _Replay:
@@ -277,11 +285,7 @@ class _Replay:
         n = overlapping = failures = 0
         t_ns, area, last_used, peak = self.t_ns, self.area, self.last_used, self.peak
         ticking, next_tick = self.ticking, self.next_tick
-        dev = self.dev
-        pool = dev.pool if dev is not None else None
-        write = dev.write if dev is not None else None
-        read = dev.read if dev is not None else None
-        trims = _trim_calls(dev)
+        pool, write, read, trims = _device_calls(self.dev)
         try:
             for rec in records:
                 t = rec[1]
@@ -297,11 +301,8 @@ class _Replay:
                         self.advance(t)
                     t_ns, area, last_used, peak = self.t_ns, self.area, self.last_used, self.peak
                     ticking, next_tick = self.ticking, self.next_tick
-                    dev = self.dev  # a scan may not replace it; reloaded all the same
-                    pool = dev.pool if dev is not None else None
-                    write = dev.write if dev is not None else None
-                    read = dev.read if dev is not None else None
-                    trims = _trim_calls(dev)
+                    # a scan does not replace the device; rebound all the same
+                    pool, write, read, trims = _device_calls(self.dev)
                 if t > t_ns:  # `_account`, inline
                     area += last_used * (t - t_ns)
                     t_ns = t
@@ -330,11 +331,8 @@ class _Replay:
                     self.apply(rec)
                     t_ns, area, last_used, peak = self.t_ns, self.area, self.last_used, self.peak
                     ticking, next_tick = self.ticking, self.next_tick
-                    dev = self.dev  # a control record may have replaced it
-                    pool = dev.pool if dev is not None else None
-                    write = dev.write if dev is not None else None
-                    read = dev.read if dev is not None else None
-                    trims = _trim_calls(dev)
+                    # a control record may have replaced the device (or set its disksize)
+                    pool, write, read, trims = _device_calls(self.dev)
                 # `_measure`, inline (pool.total_pages is pages_allocated)
                 used = pool.pages_allocated << PAGE_SHIFT if pool is not None else 0
                 last_used = used
