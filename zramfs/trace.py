@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import lz4.block
 import zstandard
 
-from . import cmodules
+from . import cmodules, trace_ring
 from .errors import TraceError
 
 try:
@@ -88,6 +88,13 @@ _HEAD_DISCARD = _joined(_FRAME, _BODY, _DISCARD)
 #: of the sink per batch: a write per record cost the mount's process ~19 µs per 4 KiB write
 #: in wake-ups), or when a batch waited half the flush interval
 BATCH_BYTES = 256 << 10
+#: the ring transport's batch and size: copying a batch in wakes nobody, so batches can be
+#: small (a killed mount loses less); 16 MiB is ~0.15 s of 4 KiB writes at 25,000 IOPS, slack
+#: for a sink that runs at the lowest priority (docs/trace-format.md, "Writing")
+RING_BATCH_BYTES = 64 << 10
+RING_BYTES = 16 << 20
+#: how a `TraceWriter` hands its batches to the sink process
+TRANSPORTS = ("ring", "pipe")
 #: fcntl: set a pipe's capacity (Linux)
 F_SETPIPE_SZ = 1031
 #: the framing of one message in the pipe to the sink: its length (then a marshal'd tuple)
@@ -179,28 +186,50 @@ Record = Write | Read | Discard | Flush | Control | BackgroundCompact
 
 
 # ---------------------------------------------------------------------------- writer
+def default_transport() -> str:
+    """The ring where this machine's memory order makes it correct, else the pipe."""
+    return "ring" if trace_ring.available() else "pipe"
+
+
 class TraceWriter:
     """Append records to a new trace file from any thread; a sink process does the work.
 
     The file's header is written here; the records, one length-prefixed marshal'd tuple
     (type, t_ns, dev, flags, fields... — the shapes `TraceReader.raw_records` gives back)
-    each, are batched under `lock` (their order is the trace's order) and sent through a
-    pipe to a sink process (`zramfs.trace_sink`: its own interpreter and GIL) that hashes,
-    deduplicates, compresses, frames and appends them, flushing the file at least every
-    `flush_interval` seconds while records arrive.  A producer pays a marshal and an append;
-    every `BATCH_BYTES` the one that fills the batch writes it to the pipe (the GIL released
-    meanwhile), and a timer thread sends a batch that waited half of `flush_interval`.  The
-    pipe holds 1 MiB: a producer waits only when the sink is that far behind
-    (back-pressure, never a wait on the disk).  A killed mount loses its unsent batch
-    (at most `BATCH_BYTES` or half of `flush_interval`); the sink writes everything it
-    received, and the file ends in whole records or in one partial record the reader drops.
-    If the sink fails (disk full: it says why on the mount's stderr) tracing stops with one
-    logged error and the I/O path goes on untraced.
+    each, are batched under `lock` (their order is the trace's order) and handed to a sink
+    process (`zramfs.trace_sink`: its own interpreter and GIL) that deduplicates, compresses,
+    frames and appends them, flushing the file at least every `flush_interval` seconds while
+    records arrive.  A producer pays a marshal and an append; the one that fills a batch
+    sends it, and a timer thread sends a batch that waited half of `flush_interval`.
+
+    The transport (`TRANSPORTS`, docs/trace-format.md "Writing"):
+
+    * ``"ring"`` (the default where `zramfs.trace_ring.available`): batches of
+      `RING_BATCH_BYTES` are copied into a 16 MiB shared-memory ring the sink polls on its
+      own timer, so the I/O path wakes nobody; the sink runs at the lowest CPU priority.
+    * ``"pipe"``: batches of `BATCH_BYTES` are written into a 1 MiB pipe (the GIL released
+      meanwhile), which wakes the sink.
+
+    A producer waits only when the sink is a whole ring or pipe behind (back-pressure, never
+    a wait on the disk).  A killed mount loses its unsent batch (at most a batch, or half of
+    `flush_interval`); the sink writes everything it was sent, and the file ends in whole
+    records or in one partial record the reader drops.  If the sink fails (disk full: it
+    says why on the mount's stderr) tracing stops with one logged error and the I/O path
+    goes on untraced.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], mount: dict[str, Any], *, flush_interval: float = 0.1
+        self,
+        path: str | os.PathLike[str],
+        mount: dict[str, Any],
+        *,
+        flush_interval: float = 0.1,
+        transport: str | None = None,
     ) -> None:
+        transport = transport or default_transport()
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown trace transport {transport!r} (known: {TRANSPORTS})")
+        self.transport = transport
         self.path = os.fspath(path)
         #: CLOCK_MONOTONIC (ns) at t=0 of the trace
         self.t0 = time.monotonic_ns()
@@ -220,18 +249,30 @@ class TraceWriter:
             fh.write(head + struct.pack("<I", crc32(head[8:])))
         # Its own session: a Ctrl-C meant for a foreground mount must not kill the sink
         # before it has written what it was sent.
-        self._sink = subprocess.Popen(
-            [sys.executable, "-m", "zramfs.trace_sink", self.path, str(flush_interval)],
-            stdin=subprocess.PIPE,
-            start_new_session=True,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        )
+        # With the ring, the pipe carries nothing: the sink sees its end of input (the mount
+        # closed it, or died) and takes the ring's last records.
+        self._ring = trace_ring.RingWriter(RING_BYTES) if transport == "ring" else None
+        ring_arg = [f"--ring={self._ring.fd},{self._ring.size}"] if self._ring else []
+        try:
+            self._sink = subprocess.Popen(
+                [sys.executable, "-m", "zramfs.trace_sink", self.path, str(flush_interval)]
+                + ring_arg,
+                stdin=subprocess.PIPE,
+                start_new_session=True,
+                pass_fds=[self._ring.fd] if self._ring else [],
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            )
+        finally:
+            if self._ring is not None:
+                self._ring.close_fd()  # the sink has its own copy
         assert self._sink.stdin is not None
         self._pipe = self._sink.stdin.fileno()
-        try:
-            fcntl.fcntl(self._pipe, F_SETPIPE_SZ, 1 << 20)
-        except OSError:
-            pass  # above /proc/sys/fs/pipe-max-size: the default 64 KiB works, waits more
+        self._batch_bytes = RING_BATCH_BYTES if self._ring else BATCH_BYTES
+        if self._ring is None:
+            try:
+                fcntl.fcntl(self._pipe, F_SETPIPE_SZ, 1 << 20)
+            except OSError:
+                pass  # above /proc/sys/fs/pipe-max-size: the default 64 KiB works, waits more
         #: held while a record is batched or the batch goes into the pipe (the order of the
         #: records is the trace's order)
         self.lock = threading.Lock()
@@ -261,16 +302,22 @@ class TraceWriter:
         buf.append(_PIPE_LEN.pack(len(m)))
         buf.append(m)
         self._buffered += len(m)
-        if self._buffered >= BATCH_BYTES:
+        if self._buffered >= self._batch_bytes:
             self._send_locked()
 
     def _send_locked(self) -> None:
-        """Write the batch to the pipe (caller holds `lock`)."""
+        """Hand the batch to the sink (caller holds `lock`)."""
         data = b"".join(self._buf)
         self._buf.clear()
         self._buffered = 0
         self._sent_at = time.monotonic()
         if self.failed is not None:
+            return
+        if self._ring is not None:
+            try:
+                self._ring.put(data, self._sink_alive)
+            except trace_ring.SinkGone:
+                self._sink_gone()
             return
         try:
             view = memoryview(data)
@@ -280,12 +327,24 @@ class TraceWriter:
             self.failed = f"{self.path}: the trace sink is gone ({exc.strerror})"
             log.error("trace: writing stopped: %s", self.failed)
 
+    def _sink_alive(self) -> bool:
+        return self._sink.poll() is None
+
+    def _sink_gone(self) -> None:
+        """The sink died (the ring's way to learn it; the pipe's is EPIPE)."""
+        if self.failed is None:
+            self.failed = f"{self.path}: the trace sink is gone (exit code {self._sink.poll()})"
+            log.error("trace: writing stopped: %s", self.failed)
+
     def _run_timer(self) -> None:
-        """Send a batch that waited `flush_interval` (a workload that went quiet)."""
+        """Send a batch that waited `flush_interval` (a workload that went quiet); notice a
+        dead sink, which a ring with room left would not."""
         while not self._timer_stop.wait(self.flush_interval / 2):
             with self.lock:
                 if self._buf and time.monotonic() - self._sent_at >= self.flush_interval / 2:
                     self._send_locked()
+                if self._ring is not None and not self._closed and not self._sink_alive():
+                    self._sink_gone()
 
     def close(self, timeout: float = 60.0) -> None:
         """Send the END record and wait for the sink to write, fsync and close the file (at
@@ -309,6 +368,8 @@ class TraceWriter:
         except subprocess.TimeoutExpired:
             log.error("trace: the sink still writes %s after %.0f s", self.path, timeout)
             return
+        if self._ring is not None:
+            self._ring.close()
         if code != 0:
             log.error("trace: the sink of %s exited with %d", self.path, code)
 

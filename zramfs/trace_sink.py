@@ -1,22 +1,24 @@
 """The trace sink: the process that turns a mount's records into the trace file.
 
-Owns `RecordEncoder` (producer tuples -> framed records: a write's page contents named by
-SHA-1, stored once as lz4 BLOB records, the WRITE naming them; every record framed with its
-length and CRC-32, docs/trace-format.md) and the sink process `zramfs.trace.TraceWriter`
-starts: ``python -m zramfs.trace_sink FILE FLUSH_INTERVAL``.  It reads length-prefixed
-marshal'd tuples from stdin and appends their records to FILE (the writer wrote the header),
-flushing at least every FLUSH_INTERVAL seconds while records arrive; at end of input (the
-writer closed the pipe, or its process died) it writes what it has, fsyncs and exits 0.
+Owns `RecordEncoder` (producer tuples -> framed records: a write's page contents found again
+by CRC-32 and a byte comparison, stored once as lz4 BLOB records, the WRITE naming them;
+every record framed with its length and CRC-32, docs/trace-format.md) and the sink process
+`zramfs.trace.TraceWriter` starts: ``python -m zramfs.trace_sink FILE FLUSH_INTERVAL
+[--ring=FD,SIZE]``.  It takes length-prefixed marshal'd tuples from the shared-memory ring
+(`zramfs.trace_ring`, polled every `RING_POLL` seconds at nice `SINK_NICE`) or, without
+one, from stdin, and appends their records to FILE (the writer wrote the header), flushing at
+least every FLUSH_INTERVAL seconds while records arrive; at end of input on stdin (the writer
+closed it, or its process died) it writes what it has, fsyncs and exits 0.
 
-Why a process: hashing and compressing every new page costs ~10 µs of CPU; in a thread of
-the mount it competed with the FUSE threads for the GIL (the 4 KiB QD1 write job ran at
-0.77x untraced); here only the pipe write (GIL released) is left in the mount.
+Why a process: deduplicating and compressing every new page costs ~6 µs of CPU; in a thread
+of the mount it competed with the FUSE threads for the GIL (the 4 KiB QD1 write job ran at
+0.77x untraced); here only a copy into the ring is left in the mount.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
+import io
 import json
 import marshal
 import os
@@ -57,6 +59,13 @@ from .trace import (
     T_WRITE_NEW,
     crc32,
 )
+from .trace_ring import RingReader
+
+#: how often the sink looks into the ring (at most half the flush interval): rarer, larger
+#: takes disturb a QD1 job less than frequent ones (docs/trace-format.md, "Writing")
+RING_POLL = 0.05
+#: the sink's niceness with a ring (which lets it lag): the lowest priority
+SINK_NICE = 19
 
 
 def _page_compressor() -> Callable[[bytes], bytes]:
@@ -71,11 +80,36 @@ def _page_compressor() -> Callable[[bytes], bytes]:
 
 
 class RecordEncoder:
-    """Producer tuples to framed trace records, page contents deduplicated."""
+    """Producer tuples to framed trace records, page contents deduplicated.
+
+    A content is found again by its CRC-32 (ISA-L: 0.1 µs a page, against SHA-1's 2.5,
+    which was the sink's largest cost) and confirmed byte for byte against the stored one, so
+    a CRC collision only costs a comparison and two contents are never confused.  The last
+    `RECENT` contents stored or matched are kept to compare against; an older one is read
+    back from the trace (it was written there: `out` must be readable at an offset, a file
+    opened "a+b" or a BytesIO)."""
+
+    #: contents kept in memory for the comparison (2 MiB): swap's and fio's repeated pages
+    #: (zero pages, a buffer written again) are recent; an older match costs a pread
+    RECENT = 512
 
     def __init__(self) -> None:
         self.compress = _page_compressor()
-        self.blobs: dict[bytes, int] = {}
+        #: a content's key: CRC-32 (a test forces collisions through it)
+        self.key: Callable[[bytes], int] = crc32
+        #: CRC-32 of a content -> its blob id, or a list of ids when distinct contents share
+        #: the CRC (the birthday bound: one such pair expected among ~93,000 contents)
+        self.by_crc: dict[int, int | list[int]] = {}
+        #: per blob id: where its stored bytes are in `out`, how many, and their codec
+        self._at = array("Q")
+        self._stored_len = array("I")
+        self._codec = array("B")
+        self._raw_len = array("I")
+        #: blob id -> content, the `RECENT` last used (dicts keep insertion order: an LRU)
+        self._recent: dict[int, bytes] = {}
+        #: where the next record goes in `out` (out.tell() once: it costs a seek each call)
+        self._pos = -1
+        self.blobs = 0
         self.records = 0
         self.overlapping = 0
         self.bytes_in = 0  # page bytes the writes carried
@@ -83,62 +117,111 @@ class RecordEncoder:
     def summary(self) -> dict[str, Any]:
         return {
             "records": self.records,
-            "blobs": len(self.blobs),
+            "blobs": self.blobs,
             "overlapping": self.overlapping,
             "page_bytes": self.bytes_in,
         }
 
     def _frame(self, body: bytes, out: Any) -> None:
-        out.write(_FRAME.pack(len(body), crc32(body)) + body)
+        self._pos += out.write(_FRAME.pack(len(body), crc32(body)) + body)
 
-    def _blob(self, chunk: bytes, t_ns: int, dev: int, out: Any) -> int:
-        # SHA-1 names the content: the fastest digest hashlib has here (3.8 µs per 4 KiB
-        # against 6.3 for blake2b), and collisions need a deliberate attack on one's own trace.
-        # lz4 stores it (4.9 µs per page against zstd -1's 9.3): the sink's cost per new
-        # page bounds how fast a traced mount can go (docs/trace-format.md, "Cost").
-        key = hashlib.sha1(chunk).digest()
-        blob_id = self.blobs.get(key)
-        if blob_id is None:
-            blob_id = self._store_blob(key, chunk, t_ns, dev, out)
+    def _content(self, blob_id: int, out: Any) -> bytes:
+        """A stored content, from `_recent` or read back from `out`."""
+        data = self._recent.pop(blob_id, None)
+        if data is None:
+            out.flush()
+            at, n = self._at[blob_id], self._stored_len[blob_id]
+            try:
+                stored = os.pread(out.fileno(), n, at)
+            except io.UnsupportedOperation:  # a BytesIO
+                stored = out.getbuffer()[at : at + n].tobytes()
+            if self._codec[blob_id] == CODEC_LZ4:
+                data = lz4.block.decompress(stored, uncompressed_size=self._raw_len[blob_id])
+            else:
+                data = stored
+        self._remember(blob_id, data)
+        return data
+
+    def _remember(self, blob_id: int, data: bytes) -> None:
+        recent = self._recent
+        recent[blob_id] = data
+        if len(recent) > self.RECENT:
+            del recent[next(iter(recent))]
+
+    def _find(self, crc: int, chunk: bytes, out: Any) -> int | None:
+        """The blob id of `chunk`'s content if it was stored before."""
+        known = self.by_crc.get(crc)
+        if known is None:
+            return None
+        for blob_id in known if isinstance(known, list) else (known,):
+            if self._content(blob_id, out) == chunk:
+                return blob_id
+        return None
+
+    def _new_blob(self, crc: int, codec: int, stored_at: int, stored: int, raw: int) -> int:
+        """Register the next blob id: a content stored at `stored_at` in `out`."""
+        blob_id = self.blobs
+        self.blobs += 1
+        known = self.by_crc.get(crc)
+        if known is None:
+            self.by_crc[crc] = blob_id
+        elif isinstance(known, list):
+            known.append(blob_id)
+        else:
+            self.by_crc[crc] = [known, blob_id]
+        self._at.append(stored_at)
+        self._stored_len.append(stored)
+        self._codec.append(codec)
+        self._raw_len.append(raw)
         return blob_id
 
-    def _store_blob(self, key: bytes, chunk: bytes, t_ns: int, dev: int, out: Any) -> int:
-        """A content seen for the first time: the next blob id, and its BLOB record."""
-        blob_id = len(self.blobs)
-        self.blobs[key] = blob_id
+    def _blob(self, chunk: bytes, t_ns: int, dev: int, out: Any) -> int:
+        # lz4 stores it (2.3 µs a page against zstd -1's 9.3): the sink's cost per new page
+        # bounds how fast a traced mount can go (docs/trace-format.md, "Cost").
+        crc = self.key(chunk)
+        blob_id = self._find(crc, chunk, out)
+        if blob_id is not None:
+            return blob_id
         packed = self.compress(chunk)
         if len(packed) < len(chunk):
             codec, stored = CODEC_LZ4, packed
         else:
             codec, stored = CODEC_RAW, chunk
-        self._frame(
-            _BODY.pack(T_BLOB, 0, dev, t_ns) + _BLOB.pack(blob_id, codec, len(chunk)) + stored, out
-        )
+        head = _BODY.pack(T_BLOB, 0, dev, t_ns) + _BLOB.pack(self.blobs, codec, len(chunk))
+        at = self._pos + _FRAME.size + len(head)
+        blob_id = self._new_blob(crc, codec, at, len(stored), len(chunk))
+        self._frame(head + stored, out)
+        self._remember(blob_id, chunk)
         return blob_id
 
     def encode(self, item: tuple[Any, ...], out: Any) -> None:
         """Write the framed record(s) of one producer tuple to `out` (BLOBs first)."""
         kind, t_ns, dev, flags = item[0], item[1], item[2], item[3]
+        if self._pos < 0:
+            self._pos = out.tell()
         if kind == T_WRITE and len(item[5]) == PAGE_SIZE:
             # The common record (a 4 KiB write: swap, fio's 4k jobs), without the general
             # loop: one blob looked up (or stored) and the record framed in one write.
             data = item[5]
-            key = hashlib.sha1(data).digest()
-            blob_id = self.blobs.get(key)
+            crc = self.key(data)
+            blob_id = self._find(crc, data, out) if crc in self.by_crc else None
             if blob_id is None:  # a new content travels inside its first write
-                self.blobs[key] = len(self.blobs)
                 packed = self.compress(data)
-                codec = CODEC_LZ4 if len(packed) < PAGE_SIZE else CODEC_RAW
-                body = (
-                    _BODY.pack(T_WRITE_NEW, flags, dev, t_ns)
-                    + _WRITE_NEW.pack(item[4], item[6], codec, PAGE_SIZE)
-                    + (packed if codec == CODEC_LZ4 else data)
+                if len(packed) < PAGE_SIZE:
+                    codec, stored = CODEC_LZ4, packed
+                else:
+                    codec, stored = CODEC_RAW, data
+                head = _BODY.pack(T_WRITE_NEW, flags, dev, t_ns) + _WRITE_NEW.pack(
+                    item[4], item[6], codec, PAGE_SIZE
                 )
+                at = self._pos + _FRAME.size + len(head)
+                self._remember(self._new_blob(crc, codec, at, len(stored), PAGE_SIZE), data)
+                body = head + stored
             else:
                 body = _BODY.pack(kind, flags, dev, t_ns) + _WRITE_ONE.pack(
                     item[4], PAGE_SIZE, item[6], 1, blob_id
                 )
-            out.write(_FRAME.pack(len(body), crc32(body)) + body)
+            self._pos += out.write(_FRAME.pack(len(body), crc32(body)) + body)
             self.bytes_in += PAGE_SIZE
             self.records += 1
             if flags & F_OVERLAP:
@@ -179,38 +262,49 @@ class RecordEncoder:
         self._frame(body, out)
 
 
-def run(path: str, flush_interval: float, fd: int = 0) -> int:
-    """Append the records arriving on `fd` to `path` until end of input (see module)."""
+def run(path: str, flush_interval: float, fd: int = 0, ring: RingReader | None = None) -> int:
+    """Append the records arriving on `fd` (the pipe transport) or in `ring` to `path` until
+    end of input on `fd` (see module)."""
     enc = RecordEncoder()
     try:
-        out = open(path, "ab", buffering=1 << 20)  # noqa: SIM115 - closed below
+        # readable too: a content matched by its CRC is compared with the stored one
+        out = open(path, "a+b", buffering=1 << 20)  # noqa: SIM115 - closed below
     except OSError as exc:
         print(f"zramfs trace sink: {path}: {exc.strerror}", file=sys.stderr)
         return 1
-    buf = bytearray()
-    dirty = False
+    if ring is not None:
+        _lower_priority()
+    poll = min(RING_POLL, flush_interval / 2)
+    left = b""  # the start of a record whose rest has not arrived
+    dirty = eof = False
     last_flush = time.monotonic()
     length = _PIPE_LEN.unpack_from
     loads = marshal.loads
     try:
-        while True:
-            ready, _, _ = select.select([fd], [], [], flush_interval)
-            if ready:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break  # the writer closed the pipe, or died
-                buf += chunk
-                pos, end = 0, len(buf)
+        while not eof:
+            if ring is None:
+                ready, _, _ = select.select([fd], [], [], flush_interval)
+                chunk = os.read(fd, 1 << 20) if ready else b""
+                eof = bool(ready) and not chunk  # the writer closed the pipe, or died
+            else:
+                # nothing comes down the pipe: it only says when the writer is gone
+                ready, _, _ = select.select([fd], [], [], poll)
+                eof = bool(ready) and not os.read(fd, 4096)
+                chunk = ring.take()
+            if chunk:
+                data = memoryview(left + chunk if left else chunk)
+                pos, end = 0, len(data)
                 while end - pos >= 4:
-                    (n,) = length(buf, pos)
+                    (n,) = length(data, pos)
                     if end - pos - 4 < n:
                         break
-                    enc.encode(loads(buf[pos + 4 : pos + 4 + n]), out)
+                    enc.encode(loads(data[pos + 4 : pos + 4 + n]), out)
                     pos += 4 + n
                     dirty = True
-                del buf[:pos]
+                left = bytes(data[pos:])
+                data.release()
             now = time.monotonic()
-            if dirty and (not ready or now - last_flush >= flush_interval):
+            if dirty and (not chunk or now - last_flush >= flush_interval):
                 out.flush()
                 dirty = False
                 last_flush = now
@@ -223,5 +317,23 @@ def run(path: str, flush_interval: float, fd: int = 0) -> int:
     return 0
 
 
+def _lower_priority() -> None:
+    """Run at the lowest CPU priority (nice 19): with a ring to lag into, the sink takes the
+    CPU time fio and the FUSE server leave (docs/trace-format.md, "Writing")."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, SINK_NICE)
+    except OSError:
+        pass  # a niceness is a preference; the trace is the same without it
+
+
+def main(argv: list[str]) -> int:
+    """``python -m zramfs.trace_sink FILE FLUSH_INTERVAL [--ring=FD,SIZE]``"""
+    ring = None
+    if len(argv) > 2 and argv[2].startswith("--ring="):
+        fd, size = map(int, argv[2].removeprefix("--ring=").split(","))
+        ring = RingReader(fd, size)
+    return run(argv[0], float(argv[1]), 0, ring)
+
+
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 0.1))
+    sys.exit(main(sys.argv[1:]))
