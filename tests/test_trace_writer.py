@@ -168,32 +168,14 @@ def _gone(pid: int) -> bool:
 class TestRing(WriterContract):
     transport = "ring"
 
-    def test_it_is_the_default_and_its_sink_runs_at_the_lowest_priority(
-        self, tmp_path: Path
-    ) -> None:
+    def test_it_is_the_default_here(self, tmp_path: Path) -> None:
         w = TraceWriter(tmp_path / "t.trace", dict(MOUNT))
-        try:
-            assert w.transport == "ring"
-            pid = w._sink.pid
-            assert wait_for(lambda: os.getpriority(os.PRIO_PROCESS, pid) == trace_sink.SINK_NICE)
-        finally:
-            w.close()
+        w.close()
+        assert w.transport == "ring"
 
 
 class TestPipe(WriterContract):
     transport = "pipe"
-
-    def test_its_sink_keeps_the_mounts_priority(self, tmp_path: Path) -> None:
-        """A pipe has no room to lag into: a low-priority sink would stall the mount."""
-        w = self.writer(tmp_path / "t.trace")
-        try:
-            w.push((T_WRITE, w.now(), 0, 0, 0, bytes(4096), 0))
-            assert wait_for(lambda: len(records_of(tmp_path / "t.trace")) == 1)
-            assert os.getpriority(os.PRIO_PROCESS, w._sink.pid) == os.getpriority(
-                os.PRIO_PROCESS, 0
-            )
-        finally:
-            w.close()
 
 
 def test_an_unknown_transport_is_refused(tmp_path: Path) -> None:

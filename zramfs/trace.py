@@ -89,8 +89,8 @@ _HEAD_DISCARD = _joined(_FRAME, _BODY, _DISCARD)
 #: in wake-ups), or when a batch waited half the flush interval
 BATCH_BYTES = 256 << 10
 #: the ring transport's batch and size: copying a batch in wakes nobody, so batches can be
-#: small (a killed mount loses less); 16 MiB is ~0.15 s of 4 KiB writes at 25,000 IOPS, slack
-#: for a sink that runs at the lowest priority (docs/trace-format.md, "Writing")
+#: small (a killed mount loses less); 16 MiB is ~0.15 s of 4 KiB writes at 25,000 IOPS, three
+#: times what arrives between two looks of the sink (docs/trace-format.md, "Writing")
 RING_BATCH_BYTES = 64 << 10
 RING_BYTES = 16 << 20
 #: how a `TraceWriter` hands its batches to the sink process
@@ -206,7 +206,7 @@ class TraceWriter:
 
     * ``"ring"`` (the default where `zramfs.trace_ring.available`): batches of
       `RING_BATCH_BYTES` are copied into a 16 MiB shared-memory ring the sink polls on its
-      own timer, so the I/O path wakes nobody; the sink runs at the lowest CPU priority.
+      own timer, so the I/O path wakes nobody.
     * ``"pipe"``: batches of `BATCH_BYTES` are written into a 1 MiB pipe (the GIL released
       meanwhile), which wakes the sink.
 

@@ -5,7 +5,7 @@ by CRC-32 and a byte comparison, stored once as lz4 BLOB records, the WRITE nami
 every record framed with its length and CRC-32, docs/trace-format.md) and the sink process
 `zramfs.trace.TraceWriter` starts: ``python -m zramfs.trace_sink FILE FLUSH_INTERVAL
 [--ring=FD,SIZE]``.  It takes length-prefixed marshal'd tuples from the shared-memory ring
-(`zramfs.trace_ring`, polled every `RING_POLL` seconds at nice `SINK_NICE`) or, without
+(`zramfs.trace_ring`, polled every `RING_POLL` seconds) or, without
 one, from stdin, and appends their records to FILE (the writer wrote the header), flushing at
 least every FLUSH_INTERVAL seconds while records arrive; at end of input on stdin (the writer
 closed it, or its process died) it writes what it has, fsyncs and exits 0.
@@ -64,8 +64,6 @@ from .trace_ring import RingReader
 #: how often the sink looks into the ring (at most half the flush interval): rarer, larger
 #: takes disturb a QD1 job less than frequent ones (docs/trace-format.md, "Writing")
 RING_POLL = 0.05
-#: the sink's niceness with a ring (which lets it lag): the lowest priority
-SINK_NICE = 19
 
 
 def _page_compressor() -> Callable[[bytes], bytes]:
@@ -272,8 +270,6 @@ def run(path: str, flush_interval: float, fd: int = 0, ring: RingReader | None =
     except OSError as exc:
         print(f"zramfs trace sink: {path}: {exc.strerror}", file=sys.stderr)
         return 1
-    if ring is not None:
-        _lower_priority()
     poll = min(RING_POLL, flush_interval / 2)
     left = b""  # the start of a record whose rest has not arrived
     dirty = eof = False
@@ -315,15 +311,6 @@ def run(path: str, flush_interval: float, fd: int = 0, ring: RingReader | None =
         print(f"zramfs trace sink: {path}: {exc.strerror}; tracing stopped", file=sys.stderr)
         return 1
     return 0
-
-
-def _lower_priority() -> None:
-    """Run at the lowest CPU priority (nice 19): with a ring to lag into, the sink takes the
-    CPU time fio and the FUSE server leave (docs/trace-format.md, "Writing")."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, SINK_NICE)
-    except OSError:
-        pass  # a niceness is a preference; the trace is the same without it
 
 
 def main(argv: list[str]) -> int:
