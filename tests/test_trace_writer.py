@@ -168,6 +168,23 @@ def _gone(pid: int) -> bool:
 class TestRing(WriterContract):
     transport = "ring"
 
+    def test_a_ring_error_stops_tracing_not_the_io_path(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        w = self.writer(tmp_path / "t.trace")
+
+        def broken(data: bytes, alive: Callable[[], bool], wake: Callable[[], None]) -> None:
+            raise trace_ring.RingError("tail went from 5 to 3 (head 9)")
+
+        assert w._ring is not None
+        monkeypatch.setattr(w._ring, "put", broken)
+        with caplog.at_level(logging.ERROR, logger="zramfs.trace"):
+            for i in range(40):
+                w.push((T_WRITE, w.now(), 0, 0, i * 4096, os.urandom(4096), 0))
+            w.close()
+        assert w.failed is not None and "tail went" in w.failed
+        assert sum("writing stopped" in r.getMessage() for r in caplog.records) == 1
+
     def test_it_is_the_default_here(self, tmp_path: Path) -> None:
         w = TraceWriter(tmp_path / "t.trace", dict(MOUNT))
         w.close()

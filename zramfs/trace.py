@@ -273,6 +273,8 @@ class TraceWriter:
                 fcntl.fcntl(self._pipe, F_SETPIPE_SZ, 1 << 20)
             except OSError:
                 pass  # above /proc/sys/fs/pipe-max-size: the default 64 KiB works, waits more
+        else:
+            os.set_blocking(self._pipe, False)  # a wake-up never waits (see _wake_sink)
         #: held while a record is batched or the batch goes into the pipe (the order of the
         #: records is the trace's order)
         self.lock = threading.Lock()
@@ -315,9 +317,12 @@ class TraceWriter:
             return
         if self._ring is not None:
             try:
-                self._ring.put(data, self._sink_alive)
+                self._ring.put(data, self._sink_alive, self._wake_sink)
             except trace_ring.SinkGone:
                 self._sink_gone()
+            except trace_ring.RingError as exc:  # a bug: stop tracing, keep the I/O path
+                self.failed = f"{self.path}: {exc}"
+                log.error("trace: writing stopped: %s", self.failed)
             return
         try:
             view = memoryview(data)
@@ -329,6 +334,14 @@ class TraceWriter:
 
     def _sink_alive(self) -> bool:
         return self._sink.poll() is None
+
+    def _wake_sink(self) -> None:
+        """The ring is full: a byte down the pipe makes the sink look now, not at its next
+        poll (so a fast workload runs at the sink's speed, not at a ring per poll)."""
+        try:
+            os.write(self._pipe, b"\0")
+        except (BlockingIOError, BrokenPipeError):
+            pass  # wake-ups already pending; or the sink is gone, which `alive` reports
 
     def _sink_gone(self) -> None:
         """The sink died (the ring's way to learn it; the pipe's is EPIPE)."""

@@ -59,7 +59,7 @@ from .trace import (
     T_WRITE_NEW,
     crc32,
 )
-from .trace_ring import RingReader
+from .trace_ring import RingError, RingReader
 
 #: how often the sink looks into the ring (at most half the flush interval): rarer, larger
 #: takes disturb a QD1 job less than frequent ones (docs/trace-format.md, "Writing")
@@ -107,6 +107,8 @@ class RecordEncoder:
         self._recent: dict[int, bytes] = {}
         #: where the next record goes in `out` (out.tell() once: it costs a seek each call)
         self._pos = -1
+        #: `out` holds everything before this position (it was flushed there)
+        self._flushed = -1
         self.blobs = 0
         self.records = 0
         self.overlapping = 0
@@ -127,8 +129,10 @@ class RecordEncoder:
         """A stored content, from `_recent` or read back from `out`."""
         data = self._recent.pop(blob_id, None)
         if data is None:
-            out.flush()
             at, n = self._at[blob_id], self._stored_len[blob_id]
+            if at + n > self._flushed:
+                out.flush()
+                self._flushed = self._pos
             try:
                 stored = os.pread(out.fileno(), n, at)
             except io.UnsupportedOperation:  # a BytesIO
@@ -272,7 +276,7 @@ def run(path: str, flush_interval: float, fd: int = 0, ring: RingReader | None =
         return 1
     poll = min(RING_POLL, flush_interval / 2)
     left = b""  # the start of a record whose rest has not arrived
-    dirty = eof = False
+    dirty = eof = busy = False
     last_flush = time.monotonic()
     length = _PIPE_LEN.unpack_from
     loads = marshal.loads
@@ -283,10 +287,12 @@ def run(path: str, flush_interval: float, fd: int = 0, ring: RingReader | None =
                 chunk = os.read(fd, 1 << 20) if ready else b""
                 eof = bool(ready) and not chunk  # the writer closed the pipe, or died
             else:
-                # nothing comes down the pipe: it only says when the writer is gone
-                ready, _, _ = select.select([fd], [], [], poll)
+                # the pipe carries only wake-ups from a writer facing a full ring, and its
+                # end says the writer is gone; a large take is followed by another at once
+                ready, _, _ = select.select([fd], [], [], 0 if busy else poll)
                 eof = bool(ready) and not os.read(fd, 4096)
                 chunk = ring.take()
+                busy = len(chunk) >= ring.capacity // 4
             if chunk:
                 data = memoryview(left + chunk if left else chunk)
                 pos, end = 0, len(data)
@@ -309,6 +315,10 @@ def run(path: str, flush_interval: float, fd: int = 0, ring: RingReader | None =
         out.close()
     except OSError as exc:
         print(f"zramfs trace sink: {path}: {exc.strerror}; tracing stopped", file=sys.stderr)
+        return 1
+    except RingError as exc:
+        out.close()  # what was written stays: whole records up to here
+        print(f"zramfs trace sink: {path}: {exc}; tracing stopped", file=sys.stderr)
         return 1
     return 0
 
