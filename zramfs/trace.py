@@ -97,8 +97,14 @@ RING_BYTES = 16 << 20
 TRANSPORTS = ("ring", "pipe")
 #: fcntl: set a pipe's capacity (Linux)
 F_SETPIPE_SZ = 1031
-#: the framing of one message in the pipe to the sink: its length (then a marshal'd tuple)
+#: the framing of one message to the sink: its length, then a marshal'd record tuple ...
 _PIPE_LEN = struct.Struct("<I")
+#: ... or, for the commonest record (a write that succeeded), this tag, which no marshal
+#: data starts with, and the write's fields (t_ns, dev, flags, offset), then its data: no
+#: tuple and no marshal copy of the page (0.26 against 0.68 µs a 4 KiB write, in process)
+MSG_WRITE_TAG = 0
+_MSG_WRITE = struct.Struct("<IBQHBQ")  # length, tag, t_ns, dev, flags, offset
+MSG_WRITE_HEAD = _MSG_WRITE.size - _PIPE_LEN.size  # the body's bytes before the data
 
 #: a record body longer than this is damage, not data (a 128 KiB write is ~150 bytes)
 MAX_BODY = 16 << 20
@@ -304,6 +310,18 @@ class TraceWriter:
         buf.append(_PIPE_LEN.pack(len(m)))
         buf.append(m)
         self._buffered += len(m)
+        if self._buffered >= self._batch_bytes:
+            self._send_locked()
+
+    def push_write_locked(self, t_ns: int, dev: int, flags: int, offset: int, data: bytes) -> None:
+        """`push_locked((T_WRITE, t_ns, dev, flags, offset, data, 0))`, cheaper: the tagged
+        message the sink reads back into that tuple."""
+        buf = self._buf
+        buf.append(
+            _MSG_WRITE.pack(MSG_WRITE_HEAD + len(data), MSG_WRITE_TAG, t_ns, dev, flags, offset)
+        )
+        buf.append(data)
+        self._buffered += len(data)
         if self._buffered >= self._batch_bytes:
             self._send_locked()
 

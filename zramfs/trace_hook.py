@@ -111,7 +111,7 @@ class MountTracer:
     def attach_device(self, dev: ZramDevice) -> None:
         push, now, tick, done = self.writer.push, self.writer.now, self._tick, self._done
         lock, mono, t0 = self._lock, time.monotonic_ns, self.writer.t0
-        push_locked = self.writer.push_locked
+        push_write = self.writer.push_write_locked
         dev_id = dev.id
         orig_write, orig_read, orig_discard = dev.write, dev.read, dev.discard
         orig_punch, orig_zero, orig_flush = dev.punch_hole, dev.zero_range, dev.flush
@@ -127,16 +127,8 @@ class MountTracer:
                 done(start, [T_WRITE, 0, dev_id, 0, offset, data, _errno_of(exc)])
                 raise
             with lock:
-                push_locked(
-                    (
-                        T_WRITE,
-                        mono() - t0,
-                        dev_id,
-                        0 if tick() == start + 1 else F_OVERLAP,
-                        offset,
-                        data,
-                        0,
-                    )
+                push_write(
+                    mono() - t0, dev_id, 0 if tick() == start + 1 else F_OVERLAP, offset, data
                 )
             return n
 

@@ -39,6 +39,7 @@ from .trace import (
     _CONTROL,
     _DISCARD,
     _FRAME,
+    _MSG_WRITE,
     _PIPE_LEN,
     _READ,
     _WRITE,
@@ -47,6 +48,7 @@ from .trace import (
     CODEC_LZ4,
     CODEC_RAW,
     F_OVERLAP,
+    MSG_WRITE_TAG,
     PAGE_SIZE,
     T_BGCOMPACT,
     T_BLOB,
@@ -264,6 +266,18 @@ class RecordEncoder:
         self._frame(body, out)
 
 
+def decode_message(
+    data: memoryview, pos: int, n: int, loads: Callable[[Any], Any] = marshal.loads
+) -> tuple[Any, ...]:
+    """The record tuple of the message whose `n`-byte body starts at `pos` + 4 in `data`
+    (`TraceWriter.push_locked` and `push_write_locked` make the two kinds)."""
+    if data[pos + 4] == MSG_WRITE_TAG:
+        _, _, t_ns, dev, flags, offset = _MSG_WRITE.unpack_from(data, pos)
+        page = data[pos + _MSG_WRITE.size : pos + 4 + n].tobytes()
+        return (T_WRITE, t_ns, dev, flags, offset, page, 0)
+    return loads(data[pos + 4 : pos + 4 + n])
+
+
 def run(path: str, flush_interval: float, fd: int = 0, ring: RingReader | None = None) -> int:
     """Append the records arriving on `fd` (the pipe transport) or in `ring` to `path` until
     end of input on `fd` (see module)."""
@@ -300,7 +314,7 @@ def run(path: str, flush_interval: float, fd: int = 0, ring: RingReader | None =
                     (n,) = length(data, pos)
                     if end - pos - 4 < n:
                         break
-                    enc.encode(loads(data[pos + 4 : pos + 4 + n]), out)
+                    enc.encode(decode_message(data, pos, n, loads), out)
                     pos += 4 + n
                     dirty = True
                 left = bytes(data[pos:])
