@@ -24,8 +24,9 @@ from zramfs.errors import InvalidInput, InvalidSetting, ZramError
 from zramfs.replay import MM_STAT_FIELDS, ReplayResult, _Replay, mm_stat_of, replay_trace
 from zramfs.replay_settings import SETTINGS, parse_config, validate_setting
 from zramfs.slots import FLUSH_IOS, NOTIFY_FREE, READ_IOS, READ_SECTORS, WRITE_IOS, WRITE_SECTORS
-from zramfs.trace import F_OVERLAP, T_WRITE, TraceReader, TraceWriter
+from zramfs.trace import F_OVERLAP, T_WRITE, TraceReader
 from zramfs.trace_hook import MountTracer
+from zramfs.trace_writer import TraceWriter
 from zramfs.tree import Tree
 
 

@@ -30,8 +30,8 @@ from zramfs.device import Registry
 from zramfs.record_schema import read_record
 from zramfs.stat_fields import MM_STAT_FIELDS
 from zramfs.sweep import SweepInputError, configurations, parse_sets
-from zramfs.trace import TraceWriter
 from zramfs.trace_hook import MountTracer
+from zramfs.trace_writer import TraceWriter
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = ["--set", "algorithm=lz4,zstd", "--set", "chain_size=4,8"]

@@ -53,10 +53,10 @@ from zramfs.trace import (
     Flush,
     Read,
     TraceReader,
-    TraceWriter,
     Write,
 )
 from zramfs.trace_hook import MountTracer
+from zramfs.trace_writer import TraceWriter
 
 
 def test_round_trip_gives_back_every_operation(tmp_path: Path) -> None:

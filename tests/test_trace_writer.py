@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from support.trace_files import MOUNT, hand_made
-from zramfs import trace, trace_ring, trace_sink
+from zramfs import trace, trace_ring, trace_sink, trace_writer
 from zramfs.trace import (
     NO_DEVICE,
     OP_DISCARD,
@@ -35,9 +35,9 @@ from zramfs.trace import (
     Discard,
     Read,
     TraceReader,
-    TraceWriter,
     Write,
 )
+from zramfs.trace_writer import TraceWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ class WriterContract:
         w = self.writer(path, flush_interval=0.1)
         w._sink.kill()
         w._sink.wait()
-        with caplog.at_level(logging.ERROR, logger="zramfs.trace"):
+        with caplog.at_level(logging.ERROR, logger="zramfs.trace_writer"):
             deadline = time.monotonic() + 20
             i = 0
             while w.failed is None and time.monotonic() < deadline:
@@ -131,7 +131,8 @@ class WriterContract:
         path = tmp_path / "k.trace"
         script = (
             "import os, signal, sys, time\n"
-            "from zramfs.trace import TraceWriter, T_WRITE\n"
+            "from zramfs.trace import T_WRITE\n"
+            "from zramfs.trace_writer import TraceWriter\n"
             "w = TraceWriter(sys.argv[1], {}, transport=sys.argv[2], flush_interval=0.1)\n"
             "for i in range(3000):\n"
             "    w.push((T_WRITE, w.now(), 0, 0, i * 4096, os.urandom(2048) * 2, 0))\n"
@@ -178,7 +179,7 @@ class TestRing(WriterContract):
 
         assert w._ring is not None
         monkeypatch.setattr(w._ring, "put", broken)
-        with caplog.at_level(logging.ERROR, logger="zramfs.trace"):
+        with caplog.at_level(logging.ERROR, logger="zramfs.trace_writer"):
             for i in range(40):
                 w.push((T_WRITE, w.now(), 0, 0, i * 4096, os.urandom(4096), 0))
             w.close()
@@ -198,7 +199,7 @@ class TestPipe(WriterContract):
 def test_an_unknown_transport_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown trace transport 'carrier-pigeon'"):
         TraceWriter(tmp_path / "t.trace", dict(MOUNT), transport="carrier-pigeon")
-    assert trace.default_transport() in trace.TRANSPORTS
+    assert trace_writer.default_transport() in trace_writer.TRANSPORTS
 
 
 # ---------------------------------------------------------------------------- the encoder
@@ -300,7 +301,9 @@ def test_a_write_message_decodes_to_the_tuple_push_locked_sends() -> None:
     data = random.Random(4).randbytes(4096) + b"tail"
     item = (T_WRITE, 0x1122334455, 0xBEEF, 1, 0x7766554433, data, 0)
     tagged = (
-        trace._MSG_WRITE.pack(trace.MSG_WRITE_HEAD + len(data), trace.MSG_WRITE_TAG, *item[1:5])
+        trace_writer._MSG_WRITE.pack(
+            trace_writer.MSG_WRITE_HEAD + len(data), trace_writer.MSG_WRITE_TAG, *item[1:5]
+        )
         + data
     )
     m = marshal.dumps(item)
@@ -309,7 +312,7 @@ def test_a_write_message_decodes_to_the_tuple_push_locked_sends() -> None:
     n1 = len(tagged) - 4
     assert trace_sink.decode_message(stream, 4, n1) == item
     assert trace_sink.decode_message(stream, 4 + len(tagged), len(m)) == item
-    assert marshal.dumps(item)[0] != trace.MSG_WRITE_TAG  # no marshal data starts with it
+    assert marshal.dumps(item)[0] != trace_writer.MSG_WRITE_TAG  # no marshal data starts with it
 
 
 def test_the_hook_sends_a_write_as_the_tagged_message(tmp_path: Path) -> None:

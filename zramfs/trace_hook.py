@@ -1,6 +1,6 @@
 """Where a mount's operations reach the devices: the `--trace FILE` hook.
 
-Owns `MountTracer`, which records into a `zramfs.trace.TraceWriter` every operation that
+Owns `MountTracer`, which records into a `zramfs.trace_writer.TraceWriter` every operation that
 reaches a device of one mount:
 
 * the data path, as `zramfs.fs` calls it on a `ZramDevice`: `write` (with the data),
@@ -54,8 +54,8 @@ from .trace import (
     T_FLUSH,
     T_READ,
     T_WRITE,
-    TraceWriter,
 )
+from .trace_writer import TraceWriter
 
 if TYPE_CHECKING:
     from .daemon import CompactionDaemon

@@ -1,6 +1,6 @@
 """The shared-memory ring that carries a traced mount's records to its sink process.
 
-Owns the byte stream between `zramfs.trace.TraceWriter` (one producer at a time: it writes
+Owns the byte stream between `zramfs.trace_writer.TraceWriter` (one producer at a time: it writes
 under its own lock) and the sink process (`zramfs.trace_sink`, the one consumer): a memfd the
 two map, a header of two counters and a power-of-two data area used as a circular buffer.
 

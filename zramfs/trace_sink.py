@@ -3,7 +3,7 @@
 Owns `RecordEncoder` (producer tuples -> framed records: a write's page contents found again
 by CRC-32 and a byte comparison, stored once as lz4 BLOB records, the WRITE naming them;
 every record framed with its length and CRC-32, docs/trace-format.md) and the sink process
-`zramfs.trace.TraceWriter` starts: ``python -m zramfs.trace_sink FILE FLUSH_INTERVAL
+`zramfs.trace_writer.TraceWriter` starts: ``python -m zramfs.trace_sink FILE FLUSH_INTERVAL
 [--ring=FD,SIZE]``.  It takes length-prefixed marshal'd tuples from the shared-memory ring
 (`zramfs.trace_ring`, polled every `RING_POLL` seconds) or, without
 one, from stdin, and appends their records to FILE (the writer wrote the header), flushing at
@@ -39,8 +39,6 @@ from .trace import (
     _CONTROL,
     _DISCARD,
     _FRAME,
-    _MSG_WRITE,
-    _PIPE_LEN,
     _READ,
     _WRITE,
     _WRITE_NEW,
@@ -48,7 +46,6 @@ from .trace import (
     CODEC_LZ4,
     CODEC_RAW,
     F_OVERLAP,
-    MSG_WRITE_TAG,
     PAGE_SIZE,
     T_BGCOMPACT,
     T_BLOB,
@@ -62,6 +59,7 @@ from .trace import (
     crc32,
 )
 from .trace_ring import RingError, RingReader
+from .trace_writer import _MSG_WRITE, _PIPE_LEN, MSG_WRITE_TAG
 
 #: how often the sink looks into the ring (at most half the flush interval): rarer, larger
 #: takes disturb a QD1 job less than frequent ones (docs/trace-format.md, "Writing")

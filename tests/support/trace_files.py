@@ -18,8 +18,8 @@ import lz4.block as lz4_block
 
 from zramfs import trace
 from zramfs.device import Registry, ZramDevice
-from zramfs.trace import TraceWriter
 from zramfs.trace_hook import MountTracer
+from zramfs.trace_writer import TraceWriter
 from zramfs.tree import Tree
 
 MOUNT = {
