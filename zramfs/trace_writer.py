@@ -58,13 +58,14 @@ def default_transport() -> str:
 class TraceWriter:
     """Append records to a new trace file from any thread; a sink process does the work.
 
-    The file's header is written here; the records, one length-prefixed marshal'd tuple
-    (type, t_ns, dev, flags, fields... — the shapes `TraceReader.raw_records` gives back)
-    each, are batched under `lock` (their order is the trace's order) and handed to a sink
-    process (`zramfs.trace_sink`: its own interpreter and GIL) that deduplicates, compresses,
-    frames and appends them, flushing the file at least every `flush_interval` seconds while
-    records arrive.  A producer pays a marshal and an append; the one that fills a batch
-    sends it, and a timer thread sends a batch that waited half of `flush_interval`.
+    The file's header is written here; the records, one length-prefixed message each (a
+    marshal'd tuple (type, t_ns, dev, flags, fields... — the shapes `TraceReader.raw_records`
+    gives back), or a tagged write from `push_write_locked`), are batched under `lock` (their
+    order is the trace's order) and handed to a sink process (`zramfs.trace_sink`: its own
+    interpreter and GIL) that deduplicates, compresses, frames and appends them, flushing the
+    file at least every `flush_interval` seconds while records arrive.  A producer pays a
+    pack and an append; the one that fills a batch sends it, and a timer thread sends a batch
+    that waited half of `flush_interval`.
 
     The transport (`TRANSPORTS`, docs/trace-format.md "Writing"):
 
@@ -74,8 +75,8 @@ class TraceWriter:
     * ``"pipe"``: batches of `BATCH_BYTES` are written into a 1 MiB pipe (the GIL released
       meanwhile), which wakes the sink.
 
-    A producer waits only when the sink is a whole ring or pipe behind (back-pressure, never
-    a wait on the disk).  A killed mount loses its unsent batch (at most a batch, or half of
+    A producer waits only when the sink is a whole ring or pipe behind (back-pressure: the
+    I/O path never writes the file itself, but a disk slower than the workload slows it).  A killed mount loses its unsent batch (at most a batch, or half of
     `flush_interval`); the sink writes everything it was sent, and the file ends in whole
     records or in one partial record the reader drops.  If the sink fails (disk full: it
     says why on the mount's stderr) tracing stops with one logged error and the I/O path
