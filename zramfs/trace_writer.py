@@ -76,11 +76,11 @@ class TraceWriter:
       meanwhile), which wakes the sink.
 
     A producer waits only when the sink is a whole ring or pipe behind (back-pressure: the
-    I/O path never writes the file itself, but a disk slower than the workload slows it).  A killed mount loses its unsent batch (at most a batch, or half of
-    `flush_interval`); the sink writes everything it was sent, and the file ends in whole
-    records or in one partial record the reader drops.  If the sink fails (disk full: it
-    says why on the mount's stderr) tracing stops with one logged error and the I/O path
-    goes on untraced.
+    I/O path never writes the file itself, but a disk slower than the workload slows it).
+    A killed mount loses its unsent batch (at most a batch, or half of `flush_interval`); the
+    sink writes everything it was sent, and the file ends in whole records or in one partial
+    record the reader drops.  If the sink fails (disk full: it says why on the mount's
+    stderr) tracing stops with one logged error and the I/O path goes on untraced.
     """
 
     def __init__(
