@@ -7,7 +7,7 @@ two map, a header of two counters and a power-of-two data area used as a circula
 Why not the pipe it replaced: moving every page through a pipe woke the sink on the other CPU
 once a batch and copied each page into freshly allocated pipe pages; under FUSE on two CPUs
 that cost the mount 10–14 µs of CPU per traced 4 KiB write (docs/trace-format.md,
-"Overhead").  Here the producer copies a record into memory the sink already maps and
+"Cost").  Here the producer copies a record into memory the sink already maps and
 publishes a counter; the sink looks on its own timer, so the I/O path never wakes anyone.
 
 The protocol, single producer and single consumer:

@@ -4,8 +4,8 @@ Owns `RecordEncoder` (producer tuples -> framed records: a write's page contents
 by CRC-32 and a byte comparison, stored once as lz4 BLOB records, the WRITE naming them;
 every record framed with its length and CRC-32, docs/trace-format.md) and the sink process
 `zramfs.trace_writer.TraceWriter` starts: ``python -m zramfs.trace_sink FILE FLUSH_INTERVAL
-[--ring=FD,SIZE]``.  It takes length-prefixed marshal'd tuples from the shared-memory ring
-(`zramfs.trace_ring`, polled every `RING_POLL` seconds) or, without
+[--ring=FD,SIZE]``.  It takes the writer's length-prefixed messages (`decode_message`) from
+the shared-memory ring (`zramfs.trace_ring`, polled every `RING_POLL` seconds) or, without
 one, from stdin, and appends their records to FILE (the writer wrote the header), flushing at
 least every FLUSH_INTERVAL seconds while records arrive; at end of input on stdin (the writer
 closed it, or its process died) it writes what it has, fsyncs and exits 0.
@@ -177,23 +177,29 @@ class RecordEncoder:
         self._raw_len.append(raw)
         return blob_id
 
+    def _stored(self, chunk: bytes) -> tuple[int, bytes]:
+        """How a new content is stored: (codec, bytes).  lz4 (2.3 µs a page against zstd
+        -1's 9.3: the sink's cost per new page bounds how fast a traced mount can go,
+        docs/trace-format.md "Cost"), or raw when lz4 does not make it smaller."""
+        packed = self.compress(chunk)
+        return (CODEC_LZ4, packed) if len(packed) < len(chunk) else (CODEC_RAW, chunk)
+
+    def _store(self, crc: int, chunk: bytes, head: bytes, codec: int, stored: bytes) -> bytes:
+        """Register `chunk` as the next blob, stored right after `head` in the record about
+        to be framed; that record's body."""
+        at = self._pos + _FRAME.size + len(head)
+        self._remember(self._new_blob(crc, codec, at, len(stored), len(chunk)), chunk)
+        return head + stored
+
     def _blob(self, chunk: bytes, t_ns: int, dev: int, out: Any) -> int:
-        # lz4 stores it (2.3 µs a page against zstd -1's 9.3): the sink's cost per new page
-        # bounds how fast a traced mount can go (docs/trace-format.md, "Cost").
         crc = self.key(chunk)
         blob_id = self._find(crc, chunk, out)
         if blob_id is not None:
             return blob_id
-        packed = self.compress(chunk)
-        if len(packed) < len(chunk):
-            codec, stored = CODEC_LZ4, packed
-        else:
-            codec, stored = CODEC_RAW, chunk
-        head = _BODY.pack(T_BLOB, 0, dev, t_ns) + _BLOB.pack(self.blobs, codec, len(chunk))
-        at = self._pos + _FRAME.size + len(head)
-        blob_id = self._new_blob(crc, codec, at, len(stored), len(chunk))
-        self._frame(head + stored, out)
-        self._remember(blob_id, chunk)
+        blob_id = self.blobs
+        codec, stored = self._stored(chunk)
+        head = _BODY.pack(T_BLOB, 0, dev, t_ns) + _BLOB.pack(blob_id, codec, len(chunk))
+        self._frame(self._store(crc, chunk, head, codec, stored), out)
         return blob_id
 
     def encode(self, item: tuple[Any, ...], out: Any) -> None:
@@ -208,17 +214,11 @@ class RecordEncoder:
             crc = self.key(data)
             blob_id = self._find(crc, data, out) if crc in self.by_crc else None
             if blob_id is None:  # a new content travels inside its first write
-                packed = self.compress(data)
-                if len(packed) < PAGE_SIZE:
-                    codec, stored = CODEC_LZ4, packed
-                else:
-                    codec, stored = CODEC_RAW, data
+                codec, stored = self._stored(data)
                 head = _BODY.pack(T_WRITE_NEW, flags, dev, t_ns) + _WRITE_NEW.pack(
                     item[4], item[6], codec, PAGE_SIZE
                 )
-                at = self._pos + _FRAME.size + len(head)
-                self._remember(self._new_blob(crc, codec, at, len(stored), PAGE_SIZE), data)
-                body = head + stored
+                body = self._store(crc, data, head, codec, stored)
             else:
                 body = _BODY.pack(kind, flags, dev, t_ns) + _WRITE_ONE.pack(
                     item[4], PAGE_SIZE, item[6], 1, blob_id
@@ -264,16 +264,14 @@ class RecordEncoder:
         self._frame(body, out)
 
 
-def decode_message(
-    data: memoryview, pos: int, n: int, loads: Callable[[Any], Any] = marshal.loads
-) -> tuple[Any, ...]:
+def decode_message(data: memoryview, pos: int, n: int) -> tuple[Any, ...]:
     """The record tuple of the message whose `n`-byte body starts at `pos` + 4 in `data`
     (`TraceWriter.push_locked` and `push_write_locked` make the two kinds)."""
     if data[pos + 4] == MSG_WRITE_TAG:
         _, _, t_ns, dev, flags, offset = _MSG_WRITE.unpack_from(data, pos)
         page = data[pos + _MSG_WRITE.size : pos + 4 + n].tobytes()
         return (T_WRITE, t_ns, dev, flags, offset, page, 0)
-    return loads(data[pos + 4 : pos + 4 + n])
+    return marshal.loads(data[pos + 4 : pos + 4 + n])
 
 
 def run(path: str, flush_interval: float, fd: int = 0, ring: RingReader | None = None) -> int:
@@ -291,7 +289,6 @@ def run(path: str, flush_interval: float, fd: int = 0, ring: RingReader | None =
     dirty = eof = busy = False
     last_flush = time.monotonic()
     length = _PIPE_LEN.unpack_from
-    loads = marshal.loads
     try:
         while not eof:
             if ring is None:
@@ -312,7 +309,7 @@ def run(path: str, flush_interval: float, fd: int = 0, ring: RingReader | None =
                     (n,) = length(data, pos)
                     if end - pos - 4 < n:
                         break
-                    enc.encode(decode_message(data, pos, n, loads), out)
+                    enc.encode(decode_message(data, pos, n), out)
                     pos += 4 + n
                     dirty = True
                 left = bytes(data[pos:])

@@ -112,13 +112,13 @@ class TraceWriter:
         head = _FILE_HEAD.pack(MAGIC, VERSION, 0, len(text)) + text
         with open(self.path, "wb") as fh:
             fh.write(head + struct.pack("<I", crc32(head[8:])))
-        # Its own session: a Ctrl-C meant for a foreground mount must not kill the sink
-        # before it has written what it was sent.
-        # With the ring, the pipe carries nothing: the sink sees its end of input (the mount
-        # closed it, or died) and takes the ring's last records.
+        # With the ring, the pipe carries only wake-ups: the sink sees its end of input (the
+        # mount closed it, or died) and takes the ring's last records.
         self._ring = trace_ring.RingWriter(RING_BYTES) if transport == "ring" else None
         ring_arg = [f"--ring={self._ring.fd},{self._ring.size}"] if self._ring else []
         try:
+            # Its own session: a Ctrl-C meant for a foreground mount must not kill the sink
+            # before it has written what it was sent.
             self._sink = subprocess.Popen(
                 [sys.executable, "-m", "zramfs.trace_sink", self.path, str(flush_interval)]
                 + ring_arg,
@@ -198,16 +198,14 @@ class TraceWriter:
             except trace_ring.SinkGone:
                 self._sink_gone()
             except trace_ring.RingError as exc:  # a bug: stop tracing, keep the I/O path
-                self.failed = f"{self.path}: {exc}"
-                log.error("trace: writing stopped: %s", self.failed)
+                self._stop(str(exc))
             return
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._pipe, view) :]
         except OSError as exc:
-            self.failed = f"{self.path}: the trace sink is gone ({exc.strerror})"
-            log.error("trace: writing stopped: %s", self.failed)
+            self._stop(f"the trace sink is gone ({exc.strerror})")
 
     def _sink_alive(self) -> bool:
         return self._sink.poll() is None
@@ -222,8 +220,12 @@ class TraceWriter:
 
     def _sink_gone(self) -> None:
         """The sink died (the ring's way to learn it; the pipe's is EPIPE)."""
+        self._stop(f"the trace sink is gone (exit code {self._sink.poll()})")
+
+    def _stop(self, why: str) -> None:
+        """Stop tracing, once, with one logged error; the I/O path goes on untraced."""
         if self.failed is None:
-            self.failed = f"{self.path}: the trace sink is gone (exit code {self._sink.poll()})"
+            self.failed = f"{self.path}: {why}"
             log.error("trace: writing stopped: %s", self.failed)
 
     def _run_timer(self) -> None:
