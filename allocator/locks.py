@@ -41,19 +41,20 @@ and lock_stat, are ``allocator.lockdep``; every name of theirs is importable fro
   rows follow from the data path: a slot's stripe is held while its old object is freed
   (zs_free takes migrate_lock and class->lock) and while a page is decompressed; device
   configuration (dev_lock) frees every slot under the stripes on reset; hot_remove resets
-  the device under the registry lock.  Not in the checker, on purpose: the internal
-  ``threading.Lock`` of a Mutex/RWLock and the page-lock wait queues (they are the lock
-  primitives themselves, held for a few bytecodes), ``allocator.prefault``'s lock of an arena
-  (held by its helper thread around one madvise, taken under the zone lock by
-  ``drop_free_frames``, never around another lock), and the hot-path locks created by
-  ``hot_path_lock()`` while lockdep is off: the slot stripes and the leaf locks (a plain lock's
-  ``with`` is one C call, a checked one's a Python frame; the kernel too checks these only in
-  lockdep builds).  So lockdep sees them in objects created after ``set_lockdep(True)``.
+  the device under the registry lock.  Not in the checker, on purpose: the internals of a
+  Mutex/RWLock and the page-lock wait queues (they are the lock primitives themselves, held
+  for a few bytecodes), ``allocator.prefault``'s lock of an arena (held by its helper thread
+  around one madvise, taken under the zone lock by ``drop_free_frames``, never around another
+  lock), and the hot-path locks created by ``hot_path_lock()`` while lockdep is off: the slot
+  stripes and the leaf locks, ``PlainLock``s (the kernel too checks these only in lockdep
+  builds).  So lockdep sees them in objects created after ``set_lockdep(True)``.
 
-* **Mutex** (``spin_lock``/``mutex`` stand-in) and **RWLock** (``rwlock_t``/qrwlock stand-in:
-  a queued writer blocks *new* readers, ``is_contended()`` is ``rwlock_is_contended``).
-  The uncontended paths touch one ``threading.Lock`` and one C-level counter; condition
-  variables, timestamps and statistics exist only on the slow path (a thread has to wait).
+* **PlainLock** (``threading.Lock``'s interface, a token in a list), **Mutex** (a PlainLock
+  with a class, lock_stat and lockdep: the ``spin_lock``/``mutex`` stand-in) and **RWLock**
+  (``rwlock_t``/qrwlock stand-in: a queued writer blocks *new* readers, ``is_contended()`` is
+  ``rwlock_is_contended``).  The uncontended paths are a list operation or one
+  ``threading.Lock``, and one C-level counter; condition variables, timestamps and statistics
+  exist only on the slow path (a thread has to wait).
 
 * **lockdep** (``set_lockdep(True)``, off by default; the checker is ``allocator.lockdep``):
   a blocking acquisition against the ranks raises ``LockOrderViolation`` before it blocks.  The
@@ -95,6 +96,9 @@ except for the first, which has a slow path of its own.
 8. The device's data path reads ``_meta``, ``_stripes`` and ``limit_pages`` without
    ``dev_lock``: single attribute loads; reset, which replaces them, refuses while the image
    is open, and a new mem_limit applies from the next page as in the kernel.
+9. ``PlainLock`` and ``Mutex``: the token is popped and appended without a lock, and
+   ``release`` reads ``_waiters`` without the condition's lock, after its append (see
+   ``PlainLock`` for why no wake-up is lost).
 
 Compiled (setup.py), each step above is still one C-level operation under the GIL, and
 compiled code offers other threads a subset of the interpreted source's preemption points
@@ -141,40 +145,16 @@ from .lockdep import (
     site_class,
 )
 
+# fmt: off
 __all__ = [
-    "LockClass",
-    "LockMode",
-    "LockStat",
-    "LockOrderViolation",
-    "Mutex",
-    "RWLock",
-    "PAGE_LOCK",
-    "MIGRATE_LOCK",
-    "CLASS_LOCK",
-    "ZSPAGE_LOCK",
-    "MAP_AREA_LOCK",
-    "MAP_BUFFER_LOCK",
-    "LOCK_ORDER",
-    "ZONE_LOCK",
-    "LEAF_RANK",
-    "PAGES_ALLOCATED_LOCK",
-    "HANDLE_CACHE_LOCK",
-    "ZSPAGE_SET_LOCK",
-    "FREE_WORK_LOCK",
-    "PAGE_FLAGS_LOCK",
-    "set_lockdep",
-    "hot_path_lock",
-    "lockdep_stats",
-    "lockdep_enabled",
-    "held_locks",
-    "lock_classes",
-    "lock_stat_text",
-    "lock_stat_reset",
-    "lockdep_before",
-    "lockdep_acquired",
-    "lockdep_released",
-    "contention_point",
+    "LockClass", "LockMode", "LockStat", "LockOrderViolation", "Mutex", "PlainLock", "RWLock",
+    "PAGE_LOCK", "MIGRATE_LOCK", "CLASS_LOCK", "ZSPAGE_LOCK", "MAP_AREA_LOCK", "MAP_BUFFER_LOCK",
+    "LOCK_ORDER", "ZONE_LOCK", "LEAF_RANK", "PAGES_ALLOCATED_LOCK", "HANDLE_CACHE_LOCK",
+    "ZSPAGE_SET_LOCK", "FREE_WORK_LOCK", "PAGE_FLAGS_LOCK", "set_lockdep", "hot_path_lock",
+    "lockdep_stats", "lockdep_enabled", "held_locks", "lock_classes", "lock_stat_text",
+    "lock_stat_reset", "lockdep_before", "lockdep_acquired", "lockdep_released", "contention_point"
 ]
+# fmt: on
 
 # The sides as module globals: the fast paths below load them with one LOAD_GLOBAL.
 _READ = LockMode.READ
@@ -218,29 +198,109 @@ def lockdep_stats() -> dict[str, int | str]:
     return {"lockdep": int(LOCKDEP.on), **_checker.violation_stats()}
 
 
-def hot_path_lock(lock_class: LockClass) -> Mutex | threading.Lock:
+def hot_path_lock(lock_class: LockClass) -> PlainLock:
     """A lock of ``lock_class`` for a hot path: a checked ``Mutex`` when lockdep is on at the
-    time it is created, else a plain ``threading.Lock`` (a ``with`` on it is one C call; a
-    Mutex's is a Python frame, which the pool's per-zspage counters and the slot stripes would
-    pay on every request).  Both have ``acquire``/``release``/``locked`` and the context
-    manager protocol.  The kernel likewise checks such locks only in lockdep builds."""
-    return Mutex(lock_class) if LOCKDEP.on else threading.Lock()
+    time it is created, else a ``PlainLock``, which counts nothing in lock_stat (the pool's
+    per-zspage counters, the page flags and the slot stripes would pay for it on every
+    request).  The kernel likewise checks such locks only in lockdep builds."""
+    return Mutex(lock_class) if LOCKDEP.on else PlainLock()
 
 
 # ------------------------------------------------------------------------------------------
-# Mutex
+# PlainLock, Mutex
 # ------------------------------------------------------------------------------------------
 
 
-class Mutex:
-    """A non-recursive lock of a given class (class->lock is a spinlock in the kernel; here it
-    is a ``threading.Lock`` with lock_stat and lockdep around it)."""
+class PlainLock:
+    """A non-recursive lock, ``threading.Lock``'s interface, at a fifth of its cost.
 
-    __slots__ = ("_lock", "_cls", "_stat", "_acq", "_owner", "__weakref__")
+    Uncontended it is one token in a list: ``acquire`` pops it, ``release`` appends it back,
+    each one C-level list operation (atomic under the GIL: shortcut 9 of the module
+    docstring).  From compiled code a ``threading.Lock``'s ``acquire(False)`` + ``release``
+    costs five times as much, as they parse their arguments and read the clock
+    (docs/performance.md, "Compiled build").  A thread that finds no token counts itself in
+    ``_waiters`` under ``_cond``'s lock and pops again before it sleeps, while ``release``
+    appends first and then reads ``_waiters``: either the waiter's second pop finds the token,
+    or the releaser sees the waiter and notifies it under the lock the waiter holds until it
+    sleeps.  So no wake-up is lost (explored in ``tests/test_lock_interleavings.py``, with
+    both orders reversed as injected bugs).  Not fair, as ``threading.Lock`` is not."""
+
+    __slots__ = ("_tok", "_cond", "_waiters")
+
+    def __init__(self) -> None:
+        self._tok: list[None] = [None]  # the lock is free while its one token is here
+        self._cond = threading.Condition(threading.Lock())  # where waiters sleep
+        self._waiters = 0  # threads in _wait_token (changed under _cond's lock)
+
+    def acquire(self, blocking: bool = True) -> bool:
+        try:
+            self._tok.pop()
+        except IndexError:
+            if not blocking:
+                return False
+            self._wait_token()
+        return True
+
+    def _wait_token(self) -> None:
+        cond = self._cond
+        tok = self._tok
+        with cond:
+            self._waiters += 1
+            try:
+                while True:
+                    try:
+                        tok.pop()
+                        break
+                    except IndexError:
+                        cond.wait()
+            except BaseException:
+                # Interrupted, perhaps after a release notified this thread: pass the
+                # wake-up on, or the next waiter sleeps while the token is free.
+                self._waiters -= 1
+                if tok and self._waiters:
+                    cond.notify()
+                raise
+            self._waiters -= 1
+
+    def release(self) -> None:
+        tok = self._tok
+        if tok:
+            raise RuntimeError("release of an unlocked lock")
+        tok.append(None)  # the token first, then the look for waiters (see above)
+        if self._waiters:
+            with self._cond:
+                self._cond.notify()
+
+    def locked(self) -> bool:
+        return not self._tok
+
+    # __enter__/__exit__ repeat acquire/release: in the pure build a call is a Python frame
+    def __enter__(self) -> PlainLock:
+        try:
+            self._tok.pop()
+        except IndexError:
+            self._wait_token()
+        return self
+
+    def __exit__(self, t: object, v: object, tb: object) -> None:
+        tok = self._tok
+        if tok:
+            raise RuntimeError("release of an unlocked lock")
+        tok.append(None)
+        if self._waiters:
+            with self._cond:
+                self._cond.notify()
+
+
+class Mutex(PlainLock):
+    """A non-recursive lock of a given class (class->lock is a spinlock in the kernel): a
+    ``PlainLock`` with lock_stat and lockdep around it."""
+
+    __slots__ = ("_cls", "_stat", "_acq", "_owner", "__weakref__")
 
     def __init__(self, lock_class: LockClass | None = None) -> None:
+        super().__init__()
         cls = lock_class if lock_class is not None else site_class(False)
-        self._lock = threading.Lock()
         self._cls = cls
         self._stat = cls.write
         self._acq = cls.write.count  # counts one acquisition in lock_stat
@@ -256,21 +316,22 @@ class Mutex:
             return self.trylock()
         if LOCKDEP.on:
             lockdep_before(self, self._cls, _WRITE)
-        if not self._lock.acquire(False):
-            self._acquire_slow()
+        try:
+            self._tok.pop()
+        except IndexError:
+            t0 = perf_counter_ns()
+            self._wait_token()
+            self._stat.contended(perf_counter_ns() - t0, contention_point())
         self._acq()
         if LOCKDEP.on:
             self._owner = threading.get_ident()
             lockdep_acquired(self, self._cls, _WRITE)
         return True
 
-    def _acquire_slow(self) -> None:
-        t0 = perf_counter_ns()
-        self._lock.acquire()
-        self._stat.contended(perf_counter_ns() - t0, contention_point())
-
     def trylock(self) -> bool:
-        if not self._lock.acquire(False):
+        try:
+            self._tok.pop()
+        except IndexError:
             return False
         self._acq()
         if LOCKDEP.on:
@@ -287,10 +348,7 @@ class Mutex:
                 )
             self._owner = 0
             lockdep_released(self, strict=bool(owner))
-        self._lock.release()
-
-    def locked(self) -> bool:
-        return self._lock.locked()
+        PlainLock.release(self)
 
     def assert_held(self) -> None:
         """lockdep_assert_held / assert_spin_locked: with lockdep on, this thread must hold the
@@ -298,14 +356,18 @@ class Mutex:
         if LOCKDEP.on:
             if self._owner != threading.get_ident():
                 raise LockOrderViolation(f"{self._cls.name} is not held by this thread")
-        elif not self._lock.locked():
+        elif self._tok:
             raise LockOrderViolation(f"{self._cls.name} is not held")
 
     def __enter__(self) -> Mutex:
         if LOCKDEP.on:
             lockdep_before(self, self._cls, _WRITE)
-        if not self._lock.acquire(False):
-            self._acquire_slow()
+        try:
+            self._tok.pop()
+        except IndexError:
+            t0 = perf_counter_ns()
+            self._wait_token()
+            self._stat.contended(perf_counter_ns() - t0, contention_point())
         self._acq()
         if LOCKDEP.on:
             self._owner = threading.get_ident()
@@ -316,10 +378,10 @@ class Mutex:
         if LOCKDEP.on:
             self.release()
         else:
-            self._lock.release()
+            PlainLock.__exit__(self, t, v, tb)
 
     def __repr__(self) -> str:
-        return f"<Mutex {self._cls.name} {'locked' if self._lock.locked() else 'unlocked'}>"
+        return f"<Mutex {self._cls.name} {'locked' if not self._tok else 'unlocked'}>"
 
 
 # ------------------------------------------------------------------------------------------

@@ -105,8 +105,8 @@ class _WaitQueue:
     __slots__ = ("lock", "cond", "waiters")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)
+        self.lock = _locks.PlainLock()
+        self.cond = threading.Condition(self.lock)  # type: ignore[arg-type]
         self.waiters = 0
 
 

@@ -98,7 +98,7 @@ class PoolStats:
 
     __slots__ = ("pages_compacted", "_lock")
 
-    def __init__(self, lock: _locks.Mutex | threading.Lock) -> None:
+    def __init__(self, lock: _locks.PlainLock) -> None:
         self.pages_compacted = 0
         self._lock = lock  # the pool's pages_allocated leaf lock
 

@@ -123,8 +123,8 @@ EXHAUSTIVE = [
     (TRY_MIX, 1, 440),  # 736
     (TRY_AND_CONTENDED, 2, 1200),  # 2033
     (RELOCK, 2, 650),  # 1107
-    (MUTEX_TWO, 2, 160),  # 268
-    (MUTEX_THREE, 1, 200),  # 344
+    (MUTEX_TWO, 2, 560),  # 943
+    (MUTEX_THREE, 1, 270),  # 458
 ]
 SCENARIOS = [s for s, _, _ in EXHAUSTIVE]
 
@@ -249,6 +249,52 @@ def test_the_hand_off_bug_strands_a_reader_count_and_wedges_the_writer(
         explore(BUGGY_SLOW_AND_FAST, preemption_bound=2)
     print(str(found.value).splitlines()[0])
     assert "_readers=1 _fast=0" in str(found.value)
+
+
+# ---------------------------------------------------------------------------- PlainLock's orders
+
+
+def release_looking_first(self: locks.PlainLock) -> None:
+    # PlainLock.release with its two steps swapped: it reads _waiters before it gives the token
+    # back, so a waiter that counts itself in between, and then finds no token, sleeps with
+    # nobody left to wake it.
+    waiters = self._waiters
+    self._tok.append(None)
+    if waiters:
+        with self._cond:
+            self._cond.notify()
+
+
+def wait_token_unlocked(self: locks.PlainLock) -> None:
+    # PlainLock._wait_token without the condition's lock around the count and the second pop:
+    # the release can notify between this thread's failed pop and its wait.
+    self._waiters += 1
+    while True:
+        try:
+            self._tok.pop()
+            break
+        except IndexError:
+            with self._cond:
+                self._cond.wait()
+    self._waiters -= 1
+
+
+@pytest.mark.parametrize(
+    ("method", "broken"),
+    [("release", release_looking_first), ("_wait_token", wait_token_unlocked)],
+    ids=["release-looks-first", "wait-unlocked"],
+)
+@pytest.mark.parametrize("scenario", [MUTEX_TWO, MUTEX_THREE], ids=lambda s: s.name)
+def test_a_lost_token_wake_up_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+    scenario: Scenario,
+    method: str,
+    broken: Callable[[locks.PlainLock], None],
+) -> None:
+    monkeypatch.setattr(locks.PlainLock, method, broken)
+    with pytest.raises(InterleavingFailure, match="deadlock") as found:
+        explore(dataclasses.replace(scenario, traced_files=(__file__,)), preemption_bound=2)
+    print(str(found.value).splitlines()[0])
 
 
 # ---------------------------------------------------------------------------- the checks bite

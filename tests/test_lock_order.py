@@ -97,7 +97,7 @@ def test_stripes_are_checked_only_when_lockdep_was_on_at_disksize() -> None:
     reg = Registry(memory=PhysicalMemory(max_pages=1 << 10))
     dev = reg.devices[0]
     dev.set_disksize(16 * PAGE)
-    assert type(dev._stripes[0].lock) is type(threading.Lock())
+    assert type(dev._stripes[0].lock) is locks.PlainLock  # unchecked, uncounted
     dev.reset()
     set_lockdep(True)
     try:

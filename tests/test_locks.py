@@ -153,6 +153,132 @@ def test_mutex_release_unheld(lockdep: None) -> None:
         m.release()
 
 
+# ---------------------------------------------------------------------------- PlainLock
+
+
+@pytest.fixture(params=["PlainLock", "Mutex"])
+def token_lock(request: pytest.FixtureRequest) -> locks.PlainLock:
+    """Both token locks: a PlainLock, and a Mutex (a PlainLock with lock_stat and lockdep)."""
+    return locks.PlainLock() if request.param == "PlainLock" else Mutex(fresh_class())
+
+
+def test_token_lock_basics(token_lock: locks.PlainLock) -> None:
+    lk = token_lock
+    assert not lk.locked() and lk.acquire() and lk.locked()
+    assert lk.acquire(False) is False and lk.acquire(blocking=False) is False
+    lk.release()
+    with lk as entered:
+        assert entered is lk and lk.locked()
+    assert not lk.locked()
+    with pytest.raises(RuntimeError, match="unlocked"):
+        lk.release()
+    assert len(lk._tok) == 1  # a bad release adds no second token
+    assert lk.acquire(False) and not lk.acquire(False)
+    lk.release()
+
+
+def test_token_lock_waiter_sleeps_until_release(token_lock: locks.PlainLock) -> None:
+    lk = token_lock
+    lk.acquire()
+    got: list[float] = []
+
+    def waiter() -> None:
+        with lk:
+            got.append(time.monotonic())
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while lk._waiters != 1:  # counted in before it sleeps
+        assert time.monotonic() < deadline, "the waiter never waited"
+        time.sleep(0.001)
+    time.sleep(0.02)
+    assert not got
+    released = time.monotonic()
+    lk.release()
+    t.join(10)
+    assert got and got[0] >= released and lk._waiters == 0 and not lk.locked()
+    if isinstance(lk, Mutex):
+        assert lk.lock_class.write.contentions == 1
+
+
+def test_token_lock_excludes_under_contention(token_lock: locks.PlainLock) -> None:
+    lk = token_lock
+    counter = [0]
+
+    def work() -> None:
+        for i in range(3000):
+            with lk:
+                v = counter[0]
+                if i % 100 == 0:
+                    time.sleep(0)  # let the others find the lock held and wait
+                counter[0] = v + 1
+
+    run_threads([work] * 4)
+    assert counter[0] == 12000 and lk._waiters == 0 and not lk.locked()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_waiter_passes_the_wake_up_on(token_lock: locks.PlainLock) -> None:
+    """A waiter notified by a release and then interrupted (KeyboardInterrupt in the kernel's
+    place) must wake the next waiter, or that one sleeps while the lock is free."""
+    lk = token_lock
+
+    class InterruptFirst(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            woken = super().wait(timeout)
+            if threading.current_thread().name == "first":
+                raise _Interrupted
+            return woken
+
+    lk._cond = InterruptFirst(threading.Lock())
+    lk.acquire()
+    outcome: dict[str, str] = {}
+
+    def waiter() -> None:
+        name = threading.current_thread().name
+        try:
+            with lk:
+                outcome[name] = "locked"
+        except _Interrupted:
+            outcome[name] = "interrupted"
+
+    threads = []
+    for n, name in enumerate(("first", "second"), 1):
+        threads.append(threading.Thread(target=waiter, name=name, daemon=True))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while lk._waiters != n:  # "first" sleeps before "second" (Condition wakes FIFO)
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    lk.release()
+    for t in threads:
+        t.join(10)
+    assert outcome == {"first": "interrupted", "second": "locked"}
+    assert lk._waiters == 0 and not lk.locked()
+
+
+def test_a_condition_runs_on_a_token_lock(token_lock: locks.PlainLock) -> None:
+    cond = threading.Condition(token_lock)  # type: ignore[arg-type]
+    ready: list[int] = []
+
+    def consumer() -> None:
+        with cond:
+            while not ready:
+                cond.wait()
+
+    t = threading.Thread(target=consumer, daemon=True)
+    t.start()
+    with cond:
+        ready.append(1)
+        cond.notify()
+    t.join(10)
+    assert not t.is_alive() and not token_lock.locked()
+
+
 # ---------------------------------------------------------------------------- RWLock
 
 

@@ -842,7 +842,7 @@ def _fmt_ops(ops: tuple[Op, ...]) -> str:
 
 def _describe(lock: locks.RWLock | locks.Mutex) -> str:
     if isinstance(lock, locks.Mutex):
-        return f"Mutex locked={lock._lock.locked()}"
+        return f"Mutex tokens={len(lock._tok)} _waiters={lock._waiters}"
     return (
         f"RWLock _readers={lock._readers} _fast={len(lock._fast)} _writer={lock._writer} "
         f"_wbusy={lock._wbusy} _waiters={lock._waiters} _wwait={lock._wwait} "
@@ -855,8 +855,11 @@ def _state_errors(lock: locks.RWLock | locks.Mutex, readers: int, writers: int) 
     when no thread is inside a lock method)."""
     errors: list[str] = []
     if isinstance(lock, locks.Mutex):
-        if lock._lock.locked() != bool(writers):
-            errors.append(f"mutex locked={lock._lock.locked()} with {writers} holder(s)")
+        tokens = len(lock._tok)
+        if tokens != (0 if writers else 1) or writers > 1:
+            errors.append(f"mutex tokens={tokens} with {writers} holder(s)")
+        if lock._waiters != 0:
+            errors.append(f"mutex _waiters={lock._waiters} with no thread inside the lock")
         return errors
     if lock._readers + len(lock._fast) != readers or lock._readers < 0:
         errors.append(
