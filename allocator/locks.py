@@ -212,18 +212,14 @@ def hot_path_lock(lock_class: LockClass) -> PlainLock:
 
 
 class PlainLock:
-    """A non-recursive lock, ``threading.Lock``'s interface, at a fifth of its cost.
-
-    Uncontended it is one token in a list: ``acquire`` pops it, ``release`` appends it back,
-    each one C-level list operation (atomic under the GIL: shortcut 9 of the module
-    docstring).  From compiled code a ``threading.Lock``'s ``acquire(False)`` + ``release``
-    costs five times as much, as they parse their arguments and read the clock
-    (docs/performance.md, "Compiled build").  A thread that finds no token counts itself in
-    ``_waiters`` under ``_cond``'s lock and pops again before it sleeps, while ``release``
-    appends first and then reads ``_waiters``: either the waiter's second pop finds the token,
-    or the releaser sees the waiter and notifies it under the lock the waiter holds until it
-    sleeps.  So no wake-up is lost (explored in ``tests/test_lock_interleavings.py``, with
-    both orders reversed as injected bugs).  Not fair, as ``threading.Lock`` is not."""
+    """A non-recursive lock with ``threading.Lock``'s interface: one token in a list, popped
+    by ``acquire`` and appended back by ``release`` (shortcut 9 above; from compiled code a
+    fifth of a ``threading.Lock``'s cost, docs/performance.md "The token locks").  A thread
+    that finds no token counts itself in ``_waiters`` under ``_cond``'s lock and pops again
+    before it sleeps; ``release`` appends before it reads ``_waiters``.  So either that second
+    pop finds the token or the releaser notifies the waiter, under the lock it holds until it
+    sleeps: no wake-up is lost (``tests/test_lock_interleavings.py`` finds both orders reversed
+    as deadlocks).  Not fair, as ``threading.Lock`` is not."""
 
     __slots__ = ("_tok", "_cond", "_waiters")
 
@@ -319,14 +315,17 @@ class Mutex(PlainLock):
         try:
             self._tok.pop()
         except IndexError:
-            t0 = perf_counter_ns()
             self._wait_token()
-            self._stat.contended(perf_counter_ns() - t0, contention_point())
         self._acq()
         if LOCKDEP.on:
             self._owner = threading.get_ident()
             lockdep_acquired(self, self._cls, _WRITE)
         return True
+
+    def _wait_token(self) -> None:
+        t0 = perf_counter_ns()
+        PlainLock._wait_token(self)
+        self._stat.contended(perf_counter_ns() - t0, contention_point())
 
     def trylock(self) -> bool:
         try:
@@ -365,9 +364,7 @@ class Mutex(PlainLock):
         try:
             self._tok.pop()
         except IndexError:
-            t0 = perf_counter_ns()
             self._wait_token()
-            self._stat.contended(perf_counter_ns() - t0, contention_point())
         self._acq()
         if LOCKDEP.on:
             self._owner = threading.get_ident()
