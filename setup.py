@@ -14,7 +14,7 @@ adds the extension modules:
 
 Not compiled, on purpose: the packages' ``__init__`` (they choose the build at import time),
 ``allocator.lockdep`` (the checker walks Python frames and runs only with lockdep on; the
-interleaving explorer runs the interpreted ``locks.py`` in either build,
+interleaving explorer runs the interpreted ``locks.py`` and ``rwlock.py`` in either build,
 tests/support/pure_locks.py), ``allocator.mm_types`` (a
 runtime-checkable Protocol) and ``allocator.map_area`` (a ``threading.local`` subclass): mypyc
 compiles neither of the last two correctly.
@@ -58,6 +58,8 @@ from setuptools.command.build_ext import build_ext
 # package -> modules compiled by mypyc (one shared library per package)
 COMPILED: dict[str, tuple[str, ...]] = {
     "allocator": (
+        "lockdep_switch",
+        "rwlock",
         "locks",
         "sizeclass",
         "zspage",

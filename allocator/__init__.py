@@ -7,7 +7,9 @@ debugging switches.
 The modules, from the bottom up (each imports only those before it; `pool` is imported by
 nobody but for type checking):
 
-    locks           lock classes, Mutex, RWLock, lockdep, lock_stat
+    lockdep_switch  the lockdep switch, read on every acquire and release
+    rwlock          RWLock, the qrwlock stand-in (migrate_lock, the zspage locks)
+    locks           the lock order, PlainLock, Mutex, lockdep and lock_stat entry points
     mm_types        struct page vocabulary: PG_* flags, INDEX_NONE, MovableOps, OutOfMemory
     page_migration  page migration and memory compaction (mm/migrate.c, mm/compaction.c)
     memory          PhysicalMemory: frames, page allocator, struct page arrays, page locks
@@ -22,7 +24,7 @@ nobody but for type checking):
     map_area        the per-thread mapping area of zs_map_object
     pool            Pool: zs_malloc/zs_free/map and the read/write fast paths
 
-Every module but this one, ``lockdep``, ``mm_types``, ``map_area`` and ``buildmode`` is compiled
+Every module but this one, ``lockdep``, ``mm_types``, ``map_area``, ``prefault`` and ``buildmode`` is compiled
 by mypyc at install time where a C compiler exists (setup.py); ``build_mode()`` says which
 build this process runs, and ``ZRAMFS_PURE_PYTHON=1`` selects the pure sources
 (``allocator.buildmode``).

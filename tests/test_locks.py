@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from allocator import locks
+from allocator import rwlock as rwlock_module
 from allocator.locks import (
     CLASS_LOCK,
     LOCK_ORDER,
@@ -510,7 +511,7 @@ def test_rwlock_without_a_gil_every_reader_takes_the_slow_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Free-threaded CPython: the fast path's reasoning needs the GIL, so it is never used."""
-    monkeypatch.setattr(locks, "_SLOW_READERS", True)
+    monkeypatch.setattr(rwlock_module, "_SLOW_READERS", True)
     rw = RWLock(fresh_class(rw=True))
     for _ in range(2):
         rw.read_lock()

@@ -1,13 +1,16 @@
-"""The interpreted ``allocator/locks.py``, whichever build the process runs.
+"""The interpreted ``allocator/locks.py`` and ``allocator/rwlock.py``, whichever build runs.
 
-In the compiled build (setup.py) ``allocator.locks`` is a mypyc extension: it has no Python
-frames for a line tracer to stop at, its native classes cannot be monkeypatched, and it reads
-``threading`` through a C-level reference that patching the module attribute does not reach.
-The interleaving explorer (``support.schedule``) and the tests that park a thread at a line or
-replace a lock method need the source itself, so they take ``PURE_LOCKS``: the same file run
-by the interpreter, as a module of its own (``allocator._locks_interpreted``) next to the
-compiled one.  Its classes are used only by those tests; the checker (``allocator.lockdep``)
-and its lock classes are shared.  In the pure build ``PURE_LOCKS`` is ``allocator.locks``.
+In the compiled build (setup.py) ``allocator.locks`` and ``allocator.rwlock`` are mypyc
+extensions: they have no Python frames for a line tracer to stop at, their native classes
+cannot be monkeypatched, and they read ``threading`` through a C-level reference that patching
+the module attribute does not reach.  The interleaving explorer (``support.schedule``) and the
+tests that park a thread at a line or replace a lock method need the sources themselves, so
+they take ``PURE_LOCKS``: ``locks.py`` run by the interpreter, as a module of its own
+(``allocator._locks_interpreted``) next to the compiled one, whose ``RWLock`` is the class of
+``rwlock.py`` run the same way (``PURE_RWLOCK``, ``allocator._rwlock_interpreted``).  Their
+classes are used only by those tests; the checker (``allocator.lockdep``), its lock classes and
+the lockdep switch (``allocator.lockdep_switch``) are shared.  In the pure build ``PURE_LOCKS``
+is ``allocator.locks`` and ``PURE_RWLOCK`` is ``allocator.rwlock``.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import allocator
-from allocator import locks
+from allocator import locks, rwlock
 
-__all__ = ["PURE_LOCKS", "locks_compiled"]
+__all__ = ["PURE_LOCKS", "PURE_RWLOCK", "locks_compiled"]
 
 
 def locks_compiled() -> bool:
@@ -29,13 +32,11 @@ def locks_compiled() -> bool:
     return not locks.__file__.endswith(".py")
 
 
-def _load() -> ModuleType:
-    if not locks_compiled():
-        return locks
-    name = "allocator._locks_interpreted"
+def _interpreted(name: str, source: str) -> ModuleType:
+    """``allocator/<source>`` run by the interpreter as module ``name`` (once per process)."""
     if name in sys.modules:
         return sys.modules[name]
-    path = os.path.join(os.path.dirname(allocator.__file__), "locks.py")
+    path = os.path.join(os.path.dirname(allocator.__file__), source)
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None, path
     module = importlib.util.module_from_spec(spec)
@@ -44,7 +45,18 @@ def _load() -> ModuleType:
     return module
 
 
-if TYPE_CHECKING:  # the same source: type-check its users against it
+def _load() -> tuple[ModuleType, ModuleType]:
+    if not locks_compiled():
+        return locks, rwlock
+    pure_rwlock = _interpreted("allocator._rwlock_interpreted", "rwlock.py")
+    pure_locks = _interpreted("allocator._locks_interpreted", "locks.py")
+    # its `from .rwlock import RWLock` found the compiled class: the interpreted one instead
+    setattr(pure_locks, "RWLock", pure_rwlock.RWLock)  # noqa: B010 - ModuleType declares no such field
+    return pure_locks, pure_rwlock
+
+
+if TYPE_CHECKING:  # the same sources: type-check their users against them
     from allocator import locks as PURE_LOCKS
+    from allocator import rwlock as PURE_RWLOCK
 else:
-    PURE_LOCKS = _load()
+    PURE_LOCKS, PURE_RWLOCK = _load()

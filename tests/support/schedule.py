@@ -72,13 +72,14 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from allocator import lockdep
 
-from .pure_locks import PURE_LOCKS as locks  # the interpreted source: its lines are traced
+from .pure_locks import PURE_LOCKS as locks  # the interpreted sources: their lines are traced
+from .pure_locks import PURE_RWLOCK as rwlock
 
 if TYPE_CHECKING:
     from _typeshed import TraceFunction
 
 # The lock primitives and the lock_stat counters they update on the slow path.
-LOCKS_FILES: tuple[str, ...] = (locks.__file__, lockdep.__file__)
+LOCKS_FILES: tuple[str, ...] = (locks.__file__, rwlock.__file__, lockdep.__file__)
 
 # ------------------------------------------------------------------------------------------
 # Scenarios: programs of lock operations
@@ -427,17 +428,19 @@ def _logical_clock() -> int:
 
 @contextmanager
 def simulated() -> Iterator[None]:
-    """Make ``allocator.locks`` (and the lock_stat counters of ``allocator.lockdep``) use the
-    cooperative primitives and the logical clock."""
+    """Make ``allocator.locks`` and ``allocator.rwlock`` (and the lock_stat counters of
+    ``allocator.lockdep``) use the cooperative primitives and the logical clock."""
     if locks.lockdep_enabled():
         raise RuntimeError("the explorer does not model lockdep: switch it off")
-    saved = locks.threading, lockdep.threading, locks.perf_counter_ns
-    locks.threading = lockdep.threading = SIM_THREADING  # type: ignore[assignment]
-    locks.perf_counter_ns = _logical_clock
+    saved = (locks.threading, rwlock.threading, lockdep.threading)
+    saved_clocks = (locks.perf_counter_ns, rwlock.perf_counter_ns)
+    locks.threading = rwlock.threading = lockdep.threading = SIM_THREADING  # type: ignore[assignment]
+    locks.perf_counter_ns = rwlock.perf_counter_ns = _logical_clock
     try:
         yield
     finally:
-        locks.threading, lockdep.threading, locks.perf_counter_ns = saved
+        locks.threading, rwlock.threading, lockdep.threading = saved
+        locks.perf_counter_ns, rwlock.perf_counter_ns = saved_clocks
 
 
 # ------------------------------------------------------------------------------------------
@@ -871,7 +874,7 @@ def _state_errors(lock: locks.RWLock | locks.Mutex, readers: int, writers: int) 
     for name in ("_waiters", "_wwait", "_rwait", "_rgrant"):
         if getattr(lock, name):
             errors.append(f"{name}={getattr(lock, name)} with nobody waiting")
-    if lock._wbusy != (lock._writer or locks._SLOW_READERS):
+    if lock._wbusy != (lock._writer or rwlock._SLOW_READERS):
         errors.append(
             f"_wbusy={lock._wbusy} with _writer={lock._writer}: the reader fast path "
             "is shut (or open) for nothing"
