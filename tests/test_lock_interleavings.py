@@ -123,7 +123,7 @@ EXHAUSTIVE = [
     (TRY_MIX, 1, 440),  # 736
     (TRY_AND_CONTENDED, 2, 1200),  # 2033
     (RELOCK, 2, 650),  # 1107
-    (MUTEX_TWO, 2, 560),  # 943
+    (MUTEX_TWO, 2, 560),  # 972
     (MUTEX_THREE, 1, 270),  # 458
 ]
 SCENARIOS = [s for s, _, _ in EXHAUSTIVE]
