@@ -1,15 +1,17 @@
-"""zramfs._lz4fast: LZ4_compress_fast in one C call, against the ctypes reference in codecs.
+"""zramfs._lz4fast: LZ4_compress_fast and LZ4_decompress_safe in one C call each, against the
+Python paths in codecs (ctypes for compression, python-lz4 for decompression).
 
-The compiled build must use it (so a build that silently lost it fails here), and it must give
-exactly the bytes of `Lz4Codec.compress` (the kernel's lz4 lengths rest on them); the pure
-build and a build older than its C source use the ctypes path.
+The compiled build must use them (so a build that silently lost them fails here); `Compressor`
+must give exactly the bytes of `Lz4Codec.compress` (the kernel's lz4 lengths rest on them) and
+`Decompressor` the bytes and the failures of `Lz4Codec.decompress`.  The pure build and a build
+older than its C source use the Python paths.
 """
 
 from __future__ import annotations
 
 import random
 import threading
-from typing import Any
+from typing import Any, cast
 
 import lz4.block as lz4_block
 import pytest
@@ -51,11 +53,13 @@ def test_the_compiled_build_compresses_through_the_c_binding():
     if COMPILED:
         assert codecs.lz4_binding() == "C", codecs._LZ4_C_WHY_NOT
         assert type(codecs.get_codec("lz4").compress).__name__ == "Compressor"
+        assert type(codecs.get_codec("lz4").decompress).__name__ == "Decompressor"
     else:
         assert codecs.lz4_binding() == "ctypes"
         assert "pure" in codecs._LZ4_C_WHY_NOT
         c = codecs.get_codec("lz4")
         assert c.compress.__func__ is codecs.Lz4Codec.compress  # type: ignore[attr-defined]
+        assert c.decompress.__func__ is codecs.Lz4Codec.decompress  # type: ignore[attr-defined]
 
 
 @needs_c
@@ -76,6 +80,8 @@ def test_codecs_the_c_binding_does_not_serve():
         codecs.Lz4Codec.compress
     )
     assert codecs.get_codec("lz4hc").compress.__func__ is codecs.Lz4Codec.compress  # type: ignore[attr-defined]
+    for c in (codecs.get_codec("lz4", dictionary=b"abc" * 100), codecs.get_codec("lz4hc")):
+        assert c.decompress.__func__ is codecs.Lz4Codec.decompress  # type: ignore[attr-defined]
 
 
 @needs_c
@@ -154,3 +160,86 @@ def test_a_binding_built_from_another_source_is_not_used(monkeypatch):
     monkeypatch.setattr(mod, "SOURCE_SHA256", "0" * 64)
     binding, why = codecs._load_c_binding()
     assert binding is None and "changed since the build" in why
+
+
+# ---------------------------------------------------------------------------- Decompressor
+
+
+def reference_decompress(c: codecs.Codec, data: bytes, out_len: int = PAGE) -> bytes:
+    """python-lz4's decompress through the Python method: the reference."""
+    return codecs.Lz4Codec.decompress(cast(codecs.Lz4Codec, c), data, out_len)
+
+
+@needs_c
+def test_c_decompressor_gives_the_reference_bytes():
+    c = lz4()
+    dec: Any = c.decompress
+    assert type(dec).__name__ == "Decompressor"
+    for page in pages(11):
+        z = c.compress(page)
+        assert dec(z, len(page)) == page == reference_decompress(c, z, len(page))
+        assert dec(bytearray(z), len(page)) == page and dec(memoryview(z), len(page)) == page
+    z = c.compress(text_page(random.Random(5)))
+    assert dec(z) == dec(z, PAGE) == reference_decompress(c, z)  # out_len defaults to a page
+
+
+def _error(f: Any, *args: Any) -> str:
+    with pytest.raises(CodecError) as e:
+        f(*args)
+    return str(e.value)
+
+
+@needs_c
+def test_c_decompressor_fails_where_the_reference_fails():
+    """Both raise the codec's error (EIO for the device): corrupt input, output that would not
+    fit, and output shorter than out_len (the kernel's backend wants exactly a page)."""
+    c = lz4()
+    dec: Any = c.decompress
+    page = text_page(random.Random(8))
+    z = c.compress(page)
+    for args in [(b"\xff" * 10, PAGE), (z, PAGE - 1), (z[:-5], PAGE), (b"", PAGE)]:
+        ours, ref = _error(dec, *args), _error(reference_decompress, c, *args)
+        assert ours.startswith("lz4: ") and ref.startswith("lz4: ")
+    short = lz4_block.compress(b"abc" * 600, store_size=False)  # 1,800 bytes
+    assert _error(dec, short, PAGE) == _error(reference_decompress, c, short, PAGE)
+    assert "decompressed 1800 bytes, expected 4096" in _error(dec, short, PAGE)
+    assert dec(short, 1800) == b"abc" * 600
+
+
+@needs_c
+def test_c_decompressor_rejects_bad_calls():
+    dec: Any = lz4().decompress
+    for args, kwargs in [((), {}), ((b"x", 1, 2), {}), ((b"x",), {"out_len": 4})]:
+        with pytest.raises(TypeError):
+            dec(*args, **kwargs)
+    with pytest.raises(TypeError):
+        dec("text", PAGE)
+    with pytest.raises(ValueError):
+        dec(b"x", -1)
+    with pytest.raises(ValueError):
+        dec(b"x", 1 << 40)
+    kind = type(dec)
+    with pytest.raises(ValueError):
+        kind(0, CodecError)
+    with pytest.raises(TypeError):
+        kind(1, "not an exception class")
+
+
+@needs_c
+def test_c_decompressor_runs_in_parallel_threads():
+    c = lz4()
+    work = [c.compress(p) for p in pages(9, 120)[:120]]  # whole pages: the default out_len
+    expect = [reference_decompress(c, z) for z in work]
+    errors: list[str] = []
+
+    def run() -> None:
+        for _ in range(5):
+            if [c.decompress(z) for z in work] != expect:
+                errors.append("mismatch")
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

@@ -116,6 +116,21 @@ def _load_lz4_compress_fast() -> tuple[Callable[..., int] | None, str]:
 
 
 _LZ4_COMPRESS_FAST, _LZ4_BINDING = _load_lz4_compress_fast()
+
+
+def _load_lz4_decompress_safe() -> Callable[..., int] | None:
+    """LZ4_decompress_safe() from the library LZ4_compress_fast came from, for the C path's
+    `Decompressor` (python-lz4's decompress calls the same function; tests/test_lz4fast.py
+    holds the two to the same bytes and errors), or None."""
+    if _LZ4_COMPRESS_FAST is None:
+        return None
+    try:
+        return cast(Callable[..., int], ctypes.CDLL(_LZ4_BINDING).LZ4_decompress_safe)
+    except (OSError, AttributeError):
+        return None
+
+
+_LZ4_DECOMPRESS_SAFE = _load_lz4_decompress_safe()
 _LZ4_DST_LEN = 2 * PAGE_SIZE  # zcomp hands compress() a 2 * PAGE_SIZE destination
 
 
@@ -195,6 +210,9 @@ class Lz4Codec(Codec):
             address = ctypes.cast(cast(Any, self._fast), ctypes.c_void_p).value or 0
             compressor = _LZ4_C.Compressor(address, self.level, CodecError)
             self.compress = compressor  # type: ignore[method-assign]
+            if _LZ4_DECOMPRESS_SAFE is not None:  # and decompress, likewise
+                dec = ctypes.cast(cast(Any, _LZ4_DECOMPRESS_SAFE), ctypes.c_void_p).value or 0
+                self.decompress = _LZ4_C.Decompressor(dec, CodecError)  # type: ignore[method-assign]
 
     def compress(self, page: bytes) -> bytes:
         fast = self._fast
