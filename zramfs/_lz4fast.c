@@ -84,6 +84,22 @@ compressor_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyOb
     return out;
 }
 
+/* The constructors' shared checks: a function address and an exception class to raise */
+static int
+check_binding(const char *who, unsigned long long address, PyObject *error)
+{
+    if (address == 0) {
+        PyErr_Format(PyExc_ValueError, "%s: a null function address", who);
+        return -1;
+    }
+    if (!PyType_Check(error) || !PyType_IsSubtype((PyTypeObject *)error,
+                                                  (PyTypeObject *)PyExc_Exception)) {
+        PyErr_Format(PyExc_TypeError, "%s: error must be an exception class", who);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 compressor_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -95,15 +111,8 @@ compressor_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "KiO:Compressor", kwlist, &address,
                                      &acceleration, &error))
         return NULL;
-    if (address == 0) {
-        PyErr_SetString(PyExc_ValueError, "Compressor: a null function address");
+    if (check_binding("Compressor", address, error) < 0)
         return NULL;
-    }
-    if (!PyType_Check(error) || !PyType_IsSubtype((PyTypeObject *)error,
-                                                  (PyTypeObject *)PyExc_Exception)) {
-        PyErr_SetString(PyExc_TypeError, "Compressor: error must be an exception class");
-        return NULL;
-    }
     Compressor *c = (Compressor *)type->tp_alloc(type, 0);
     if (c == NULL)
         return NULL;
@@ -216,15 +225,8 @@ decompressor_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "KO:Decompressor", kwlist, &address, &error))
         return NULL;
-    if (address == 0) {
-        PyErr_SetString(PyExc_ValueError, "Decompressor: a null function address");
+    if (check_binding("Decompressor", address, error) < 0)
         return NULL;
-    }
-    if (!PyType_Check(error) || !PyType_IsSubtype((PyTypeObject *)error,
-                                                  (PyTypeObject *)PyExc_Exception)) {
-        PyErr_SetString(PyExc_TypeError, "Decompressor: error must be an exception class");
-        return NULL;
-    }
     Decompressor *d = (Decompressor *)type->tp_alloc(type, 0);
     if (d == NULL)
         return NULL;
