@@ -181,8 +181,8 @@ __all__ = [
     "contention_point",
 ]
 
-# The sides as module globals: the fast paths below load them with one LOAD_GLOBAL.
-_READ = LockMode.READ
+# Mutex's side as a module global: its fast paths load it with one LOAD_GLOBAL (the read side
+# is allocator.rwlock's).
 _WRITE = LockMode.WRITE
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import pytest
 
 from support.pure_locks import PURE_LOCKS as locks  # the interpreted classes: traced, patched
+from support.pure_locks import PURE_RWLOCK as rwlock
 from support.schedule import (
     Call,
     Explored,
@@ -190,14 +191,14 @@ def original_read_lock(self: locks.RWLock) -> None:
     # flag took "its" token back with a bare pop, but a slow-path reader's read_unlock may
     # have taken it already.
     if locks.LOCKDEP.on:
-        locks.lockdep_before(self, self._cls, locks._READ)
+        locks.lockdep_before(self, self._cls, rwlock._READ)
     if not self._wbusy:
         fast = self._fast
         fast.append(None)
         if not self._wbusy:
             self._racq()
             if locks.LOCKDEP.on:
-                locks.lockdep_acquired(self, self._cls, locks._READ)
+                locks.lockdep_acquired(self, self._cls, rwlock._READ)
             return
         fast.pop()
         self._fast_drained()
@@ -209,7 +210,7 @@ def original_read_lock(self: locks.RWLock) -> None:
     lk.release()
     self._racq()
     if locks.LOCKDEP.on:
-        locks.lockdep_acquired(self, self._cls, locks._READ)
+        locks.lockdep_acquired(self, self._cls, rwlock._READ)
 
 
 def read_lock_swallowing_the_index_error(self: locks.RWLock) -> None:
