@@ -301,3 +301,44 @@ def test_server_cpu_on_a_null_mount(zmount) -> None:
     for job in ("randwrite-4k", "randread-4k"):
         assert f"{job}: ios=" in p.stdout, p.stdout
     assert p.stdout.count("  total user ") == 2, p.stdout
+
+
+def test_device_128k_reports_the_write_outside_the_codec() -> None:
+    """``device-128k`` on a few requests of one tree: the three figures per page, the replay
+    round's data checked with the rest (no FUSE needed)."""
+    p = subprocess.run(
+        [sys.executable, str(SCRIPT), "device-128k", "--pages", "96", "--rounds", "1"]
+        + ["--codecs", "lz4"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    line = next(x for x in p.stdout.splitlines() if " lz4: " in x)
+    figures = dict(
+        (part.rsplit(" ", 2)[0], float(part.rsplit(" ", 2)[1]))
+        for part in line.split(": ", 1)[1].split(", ")
+    )
+    assert set(figures) == {"128 KiB write", "128 KiB read", "write outside the codec"}, line
+    # no order between them: on 96 pages a prefault chunk (the process's CPU) can land in any
+    assert all(v > 0 for v in figures.values()), line
+
+
+def test_device_128k_replay_that_falls_out_of_step_stops() -> None:
+    """A replay codec left with outputs (the device compressed fewer pages than counted)
+    stops the run instead of timing the wrong work."""
+    dev_mod = _load("device")
+    pages = [bytes([k]) * 8 + bytes(range(256)) * 15 + bytes(248) for k in range(32)]
+    reqs = [b"".join(pages)]
+    dev = dev_mod.new_device(REPO, "lz4", 32, 1 << 12)
+    try:
+        real = dev._meta.comps[0]
+        outs = [real.compress(pg) for pg in pages]
+        assert dev_mod._replay_round(dev, reqs, outs) >= 0  # in step: exactly consumed
+        assert dev.read(0, len(reqs[0])) == reqs[0]
+        with pytest.raises(SystemExit, match="fell out of step"):
+            dev_mod._replay_round(dev, reqs, outs + outs[:1])
+        assert dev._meta.comps[0] is real  # put back either way
+    finally:
+        dev.reset()
