@@ -65,6 +65,7 @@ COMPILED: dict[str, tuple[str, ...]] = {
         "zspage",
         "handles",
         "fullness",
+        "page_lock",
         "memory",
         "page_migration",
         "zspage_ops",

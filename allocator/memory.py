@@ -24,8 +24,9 @@ This module owns everything "below" zsmalloc that the kernel's mm core would pro
   (page->private, the owning zspage), ``index`` (page->index: next PFN in the chain, -1 none, or
   a huge object's handle|1), ``page_type`` (first_obj_offset), ``flags`` (PG_* bits).
 * **Page locks**: a PG_locked byte per frame plus a small hashed table of wait queues (the
-  kernel's page_waitqueue()); one thread may hold any number of page locks; lockdep/lock_stat
-  see them as the ``PG_locked`` class (rank 10, outermost).
+  kernel's page_waitqueue()), inherited from `allocator.page_lock.PageLocks`; one thread may
+  hold any number of page locks; lockdep/lock_stat see them as the ``PG_locked`` class (rank
+  10, outermost).
 * **Movable pages**: frames registered with ``set_movable(pfn, ops)`` (``MovableOps``, in
   `allocator.mm_types`) can be moved with ``migrate_pfn`` or by ``compact()``.  Those two are
   entry points only: the migration protocol and the two compaction scanners are
@@ -48,15 +49,14 @@ import ctypes
 import heapq
 import mmap
 import os
-import threading
 from array import array
 from collections.abc import Iterator
-from time import perf_counter_ns
 from typing import Any, Final
 
 from . import locks as _locks
-from .locks import PAGE_LOCK, ZONE_LOCK, LockMode, Mutex
+from .locks import ZONE_LOCK, Mutex
 from .mm_types import INDEX_NONE, PG, PG_ISOLATED, PG_MOVABLE, PG_PRIVATE, MovableOps, OutOfMemory
+from .page_lock import PageLocks
 from .page_migration import CompactResult, MigrateStatus, compact_memory, migrate_pfn_status
 from .prefault import NEVER, START_FRAME, Prefaulter
 
@@ -74,8 +74,6 @@ __all__ = [
 ]
 
 
-_WRITE = LockMode.WRITE
-
 # Frame states (internal ``_state`` bytearray). ABOVE: at or above the bump pointer.
 _ABOVE: Final = 0
 _USED: Final = 1
@@ -84,7 +82,6 @@ _ZOMBIE: Final = 3  # freed by its owner while a migrator still pins it; freed b
 _FREE_B = bytes([_FREE])
 _ONE_B = b"\x01"
 
-_NR_WAITQ: Final = 64  # hashed page wait queues (kernel: PAGE_WAIT_TABLE_SIZE = 256)
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # Linux value; the mmap module omits it
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -99,30 +96,6 @@ def _libc_fallocate():
         fn.restype = ctypes.c_int
         _fallocate = fn
     return _fallocate
-
-
-class _WaitQueue:
-    __slots__ = ("lock", "cond", "waiters")
-
-    def __init__(self) -> None:
-        self.lock = _locks.PlainLock()
-        self.cond = threading.Condition(self.lock)  # type: ignore[arg-type]
-        self.waiters = 0
-
-
-class _PageGuard:
-    __slots__ = ("_mem", "_pfn")
-
-    def __init__(self, mem: PhysicalMemory, pfn: int) -> None:
-        self._mem = mem
-        self._pfn = pfn
-
-    def __enter__(self) -> int:
-        self._mem.lock_page(self._pfn)
-        return self._pfn
-
-    def __exit__(self, *exc: object) -> None:
-        self._mem.unlock_page(self._pfn)
 
 
 # vmstat: gauges first, then events, in /proc/vmstat order.
@@ -144,7 +117,7 @@ _VM_EVENTS = (
 DIRTY_FRAMES: Final = 256
 
 
-class PhysicalMemory:
+class PhysicalMemory(PageLocks):
     """Simulated RAM shared by any number of pools. Thread-safe."""
 
     def __init__(
@@ -165,6 +138,7 @@ class PhysicalMemory:
             raise ValueError("page_size must be a power of two, at least 8 (one 64-bit word)")
         if backing not in ("anon", "memfd"):
             raise ValueError(f"backing must be 'anon' or 'memfd', not {backing!r}")
+        super().__init__()  # the page locks (PG_locked bytes grown by _grow below)
         self.max_pages = max_pages
         self.page_size = page_size
         self.backing = backing
@@ -226,12 +200,10 @@ class PhysicalMemory:
         self.flags = bytearray()
         # Internal per-frame state.
         self._state = bytearray()
-        self._pglocked = bytearray()
         self._movable = bytearray()  # 1 when registered movable (scanned with rfind)
         self._mops: list[MovableOps | None] = []
         self._flags_lock = _locks.hot_path_lock(_locks.PAGE_FLAGS_LOCK)
 
-        self._waitq = [_WaitQueue() for _ in range(_NR_WAITQ)]
         self._vm: dict[str, int] = dict.fromkeys(_VM_EVENTS, 0)
         self._vm["nr_zspages"] = 0
         self._grow(min(max_pages, 1024))
@@ -490,89 +462,6 @@ class PhysicalMemory:
 
     def test_page_flag(self, pfn: int, bit: int) -> bool:
         return bool(self.flags[pfn] & bit)
-
-    # -------------------------------------------------------------- page locks
-
-    def lock_page(self, pfn: int) -> None:
-        """Sleeping lock_page(): wait until PG_locked is clear, then set it."""
-        if _locks.LOCKDEP.on:
-            _locks.lockdep_before((id(self), pfn), PAGE_LOCK, _WRITE)
-        wq = self._waitq[pfn & (_NR_WAITQ - 1)]
-        locked = self._pglocked
-        wq.lock.acquire()
-        if locked[pfn]:
-            wq.waiters += 1
-            t0 = perf_counter_ns()
-            try:
-                while locked[pfn]:
-                    wq.cond.wait()
-            except BaseException:
-                wq.waiters -= 1
-                wq.lock.release()
-                raise
-            wq.waiters -= 1
-            locked[pfn] = 1
-            wq.lock.release()
-            PAGE_LOCK.write.contended(perf_counter_ns() - t0, _locks.contention_point())
-        else:
-            locked[pfn] = 1
-            wq.lock.release()
-        PAGE_LOCK.write.count()
-        if _locks.LOCKDEP.on:
-            _locks.lockdep_acquired((id(self), pfn), PAGE_LOCK, _WRITE)
-
-    def trylock_page(self, pfn: int) -> bool:
-        lk = self._waitq[pfn & (_NR_WAITQ - 1)].lock
-        locked = self._pglocked
-        lk.acquire()
-        if locked[pfn]:
-            lk.release()
-            return False
-        locked[pfn] = 1
-        lk.release()
-        PAGE_LOCK.write.count()
-        if _locks.LOCKDEP.on:
-            _locks.lockdep_acquired((id(self), pfn), PAGE_LOCK, _WRITE, True)
-        return True
-
-    def unlock_page(self, pfn: int) -> None:
-        wq = self._waitq[pfn & (_NR_WAITQ - 1)]
-        locked = self._pglocked
-        lk = wq.lock
-        lk.acquire()
-        if not locked[pfn]:
-            lk.release()
-            raise RuntimeError(f"unlock_page: pfn {pfn} is not locked")
-        locked[pfn] = 0
-        if wq.waiters:
-            # The wait queue is shared by several frames: wake all, each rechecks its bit.
-            wq.cond.notify_all()
-        lk.release()
-        if _locks.LOCKDEP.on:
-            _locks.lockdep_released((id(self), pfn))
-
-    def wait_on_page_locked(self, pfn: int) -> None:
-        """wait_on_page_locked(): sleep until the frame's PG_locked is clear, without taking it
-        (lockdep checks it like a lock_page: waiting there can deadlock the same way)."""
-        if _locks.LOCKDEP.on:
-            _locks.lockdep_before((id(self), pfn), PAGE_LOCK, _WRITE)
-        wq = self._waitq[pfn & (_NR_WAITQ - 1)]
-        locked = self._pglocked
-        with wq.lock:
-            if locked[pfn]:
-                wq.waiters += 1
-                try:
-                    while locked[pfn]:
-                        wq.cond.wait()
-                finally:
-                    wq.waiters -= 1
-
-    def page_is_locked(self, pfn: int) -> bool:
-        return bool(self._pglocked[pfn])
-
-    def page_locked(self, pfn: int) -> _PageGuard:
-        """``with mem.page_locked(pfn):`` lock_page ... unlock_page."""
-        return _PageGuard(self, pfn)
 
     # -------------------------------------------------------------- movable pages
 
