@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
+from typing import Final
 from time import perf_counter_ns
 
 from .lockdep import (
@@ -25,6 +26,9 @@ from .lockdep import (
     site_class,
 )
 from .lockdep_switch import LOCKDEP
+
+#: threading.Lock, looked up once (every zspage is born with an RWLock)
+_allocate_lock: Final = threading.Lock
 
 __all__ = ["RWLock"]
 
@@ -111,8 +115,9 @@ class RWLock:
 
     def __init__(self, lock_class: LockClass | None = None) -> None:
         cls = lock_class if lock_class is not None else site_class(True)
-        cls.rw = True
-        self._lock = threading.Lock()
+        if not cls.rw:
+            cls.rw = True
+        self._lock = _allocate_lock()
         self._cls = cls
         self._readers = 0  # readers holding the lock (including granted, not yet awake)
         self._writer = False  # a writer holds the lock
