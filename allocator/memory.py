@@ -98,10 +98,11 @@ def _libc_fallocate():
     return _fallocate
 
 
-# vmstat: gauges first, then events, in /proc/vmstat order.
+# vmstat: gauges first, then events, in /proc/vmstat order.  The counters every frame
+# allocation and free changes are fields (`PhysicalMemory._pgalloc`, `_pgfree`, `_nr_zspages`),
+# the rest a dict by name.
+_VM_HOT = ("nr_zspages", "pgalloc_normal", "pgfree")
 _VM_EVENTS = (
-    "pgalloc_normal",
-    "pgfree",
     "pgmigrate_success",
     "pgmigrate_fail",
     "compact_migrate_scanned",
@@ -205,7 +206,9 @@ class PhysicalMemory(PageLocks):
         self._flags_lock = _locks.hot_path_lock(_locks.PAGE_FLAGS_LOCK)
 
         self._vm: dict[str, int] = dict.fromkeys(_VM_EVENTS, 0)
-        self._vm["nr_zspages"] = 0
+        self._nr_zspages = 0  # NR_ZSPAGES: frames of zspages (alloc_page/free_page(zspage=True))
+        self._pgalloc = 0  # pgalloc_normal
+        self._pgfree = 0  # pgfree
         self._grow(min(max_pages, 1024))
 
     # ------------------------------------------------------------------ arrays
@@ -243,8 +246,11 @@ class PhysicalMemory(PageLocks):
         """Highest used PFN + 1 (frames pinned by a migrator after their free count as used)."""
         return self._top
 
-    def alloc_page(self) -> int:
-        """Allocate the lowest free frame. Raises OutOfMemory when every frame is in use."""
+    def alloc_page(self, zspage: bool = False) -> int:
+        """Allocate the lowest free frame. Raises OutOfMemory when every frame is in use.
+
+        With ``zspage`` the frame is counted in nr_zspages in the same critical section:
+        alloc_zspage's alloc_page() and inc_zone_page_state(NR_ZSPAGES) for each page."""
         with self._lock:
             state = self._state
             heap = self._heap
@@ -265,10 +271,11 @@ class PhysicalMemory(PageLocks):
                     self._prefault_at = self._prefault_ahead(pfn)
             state[pfn] = _USED
             self._nr_used += 1
-            self._vm["pgalloc_normal"] += 1
-            dirty = self._dirty
-            if pfn in dirty:
-                dirty.discard(pfn)  # stale contents, as a kernel alloc_page without __GFP_ZERO
+            self._pgalloc += 1
+            if zspage:
+                self._nr_zspages += 1
+            # stale contents, as a kernel alloc_page without __GFP_ZERO
+            self._dirty.discard(pfn)
             return pfn
 
     def _prefault_ahead(self, pfn: int) -> int:
@@ -285,14 +292,18 @@ class PhysicalMemory(PageLocks):
         pf = self._prefault
         return pf.populated if pf is not None else 0
 
-    def free_page(self, pfn: int) -> None:
+    def free_page(self, pfn: int, zspage: bool = False) -> None:
         """Free a frame: reset its struct page fields, drop its contents (batched, see _release)
-        and make it allocatable again. The frame must not be page-locked (kernel: bad_page)."""
+        and make it allocatable again. The frame must not be page-locked (kernel: bad_page).
+        With ``zspage`` it leaves nr_zspages in the same critical section (__free_zspage's
+        dec_zone_page_state(NR_ZSPAGES) and put_page)."""
         with self._lock:
             if not 0 <= pfn < self._top or self._state[pfn] != _USED:
                 raise ValueError(f"free_page: pfn {pfn} is not an allocated frame")
             if self._pglocked[pfn] and pfn not in self._refs:
                 raise ValueError(f"free_page: pfn {pfn} is still page-locked")
+            if zspage:
+                self._nr_zspages -= 1
             self._reset_page(pfn)
             if pfn in self._refs:
                 # A migrator holds a reference: the last put_page completes the free.
@@ -323,7 +334,7 @@ class PhysicalMemory(PageLocks):
         if len(dirty) >= DIRTY_FRAMES:
             self._drop_dirty()
         self._nr_used -= 1
-        self._vm["pgfree"] += 1
+        self._pgfree += 1
         state = self._state
         if pfn == self._top - 1:
             # Lower the high-water mark over the free frames right below the top; their heap
@@ -406,7 +417,7 @@ class PhysicalMemory(PageLocks):
             self._state[pfn] = _USED
             self._nr_free_below -= 1
             self._nr_used += 1
-            self._vm["pgalloc_normal"] += 1
+            self._pgalloc += 1
             return True
 
     def claim_lowest_free_below(self, limit: int) -> int:
@@ -536,7 +547,14 @@ class PhysicalMemory(PageLocks):
         """mod_node_page_state / count_vm_events: adjust a vmstat item (e.g. pools keep
         ``nr_zspages`` here as zsmalloc keeps NR_ZSPAGES)."""
         with self._lock:
-            self._vm[name] = self._vm.get(name, 0) + delta
+            if name == "nr_zspages":
+                self._nr_zspages += delta
+            elif name == "pgalloc_normal":
+                self._pgalloc += delta
+            elif name == "pgfree":
+                self._pgfree += delta
+            else:
+                self._vm[name] = self._vm.get(name, 0) + delta
 
     def vmstat(self) -> dict[str, int]:
         with self._lock:
@@ -546,7 +564,9 @@ class PhysicalMemory(PageLocks):
                 "nr_high_water_pfn": self._top,
                 "nr_isolated_movable": sum(1 for p in self._refs if self.flags[p] & PG_ISOLATED),
             }
-            out["nr_zspages"] = self._vm["nr_zspages"]
+            out["nr_zspages"] = self._nr_zspages
+            out["pgalloc_normal"] = self._pgalloc
+            out["pgfree"] = self._pgfree
             for k, v in self._vm.items():
                 if k not in out:
                     out[k] = v
@@ -558,6 +578,7 @@ class PhysicalMemory(PageLocks):
 
     def vmstat_reset(self) -> None:
         with self._lock:
+            self._pgalloc = self._pgfree = 0
             for k in _VM_EVENTS:
                 self._vm[k] = 0
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
-from typing import Final
 from time import perf_counter_ns
+from typing import Final
 
 from .lockdep import (
     LockClass,

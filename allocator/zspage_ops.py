@@ -192,16 +192,16 @@ def alloc_zspage(pool: Pool, cls: SizeClass) -> Zspage:
     mem = pool.memory
     try:
         for _ in range(cls.pages_per_zspage):
-            pages.append(mem.alloc_page())
+            # alloc_page + inc_zone_page_state(NR_ZSPAGES), in one critical section
+            pages.append(mem.alloc_page(zspage=True))
     except OutOfMemory:
         for pfn in pages:
-            mem.free_page(pfn)
+            mem.free_page(pfn, zspage=True)
         raise
     create_page_chain(mem, cls, zspage, pages)
     init_zspage(mem.words, mem.page_type, cls.size, pages, pool.page_shift)
     zspage.freeobj = 0
     pool.track_zspage(zspage)
-    mem.mod_vmstat("nr_zspages", cls.pages_per_zspage)  # inc_zone_page_state(NR_ZSPAGES)
     return zspage
 
 
@@ -260,10 +260,9 @@ def free_zspage_pages(pool: Pool, cls: SizeClass, zspage: Zspage) -> None:
         nxt = get_next_page(mem, zspage, pfn)  # taken before reset_page
         reset_page(mem, pfn)
         mem.unlock_page(pfn)
-        mem.free_page(pfn)
+        mem.free_page(pfn, zspage=True)  # with dec_zone_page_state(NR_ZSPAGES)
         pfn = nxt
     zspage.magic = 0
-    mem.mod_vmstat("nr_zspages", -cls.pages_per_zspage)
     pool.untrack_zspage(zspage)
     cls.stats[OBJ_ALLOCATED] -= cls.objs_per_zspage
     pool.add_pages(-cls.pages_per_zspage)

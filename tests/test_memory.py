@@ -523,6 +523,34 @@ def test_vmstat_text_format() -> None:
     mem.vmstat_reset()
 
 
+def test_vmstat_frame_counters() -> None:
+    """pgalloc_normal, pgfree and nr_zspages (fields, not the dict of the other events): a
+    zspage's frames count in nr_zspages from alloc_page(zspage=True) to free_page(zspage=True);
+    the names keep /proc/vmstat's order; a reset clears the events, not the gauge."""
+    mem = PhysicalMemory(max_pages=8)
+    a = mem.alloc_page(zspage=True)
+    b = mem.alloc_page()
+    c = mem.alloc_page()
+    mem.free_page(b)
+    assert mem.claim_lowest_free_below(8) == b  # compaction's free scanner allocates too
+    vm = mem.vmstat()
+    assert (vm["nr_zspages"], vm["pgalloc_normal"], vm["pgfree"]) == (1, 4, 1)
+    mem.free_page(a, zspage=True)
+    mem.free_page(b)
+    vm = mem.vmstat()
+    assert (vm["nr_zspages"], vm["pgalloc_normal"], vm["pgfree"]) == (0, 4, 3)
+    names = list(vm)
+    assert names[4:8] == ["nr_zspages", "pgalloc_normal", "pgfree", "pgmigrate_success"]
+    mem.mod_vmstat("pgfree", 5)
+    mem.mod_vmstat("nr_zspages", 2)
+    assert mem.vmstat()["pgfree"] == 8
+    mem.vmstat_reset()
+    vm = mem.vmstat()
+    assert (vm["nr_zspages"], vm["pgalloc_normal"], vm["pgfree"]) == (2, 0, 0)
+    assert list(vm) == names
+    mem.free_page(c)
+
+
 # ---------------------------------------------------------------------------- stress
 
 

@@ -514,14 +514,18 @@ def test_out_of_memory():
         pool.malloc(100)  # class 112 needs 2 frames
     assert len(pool.handles.free_cells) == free_cells  # the handles went back
     assert pool.total_pages == 4 and mem.nr_used == 4
+    assert mem.vmstat()["nr_zspages"] == 4  # NR_ZSPAGES counts frames of zspages
     pool.free(hs.pop())  # one frame free again
     with pytest.raises(OutOfMemory):
         pool.malloc(100)  # gets 1 of 2 frames, gives it back
     assert mem.nr_used == 3
+    assert mem.vmstat()["nr_zspages"] == 3  # the frame given back left it again
     pool.check_invariants()
     for h in hs:
         pool.free(h)
     assert mem.nr_used == 0
+    vm = mem.vmstat()
+    assert vm["nr_zspages"] == 0 and vm["pgalloc_normal"] == vm["pgfree"] == 5
     pool.check_invariants()
 
 
