@@ -21,6 +21,7 @@ from time import perf_counter_ns
 from typing import Final
 
 from . import locks as _locks
+from .lockdep_switch import LOCKDEP
 from .locks import PAGE_LOCK, LockMode
 
 __all__ = ["PageLocks"]
@@ -28,6 +29,10 @@ __all__ = ["PageLocks"]
 _WRITE = LockMode.WRITE
 
 _NR_WAITQ: Final = 64  # hashed page wait queues (kernel: PAGE_WAIT_TABLE_SIZE = 256)
+
+# counts one PG_locked acquisition in lock_stat; held once here, as the locks hold theirs
+# (`LockStat.count`), rather than looked up through the lock class on every page lock
+_count_acquisition: Final = PAGE_LOCK.write.count
 
 
 class _WaitQueue:
@@ -64,7 +69,7 @@ class PageLocks:
 
     def lock_page(self, pfn: int) -> None:
         """Sleeping lock_page(): wait until PG_locked is clear, then set it."""
-        if _locks.LOCKDEP.on:
+        if LOCKDEP.on:
             _locks.lockdep_before((id(self), pfn), PAGE_LOCK, _WRITE)
         wq = self._waitq[pfn & (_NR_WAITQ - 1)]
         locked = self._pglocked
@@ -86,8 +91,8 @@ class PageLocks:
         else:
             locked[pfn] = 1
             wq.lock.release()
-        PAGE_LOCK.write.count()
-        if _locks.LOCKDEP.on:
+        _count_acquisition()
+        if LOCKDEP.on:
             _locks.lockdep_acquired((id(self), pfn), PAGE_LOCK, _WRITE)
 
     def trylock_page(self, pfn: int) -> bool:
@@ -99,8 +104,8 @@ class PageLocks:
             return False
         locked[pfn] = 1
         lk.release()
-        PAGE_LOCK.write.count()
-        if _locks.LOCKDEP.on:
+        _count_acquisition()
+        if LOCKDEP.on:
             _locks.lockdep_acquired((id(self), pfn), PAGE_LOCK, _WRITE, True)
         return True
 
@@ -117,13 +122,13 @@ class PageLocks:
             # The wait queue is shared by several frames: wake all, each rechecks its bit.
             wq.cond.notify_all()
         lk.release()
-        if _locks.LOCKDEP.on:
+        if LOCKDEP.on:
             _locks.lockdep_released((id(self), pfn))
 
     def wait_on_page_locked(self, pfn: int) -> None:
         """wait_on_page_locked(): sleep until the frame's PG_locked is clear, without taking it
         (lockdep checks it like a lock_page: waiting there can deadlock the same way)."""
-        if _locks.LOCKDEP.on:
+        if LOCKDEP.on:
             _locks.lockdep_before((id(self), pfn), PAGE_LOCK, _WRITE)
         wq = self._waitq[pfn & (_NR_WAITQ - 1)]
         locked = self._pglocked

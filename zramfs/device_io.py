@@ -401,7 +401,7 @@ class IOPathMixin(DeviceCore):
 
         The hot path of single-page writes (swap, fio randwrite): what `_store_page` does,
         without its calls to the helpers (page_same_filled, update_used_max, slot_free of
-        the common old slot, the block-layer accounting), each a Python frame.  The request,
+        an old slot that is not written back, the block-layer accounting), each a Python frame.  The request,
         started at `t0` (perf_counter_ns), is accounted in the commit's critical section, so
         a 4 KiB write takes its stripe once.  Not `_write_pages` with a count of one: setting
         up its loop (bound methods hoisted into locals) made a 4 KiB write 7 % slower and a
@@ -445,10 +445,15 @@ class IOPathMixin(DeviceCore):
                 if alloced > c[MAX_USED]:
                     c[MAX_USED] = alloced
                 old_f = t.flags[index]
-                if old_f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE):
-                    self._slot_free(meta, index, c)
-                elif old_f or t.handle[index]:
+                if old_f & ZRAM_WB:
+                    self._slot_free(meta, index, c)  # the backing device's block
+                elif old_f & ZRAM_SAME:
+                    c[SAME_PAGES] -= 1
+                    c[PAGES_STORED] -= 1
+                elif old_f or t.handle[index]:  # an object in the pool, compressed or HUGE
                     pool.free(t.handle[index])
+                    if old_f & ZRAM_HUGE:
+                        c[HUGE_PAGES] -= 1
                     c[COMPR_DATA_SIZE] -= old_f & SIZE_MASK
                     c[PAGES_STORED] -= 1
                 c[COMPR_DATA_SIZE] += size
@@ -476,9 +481,10 @@ class IOPathMixin(DeviceCore):
         page), the copy, the slot swapped under its stripe and the old object freed last —
         with the attribute look-ups hoisted out of the loop (a quarter of a 128 KiB write's
         own CPU was Python call overhead; the pool's methods stay calls on `pool`, native when
-        compiled).  Only the old slot's common case
-        (a compressed object or nothing) is freed inline; SAME, HUGE and written-back slots
-        go through `_slot_free`.  The request, started at `t0` (perf_counter_ns), is
+        compiled).  The old slot is freed inline (slot_free's cases: an object in the pool,
+        compressed or HUGE, a SAME word, nothing) but for a written-back one, which goes
+        through `_slot_free`: a method of the device, a Python class, is a method look-up and
+        a call with its arguments boxed.  The request, started at `t0` (perf_counter_ns), is
         accounted in the last page's commit.  A test keeps this copy and the reference in
         step (see `_store_page`).
 
@@ -531,10 +537,15 @@ class IOPathMixin(DeviceCore):
                     if alloced > c[MAX_USED]:
                         c[MAX_USED] = alloced
                     old_f = flags[i]
-                    if old_f & (ZRAM_WB | ZRAM_SAME | ZRAM_HUGE):
-                        self._slot_free(meta, i, c)
-                    elif old_f or handles[i]:
+                    if old_f & ZRAM_WB:
+                        self._slot_free(meta, i, c)  # the backing device's block
+                    elif old_f & ZRAM_SAME:
+                        c[SAME_PAGES] -= 1
+                        c[PAGES_STORED] -= 1
+                    elif old_f or handles[i]:  # an object in the pool, compressed or HUGE
                         pool.free(handles[i])
+                        if old_f & ZRAM_HUGE:
+                            c[HUGE_PAGES] -= 1
                         c[COMPR_DATA_SIZE] -= old_f & SIZE_MASK
                         c[PAGES_STORED] -= 1
                     handles[i] = handle
