@@ -114,6 +114,10 @@ _VM_EVENTS = (
 )
 
 
+# looked up once: compiled code would look the heapq module's attribute up on every frame
+_heappush: Final = heapq.heappush
+_heappop: Final = heapq.heappop
+
 # Freed frames whose contents are dropped together (see PhysicalMemory._release): 1 MiB.
 DIRTY_FRAMES: Final = 256
 
@@ -256,7 +260,7 @@ class PhysicalMemory(PageLocks):
             heap = self._heap
             top = self._top
             while heap:
-                pfn = heapq.heappop(heap)
+                pfn = _heappop(heap)
                 if pfn < top and state[pfn] == _FREE:
                     self._nr_free_below -= 1
                     break
@@ -348,7 +352,7 @@ class PhysicalMemory(PageLocks):
             self._top = top
         else:
             state[pfn] = _FREE
-            heapq.heappush(self._heap, pfn)
+            _heappush(self._heap, pfn)
             self._nr_free_below += 1
         heap = self._heap
         if len(heap) > 2 * self._nr_free_below + 1024:

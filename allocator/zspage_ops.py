@@ -122,7 +122,8 @@ def create_page_chain(
     """create_page_chain: private = zspage on every subpage, PG_private on the first,
     page->index links the chain.  The kernel zeroes page->index (NULL) first; in this
     port "no next page" is INDEX_NONE (PFN 0 exists), while a huge page's index is the
-    handle field, whose empty value is 0."""
+    handle field, whose empty value is 0.  The zspage keeps `pages` itself (its callers
+    build a fresh list)."""
     private = mem.private
     index = mem.index
     huge = cls.huge
@@ -140,7 +141,7 @@ def create_page_chain(
                 mem.clear_page_flag(pfn, PG_PRIVATE)
             index[prev] = pfn
         prev = pfn
-    zspage.pages = list(pages)
+    zspage.pages = pages
 
 
 def replace_sub_page(pool: Pool, cls: SizeClass, zspage: Zspage, new: int, old: int) -> None:
