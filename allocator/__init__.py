@@ -40,8 +40,9 @@ from .fullness import SizeClass  # noqa: E402
 from .handles import InvalidHandle  # noqa: E402
 from .locks import LockOrderViolation, lock_stat_reset, lock_stat_text, set_lockdep  # noqa: E402
 from .memory import MovableOps, OutOfMemory, PhysicalMemory  # noqa: E402
-from .pool import SHRINK_STOP, MapMode, NestedMappingError, Pool, PoolStats  # noqa: E402
+from .pool import SHRINK_STOP, MapMode, NestedMappingError, Pool  # noqa: E402
 from .sizeclass import ClassTable, SizeClassSpec, build_class_table  # noqa: E402
+from .stats import PoolStats  # noqa: E402
 
 __all__ = [
     "Pool",

@@ -62,11 +62,17 @@ from .sizeclass import (
     build_class_table,
 )
 from .zspage import FREEOBJ_MASK, Zspage
-from .zspage_ops import alloc_zspage, async_free_zspage, free_zspage, obj_malloc, set_zspage_movable
+from .zspage_ops import (
+    ZspageCache,
+    alloc_zspage,
+    async_free_zspage,
+    free_zspage,
+    obj_malloc,
+    set_zspage_movable,
+)
 
 __all__ = [
     "Pool",
-    "PoolStats",
     "SizeClass",
     "MapMode",
     "InvalidHandle",
@@ -91,21 +97,6 @@ class MapMode(enum.Enum):
 @mypyc_attr(native_class=False)
 class NestedMappingError(RuntimeError):
     """A thread mapped a second object before unmapping the first (one mapping per CPU)."""
-
-
-class PoolStats:
-    """struct zs_pool_stats."""
-
-    __slots__ = ("pages_compacted", "_lock")
-
-    def __init__(self, lock: _locks.PlainLock) -> None:
-        self.pages_compacted = 0
-        self._lock = lock  # the pool's pages_allocated leaf lock
-
-    def add_pages_compacted(self, n: int) -> None:
-        """atomic_long_add(n, &pool->stats.pages_compacted)."""
-        with self._lock:
-            self.pages_compacted += n
 
 
 class _Mapping:
@@ -228,7 +219,7 @@ class Pool:
             _locks.PAGES_ALLOCATED_LOCK
         )  # atomic_long_t pages_allocated
         self.pages_allocated = 0
-        self.stats = PoolStats(self._pages_lock)
+        self.stats = _stats.PoolStats(self._pages_lock)
 
         # The handle cache ("zs_handle", see handles.py); its cell array and free-cell stack
         # are held here too, for malloc/free/read/write (both are only grown in place).
@@ -243,6 +234,7 @@ class Pool:
         self._mapping_threads: set[int] = set()
         # every live zspage (debug walks, destroy); only touched when zspages come and go
         self._zspages: set[Zspage] = set()
+        self.zspage_cache = ZspageCache()  # the "zspage" kmem_cache: freed structs for reuse
         self._zspages_lock = _locks.hot_path_lock(_locks.ZSPAGE_SET_LOCK)
 
         # deferred free (pool->free_work); Condition takes any lock with acquire/release (a

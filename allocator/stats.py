@@ -9,6 +9,9 @@ This module owns everything that only *reads* a pool to show or check it:
 * ``check_invariants``: the consistency walk over a quiescent pool used by the tests (list
   membership, accounting, tag bits: the edge cases of docs/zsmalloc.md named below).
 
+Also ``PoolStats``, struct zs_pool_stats (pages_compacted), which the pool updates and
+the device reads for mm_stat.
+
 `Pool` keeps thin methods for the ones its users call (``classes_table``, ``obj_location``,
 ``check_invariants``); the others are called as functions of this module.
 """
@@ -35,7 +38,24 @@ from .zspage import OBJ_END_MARKER, Zspage, location_to_obj, obj_to_location
 from .zspage_ops import handle_to_zspage
 
 if TYPE_CHECKING:
+    from .locks import PlainLock
     from .pool import Pool
+
+
+class PoolStats:
+    """struct zs_pool_stats."""
+
+    __slots__ = ("pages_compacted", "_lock")
+
+    def __init__(self, lock: PlainLock) -> None:
+        self.pages_compacted = 0
+        self._lock = lock  # the pool's pages_allocated leaf lock
+
+    def add_pages_compacted(self, n: int) -> None:
+        """atomic_long_add(n, &pool->stats.pages_compacted)."""
+        with self._lock:
+            self.pages_compacted += n
+
 
 #: zs_stats_size_show()'s columns, in order (the debugfs "classes" table)
 CLASS_COLUMNS: Final = (

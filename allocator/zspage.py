@@ -81,7 +81,23 @@ class Zspage(ListHead):
         "lock",
     )
 
+    huge: bool
+    fullness: int
+    class_idx: int
+    isolated: int
+    magic: int
+    inuse: int
+    freeobj: int
+    first_page: int
+    pages: list[int]
+
     def __init__(self, lock: RWLock) -> None:
+        self.lock = lock  # the zspage rwlock (migrate_read/write_lock)
+        self.zero()
+
+    def zero(self) -> None:
+        """Every field but the lock back to its first value: a new struct, or one the pool's
+        zspage cache hands out again (cache_alloc_zspage, `allocator.zspage_ops.ZspageCache`)."""
         # cache_alloc_zspage uses kmem_cache_zalloc: every field starts at 0.  In particular
         # class and fullness stay 0 until zs_malloc calls set_zspage_mapping (docs/zsmalloc.md,
         # edge case "obj_malloc on a fresh zspage reads class 0").
@@ -93,8 +109,7 @@ class Zspage(ListHead):
         self.inuse = 0
         self.freeobj = 0
         self.first_page = -1
-        self.pages: list[int] = []
-        self.lock = lock  # the zspage rwlock (migrate_read/write_lock)
+        self.pages = []
         # INIT_LIST_HEAD(&zspage->list): not on any list.  The shared OFF_LIST, not the
         # kernel's self-link: a self-cycle would leave every freed zspage (and its lock and
         # page list) to the cyclic garbage collector, which the daemon runs rarely

@@ -9,6 +9,7 @@ names:
 * the page chain: ``create_page_chain``, ``replace_sub_page``, ``get_next_page``,
   ``reset_page``, ``set_zspage_movable``;
 * the life cycle: ``alloc_zspage``; ``free_zspage`` (trylocks the pages, else defers),
+  the pool's "zspage" cache the structs come from and go back to (``ZspageCache``),
   ``__free_zspage`` (here ``free_zspage_pages``), ``trylock_zspage``, ``lock_zspage`` and the
   body of the deferred free, ``async_free_zspage``;
 * ``handle_to_zspage`` and ``resolve_and_pin``: handle -> obj -> zspage, the latter under
@@ -28,7 +29,7 @@ huge object's malloc + write + free, a zspage born and freed each time, 5.2 -> 4
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from . import locks as _locks
 from .fullness import SizeClass, remove_zspage
@@ -55,6 +56,7 @@ __all__ = [
     "get_next_page",
     "reset_page",
     "set_zspage_movable",
+    "ZspageCache",
     "alloc_zspage",
     "trylock_zspage",
     "lock_zspage",
@@ -184,11 +186,61 @@ def set_zspage_movable(pool: Pool, zspage: Zspage) -> None:
 
 # ------------------------------------------------------------------------- life cycle
 
+#: freed struct zspages a pool keeps for reuse (`ZspageCache`)
+ZSPAGE_CACHE_MAX: Final = 256
+
+
+class ZspageCache:
+    """A pool's "zspage" kmem_cache (create_cache in zs_create_pool): where alloc_zspage
+    gets its struct zspage (cache_alloc_zspage) and __free_zspage puts it back
+    (cache_free_zspage).
+
+    A freed `Zspage` keeps its object and its rwlock for a later alloc_zspage, which zeroes
+    its fields again (kmem_cache_zalloc), up to ZSPAGE_CACHE_MAX of them, as a slab keeps
+    freed objects for the next allocation.  Why: building and tearing down a `Zspage` with
+    its `RWLock` was a tenth of storing an incompressible page, whose one-page zspage is
+    born and freed on every overwrite (docs/performance.md, "Compiled build").
+
+    A struct goes back only while its lock is idle (not held, nobody queued).  The kernel's
+    free path makes it so: __free_zspage runs with class->lock and every page lock held and
+    no object left, so no mapper, migration or compaction can hold or wait for the zspage
+    lock; one that is not idle is left to the garbage collector.  ``_free`` is shared by the
+    classes without a lock: ``pop`` and ``append`` are single list operations, thread-safe
+    under the GIL and in free-threaded CPython, as the handle cache's free cells are.
+    """
+
+    __slots__ = ("_free",)
+
+    def __init__(self) -> None:
+        self._free: list[Zspage] = []
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+    def alloc(self) -> Zspage:
+        """cache_alloc_zspage: a zeroed struct zspage, reused when one is cached."""
+        try:
+            zspage = self._free.pop()
+        except IndexError:
+            return Zspage(_locks.RWLock(_locks.ZSPAGE_LOCK))
+        zspage.zero()
+        return zspage
+
+    def free(self, zspage: Zspage) -> None:
+        """cache_free_zspage: keep the struct for reuse if there is room and its lock is idle."""
+        lock = zspage.lock
+        if len(self._free) < ZSPAGE_CACHE_MAX and not lock.is_locked() and not lock.is_contended():
+            self._free.append(zspage)
+
+    def clear(self) -> None:
+        """Drop every cached struct (zs_destroy_pool's kmem_cache_destroy)."""
+        self._free.clear()
+
 
 def alloc_zspage(pool: Pool, cls: SizeClass) -> Zspage:
     """alloc_zspage: a zeroed zspage, its frames, the chain and the freelist (no lock held;
     all frames are given back if one allocation fails)."""
-    zspage = Zspage(_locks.RWLock(_locks.ZSPAGE_LOCK))
+    zspage = pool.zspage_cache.alloc()
     pages: list[int] = []
     mem = pool.memory
     try:
@@ -198,6 +250,7 @@ def alloc_zspage(pool: Pool, cls: SizeClass) -> Zspage:
     except OutOfMemory:
         for pfn in pages:
             mem.free_page(pfn, zspage=True)
+        pool.zspage_cache.free(zspage)
         raise
     create_page_chain(mem, cls, zspage, pages)
     init_zspage(mem.words, mem.page_type, cls.size, pages, pool.page_shift)
@@ -267,6 +320,7 @@ def free_zspage_pages(pool: Pool, cls: SizeClass, zspage: Zspage) -> None:
     pool.untrack_zspage(zspage)
     cls.stats[OBJ_ALLOCATED] -= cls.objs_per_zspage
     pool.add_pages(-cls.pages_per_zspage)
+    pool.zspage_cache.free(zspage)  # cache_free_zspage: the struct may be handed out again
 
 
 def free_zspage(pool: Pool, cls: SizeClass, zspage: Zspage) -> None:
