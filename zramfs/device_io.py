@@ -436,6 +436,7 @@ class IOPathMixin(DeviceCore):
             pool.write_object(handle, comp)
         with stripe.lock:
             c = stripe.counters
+            stored = 1  # pages_stored's change: the new page in, any old content out
             if newflags == ZRAM_SAME:
                 # nothing was allocated: no update_used_max, any old slot to _slot_free
                 # (a merged path cost same-filled writes 6 %)
@@ -445,25 +446,28 @@ class IOPathMixin(DeviceCore):
                 if alloced > c[MAX_USED]:
                     c[MAX_USED] = alloced
                 old_f = t.flags[index]
+                dsize = size  # compr_data_size's change: the new object in, the old one out
                 if old_f & ZRAM_WB:
                     self._slot_free(meta, index, c)  # the backing device's block
                 elif old_f & ZRAM_SAME:
                     c[SAME_PAGES] -= 1
-                    c[PAGES_STORED] -= 1
+                    stored = 0
                 elif old_f or t.handle[index]:  # an object in the pool, compressed or HUGE
                     pool.free(t.handle[index])
                     if old_f & ZRAM_HUGE:
                         c[HUGE_PAGES] -= 1
-                    c[COMPR_DATA_SIZE] -= old_f & SIZE_MASK
-                    c[PAGES_STORED] -= 1
-                c[COMPR_DATA_SIZE] += size
+                    dsize -= old_f & SIZE_MASK
+                    stored = 0
+                if dsize:
+                    c[COMPR_DATA_SIZE] += dsize
                 if size == PAGE_SIZE:
                     c[HUGE_PAGES] += 1
                     c[HUGE_PAGES_SINCE] += 1
             t.handle[index] = handle
             t.flags[index] = newflags
             t.ac_time[index] = int(self.clock())
-            c[PAGES_STORED] += 1
+            if stored:
+                c[PAGES_STORED] += 1
             c[GENERATION] += 1
             c[WRITE_IOS] += 1
             c[WRITE_SECTORS] += PAGE_SIZE >> SECTOR_SHIFT
@@ -537,28 +541,33 @@ class IOPathMixin(DeviceCore):
                     if alloced > c[MAX_USED]:
                         c[MAX_USED] = alloced
                     old_f = flags[i]
+                    # the counters' changes, the new content in and the old one out, applied
+                    # once each (an overwrite leaves pages_stored as it was)
+                    stored = 1
+                    dsize = size
                     if old_f & ZRAM_WB:
                         self._slot_free(meta, i, c)  # the backing device's block
                     elif old_f & ZRAM_SAME:
                         c[SAME_PAGES] -= 1
-                        c[PAGES_STORED] -= 1
+                        stored = 0
                     elif old_f or handles[i]:  # an object in the pool, compressed or HUGE
                         pool.free(handles[i])
                         if old_f & ZRAM_HUGE:
                             c[HUGE_PAGES] -= 1
-                        c[COMPR_DATA_SIZE] -= old_f & SIZE_MASK
-                        c[PAGES_STORED] -= 1
+                        dsize -= old_f & SIZE_MASK
+                        stored = 0
                     handles[i] = handle
                     flags[i] = newflags
                     ac_time[i] = now
+                    if dsize:
+                        c[COMPR_DATA_SIZE] += dsize
                     if newflags == ZRAM_SAME:
                         c[SAME_PAGES] += 1
-                    else:
-                        c[COMPR_DATA_SIZE] += size
-                        if size == PAGE_SIZE:
-                            c[HUGE_PAGES] += 1
-                            c[HUGE_PAGES_SINCE] += 1
-                    c[PAGES_STORED] += 1
+                    elif size == PAGE_SIZE:
+                        c[HUGE_PAGES] += 1
+                        c[HUGE_PAGES_SINCE] += 1
+                    if stored:
+                        c[PAGES_STORED] += 1
                     c[GENERATION] += 1
                     if i == last:  # the request is complete: nothing can fail after this
                         c[WRITE_IOS] += 1
