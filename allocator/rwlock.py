@@ -12,7 +12,6 @@ import sys
 import threading
 from collections.abc import Callable
 from time import perf_counter_ns
-from typing import Final
 
 from .lockdep import (
     LockClass,
@@ -26,9 +25,6 @@ from .lockdep import (
     site_class,
 )
 from .lockdep_switch import LOCKDEP
-
-#: threading.Lock, looked up once (every zspage is born with an RWLock)
-_allocate_lock: Final = threading.Lock
 
 __all__ = ["RWLock"]
 
@@ -117,7 +113,7 @@ class RWLock:
         cls = lock_class if lock_class is not None else site_class(True)
         if not cls.rw:
             cls.rw = True
-        self._lock = _allocate_lock()
+        self._lock = threading.Lock()  # `threading` looked up here: the explorer swaps it
         self._cls = cls
         self._readers = 0  # readers holding the lock (including granted, not yet awake)
         self._writer = False  # a writer holds the lock
