@@ -689,4 +689,5 @@ class Pool:
                     msg = f"Freeing non-empty class with size {cls.size}b, fullness group {fg}"
                     log.info("%s", msg)
                     self.destroy_messages.append(msg)
+        self.zspage_cache.clear()  # kmem_cache_destroy of the zspage cache
         # The leaked zspages of a non-empty pool stay allocated in memory, as in 5.17.

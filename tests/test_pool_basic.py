@@ -540,7 +540,8 @@ def test_zspage_cache_reuses_freed_structs(mem):
     """The pool's "zspage" cache (cache_alloc_zspage / cache_free_zspage): a freed struct
     zspage, with its lock, is handed out again by the next alloc_zspage with every field
     zeroed; one whose lock is held or waited for is not kept; the cache holds at most
-    ZSPAGE_CACHE_MAX; a failed alloc_zspage gives its struct back."""
+    ZSPAGE_CACHE_MAX; a failed alloc_zspage gives its struct back; destroying the pool
+    empties the cache."""
     pool = Pool("zc", memory=mem)
     h = pool.malloc(PAGE)  # huge: a one-page zspage per object
     z = zspage_of(pool, h)
@@ -578,6 +579,8 @@ def test_zspage_cache_reuses_freed_structs(mem):
         p2.malloc(3000)  # class 3072: a 3-page zspage
     assert len(p2.zspage_cache) == 1 and small.nr_used == 0
     p2.check_invariants()
+    p2.destroy()  # kmem_cache_destroy: the cached structs go
+    assert len(p2.zspage_cache) == 0
 
 
 def test_destroy_non_empty(mem):
