@@ -99,9 +99,8 @@ def _libc_fallocate():
 
 
 # vmstat: gauges first, then events, in /proc/vmstat order.  The counters every frame
-# allocation and free changes are fields (`PhysicalMemory._pgalloc`, `_pgfree`, `_nr_zspages`),
-# the rest a dict by name.
-_VM_HOT = ("nr_zspages", "pgalloc_normal", "pgfree")
+# allocation and free changes are fields (`PhysicalMemory._nr_zspages`, `_pgalloc`, `_pgfree`),
+# the other events are in a dict by name.
 _VM_EVENTS = (
     "pgmigrate_success",
     "pgmigrate_fail",

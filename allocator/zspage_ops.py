@@ -199,7 +199,7 @@ class ZspageCache:
     its fields again (kmem_cache_zalloc), up to ZSPAGE_CACHE_MAX of them, as a slab keeps
     freed objects for the next allocation.  Why: building and tearing down a `Zspage` with
     its `RWLock` was a tenth of storing an incompressible page, whose one-page zspage is
-    born and freed on every overwrite (docs/performance.md, "Compiled build").
+    born and freed on every overwrite (docs/performance.md, "The zspage life cycle").
 
     A struct goes back only while its lock is idle (not held, nobody queued).  The kernel's
     free path makes it so: __free_zspage runs with class->lock and every page lock held and

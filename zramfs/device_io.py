@@ -400,9 +400,9 @@ class IOPathMixin(DeviceCore):
         """A 4 KiB write: `_store_page` hand-inlined, the request accounted in its commit.
 
         The hot path of single-page writes (swap, fio randwrite): what `_store_page` does,
-        without its calls to the helpers (page_same_filled, update_used_max, slot_free of
-        an old slot that is not written back, the block-layer accounting), each a Python frame.  The request,
-        started at `t0` (perf_counter_ns), is accounted in the commit's critical section, so
+        without its calls to the helpers (page_same_filled, update_used_max, slot_free of an
+        old slot not written back, the block-layer accounting), each a Python frame.  The
+        request, started at `t0` (perf_counter_ns), is accounted in the commit's critical section, so
         a 4 KiB write takes its stripe once.  Not `_write_pages` with a count of one: setting
         up its loop (bound methods hoisted into locals) made a 4 KiB write 7 % slower and a
         same-filled one 27 % (0.7 and 1 µs, scripts/bench.py device-ab's pages).  A test
@@ -485,10 +485,8 @@ class IOPathMixin(DeviceCore):
         page), the copy, the slot swapped under its stripe and the old object freed last —
         with the attribute look-ups hoisted out of the loop (a quarter of a 128 KiB write's
         own CPU was Python call overhead; the pool's methods stay calls on `pool`, native when
-        compiled).  The old slot is freed inline (slot_free's cases: an object in the pool,
-        compressed or HUGE, a SAME word, nothing) but for a written-back one, which goes
-        through `_slot_free`: a method of the device, a Python class, is a method look-up and
-        a call with its arguments boxed.  The request, started at `t0` (perf_counter_ns), is
+        compiled).  The old slot is freed inline but for a written-back one (`_slot_free`: a
+        method call on a Python class, its arguments boxed).  The request, started at `t0`, is
         accounted in the last page's commit.  A test keeps this copy and the reference in
         step (see `_store_page`).
 
@@ -541,10 +539,7 @@ class IOPathMixin(DeviceCore):
                     if alloced > c[MAX_USED]:
                         c[MAX_USED] = alloced
                     old_f = flags[i]
-                    # the counters' changes, the new content in and the old one out, applied
-                    # once each (an overwrite leaves pages_stored as it was)
-                    stored = 1
-                    dsize = size
+                    stored, dsize = 1, size  # each counter's change applied once, as in _write_page
                     if old_f & ZRAM_WB:
                         self._slot_free(meta, i, c)  # the backing device's block
                     elif old_f & ZRAM_SAME:
