@@ -342,3 +342,74 @@ def test_device_128k_replay_that_falls_out_of_step_stops() -> None:
         assert dev._meta.comps[0] is real  # put back either way
     finally:
         dev.reset()
+
+
+def test_daemon_ab_helpers() -> None:
+    """``daemon-ab``'s order rotation, policy list and ratios on fixed figures (no FUSE)."""
+    d = _load("daemon_ab")
+    states = ["off", "shrinker", "threshold:64"]
+    orders = [d.rotated(states, r) for r in range(3)]
+    assert [o[0] for o in orders] == states  # each state runs first once in three rounds
+    assert d.policy_list("threshold:0x40, shrinker") == ["threshold:64", "shrinker"]
+    for bad in ("bogus", "off", "shrinker,shrinker", "threshold:"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            d.policy_list(bad)
+
+    def run(iops: float, compactions: int = 0, freed: int = 0) -> dict[str, float]:
+        return {"iops": iops, "compactions": compactions, "pages_freed": freed}
+
+    runs = {
+        "randwrite-4k": {
+            "off": [run(100), run(200), run(100)],
+            "shrinker": [run(104), run(180), run(101)],
+            "threshold:64": [run(90, 2, 30), run(150, 1, 5), run(80, 1, 0)],
+        }
+    }
+    row = d.summarise(runs, states)["randwrite-4k"]
+    assert row["off_iops"] == 100 and row["off_compactions"] == 0
+    assert row["shrinker"]["ratio"] == pytest.approx(1.01)  # median of 1.04, 0.90, 1.01
+    assert (row["shrinker"]["ratio_min"], row["shrinker"]["ratio_max"]) == (0.9, 1.04)
+    t = row["threshold:64"]
+    assert (t["ratio"], t["compactions"], t["pages_freed"]) == (0.8, 4, 35)
+    text = d.table(d.summarise(runs, states), states)
+    assert "| randwrite-4k | 100 | 1.010 (0.90–1.04) | 0 (0) | 0.800 (0.75–0.90) | 4 (35) |" in text
+    assert "shrinker: within 5% of off on 1 of 1 jobs" in text
+    assert "threshold:64: within 5% of off on 0 of 1 jobs (not: randwrite-4k)" in text
+
+
+def test_daemon_ab_quick_run(tmp_path: Path) -> None:
+    """One mount, the policy switched between runs: the interval policy compacts in its runs,
+    off in none; the report and the JSON say so; nothing is left mounted."""
+    _need_run()
+    out = tmp_path / "dab.json"
+    p = subprocess.run(
+        [sys.executable, str(SCRIPT), "daemon-ab", "--size", "8M", "--runtime", "1"]
+        + ["--rounds", "1", "--jobs", "randwrite-4k", "--settle", "0.3"]
+        + ["--policies", "interval:100", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    workdir = next(
+        line.split()[2].split("/zramfs-lz4/")[0]
+        for line in p.stdout.splitlines()
+        if line.startswith("bench: daemon-ab: ")
+    )
+    assert "zramfs-bench." in workdir and not _mounts_under(workdir), p.stdout
+    assert not os.path.exists(workdir)
+    report = json.loads(out.read_text())
+    assert report["options"]["states"] == ["off", "interval:100"]
+    runs = report["runs"]["randwrite-4k"]
+    assert runs["off"][0]["compactions"] == 0 and runs["off"][0]["iops"] > 0
+    assert runs["interval:100"][0]["compactions"] > 0, p.stdout  # ~10 passes in 1 s
+    assert "| randwrite-4k |" in p.stdout and "interval:100: within 5% of off on" in p.stdout
+    bad = subprocess.run(
+        [sys.executable, str(SCRIPT), "daemon-ab", "--policies", "off"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "off is always run" in bad.stderr

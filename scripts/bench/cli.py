@@ -1,17 +1,18 @@
 """The command line of the harness: the benchmark's options and defaults (``--quick``), and
 dispatch to the benchmark run, ``--profile``, ``--micro`` or a subcommand (``server-cpu``,
-``device-ab``, ``device-128k``)."""
+``device-ab``, ``device-128k``, ``daemon-ab``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 
 from zramfs.codecs import AVAILABLE as CODECS
 from zramfs.units import parse_size
 
 from . import __doc__ as PACKAGE_DOC
-from . import device
+from . import daemon_ab, device
 from .common import PAGE_SIZE, BenchError, MiB, log
 from .jobs import JOB_BY_NAME
 from .micro import micro
@@ -117,7 +118,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s")
     p.add_argument("--profile-native", action="store_true", help="py-spy --native")
 
-    sub = p.add_subparsers(dest="command", metavar="{server-cpu,device-ab,device-128k}")
+    sub = p.add_subparsers(dest="command", metavar="{server-cpu,device-ab,device-128k,daemon-ab}")
     s = sub.add_parser(
         "server-cpu",
         help="CPU per I/O of a running server, per thread, while "
@@ -135,6 +136,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--runtime", type=int, default=3, help="seconds per job (default 3)")
     device.add_parsers(sub, _positive, _csv(CODECS))
+    daemon_ab.add_parser(sub, _positive, image_size_arg, _csv(daemon_ab.DEFAULT_JOBS))
     return p
 
 
@@ -146,6 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return device.device_ab(args)
     if args.command == "device-128k":
         return device.device_128k(args)
+    if args.command == "daemon-ab":
+        if args.settle < 0:
+            print("bench.py daemon-ab: --settle must be >= 0", file=sys.stderr)
+            return 2
+        return daemon_ab.daemon_ab(args)
     quick = args.quick
     args.size = args.size or (16 * MiB if quick else 256 * MiB)
     args.runtime = args.runtime or (1 if quick else 4)
