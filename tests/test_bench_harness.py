@@ -355,24 +355,33 @@ def test_daemon_ab_helpers() -> None:
         with pytest.raises(argparse.ArgumentTypeError):
             d.policy_list(bad)
 
-    def run(iops: float, compactions: int = 0, freed: int = 0) -> dict[str, float]:
-        return {"iops": iops, "compactions": compactions, "pages_freed": freed}
+    def run(iops: float, cpu: float, compactions: int = 0, freed: int = 0) -> dict[str, float]:
+        return {
+            "iops": iops,
+            "cpu_us_per_io": cpu,
+            "compactions": compactions,
+            "pages_freed": freed,
+        }
 
     runs = {
         "randwrite-4k": {
-            "off": [run(100), run(200), run(100)],
-            "shrinker": [run(104), run(180), run(101)],
-            "threshold:64": [run(90, 2, 30), run(150, 1, 5), run(80, 1, 0)],
+            "off": [run(100, 20), run(200, 20), run(100, 25)],
+            "shrinker": [run(104, 20), run(180, 22), run(101, 25)],
+            "threshold:64": [run(90, 30, 2, 30), run(150, 24, 1, 5), run(80, 25, 1, 0)],
         }
     }
     row = d.summarise(runs, states)["randwrite-4k"]
     assert row["off_iops"] == 100 and row["off_compactions"] == 0
     assert row["shrinker"]["ratio"] == pytest.approx(1.01)  # median of 1.04, 0.90, 1.01
     assert (row["shrinker"]["ratio_min"], row["shrinker"]["ratio_max"]) == (0.9, 1.04)
+    assert row["shrinker"]["cpu_ratio"] == 1.0  # median of 1.0, 1.1, 1.0
     t = row["threshold:64"]
-    assert (t["ratio"], t["compactions"], t["pages_freed"]) == (0.8, 4, 35)
+    assert (t["ratio"], t["cpu_ratio"], t["compactions"], t["pages_freed"]) == (0.8, 1.2, 4, 35)
     text = d.table(d.summarise(runs, states), states)
-    assert "| randwrite-4k | 100 | 1.010 (0.90–1.04) | 0 (0) | 0.800 (0.75–0.90) | 4 (35) |" in text
+    assert (
+        "| randwrite-4k | 100 | 1.010 (0.90–1.04) | 1.000 | 0 (0) "
+        "| 0.800 (0.75–0.90) | 1.200 | 4 (35) |" in text
+    )
     assert "shrinker: within 5% of off on 1 of 1 jobs" in text
     assert "threshold:64: within 5% of off on 0 of 1 jobs (not: randwrite-4k)" in text
 
@@ -403,6 +412,7 @@ def test_daemon_ab_quick_run(tmp_path: Path) -> None:
     assert report["options"]["states"] == ["off", "interval:100"]
     runs = report["runs"]["randwrite-4k"]
     assert runs["off"][0]["compactions"] == 0 and runs["off"][0]["iops"] > 0
+    assert runs["off"][0]["cpu_us_per_io"] > 0  # the server's CPU over fio's I/Os
     assert runs["interval:100"][0]["compactions"] > 0, p.stdout  # ~10 passes in 1 s
     assert "| randwrite-4k |" in p.stdout and "interval:100: within 5% of off on" in p.stdout
     bad = subprocess.run(
