@@ -388,12 +388,13 @@ def test_daemon_ab_helpers() -> None:
 
 def test_daemon_ab_quick_run(tmp_path: Path) -> None:
     """One mount, the policy switched between runs: the interval policy compacts in its runs,
-    off in none; the report and the JSON say so; nothing is left mounted."""
+    off in none; a real-data job runs after the synthetic one; the report and the JSON say so;
+    nothing is left mounted."""
     _need_run()
     out = tmp_path / "dab.json"
     p = subprocess.run(
         [sys.executable, str(SCRIPT), "daemon-ab", "--size", "8M", "--runtime", "1"]
-        + ["--rounds", "1", "--jobs", "randwrite-4k", "--settle", "0.3"]
+        + ["--rounds", "1", "--jobs", "real-write-128k,randwrite-4k", "--settle", "0.3"]
         + ["--policies", "interval:100", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
@@ -414,7 +415,11 @@ def test_daemon_ab_quick_run(tmp_path: Path) -> None:
     assert runs["off"][0]["compactions"] == 0 and runs["off"][0]["iops"] > 0
     assert runs["off"][0]["cpu_us_per_io"] > 0  # the server's CPU over fio's I/Os
     assert runs["interval:100"][0]["compactions"] > 0, p.stdout  # ~10 passes in 1 s
-    assert "| randwrite-4k |" in p.stdout and "interval:100: within 5% of off on" in p.stdout
+    assert report["options"]["jobs"] == ["randwrite-4k", "real-write-128k"]  # the full run's order
+    real = report["runs"]["real-write-128k"]["off"][0]
+    assert real["ios"] == 64 and real["cpu_us_per_io"] > 0  # 8 MiB of real files, 128 KiB a write
+    assert "| randwrite-4k |" in p.stdout and "| real-write-128k |" in p.stdout
+    assert "interval:100: within 5% of off on" in p.stdout
     bad = subprocess.run(
         [sys.executable, str(SCRIPT), "daemon-ab", "--policies", "off"],
         cwd=REPO,

@@ -7,6 +7,7 @@
     python3 scripts/bench.py server-cpu PID MNT/dev/zram0 --jobs randwrite-4k   # a running server
     python3 scripts/bench.py device-ab /tmp/base .   # in process: hot device paths, A/B of two trees
     python3 scripts/bench.py device-128k [ROOT]      # in process: 128 KiB writes and reads
+    python3 scripts/bench.py daemon-ab               # the compaction daemon on against off
 
 Systems (``--systems``, comma-separated; default all):
 
@@ -59,6 +60,8 @@ scripts/ runs it too), one concern a module:
 - ``report``: results, medians, ratios, targets, the Markdown report and the chart;
 - ``profile``: ``--profile`` (py-spy);  ``micro``: ``--micro`` (in process, no FUSE);
 - ``server_cpu``: the ``server-cpu`` subcommand;  ``common``: errors, logging, signals;
+- ``daemon_ab``: the ``daemon-ab`` subcommand (one mount, the daemon's policy switched between
+  runs);
 - ``device``: the ``device-ab`` and ``device-128k`` subcommands (in process, one checkout or an
   A/B of two imported side by side);  ``pages``: the page contents the in-process benchmarks
   write (also scripts/bench_device.py's).
