@@ -475,6 +475,7 @@ def test_module_parameters_set_and_show_the_policy() -> None:
         "compact_runs_mem_limit",
         "compact_runs_threshold",
         "compact_runs_interval",
+        "compact_cpu_us",
         "compact_pressure",
     }
     assert params["compact_policy"].get() == "shrinker"
@@ -513,6 +514,12 @@ def test_module_parameters_set_and_show_the_policy() -> None:
     assert params["compact_runs_mem_limit"].get() == "0"
     assert params["compact_pages_freed"].get() == str(mm_stat(reg)[6])
     assert params["compact_pressure"].get() == "some avg10=3.00 simulated"
+    # the CPU of the scans: grows with a scan that compacts, not under off
+    used = int(params["compact_cpu_us"].get())
+    assert used > 0 and used == daemon.stats.cpu_ns // 1000
+    params["compact_policy"].set("off")
+    daemon.scan_once()
+    assert int(params["compact_cpu_us"].get()) == used
 
 
 # ---- the thread ----------------------------------------------------------------------------------

@@ -172,7 +172,10 @@ def test_record_a_mount(zmount, tmp_path: Path) -> None:
     assert [[r[f] for f in CLASS_FIELDS] for r in dev["classes"]] == class_rows(table)
     assert len(dev["classes"]) > 5
     for name in DAEMON_PARAMS:
-        assert last["daemon"][name] == int(m.param(name))
+        if name == "compact_cpu_us":  # the shrinker's ticks go on after the last sample
+            assert 0 <= last["daemon"][name] <= int(m.param(name))
+        else:
+            assert last["daemon"][name] == int(m.param(name))
     vm = dict(line.split() for line in (m.path / "proc/vmstat").read_text().splitlines())
     assert last["vmstat"]["pgalloc_normal"] == int(vm["pgalloc_normal"])
     # lock_stat deltas add up: migrate_lock's read side was taken by every stored page

@@ -59,6 +59,7 @@ DAEMON_PARAMS = (
     "compact_runs",
     "compact_pages_freed",
     *(f"compact_runs_{reason.value}" for reason in Reason),
+    "compact_cpu_us",
 )
 #: module parameters copied into the header's ``config`` of a mount recording
 CONFIG_PARAMS = ("chain_size", "chain_rule", "compact_policy", "num_devices", "lz4_path")
