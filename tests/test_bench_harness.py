@@ -361,6 +361,9 @@ def test_daemon_ab_helpers() -> None:
             "cpu_us_per_io": cpu,
             "compactions": compactions,
             "pages_freed": freed,
+            "daemon_cpu_us": 1000.0 * compactions,  # 1 ms a pass
+            "io_wait_us": 500.0 * compactions,
+            "wall_s": 2.0,
         }
 
     runs = {
@@ -371,19 +374,24 @@ def test_daemon_ab_helpers() -> None:
         }
     }
     row = d.summarise(runs, states)["randwrite-4k"]
-    assert row["off_iops"] == 100 and row["off_compactions"] == 0
+    assert row["off_iops"] == 100 and row["off"]["compactions"] == 0
     assert row["shrinker"]["ratio"] == pytest.approx(1.01)  # median of 1.04, 0.90, 1.01
     assert (row["shrinker"]["ratio_min"], row["shrinker"]["ratio_max"]) == (0.9, 1.04)
     assert row["shrinker"]["cpu_ratio"] == 1.0  # median of 1.0, 1.1, 1.0
     t = row["threshold:64"]
     assert (t["ratio"], t["cpu_ratio"], t["compactions"], t["pages_freed"]) == (0.8, 1.2, 4, 35)
+    # 4 ms of the daemon's CPU over 6 s of runs; 2 ms of I/O waiting on migrate_lock
+    assert t["daemon_cpu_share"] == pytest.approx(4e-3 / 6) and t["io_wait_ms"] == 2.0
     text = d.table(d.summarise(runs, states), states)
     assert (
-        "| randwrite-4k | 100 | 1.010 (0.90–1.04) | 1.000 | 0 (0) "
-        "| 0.800 (0.75–0.90) | 1.200 | 4 (35) |" in text
-    )
-    assert "shrinker: within 5% of off on 1 of 1 jobs" in text
-    assert "threshold:64: within 5% of off on 0 of 1 jobs (not: randwrite-4k)" in text
+        "| randwrite-4k | 100 | 1.010 (0.90–1.04) | 1.000 | 0.000% | 0.0 ms | 0 (0) "
+        "| 0.800 (0.75–0.90) | 1.200 | 0.067% | 2.0 ms | 4 (35) |" in text
+    ), text
+    assert "shrinker: IOPS within 5% of off on 1 of 1 jobs; the daemon's CPU at most 0.000%" in text
+    assert (
+        "threshold:64: IOPS within 5% of off on 0 of 1 jobs (not: randwrite-4k); the daemon's "
+        "CPU at most 0.067% of a core; I/O waited 2.0 ms on migrate_lock in its runs (off: 0.0 ms)"
+    ) in text
 
 
 def test_daemon_ab_quick_run(tmp_path: Path) -> None:
@@ -415,11 +423,12 @@ def test_daemon_ab_quick_run(tmp_path: Path) -> None:
     assert runs["off"][0]["compactions"] == 0 and runs["off"][0]["iops"] > 0
     assert runs["off"][0]["cpu_us_per_io"] > 0  # the server's CPU over fio's I/Os
     assert runs["interval:100"][0]["compactions"] > 0, p.stdout  # ~10 passes in 1 s
+    assert runs["interval:100"][0]["daemon_cpu_us"] > 0 and runs["off"][0]["daemon_cpu_us"] == 0
     assert report["options"]["jobs"] == ["randwrite-4k", "real-write-128k"]  # the full run's order
     real = report["runs"]["real-write-128k"]["off"][0]
     assert real["ios"] == 64 and real["cpu_us_per_io"] > 0  # 8 MiB of real files, 128 KiB a write
     assert "| randwrite-4k |" in p.stdout and "| real-write-128k |" in p.stdout
-    assert "interval:100: within 5% of off on" in p.stdout
+    assert "interval:100: IOPS within 5% of off on" in p.stdout
     bad = subprocess.run(
         [sys.executable, str(SCRIPT), "daemon-ab", "--policies", "off"],
         cwd=REPO,

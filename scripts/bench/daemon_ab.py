@@ -8,13 +8,17 @@ administrator would), ``off`` and each policy named, round after round, the orde
 round so that no state always runs first.  Each state's IOPS is divided by the ``off`` run's of
 the same round; the median of those ratios is the daemon's cost on that job.  So is the server's
 CPU time per I/O (user + system, every thread, the daemon's included), which moves less with the
-host's load than IOPS do.  Both states share
+host's load than IOPS do.  And the daemon's cost is read directly, run by run: its scans' CPU
+time (``compact_cpu_us``) as a share of one core over the run, and the time I/O waited for
+``migrate_lock``'s read side (taken for writing only by compaction; ``MNT/proc/lock_stat``).  On
+a host where two runs of one state seconds apart differ by 10-20 %, these say what the ratios
+cannot: how much of a core the daemon took and how long it held I/O up.  Both states share
 the process, the image and its fragmentation, and alternate within seconds.
 
 Under ``off`` the daemon's thread exists but sleeps (it neither reads PSI nor scans); under
 ``--no-compact`` there is no thread.  A sleeping thread takes no CPU, so ``off`` stands for "no
-daemon".  The compactions of every run are counted (``compact_runs``, ``compact_pages_freed``
-before and after it): the mount's default policy, ``shrinker``, compacts only under host memory
+daemon".  The compactions of every run are counted too (``compact_runs``,
+``compact_pages_freed``): the mount's default policy, ``shrinker``, compacts only under host memory
 pressure, so on an idle host its cost is its ticks; ``interval:1000`` compacts every pool every
 second whether or not it has anything to free, each pass taking ``migrate_lock`` for writing class
 by class as zs_compact does: a daemon that always works.  (``threshold:64``, the threshold policy
@@ -42,11 +46,12 @@ from .common import (
     MiB,
     install_signal_handlers,
     log,
+    read_text,
     restore_signal_handlers,
     write_text,
 )
 from .jobs import JOB_BY_NAME, PREFILL, Job, run_fio
-from .readings import cpu_seconds
+from .readings import MIGRATE_LOCK, cpu_seconds, parse_lock_stat
 from .realdata import build_realdata, write_image
 from .report import DAEMON_TOLERANCE
 from .systems import ZramfsSystem, fuse_problem, teardown
@@ -88,6 +93,7 @@ class PolicySwitch:
     """The daemon's policy and counters of one mount, through its module parameters."""
 
     def __init__(self, mnt: Path) -> None:
+        self.mnt = mnt
         self.params = mnt / "sys/module/zramfs/parameters"
 
     def read(self, name: str) -> str:
@@ -100,14 +106,35 @@ class PolicySwitch:
                 f"compact_policy reads {self.read('compact_policy')!r}, not {policy!r}"
             )
 
-    def counters(self) -> tuple[int, int]:
-        """(compact_runs, compact_pages_freed) so far."""
-        return int(self.read("compact_runs")), int(self.read("compact_pages_freed"))
+    def counters(self) -> dict[str, float]:
+        """What the daemon has done so far: compactions, pages freed, its scans' CPU µs
+        (``compact_cpu_us``), and the time I/O waited for ``migrate_lock``'s read side (held
+        for writing only by compaction; MNT/proc/lock_stat)."""
+        locks = parse_lock_stat(read_text(self.mnt / "proc/lock_stat"))
+        return {
+            "compactions": int(self.read("compact_runs")),
+            "pages_freed": int(self.read("compact_pages_freed")),
+            "daemon_cpu_us": int(self.read("compact_cpu_us")),
+            "io_wait_us": locks.get(f"{MIGRATE_LOCK}-R", {}).get("wait_total_us", 0.0),
+        }
+
+
+def _spent(runs: list[dict[str, float]]) -> dict[str, float]:
+    """What the daemon did and cost over some runs: compactions, pages freed, its CPU as a
+    share of one core over the runs' wall time, and the ms I/O waited on migrate_lock."""
+    wall_us = sum(r["wall_s"] for r in runs) * 1e6
+    return {
+        "compactions": sum(int(r["compactions"]) for r in runs),
+        "pages_freed": sum(int(r["pages_freed"]) for r in runs),
+        "daemon_cpu_share": sum(r["daemon_cpu_us"] for r in runs) / wall_us if wall_us else 0.0,
+        "io_wait_ms": sum(r["io_wait_us"] for r in runs) / 1000,
+    }
 
 
 def summarise(runs: dict[str, dict[str, list[dict[str, float]]]], states: list[str]) -> dict:
     """Per job and policy: the median ratio to ``off`` over the rounds (IOPS, and server CPU
-    per I/O), the IOPS ratio's range, and the compactions and pages freed in that policy's runs."""
+    per I/O), the IOPS ratio's range, and what the daemon did and cost in that policy's runs
+    (`_spent`; ``off``'s own under "off")."""
     out: dict[str, Any] = {}
     for job, per in runs.items():
         off = per["off"]
@@ -125,36 +152,44 @@ def summarise(runs: dict[str, dict[str, list[dict[str, float]]]], states: list[s
                 "ratio_min": min(ratios),
                 "ratio_max": max(ratios),
                 "cpu_ratio": statistics.median(cpu) if cpu else float("nan"),
-                "compactions": sum(int(r["compactions"]) for r in per[state]),
-                "pages_freed": sum(int(r["pages_freed"]) for r in per[state]),
+                **_spent(per[state]),
             }
-        row["off_compactions"] = sum(int(r["compactions"]) for r in off)
+        row["off"] = _spent(off)
         out[job] = row
     return out
 
 
 def table(summary: dict[str, Any], states: list[str]) -> str:
     head = "| job | off IOPS | " + " | ".join(
-        f"{s} IOPS × off (range) | CPU/IO × off | compactions (pages freed)" for s in states[1:]
+        f"{s}: IOPS × off (range) | CPU/IO × off | daemon CPU | I/O wait on migrate_lock "
+        "| compactions (pages freed)"
+        for s in states[1:]
     )
-    lines = [head + " |", "|" + "---|" * (2 + 3 * (len(states) - 1))]
+    lines = [head + " |", "|" + "---|" * (2 + 5 * (len(states) - 1))]
     for job, row in summary.items():
         cells = [job, f"{row['off_iops']:,.0f}"]
         for s in states[1:]:
             r = row[s]
             cells.append(f"{r['ratio']:.3f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f})")
             cells.append(f"{r['cpu_ratio']:.3f}")
+            cells.append(f"{r['daemon_cpu_share']:.3%}")
+            cells.append(f"{r['io_wait_ms']:.1f} ms")
             cells.append(f"{r['compactions']} ({r['pages_freed']:,})")
         lines.append("| " + " | ".join(cells) + " |")
     for s in states[1:]:
         held = [j for j, row in summary.items() if abs(row[s]["ratio"] - 1) <= BOUND]
+        worst = max(summary.values(), key=lambda row: row[s]["daemon_cpu_share"])[s]
         lines.append(
-            f"\n{s}: within {BOUND:.0%} of off on {len(held)} of {len(summary)} jobs"
+            f"\n{s}: IOPS within {BOUND:.0%} of off on {len(held)} of {len(summary)} jobs"
             + (
                 ""
                 if len(held) == len(summary)
                 else " (not: " + ", ".join(j for j in summary if j not in held) + ")"
             )
+            + f"; the daemon's CPU at most {worst['daemon_cpu_share']:.3%} of a core; I/O "
+            f"waited {sum(row[s]['io_wait_ms'] for row in summary.values()):.1f} ms on "
+            f"migrate_lock in its runs (off: "
+            f"{sum(row['off']['io_wait_ms'] for row in summary.values()):.1f} ms)"
         )
     return "\n".join(lines)
 
@@ -214,21 +249,21 @@ def daemon_ab(args: argparse.Namespace) -> int:
                 for state in rotated(states, rnd):
                     switch.set(state)
                     time.sleep(args.settle)  # a pass in flight finishes; the host settles
-                    runs0, freed0 = switch.counters()
+                    before = switch.counters()
                     cpu0 = cpu_seconds(pids)
+                    t0 = time.monotonic()
                     res = io(job)
+                    wall = time.monotonic() - t0
                     cpu = cpu_seconds(pids) - cpu0
-                    runs1, freed1 = switch.counters()
-                    res.update(
-                        compactions=runs1 - runs0,
-                        pages_freed=freed1 - freed0,
-                        cpu_us_per_io=cpu / max(res["ios"], 1) * 1e6,
-                    )
+                    after = switch.counters()
+                    res.update({k: after[k] - before[k] for k in after})
+                    res.update(wall_s=wall, cpu_us_per_io=cpu / max(res["ios"], 1) * 1e6)
                     per[state].append(res)
                     log(
                         f"bench: daemon-ab {job.name} round {rnd + 1}/{args.rounds} {state}: "
                         f"{res['iops']:,.0f} IOPS, {res['cpu_us_per_io']:.1f} µs CPU/IO, "
-                        f"{runs1 - runs0} compactions, {freed1 - freed0} pages freed"
+                        f"daemon {res['daemon_cpu_us'] / 1000:.1f} ms CPU, "
+                        f"{res['compactions']:.0f} compactions, {res['pages_freed']:.0f} pages freed"
                     )
     except (BenchError, Interrupted, OSError) as exc:
         log(f"bench: daemon-ab: {exc}")
