@@ -230,8 +230,11 @@ class Pool:
         self._checked_obj = self.handles.checked_obj
 
         self._area = MapArea(page_size)
-        # threads with an object mapped, tested before the area (a thread-local read: ~60 ns)
-        self._mapping_threads: set[int] = set()
+        # one token per object mapped now, by any thread: tested before the area (a
+        # thread-local read, ~60 ns).  append/pop are single list operations (safe under the
+        # GIL and in free-threaded CPython, as PlainLock's token); a set of thread idents cost
+        # a get_ident call and a bound method each way
+        self._mappings: list[None] = []
         # every live zspage (debug walks, destroy); only touched when zspages come and go
         self._zspages: set[Zspage] = set()
         self.zspage_cache = ZspageCache()  # the "zspage" kmem_cache: freed structs for reuse
@@ -513,7 +516,7 @@ class Pool:
         m.view = view
         m.area = area.owner  # identifies this thread's area (the local object is shared)
         area.active = True
-        self._mapping_threads.add(threading.get_ident())
+        self._mappings.append(None)
         return view
 
     def _unmap(self, m: _Mapping) -> None:
@@ -545,12 +548,12 @@ class Pool:
                 arena[nb : nb + size - s0] = buf[ZS_HANDLE_SIZE + s0 : ZS_HANDLE_SIZE + size]
         finally:
             area.active = False
-            self._mapping_threads.discard(threading.get_ident())
+            self._mappings.pop()
             zspage.lock.read_unlock()
 
     def read_object(self, handle: int, length: int) -> bytes:
         """Fast path for map(RO) + copy `length` bytes + unmap (same locking as map/unmap)."""
-        if self._mapping_threads and self._area.active:
+        if self._mappings and self._area.active:
             raise NestedMappingError("read_object while this thread has an object mapped")
         ml = self.migrate_lock
         ml.read_lock()
@@ -589,7 +592,7 @@ class Pool:
     def write_object(self, handle: int, data) -> None:
         """Fast path for map(WO) + copy `data` + unmap (same locking as map/unmap).  Bytes
         past len(data) keep their old contents instead of receiving stale copy-buffer bytes."""
-        if self._mapping_threads and self._area.active:
+        if self._mappings and self._area.active:
             raise NestedMappingError("write_object while this thread has an object mapped")
         ml = self.migrate_lock
         ml.read_lock()

@@ -493,10 +493,12 @@ def test_mapping_per_thread(pool):
     a, b = pool.malloc(10), pool.malloc(10)
     errors = []
 
-    def other():
+    def other():  # another thread's mapping and copies are not nested in this one's
         try:
             with pool.map_object(b, MapMode.RW) as buf:
                 buf[0] = 7
+            pool.write_object(b, b"\x08")
+            assert pool.read_object(b, 1) == b"\x08"
         except Exception as e:  # pragma: no cover
             errors.append(e)
 
@@ -504,7 +506,8 @@ def test_mapping_per_thread(pool):
         t = threading.Thread(target=other)
         t.start()
         t.join()
-    assert not errors and pool.read_object(b, 1) == b"\x07"
+        assert len(pool._mappings) == 1  # the other thread's token came and went
+    assert not errors and pool.read_object(b, 1) == b"\x08" and not pool._mappings
 
 
 def test_out_of_memory():
