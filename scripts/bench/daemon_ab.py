@@ -8,12 +8,12 @@ administrator would), ``off`` and each policy named, round after round, the orde
 round so that no state always runs first.  Each state's IOPS is divided by the ``off`` run's of
 the same round; the median of those ratios is the daemon's cost on that job.  So is the server's
 CPU time per I/O (user + system, every thread, the daemon's included), which moves less with the
-host's load than IOPS do.  And the daemon's cost is read directly, run by run: its scans' CPU
+host's load than IOPS do.  Both states share the process, the image and its fragmentation, and
+alternate within seconds.  And the daemon's cost is read directly, run by run: its scans' CPU
 time (``compact_cpu_us``) as a share of one core over the run, and the time I/O waited for
 ``migrate_lock``'s read side (taken for writing only by compaction; ``MNT/proc/lock_stat``).  On
 a host where two runs of one state seconds apart differ by 10-20 %, these say what the ratios
-cannot: how much of a core the daemon took and how long it held I/O up.  Both states share
-the process, the image and its fragmentation, and alternate within seconds.
+cannot: how much of a core the daemon took and how long it held I/O up.
 
 Under ``off`` the daemon's thread exists but sleeps (it neither reads PSI nor scans); under
 ``--no-compact`` there is no thread.  A sleeping thread takes no CPU, so ``off`` stands for "no
@@ -242,8 +242,9 @@ def daemon_ab(args: argparse.Namespace) -> int:
         for job in jobs:
             if job.realdata and not realpath.exists():
                 build_realdata(realpath, args.size)
-                if "real-write-128k" not in args.jobs:
-                    io(JOB_BY_NAME["real-write-128k"])  # the read jobs read the real data
+                if "real-write-128k" not in args.jobs:  # the read jobs read the real data
+                    switch.set("off")  # not measured
+                    io(JOB_BY_NAME["real-write-128k"])
             per = runs[job.name] = {s: [] for s in states}
             for rnd in range(args.rounds):
                 for state in rotated(states, rnd):
