@@ -19,6 +19,7 @@ import importlib
 import importlib.util
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -437,3 +438,20 @@ def test_daemon_ab_quick_run(tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "off is always run" in bad.stderr
+
+
+def test_write_image_shifted_wraps_around(zmount, tmp_path: Path) -> None:
+    """``write_image(..., shift)``: the device's byte 0 gets the source's byte ``shift`` and the
+    source wraps around (daemon-ab's real-rewrite-128k); unshifted it is a plain copy."""
+    _need_run()
+    realdata = _load("realdata")
+    size = 1 << 20
+    src = tmp_path / "src.img"
+    # no two pages alike: a shift by whole pages shows in every block
+    data = bytes(i % 251 for i in range(size // 2)) + random.Random(7).randbytes(size // 2)
+    src.write_bytes(data)
+    m = zmount("--size", "1M")
+    for shift in (0, 7 * 4096, size - 4096, 200 * 4096):
+        res = realdata.write_image(src, m.image(), size, shift)
+        assert res["bytes"] == size and res["ios"] == 8
+        assert m.image().read_bytes() == data[shift:] + data[:shift], shift

@@ -22,9 +22,10 @@ daemon".  The compactions of every run are counted too (``compact_runs``,
 pressure, so on an idle host its cost is its ticks; ``interval:1000`` compacts every pool every
 second whether or not it has anything to free, each pass taking ``migrate_lock`` for writing class
 by class as zs_compact does: a daemon that always works.  (``threshold:64``, the threshold policy
-at its default, compacted nothing on these jobs: fio's buffers compress to one size, so an
+at its default, compacted nothing on the fio jobs: fio's buffers compress to one size, so an
 overwrite's new object fills the slot the previous one freed and no pool reaches 64 freeable
-pages.)
+pages.)  The job that gives a compacting policy objects to move is this subcommand's own,
+``real-rewrite-128k``: the real-data image written again, shifted further each run.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 from zramfs.daemon import BadPolicy, format_policy, parse_policy
 
 from .common import (
+    PAGE_SIZE,
     BenchError,
     Interrupted,
     MiB,
@@ -59,9 +61,22 @@ from .systems import ZramfsSystem, fuse_problem, teardown
 #: the states besides ``off`` unless ``--policies`` names others: the mount's default, and a
 #: pass on every pool every second (the daemon always at work)
 DEFAULT_POLICIES = ("shrinker", "interval:1000")
+#: this subcommand's own job, last: the real-data image written again, shifted by another 7
+#: pages each run, so every block gets other contents and the pool fragments — the job where a
+#: compacting policy has objects to move
+REWRITE = Job(
+    "real-rewrite-128k",
+    "real-data image rewritten, shifted 7 pages further each run (Python writer)",
+    {},
+    True,
+    realdata=True,
+    python=True,
+)
+SHIFT_PAGES = 7
 #: every job of the full run, the real-data ones after the synthetic ones (the image of real
-#: files is built in the run's directory, as the full run builds it)
-DEFAULT_JOBS = tuple(JOB_BY_NAME)
+#: files is built in the run's directory, as the full run builds it), then REWRITE
+ALL_JOBS = {**JOB_BY_NAME, REWRITE.name: REWRITE}
+DEFAULT_JOBS = tuple(ALL_JOBS)
 #: the bound the issue sets: every job within 5 % of the daemon off (the full run's target too)
 BOUND = DAEMON_TOLERANCE
 
@@ -204,7 +219,7 @@ def daemon_ab(args: argparse.Namespace) -> int:
         return 1
     states = ["off", *args.policies]
     # the synthetic jobs first, then the real-data ones, in the full run's order
-    jobs = [JOB_BY_NAME[n] for n in JOB_BY_NAME if n in args.jobs]
+    jobs = [ALL_JOBS[n] for n in ALL_JOBS if n in args.jobs]
     workdir = Path(tempfile.mkdtemp(prefix="zramfs-bench."))
     (workdir / "jobs").mkdir()
     jobfiles = {}
@@ -223,7 +238,13 @@ def daemon_ab(args: argparse.Namespace) -> int:
         pids = list(system.pids().values())
         realpath = workdir / "realdata.img"
 
+        rewrites = [0]
+
         def io(job: Job) -> dict[str, float]:
+            if job is REWRITE:
+                rewrites[0] += 1
+                shift = rewrites[0] * SHIFT_PAGES * PAGE_SIZE % args.size
+                return write_image(realpath, system.image, args.size, shift)
             if job.python:  # real-write-128k: the real-data image written by this script
                 return write_image(realpath, system.image, args.size)
             return run_fio(
@@ -242,7 +263,7 @@ def daemon_ab(args: argparse.Namespace) -> int:
         for job in jobs:
             if job.realdata and not realpath.exists():
                 build_realdata(realpath, args.size)
-                if "real-write-128k" not in args.jobs:  # the read jobs read the real data
+                if "real-write-128k" not in args.jobs:  # the other jobs start from the real data
                     switch.set("off")  # not measured
                     io(JOB_BY_NAME["real-write-128k"])
             per = runs[job.name] = {s: [] for s in states}

@@ -96,18 +96,25 @@ def build_realdata(path: Path, size: int) -> dict[str, Any]:
     return meta
 
 
-def write_image(src: Path, dst: Path, size: int) -> dict[str, float]:
-    """Copy ``src`` onto the device with 128 KiB O_DIRECT writes; per-write latencies timed."""
+def write_image(src: Path, dst: Path, size: int, shift: int = 0) -> dict[str, float]:
+    """Copy ``src`` onto the device with 128 KiB O_DIRECT writes; per-write latencies timed.
+    With ``shift`` the device's byte 0 gets the source's byte ``shift`` and the source wraps
+    around at its end: every block gets other contents than an unshifted copy gave it (objects
+    of other sizes, so the pool fragments; ``bench.py daemon-ab``'s real-rewrite-128k)."""
     bs = 128 * 1024
     buf = mmap.mmap(-1, bs)  # page-aligned, as O_DIRECT wants
     lat: list[int] = []
     fd = os.open(dst, os.O_WRONLY | os.O_DIRECT)
     try:
         with open(src, "rb", buffering=0) as f:
+            f.seek(shift)
             t0 = time.perf_counter_ns()
             done = 0
             while done < size:
                 n = f.readinto(buf)
+                if shift and n < bs and done + n < size:  # wrap around to the source's start
+                    f.seek(0)
+                    n += f.readinto(memoryview(buf)[n : min(bs, size - done)])
                 if not n:
                     break
                 view = memoryview(buf)[:n]
