@@ -72,6 +72,18 @@ def _mounts_under(prefix: str) -> list[str]:
         return [line.split()[1] for line in f if prefix in line.split()[1]]
 
 
+def _assert_torn_down(stdout: str, line_start: str) -> None:
+    """The run's working directory (from its ``LINE_START IMAGE`` progress line) has nothing
+    mounted under it and is gone; this run's mounts only: another benchmark may be running."""
+    workdir = next(
+        line.split()[2].split("/zramfs-lz4/")[0]
+        for line in stdout.splitlines()
+        if line.startswith(line_start)
+    )
+    assert "zramfs-bench." in workdir and not _mounts_under(workdir), stdout
+    assert not os.path.exists(workdir)
+
+
 LOCK_STAT = """lock_stat version 0.4
 ------------------------------------------------------------------------------------------------
                               class name    contentions   waittime-min   waittime-max waittime-total   waittime-avg   acquisitions
@@ -191,14 +203,7 @@ def test_quick_run(tmp_path: Path) -> None:
     )
     assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
     assert time.monotonic() - t0 < 60, p.stdout
-    # this run's mounts only: another benchmark may be running on the machine
-    workdir = next(
-        line.split()[2].split("/zramfs-lz4/")[0]
-        for line in p.stdout.splitlines()
-        if line.startswith("bench: zramfs-lz4: ")
-    )
-    assert "zramfs-bench." in workdir and not _mounts_under(workdir), p.stdout
-    assert not os.path.exists(workdir)
+    _assert_torn_down(p.stdout, "bench: zramfs-lz4: ")
     assert p.stdout.count("round 1/1") == 12, p.stdout  # one progress line per job run
     report = json.loads((out / "results.json").read_text())
     for job in jobs.split(","):
@@ -411,13 +416,7 @@ def test_daemon_ab_quick_run(tmp_path: Path) -> None:
         timeout=120,
     )
     assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
-    workdir = next(
-        line.split()[2].split("/zramfs-lz4/")[0]
-        for line in p.stdout.splitlines()
-        if line.startswith("bench: daemon-ab: ")
-    )
-    assert "zramfs-bench." in workdir and not _mounts_under(workdir), p.stdout
-    assert not os.path.exists(workdir)
+    _assert_torn_down(p.stdout, "bench: daemon-ab: ")
     report = json.loads(out.read_text())
     assert report["options"]["states"] == ["off", "interval:100"]
     runs = report["runs"]["randwrite-4k"]
