@@ -174,13 +174,14 @@ def _need_tools(*tools: str) -> None:
         pytest.skip(f"missing: {missing}")
 
 
-def _run_script(name: str, backend: str, env_extra: dict, timeout: int = 300):
+def _run_script(name: str, backend: str, env_extra: dict, record_dir, timeout: int = 300):
     if backend == "zramfs":
         try:
             import zramfs.fs  # noqa: F401  (the mount needs the whole stack)
         except Exception as exc:
             pytest.skip(f"zramfs.fs not importable: {exc}")
-    env = dict(os.environ, BACKEND=backend, **env_extra)
+    # the record and its plots go where pytest cleans up, not to a new /tmp/zramfs-record.*
+    env = dict(os.environ, BACKEND=backend, RECORD_DIR=str(record_dir), **env_extra)
     before = _system_state()
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / name)],
@@ -200,12 +201,13 @@ def _run_script(name: str, backend: str, env_extra: dict, timeout: int = 300):
 
 @pytest.mark.fuse
 @pytest.mark.parametrize("backend", ["nullfs", "zramfs"])
-def test_fs_demo_script(need_fuse, backend):
+def test_fs_demo_script(need_fuse, backend, tmp_path):
     _need_tools("losetup", "mkfs.ext4", "sha256sum", "mountpoint")
     out = _run_script(
         "fs_demo.sh",
         backend,
         {"SIZE": "64M", "SRC": f"{REPO / 'allocator'} {REPO / 'zramfs'} {REPO / 'tests'}"},
+        tmp_path / "record",
     )
     assert "match their sha256" in out
     if backend == "zramfs":
@@ -214,7 +216,7 @@ def test_fs_demo_script(need_fuse, backend):
 
 @pytest.mark.fuse
 @pytest.mark.parametrize("backend", ["nullfs", "zramfs"])
-def test_swap_experiment_script(need_fuse, backend):
+def test_swap_experiment_script(need_fuse, backend, tmp_path):
     _need_tools("losetup", "mkswap", "swapon", "swapoff", "mountpoint", "numfmt")
     if not (
         os.path.isdir("/sys/fs/cgroup/memory")
@@ -223,6 +225,9 @@ def test_swap_experiment_script(need_fuse, backend):
     ):
         pytest.skip("no cgroup filesystem")
     out = _run_script(
-        "swap_experiment.sh", backend, {"SIZE": "128M", "LIMIT": "16M", "ALLOC": "48M"}
+        "swap_experiment.sh",
+        backend,
+        {"SIZE": "128M", "LIMIT": "16M", "ALLOC": "48M"},
+        tmp_path / "record",
     )
     assert "PASS:" in out and "0 bad" in out

@@ -247,6 +247,8 @@ def swap_run(zmount, *, size: str, limit: str, alloc: str, min_swapped_mib: int)
         "--size", size, "--algorithm", "lz4", "--compact-interval", "0", "--compact-threshold", "1"
     )
     env = dict(os.environ, LIMIT=limit, ALLOC=alloc, DISCARD="pages")
+    # the script's record goes beside the mount's files, not to a new /tmp/zramfs-record.*
+    env["RECORD_DIR"] = str(m.path.parent / "record")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     started = time.monotonic()
     with Watchdog(3000, what="swap experiment"):
