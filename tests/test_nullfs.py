@@ -174,7 +174,7 @@ def _need_tools(*tools: str) -> None:
         pytest.skip(f"missing: {missing}")
 
 
-def _run_script(name: str, backend: str, env_extra: dict, record_dir, timeout: int = 300):
+def _run_script(name: str, backend: str, env_extra: dict, record_dir: Path, timeout: int = 300):
     if backend == "zramfs":
         try:
             import zramfs.fs  # noqa: F401  (the mount needs the whole stack)

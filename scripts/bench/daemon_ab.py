@@ -31,6 +31,7 @@ pages.)  The job that gives a compacting policy objects to move is this subcomma
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import statistics
@@ -235,15 +236,13 @@ def daemon_ab(args: argparse.Namespace) -> int:
         pids = list(system.pids().values())
         realpath = workdir / "realdata.img"
 
-        rewrites = [0]
+        # REWRITE's n-th run starts n * SHIFT_PAGES pages into the image
+        shifts = itertools.count(SHIFT_PAGES * PAGE_SIZE, SHIFT_PAGES * PAGE_SIZE)
 
         def io(job: Job) -> dict[str, float]:
-            if job is REWRITE:
-                rewrites[0] += 1
-                shift = rewrites[0] * SHIFT_PAGES * PAGE_SIZE % args.size
+            if job.python:  # the real-data image written by this script, shifted for REWRITE
+                shift = next(shifts) % args.size if job is REWRITE else 0
                 return write_image(realpath, system.image, args.size, shift)
-            if job.python:  # real-write-128k: the real-data image written by this script
-                return write_image(realpath, system.image, args.size)
             return run_fio(
                 job,
                 jobfiles[job.name],
